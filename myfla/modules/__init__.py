@@ -1,0 +1,8 @@
+"""Neural-network building blocks used by the KDA and GatedDeltaNet layers (mirrors ``fla.modules``;
+only the symbols this port carries are re-exported)."""
+
+from myfla.modules.l2norm import L2Norm
+
+__all__ = [
+    'L2Norm',
+]
