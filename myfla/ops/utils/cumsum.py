@@ -1,0 +1,131 @@
+"""Chunk-local cumulative sums of log-space gates, as ``fla.ops.utils.cumsum``.
+
+Each chunk of ``chunk_size`` tokens restarts the sum (fla's chunked algorithms keep gates
+chunk-local so that ``exp(g_i - g_j)`` stays bounded). The Triton kernels run one program per
+(chunk, head); here all chunks of all heads are one ``cumsum`` over a padded chunk grid.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.utils import check_shared_mem, input_guard
+
+# Block sizes of the Triton vector kernel's autotuner (kept for API parity; unused by torch code).
+# Source: fla/ops/utils/cumsum.py:L13-L13 (fla 0.4.0)
+BS_LIST = [32, 64] if check_shared_mem() else [16, 32]
+
+
+def _chunk_cumsum(g: torch.Tensor, chunk_size: int, reverse: bool, scale: Optional[float],
+                  cu_seqlens: Optional[torch.Tensor], head_first: bool,
+                  output_dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """Shared body of the scalar and vector variants: fp32 cumsum inside every chunk."""
+    out_dtype = output_dtype or g.dtype
+    x = g.transpose(1, 2) if head_first else g                      # -> [B, T, H, (S)]
+    B, T = x.shape[:2]
+    layout = get_chunk_layout(B, T, chunk_size, cu_seqlens, device=g.device)
+    xc = layout.pack(x.float(), fill='zero')                       # [N, NC, BT, H, (S)]
+    if reverse:
+        oc = xc.flip(2).cumsum(2).flip(2)
+    else:
+        oc = xc.cumsum(2)
+    if scale is not None:
+        oc = oc * scale
+    o = layout.unpack(oc)
+    if head_first:
+        o = o.transpose(1, 2)
+    return o.to(out_dtype).contiguous()
+
+
+def chunk_local_cumsum_scalar(
+    g: torch.Tensor,
+    chunk_size: int,
+    reverse: bool = False,
+    scale: float = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    head_first: bool = False,
+    output_dtype: Optional[torch.dtype] = torch.float
+) -> torch.Tensor:
+    """Chunk-local (reverse) cumulative sum of a head-wise gate ``[B, T, H]`` (``[B, H, T]`` if
+    ``head_first``), optionally scaled; accumulated in fp32.
+
+    Source: fla/ops/utils/cumsum.py:L254-L286 (fla 0.4.0)
+    Source: fla/ops/utils/cumsum.py:L16-L67 (fla 0.4.0)
+    """
+    if head_first:
+        B, H, T = g.shape
+    else:
+        B, T, H = g.shape
+    assert chunk_size == 2**(chunk_size.bit_length()-1), "chunk_size must be a power of 2"
+    return _chunk_cumsum(g, chunk_size, reverse, scale, cu_seqlens, head_first, output_dtype)
+
+
+def chunk_local_cumsum_vector(
+    g: torch.Tensor,
+    chunk_size: int,
+    reverse: bool = False,
+    scale: float = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    head_first: bool = False,
+    output_dtype: Optional[torch.dtype] = torch.float
+) -> torch.Tensor:
+    """Chunk-local (reverse) cumulative sum of a key-wise gate ``[B, T, H, S]`` (``[B, H, T, S]``
+    if ``head_first``), optionally scaled; accumulated in fp32.
+
+    Source: fla/ops/utils/cumsum.py:L289-L326 (fla 0.4.0)
+    Source: fla/ops/utils/cumsum.py:L70-L127 (fla 0.4.0)
+    """
+    if head_first:
+        B, H, T, S = g.shape
+    else:
+        B, T, H, S = g.shape
+    assert chunk_size == 2**(chunk_size.bit_length()-1), "chunk_size must be a power of 2"
+    return _chunk_cumsum(g, chunk_size, reverse, scale, cu_seqlens, head_first, output_dtype)
+
+
+@input_guard
+def chunk_local_cumsum(
+    g: torch.Tensor,
+    chunk_size: int,
+    reverse: bool = False,
+    scale: float = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    head_first: bool = False,
+    output_dtype: Optional[torch.dtype] = torch.float,
+    **kwargs
+) -> torch.Tensor:
+    """Dispatch to the scalar (3-D gate) or vector (4-D gate) chunk-local cumsum.
+
+    Source: fla/ops/utils/cumsum.py:L431-L469 (fla 0.4.0)
+    """
+    if cu_seqlens is not None:
+        assert g.shape[0] == 1, "Only batch size 1 is supported when cu_seqlens are provided"
+    if len(g.shape) == 3:
+        return chunk_local_cumsum_scalar(
+            g=g,
+            chunk_size=chunk_size,
+            reverse=reverse,
+            scale=scale,
+            cu_seqlens=cu_seqlens,
+            head_first=head_first,
+            output_dtype=output_dtype
+        )
+    elif len(g.shape) == 4:
+        return chunk_local_cumsum_vector(
+            g=g,
+            chunk_size=chunk_size,
+            reverse=reverse,
+            scale=scale,
+            cu_seqlens=cu_seqlens,
+            head_first=head_first,
+            output_dtype=output_dtype
+        )
+    else:
+        raise ValueError(
+            f"Unsupported input shape {g.shape}, "
+            f"which should be (B, T, H, D) if `head_first=False` "
+            f"or (B, H, T, D) otherwise"
+        )

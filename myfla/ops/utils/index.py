@@ -1,0 +1,109 @@
+"""Sequence-index helpers for variable-length batches (``cu_seqlens``), as ``fla.ops.utils.index``.
+
+fla fills position ids with a small Triton kernel in some code paths; the helpers the KDA/GDN
+closure uses are plain tensor code, cached on argument identity with ``tensor_cache`` exactly as fla.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from myfla.utils import tensor_cache
+
+
+def _cdiv(x, y):
+    """Ceiling division for ints or integer tensors (``triton.cdiv``)."""
+    return (x + y - 1) // y
+
+
+@tensor_cache
+def prepare_lens(cu_seqlens: torch.LongTensor) -> torch.LongTensor:
+    """Length of every sequence.
+
+    Source: fla/ops/utils/index.py:L38-L40 (fla 0.4.0)
+    """
+    return cu_seqlens[1:] - cu_seqlens[:-1]
+
+
+@tensor_cache
+def prepare_lens_from_mask(mask: torch.BoolTensor) -> torch.LongTensor:
+    """Number of valid tokens per row of a ``[B, T]`` padding mask (int32).
+
+    Source: fla/ops/utils/index.py:L43-L45 (fla 0.4.0)
+    """
+    return mask.sum(dim=-1, dtype=torch.int32)
+
+
+@tensor_cache
+def prepare_cu_seqlens_from_lens(
+    lens: torch.LongTensor,
+    dtype: Optional[torch.dtype] = torch.int32
+) -> torch.LongTensor:
+    """``[0, l0, l0+l1, ...]`` from sequence lengths.
+
+    Source: fla/ops/utils/index.py:L48-L53 (fla 0.4.0)
+    """
+    return F.pad(lens.cumsum(dim=0, dtype=dtype), (1, 0))
+
+
+@tensor_cache
+def prepare_cu_seqlens_from_mask(
+    mask: torch.BoolTensor,
+    dtype: Optional[torch.dtype] = torch.int32
+) -> torch.LongTensor:
+    """Cumulative sequence lengths of the rows of a ``[B, T]`` padding mask.
+
+    Source: fla/ops/utils/index.py:L56-L61 (fla 0.4.0)
+    """
+    return prepare_cu_seqlens_from_lens(prepare_lens_from_mask(mask), dtype)
+
+
+@tensor_cache
+def prepare_position_ids(cu_seqlens: torch.LongTensor) -> torch.LongTensor:
+    """Position of every token inside its own sequence, ``[T]``.
+
+    Source: fla/ops/utils/index.py:L96-L101 (fla 0.4.0)
+    """
+    lens = prepare_lens(cu_seqlens)
+    total = int(cu_seqlens[-1].item()) if cu_seqlens.numel() > 0 else 0
+    # position = global index - start of the token's sequence (one batched op, no per-sequence arange)
+    starts = torch.repeat_interleave(cu_seqlens[:-1], lens, output_size=total)
+    return torch.arange(total, dtype=cu_seqlens.dtype, device=cu_seqlens.device) - starts
+
+
+@tensor_cache
+def prepare_sequence_ids(cu_seqlens: torch.LongTensor) -> torch.LongTensor:
+    """Index of the sequence every token belongs to, ``[T]``.
+
+    Source: fla/ops/utils/index.py:L104-L106 (fla 0.4.0)
+    """
+    return prepare_position_ids(cu_seqlens).eq(0).cumsum(0) - 1
+
+
+@tensor_cache
+def prepare_chunk_indices(
+    cu_seqlens: torch.LongTensor,
+    chunk_size: int
+) -> torch.LongTensor:
+    """``[NT, 2]`` pairs (sequence index, chunk index within the sequence) for every chunk.
+
+    Source: fla/ops/utils/index.py:L115-L121 (fla 0.4.0)
+    """
+    nchunks = _cdiv(prepare_lens(cu_seqlens), chunk_size).tolist()
+    indices = torch.cat([torch.arange(n) for n in nchunks]) if nchunks else torch.zeros(0, dtype=torch.long)
+    return torch.stack([indices.eq(0).cumsum(0) - 1, indices], 1).to(cu_seqlens)
+
+
+@tensor_cache
+def prepare_chunk_offsets(
+    cu_seqlens: torch.LongTensor,
+    chunk_size: int
+) -> torch.LongTensor:
+    """Index of every sequence's first chunk in the flat chunk list, plus the total, ``[N+1]``.
+
+    Source: fla/ops/utils/index.py:L124-L129 (fla 0.4.0)
+    """
+    return torch.cat([cu_seqlens.new_tensor([0]), _cdiv(prepare_lens(cu_seqlens), chunk_size)]).cumsum(-1)
