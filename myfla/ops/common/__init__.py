@@ -1,0 +1,1 @@
+"""Chunked building blocks shared by the delta-rule ops (``fla.ops.common``)."""

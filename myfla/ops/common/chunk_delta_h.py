@@ -1,0 +1,235 @@
+"""Inter-chunk state recurrence of the (gated) delta rule, as ``fla.ops.common.chunk_delta_h``.
+
+Forward, per sequence and head, chunk by chunk (``h`` is the ``[K, V]`` state entering a chunk):
+
+    v_new = u - w @ h
+    h     = diag(exp(gk_last)) * exp(g_last) * h + (k * exp(g_last - g))^T @ v_new
+
+Backward runs the transposed recurrence from the last chunk to the first. Everything that does not
+depend on the state (gate factors, ``q^T do``) is computed for all chunks of all heads at once; the
+Python loop over chunks does only the ``[N*H]``-batched matmuls that need the carried state.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
+from myfla.utils import is_nvidia_hopper
+
+# Warp counts of fla's autotuner (kept for API parity; unused by torch code).
+# Source: fla/ops/common/chunk_delta_h.py:L14-L14 (fla 0.4.0)
+NUM_WARPS = [2, 4] if is_nvidia_hopper else [2, 4, 8, 16]
+
+
+# ---- layout helpers shared by the chunked ops (port-only) ------------------------------------
+def to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero',
+            dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``[B, T, H, *rest]`` token layout -> ``[NC, N*H, BT, *rest]`` chunk grid (contiguous, so the
+    per-chunk slices of ``unbind(0)`` feed batched matmuls directly)."""
+    if dtype is not None:
+        x = x.to(dtype)
+    xc = layout.pack(x, fill=fill)                                  # [N, NC, BT, H, *rest]
+    N, NC, BT, H = xc.shape[:4]
+    rest = xc.shape[4:]
+    perm = (1, 0, 3, 2) + tuple(range(4, xc.dim()))
+    return xc.permute(perm).reshape(NC, N * H, BT, *rest)
+
+
+def from_grid(layout: ChunkLayout, xc: torch.Tensor, H: int) -> torch.Tensor:
+    """``[NC, N*H, BT, *rest]`` chunk grid -> ``[B, T, H, *rest]`` token layout."""
+    NC, NH, BT = xc.shape[:3]
+    rest = xc.shape[3:]
+    x = xc.reshape(NC, NH // H, H, BT, *rest)
+    perm = (1, 0, 3, 2) + tuple(range(4, x.dim()))
+    return layout.unpack(x.permute(perm))
+
+
+def chunks_to_grid(layout: ChunkLayout, h: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """fla's per-chunk layout ``[B, NT, H, *rest]`` -> ``[NC, N*H, *rest]``."""
+    if dtype is not None:
+        h = h.to(dtype)
+    hc = layout.pack_chunks(h)                                      # [N, NC, H, *rest]
+    N, NC, H = hc.shape[:3]
+    return hc.transpose(0, 1).reshape(NC, N * H, *hc.shape[3:])
+
+
+def chunks_from_grid(layout: ChunkLayout, hc: torch.Tensor, H: int) -> torch.Tensor:
+    """``[NC, N*H, *rest]`` -> fla's per-chunk layout ``[B, NT, H, *rest]``."""
+    NC, NH = hc.shape[:2]
+    h = hc.reshape(NC, NH // H, H, *hc.shape[2:]).transpose(0, 1)
+    return layout.unpack_chunks(h).contiguous()
+
+
+def compute_dtype_of(*tensors: Optional[torch.Tensor]) -> torch.dtype:
+    """fp32 accumulation (fp64 when an input is fp64, so that fp64 checks stay exact)."""
+    dtype = torch.float32
+    for t in tensors:
+        if t is not None and t.is_floating_point():
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def gate_factors(layout: ChunkLayout, H: int, K: int, g: Optional[torch.Tensor], gk: Optional[torch.Tensor],
+                 dtype: torch.dtype):
+    """Per-chunk gate factors on the chunk grid.
+
+    Returns ``(g_c, decay, k_scale)``: ``g_c`` the chunk-local cumulative scalar gate
+    ``[NC, N*H, BT]`` (or None); ``decay`` the state decay over the whole chunk, ``[NC, N*H, K, 1]``
+    (or None without gates); ``k_scale`` the factor ``exp(g_last - g_i)`` of every key ``[NC, N*H, BT, 1]``
+    (or None). Padding repeats a chunk's last valid gate, so pads give factor 1 and empty chunks no decay.
+    """
+    g_c, decay, k_scale = None, None, None
+    if g is not None:
+        g_c = to_grid(layout, g, fill='last', dtype=dtype)              # [NC, NH, BT]
+        g_last = g_c[:, :, -1:]
+        k_scale = torch.exp(g_last - g_c).unsqueeze(-1)
+        decay = torch.exp(g_last).unsqueeze(-1).expand(*g_last.shape[:2], K, 1)
+    if gk is not None:
+        gk_c = to_grid(layout, gk, fill='last', dtype=dtype)            # [NC, NH, BT, K]
+        gk_decay = torch.exp(gk_c[:, :, -1, :]).unsqueeze(-1)          # [NC, NH, K, 1]
+        decay = gk_decay if decay is None else decay * gk_decay
+    if decay is not None:
+        decay = decay.contiguous()
+    return g_c, decay, k_scale
+
+
+def chunk_gated_delta_rule_fwd_h(
+    k: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    gk: Optional[torch.Tensor] = None,
+    initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,  # SY: remove this argument and force chunk size 64?
+    save_new_value: bool = True,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Chunk-start states ``h`` ``[B, NT, H, K, V]`` (``k.dtype``), the new values
+    ``v_new = u - w h`` ``[B, T, H, V]`` (``u.dtype``, None unless ``save_new_value``) and the fp32
+    final state ``[N, H, K, V]`` (None unless ``output_final_state``).
+
+    ``g`` ``[B, T, H]`` (scalar) and/or ``gk`` ``[B, T, H, K]`` (key-wise) are chunk-local
+    cumulative log gates. Keys are used as given: with ``gk`` the caller passes keys already scaled
+    by ``exp(gk_last - gk)`` (KDA's ``kg``), as in fla.
+
+    Source: fla/ops/common/chunk_delta_h.py:L435-L481 (fla 0.4.0)
+    Source: fla/ops/common/chunk_delta_h.py:L17-L209 (fla 0.4.0)
+    """
+    B, T, H, K, V = *k.shape, u.shape[-1]
+    BT = chunk_size
+    assert K <= 256, "current kernel does not support head dimension larger than 256."
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
+    N, NC = layout.N, layout.NC
+    cdt = compute_dtype_of(k, w, u)
+
+    _, decay, k_scale = gate_factors(layout, H, K, g, gk, cdt)
+    k_c = to_grid(layout, k, dtype=cdt)                                 # [NC, NH, BT, K]
+    if k_scale is not None:
+        k_c = k_c * k_scale
+    kT = k_c.transpose(-1, -2).contiguous().unbind(0)                   # NC x [NH, K, BT]
+    w_c = to_grid(layout, w, dtype=cdt).unbind(0)
+    u_c = to_grid(layout, u, dtype=cdt).unbind(0)
+    decays = decay.unbind(0) if decay is not None else [None] * NC
+    # fla feeds the gated new values to the state update in k's dtype (a rounding step for fp16/bf16).
+    round_v = k.dtype if k.dtype != cdt else None
+
+    if initial_state is not None:
+        state = initial_state.to(cdt).reshape(N * H, K, V)
+    else:
+        state = torch.zeros(N * H, K, V, dtype=cdt, device=k.device)
+    states, v_news = [], []
+    for c in range(NC):
+        states.append(state)
+        v_new = torch.baddbmm(u_c[c], w_c[c], state, alpha=-1)          # u - w @ h
+        v_news.append(v_new)
+        v_upd = v_new.to(round_v).to(cdt) if round_v is not None else v_new
+        decayed = state * decays[c] if decays[c] is not None else state
+        state = torch.baddbmm(decayed, kT[c], v_upd)
+
+    if NC > 0:
+        h = chunks_from_grid(layout, torch.stack(states, 0).to(k.dtype), H)
+    else:
+        h = k.new_empty(B, 0, H, K, V)
+    final_state = state.reshape(N, H, K, V).float() if output_final_state else None
+    v_new = None
+    if save_new_value:
+        v_new = from_grid(layout, torch.stack(v_news, 0), H).to(u.dtype).contiguous() if NC > 0 \
+            else torch.empty_like(u)
+    return h, v_new, final_state
+
+
+def chunk_gated_delta_rule_bwd_dhu(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    w: torch.Tensor,
+    do: torch.Tensor,
+    dv: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    gk: Optional[torch.Tensor] = None,
+    h0: Optional[torch.Tensor] = None,
+    dht: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64,  # SY: remove this argument and force chunk size 64?
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of the state recurrence.
+
+    Returns ``dh`` ``[B, NT, H, K, V]`` (``q.dtype``; the gradient reaching the state at the end of
+    every chunk), ``dh0`` (fp32, None without ``h0``) and ``dv2 = dv + (k * exp(g_last - g)) @ dh``
+    (``dv.dtype``), the full gradient of ``v_new``. Per chunk, going backwards:
+
+        dv2 = dv + k_scaled @ dh
+        dh  = decay * dh + scale * (q * exp(g))^T @ do - w^T @ dv2
+
+    Source: fla/ops/common/chunk_delta_h.py:L484-L535 (fla 0.4.0)
+    Source: fla/ops/common/chunk_delta_h.py:L212-L432 (fla 0.4.0)
+    """
+    B, T, H, K, V = *q.shape, do.shape[-1]
+    BT = 64
+    assert K <= 256, "current kernel does not support head dimension being larger than 256."
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=q.device)
+    N, NC = layout.N, layout.NC
+    cdt = compute_dtype_of(q, k, w, do, dv)
+
+    g_c, decay, k_scale = gate_factors(layout, H, K, g, gk, cdt)
+    q_c = to_grid(layout, q, dtype=cdt)
+    if g_c is not None:
+        q_c = q_c * torch.exp(g_c).unsqueeze(-1)
+    do_c = to_grid(layout, do, dtype=cdt)
+    # the state-independent part of every chunk's dh update, for all chunks at once
+    qdo = torch.matmul(q_c.transpose(-1, -2), do_c)                     # [NC, NH, K, V]
+    if scale is not None:
+        qdo = qdo * scale
+    k_c = to_grid(layout, k, dtype=cdt)
+    if k_scale is not None:
+        k_c = k_c * k_scale
+    k_c = k_c.unbind(0)
+    wT = to_grid(layout, w, dtype=cdt).transpose(-1, -2).contiguous().unbind(0)
+    dv_c = to_grid(layout, dv, dtype=cdt).unbind(0)
+    qdo = qdo.unbind(0)
+    decays = decay.unbind(0) if decay is not None else [None] * NC
+
+    if dht is not None:
+        grad = dht.to(cdt).reshape(N * H, K, V)
+    else:
+        grad = torch.zeros(N * H, K, V, dtype=cdt, device=q.device)
+    dhs, dv2s = [None] * NC, [None] * NC
+    for c in range(NC - 1, -1, -1):
+        dhs[c] = grad
+        dv2 = torch.baddbmm(dv_c[c], k_c[c], grad)
+        dv2s[c] = dv2
+        decayed = grad * decays[c] if decays[c] is not None else grad
+        grad = torch.baddbmm(decayed + qdo[c], wT[c], dv2, alpha=-1)
+
+    if NC > 0:
+        dh = chunks_from_grid(layout, torch.stack(dhs, 0).to(q.dtype), H)
+        dv2 = from_grid(layout, torch.stack(dv2s, 0), H).to(dv.dtype).contiguous()
+    else:
+        dh = q.new_empty(B, 0, H, K, V)
+        dv2 = torch.empty_like(dv)
+    dh0 = grad.reshape(N, H, K, V).float() if h0 is not None else None
+    return dh, dh0, dv2
