@@ -1,8 +1,10 @@
 """Neural-network building blocks used by the KDA and GatedDeltaNet layers (mirrors ``fla.modules``;
 only the symbols this port carries are re-exported)."""
 
+from myfla.modules.convolution import ShortConvolution
 from myfla.modules.l2norm import L2Norm
 
 __all__ = [
+    'ShortConvolution',
     'L2Norm',
 ]

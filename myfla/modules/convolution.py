@@ -1,0 +1,595 @@
+"""Depthwise causal 1-D convolution (the "short convolution" in front of q/k/v of KDA and GDN).
+
+fla implements it with four Triton kernels (forward, backward, final-state extraction, one-token
+update). Here each kernel's math is batched torch code over all tokens of all sequences at once; the
+only Python loop runs over the W (kernel width, typically 4) taps.
+
+Conventions shared with fla 0.4.0:
+- ``weight`` is ``[D, W]``; ``y[t] = act(sum_k x[t - (W-1) + k] * weight[:, k] + bias) + residual[t]``.
+- The conv state / cache is ``[N, D, W]`` (full width W). Column ``c`` holds the input at token
+  ``eos - W + c`` of its sequence, so column ``W-1`` is the newest token. A forward pass with an
+  initial state reads columns ``1 .. W-1`` as the ``W-1`` tokens before the sequence; column 0 is
+  never read (fla calls it padding) and its gradient is not propagated to the inputs.
+- Varlen inputs are ``[1, T, D]`` with ``cu_seqlens``; nothing crosses a sequence boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from myfla.utils import input_guard, is_amd
+
+# Source: fla/modules/convolution.py:L18-L18 (fla 0.4.0)
+NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [4, 8, 16, 32]
+# Source: fla/modules/convolution.py:L19-L19 (fla 0.4.0)
+STATIC_WARPS = 32 if not is_amd else 16
+
+# fla binds these to the compiled `causal_conv1d` CUDA extension when it is installed. The port is
+# pure PyTorch and never calls compiled kernels, so they stay None: ShortConvolution then warns and
+# switches backend='cuda' to 'triton' exactly as fla does without the extension, and both backend
+# names run the same torch implementation below.
+# Source: fla/modules/convolution.py:L26-L26 (fla 0.4.0)
+causal_conv1d_fn = None
+# Source: fla/modules/convolution.py:L27-L27 (fla 0.4.0)
+causal_conv1d_update_cuda = None
+
+
+def _silu_grad_factor(y: torch.Tensor) -> torch.Tensor:
+    """d silu(y) / dy = sigmoid(y) * (1 + y * (1 - sigmoid(y)))."""
+    s = torch.sigmoid(y)
+    return s * (1 + y * (1 - s))
+
+
+def _token_geometry(
+    B: int,
+    T: int,
+    cu_seqlens: Optional[torch.Tensor],
+    device: torch.device,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For the flattened token axis (``B*T`` tokens): sequence index and position within the
+    sequence of every token, plus each sequence's start offset and length (all int64)."""
+    if cu_seqlens is None:
+        tokens = torch.arange(B * T, device=device)
+        starts = torch.arange(B, device=device) * T
+        lens = torch.full((B,), T, dtype=torch.long, device=device)
+        return tokens // T, tokens % T, starts, lens
+    offsets = cu_seqlens.to(device=device, dtype=torch.long)
+    starts, lens = offsets[:-1], offsets[1:] - offsets[:-1]
+    seq = torch.repeat_interleave(torch.arange(len(lens), device=device), lens, output_size=B * T)
+    pos = torch.arange(B * T, device=device) - starts[seq]
+    return seq, pos, starts, lens
+
+
+def _shift_down(x: torch.Tensor, j: int) -> torch.Tensor:
+    """Rows moved ``j`` places later along dim 0 (row t holds row t-j), zeros shifted in."""
+    if j == 0:
+        return x
+    return torch.cat([x.new_zeros(j, *x.shape[1:]), x], 0)[:x.shape[0]]
+
+
+def _shift_up(x: torch.Tensor, j: int) -> torch.Tensor:
+    """Rows moved ``j`` places earlier along dim 0 (row t holds row t+j), zeros shifted in."""
+    if j == 0:
+        return x
+    return torch.cat([x, x.new_zeros(j, *x.shape[1:])], 0)[j:]
+
+
+def _taps(
+    x: torch.Tensor,
+    seq: torch.Tensor,
+    pos: torch.Tensor,
+    initial_state: Optional[torch.Tensor],
+    W: int,
+) -> List[torch.Tensor]:
+    """The conv inputs seen by each tap: ``taps[j][t]`` is the input ``j`` tokens before token t
+    (fp32, ``[L, D]``): ``x[t-j]`` inside the sequence, else the initial state's column
+    ``W - j + pos`` (or 0 without one)."""
+    taps = [x]
+    for j in range(1, W):
+        inside = (pos >= j).unsqueeze(-1)
+        if initial_state is not None:
+            col = (W - j + pos).clamp(max=W - 1)
+            before = initial_state[seq, :, col].float()
+        else:
+            before = x.new_zeros(())
+        taps.append(torch.where(inside, _shift_down(x, j), before))
+    return taps
+
+
+def causal_conv1d_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    residual: torch.Tensor,
+    initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
+    activation: Optional[str] = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Causal depthwise conv forward; returns ``(y, final_state)`` (``final_state`` ``[N, D, W]`` or None).
+
+    Source: fla/modules/convolution.py:L403-L451 (fla 0.4.0)
+    Source: fla/modules/convolution.py:L30-L135 (fla 0.4.0)
+    """
+    shape = x.shape
+    if x.shape[-1] != weight.shape[0]:
+        x = rearrange(x, 'b t ... -> b t (...)')
+    B, T, D, W = *x.shape, weight.shape[1]
+    seq, pos, _, _ = _token_geometry(B, T, cu_seqlens, x.device)
+
+    taps = _taps(x.reshape(B * T, D).float(), seq, pos, initial_state, W)
+    b_w = weight.float()
+    # tap j (the input j tokens back) meets weight column W-1-j
+    b_y = sum(taps[j] * b_w[:, W - 1 - j] for j in range(W))
+    if bias is not None:
+        b_y = b_y + bias.float()
+    if activation in ('swish', 'silu'):
+        b_y = b_y * torch.sigmoid(b_y)
+    if residual is not None:
+        b_y = b_y + residual.reshape(B * T, D)
+    y = b_y.to(x.dtype).view(B, T, D)
+
+    final_state = None
+    if output_final_state:
+        final_state = causal_conv1d_update_states(
+            x=x,
+            state_len=W,
+            initial_state=initial_state,
+            cu_seqlens=cu_seqlens,
+        )
+    return y.view(shape), final_state
+
+
+def causal_conv1d_bwd(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    dht: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    initial_state: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+):
+    """Gradients of :func:`causal_conv1d_fwd`: ``(dx, dw, db, dresidual, dh0)``.
+
+    ``dht`` is the gradient of the returned final state (or None); ``dh0`` that of the initial
+    state (None without one).
+
+    Source: fla/modules/convolution.py:L454-L524 (fla 0.4.0)
+    Source: fla/modules/convolution.py:L138-L333 (fla 0.4.0)
+    """
+    shape = x.shape
+    if x.shape[-1] != weight.shape[0]:
+        x = rearrange(x, 'b t ... -> b t (...)')
+    B, T, D = x.shape
+    W = weight.shape[1] if weight is not None else None
+    L = B * T
+    seq, pos, _, lens = _token_geometry(B, T, cu_seqlens, x.device)
+    seq_len = lens[seq]
+
+    # gradient at the pre-activation output; the pre-activation is recomputed as fla does
+    b_dy = dy.reshape(L, D).float()
+    if activation is not None:
+        y, _ = causal_conv1d_fwd(
+            x=x,
+            weight=weight,
+            bias=bias,
+            residual=None,
+            initial_state=initial_state,
+            activation=None,
+            cu_seqlens=cu_seqlens,
+            output_final_state=False
+        )
+        if activation in ('swish', 'silu'):
+            b_dy = b_dy * _silu_grad_factor(y.reshape(L, D).float())
+
+    b_w = weight.float()
+    taps = _taps(x.reshape(L, D).float(), seq, pos, initial_state, W)
+    dw = torch.stack([(b_dy * taps[W - 1 - k]).sum(0) for k in range(W)], -1).to(weight)
+    db = b_dy.sum(0).to(bias) if bias is not None else None
+    dr = dy if residual is not None else None
+
+    # x[u] feeds y[u + j] through weight column W-1-j, while u + j stays in the same sequence
+    b_dx = sum(
+        torch.where((pos + j < seq_len).unsqueeze(-1), _shift_up(b_dy, j), 0.) * b_w[:, W - 1 - j]
+        for j in range(W)
+    )
+
+    dh0 = None
+    if initial_state is not None:
+        N = initial_state.shape[0]
+        # [N, W, D] so that (sequence, column) index pairs address rows of D values
+        b_dh0 = b_dy.new_zeros(N, W, D)
+        head = pos < W - 1
+        h_seq, h_pos, h_dy = seq[head], pos[head], b_dy[head]
+        for j in range(1, W):
+            # token t (pos < j) read initial-state column W-j+pos through tap j
+            m = h_pos < j
+            b_dh0.index_put_((h_seq[m], W - j + h_pos[m]), h_dy[m] * b_w[:, W - 1 - j], accumulate=True)
+        if dht is not None:
+            # Deviation: a sequence shorter than W keeps initial-state column c in final-state
+            # column c - len; that slot's gradient flows back to the initial state (fla 0.4.0
+            # drops it; fixed in later fla, fla/modules/causal_conv1d/ops.py::compute_dh0_kernel).
+            b_dht = dht.float().transpose(1, 2)
+            cols = torch.arange(1, W, device=x.device)
+            src = cols.unsqueeze(0) - lens.unsqueeze(1)                       # [N, W-1]
+            kept = (src >= 0).unsqueeze(-1)
+            moved = b_dht.gather(1, src.clamp(min=0).unsqueeze(-1).expand(-1, -1, D))
+            b_dh0[:, 1:] += torch.where(kept, moved, 0.)
+        dh0 = b_dh0.transpose(1, 2).to(initial_state)
+
+    if dht is not None:
+        # final-state column c holds token eos-W+c; column 0 is padding in fla and gets no gradient.
+        # Deviation: the column of token t is t + W - len (fla 0.4.0 used 1 + t for sequences shorter
+        # than W-1, reading the wrong slot; fixed in later fla, causal_conv1d/ops.py bwd kernel).
+        col = pos + W - seq_len
+        in_state = (col >= 1).unsqueeze(-1)
+        b_dx = b_dx + torch.where(in_state, dht[seq, :, col.clamp(min=0, max=W - 1)].float(), 0.)
+
+    dx = b_dx.to(x.dtype)
+    return dx.view(shape), dw, db, dr, dh0
+
+
+@input_guard
+def causal_conv1d_update_states(
+    x: torch.Tensor,
+    state_len: int,
+    initial_state: Optional[torch.Tensor] = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The conv state after each sequence: ``[N, D, state_len]`` in ``x.dtype``, column ``c`` =
+    input at token ``eos - state_len + c``, taken from the initial state (shifted by the sequence
+    length) where the sequence is shorter, else zero.
+
+    Source: fla/modules/convolution.py:L570-L595 (fla 0.4.0)
+    Source: fla/modules/convolution.py:L527-L567 (fla 0.4.0)
+    """
+    B, T, D, W = *x.shape, state_len
+    _, _, starts, lens = _token_geometry(B, T, cu_seqlens, x.device)
+    x_flat = x.reshape(B * T, D)
+    cols = torch.arange(W, device=x.device)
+    token = (starts + lens).unsqueeze(1) - W + cols                        # [N, W]
+    from_x = (token >= starts.unsqueeze(1)).unsqueeze(1)                   # [N, 1, W]
+    values = x_flat[token.clamp(min=0)].transpose(1, 2)                    # [N, D, W]
+    if initial_state is not None:
+        src = cols + lens.unsqueeze(1)                                     # [N, W]
+        kept = (src < W).unsqueeze(1)
+        old = initial_state.gather(2, src.clamp(max=W - 1).unsqueeze(1).expand(-1, D, -1))
+        before = torch.where(kept, old.to(x.dtype), 0)
+    else:
+        before = x.new_zeros(())
+    # a fresh contiguous [N, D, W] buffer: decoding later updates it in place
+    return torch.where(from_x, values, before).to(x.dtype).contiguous()
+
+
+@input_guard
+def causal_conv1d_update(
+    x: torch.Tensor,
+    cache: torch.Tensor,
+    residual: Optional[torch.Tensor] = None,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step per sequence: shift ``cache`` left by one, append ``x``, convolve.
+    ``cache`` (``[N, D, W]``) is updated in place; without a cache the window is all zeros.
+
+    Source: fla/modules/convolution.py:L598-L633 (fla 0.4.0)
+    Source: fla/modules/convolution.py:L336-L400 (fla 0.4.0)
+    """
+    shape = x.shape
+    if weight is not None and x.shape[-1] != weight.shape[0]:
+        x = rearrange(x, 'b t ... -> b t (...)')
+    *_, D = x.shape
+    N = x.numel() // D
+    W = weight.shape[1] if weight is not None else cache.shape[-1]
+
+    b_x = x.reshape(N, D).float()
+    if cache is not None:
+        # [N, D, W]: drop the oldest column, the new token becomes the last one
+        b_cache = torch.cat([cache[:, :, 1:].float(), b_x.unsqueeze(-1)], -1)
+    else:
+        b_cache = b_x.new_zeros(N, D, W)
+    if weight is not None:
+        b_y = (b_cache * weight.float()).sum(-1)
+    else:
+        b_y = b_cache.sum(-1)
+    if bias is not None:
+        b_y = b_y + bias.float()
+    if activation in ('swish', 'silu'):
+        b_y = b_y * torch.sigmoid(b_y)
+    if residual is not None:
+        b_y = b_y + residual.reshape(N, D)
+    y = b_y.to(x.dtype)
+
+    if cache is not None:
+        cache.copy_(b_cache.to(cache.dtype))
+    return y.view(shape), cache
+
+
+class CausalConv1dFunction(torch.autograd.Function):
+    """Autograd wrapper of :func:`causal_conv1d_fwd` / :func:`causal_conv1d_bwd`.
+
+    Source: fla/modules/convolution.py:L636-L681 (fla 0.4.0)
+    """
+
+    @staticmethod
+    @input_guard
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        weight: Optional[torch.Tensor] = None,
+        bias: Optional[torch.Tensor] = None,
+        residual: Optional[torch.Tensor] = None,
+        initial_state: Optional[torch.Tensor] = None,
+        output_final_state: Optional[bool] = False,
+        activation: Optional[str] = None,
+        cu_seqlens: Optional[torch.Tensor] = None,
+    ):
+        ctx.activation = activation
+        ctx.cu_seqlens = cu_seqlens
+        ctx.save_for_backward(x, weight, bias, residual, initial_state)
+        y, final_state = causal_conv1d_fwd(
+            x=x,
+            weight=weight,
+            bias=bias,
+            residual=residual,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            activation=activation,
+            cu_seqlens=cu_seqlens,
+        )
+        return y, final_state
+
+    @staticmethod
+    @input_guard
+    def backward(ctx, dy: torch.Tensor, dht: Optional[torch.Tensor] = None):
+        x, weight, bias, residual, initial_state = ctx.saved_tensors
+        dx, dw, db, dr, dh0 = causal_conv1d_bwd(
+            x=x,
+            dy=dy,
+            dht=dht,
+            weight=weight,
+            bias=bias,
+            residual=residual,
+            initial_state=initial_state,
+            activation=ctx.activation,
+            cu_seqlens=ctx.cu_seqlens,
+        )
+        return dx, dw, db, dr, dh0, None, None, None
+
+
+@input_guard
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    initial_state: Optional[torch.Tensor] = None,
+    output_final_state: Optional[bool] = False,
+    activation: Optional[str] = None,
+    backend: Optional[str] = 'triton',
+    cu_seqlens: Optional[torch.Tensor] = None,
+    **kwargs,
+):
+    """Causal depthwise 1-D convolution (Mamba/Mamba2/DeltaNet short conv; with ``residual`` it is
+    the "Canon" operation).
+
+    Args:
+        x: ``[B, T, D]`` (varlen: ``B == 1`` with ``cu_seqlens``).
+        weight: ``[D, W]``. bias: ``[D]`` or None. residual: ``[B, T, D]`` or None, added after the
+            activation.
+        initial_state: ``[N, D, W]`` conv state to continue from, or None.
+        output_final_state: also return the ``[N, D, W]`` state after the sequence.
+        activation: ``'swish'``/``'silu'`` or None.
+        backend: ``'triton'`` or ``'cuda'`` in fla; both run the torch implementation here (the
+            CUDA-extension path exists in fla only to call the compiled ``causal_conv1d`` package).
+        cu_seqlens: cumulative sequence lengths ``[N + 1]`` for varlen inputs.
+
+    Returns:
+        ``(y, final_state)``; ``final_state`` is None unless ``output_final_state``.
+
+    Source: fla/modules/convolution.py:L684-L791 (fla 0.4.0)
+    """
+    y, final_state = CausalConv1dFunction.apply(
+        x,
+        weight,
+        bias,
+        residual,
+        initial_state,
+        output_final_state,
+        activation,
+        cu_seqlens,
+    )
+    return y, final_state
+
+
+class ShortConvolution(nn.Conv1d):
+    """Depthwise causal short convolution with optional SiLU, residual, varlen and a decoding cache.
+
+    Args:
+        hidden_size: number of channels D.
+        kernel_size: kernel width W.
+        bias: learnable bias. activation: ``'silu'``/``'swish'`` or None.
+        backend: ``'triton'`` or ``'cuda'`` (``FLA_CONV_BACKEND`` overrides); ``'cuda'`` needs the
+            compiled ``causal_conv1d`` package, which the port never uses, so it falls back to
+            ``'triton'`` with fla's warning. Both names run the same torch code.
+        device, dtype: parameter factory arguments. ``use_fast_conv1d`` is deprecated (warns).
+
+    Source: fla/modules/convolution.py:L794-L1009 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        kernel_size: int,
+        bias: bool = False,
+        activation: Optional[str] = 'silu',
+        backend: Optional[str] = 'triton',
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        **kwargs,
+    ):
+        super().__init__(
+            in_channels=hidden_size,
+            out_channels=hidden_size,
+            kernel_size=kernel_size,
+            groups=hidden_size,
+            bias=bias,
+            padding=kernel_size - 1,
+            device=device,
+            dtype=dtype,
+        )
+
+        self.hidden_size = hidden_size
+        self.activation = None
+        if activation is not None:
+            assert activation in ['silu', 'swish'], f"Activation `{activation}` not supported yet."
+            self.activation = activation
+
+        if 'use_fast_conv1d' in kwargs:
+            warnings.warn(
+                "The `use_fast_conv1d` parameter is deprecated and will be ignored. "
+                "Please use the `backend` parameter instead."
+            )
+        self.backend = os.environ.get('FLA_CONV_BACKEND', backend)
+        if backend not in ['cuda', 'triton']:
+            raise ValueError(f"Invalid backend: {backend}, must be one of ['cuda', 'triton']")
+        if backend == 'cuda' and causal_conv1d_fn is None:
+            warnings.warn(
+                "The `backend` parameter is set to `cuda`, but `causal_conv1d_fn` is not available. "
+                "Switching to the Triton implementation instead. "
+                "Consider installing `causal_conv1d` to enable the CUDA backend."
+            )
+            self.backend = 'triton'
+
+    def extra_repr(self):
+        parts = ['{in_channels}, {out_channels}, kernel_size={kernel_size}, stride={stride}']
+        if self.padding != (0,) * len(self.padding):
+            parts.append('padding={padding}')
+        if self.dilation != (1,) * len(self.dilation):
+            parts.append('dilation={dilation}')
+        if self.output_padding != (0,) * len(self.output_padding):
+            parts.append('output_padding={output_padding}')
+        if self.groups != 1:
+            parts.append('groups={groups}')
+        if self.bias is None:
+            parts.append('bias=False')
+        if self.padding_mode != 'zeros':
+            parts.append('padding_mode={padding_mode}')
+        if self.activation is not None:
+            parts.append('activation={activation}')
+        parts.append(f'backend={self.backend}')
+        return ', '.join(parts).format(**self.__dict__)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        cache: Optional[torch.Tensor] = None,
+        output_final_state: bool = False,
+        cu_seqlens: Optional[torch.LongTensor] = None,
+        **kwargs,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            x: ``[B, T, D]``.
+            residual: ``[B, T, D]`` or None.
+            mask: ``[B, T]`` padding mask; padded positions of ``x`` are zeroed **in place**.
+            cache: ``[N, D, W]`` conv state; when decoding (one token per sequence) it is updated
+                **in place**.
+            output_final_state: also return the ``[N, D, W]`` state.
+            cu_seqlens: ``[N + 1]`` cumulative lengths for varlen inputs.
+
+        Returns:
+            ``(y [B, T, D], cache or final state or None)``.
+        """
+        B, T, *_ = x.shape
+        N = B if cu_seqlens is None else len(cu_seqlens) - 1
+        if mask is not None:
+            if cu_seqlens is not None:
+                raise ValueError("`mask` and `cu_seqlens` cannot be provided at the same time")
+            x = x.mul_(mask.unsqueeze(-1))
+
+        # one token per sequence: decoding, the cache (if any) is updated in place
+        if B * T == N:
+            return self.step(
+                x=x,
+                residual=residual,
+                cache=cache,
+                output_final_state=output_final_state,
+                cu_seqlens=cu_seqlens
+            )
+
+        # fla's CUDA-extension path cannot take cu_seqlens together with a cache or a final state
+        if self.backend == 'cuda' and cu_seqlens is not None and (cache is not None or output_final_state):
+            warnings.warn(
+                "The CUDA backend does not support both `cu_seqlens` and `cache` being provided, "
+                "or both `cu_seqlens` and `output_final_state` being provided. "
+                "Switching to the Triton backend instead. ",
+                stacklevel=2
+            )
+            self.backend = 'triton'
+
+        return causal_conv1d(
+            x=x,
+            weight=rearrange(self.weight, "d 1 w -> d w"),
+            bias=self.bias,
+            residual=residual,
+            initial_state=cache,
+            output_final_state=output_final_state,
+            activation=self.activation,
+            backend=self.backend,
+            cu_seqlens=cu_seqlens,
+            **kwargs
+        )
+
+    def step(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor,
+        cache: torch.Tensor,
+        output_final_state: bool = False,
+        cu_seqlens: Optional[torch.LongTensor] = None
+    ):
+        """One decoding step for ``x`` of one token per sequence; returns ``(y, cache)``."""
+        B, _, D, W = *x.shape, self.kernel_size[0]
+        N = B if cu_seqlens is None else len(cu_seqlens) - 1
+        if output_final_state and cache is None:
+            cache = x.new_zeros(N, D, W)
+        if cache is None:
+            # Deviation: fla 0.4.0's update kernel ignores x when there is no cache (the window is
+            # all zeros, so y = act(bias)); later fla always steps through a zero cache. Do that,
+            # and still return None as 0.4.0 does when no state was asked for.
+            y, _ = causal_conv1d_update(
+                x=x,
+                cache=x.new_zeros(N, D, W),
+                residual=residual,
+                weight=rearrange(self.weight, "d 1 w -> d w"),
+                bias=self.bias,
+                activation=self.activation,
+            )
+            return y, None
+        # both backends update the cache in place (fla's "fast mode")
+        return causal_conv1d_update(
+            x=x,
+            cache=cache,
+            residual=residual,
+            weight=rearrange(self.weight, "d 1 w -> d w"),
+            bias=self.bias,
+            activation=self.activation,
+        )
+
+    @property
+    def state_size(self) -> int:
+        # Deviation: fla 0.4.0 multiplies by the tuple `kernel_size` (a repeated tuple, not an int);
+        # later fla uses kernel_size[0].
+        return self.hidden_size * self.kernel_size[0]
