@@ -1,0 +1,221 @@
+"""Chunk outputs and their local gradients, as ``fla.ops.common.chunk_o``.
+
+Within a chunk, with ``h`` the state entering it and ``G_ij = exp(g_i - g_j)`` the gate ratio:
+
+    o = scale * (exp(g) * (q @ h) + tril(q @ k^T * G) @ v)
+
+The backward pieces (``chunk_bwd_dv_local``, ``chunk_bwd_dqkwg``) differentiate the intra-chunk and
+the state-readout parts; the state recurrence itself is in ``chunk_delta_h``. All chunks of all
+heads are handled by single batched matmuls on the chunk grid.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from myfla.ops.common.chunk_delta_h import chunks_to_grid, compute_dtype_of, from_grid, to_grid
+from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
+from myfla.utils import is_nvidia_hopper
+
+# Warp counts of fla's autotuner (kept for API parity; unused by torch code).
+# Source: fla/ops/common/chunk_o.py:L15-L15 (fla 0.4.0)
+NUM_WARPS = [2, 4] if is_nvidia_hopper else [2, 4, 8]
+
+
+def _valid_grid(layout: ChunkLayout, H: int, device) -> torch.Tensor:
+    """``[NC, N*H, BT]`` bool: which chunk-grid slots hold real tokens."""
+    valid = layout.valid_mask(device=device)                            # [N, NC, BT]
+    N, NC, BT = valid.shape
+    return valid.transpose(0, 1).unsqueeze(2).expand(NC, N, H, BT).reshape(NC, N * H, BT)
+
+
+def _gamma_gates(layout: ChunkLayout, g_gamma: torch.Tensor, H: int, dtype, device):
+    """Constant per-head decay ``g_gamma`` [H] as chunk-local cumulative gates: ``gamma * (i + 1)``
+    for every slot, and ``gamma * (valid tokens of the chunk)`` for the chunk's last gate."""
+    BT = layout.BT
+    gamma = g_gamma.to(dtype).repeat(layout.N)                          # [N*H]
+    g_c = gamma.view(1, -1, 1) * torch.arange(1, BT + 1, dtype=dtype, device=device).view(1, 1, BT)
+    n_valid = _valid_grid(layout, H, device).sum(-1).to(dtype)          # [NC, N*H]
+    g_last = gamma.view(1, -1) * n_valid
+    return g_c.expand(layout.NC, -1, -1), g_last
+
+
+def _causal(BT: int, device, strict: bool = False) -> torch.Tensor:
+    return torch.ones(BT, BT, dtype=torch.bool, device=device).tril(-1 if strict else 0)
+
+
+def chunk_fwd_o(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    h: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    g_gamma: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64
+) -> torch.Tensor:
+    """Output ``o`` ``[B, T, H, V]`` (``v.dtype``) from chunk-start states ``h`` ``[B, NT, H, K, V]``.
+
+    Source: fla/ops/common/chunk_o.py:L490-L527 (fla 0.4.0)
+    Source: fla/ops/common/chunk_o.py:L18-L120 (fla 0.4.0)
+    """
+    B, T, H, K, V = *q.shape, v.shape[-1]
+    BT = chunk_size
+    if scale is None:
+        scale = k.shape[-1] ** -0.5
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=q.device)
+    if layout.NC == 0:
+        return torch.empty_like(v)
+    cdt = compute_dtype_of(q, k, v, h)
+    q_c = to_grid(layout, q, dtype=cdt)
+    k_c = to_grid(layout, k, dtype=cdt)
+    v_c = to_grid(layout, v, dtype=cdt)
+    h_c = chunks_to_grid(layout, h, dtype=cdt)
+
+    o_c = torch.matmul(q_c, h_c)                                        # [NC, NH, BT, V]
+    A = torch.matmul(q_c, k_c.transpose(-1, -2))                        # [NC, NH, BT, BT]
+    g_c = None
+    if g is not None:
+        g_c = to_grid(layout, g, fill='last', dtype=cdt)
+    elif g_gamma is not None:
+        g_c, _ = _gamma_gates(layout, g_gamma, H, cdt, q.device)
+    if g_c is not None:
+        o_c = o_c * torch.exp(g_c).unsqueeze(-1)
+        A = A * torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2))
+    A = A.masked_fill(~_causal(BT, q.device), 0)
+    if v.dtype != cdt:
+        A = A.to(v.dtype).to(cdt)
+    o_c = (o_c + torch.matmul(A, v_c)) * scale
+    return from_grid(layout, o_c, H).to(v.dtype).contiguous()
+
+
+def chunk_bwd_dv_local(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    do: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    g_gamma: Optional[torch.Tensor] = None,
+    A: Optional[torch.Tensor] = None,
+    scale: float = None,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64
+) -> torch.Tensor:
+    """Intra-chunk part of ``dv``: ``tril(P)^T @ do`` per chunk, where ``P`` is the given attention
+    matrix ``A`` ``[B, T, H, BT]`` (KDA passes its ``Aqk``) or else ``scale * q @ k^T * G``.
+
+    Source: fla/ops/common/chunk_o.py:L582-L628 (fla 0.4.0)
+    Source: fla/ops/common/chunk_o.py:L400-L487 (fla 0.4.0)
+    """
+    B, T, H, K, V = *k.shape, do.shape[-1]
+    BT = chunk_size
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
+    if layout.NC == 0:
+        return torch.empty_like(do)
+    cdt = compute_dtype_of(q, k, do, A)
+    if A is not None:
+        P = to_grid(layout, A, dtype=cdt)                               # [NC, NH, BT(q), BT(k)]
+    else:
+        q_c = to_grid(layout, q, dtype=cdt)
+        k_c = to_grid(layout, k, dtype=cdt)
+        P = torch.matmul(q_c, k_c.transpose(-1, -2)) * scale
+        g_c = None
+        if g is not None:
+            g_c = to_grid(layout, g, fill='last', dtype=cdt)
+        elif g_gamma is not None:
+            g_c, _ = _gamma_gates(layout, g_gamma, H, cdt, k.device)
+        if g_c is not None:
+            P = P * torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2))
+    P = P.masked_fill(~_causal(BT, k.device), 0)
+    if do.dtype != cdt:
+        P = P.to(do.dtype).to(cdt)
+    dv_c = torch.matmul(P.transpose(-1, -2), to_grid(layout, do, dtype=cdt))
+    return from_grid(layout, dv_c, H).to(do.dtype).contiguous()
+
+
+def chunk_bwd_dqkwg(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    do: torch.Tensor,
+    h: torch.Tensor,
+    dh: torch.Tensor,
+    w: Optional[torch.Tensor] = None,
+    g: Optional[torch.Tensor] = None,
+    g_gamma: Optional[torch.Tensor] = None,
+    dv: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``q``, ``k``, ``w`` (the delta rule's ``w``: ``-dv @ h^T``) and of the
+    chunk-local cumulative gate ``g`` (fp32, before the reverse cumsum), given ``v`` (the new values),
+    chunk-start states ``h`` and the state gradients ``dh`` of ``chunk_gated_delta_rule_bwd_dhu``.
+
+    Returns ``(dq, dk, dw, dg)``; ``dw`` is None without ``w`` and ``dg`` None without ``g``.
+
+    Source: fla/ops/common/chunk_o.py:L631-L691 (fla 0.4.0)
+    Source: fla/ops/common/chunk_o.py:L123-L302 (fla 0.4.0)
+    """
+    B, T, H, K, V = *k.shape, v.shape[-1]
+    BT = chunk_size
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
+    if layout.NC == 0:
+        return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(w) if w is not None else None,
+                torch.empty(*g.shape, dtype=torch.float32, device=g.device) if g is not None else None)
+    cdt = compute_dtype_of(q, k, v, do, h, dh)
+    q_c = to_grid(layout, q, dtype=cdt)
+    k_c = to_grid(layout, k, dtype=cdt)
+    v_c = to_grid(layout, v, dtype=cdt)
+    do_c = to_grid(layout, do, dtype=cdt)
+    h_c = chunks_to_grid(layout, h, dtype=cdt)                          # [NC, NH, K, V]
+    dh_c = chunks_to_grid(layout, dh, dtype=cdt)
+    hT = h_c.transpose(-1, -2)
+
+    ds = torch.matmul(do_c, v_c.transpose(-1, -2))                      # [NC, NH, BT, BT]
+    dq = torch.matmul(do_c, hT)                                         # [NC, NH, BT, K]
+    dk = torch.matmul(v_c, dh_c.transpose(-1, -2))
+    dw = None
+    if w is not None:
+        dw = -torch.matmul(to_grid(layout, dv, dtype=cdt), hT)
+    causal = _causal(BT, k.device)
+    valid = _valid_grid(layout, H, k.device)                            # [NC, NH, BT]
+
+    dg = None
+    if g is not None:
+        g_c = to_grid(layout, g, fill='last', dtype=cdt)
+        g_last = g_c[:, :, -1]
+        dg_last = (h_c * dh_c).sum((-1, -2)) * torch.exp(g_last)       # [NC, NH]
+        dq = dq * torch.exp(g_c).unsqueeze(-1) * scale
+        dg_c = (dq * q_c).sum(-1)
+        dk = dk * torch.where(valid, torch.exp(g_last.unsqueeze(-1) - g_c), 0).unsqueeze(-1)
+        dg_c = dg_c - (k_c * dk).sum(-1)
+        dg_last = dg_last + (dk * k_c).sum((-1, -2))
+        ds = torch.where(causal, ds * torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2)), 0) * scale
+        ds2 = ds * torch.matmul(q_c, k_c.transpose(-1, -2))
+        dg_c = dg_c + ds2.sum(-1) - ds2.sum(-2)
+        dq = dq + torch.matmul(ds, k_c)
+        dk = dk + torch.matmul(ds.transpose(-1, -2), q_c)
+        # the chunk's last real token also carries the gradient through the state decay exp(g_last)
+        is_last = valid & ~torch.cat([valid[..., 1:], torch.zeros_like(valid[..., :1])], -1)
+        dg_c = dg_c + is_last * dg_last.unsqueeze(-1)
+        dg = from_grid(layout, dg_c, H).float().contiguous()
+    elif g_gamma is not None:
+        g_c, g_last = _gamma_gates(layout, g_gamma, H, cdt, k.device)
+        dq = dq * torch.exp(g_c).unsqueeze(-1) * scale
+        dk = dk * torch.where(valid, torch.exp(g_last.unsqueeze(-1) - g_c), 0).unsqueeze(-1)
+        ds = torch.where(causal, ds * torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2)), 0) * scale
+        dq = dq + torch.matmul(ds, k_c)
+        dk = dk + torch.matmul(ds.transpose(-1, -2), q_c)
+    else:
+        ds = ds.masked_fill(~causal, 0)
+        dq = (dq + torch.matmul(ds, k_c)) * scale
+        dk = dk + torch.matmul(ds.transpose(-1, -2), q_c) * scale
+
+    dq = from_grid(layout, dq, H).to(q.dtype).contiguous()
+    dk = from_grid(layout, dk, H).to(k.dtype).contiguous()
+    if dw is not None:
+        dw = from_grid(layout, dw, H).to(w.dtype).contiguous()
+    return dq, dk, dw, dg
