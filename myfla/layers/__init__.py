@@ -1,0 +1,1 @@
+"""Token-mixing layers (mirrors ``fla.layers`` for the layers this port carries)."""
