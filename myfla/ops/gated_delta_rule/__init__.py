@@ -1,0 +1,7 @@
+"""Gated delta rule ops (``fla.ops.gated_delta_rule``)."""
+
+from .fused_recurrent import fused_recurrent_gated_delta_rule
+
+__all__ = [
+    "fused_recurrent_gated_delta_rule"
+]
