@@ -1,0 +1,324 @@
+"""Chunked KimiDeltaAttention: ``chunk_kda`` and its autograd function, following fla's call graph.
+
+Forward: chunk-local cumsum of the gate, intra-chunk ``Aqk``/``Akk`` (+ ``solve_tril``), the WY
+vectors ``w, u, kg``, the inter-chunk state recurrence (``chunk_gated_delta_rule_fwd_h`` with key-wise
+gate ``gk``), then the output through ``chunk_gla_fwd_o_gk``. Backward recomputes ``w, u, h`` and runs
+fla's backward functions in fla's order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from myfla.modules.l2norm import l2norm_bwd, l2norm_fwd
+from myfla.ops.common.chunk_delta_h import chunk_gated_delta_rule_bwd_dhu, chunk_gated_delta_rule_fwd_h
+from myfla.ops.common.chunk_o import chunk_bwd_dv_local
+from myfla.ops.gla.chunk import chunk_gla_bwd_dA, chunk_gla_fwd_o_gk
+from myfla.ops.kda.chunk_inter import chunk_kda_bwd_dqkwg
+from myfla.ops.kda.chunk_intra import chunk_kda_bwd_intra, chunk_kda_fwd_intra
+from myfla.ops.kda.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
+from myfla.ops.utils.cumsum import chunk_local_cumsum
+from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
+
+
+def chunk_kda_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float,
+    initial_state: torch.Tensor,
+    output_final_state: bool,
+    cu_seqlens: torch.LongTensor | None = None,
+):
+    """Returns ``(g_cumsum, o, Aqk, Akk_inv, final_state)``.
+
+    Source: fla/ops/kda/chunk.py:L17-L69 (fla 0.4.0)
+    """
+    chunk_size = 64
+    g = chunk_local_cumsum(g, chunk_size=chunk_size, cu_seqlens=cu_seqlens)
+    # Aqk stays fp32, as in fla
+    Aqk, Akk = chunk_kda_fwd_intra(
+        q=q,
+        k=k,
+        gk=g,
+        beta=beta,
+        scale=scale,
+        cu_seqlens=cu_seqlens,
+        output_dtype=torch.float32,
+    )
+    w, u, _, kg = recompute_w_u_fwd(
+        k=k,
+        v=v,
+        beta=beta,
+        A=Akk,
+        gk=g,
+        cu_seqlens=cu_seqlens,
+    )
+    h, v_new, final_state = chunk_gated_delta_rule_fwd_h(
+        k=kg,
+        w=w,
+        u=u,
+        gk=g,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens,
+    )
+    o = chunk_gla_fwd_o_gk(
+        q=q,
+        v=v_new,
+        g=g,
+        A=Aqk,
+        h=h,
+        scale=scale,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size,
+    )
+    return g, o, Aqk, Akk, final_state
+
+
+def chunk_kda_bwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    Aqk: torch.Tensor,
+    Akk: torch.Tensor,
+    scale: float,
+    initial_state: torch.Tensor,
+    do: torch.Tensor,
+    dht: torch.Tensor,
+    cu_seqlens: torch.LongTensor | None = None,
+):
+    """Returns ``(dq, dk, dv, db, dg, dh0)``; ``g`` is the chunk-local cumulative gate, ``dg`` is the
+    gradient of the raw gate.
+
+    Source: fla/ops/kda/chunk.py:L72-L176 (fla 0.4.0)
+    """
+    chunk_size = 64
+    w, u, qg, kg = recompute_w_u_fwd(
+        q=q,
+        k=k,
+        v=v,
+        beta=beta,
+        A=Akk,
+        gk=g,
+        cu_seqlens=cu_seqlens,
+    )
+    h, v_new, _ = chunk_gated_delta_rule_fwd_h(
+        k=kg,
+        w=w,
+        u=u,
+        gk=g,
+        initial_state=initial_state,
+        output_final_state=False,
+        cu_seqlens=cu_seqlens,
+    )
+    dv = chunk_bwd_dv_local(
+        q=q,
+        k=k,
+        do=do,
+        A=Aqk,
+        scale=scale,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size,
+    )
+    dh, dh0, dv = chunk_gated_delta_rule_bwd_dhu(
+        q=qg,
+        k=kg,
+        w=w,
+        gk=g,
+        h0=initial_state,
+        dht=dht,
+        do=do,
+        dv=dv,
+        scale=scale,
+        cu_seqlens=cu_seqlens,
+    )
+    # dq, dk in fp32
+    dAqk = chunk_gla_bwd_dA(
+        v=v_new,
+        do=do,
+        scale=scale,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size,
+    )
+    dq, dk, dw, dg = chunk_kda_bwd_dqkwg(
+        q=q,
+        k=k,
+        v=v_new,
+        w=w,
+        g=g,
+        h=h,
+        dv=dv,
+        do=do,
+        dh=dh,
+        scale=scale,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size,
+    )
+    dk2, dv, db, dg2, dAkk = prepare_wy_repr_bwd(
+        k=k,
+        v=v,
+        beta=beta,
+        gk=g,
+        A=Akk,
+        dw=dw,
+        du=dv,
+        cu_seqlens=cu_seqlens,
+    )
+    dq, dk2, db, dg2 = chunk_kda_bwd_intra(
+        q=q,
+        k=k,
+        g=g,
+        beta=beta,
+        dAqk=dAqk,
+        dAkk=dAkk,
+        dq=dq,
+        dk=dk2,
+        db=db,
+        dg=dg2,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size,
+    )
+    dk = dk.add_(dk2)
+    dg = dg.add_(dg2)
+    return dq, dk, dv, db, dg, dh0
+
+
+class ChunkKDAFunction(torch.autograd.Function):
+    """Autograd function of ``chunk_kda`` (optional in-kernel q/k L2 norm).
+
+    Source: fla/ops/kda/chunk.py:L179-L244 (fla 0.4.0)
+    """
+
+    @staticmethod
+    @input_guard
+    @autocast_custom_fwd
+    def forward(
+        ctx,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        g: torch.Tensor,
+        beta: torch.Tensor,
+        scale: float,
+        initial_state: torch.Tensor,
+        output_final_state: bool = False,
+        use_qk_l2norm_in_kernel: bool = False,
+        cu_seqlens: torch.LongTensor | None = None,
+    ):
+        q_rstd, k_rstd = None, None
+        if use_qk_l2norm_in_kernel:
+            q, q_rstd = l2norm_fwd(q)
+            k, k_rstd = l2norm_fwd(k)
+
+        g, o, Aqk, Akk, final_state = chunk_kda_fwd(
+            q=q,
+            k=k,
+            v=v,
+            g=g,
+            beta=beta,
+            scale=scale,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            cu_seqlens=cu_seqlens,
+        )
+        ctx.save_for_backward(q, q_rstd, k, k_rstd, v, g, beta, Aqk, Akk, initial_state, cu_seqlens)
+        ctx.scale = scale
+        ctx.use_qk_l2norm_in_kernel = use_qk_l2norm_in_kernel
+        return o.to(q.dtype), final_state
+
+    @staticmethod
+    @input_guard
+    @autocast_custom_bwd
+    def backward(
+        ctx,
+        do: torch.Tensor,
+        dht: torch.Tensor,
+    ):
+        q, q_rstd, k, k_rstd, v, g, beta, Aqk, Akk, initial_state, cu_seqlens = ctx.saved_tensors
+        dq, dk, dv, db, dg, dh0 = chunk_kda_bwd(
+            q=q,
+            k=k,
+            v=v,
+            g=g,
+            beta=beta,
+            Aqk=Aqk,
+            Akk=Akk,
+            scale=ctx.scale,
+            initial_state=initial_state,
+            do=do,
+            dht=dht,
+            cu_seqlens=cu_seqlens,
+        )
+        if ctx.use_qk_l2norm_in_kernel:
+            dq = l2norm_bwd(q, q_rstd, dq)
+            dk = l2norm_bwd(k, k_rstd, dk)
+        return dq.to(q), dk.to(k), dv.to(v), dg.to(g), db.to(beta), None, dh0, None, None, None
+
+
+@torch.compiler.disable
+def chunk_kda(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float = None,
+    initial_state: torch.Tensor = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.LongTensor | None = None,
+    **kwargs,
+):
+    r"""Chunked KimiDeltaAttention.
+
+    Args:
+        q (torch.Tensor): queries of shape `[B, T, H, K]`.
+        k (torch.Tensor): keys of shape `[B, T, H, K]`.
+        v (torch.Tensor): values of shape `[B, T, H, V]`.
+        g (torch.Tensor): (forget) gating tensor (in log space!) of shape `[B, T, H, K]`.
+        beta (torch.Tensor): betas of shape `[B, T, H]`.
+        scale (Optional[float]): scale of the attention scores; `1 / sqrt(K)` when `None`.
+        initial_state (Optional[torch.Tensor]): initial state of shape `[N, H, K, V]` for `N` input
+            sequences (`N == B` for equal lengths).
+        output_final_state (Optional[bool]): whether to return the final state `[N, H, K, V]`.
+        use_qk_l2norm_in_kernel (bool): L2-normalise q and k inside the op.
+        cu_seqlens (torch.LongTensor): cumulative sequence lengths `[N+1]` for variable-length inputs
+            (then `B` must be 1).
+
+    Returns:
+        o (torch.Tensor): outputs of shape `[B, T, H, V]`.
+        final_state (torch.Tensor): `[N, H, K, V]` (fp32) if `output_final_state` else `None`.
+
+    Source: fla/ops/kda/chunk.py:L247-L351 (fla 0.4.0)
+    """
+    if cu_seqlens is not None:
+        if q.shape[0] != 1:
+            raise ValueError(
+                f"The batch size is expected to be 1 rather than {q.shape[0]} when using `cu_seqlens`."
+                f"Please flatten variable-length inputs before processing.",
+            )
+        if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
+            raise ValueError(
+                f"The number of initial states is expected to be equal to the number of input sequences, "
+                f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}.",
+            )
+    if scale is None:
+        scale = k.shape[-1] ** -0.5
+    o, final_state = ChunkKDAFunction.apply(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        scale,
+        initial_state,
+        output_final_state,
+        use_qk_l2norm_in_kernel,
+        cu_seqlens,
+    )
+    return o, final_state

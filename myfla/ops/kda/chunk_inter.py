@@ -1,0 +1,60 @@
+"""Inter-chunk part of KDA's backward: gradients flowing through the chunk states ``h``.
+
+Per chunk (cumulative gates ``G``, last gate ``gn``, state ``h`` ``[K, V]`` entering it, its gradient
+``dh``, the corrected values ``v`` and their gradient ``dv``):
+``dq = scale * exp(G) (do h^T)``, ``dk = exp(gn - G) (v dh^T)``, ``dw = -dv h^T`` and the gate
+gradient ``dg = revcumsum(q dq - k dk) + exp(gn) sum_v(h dh) + sum_t(k dk)``, which is already
+w.r.t. the raw (non-cumulative) gate. fla's kernel runs per (K block, chunk, head); here all chunks
+and heads are batched.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from myfla.ops.kda.chunk_intra import chunks_to_grid, from_grid, last_gate, to_grid
+from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.utils import check_shared_mem
+
+# Source: fla/ops/kda/chunk_inter.py:L14-L14 (fla 0.4.0)
+BK_LIST = [32, 64] if check_shared_mem() else [16, 32]
+# Source: fla/ops/kda/chunk_inter.py:L15-L15 (fla 0.4.0)
+BV_LIST = [64, 128] if check_shared_mem('ampere') else [16, 32]
+
+
+def chunk_kda_bwd_dqkwg(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    w: torch.Tensor,
+    v: torch.Tensor,
+    h: torch.Tensor,
+    g: torch.Tensor,
+    do: torch.Tensor,
+    dh: torch.Tensor,
+    dv: torch.Tensor,
+    scale: Optional[float] = None,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64
+):
+    """``(dq, dk, dw, dg)``: ``dq, dk`` fp32, ``dw`` in ``w.dtype``, ``dg`` in ``g.dtype``.
+
+    Source: fla/ops/kda/chunk_inter.py:L141-L188 (fla 0.4.0)
+    Source: fla/ops/kda/chunk_inter.py:L18-L138 (fla 0.4.0)
+    """
+    B, T, H, K, V = *k.shape, v.shape[-1]
+    layout = get_chunk_layout(B, T, chunk_size, cu_seqlens, device=k.device)
+    hc, dhc = chunks_to_grid(layout, h), chunks_to_grid(layout, dh)     # [N, H, NC, K, V]
+    qc, kc = to_grid(layout, q), to_grid(layout, k)
+    Gc = to_grid(layout, g, 'last')
+    gn = last_gate(Gc)                                                  # [N, H, NC, K]
+
+    dq = (to_grid(layout, do) @ hc.transpose(-1, -2)) * (scale * Gc.exp())
+    dk = (to_grid(layout, v) @ dhc.transpose(-1, -2)) * (gn.unsqueeze(-2) - Gc).exp()
+    dw = -(to_grid(layout, dv) @ hc.transpose(-1, -2))
+    dgk = (hc * dhc).sum(-1) * gn.exp() + (dk * kc).sum(-2)
+    dg = qc * dq - kc * dk
+    dg = dg.flip(-2).cumsum(-2).flip(-2) + dgk.unsqueeze(-2)
+    return (from_grid(layout, dq), from_grid(layout, dk), from_grid(layout, dw).to(w.dtype),
+            from_grid(layout, dg).to(g.dtype))

@@ -1,0 +1,213 @@
+"""Intra-chunk attention matrices of KDA and their backward.
+
+Within a chunk (``BT = 64`` tokens) with chunk-local cumulative gates ``G`` the two matrices are
+``Aqk[i, j] = scale * sum_d q[i,d] k[j,d] exp(G[i,d] - G[j,d])`` (``j <= i``) and
+``Akk[i, j] = beta[i] * sum_d k[i,d] k[j,d] exp(G[i,d] - G[j,d])`` (``j < i``), after which ``Akk`` is
+inverted as ``(I + Akk)^-1`` by ``solve_tril``.
+
+As fla's kernels, blocks below the diagonal factorise through a reference gate ``gn`` (the gate at
+the first row of the row block): ``exp(G_i - G_j) = exp(G_i - gn) * exp(gn - G_j)``, both factors
+``<= 1`` because cumulative log-gates do not increase, so each block is a batched matmul with bounded
+``exp``. fla does this for 16-token sub-chunks and evaluates the 16x16 diagonal blocks pairwise; here
+the same factorisation is applied by bisection down to single tokens (see ``GatedTril``), which gives
+the same sums without the ``[.., 16, 16, K]`` pairwise tensors. All chunks of all heads are processed
+at once on the padded chunk grid ``[N, H, NC, BT, ...]``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.cumsum import chunk_local_cumsum
+from myfla.ops.utils.solve_tril import solve_tril
+
+# ---- token layout <-> chunk grid [N, H, NC, BT, ...] ----------------------------------------------
+def to_grid(layout, x: torch.Tensor, fill: str = 'zero') -> torch.Tensor:
+    """``[B, T, H, *rest]`` -> ``[N, H, NC, BT, *rest]`` in fp32 (fp64 stays fp64); a view when no
+    padding or cast is needed."""
+    return layout.pack(x.to(torch.promote_types(x.dtype, torch.float32)), fill).movedim(3, 1)
+
+
+def from_grid(layout, xc: torch.Tensor) -> torch.Tensor:
+    """``[N, H, NC, BT, *rest]`` -> ``[B, T, H, *rest]``."""
+    return layout.unpack(xc.movedim(1, 3))
+
+
+def chunks_to_grid(layout, h: torch.Tensor) -> torch.Tensor:
+    """fla's per-chunk ``[B, NT, H, *rest]`` -> ``[N, H, NC, *rest]`` (fp32 or wider)."""
+    return layout.pack_chunks(h.to(torch.promote_types(h.dtype, torch.float32))).movedim(2, 1)
+
+
+def chunks_from_grid(layout, hc: torch.Tensor) -> torch.Tensor:
+    """``[N, H, NC, *rest]`` -> fla's per-chunk ``[B, NT, H, *rest]``."""
+    return layout.unpack_chunks(hc.movedim(1, 2))
+
+
+def last_gate(G: torch.Tensor) -> torch.Tensor:
+    """Gate at each chunk's last valid token (``[..., BT, K]`` -> ``[..., K]``); the grid's 'last' fill
+    repeats that token into the padding, so it is the last row."""
+    return G[..., -1, :]
+
+
+# ---- gated lower-triangular products on sub-chunks -------------------------------------------------
+class GatedTril:
+    """Products ``sum_d X[i,d] Y[j,d] exp(G[i,d] - G[j,d])`` for ``j <= i`` inside chunks, by bisection.
+
+    ``G`` is ``[..., BT, K]`` (chunk-local cumulative, non-increasing along BT for log-gates). fla's
+    reference-gate factorisation is applied at every level of a bisection of the chunk
+    (block sizes ``BT/2, ..., 16 (fla's sub-chunk), 8, 4, 2, 1``): at size ``s`` each pair of adjacent
+    blocks ``(2m, 2m+1)`` contributes the block below the diagonal through the gate ``gn`` at the first
+    row of block ``2m+1``: rows take ``exp(G_i - gn)``, columns ``exp(gn - G_j)``, both ``<= 1``, so
+    every ``exp`` is bounded and the block is one batched matmul. The remaining diagonal ``i == j``
+    needs no decay. This is the exact sum; it replaces fla's pairwise ``exp(G_i - G_j)`` inside the
+    16x16 diagonal blocks (same values, without a ``[.., 16, 16, K]`` tensor per sub-chunk).
+    """
+
+    def __init__(self, G: torch.Tensor):
+        BT = G.shape[-2]
+        self.BT = BT
+        self.levels = []                      # (s, row factor [.., M, s, K], col factor [.., M, s, K])
+        s = 1
+        while s < BT:
+            s *= 2
+        s //= 2
+        while s >= 1:
+            if BT % (2 * s) == 0:
+                pairs = G.unflatten(-2, (BT // (2 * s), 2, s))                # [..., M, 2, s, K]
+                gn = pairs[..., 1, :1, :]                                     # [..., M, 1, K]
+                row = (pairs[..., 1, :, :] - gn).exp_()
+                col = (gn - pairs[..., 0, :, :]).exp_()
+                self.levels.append((s, row, col))
+            s //= 2
+        assert sum(s for s, _, _ in self.levels) == BT - 1, "chunk size must be a power of two"
+
+    @staticmethod
+    def _pairs(x: torch.Tensor, s: int) -> torch.Tensor:
+        return x.unflatten(-2, (x.shape[-2] // (2 * s), 2, s))               # [..., M, 2, s, K]
+
+    @staticmethod
+    def _blocks(A: torch.Tensor, s: int) -> torch.Tensor:
+        """View of the below-diagonal ``s x s`` blocks of pair level ``s`` of ``A`` ``[..., BT, BT]``:
+        ``[..., s, s, M]`` (row block ``2m+1``, column block ``2m``)."""
+        BT = A.shape[-1]
+        M = BT // (2 * s)
+        Av = A.view(*A.shape[:-2], M, 2, s, M, 2, s)
+        return Av.diagonal(0, -6, -3)[..., 1, :, 0, :, :]
+
+    def scores(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """``A[i, j] = sum_d X[i,d] Y[j,d] exp(G[i,d] - G[j,d])`` for ``j <= i``; ``[..., BT, BT]``."""
+        BT = self.BT
+        A = X.new_zeros(*X.shape[:-2], BT, BT)
+        A.diagonal(0, -2, -1).copy_((X * Y).sum(-1))
+        for s, row, col in self.levels:
+            Xr = self._pairs(X, s)[..., 1, :, :] * row                        # [..., M, s, K]
+            Yc = self._pairs(Y, s)[..., 0, :, :] * col
+            self._blocks(A, s).copy_((Xr @ Yc.transpose(-1, -2)).movedim(-3, -1))
+        return A
+
+    def grad_rows(self, dA: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """``dX[i] = sum_{j<=i} dA[i,j] Y[j] exp(G_i - G_j)`` (``dA`` masked to its triangle)."""
+        dX = dA.diagonal(0, -2, -1).unsqueeze(-1) * Y
+        for s, row, col in self.levels:
+            Yc = self._pairs(Y, s)[..., 0, :, :] * col
+            dAb = self._blocks(dA, s).movedim(-1, -3)                         # [..., M, s, s]
+            self._pairs(dX, s)[..., 1, :, :].add_((dAb @ Yc) * row)
+        return dX
+
+    def grad_cols(self, dA: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """``dY[j] = sum_{i>=j} dA[i,j] X[i] exp(G_i - G_j)``."""
+        dY = dA.diagonal(0, -2, -1).unsqueeze(-1) * X
+        for s, row, col in self.levels:
+            Xr = self._pairs(X, s)[..., 1, :, :] * row
+            dAb = self._blocks(dA, s).movedim(-1, -3)
+            self._pairs(dY, s)[..., 0, :, :].add_((dAb.transpose(-1, -2) @ Xr) * col)
+        return dY
+
+
+def intra_scores(q, k, beta, G, scale):
+    """``(Aqk, Akk)`` of one chunk grid (fp32, ``Akk`` strictly lower, before the inverse)."""
+    tri = GatedTril(G)
+    Aqk = tri.scores(q * scale, k)
+    Akk = tri.scores(k * beta.unsqueeze(-1), k).tril(-1)
+    return Aqk, Akk
+
+
+def chunk_kda_fwd_intra(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    gk: Optional[torch.Tensor] = None,
+    beta: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64,
+    output_dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Intra-chunk ``Aqk`` (``output_dtype``) and ``Akk`` (``(I + Akk)^-1`` in ``k.dtype``), both
+    ``[B, T, H, BT]``; ``gk`` is the chunk-local cumulative gate.
+
+    Source: fla/ops/kda/chunk_intra.py:L389-L479 (fla 0.4.0)
+    Source: fla/ops/kda/chunk_intra.py:L15-L104 (fla 0.4.0)
+    Source: fla/ops/kda/chunk_intra.py:L107-L179 (fla 0.4.0)
+    """
+    B, T, H, K = k.shape
+    assert K <= 256
+    BT = chunk_size
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
+    Aqk, Akk = intra_scores(
+        to_grid(layout, q), to_grid(layout, k), to_grid(layout, beta), to_grid(layout, gk, 'last'), scale)
+    Aqk = from_grid(layout, Aqk).to(output_dtype)
+    Akk = from_grid(layout, Akk).to(output_dtype)
+    Akk = solve_tril(
+        A=Akk,
+        cu_seqlens=cu_seqlens,
+        output_dtype=k.dtype
+    )
+    return Aqk, Akk
+
+
+def chunk_kda_bwd_intra(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    dAqk: torch.Tensor,
+    dAkk: torch.Tensor,
+    dq: torch.Tensor,
+    dk: torch.Tensor,
+    db: torch.Tensor,
+    dg: torch.Tensor,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64
+):
+    """Backward of the intra-chunk matrices: adds the contributions of ``dAqk`` (gradient of the
+    unscaled ``q.k`` scores, as ``chunk_gla_bwd_dA`` returns it) and ``dAkk`` (gradient of the
+    pre-inverse ``Akk``) to ``dq, dk, db``, and to ``dg``, which is then turned from the cumulative
+    gate's gradient into the raw gate's by a reverse chunk-local cumsum.
+
+    Source: fla/ops/kda/chunk_intra.py:L482-L540 (fla 0.4.0)
+    Source: fla/ops/kda/chunk_intra.py:L182-L386 (fla 0.4.0)
+    """
+    B, T, H, K = k.shape
+    BT = chunk_size
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
+    qc, kc, bc = to_grid(layout, q), to_grid(layout, k), to_grid(layout, beta)
+    tri = GatedTril(to_grid(layout, g, 'last'))
+    dAqk_c = to_grid(layout, dAqk).tril()
+    dAkk_c = to_grid(layout, dAkk).tril(-1)
+
+    dq_intra = tri.grad_rows(dAqk_c, kc)
+    dk_rows = tri.grad_rows(dAkk_c, kc)                 # gradient of beta*k on the row side
+    db_intra = (dk_rows * kc).sum(-1)
+    dk_rows = dk_rows * bc.unsqueeze(-1)
+    dk_cols = tri.grad_cols(dAqk_c, qc) + tri.grad_cols(dAkk_c, kc * bc.unsqueeze(-1))
+    dg_intra = qc * dq_intra + (dk_rows - dk_cols) * kc
+
+    dq = dq.float() + from_grid(layout, dq_intra)
+    dk2 = dk.float() + from_grid(layout, dk_rows + dk_cols)
+    db = db.float() + from_grid(layout, db_intra)
+    dg = chunk_local_cumsum(from_grid(layout, dg_intra).add_(dg), chunk_size=chunk_size, reverse=True,
+                            cu_seqlens=cu_seqlens)
+    return dq.to(q.dtype), dk2.to(k.dtype), db, dg

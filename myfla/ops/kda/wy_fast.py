@@ -1,0 +1,94 @@
+"""WY representation of KDA's chunked delta rule: ``w``, ``u`` (and gated ``q``/``k``) and its backward.
+
+With ``A = (I + Akk)^-1`` from ``chunk_kda_fwd_intra``: ``u = A (beta v)``, ``w = A (beta k exp(G))``,
+``qg = q exp(G)`` and ``kg = k exp(G_last - G)`` (``G_last`` the chunk's last cumulative gate). fla
+runs one kernel per direction over (chunk, head) programs; here each is a few batched matmuls over
+the padded chunk grid.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from myfla.ops.kda.chunk_intra import from_grid, last_gate, to_grid
+from myfla.ops.utils.chunk_layout import get_chunk_layout
+
+
+def recompute_w_u_fwd(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    A: torch.Tensor,
+    q: Optional[torch.Tensor] = None,
+    gk: Optional[torch.Tensor] = None,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(w, u, qg, kg)``; ``qg`` is None without ``q``, ``kg`` None without ``gk`` (then ``w`` uses no
+    gate). Dtypes follow ``k``, ``v``, ``q``, ``k`` as fla's ``empty_like`` outputs.
+
+    Source: fla/ops/kda/wy_fast.py:L213-L255 (fla 0.4.0)
+    Source: fla/ops/kda/wy_fast.py:L15-L105 (fla 0.4.0)
+    """
+    B, T, H, K, V = *k.shape, v.shape[-1]
+    BT = A.shape[-1]
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
+    Ac = to_grid(layout, A)
+    bc = to_grid(layout, beta).unsqueeze(-1)
+    kc = to_grid(layout, k)
+    u = from_grid(layout, Ac @ (to_grid(layout, v) * bc)).to(v.dtype)
+    qg = kg = None
+    kb = kc * bc
+    if gk is not None:
+        Gc = to_grid(layout, gk, 'last')
+        decay = Gc.exp()
+        kb = kb * decay
+        if q is not None:
+            qg = from_grid(layout, to_grid(layout, q) * decay).to(q.dtype)
+        kg = from_grid(layout, kc * (last_gate(Gc).unsqueeze(-2) - Gc).exp()).to(k.dtype)
+    w = from_grid(layout, Ac @ kb).to(k.dtype)
+    return w, u, qg, kg
+
+
+def prepare_wy_repr_bwd(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    gk: torch.Tensor,
+    A: torch.Tensor,
+    dw: torch.Tensor,
+    du: torch.Tensor,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of ``recompute_w_u_fwd``: ``(dk, dv, db, dg, dA)`` where ``dg`` is w.r.t. the cumulative
+    gate and ``dA`` w.r.t. the strictly lower ``Akk`` before the inverse
+    (``dAkk = -A^T (dA_inv) A^T`` masked to ``i > j``). ``dk, db, dg, dA`` are fp32, ``dv`` in ``v.dtype``.
+
+    Source: fla/ops/kda/wy_fast.py:L258-L304 (fla 0.4.0)
+    Source: fla/ops/kda/wy_fast.py:L108-L210 (fla 0.4.0)
+    """
+    B, T, H, K, V = *k.shape, v.shape[-1]
+    BT = 64
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
+    Ac = to_grid(layout, A)
+    At = Ac.transpose(-1, -2)
+    bc = to_grid(layout, beta)
+    kc, vc = to_grid(layout, k), to_grid(layout, v)
+    dwc, duc = to_grid(layout, dw), to_grid(layout, du)
+    decay = to_grid(layout, gk, 'last').exp()
+
+    kbg = kc * bc.unsqueeze(-1) * decay
+    vb = vc * bc.unsqueeze(-1)
+    dA_inv = dwc @ kbg.transpose(-1, -2) + duc @ vb.transpose(-1, -2)
+    dkbg = At @ dwc
+    dvb = At @ duc
+    dk = dkbg * decay * bc.unsqueeze(-1)
+    dg = kbg * dkbg
+    db = (dkbg * kc * decay).sum(-1) + (dvb * vc).sum(-1)
+    dv = dvb * bc.unsqueeze(-1)
+
+    dA_inv = dA_inv.tril(-1)
+    dA = -(At @ dA_inv @ At).tril(-1)
+    return (from_grid(layout, dk), from_grid(layout, dv).to(v.dtype), from_grid(layout, db),
+            from_grid(layout, dg), from_grid(layout, dA))
