@@ -1,0 +1,45 @@
+"""``beta * K K^T`` within every chunk, as ``fla.ops.common.chunk_scaled_dot_kkt``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from myfla.ops.common.chunk_delta_h import compute_dtype_of, from_grid, to_grid
+from myfla.ops.utils.chunk_layout import get_chunk_layout
+
+
+def chunk_scaled_dot_kkt_fwd(
+    k: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    beta: Optional[torch.Tensor] = None,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64,
+    output_dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    r"""Compute ``A[i, j] = beta_i * (k_i . k_j) * exp(g_i - g_j)`` for ``j < i`` inside each chunk
+    (zero elsewhere), shape ``[B, T, H, BT]``: row ``t`` holds token ``t``'s row of its chunk.
+
+    ``k`` ``[B, T, H, K]``; ``g`` the chunk-local cumulative gate ``[B, T, H]`` (optional);
+    ``beta`` ``[B, T, H]``.
+
+    Source: fla/ops/common/chunk_scaled_dot_kkt.py:L78-L126 (fla 0.4.0)
+    Source: fla/ops/common/chunk_scaled_dot_kkt.py:L15-L75 (fla 0.4.0)
+    """
+    B, T, H, K = k.shape
+    BT = chunk_size
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
+    if layout.NC == 0:
+        return torch.empty(B, T, H, BT, device=k.device, dtype=output_dtype)
+    cdt = compute_dtype_of(k, g, beta)
+    k_c = to_grid(layout, k, dtype=cdt)                                 # [NC, NH, BT, K]
+    A = torch.matmul(k_c, k_c.transpose(-1, -2))
+    if g is not None:
+        g_c = to_grid(layout, g, fill='last', dtype=cdt)
+        A = A * torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2))
+    if beta is not None:
+        A = A * to_grid(layout, beta, dtype=cdt).unsqueeze(-1)
+    strict = torch.ones(BT, BT, dtype=torch.bool, device=k.device).tril(-1)
+    A = A.masked_fill(~strict, 0)
+    return from_grid(layout, A, H).to(output_dtype).contiguous()
