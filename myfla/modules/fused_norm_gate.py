@@ -1,0 +1,358 @@
+"""Layer/RMS normalisation fused with an output gate: ``y = norm(x [+ residual]) * w + b``, then
+``y * g * sigmoid(g)`` (``'swish'``/``'silu'``) or ``y * sigmoid(g)`` (``'sigmoid'``).
+
+KDA's output norm uses the sigmoid gate, GatedDeltaNet's the swish gate. fla's four Triton kernels
+(row-blocked for ``D <= 512``, one row per program above) share one per-row formula; here it is one
+batched fp32 computation per direction.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from myfla.utils import input_guard
+
+_GATE_ACTIVATIONS = ('swish', 'silu', 'sigmoid')
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def _check_feature_dim(x: torch.Tensor, D: int) -> None:
+    """fla's kernels hold one row in at most 64 KB."""
+    if D > min(65536 // x.element_size(), _next_power_of_2(D)):
+        raise RuntimeError("This layer norm doesn't support feature dim >= 64KB.")
+
+
+def _normalize(b_x: torch.Tensor, eps: float, is_rms_norm: bool):
+    """Row statistics of fp32 ``b_x`` ``[T, D]``: ``(x_hat, mean or None, rstd)``."""
+    if is_rms_norm:
+        mean = None
+        b_xbar = b_x
+    else:
+        mean = b_x.mean(-1)
+        b_xbar = b_x - mean[:, None]
+    rstd = 1 / torch.sqrt(b_xbar.square().mean(-1) + eps)
+    return b_xbar * rstd[:, None], mean, rstd
+
+
+def layer_norm_gated_fwd(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    activation: str = 'swish',
+    eps: float = 1e-5,
+    residual: torch.Tensor = None,
+    out_dtype: torch.dtype = None,
+    residual_dtype: torch.dtype = None,
+    is_rms_norm: bool = False
+):
+    """Gated norm forward on 2-D ``x``, ``g`` ``[T, D]``.
+
+    Returns ``(y, mean, rstd, residual_out)``: ``mean`` is None for RMS norm; ``residual_out`` is
+    ``x + residual`` in ``residual_dtype`` (``x`` itself when there is no residual and no dtype
+    change), the tensor the backward normalises again.
+
+    Source: fla/modules/fused_norm_gate.py:L450-L525 (fla 0.4.0)
+    Source: fla/modules/fused_norm_gate.py:L18-L105 (fla 0.4.0)
+    Source: fla/modules/fused_norm_gate.py:L108-L189 (fla 0.4.0)
+    """
+    if residual is not None:
+        residual_dtype = residual.dtype
+    T, D = x.shape
+    if residual is not None:
+        assert residual.shape == (T, D)
+    if weight is not None:
+        assert weight.shape == (D,)
+    if bias is not None:
+        assert bias.shape == (D,)
+    _check_feature_dim(x, D)
+
+    b_x = x.float()
+    if residual is not None:
+        b_x = b_x + residual.float()
+    residual_out = None
+    if residual is not None or (residual_dtype is not None and residual_dtype != x.dtype):
+        residual_out = b_x.to(residual_dtype)
+
+    b_xhat, mean, rstd = _normalize(b_x, eps, is_rms_norm)
+    b_y = b_xhat * weight.float() if weight is not None else b_xhat
+    if bias is not None:
+        b_y = b_y + bias.float()
+    b_g = g.float()
+    if activation in ('swish', 'silu'):
+        b_y = b_y * b_g * torch.sigmoid(b_g)
+    elif activation == 'sigmoid':
+        b_y = b_y * torch.sigmoid(b_g)
+    y = b_y.to(x.dtype if out_dtype is None else out_dtype)
+    return y, mean, rstd, residual_out if residual_out is not None else x
+
+
+def layer_norm_gated_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    activation: str = 'swish',
+    eps: float = 1e-5,
+    mean: torch.Tensor = None,
+    rstd: torch.Tensor = None,
+    dresidual: torch.Tensor = None,
+    has_residual: bool = False,
+    is_rms_norm: bool = False,
+    x_dtype: torch.dtype = None,
+    recompute_output: bool = False,
+):
+    """Gated norm backward from the saved ``x`` (the forward's ``residual_out``), ``mean``, ``rstd``.
+
+    Returns ``(dx, dg, dw, db, dresidual_in)`` (plus the recomputed pre-gate ``y`` when
+    ``recompute_output``); ``dresidual`` (prenorm) is added to ``dx``.
+
+    Source: fla/modules/fused_norm_gate.py:L528-L625 (fla 0.4.0)
+    Source: fla/modules/fused_norm_gate.py:L192-L316 (fla 0.4.0)
+    Source: fla/modules/fused_norm_gate.py:L319-L447 (fla 0.4.0)
+    """
+    T, D = x.shape
+    assert dy.shape == (T, D)
+    if dresidual is not None:
+        assert dresidual.shape == (T, D)
+    if weight is not None:
+        assert weight.shape == (D,)
+    if bias is not None:
+        assert bias.shape == (D,)
+    _check_feature_dim(x, D)
+    dx_dtype = x.dtype if x_dtype is None else x_dtype
+    dg_dtype = g.dtype if x_dtype is None else x_dtype
+
+    b_x = x.float()
+    b_xhat = (b_x - mean[:, None]) * rstd[:, None] if not is_rms_norm else b_x * rstd[:, None]
+    b_y = b_xhat * weight.float() if weight is not None else b_xhat
+    if bias is not None:
+        b_y = b_y + bias.float()
+
+    b_g = g.float()
+    b_dy = dy.float()
+    b_sg = torch.sigmoid(b_g)
+    if activation in ('swish', 'silu'):
+        b_dg = b_dy * b_y * (b_sg + b_g * b_sg * (1 - b_sg))
+        b_dy = b_dy * b_g * b_sg
+    elif activation == 'sigmoid':
+        b_dg = b_dy * b_y * b_sg * (1 - b_sg)
+        b_dy = b_dy * b_sg
+    else:
+        # an ungated output does not depend on g
+        b_dg = torch.zeros_like(b_g)
+
+    b_wdy = b_dy * weight.float() if weight is not None else b_dy
+    dw = (b_dy * b_xhat).sum(0).to(weight.dtype) if weight is not None else None
+    db = b_dy.sum(0).to(bias.dtype) if bias is not None else None
+    b_c1 = (b_xhat * b_wdy).mean(-1, keepdim=True)
+    if is_rms_norm:
+        b_dx = (b_wdy - b_xhat * b_c1) * rstd[:, None]
+    else:
+        b_dx = (b_wdy - (b_xhat * b_c1 + b_wdy.mean(-1, keepdim=True))) * rstd[:, None]
+    if dresidual is not None:
+        b_dx = b_dx + dresidual.float()
+
+    dx = b_dx.to(dx_dtype)
+    dg = b_dg.to(dg_dtype)
+    dresidual_in = None
+    if has_residual:
+        # the residual's gradient is dx itself, in the dtype of the saved residual stream
+        dresidual_in = dx if dx.dtype == x.dtype else b_dx.to(x.dtype)
+    if recompute_output:
+        return dx, dg, dw, db, dresidual_in, b_y.to(dy.dtype)
+    return dx, dg, dw, db, dresidual_in
+
+
+class LayerNormGatedFunction(torch.autograd.Function):
+    """Autograd wrapper of :func:`layer_norm_gated_fwd` / :func:`layer_norm_gated_bwd` for inputs
+    of any leading shape.
+
+    Source: fla/modules/fused_norm_gate.py:L628-L719 (fla 0.4.0)
+    """
+
+    @staticmethod
+    @input_guard
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        g: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        activation: str,
+        residual: Optional[torch.Tensor] = None,
+        eps: float = 1e-6,
+        prenorm: bool = False,
+        residual_in_fp32: bool = False,
+        is_rms_norm: bool = False,
+    ):
+        x_shape_og = x.shape
+        g_shape_og = g.shape
+        x = x.reshape(-1, x.shape[-1])
+        g = g.reshape(-1, g.shape[-1])
+        if residual is not None:
+            assert residual.shape == x_shape_og
+            residual = residual.reshape(-1, residual.shape[-1])
+        if residual is not None:
+            residual_dtype = residual.dtype
+        else:
+            residual_dtype = torch.float if residual_in_fp32 else None
+        y, mean, rstd, residual_out = layer_norm_gated_fwd(
+            x=x,
+            g=g,
+            weight=weight,
+            bias=bias,
+            activation=activation,
+            eps=eps,
+            residual=residual,
+            residual_dtype=residual_dtype,
+            is_rms_norm=is_rms_norm
+        )
+        ctx.save_for_backward(residual_out, g, weight, bias, mean, rstd)
+        ctx.x_shape_og = x_shape_og
+        ctx.g_shape_og = g_shape_og
+        ctx.activation = activation
+        ctx.eps = eps
+        ctx.is_rms_norm = is_rms_norm
+        ctx.has_residual = residual is not None
+        ctx.prenorm = prenorm
+        ctx.x_dtype = x.dtype
+        y = y.reshape(x_shape_og)
+        return y if not prenorm else (y, residual_out.reshape(x_shape_og))
+
+    @staticmethod
+    @input_guard
+    def backward(ctx, dy, *args):
+        x, g, weight, bias, mean, rstd = ctx.saved_tensors
+        dy = dy.reshape(-1, dy.shape[-1])
+        assert dy.shape == x.shape
+        dresidual = None
+        if ctx.prenorm:
+            dresidual = args[0].reshape(-1, args[0].shape[-1])
+            assert dresidual.shape == x.shape
+        dx, dg, dw, db, dres_in = layer_norm_gated_bwd(
+            dy=dy,
+            x=x,
+            g=g,
+            weight=weight,
+            bias=bias,
+            activation=ctx.activation,
+            eps=ctx.eps,
+            mean=mean,
+            rstd=rstd,
+            dresidual=dresidual,
+            has_residual=ctx.has_residual,
+            is_rms_norm=ctx.is_rms_norm,
+            x_dtype=ctx.x_dtype,
+        )
+        return (
+            dx.reshape(ctx.x_shape_og),
+            dg.reshape(ctx.g_shape_og),
+            dw,
+            db,
+            None,
+            dres_in.reshape(ctx.x_shape_og) if ctx.has_residual else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def rms_norm_gated(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    activation: str = 'swish',
+    residual: Optional[torch.Tensor] = None,
+    prenorm: bool = False,
+    residual_in_fp32: bool = False,
+    eps: float = 1e-6
+):
+    """Gated RMS norm over the last dimension (``prenorm`` also returns the residual stream).
+
+    Source: fla/modules/fused_norm_gate.py:L850-L872 (fla 0.4.0)
+    """
+    return LayerNormGatedFunction.apply(
+        x,
+        g,
+        weight,
+        bias,
+        activation,
+        residual,
+        eps,
+        prenorm,
+        residual_in_fp32,
+        True
+    )
+
+
+class FusedRMSNormGated(nn.Module):
+    """RMS norm with a learnable scale and a swish/silu/sigmoid output gate.
+
+    Source: fla/modules/fused_norm_gate.py:L997-L1058 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        elementwise_affine: bool = True,
+        eps: float = 1e-5,
+        activation: str = 'swish',
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> FusedRMSNormGated:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+
+        self.hidden_size = hidden_size
+        self.elementwise_affine = elementwise_affine
+        self.eps = eps
+        self.activation = activation
+
+        if self.activation not in _GATE_ACTIVATIONS:
+            raise ValueError(f"Unsupported activation: {self.activation}")
+
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(hidden_size, **factory_kwargs))
+        else:
+            self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
+
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        if self.elementwise_affine:
+            nn.init.ones_(self.weight)
+
+    def __repr__(self) -> str:
+        extra = "" if self.elementwise_affine else f", elementwise_affine={self.elementwise_affine}"
+        return f"{self.__class__.__name__}({self.hidden_size}{extra}, eps={self.eps}, activation={self.activation})"
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        g: torch.Tensor,
+        residual: Optional[torch.Tensor] = None,
+        prenorm: bool = False,
+        residual_in_fp32: bool = False
+    ) -> torch.Tensor:
+        return rms_norm_gated(
+            x,
+            g,
+            self.weight,
+            self.bias,
+            self.activation,
+            residual=residual,
+            eps=self.eps,
+            prenorm=prenorm,
+            residual_in_fp32=residual_in_fp32
+        )
