@@ -1,0 +1,2 @@
+"""Model-level support of the port (mirrors ``fla.models``): the ``Cache`` the layers use through
+``past_key_values`` lives in :mod:`myfla.models.utils`."""
