@@ -1,0 +1,3 @@
+from portaudit.cli import main
+
+main()

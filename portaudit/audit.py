@@ -1,0 +1,359 @@
+"""Run every static rule of one manifest against an upstream index and a port index.
+
+The result (:class:`ManifestResult`) holds one :class:`SymbolResult` per manifest entry (each
+rule family's outcome and its findings) plus the manifest-hygiene findings, with waivers and
+deviations applied. Reporters and the gate read only these objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from portaudit import checks
+from portaudit.citations import malformed_lines
+from portaudit.findings import BASELINE, ERROR, OPEN, WAIVED, Finding
+from portaudit.index import CLASS, KERNEL, METHOD, Definition, ModuleInfo, Resolved, TreeIndex
+from portaudit.manifest import Entry, Manifest
+
+FAMILIES = ("presence", "signature", "citation", "simplification")
+PASS, FAIL, SKIP = "pass", "fail", "n/a"
+
+# symbol status
+OK = "ok"
+WAIVED_STATUS = "waived"
+INCOMPLETE = "incomplete"
+MISSING = "missing"
+
+
+def display_path(path: str | Path) -> str:
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except (ValueError, OSError):
+        return str(p)
+
+
+@dataclass
+class SymbolResult:
+    symbol: str
+    stage: str
+    module: str                    # upstream module the entry belongs to (table row)
+    kind: str
+    port_symbol: str
+    port_file: Optional[str] = None
+    port_line: Optional[int] = None
+    upstream_ref: Optional[str] = None
+    rules: dict[str, str] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    accounted_by: Optional[str] = None
+    deviation: Optional[str] = None
+
+    @property
+    def status(self) -> str:
+        errors = [f for f in self.findings if f.severity == ERROR and f.status in (OPEN, BASELINE)]
+        if any(f.code in ("PA101", "PA102", "PA105", "PA501") for f in errors):
+            return MISSING
+        if errors:
+            return INCOMPLETE
+        if any(f.status == WAIVED for f in self.findings):
+            return WAIVED_STATUS
+        return OK
+
+    @property
+    def complete(self) -> bool:
+        return self.status in (OK, WAIVED_STATUS)
+
+
+@dataclass
+class ModuleRow:
+    stage: str
+    module: str
+    items: int = 0
+    passed: int = 0
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.passed / self.items if self.items else 100.0
+
+
+@dataclass
+class ManifestResult:
+    manifest: Manifest
+    upstream_root: Path
+    port_root: Path
+    symbols: list[SymbolResult] = field(default_factory=list)
+    hygiene: list[Finding] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for s in self.symbols for f in s.findings] + self.hygiene
+
+    @property
+    def total(self) -> int:
+        return len(self.symbols)
+
+    @property
+    def passed(self) -> int:
+        return sum(1 for s in self.symbols if s.complete)
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.passed / self.total if self.total else 100.0
+
+    def rows(self) -> list[ModuleRow]:
+        rows: dict[tuple[str, str], ModuleRow] = {}
+        for s in self.symbols:
+            row = rows.setdefault((s.stage, s.module), ModuleRow(s.stage, s.module))
+            row.items += 1
+            row.passed += int(s.complete)
+        return list(rows.values())
+
+
+class Auditor:
+    """Audits manifests; shares tree indexes between manifests that use the same trees."""
+
+    def __init__(self, upstream: TreeIndex, port: TreeIndex):
+        self.up = upstream
+        self.port = port
+        self._file_lines: dict[str, checks.UpstreamFile] = {}
+
+    # -- helpers ---------------------------------------------------------------------------
+    def upstream_file(self, relpath: str) -> checks.UpstreamFile:
+        if relpath not in self._file_lines:
+            p = self.up.root / relpath
+            if p.is_file() and ".." not in Path(relpath).parts:
+                with open(p, "rb") as fh:
+                    n = fh.read().count(b"\n")
+                self._file_lines[relpath] = checks.UpstreamFile(relpath, True, n)
+            else:
+                self._file_lines[relpath] = checks.UpstreamFile(relpath, False)
+        return self._file_lines[relpath]
+
+    def up_relpath(self, info: ModuleInfo) -> str:
+        return self.up.relpath(info.path)
+
+    def ref(self, info: ModuleInfo, d: Definition) -> str:
+        return f"{self.up_relpath(info)}:L{d.start}-L{d.end}"
+
+    # -- one manifest ----------------------------------------------------------------------
+    def run(self, manifest: Manifest) -> ManifestResult:
+        result = ManifestResult(manifest, self.up.root, self.port.root)
+        mfile = display_path(manifest.path)
+        seen: dict[str, Entry] = {}
+        todo: list[tuple[Entry, Optional[Resolved]]] = []
+        for entry in manifest.entries:
+            if entry.symbol in seen:
+                result.hygiene.append(Finding(
+                    "PA504", entry.symbol, f"{entry.symbol} is listed again (first in stage "
+                    f"{seen[entry.symbol].stage_id})", mfile, entry.loc.line if entry.loc else 1,
+                    manifest=manifest.name, stage=entry.stage_id, detail=f"stage {entry.stage_id}"))
+                continue
+            seen[entry.symbol] = entry
+            todo.append((entry, self.up.resolve(entry.symbol)))
+        # every port module mirrored by the manifest is loaded first: kernels may be cited anywhere
+        port_mods: dict[str, Optional[ModuleInfo]] = {}
+        for entry, up in todo:
+            psym = manifest.port_symbol(entry)
+            mod, _ = self.port.split_symbol(psym)
+            if mod is not None and mod not in port_mods:
+                port_mods[mod] = self.port.module(mod)
+        port_citations = [c for m in port_mods.values() if m is not None
+                          for d in m.definitions.values() for c in d.citations]
+        for entry, up in todo:
+            result.symbols.append(self.audit_entry(manifest, entry, up, port_citations, mfile))
+        self.apply_waivers(manifest, result, mfile)
+        self.apply_deviations(manifest, result, mfile)
+        for f in result.findings:
+            f.manifest = manifest.name
+        return result
+
+    def audit_entry(self, manifest: Manifest, entry: Entry, up: Optional[Resolved],
+                    port_citations: list, mfile: str) -> SymbolResult:
+        psym = manifest.port_symbol(entry)
+        line = entry.loc.line if entry.loc else 1
+        if up is None:
+            mod, _ = self.up.split_symbol(entry.symbol)
+            sr = SymbolResult(entry.symbol, entry.stage_id, mod or entry.symbol.rsplit(".", 1)[0],
+                              entry.kind or "?", psym)
+            sr.findings.append(Finding("PA501", entry.symbol, f"{entry.symbol} is not defined in the upstream "
+                                       f"tree {self.up.root}", mfile, line, stage=entry.stage_id))
+            sr.rules = {fam: SKIP for fam in FAMILIES}
+            sr.rules["presence"] = FAIL
+            return sr
+        ud = up.definition
+        up_ref = self.ref(up.module, ud)
+        sr = SymbolResult(entry.symbol, entry.stage_id, up.module.module, ud.kind, psym, upstream_ref=up_ref)
+        fam: dict[str, list[Finding]] = {f: [] for f in FAMILIES}
+        if entry.kind is not None and entry.kind != ud.kind:
+            fam["presence"].append(Finding("PA506", entry.symbol, f"the manifest says kind '{entry.kind}', "
+                                           f"the upstream index says '{ud.kind}'", mfile, line))
+        is_kernel = ud.kind == KERNEL or entry.kind == KERNEL
+        pmod, _ = self.port.split_symbol(psym)
+        pres = self.port.resolve(psym)
+        if pres is not None:
+            sr.port_file = display_path(pres.module.path)
+            sr.port_line = pres.definition.start
+        site = checks.Site(entry.symbol, sr.port_file or mfile, pres.definition if pres else None)
+
+        if is_kernel:
+            how = checks.kernel_accounted(self.up_relpath(up.module), ud, port_citations,
+                                          pres.definition if pres else None)
+            sr.accounted_by = how
+            if how is None:
+                where = psym.rsplit(".", 1)[0]
+                mod_file = self.port_module_file(where)
+                fam["presence"].append(Finding(
+                    "PA105", entry.symbol, f"kernel {ud.name} ({up_ref}) is not accounted for: cite it "
+                    f"from the torch function that implements it or define {ud.name} in {where}",
+                    mod_file or mfile, 1 if mod_file else line, upstream_ref=up_ref))
+        elif pres is None:
+            if pmod is None or self.port.module(pmod) is None:
+                expect = self.port.root.joinpath(*psym.split(".")[:-1]).with_suffix(".py")
+                fam["presence"].append(Finding(
+                    "PA101", entry.symbol, f"port module for {psym} not found (expected "
+                    f"{display_path(expect)})", mfile, line, upstream_ref=up_ref))
+            else:
+                pfile = display_path(self.port.module(pmod).path)
+                fam["presence"].append(Finding(
+                    "PA102", entry.symbol, f"{psym} is not defined in {pfile}", pfile, 1,
+                    upstream_ref=up_ref))
+
+        if pres is not None:
+            pd = pres.definition
+            if not is_kernel:
+                fam["presence"] += checks.check_kind(site, ud, pd, up_ref)
+            if ud.kind in checks.CLASS_KINDS and pd.kind in checks.CLASS_KINDS:
+                up_methods = {m: up.module.definitions[f"{ud.name}.{m}"] for m in ud.methods
+                              if f"{ud.name}.{m}" in up.module.definitions}
+                port_methods = self.port_methods(pres)
+                fam["presence"] += checks.check_methods(site, ud, up_methods, port_methods, up_ref)
+                for name, um in up_methods.items():
+                    pm = port_methods.get(name)
+                    if pm is None:
+                        continue
+                    msite = checks.Site(f"{entry.symbol}.{name}", site.file, pm)
+                    mref = self.ref(up.module, um)
+                    fam["signature"] += checks.check_signature(msite, um, pm, mref)
+                    fam["simplification"] += checks.check_simplification(msite, um, pm, markers=False)
+            elif not is_kernel and ud.kind != "constant":
+                fam["signature"] += checks.check_signature(site, ud, pd, up_ref)
+            spans = ud.spans or [(ud.start, ud.end)]
+            port_text = self.port_definition_text(pres)
+            fam["citation"] += checks.check_citations(
+                site, pd.citations, malformed_lines(port_text), manifest.citation_label,
+                manifest.citation_version, self.up_relpath(up.module), spans,
+                {c.path: self.upstream_file(c.path) for c in pd.citations}, up_ref)
+            fam["simplification"] += checks.check_simplification(site, ud, pd)
+
+        for name, found in fam.items():
+            for f in found:
+                f.stage = entry.stage_id
+            sr.findings += found
+        sr.rules = self.rule_outcomes(fam, pres is not None or bool(sr.accounted_by))
+        return sr
+
+    def port_module_file(self, module: str) -> Optional[str]:
+        info = self.port.module(module)
+        return display_path(info.path) if info else None
+
+    def port_methods(self, res: Resolved) -> dict[str, Definition]:
+        """Methods of a port class, including those inherited from same-module base classes."""
+        info, cls = res.module, res.definition
+        out: dict[str, Definition] = {}
+        chain, seen = [cls], set()
+        while chain:
+            c = chain.pop(0)
+            if c.name in seen:
+                continue
+            seen.add(c.name)
+            for m in c.methods:
+                d = info.definitions.get(f"{c.name}.{m}")
+                if d is not None:
+                    out.setdefault(m, d)
+            for b in c.bases:
+                if b in info.definitions and info.definitions[b].kind != METHOD:
+                    chain.append(info.definitions[b])
+        return out
+
+    def port_definition_text(self, res: Resolved) -> str:
+        d = res.definition
+        try:
+            lines = Path(res.module.path).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return ""
+        start = d.start
+        while start > 1 and lines[start - 2].lstrip().startswith("#"):
+            start -= 1
+        if d.kind in checks.CLASS_KINDS or d.kind in checks.CALLABLE_KINDS:
+            # only the docstring region matters for citations: stop at the first blank-free body
+            end = min(d.end, d.start + 60)
+        else:
+            end = d.end
+        return "\n".join(lines[start - 1:end])
+
+    @staticmethod
+    def rule_outcomes(fam: dict[str, list[Finding]], present: bool) -> dict[str, str]:
+        out = {}
+        for name, found in fam.items():
+            if name != "presence" and not present:
+                out[name] = SKIP
+            elif any(f.severity == ERROR for f in found):
+                out[name] = FAIL
+            else:
+                out[name] = PASS
+        return out
+
+    # -- waivers and deviations ------------------------------------------------------------
+    def apply_waivers(self, manifest: Manifest, result: ManifestResult, mfile: str) -> None:
+        used = [False] * len(manifest.waivers)
+        for w_i, w in enumerate(manifest.waivers):
+            if not w.reason.strip():
+                result.hygiene.append(Finding(
+                    "PA503", w.symbol, f"waiver for {w.code} on {w.symbol} has no reason; it is ignored "
+                    "until it says why", mfile, w.loc.line if w.loc else 1, detail=w.code))
+        for sr in result.symbols:
+            for f in sr.findings:
+                for w_i, w in enumerate(manifest.waivers):
+                    if w.reason.strip() and w.matches(f.symbol, f.code):
+                        f.status, f.reason = WAIVED, w.reason
+                        used[w_i] = True
+                        break
+            for fam, outcome in sr.rules.items():
+                fam_f = [f for f in sr.findings if f.family == fam and f.severity == ERROR]
+                if outcome == FAIL and fam_f and all(f.status == WAIVED for f in fam_f):
+                    sr.rules[fam] = "waived"
+        for w_i, w in enumerate(manifest.waivers):
+            if w.reason.strip() and not used[w_i]:
+                result.hygiene.append(Finding(
+                    "PA502", w.symbol, f"waiver for {w.code} on {w.symbol} matches no finding; remove it",
+                    mfile, w.loc.line if w.loc else 1, detail=w.code))
+
+    def apply_deviations(self, manifest: Manifest, result: ManifestResult, mfile: str) -> None:
+        listed = {sr.symbol for sr in result.symbols}
+        for dv in manifest.deviations:
+            hit = False
+            for sr in result.symbols:
+                if dv.matches(sr.symbol):
+                    hit = True
+                    sr.deviation = dv.reason
+                    for f in sr.findings:
+                        if dv.matches(f.symbol):
+                            f.deviation = dv.reason
+            if not hit and dv.symbol not in listed:
+                result.hygiene.append(Finding(
+                    "PA505", dv.symbol, f"deviation names {dv.symbol}, which is not in the manifest",
+                    mfile, dv.loc.line if dv.loc else 1))
+
+
+def audit(manifest: Manifest, upstream: TreeIndex, port: TreeIndex) -> ManifestResult:
+    return Auditor(upstream, port).run(manifest)
+
+
+def count_findings(findings: list[Finding]) -> dict[str, int]:
+    out = {"error": 0, "warning": 0, "waived": 0, "baseline": 0, "open": 0}
+    for f in findings:
+        out[f.severity] += 1
+        out[f.status] += 1
+    return out
