@@ -1,1 +1,9 @@
 """Token-mixing layers (mirrors ``fla.layers`` for the layers this port carries)."""
+
+from .gated_deltanet import GatedDeltaNet
+from .kda import KimiDeltaAttention
+
+__all__ = [
+    'GatedDeltaNet',
+    'KimiDeltaAttention',
+]
