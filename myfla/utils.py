@@ -22,10 +22,13 @@ from packaging import version
 logger = logging.getLogger(__name__)
 
 FLA_CI_ENV = os.getenv("FLA_CI_ENV") == "1"
+# Source: fla/utils.py:L24-L24 (fla 0.4.0)
 FLA_CACHE_RESULTS = os.getenv('FLA_CACHE_RESULTS', '1') == '1'
 
 # Triton's autotuner result cache: there is no autotuner in a pure-torch port.
+# Source: fla/utils.py:L27-L27 (fla 0.4.0)
 supports_autotune_cache = False
+# Source: fla/utils.py:L28-L28 (fla 0.4.0)
 autotune_cache_kwargs: Dict[str, Any] = {}
 
 
@@ -141,17 +144,26 @@ def get_available_device() -> str:
     return 'cpu'
 
 
+# Source: fla/utils.py:L386-L455 (fla 0.4.0)
 device = get_available_device()
+# Source: fla/utils.py:L387-L387 (fla 0.4.0)
 device_torch_lib = getattr(torch, device)
+# Source: fla/utils.py:L388-L388 (fla 0.4.0)
 device_platform = get_available_device()
 
+# Source: fla/utils.py:L391-L391 (fla 0.4.0)
 is_amd = (device_platform == 'cuda' and torch.version.hip is not None)
+# Source: fla/utils.py:L393-L393 (fla 0.4.0)
 is_nvidia = (device_platform == 'cuda' and torch.version.hip is None)
+# Source: fla/utils.py:L395-L395 (fla 0.4.0)
 is_nvidia_hopper = (is_nvidia and ('NVIDIA H' in torch.cuda.get_device_name(0) or torch.cuda.get_device_capability()[0] >= 9))
 # CUDA graphs capture Triton launches in fla; the torch port runs eagerly.
+# Source: fla/utils.py:L396-L396 (fla 0.4.0)
 use_cuda_graph = False
+# Source: fla/utils.py:L399-L399 (fla 0.4.0)
 is_tf32_supported = (is_nvidia and torch.cuda.get_device_capability(0)[0] >= 8)
 # TMA descriptors are a Triton/Hopper feature with no meaning for torch code.
+# Source: fla/utils.py:L401-L403 (fla 0.4.0)
 is_tma_supported = False
 
 
@@ -195,11 +207,13 @@ def check_shared_mem(arch: str = "none", tensor_idx: int = 0) -> bool:
         return False
 
 
+# Source: fla/utils.py:L456-L463 (fla 0.4.0)
 autocast_custom_fwd = functools.partial(torch.amp.custom_fwd, device_type=device)
+# Source: fla/utils.py:L457-L464 (fla 0.4.0)
 autocast_custom_bwd = functools.partial(torch.amp.custom_bwd, device_type=device)
 
 
-def custom_device_ctx(index: Optional[int]):
+def custom_device_ctx(index: int):
     """The device context of CUDA device ``index``; a no-op for CPU tensors (index None).
 
     Source: fla/utils.py:L459-L467 (fla 0.4.0)
