@@ -219,6 +219,18 @@ class _ModuleParser:
     def nie_lines(self, start: int, end: int) -> list[int]:
         return [ln for ln in range(start, end + 1) if _NIE_RE.match(self.lines[ln - 1])]
 
+    def body_layout(self, d: Definition, body: cst.BaseSuite) -> Definition:
+        """Record where the body and the docstring are (fix-citations edits there)."""
+        if isinstance(body, cst.IndentedBlock) and body.body:
+            first = body.body[0]
+            r = self.pos[first]
+            d.body_start, d.body_indent = r.start.line, r.start.column
+            if (isinstance(first, cst.SimpleStatementLine) and first.body
+                    and isinstance(first.body[0], cst.Expr)
+                    and isinstance(first.body[0].value, (cst.SimpleString, cst.ConcatenatedString))):
+                d.doc_span = self.line_range(first)
+        return d
+
     def docstring_citations(self, body: cst.BaseSuite, start: int) -> list:
         cits = []
         c_start, comments = self.leading_comment_block(start)
@@ -333,12 +345,12 @@ class _ModuleParser:
             kind = KERNEL
         c_start, _ = self.leading_comment_block(start)
         uses = _collect_uses([d.decorator for d in node.decorators] + [node.params, node.body])
-        return Definition(
+        return self.body_layout(Definition(
             name=qual, kind=kind, start=start, end=end, params=self.params(node.params),
             returns=normalize_source(self.code(node.returns.annotation)) if node.returns else None,
             decorators=decorators, docstring=node.get_docstring(clean=True),
             citations=self.docstring_citations(node.body, start),
-            facts=self.facts(node.body, start, end, True, c_start), uses=uses)
+            facts=self.facts(node.body, start, end, True, c_start), uses=uses), node.body)
 
     def klass(self, node: cst.ClassDef) -> None:
         start, end = self.line_range(node, node.decorators)
@@ -359,6 +371,7 @@ class _ModuleParser:
             docstring=node.get_docstring(clean=True),
             citations=self.docstring_citations(node.body, start),
             facts=self.facts(node.body, start, end, False, c_start), bases=bases, uses=uses)
+        self.body_layout(cls, node.body)
         methods = []
         for stmt, _ in self._walk_block(node.body):
             if isinstance(stmt, cst.FunctionDef):

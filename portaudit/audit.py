@@ -209,13 +209,17 @@ class Auditor:
                     f"from the torch function that implements it or define {ud.name} in {where}",
                     mod_file or mfile, 1 if mod_file else line, upstream_ref=up_ref))
         elif pres is None:
-            if pmod is None or self.port.module(pmod) is None:
-                expect = self.port.root.joinpath(*psym.split(".")[:-1]).with_suffix(".py")
+            listed_mod, _ = self.up.split_symbol(entry.symbol)
+            expected = (psym.rsplit(".", 1)[0] if entry.port
+                        else manifest.port_name_for(listed_mod or up.module.module))
+            info = self.port.module(expected)
+            if info is None:
+                expect = self.port.root.joinpath(*expected.split(".")).with_suffix(".py")
                 fam["presence"].append(Finding(
-                    "PA101", entry.symbol, f"port module for {psym} not found (expected "
+                    "PA101", entry.symbol, f"port module {expected} not found (expected "
                     f"{display_path(expect)})", mfile, line, upstream_ref=up_ref))
             else:
-                pfile = display_path(self.port.module(pmod).path)
+                pfile = display_path(info.path)
                 fam["presence"].append(Finding(
                     "PA102", entry.symbol, f"{psym} is not defined in {pfile}", pfile, 1,
                     upstream_ref=up_ref))
@@ -251,7 +255,7 @@ class Auditor:
             for f in found:
                 f.stage = entry.stage_id
             sr.findings += found
-        sr.rules = self.rule_outcomes(fam, pres is not None or bool(sr.accounted_by))
+        sr.rules = self.rule_outcomes(fam, pres is not None)
         return sr
 
     def port_module_file(self, module: str) -> Optional[str]:

@@ -157,8 +157,10 @@ def check_citations(site: Site, citations: list[Citation], malformed: list[str],
                                  f"({label} {version})'", detail=m[:60]) for m in malformed]
     ref = dict(upstream_ref=upstream_ref)
     if not citations:
+        where = ("as a '# Source:' comment above it" if site.definition is not None
+                 and site.definition.kind == CONSTANT else "to the docstring")
         out.append(site.finding("PA301", f"no citation; add 'Source: {upstream_ref} ({label} {version})' "
-                                         "to the docstring (or run `portaudit fix-citations`)", **ref))
+                                         f"{where} (or run `portaudit fix-citations --write`)", **ref))
         return out
     for c in citations:
         line = c.line or None

@@ -17,6 +17,7 @@ import typer
 from portaudit import __version__
 from portaudit.commands.check import check, gate
 from portaudit.commands.codes import codes
+from portaudit.commands.fixcite import fix_citations
 from portaudit.commands.scaffold import scaffold
 
 app = typer.Typer(name="portaudit", add_completion=False, no_args_is_help=True,
@@ -40,6 +41,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.command("check")(check)
 app.command("gate")(gate)
 app.command("scaffold")(scaffold)
+app.command("fix-citations")(fix_citations)
 app.command("codes")(codes)
 
 

@@ -22,7 +22,7 @@ from typing import Iterable, Optional
 
 from portaudit.citations import Citation, parse_citations
 
-INDEX_FORMAT = 3  # bump when the pickled shape changes
+INDEX_FORMAT = 4  # bump when the pickled shape changes
 
 # Kinds of definitions.
 FUNCTION = "function"
@@ -78,6 +78,9 @@ class Definition:
     bases: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)  # for classes, in source order
     uses: list[str] = field(default_factory=list)     # dotted names read by the definition
+    body_start: int = 0                               # first body statement line (functions/classes)
+    body_indent: int = 0                              # its column (0-based)
+    doc_span: Optional[tuple[int, int]] = None        # lines of the docstring statement
 
     @property
     def short(self) -> str:

@@ -108,9 +108,9 @@ def drill_down(r: ManifestResult) -> Iterable[RenderableType]:
             rules.append(f"{fam} ", style="dim")
             rules.append(outcome, style=RULE_STYLE.get(outcome, ""))
             rules.append("  ")
-        if s.accounted_by:
-            rules.append(f"kernel: {s.accounted_by}", style="dim")
         yield rules
+        if s.accounted_by:
+            yield Text(f"    kernel accounted for: {s.accounted_by}", style="dim")
         if s.deviation:
             yield Text(f"    deviation: {s.deviation}", style="cyan")
         for f in s.findings:
