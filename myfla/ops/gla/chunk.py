@@ -11,8 +11,17 @@ from typing import Optional
 
 import torch
 
-from myfla.ops.kda.chunk_intra import chunks_to_grid, from_grid, to_grid
-from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
+
+
+def _to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero') -> torch.Tensor:
+    """``[B, T, H, *rest]`` -> ``[N, H, NC, BT, *rest]``, fp32 or wider."""
+    return layout.pack(x.to(torch.promote_types(x.dtype, torch.float32)), fill).movedim(3, 1)
+
+
+def _from_grid(layout: ChunkLayout, xc: torch.Tensor) -> torch.Tensor:
+    """``[N, H, NC, BT, *rest]`` -> ``[B, T, H, *rest]``."""
+    return layout.unpack(xc.movedim(1, 3))
 
 
 def chunk_gla_fwd_o_gk(
@@ -34,9 +43,10 @@ def chunk_gla_fwd_o_gk(
     B, T, H, K, V = *q.shape, v.shape[-1]
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=q.device)
-    qg = to_grid(layout, q) * (scale * to_grid(layout, g, 'last').exp())
-    o = qg @ chunks_to_grid(layout, h) + to_grid(layout, A).tril() @ to_grid(layout, v)
-    return from_grid(layout, o).to(v.dtype)
+    qg = _to_grid(layout, q) * (scale * _to_grid(layout, g, 'last').exp())
+    hc = layout.pack_chunks(h.to(qg.dtype)).movedim(2, 1)               # [N, H, NC, K, V]
+    o = qg @ hc + _to_grid(layout, A).tril() @ _to_grid(layout, v)
+    return _from_grid(layout, o).to(v.dtype)
 
 
 def chunk_gla_bwd_dA(
@@ -54,5 +64,5 @@ def chunk_gla_bwd_dA(
     B, T, H, V = v.shape
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=v.device)
-    dA = (to_grid(layout, do) @ to_grid(layout, v).transpose(-1, -2)).tril() * scale
-    return from_grid(layout, dA)
+    dA = (_to_grid(layout, do) @ _to_grid(layout, v).transpose(-1, -2)).tril() * scale
+    return _from_grid(layout, dA).float()
