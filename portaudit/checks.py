@@ -132,10 +132,10 @@ def check_signature(site: Site, up: Definition, port: Definition, upstream_ref: 
             u, q = up_by_name[name], port_by_name[name]
             if u.annotation != q.annotation:
                 out.append(site.finding("PA207", f"annotation of '{name}' differs: upstream "
-                                                 f"{u.annotation}, port {q.annotation}", param=name, **ref))
+                                                 f"{u.annotation or '(none)'}, port {q.annotation or '(none)'}", param=name, **ref))
         if up.returns != port.returns:
-            out.append(site.finding("PA207", f"return annotation differs: upstream {up.returns}, "
-                                             f"port {port.returns}", param="return", **ref))
+            out.append(site.finding("PA207", f"return annotation differs: upstream {up.returns or '(none)'}, "
+                                             f"port {port.returns or '(none)'}", param="return", **ref))
     return out
 
 

@@ -69,7 +69,7 @@ def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], por
                 for r in results:
                     path, notes = write_baseline(r, baseline, force=force)
                     err_console.print(f"baseline for {r.manifest.name}: {path} ({r.percent:.1f}%, "
-                                      f"{sum(1 for _ in r.findings)} finding(s) accepted"
+                                      f"{sum(1 for f in r.findings if f.status != 'waived')} finding(s) accepted"
                                       + (f", {len(notes)} fixed" if notes else "") + ")", markup=False)
             for r in results:
                 report.gates[r.manifest.name] = apply_gate(r, load_baseline(baseline, r.manifest.name))
