@@ -12,6 +12,7 @@ Python loop over chunks does only the ``[N*H]``-batched matmuls that need the ca
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -25,42 +26,113 @@ NUM_WARPS = [2, 4] if is_nvidia_hopper else [2, 4, 8, 16]
 
 
 # ---- layout helpers shared by the chunked ops (port-only) ------------------------------------
+# Within one forward or backward pass fla's functions hand each other [B, T, H, ...] tensors; the
+# torch port works on a chunk grid. Inside a ``grid_cache()`` scope, conversions are memoised by
+# tensor identity and version, and a grid result converted to token layout remembers its grid, so
+# a tensor crosses layouts once per pass instead of once per function. Only layouts without padding
+# are memoised (there zero- and last-fill agree and every grid slot is a real token).
+_grid_memo: Optional[dict] = None
+
+
+@contextlib.contextmanager
+def grid_cache():
+    """Scope in which layout conversions (and ``memo`` values) are reused; nested scopes share it."""
+    global _grid_memo
+    if _grid_memo is not None:
+        yield
+        return
+    _grid_memo = {}
+    try:
+        yield
+    finally:
+        _grid_memo = None
+
+
+def _memo_key(layout: ChunkLayout, x: torch.Tensor, dtype) -> Optional[tuple]:
+    if _grid_memo is None or layout.varlen or layout.pad:
+        return None
+    return ('grid', id(layout), id(x), x._version, x.dtype if dtype is None else dtype)
+
+
+def memo(key: tuple, tensors: tuple, fn):
+    """``fn()`` memoised inside a ``grid_cache()`` scope under ``key`` and the identity/version of
+    ``tensors`` (kept alive with the entry so that ids stay unique)."""
+    if _grid_memo is None:
+        return fn()
+    full = key + tuple((id(t), t._version) if t is not None else None for t in tensors)
+    hit = _grid_memo.get(full)
+    if hit is None:
+        hit = (tensors, fn())
+        _grid_memo[full] = hit
+    return hit[1]
+
+
 def to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero',
             dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``[B, T, H, *rest]`` token layout -> ``[NC, N*H, BT, *rest]`` chunk grid (contiguous, so the
     per-chunk slices of ``unbind(0)`` feed batched matmuls directly)."""
-    if dtype is not None:
-        x = x.to(dtype)
-    xc = layout.pack(x, fill=fill)                                  # [N, NC, BT, H, *rest]
+    key = _memo_key(layout, x, dtype)
+    if key is not None and key in _grid_memo:
+        return _grid_memo[key][1]
+    xd = x.to(dtype) if dtype is not None else x
+    xc = layout.pack(xd, fill=fill)                                 # [N, NC, BT, H, *rest]
     N, NC, BT, H = xc.shape[:4]
     rest = xc.shape[4:]
     perm = (1, 0, 3, 2) + tuple(range(4, xc.dim()))
-    return xc.permute(perm).reshape(NC, N * H, BT, *rest)
+    xc = xc.permute(perm).reshape(NC, N * H, BT, *rest)
+    if key is not None:
+        _grid_memo[key] = (x, xc)
+    return xc
 
 
-def from_grid(layout: ChunkLayout, xc: torch.Tensor, H: int) -> torch.Tensor:
-    """``[NC, N*H, BT, *rest]`` chunk grid -> ``[B, T, H, *rest]`` token layout."""
+def from_grid(layout: ChunkLayout, xc: torch.Tensor, H: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``[NC, N*H, BT, *rest]`` chunk grid -> contiguous ``[B, T, H, *rest]`` token layout in ``dtype``
+    (default: the grid's)."""
     NC, NH, BT = xc.shape[:3]
     rest = xc.shape[3:]
     x = xc.reshape(NC, NH // H, H, BT, *rest)
     perm = (1, 0, 3, 2) + tuple(range(4, x.dim()))
-    return layout.unpack(x.permute(perm))
+    x = layout.unpack(x.permute(perm))
+    x = x.to(dtype) if dtype is not None else x
+    x = x.contiguous()
+    key = _memo_key(layout, x, xc.dtype) if x.dtype == xc.dtype else None
+    if key is not None:
+        _grid_memo[key] = (x, xc)
+    return x
 
 
 def chunks_to_grid(layout: ChunkLayout, h: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """fla's per-chunk layout ``[B, NT, H, *rest]`` -> ``[NC, N*H, *rest]``."""
-    if dtype is not None:
-        h = h.to(dtype)
-    hc = layout.pack_chunks(h)                                      # [N, NC, H, *rest]
+    key = _memo_key(layout, h, dtype)
+    if key is not None and ('chunks',) + key in _grid_memo:
+        return _grid_memo[('chunks',) + key][1]
+    hd = h.to(dtype) if dtype is not None else h
+    hc = layout.pack_chunks(hd)                                     # [N, NC, H, *rest]
     N, NC, H = hc.shape[:3]
-    return hc.transpose(0, 1).reshape(NC, N * H, *hc.shape[3:])
+    hc = hc.transpose(0, 1).reshape(NC, N * H, *hc.shape[3:])
+    if key is not None:
+        _grid_memo[('chunks',) + key] = (h, hc)
+    return hc
 
 
 def chunks_from_grid(layout: ChunkLayout, hc: torch.Tensor, H: int) -> torch.Tensor:
     """``[NC, N*H, *rest]`` -> fla's per-chunk layout ``[B, NT, H, *rest]``."""
     NC, NH = hc.shape[:2]
     h = hc.reshape(NC, NH // H, H, *hc.shape[2:]).transpose(0, 1)
-    return layout.unpack_chunks(h).contiguous()
+    h = layout.unpack_chunks(h).contiguous()
+    key = _memo_key(layout, h, hc.dtype)
+    if key is not None:
+        _grid_memo[('chunks',) + key] = (h, hc)
+    return h
+
+
+def gate_ratio(layout: ChunkLayout, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``exp(g_i - g_j)`` for every pair of slots of every chunk, ``[NC, N*H, BT, BT]`` (unmasked;
+    bounded below the diagonal, where the chunk-local cumulative gate decreases)."""
+    def build():
+        g_c = to_grid(layout, g, fill='last', dtype=dtype)
+        return torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2))
+    return memo(('gate_ratio', id(layout), dtype), (g,), build)
 
 
 def compute_dtype_of(*tensors: Optional[torch.Tensor]) -> torch.dtype:
@@ -130,7 +202,7 @@ def chunk_gated_delta_rule_fwd_h(
     k_c = to_grid(layout, k, dtype=cdt)                                 # [NC, NH, BT, K]
     if k_scale is not None:
         k_c = k_c * k_scale
-    kT = k_c.transpose(-1, -2).contiguous().unbind(0)                   # NC x [NH, K, BT]
+    kT = k_c.transpose(-1, -2).unbind(0)                                # NC x [NH, K, BT] (transposed views)
     w_c = to_grid(layout, w, dtype=cdt).unbind(0)
     u_c = to_grid(layout, u, dtype=cdt).unbind(0)
     decays = decay.unbind(0) if decay is not None else [None] * NC
@@ -157,7 +229,7 @@ def chunk_gated_delta_rule_fwd_h(
     final_state = state.reshape(N, H, K, V).float() if output_final_state else None
     v_new = None
     if save_new_value:
-        v_new = from_grid(layout, torch.stack(v_news, 0), H).to(u.dtype).contiguous() if NC > 0 \
+        v_new = from_grid(layout, torch.stack(v_news, 0), H, u.dtype) if NC > 0 \
             else torch.empty_like(u)
     return h, v_new, final_state
 
@@ -208,7 +280,7 @@ def chunk_gated_delta_rule_bwd_dhu(
     if k_scale is not None:
         k_c = k_c * k_scale
     k_c = k_c.unbind(0)
-    wT = to_grid(layout, w, dtype=cdt).transpose(-1, -2).contiguous().unbind(0)
+    wT = to_grid(layout, w, dtype=cdt).transpose(-1, -2).unbind(0)
     dv_c = to_grid(layout, dv, dtype=cdt).unbind(0)
     qdo = qdo.unbind(0)
     decays = decay.unbind(0) if decay is not None else [None] * NC
@@ -227,7 +299,7 @@ def chunk_gated_delta_rule_bwd_dhu(
 
     if NC > 0:
         dh = chunks_from_grid(layout, torch.stack(dhs, 0).to(q.dtype), H)
-        dv2 = from_grid(layout, torch.stack(dv2s, 0), H).to(dv.dtype).contiguous()
+        dv2 = from_grid(layout, torch.stack(dv2s, 0), H, dv.dtype)
     else:
         dh = q.new_empty(B, 0, H, K, V)
         dv2 = torch.empty_like(dv)

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.common.chunk_delta_h import chunks_to_grid, compute_dtype_of, from_grid, to_grid
+from myfla.ops.common.chunk_delta_h import chunks_to_grid, compute_dtype_of, from_grid, gate_ratio, to_grid
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 from myfla.utils import is_nvidia_hopper
 
@@ -75,21 +75,30 @@ def chunk_fwd_o(
     v_c = to_grid(layout, v, dtype=cdt)
     h_c = chunks_to_grid(layout, h, dtype=cdt)
 
-    o_c = torch.matmul(q_c, h_c)                                        # [NC, NH, BT, V]
     A = torch.matmul(q_c, k_c.transpose(-1, -2))                        # [NC, NH, BT, BT]
-    g_c = None
-    if g is not None:
-        g_c = to_grid(layout, g, fill='last', dtype=cdt)
-    elif g_gamma is not None:
-        g_c, _ = _gamma_gates(layout, g_gamma, H, cdt, q.device)
-    if g_c is not None:
-        o_c = o_c * torch.exp(g_c).unsqueeze(-1)
-        A = A * torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2))
-    A = A.masked_fill(~_causal(BT, q.device), 0)
+    G = _gates(layout, g, g_gamma, H, cdt, q.device)
+    if G is not None:
+        g_c, G = G
+        o_c = torch.matmul(q_c * (torch.exp(g_c) * scale).unsqueeze(-1), h_c)
+        A.mul_(G)
+    else:
+        o_c = torch.matmul(q_c, h_c).mul_(scale)
+    A.masked_fill_(~_causal(BT, q.device), 0)
     if v.dtype != cdt:
         A = A.to(v.dtype).to(cdt)
-    o_c = (o_c + torch.matmul(A, v_c)) * scale
-    return from_grid(layout, o_c, H).to(v.dtype).contiguous()
+    o_c = torch.baddbmm(o_c.flatten(0, 1), A.flatten(0, 1), v_c.flatten(0, 1), alpha=scale).view_as(o_c)
+    return from_grid(layout, o_c, H, v.dtype)
+
+
+def _gates(layout: ChunkLayout, g, g_gamma, H: int, dtype, device):
+    """``(g_c, G)``: the cumulative gate on the grid and the ratio matrix ``exp(g_i - g_j)``; None
+    without gates."""
+    if g is not None:
+        return to_grid(layout, g, fill='last', dtype=dtype), gate_ratio(layout, g, dtype)
+    if g_gamma is not None:
+        g_c, _ = _gamma_gates(layout, g_gamma, H, dtype, device)
+        return g_c, torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2))
+    return None
 
 
 def chunk_bwd_dv_local(
@@ -115,24 +124,27 @@ def chunk_bwd_dv_local(
     if layout.NC == 0:
         return torch.empty_like(do)
     cdt = compute_dtype_of(q, k, do, A)
+    upper = ~_causal(BT, k.device).T                                    # mask of P^T's zeros
     if A is not None:
-        P = to_grid(layout, A, dtype=cdt)                               # [NC, NH, BT(q), BT(k)]
+        PT = to_grid(layout, A, dtype=cdt).transpose(-1, -2).masked_fill(upper, 0)
+        alpha = 1.0
     else:
         q_c = to_grid(layout, q, dtype=cdt)
         k_c = to_grid(layout, k, dtype=cdt)
-        P = torch.matmul(q_c, k_c.transpose(-1, -2)) * scale
-        g_c = None
-        if g is not None:
-            g_c = to_grid(layout, g, fill='last', dtype=cdt)
-        elif g_gamma is not None:
-            g_c, _ = _gamma_gates(layout, g_gamma, H, cdt, k.device)
-        if g_c is not None:
-            P = P * torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2))
-    P = P.masked_fill(~_causal(BT, k.device), 0)
+        PT = torch.matmul(k_c, q_c.transpose(-1, -2))                   # (q k^T)^T
+        G = _gates(layout, g, g_gamma, H, cdt, k.device)
+        if G is not None:
+            PT.mul_(G[1].transpose(-1, -2))
+        PT.masked_fill_(upper, 0)
+        alpha = scale
     if do.dtype != cdt:
-        P = P.to(do.dtype).to(cdt)
-    dv_c = torch.matmul(P.transpose(-1, -2), to_grid(layout, do, dtype=cdt))
-    return from_grid(layout, dv_c, H).to(do.dtype).contiguous()
+        PT = (PT * alpha).to(do.dtype).to(cdt)
+        alpha = 1.0
+    do_c = to_grid(layout, do, dtype=cdt)
+    dv_c = torch.matmul(PT, do_c)
+    if alpha != 1.0:
+        dv_c.mul_(alpha)
+    return from_grid(layout, dv_c, H, do.dtype)
 
 
 def chunk_bwd_dqkwg(
@@ -179,43 +191,45 @@ def chunk_bwd_dqkwg(
     dk = torch.matmul(v_c, dh_c.transpose(-1, -2))
     dw = None
     if w is not None:
-        dw = -torch.matmul(to_grid(layout, dv, dtype=cdt), hT)
+        dw = torch.matmul(to_grid(layout, dv, dtype=cdt), hT).neg_()
     causal = _causal(BT, k.device)
     valid = _valid_grid(layout, H, k.device)                            # [NC, NH, BT]
 
-    dg = None
-    if g is not None:
-        g_c = to_grid(layout, g, fill='last', dtype=cdt)
-        g_last = g_c[:, :, -1]
-        dg_last = (h_c * dh_c).sum((-1, -2)) * torch.exp(g_last)       # [NC, NH]
-        dq = dq * torch.exp(g_c).unsqueeze(-1) * scale
-        dg_c = (dq * q_c).sum(-1)
-        dk = dk * torch.where(valid, torch.exp(g_last.unsqueeze(-1) - g_c), 0).unsqueeze(-1)
-        dg_c = dg_c - (k_c * dk).sum(-1)
-        dg_last = dg_last + (dk * k_c).sum((-1, -2))
-        ds = torch.where(causal, ds * torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2)), 0) * scale
-        ds2 = ds * torch.matmul(q_c, k_c.transpose(-1, -2))
-        dg_c = dg_c + ds2.sum(-1) - ds2.sum(-2)
-        dq = dq + torch.matmul(ds, k_c)
-        dk = dk + torch.matmul(ds.transpose(-1, -2), q_c)
-        # the chunk's last real token also carries the gradient through the state decay exp(g_last)
-        is_last = valid & ~torch.cat([valid[..., 1:], torch.zeros_like(valid[..., :1])], -1)
-        dg_c = dg_c + is_last * dg_last.unsqueeze(-1)
-        dg = from_grid(layout, dg_c, H).float().contiguous()
-    elif g_gamma is not None:
-        g_c, g_last = _gamma_gates(layout, g_gamma, H, cdt, k.device)
-        dq = dq * torch.exp(g_c).unsqueeze(-1) * scale
-        dk = dk * torch.where(valid, torch.exp(g_last.unsqueeze(-1) - g_c), 0).unsqueeze(-1)
-        ds = torch.where(causal, ds * torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2)), 0) * scale
-        dq = dq + torch.matmul(ds, k_c)
-        dk = dk + torch.matmul(ds.transpose(-1, -2), q_c)
-    else:
-        ds = ds.masked_fill(~causal, 0)
-        dq = (dq + torch.matmul(ds, k_c)) * scale
-        dk = dk + torch.matmul(ds.transpose(-1, -2), q_c) * scale
+    def flat(x):
+        return x.flatten(0, 1)
 
-    dq = from_grid(layout, dq, H).to(q.dtype).contiguous()
-    dk = from_grid(layout, dk, H).to(k.dtype).contiguous()
+    dg = None
+    gates = _gates(layout, g, g_gamma, H, cdt, k.device)
+    if gates is not None:
+        g_c, G = gates
+        if g is not None:
+            g_last = g_c[:, :, -1]
+        else:
+            _, g_last = _gamma_gates(layout, g_gamma, H, cdt, k.device)
+        dq.mul_((torch.exp(g_c) * scale).unsqueeze(-1))
+        dk.mul_(torch.where(valid, torch.exp(g_last.unsqueeze(-1) - g_c), 0).unsqueeze(-1))
+        ds.mul_(G).masked_fill_(~causal, 0).mul_(scale)
+        if g is not None:
+            NCH = h_c.shape[0] * h_c.shape[1]
+            # sum(h * dh) per chunk as one batched dot product
+            hdh = torch.bmm(h_c.reshape(NCH, 1, K * V), dh_c.reshape(NCH, K * V, 1)).view(g_last.shape)
+            kdk = torch.linalg.vecdot(k_c, dk)                          # [NC, NH, BT]
+            dg_last = hdh * torch.exp(g_last) + kdk.sum(-1)
+            ds2 = torch.matmul(q_c, k_c.transpose(-1, -2)).mul_(ds)
+            dg_c = torch.linalg.vecdot(dq, q_c) - kdk + ds2.sum(-1) - ds2.sum(-2)
+            # the chunk's last real token also carries the gradient through the state decay exp(g_last)
+            is_last = valid & ~torch.cat([valid[..., 1:], torch.zeros_like(valid[..., :1])], -1)
+            dg_c = dg_c + is_last * dg_last.unsqueeze(-1)
+            dg = from_grid(layout, dg_c, H, torch.float32)
+        dq = torch.baddbmm(flat(dq), flat(ds), flat(k_c)).view_as(dq)
+        dk = torch.baddbmm(flat(dk), flat(ds).transpose(-1, -2), flat(q_c)).view_as(dk)
+    else:
+        ds.masked_fill_(~causal, 0)
+        dq = torch.baddbmm(flat(dq), flat(ds), flat(k_c)).view_as(dq).mul_(scale)
+        dk = torch.baddbmm(flat(dk), flat(ds).transpose(-1, -2), flat(q_c), alpha=scale).view_as(dk)
+
+    dq = from_grid(layout, dq, H, q.dtype)
+    dk = from_grid(layout, dk, H, k.dtype)
     if dw is not None:
-        dw = from_grid(layout, dw, H).to(w.dtype).contiguous()
+        dw = from_grid(layout, dw, H, w.dtype)
     return dq, dk, dw, dg

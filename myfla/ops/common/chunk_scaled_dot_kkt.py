@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from myfla.ops.common.chunk_delta_h import compute_dtype_of, from_grid, to_grid
+from myfla.ops.common.chunk_delta_h import compute_dtype_of, from_grid, gate_ratio, to_grid
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 
 
@@ -36,10 +36,9 @@ def chunk_scaled_dot_kkt_fwd(
     k_c = to_grid(layout, k, dtype=cdt)                                 # [NC, NH, BT, K]
     A = torch.matmul(k_c, k_c.transpose(-1, -2))
     if g is not None:
-        g_c = to_grid(layout, g, fill='last', dtype=cdt)
-        A = A * torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2))
+        A.mul_(gate_ratio(layout, g, cdt))
     if beta is not None:
-        A = A * to_grid(layout, beta, dtype=cdt).unsqueeze(-1)
+        A.mul_(to_grid(layout, beta, dtype=cdt).unsqueeze(-1))
     strict = torch.ones(BT, BT, dtype=torch.bool, device=k.device).tril(-1)
-    A = A.masked_fill(~strict, 0)
-    return from_grid(layout, A, H).to(output_dtype).contiguous()
+    A.masked_fill_(~strict, 0)
+    return from_grid(layout, A, H, output_dtype)

@@ -13,7 +13,11 @@ from typing import Optional
 import torch
 
 from myfla.modules.l2norm import l2norm_bwd, l2norm_fwd
-from myfla.ops.common.chunk_delta_h import chunk_gated_delta_rule_bwd_dhu, chunk_gated_delta_rule_fwd_h
+from myfla.ops.common.chunk_delta_h import (
+    chunk_gated_delta_rule_bwd_dhu,
+    chunk_gated_delta_rule_fwd_h,
+    grid_cache
+)
 from myfla.ops.common.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local, chunk_fwd_o
 from myfla.ops.common.chunk_scaled_dot_kkt import chunk_scaled_dot_kkt_fwd
 from myfla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
@@ -36,6 +40,12 @@ def chunk_gated_delta_rule_fwd(
 
     Source: fla/ops/gated_delta_rule/chunk.py:L18-L69 (fla 0.4.0)
     """
+    with grid_cache():
+        return _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
+
+
+def _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens):
+    """Body of ``chunk_gated_delta_rule_fwd``, run inside one layout-conversion scope."""
     g = chunk_local_cumsum(g, chunk_size=64, cu_seqlens=cu_seqlens)
     # obtain WY representation. u is actually the new v.
     A = chunk_scaled_dot_kkt_fwd(
@@ -96,6 +106,12 @@ def chunk_gated_delta_rule_bwd(
 
     Source: fla/ops/gated_delta_rule/chunk.py:L72-L148 (fla 0.4.0)
     """
+    with grid_cache():
+        return _chunk_gated_delta_rule_bwd(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens)
+
+
+def _chunk_gated_delta_rule_bwd(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens):
+    """Body of ``chunk_gated_delta_rule_bwd``, run inside one layout-conversion scope."""
     w, u = recompute_w_u_fwd(
         k=k,
         v=v,

@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.common.chunk_delta_h import compute_dtype_of, from_grid, to_grid
+from myfla.ops.common.chunk_delta_h import compute_dtype_of, from_grid, gate_ratio, to_grid
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 
 
@@ -40,11 +40,10 @@ def recompute_w_u_fwd(
     if v.dtype != cdt:
         vb = vb.to(v.dtype).to(cdt)                                     # the kernel rounds v*beta to v's dtype
     u = torch.matmul(A_c, vb)
-    kb = to_grid(layout, k, dtype=cdt) * b_c
     if g is not None:
-        kb = kb * torch.exp(to_grid(layout, g, fill='last', dtype=cdt)).unsqueeze(-1)
-    w = torch.matmul(A_c, kb)
-    return from_grid(layout, w, H).to(k.dtype).contiguous(), from_grid(layout, u, H).to(v.dtype).contiguous()
+        b_c = b_c * torch.exp(to_grid(layout, g, fill='last', dtype=cdt)).unsqueeze(-1)
+    w = torch.matmul(A_c, to_grid(layout, k, dtype=cdt) * b_c)
+    return from_grid(layout, w, H, k.dtype), from_grid(layout, u, H, v.dtype)
 
 
 def prepare_wy_repr_bwd(
@@ -78,47 +77,51 @@ def prepare_wy_repr_bwd(
     dw_c = to_grid(layout, dw, dtype=cdt)
     du_c = to_grid(layout, du, dtype=cdt)
     if g is not None:
-        g_c = to_grid(layout, g, fill='last', dtype=cdt)
-        g_exp = torch.exp(g_c).unsqueeze(-1)
-        bg = b_c * g_exp
+        g_exp = torch.exp(to_grid(layout, g, fill='last', dtype=cdt)).unsqueeze(-1)
+        bg = b_c * g_exp                                                # beta * exp(g), [.., BT, 1]
     else:
         bg = b_c
     kbg = k_c * bg
     vb = v_c * b_c
 
+    def flat(x):
+        return x.flatten(0, 1)
+
     # through w = A kbg and u = A vb
-    dA = torch.matmul(dw_c, kbg.transpose(-1, -2)) + torch.matmul(du_c, vb.transpose(-1, -2))
+    dA = torch.matmul(dw_c, kbg.transpose(-1, -2))
+    dA = torch.baddbmm(flat(dA), flat(du_c), flat(vb).transpose(-1, -2)).view_as(dA)
     dkbg = torch.matmul(At, dw_c)
-    dk = dkbg * bg
-    kg = k_c * g_exp if g is not None else k_c
-    db = (dkbg * kg).sum(-1)
-    dg = (dkbg * kbg).sum(-1) if g is not None else None
     dvb = torch.matmul(At, du_c)
-    dv = dvb * b_c
-    db = db + (dvb * v_c).sum(-1)
+    dkbg_k = torch.linalg.vecdot(dkbg, k_c)                             # sum_k dkbg * k, [.., BT]
+    db = dkbg_k * g_exp.squeeze(-1) if g is not None else dkbg_k
+    db = db + torch.linalg.vecdot(dvb, v_c)
+    dg = dkbg_k * bg.squeeze(-1) if g is not None else None
+    dk = dkbg.mul_(bg)
+    dv = dvb.mul_(b_c)
 
     # through the inverse: dL = -A^T dA A^T, kept on the strict lower triangle
     strict = torch.ones(BT, BT, dtype=torch.bool, device=k.device).tril(-1)
-    dA = dA.masked_fill(~strict, 0)
+    dA.masked_fill_(~strict, 0)
     dA = torch.matmul(At, torch.matmul(dA, At))
     if g is not None:
-        dA = dA * torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2))
-    dA = (-dA).masked_fill(~strict, 0)
+        dA.mul_(gate_ratio(layout, g, cdt))
+    dA.neg_().masked_fill_(~strict, 0)
 
     # through L = tril(beta_i k_i . k_j G_ij)
     kb = k_c * b_c
     dkb = torch.matmul(dA, k_c)
-    db = db + (dkb * k_c).sum(-1)
-    dk = dk + torch.matmul(dA.transpose(-1, -2), kb) + dkb * b_c
+    db = db + torch.linalg.vecdot(dkb, k_c)
+    dk = torch.baddbmm(flat(dk), flat(dA).transpose(-1, -2), flat(kb)).view_as(dk)
+    dk.add_(dkb.mul_(b_c))
     if g is not None:
-        AdA = dA * torch.matmul(kb, k_c.transpose(-1, -2))
+        AdA = torch.matmul(kb, k_c.transpose(-1, -2)).mul_(dA)
         dg = dg + AdA.sum(-1) - AdA.sum(-2)
 
-    dk = from_grid(layout, dk, H).to(k.dtype).contiguous()
-    dv = from_grid(layout, dv, H).to(v.dtype).contiguous()
-    db = from_grid(layout, db, H).to(beta.dtype).contiguous()
+    dk = from_grid(layout, dk, H, k.dtype)
+    dv = from_grid(layout, dv, H, v.dtype)
+    db = from_grid(layout, db, H, beta.dtype)
     if dg is not None:
-        dg = from_grid(layout, dg, H).to(g.dtype).contiguous()
+        dg = from_grid(layout, dg, H, g.dtype)
     return dk, dv, db, dg
 
 

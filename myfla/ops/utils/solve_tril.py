@@ -45,13 +45,15 @@ def solve_tril(
     output_dtype = A.dtype if output_dtype is None else output_dtype
 
     B, T, H, BT = A.shape
+    # imported here: myfla.ops.common imports this package
+    from myfla.ops.common.chunk_delta_h import from_grid, to_grid
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=A.device)
+    if layout.NC == 0:
+        return torch.zeros_like(A, dtype=output_dtype)
     compute_dtype = torch.promote_types(A.dtype, torch.float32)
-    # [N, NC, BT(rows), H, BT(cols)] -> [N, NC, H, BT, BT]
-    Ac = layout.pack(A.to(compute_dtype), fill='zero').permute(0, 1, 3, 2, 4)
-    L = torch.tril(Ac, diagonal=-1)
+    Ac = to_grid(layout, A, dtype=compute_dtype)                         # [NC, N*H, BT, BT]
     eye = torch.eye(BT, dtype=compute_dtype, device=A.device)
-    # (I + L) X = I with a unit lower-triangular matrix: the diagonal of I + L is never read.
-    Ai = torch.linalg.solve_triangular(L + eye, eye.expand_as(L), upper=False, unitriangular=True)
-    Ai = Ai.permute(0, 1, 3, 2, 4)
-    return layout.unpack(Ai).to(output_dtype).contiguous()
+    # (I + L) X = I with L the strict lower triangle: a unit lower-triangular solve reads neither
+    # the diagonal nor the upper triangle of Ac, exactly as the kernels mask them out.
+    Ai = torch.linalg.solve_triangular(Ac, eye.expand_as(Ac), upper=False, unitriangular=True)
+    return from_grid(layout, Ai, H, output_dtype)
