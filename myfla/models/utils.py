@@ -53,10 +53,11 @@ class _LayerListCache:
 if HFCacheBase is None:
     HFCacheBase = _LayerListCache
 
-# Source: fla/models/utils.py:L19-L22 (fla 0.4.0)
 if transformers is not None and _USE_FLA_CACHE:
+    # Source: fla/models/utils.py:L20-L20 (fla 0.4.0)
     from transformers.cache_utils import CacheLayerMixin
 else:
+    # Source: fla/models/utils.py:L22-L22 (fla 0.4.0)
     CacheLayerMixin = object
 
 

@@ -111,7 +111,7 @@ def causal_conv1d_fwd(
     output_final_state: bool = False,
     activation: Optional[str] = None,
     cu_seqlens: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+) -> torch.Tensor:
     """Causal depthwise conv forward; returns ``(y, final_state)`` (``final_state`` ``[N, D, W]`` or None).
 
     Source: fla/modules/convolution.py:L403-L451 (fla 0.4.0)
@@ -277,7 +277,7 @@ def causal_conv1d_update(
     weight: Optional[torch.Tensor] = None,
     bias: Optional[torch.Tensor] = None,
     activation: Optional[str] = None
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """One decoding step per sequence: shift ``cache`` left by one, append ``x``, convolve.
     ``cache`` (``[N, D, W]``) is updated in place; without a cache the window is all zeros.
 

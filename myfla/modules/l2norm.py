@@ -7,7 +7,7 @@ torch expression per direction implements all four; accumulation is fp32 as in t
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -35,7 +35,7 @@ def l2norm_fwd(
     x: torch.Tensor,
     eps: float = 1e-6,
     output_dtype: Optional[torch.dtype] = None
-) -> Tuple[torch.Tensor, torch.Tensor]:
+):
     """L2-normalise the last dimension of ``x``; returns ``(y, rstd)``.
 
     ``y`` has ``x``'s shape and ``output_dtype`` (``x.dtype`` when None); ``rstd`` is fp32 with shape
@@ -62,7 +62,7 @@ def l2norm_bwd(
     rstd: torch.Tensor,
     dy: torch.Tensor,
     eps: float = 1e-6
-) -> torch.Tensor:
+):
     """Gradient of :func:`l2norm_fwd` from its output ``y`` and ``rstd``:
     ``dx = rstd * (dy - (dy . y) y)``, returned in ``y``'s dtype.
 
