@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -53,7 +54,11 @@ def scaffold(
             groups.append((title.strip(), [g.strip() for g in globs.split(",") if g.strip()]))
         stages = group_stages(items, groups)
         progress.stop()
-        text = render_manifest(stages, pkg, dists, port_package, entry, name)
+        up_path = None
+        if upstream_path is not None and not dists:
+            base = (output.parent if output is not None else Path.cwd()).resolve()
+            up_path = os.path.relpath(Path(upstream_path).resolve(), base)
+        text = render_manifest(stages, pkg, dists, port_package, entry, name, up_path)
         write_output(text, output)
         if output is not None:
             err_console.print(f"wrote {output}: {len(items)} symbols in {len(stages)} stages "

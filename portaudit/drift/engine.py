@@ -1,0 +1,353 @@
+"""The drift of manifests (and of the port's citations) from one upstream release to another."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from portaudit.citations import Citation, format_citation
+from portaudit.drift.matching import Located, Matcher
+from portaudit.drift.model import (BODY_CHANGED, CITE_CHANGED, CITE_RELOCATED, CITE_UNCHANGED, CITE_UNKNOWN,
+                                   MOVED, NOT_IN_FROM, REMOVED, RENAMED, UNCHANGED, CitationDrift,
+                                   ManifestDrift, NewSymbol, SymbolDrift)
+from portaudit.drift.signature import diff_definitions
+from portaudit.errors import UsageError
+from portaudit.index import Definition, ModuleInfo, Resolved, TreeIndex
+from portaudit.manifest import Manifest
+from portaudit.scaffold import closure, resolve_use
+
+_VERSION_RE = re.compile(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", re.M)
+
+
+@dataclass
+class Release:
+    """One side of the comparison: a tree, its index and how to name it."""
+    root: Path
+    index: TreeIndex
+    label: str                      # e.g. "fla 0.6.0"
+    version: Optional[str]
+    distributions: list[str] = field(default_factory=list)
+
+
+def release_version(root: Path, package: str, distributions: Sequence[str] = ()) -> Optional[str]:
+    versions = {d.partition("==")[2].strip() for d in distributions if "==" in d}
+    if len(versions) == 1:
+        return versions.pop()
+    init = Path(root) / package / "__init__.py"
+    try:
+        m = _VERSION_RE.search(init.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        m = None
+    return m.group(1) if m else None
+
+
+@dataclass
+class DriftRun:
+    """All manifests of one run, plus the port citations (computed once per port/tree pair)."""
+    manifests: list[ManifestDrift]
+    citations: list[CitationDrift]
+    from_label: str
+    to_label: str
+    from_version: Optional[str] = None
+    to_version: Optional[str] = None
+    # kept for --write-manifest (not serialised)
+    sources: dict[str, Manifest] = field(default_factory=dict, repr=False)
+
+    @property
+    def changed_citations(self) -> list[CitationDrift]:
+        return [c for c in self.citations if c.status in (CITE_CHANGED, CITE_RELOCATED)]
+
+    @property
+    def changed(self) -> bool:
+        return any(m.changed for m in self.manifests) or bool(self.changed_citations)
+
+    def citation_counts(self) -> dict[str, int]:
+        c = Counter(x.status for x in self.citations)
+        return {k: c.get(k, 0) for k in (CITE_CHANGED, CITE_RELOCATED, CITE_UNCHANGED, CITE_UNKNOWN)}
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return {"from": self.from_label, "to": self.to_label, "changed": self.changed,
+                "manifests": [m.to_dict() for m in self.manifests],
+                "citations": {"counts": self.citation_counts(),
+                              "items": [asdict(c) for c in self.citations if c.status != CITE_UNCHANGED]}}
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+
+def top_symbol(r: Resolved) -> str:
+    return f"{r.module.module}.{r.definition.name.split('.')[0]}"
+
+
+def entry_points(manifest: Manifest, matcher: Matcher) -> list[str]:
+    """Manifest symbols no other manifest symbol uses: the roots the closure was computed from."""
+    found: dict[str, Resolved] = {}
+    for e in manifest.entries:
+        r = matcher.resolve_old(e.symbol)
+        if r is not None and "." not in r.definition.name:
+            found[e.symbol] = r
+    used: set[str] = set()
+    for r in found.values():
+        own = top_symbol(r)
+        for name in r.definition.uses:
+            f = resolve_use(matcher.old, r.module, name)
+            if f is not None and top_symbol(f) != own:
+                used.add(top_symbol(f))
+    return [s for s, r in found.items() if top_symbol(r) not in used]
+
+
+# ---------------------------------------------------------------------------------------------
+# manifests
+
+def _stage_for(module: str, by_module: dict[str, Counter], stage_order: list[str]) -> Optional[str]:
+    """The stage whose (new) modules share the longest dotted prefix with ``module``."""
+    best, best_len = None, 0
+    parts = module.split(".")
+    for mod, stages in by_module.items():
+        other = mod.split(".")
+        n = 0
+        while n < min(len(parts), len(other)) and parts[n] == other[n]:
+            n += 1
+        if n == len(parts) == len(other):
+            n += 100   # the same module wins
+        if n > best_len:
+            best, best_len = stages.most_common(1)[0][0], n
+    if best is not None and best_len >= 3 or best_len >= 100:
+        return best
+    return None
+
+
+def drift_manifest(manifest: Manifest, matcher: Matcher, from_label: str, to_label: str,
+                   entries: Optional[list[str]] = None) -> ManifestDrift:
+    old_ix, new_ix = matcher.old, matcher.new
+    package = manifest.upstream.package
+    roots = entries or entry_points(manifest, matcher)
+    # the new closure, from the entry points as found in the new tree
+    new_roots = []
+    for sym in roots:
+        loc = matcher.locate(sym)
+        if loc is not None and loc.new is not None:
+            new_roots.append(loc.new.symbol)
+    new_items = closure(new_ix, new_roots, package) if new_roots else []
+    in_new = {it.symbol for it in new_items}
+    matcher.preferred |= {it.module for it in new_items}
+    located: dict[str, Optional[Located]] = {e.symbol: matcher.locate(e.symbol) for e in manifest.entries}
+    # rename guesses for what was not found by name, among definitions new in this release
+    taken = {loc.new.symbol for loc in located.values() if loc is not None and loc.new is not None}
+    # not found by name, or found by name only outside the new closure (a backend's copy)
+    missing = [s for s, loc in located.items() if loc is not None and (loc.new is None or loc.weak)]
+    if missing:
+        pool_modules = [located[s].old.module.module for s in missing]
+        pool_modules += [loc.new.module.module for loc in located.values()
+                         if loc is not None and loc.new is not None and not loc.weak
+                         and loc.old.module.module in set(pool_modules)]
+        pool_modules += [it.module for it in new_items]
+        pool = matcher.rename_pool(pool_modules, taken)
+        guesses = []
+        for s in missing:
+            g = matcher.guess_rename(located[s].old, pool)
+            if g is not None:
+                guesses.append((g[1], s, g[0]))
+        for score, s, cand in sorted(guesses, key=lambda t: -t[0]):
+            if cand.symbol in taken:
+                continue
+            taken.add(cand.symbol)
+            loc = located[s]
+            if loc.new is not None:
+                taken.discard(loc.new.symbol)
+            loc.new, loc.how, loc.score, loc.weak = cand, "renamed", round(score, 3), False
+            loc.body_changed = matcher.tok(loc.old) != matcher.tok(cand)
+    symbols = []
+    for e in manifest.entries:
+        loc = located[e.symbol]
+        if loc is None:
+            symbols.append(SymbolDrift(e.symbol, e.stage_id, e.kind or "?", NOT_IN_FROM,
+                                       note=f"not defined in the {from_label} tree"))
+            continue
+        old = loc.old
+        sd = SymbolDrift(e.symbol, e.stage_id, old.definition.kind, UNCHANGED,
+                         old_ref=matcher.ref(old_ix, old), body_changed=loc.body_changed, score=loc.score)
+        if loc.new is None:
+            sd.status = REMOVED
+        else:
+            new = loc.new
+            sd.new_symbol = new.symbol
+            sd.new_ref = matcher.ref(new_ix, new)
+            sd.status = {"renamed": RENAMED, "moved": MOVED}.get(
+                loc.how, BODY_CHANGED if loc.body_changed else UNCHANGED)
+            sd.signature = diff_definitions(old.module, old.definition, new.module, new.definition)
+            if new_items:
+                sd.reached = top_symbol(new) in in_new
+        symbols.append(sd)
+    matched = {s.new_symbol for s in symbols if s.new_symbol}
+    by_module: dict[str, Counter] = {}
+    for s in symbols:
+        if s.new_symbol:
+            by_module.setdefault(s.new_symbol.rsplit(".", 1)[0], Counter())[s.stage] += 1
+    order = [st.id for st in manifest.stages]
+    new_symbols = []
+    for it in new_items:
+        if it.symbol in matched:
+            continue
+        info = new_ix.module(it.module)
+        d = info.definitions[it.symbol.rsplit(".", 1)[1]]
+        new_symbols.append(NewSymbol(it.symbol, it.module, it.kind,
+                                     f"{new_ix.relpath(info.path)}:L{d.start}-L{d.end}", it.reached_from,
+                                     _stage_for(it.module, by_module, order)))
+    new_symbols.sort(key=lambda n: (n.module, int(n.ref.rsplit(":L", 1)[1].split("-")[0])))
+    old_size = len(closure(old_ix, [r for r in roots if matcher.resolve_old(r) is not None], package)) \
+        if roots else 0
+    return ManifestDrift(manifest=manifest.name, manifest_path=str(manifest.path), from_label=from_label,
+                         to_label=to_label, entry_points=list(roots), new_entry_points=new_roots,
+                         symbols=symbols, new_symbols=new_symbols, old_closure_size=old_size,
+                         new_closure_size=len(new_items))
+
+
+# ---------------------------------------------------------------------------------------------
+# citations
+
+def _module_of_path(path: str) -> str:
+    parts = path[:-3].split("/") if path.endswith(".py") else path.split("/")
+    if parts and parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _covered(info: ModuleInfo, c: Citation) -> list[Definition]:
+    """Old definitions a citation's range covers: whole top-level ones, else methods, else the
+    innermost definition that contains the range."""
+    def inside(d: Definition) -> bool:
+        return any(c.start <= s and e <= c.end for s, e in (d.spans or [(d.start, d.end)]))
+    tops = [d for n, d in info.definitions.items() if "." not in n and inside(d)]
+    if tops:
+        return tops
+    methods = [d for n, d in info.definitions.items() if "." in n and inside(d)]
+    if methods:
+        return methods
+    containing = [d for d in info.definitions.values() if d.start <= c.start and c.end <= d.end]
+    return [min(containing, key=lambda d: d.end - d.start)] if containing else []
+
+
+def port_modules(root: Path, package: str) -> list[str]:
+    top = package.split(".")[0]
+    base = Path(root) / top
+    out = []
+    for path in sorted(base.rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if all(p.isidentifier() for p in parts):
+            out.append(".".join(parts))
+    return out
+
+
+def drift_citations(port: TreeIndex, port_package: str, label: str, from_version: str, matcher: Matcher,
+                    to_version: Optional[str]) -> list[CitationDrift]:
+    out: list[CitationDrift] = []
+    memo: dict[tuple[str, str], Located] = {}
+    for mod in port_modules(port.root, port_package):
+        info = port.module(mod)
+        if info is None:
+            continue
+        for qual, d in info.definitions.items():
+            for c in d.citations:
+                if c.label != label or c.version != from_version:
+                    continue
+                out.append(_one_citation(port, info, qual, c, matcher, memo, label, to_version))
+    return out
+
+
+def _one_citation(port: TreeIndex, info: ModuleInfo, qual: str, c: Citation, matcher: Matcher,
+                  memo: dict, label: str, to_version: Optional[str]) -> CitationDrift:
+    cd = CitationDrift(port_symbol=f"{info.module}.{qual}", port_file=port.relpath(info.path),
+                       port_line=c.line, citation=c.raw or format_citation(c.path, c.start, c.end, c.label,
+                                                                            c.version), status=CITE_UNCHANGED)
+    old_info = matcher.old.module(_module_of_path(c.path))
+    if old_info is None:
+        cd.status = CITE_UNKNOWN
+        return cd
+    defs = _covered(old_info, c)
+    if not defs:
+        old_text = matcher.src.span(old_info.path, c.start, c.end)
+        new_path = matcher.new.root / c.path
+        new_text = matcher.src.span(str(new_path), c.start, c.end) if new_path.is_file() else None
+        cd.status = CITE_UNCHANGED if new_text == old_text else CITE_CHANGED
+        return cd
+    news = []
+    for d in defs:
+        key = (old_info.module, d.name)
+        if key not in memo:
+            memo[key] = matcher.locate_resolved(Resolved(old_info, d))
+        loc = memo[key]
+        sym = f"{old_info.module}.{d.name}"
+        cd.covers.append(sym)
+        if loc.new is None:
+            cd.changes.append(f"{sym}: removed")
+        elif loc.how == "renamed":
+            cd.changes.append(f"{sym}: renamed to {loc.new.symbol}")
+        elif loc.body_changed:
+            cd.changes.append(f"{sym}: body changed" + (f" (now {loc.new.symbol})" if loc.how == "moved" else ""))
+        if loc.new is not None:
+            news.append(loc.new)
+    if cd.changes:
+        cd.status = CITE_CHANGED
+    files = {r.module.path for r in news}
+    if news and len(files) == 1:
+        path = matcher.new.relpath(news[0].module.path)
+        start = min(r.definition.start for r in news)
+        end = max(r.definition.end for r in news)
+        if cd.status != CITE_CHANGED and (path != c.path or start != c.start or end != c.end):
+            cd.status = CITE_RELOCATED
+        if cd.status != CITE_UNCHANGED:
+            cd.suggested = format_citation(path, start, end, label, to_version or "?")
+    elif news and cd.status != CITE_CHANGED:
+        cd.status = CITE_RELOCATED
+    return cd
+
+
+# ---------------------------------------------------------------------------------------------
+# a whole run
+
+Progress = Callable[[str], None]
+
+
+def run_drift(manifests: list[Manifest], sides: Callable[[Manifest], tuple[Release, Release]],
+              port_for: Optional[Callable[[Manifest], Optional[tuple[TreeIndex, str]]]] = None,
+              entries: Optional[list[str]] = None, rename_threshold: float = 0.6,
+              progress: Optional[Progress] = None) -> DriftRun:
+    """Drift of every manifest. ``sides(m)`` gives its (from, to) releases; ``port_for(m)`` the port
+    index and package whose citations to check (None: skip). Matchers and citation results are
+    shared between manifests that compare the same trees."""
+    if not manifests:
+        raise UsageError("no manifest to compare")
+    results, cites = [], []
+    matchers: dict[tuple, Matcher] = {}
+    ports: dict[tuple, tuple] = {}
+    pair = None
+    for m in manifests:
+        o, n = sides(m)
+        pair = (o, n)
+        key = (str(o.root), str(n.root), m.upstream.package)
+        if key not in matchers:
+            matchers[key] = Matcher(o.index, n.index, m.upstream.package, rename_threshold)
+        matcher = matchers[key]
+        if progress:
+            progress(f"drift of {m.name}: {o.label} -> {n.label}")
+        results.append(drift_manifest(m, matcher, o.label, n.label, entries))
+        port = port_for(m) if port_for is not None else None
+        cite_version = m.citation_version or o.version
+        if port is not None and cite_version:
+            ports.setdefault((str(port[0].root), key), (port, matcher, m.citation_label, cite_version, n))
+    # citations last, so that every manifest's new closure guides the search by name
+    for port, matcher, label, version, n in ports.values():
+        if progress:
+            progress(f"checking the citations of {port[1]}")
+        cites.extend(drift_citations(port[0], port[1], label, version, matcher, n.version))
+    o, n = pair
+    return DriftRun(results, cites, o.label, n.label, o.version, n.version,
+                    sources={m.name: m for m in manifests})
