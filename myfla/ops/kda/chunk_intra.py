@@ -97,41 +97,50 @@ class GatedTril:
         Av = A.view(*A.shape[:-2], M, 2, s, M, 2, s)
         return Av.diagonal(0, -6, -3)[..., 1, :, 0, :, :]
 
-    def scores(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-        """``A[i, j] = sum_d X[i,d] Y[j,d] exp(G[i,d] - G[j,d])`` for ``j <= i``; ``[..., BT, BT]``."""
+    def scores(self, Xs: list[torch.Tensor], Y: torch.Tensor) -> list[torch.Tensor]:
+        """For each ``X`` in ``Xs``: ``A[i, j] = sum_d X[i,d] Y[j,d] exp(G[i,d] - G[j,d])`` for
+        ``j <= i``, ``[..., BT, BT]`` (the gated ``Y`` columns are shared by all ``Xs``)."""
         BT = self.BT
-        A = X.new_zeros(*X.shape[:-2], BT, BT)
-        A.diagonal(0, -2, -1).copy_((X * Y).sum(-1))
+        As = []
+        for X in Xs:
+            A = X.new_zeros(*X.shape[:-2], BT, BT)
+            A.diagonal(0, -2, -1).copy_((X * Y).sum(-1))
+            As.append(A)
         for s, row, col in self.levels:
-            Xr = self._pairs(X, s)[..., 1, :, :] * row                        # [..., M, s, K]
-            Yc = self._pairs(Y, s)[..., 0, :, :] * col
-            self._blocks(A, s).copy_((Xr @ Yc.transpose(-1, -2)).movedim(-3, -1))
-        return A
+            Yc = self._pairs(Y, s)[..., 0, :, :] * col                        # [..., M, s, K]
+            for X, A in zip(Xs, As):
+                Xr = self._pairs(X, s)[..., 1, :, :] * row
+                self._blocks(A, s).copy_((Xr @ Yc.transpose(-1, -2)).movedim(-3, -1))
+        return As
 
-    def grad_rows(self, dA: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-        """``dX[i] = sum_{j<=i} dA[i,j] Y[j] exp(G_i - G_j)`` (``dA`` masked to its triangle)."""
-        dX = dA.diagonal(0, -2, -1).unsqueeze(-1) * Y
+    def grad_rows(self, dAs: list[torch.Tensor], Y: torch.Tensor) -> list[torch.Tensor]:
+        """For each ``dA``: ``dX[i] = sum_{j<=i} dA[i,j] Y[j] exp(G_i - G_j)`` (``dA`` masked to its
+        triangle)."""
+        dXs = [dA.diagonal(0, -2, -1).unsqueeze(-1) * Y for dA in dAs]
         for s, row, col in self.levels:
             Yc = self._pairs(Y, s)[..., 0, :, :] * col
-            dAb = self._blocks(dA, s).movedim(-1, -3)                         # [..., M, s, s]
-            self._pairs(dX, s)[..., 1, :, :].add_((dAb @ Yc) * row)
-        return dX
+            for dA, dX in zip(dAs, dXs):
+                dAb = self._blocks(dA, s).movedim(-1, -3)                     # [..., M, s, s]
+                self._pairs(dX, s)[..., 1, :, :].add_((dAb @ Yc) * row)
+        return dXs
 
-    def grad_cols(self, dA: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-        """``dY[j] = sum_{i>=j} dA[i,j] X[i] exp(G_i - G_j)``."""
-        dY = dA.diagonal(0, -2, -1).unsqueeze(-1) * X
+    def grad_cols(self, dAs: list[torch.Tensor], Xs: list[torch.Tensor]) -> torch.Tensor:
+        """``dY[j] = sum over pairs (dA, X) of sum_{i>=j} dA[i,j] X[i] exp(G_i - G_j)``."""
+        dY = sum(dA.diagonal(0, -2, -1).unsqueeze(-1) * X for dA, X in zip(dAs, Xs))
         for s, row, col in self.levels:
-            Xr = self._pairs(X, s)[..., 1, :, :] * row
-            dAb = self._blocks(dA, s).movedim(-1, -3)
-            self._pairs(dY, s)[..., 0, :, :].add_((dAb.transpose(-1, -2) @ Xr) * col)
+            acc = None
+            for dA, X in zip(dAs, Xs):
+                Xr = self._pairs(X, s)[..., 1, :, :] * row
+                part = self._blocks(dA, s).movedim(-1, -3).transpose(-1, -2) @ Xr
+                acc = part if acc is None else acc.add_(part)
+            self._pairs(dY, s)[..., 0, :, :].add_(acc.mul_(col))
         return dY
 
 
 def intra_scores(q, k, beta, G, scale):
     """``(Aqk, Akk)`` of one chunk grid (fp32, ``Akk`` strictly lower, before the inverse)."""
-    tri = GatedTril(G)
-    Aqk = tri.scores(q * scale, k)
-    Akk = tri.scores(k * beta.unsqueeze(-1), k).tril(-1)
+    Aqk, Akk = GatedTril(G).scores([q * scale, k * beta.unsqueeze(-1)], k)
+    Akk.diagonal(0, -2, -1).zero_()
     return Aqk, Akk
 
 
@@ -198,11 +207,11 @@ def chunk_kda_bwd_intra(
     dAqk_c = to_grid(layout, dAqk).tril()
     dAkk_c = to_grid(layout, dAkk).tril(-1)
 
-    dq_intra = tri.grad_rows(dAqk_c, kc)
-    dk_rows = tri.grad_rows(dAkk_c, kc)                 # gradient of beta*k on the row side
+    # row side: gradients of q and of beta*k; column side: gradient of k
+    dq_intra, dk_rows = tri.grad_rows([dAqk_c, dAkk_c], kc)
     db_intra = (dk_rows * kc).sum(-1)
     dk_rows = dk_rows * bc.unsqueeze(-1)
-    dk_cols = tri.grad_cols(dAqk_c, qc) + tri.grad_cols(dAkk_c, kc * bc.unsqueeze(-1))
+    dk_cols = tri.grad_cols([dAqk_c, dAkk_c], [qc, kc * bc.unsqueeze(-1)])
     dg_intra = qc * dq_intra + (dk_rows - dk_cols) * kc
 
     dq = dq.float() + from_grid(layout, dq_intra)
