@@ -160,7 +160,11 @@ def drift_manifest(manifest: Manifest, matcher: Matcher, from_label: str, to_lab
             loc = located[s]
             if loc.new is not None:
                 taken.discard(loc.new.symbol)
-            loc.new, loc.how, loc.score, loc.weak = cand, "renamed", round(score, 3), False
+            same_name = cand.definition.short == loc.old.definition.short
+            loc.new, loc.weak = cand, False
+            loc.how = ("same" if cand.module.module == loc.old.module.module else "moved") if same_name \
+                else "renamed"
+            loc.score = None if same_name else round(score, 3)
             loc.body_changed = matcher.tok(loc.old) != matcher.tok(cand)
     symbols = []
     for e in manifest.entries:
@@ -318,7 +322,7 @@ Progress = Callable[[str], None]
 
 def run_drift(manifests: list[Manifest], sides: Callable[[Manifest], tuple[Release, Release]],
               port_for: Optional[Callable[[Manifest], Optional[tuple[TreeIndex, str]]]] = None,
-              entries: Optional[list[str]] = None, rename_threshold: float = 0.6,
+              entries: Optional[list[str]] = None, rename_threshold: float = 0.65,
               progress: Optional[Progress] = None) -> DriftRun:
     """Drift of every manifest. ``sides(m)`` gives its (from, to) releases; ``port_for(m)`` the port
     index and package whose citations to check (None: skip). Matchers and citation results are

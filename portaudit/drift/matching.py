@@ -20,7 +20,7 @@ from portaudit.drift.fingerprint import SourceCache, bag_ratio, fingerprint, sim
 from portaudit.drift.signature import _group
 from portaudit.index import Definition, ModuleInfo, Resolved, TreeIndex
 
-_DEF_RE = re.compile(r"^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]+(\w+)|^(\w+)[ \t]*(?::[^=\n]*)?=[^=]", re.M)
+_DEF_RE = re.compile(r"^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]+(\w+)|^[ \t]*(\w+)[ \t]*(?::[^=\n]*)?=[^=]", re.M)
 
 
 @dataclass
@@ -40,7 +40,7 @@ def _ref(index: TreeIndex, r: Resolved, d: Optional[Definition] = None) -> str:
 
 
 class Matcher:
-    def __init__(self, old: TreeIndex, new: TreeIndex, package: str, rename_threshold: float = 0.6):
+    def __init__(self, old: TreeIndex, new: TreeIndex, package: str, rename_threshold: float = 0.65):
         self.old = old
         self.new = new
         self.package = package
