@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from myfla.ops.common.chunk_delta_h import chunk_gated_delta_rule_bwd_dhu, chunk_gated_delta_rule_fwd_h
 from myfla.ops.common.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local, chunk_fwd_o
+from myfla.ops.common.chunk_scaled_dot_kkt import chunk_scaled_dot_kkt_fwd
 from myfla.ops.utils import chunk_local_cumsum
 from tests.numerics import assert_rms
 
@@ -186,3 +187,21 @@ def test_dv_local_with_A_is_transposed_tril_product():
         P = A[:, s:e, :, :e - s].permute(0, 2, 1, 3).tril()           # [B, H, t, s]
         ref[:, s:e] = torch.einsum('bhts,bthv->bshv', P, do[:, s:e])
     assert_rms("dv", ref, dv, 1e-12)
+
+
+@pytest.mark.parametrize("B,T,H,K,V,cu", CASES)
+def test_chunk_scaled_dot_kkt(B, T, H, K, V, cu):
+    cu_seqlens = torch.tensor(cu) if cu is not None else None
+    _, k, _, _, g, _, _ = _inputs(B, T, H, K, V, cu_seqlens, 'g')
+    beta = torch.rand(B, T, H, dtype=D)
+    ref = torch.zeros(B, T, H, BT, dtype=D)
+    for b, s0, e0 in _segments(B, T, cu_seqlens):
+        for s in range(s0, e0, BT):
+            e = min(s + BT, e0)
+            kk = torch.einsum('thk,shk->ths', k[b, s:e], k[b, s:e])
+            G = (g[b, s:e, None, :] - g[b, None, s:e, :]).permute(0, 2, 1).exp()   # [t, h, s]
+            blk = kk * G * beta[b, s:e, :, None]
+            ref[b, s:e, :, :e - s] = blk * torch.ones(e - s, e - s, dtype=torch.bool).tril(-1)[:, None, :]
+    A = chunk_scaled_dot_kkt_fwd(k, g=g, beta=beta, cu_seqlens=cu_seqlens, output_dtype=D)
+    assert_rms("A", ref, A, 1e-12)
+    assert chunk_scaled_dot_kkt_fwd(k.float(), g=g.float(), beta=beta.float()).dtype == torch.float32
