@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -106,7 +107,11 @@ def load_fla_naive():
     sys.path.insert(0, str(ROOT))
     from portaudit.references import load_module
     from portaudit.upstream import resolve_upstream
-    root = resolve_upstream(["fla-core==0.4.0", "flash-linear-attention==0.4.0"], package="fla")
+    local = os.environ.get("PORTAUDIT_FLA040")      # a local fla 0.4.0 tree, as tests/conftest.py
+    if local:
+        root = resolve_upstream(upstream_path=local, package="fla")
+    else:
+        root = resolve_upstream(["fla-core==0.4.0", "flash-linear-attention==0.4.0"], package="fla")
     return load_module(root, "fla/ops/kda/naive.py").naive_recurrent_kda
 
 

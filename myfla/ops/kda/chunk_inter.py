@@ -55,6 +55,9 @@ def chunk_kda_bwd_dqkwg(
     dw = -(to_grid(layout, dv) @ hc.transpose(-1, -2))
     dgk = (hc * dhc).sum(-1) * gn.exp() + (dk * kc).sum(-2)
     dg = qc * dq - kc * dk
-    dg = dg.flip(-2).cumsum(-2).flip(-2) + dgk.unsqueeze(-2)
+    # reverse cumsum within the chunk as one batched matmul with an upper-triangular ones matrix
+    BT = dg.shape[-2]
+    upper = torch.ones(BT, BT, dtype=dg.dtype, device=dg.device).triu()
+    dg = torch.matmul(upper, dg).add_(dgk.unsqueeze(-2))
     return (from_grid(layout, dq), from_grid(layout, dk), from_grid(layout, dw).to(w.dtype),
             from_grid(layout, dg).to(g.dtype))

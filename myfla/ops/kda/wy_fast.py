@@ -43,10 +43,10 @@ def recompute_w_u_fwd(
     if gk is not None:
         Gc = to_grid(layout, gk, 'last')
         decay = Gc.exp()
-        kb = kb * decay
+        kb.mul_(decay)
         if q is not None:
             qg = from_grid(layout, to_grid(layout, q) * decay).to(q.dtype)
-        kg = from_grid(layout, kc * (last_gate(Gc).unsqueeze(-2) - Gc).exp()).to(k.dtype)
+        kg = from_grid(layout, (last_gate(Gc).unsqueeze(-2) - Gc).exp_().mul_(kc)).to(k.dtype)
     w = from_grid(layout, Ac @ kb).to(k.dtype)
     return w, u, qg, kg
 
@@ -78,15 +78,16 @@ def prepare_wy_repr_bwd(
     dwc, duc = to_grid(layout, dw), to_grid(layout, du)
     decay = to_grid(layout, gk, 'last').exp()
 
-    kbg = kc * bc.unsqueeze(-1) * decay
-    vb = vc * bc.unsqueeze(-1)
-    dA_inv = dwc @ kbg.transpose(-1, -2) + duc @ vb.transpose(-1, -2)
+    b = bc.unsqueeze(-1)
+    kg = kc * decay
+    kbg = kg * b
+    dA_inv = (dwc @ kbg.transpose(-1, -2)).add_(duc @ (vc * b).transpose(-1, -2))
     dkbg = At @ dwc
     dvb = At @ duc
-    dk = dkbg * decay * bc.unsqueeze(-1)
     dg = kbg * dkbg
-    db = (dkbg * kc * decay).sum(-1) + (dvb * vc).sum(-1)
-    dv = dvb * bc.unsqueeze(-1)
+    db = (dkbg * kg).sum(-1).add_((dvb * vc).sum(-1))
+    dk = dkbg.mul_(decay).mul_(b)
+    dv = dvb.mul_(b)
 
     dA_inv = dA_inv.tril(-1)
     dA = -(At @ dA_inv @ At).tril(-1)
