@@ -17,6 +17,7 @@ import typer
 from portaudit import __version__
 from portaudit.commands.check import check, gate
 from portaudit.commands.codes import codes
+from portaudit.drift.command import drift
 from portaudit.commands.fixcite import fix_citations
 from portaudit.commands.scaffold import scaffold
 
@@ -43,6 +44,7 @@ app.command("gate")(gate)
 app.command("scaffold")(scaffold)
 app.command("fix-citations")(fix_citations)
 app.command("codes")(codes)
+app.command("drift")(drift)
 
 
 def main() -> None:

@@ -1,0 +1,163 @@
+"""``--write-manifest``: the manifest re-targeted at the new release.
+
+Moved and renamed symbols are re-pointed (with a comment naming the old symbol), removed ones are
+dropped and left as a comment, symbols new in the release's closure are appended to the stage that
+holds their module's neighbours (or to a new stage), waivers and deviations follow their symbols.
+The text is validated with the manifest loader before it is written atomically; the original file
+is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from portaudit.drift.model import MOVED, NOT_IN_FROM, REMOVED, RENAMED, ManifestDrift
+from portaudit.errors import UsageError
+from portaudit.manifest import Manifest, load_manifest
+
+
+def _q(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)   # a JSON string is a valid YAML double-quoted scalar
+
+
+def _repoint(symbol: str, mapping: dict[str, str]) -> str:
+    best = ""
+    for old in mapping:
+        if (symbol == old or symbol.startswith(old + ".")) and len(old) > len(best):
+            best = old
+    return mapping[best] + symbol[len(best):] if best else symbol
+
+
+def render_updated_manifest(manifest: Manifest, md: ManifestDrift, distributions: list[str],
+                            version: Optional[str], to_label: str, upstream_path: Optional[str] = None) -> str:
+    by_symbol = {s.symbol: s for s in md.symbols}
+    mapping = {s.symbol: s.new_symbol for s in md.symbols
+               if s.new_symbol and s.new_symbol != s.symbol and s.status in (MOVED, RENAMED)}
+    new_by_stage: dict[Optional[str], list] = {}
+    for n in md.new_symbols:
+        new_by_stage.setdefault(n.stage, []).append(n)
+    lines = [f"# Updated by `portaudit drift` for {to_label} from {manifest.path.name} ({md.from_label}).",
+             "# Review the moved/renamed comments, the dropped symbols and the new ones before use.",
+             f"name: {_q(manifest.name)}"]
+    if manifest.description:
+        lines.append(f"description: {_q(manifest.description)}")
+    up = manifest.upstream
+    lines += ["upstream:", f"  package: {up.package}"]
+    if distributions:
+        lines.append(f"  distributions: [{', '.join(distributions)}]")
+    if up.version or (version and not distributions):
+        lines.append(f"  version: {_q(version or up.version)}")
+    if up.label:
+        lines.append(f"  label: {_q(up.label)}")
+    if upstream_path:
+        lines.append(f"  path: {_q(upstream_path)}")
+    lines += ["port:", f"  package: {manifest.port.package}"]
+    if manifest.port.path:
+        lines.append(f"  path: {_q(manifest.port.path)}")
+    if manifest.port.modules:
+        lines.append("  modules:")
+        lines += [f"    {_repoint(k, mapping)}: {v}" for k, v in manifest.port.modules.items()]
+    lines.append("stages:")
+    written: set[str] = set()
+
+    def entry_line(symbol: str, kind: Optional[str], port: Optional[str], note: Optional[str]) -> str:
+        fields = [f"symbol: {symbol}"]
+        if kind:
+            fields.append(f"kind: {kind}")
+        if port:
+            fields.append(f"port: {port}")
+        if note:
+            fields.append(f"note: {_q(note)}")
+        return f"      - {symbol}" if len(fields) == 1 else "      - {" + ", ".join(fields) + "}"
+
+    for st in manifest.stages:
+        lines += [f"  - id: {_q(st.id)}", f"    title: {_q(st.title)}", "    symbols:"]
+        head = len(lines) - 1
+        count = 0
+        for e in st.entries:
+            s = by_symbol.get(e.symbol)
+            if s is None or s.status == NOT_IN_FROM:
+                lines.append(entry_line(e.symbol, e.kind, e.port, e.note))
+                count += 1
+                continue
+            if s.status == REMOVED:
+                lines.append(f"      # removed in {to_label}: {e.symbol}")
+                continue
+            new = s.new_symbol or e.symbol
+            if new in written:
+                lines.append(f"      # {e.symbol} is now {new}, listed above")
+                continue
+            written.add(new)
+            if s.status == MOVED:
+                lines.append(f"      # moved from {e.symbol}")
+            elif s.status == RENAMED:
+                guess = f" (a guess, similarity {s.score:.2f})" if s.score is not None else ""
+                lines.append(f"      # renamed from {e.symbol}{guess}")
+            if s.reached is False:
+                lines.append(f"      # not reached from the entry points in {to_label}")
+            kind = "kernel" if s.kind == "kernel" or e.kind == "kernel" else e.kind
+            lines.append(entry_line(new, kind, e.port, e.note))
+            count += 1
+        fresh = [n for n in new_by_stage.get(st.id, []) if n.symbol not in written]
+        if fresh:
+            lines.append(f"      # new in {to_label}")
+        for n in fresh:
+            written.add(n.symbol)
+            lines.append(entry_line(n.symbol, "kernel" if n.kind == "kernel" else None, None, None))
+            count += 1
+        if count == 0:
+            lines[head] = "    symbols: []"
+    rest = [n for n in new_by_stage.get(None, []) if n.symbol not in written]
+    if rest:
+        ids = {st.id for st in manifest.stages}
+        sid, k = "new", 1
+        while sid in ids:
+            k += 1
+            sid = f"new{k}"
+        lines += [f"  - id: {_q(sid)}", f"    title: {_q('new in ' + to_label)}", "    symbols:"]
+        module = None
+        for n in rest:
+            if n.module != module:
+                lines.append(f"      # {n.module}")
+                module = n.module
+            lines.append(entry_line(n.symbol, "kernel" if n.kind == "kernel" else None, None, None))
+    if manifest.waivers:
+        lines.append("waivers:")
+        for w in manifest.waivers:
+            lines.append(f"  - {{symbol: {_repoint(w.symbol, mapping)}, code: {_q(w.code)}, reason: {_q(w.reason)}}}")
+    else:
+        lines.append("waivers: []")
+    if manifest.deviations:
+        lines.append("deviations:")
+        for d in manifest.deviations:
+            extra = f", fixed_upstream_in: {_q(d.fixed_upstream_in)}" if d.fixed_upstream_in else ""
+            lines.append(f"  - {{symbol: {_repoint(d.symbol, mapping)}, reason: {_q(d.reason)}{extra}}}")
+    else:
+        lines.append("deviations: []")
+    return "\n".join(lines) + "\n"
+
+
+def write_updated_manifest(text: str, target: Path, original: Path) -> Path:
+    """Validate ``text`` as a manifest and write it atomically to ``target`` (never the original)."""
+    target = Path(target)
+    if target.exists() and target.resolve() == Path(original).resolve():
+        raise UsageError(f"--write-manifest {target} is the manifest being compared; write the updated "
+                         "manifest to a new file")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {target.parent}: {exc}")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        load_manifest(tmp)   # the written manifest must load (raises UsageError otherwise)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc}")
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target
