@@ -66,40 +66,36 @@ def _token_geometry(
     return seq, pos, starts, lens
 
 
-def _shift_down(x: torch.Tensor, j: int) -> torch.Tensor:
-    """Rows moved ``j`` places later along dim 0 (row t holds row t-j), zeros shifted in."""
-    if j == 0:
-        return x
-    return torch.cat([x.new_zeros(j, *x.shape[1:]), x], 0)[:x.shape[0]]
-
-
-def _shift_up(x: torch.Tensor, j: int) -> torch.Tensor:
-    """Rows moved ``j`` places earlier along dim 0 (row t holds row t+j), zeros shifted in."""
-    if j == 0:
-        return x
-    return torch.cat([x, x.new_zeros(j, *x.shape[1:])], 0)[j:]
-
-
-def _taps(
+def _head_taps(
     x: torch.Tensor,
     seq: torch.Tensor,
     pos: torch.Tensor,
     initial_state: Optional[torch.Tensor],
     W: int,
+    head: torch.Tensor,
 ) -> List[torch.Tensor]:
-    """The conv inputs seen by each tap: ``taps[j][t]`` is the input ``j`` tokens before token t
-    (fp32, ``[L, D]``): ``x[t-j]`` inside the sequence, else the initial state's column
-    ``W - j + pos`` (or 0 without one)."""
-    taps = [x]
+    """Exact conv inputs of the ``head`` tokens (flat indices of tokens with ``pos < W-1``, the only
+    ones whose window reaches before their sequence): ``taps[j]`` (fp32 ``[M, D]``) is ``x[t-j]``
+    inside the sequence, else the initial state's column ``W - j + pos`` (or 0 without one)."""
+    h_seq, h_pos = seq[head], pos[head]
+    taps = [x[head]]
     for j in range(1, W):
-        inside = (pos >= j).unsqueeze(-1)
+        inside = (h_pos >= j).unsqueeze(-1)
         if initial_state is not None:
-            col = (W - j + pos).clamp(max=W - 1)
-            before = initial_state[seq, :, col].float()
+            col = (W - j + h_pos).clamp(max=W - 1)
+            before = initial_state[h_seq, :, col].float()
         else:
             before = x.new_zeros(())
-        taps.append(torch.where(inside, _shift_down(x, j), before))
+        taps.append(torch.where(inside, x[(head - j).clamp(min=0)], before))
     return taps
+
+
+def _flat_taps(x: torch.Tensor, W: int) -> List[torch.Tensor]:
+    """``taps[j][t] = x[t-j]`` over the flat token axis (zeros before token 0), as views of one
+    padded copy; they are exact except at head tokens, where a window crosses a sequence start."""
+    xp = torch.cat([x.new_zeros(W - 1, x.shape[1]), x], 0)
+    L = x.shape[0]
+    return [xp[W - 1 - j:W - 1 - j + L] for j in range(W)]
 
 
 def causal_conv1d_fwd(
@@ -122,11 +118,17 @@ def causal_conv1d_fwd(
         x = rearrange(x, 'b t ... -> b t (...)')
     B, T, D, W = *x.shape, weight.shape[1]
     seq, pos, _, _ = _token_geometry(B, T, cu_seqlens, x.device)
-
-    taps = _taps(x.reshape(B * T, D).float(), seq, pos, initial_state, W)
+    b_x = x.reshape(B * T, D).float()
     b_w = weight.float()
-    # tap j (the input j tokens back) meets weight column W-1-j
-    b_y = sum(taps[j] * b_w[:, W - 1 - j] for j in range(W))
+
+    # tap j (the input j tokens back) meets weight column W-1-j; the flat shifted views are right
+    # everywhere but at the first W-1 tokens of each sequence, which are recomputed exactly
+    b_y = torch.zeros_like(b_x)
+    for j, tap in enumerate(_flat_taps(b_x, W)):
+        b_y.addcmul_(tap, b_w[:, W - 1 - j])
+    head = torch.nonzero(pos < W - 1).flatten()
+    head_taps = _head_taps(b_x, seq, pos, initial_state, W, head)
+    b_y[head] = sum(tap * b_w[:, W - 1 - j] for j, tap in enumerate(head_taps))
     if bias is not None:
         b_y = b_y + bias.float()
     if activation in ('swish', 'silu'):
@@ -191,14 +193,29 @@ def causal_conv1d_bwd(
             b_dy = b_dy * _silu_grad_factor(y.reshape(L, D).float())
 
     b_w = weight.float()
-    taps = _taps(x.reshape(L, D).float(), seq, pos, initial_state, W)
-    dw = torch.stack([(b_dy * taps[W - 1 - k]).sum(0) for k in range(W)], -1).to(weight)
+    b_x = x.reshape(L, D).float()
+    head = torch.nonzero(pos < W - 1).flatten()
+    flat_taps = _flat_taps(b_x, W)
+    head_taps = _head_taps(b_x, seq, pos, initial_state, W, head)
+    h_dy = b_dy[head]
+    # dw column W-1-j: sum_t dy[t] * tap_j[t]; the flat views' head rows are swapped for exact ones
+    dw = torch.stack([
+        (b_dy * flat_taps[j]).sum(0) + (h_dy * (head_taps[j] - flat_taps[j][head])).sum(0)
+        for j in range(W)
+    ][::-1], -1).to(weight)
     db = b_dy.sum(0).to(bias) if bias is not None else None
     dr = dy if residual is not None else None
 
-    # x[u] feeds y[u + j] through weight column W-1-j, while u + j stays in the same sequence
-    b_dx = sum(
-        torch.where((pos + j < seq_len).unsqueeze(-1), _shift_up(b_dy, j), 0.) * b_w[:, W - 1 - j]
+    # x[u] feeds y[u + j] through weight column W-1-j while u + j stays in the sequence; flat views
+    # of dy shifted up are right except for the last W-1 tokens of a sequence (recomputed exactly)
+    dyp = torch.cat([b_dy, b_dy.new_zeros(W - 1, D)], 0)
+    b_dx = torch.zeros_like(b_dy)
+    for j in range(W):
+        b_dx.addcmul_(dyp[j:j + L], b_w[:, W - 1 - j])
+    tail = torch.nonzero(pos + W - 1 >= seq_len).flatten()
+    t_room = (seq_len - pos)[tail]                     # tokens left in the sequence, >= 1
+    b_dx[tail] = sum(
+        torch.where((t_room > j).unsqueeze(-1), b_dy[(tail + j).clamp(max=L - 1)], 0.) * b_w[:, W - 1 - j]
         for j in range(W)
     )
 
@@ -207,8 +224,7 @@ def causal_conv1d_bwd(
         N = initial_state.shape[0]
         # [N, W, D] so that (sequence, column) index pairs address rows of D values
         b_dh0 = b_dy.new_zeros(N, W, D)
-        head = pos < W - 1
-        h_seq, h_pos, h_dy = seq[head], pos[head], b_dy[head]
+        h_seq, h_pos = seq[head], pos[head]
         for j in range(1, W):
             # token t (pos < j) read initial-state column W-j+pos through tap j
             m = h_pos < j
@@ -229,9 +245,8 @@ def causal_conv1d_bwd(
         # final-state column c holds token eos-W+c; column 0 is padding in fla and gets no gradient.
         # Deviation: the column of token t is t + W - len (fla 0.4.0 used 1 + t for sequences shorter
         # than W-1, reading the wrong slot; fixed in later fla, causal_conv1d/ops.py bwd kernel).
-        col = pos + W - seq_len
-        in_state = (col >= 1).unsqueeze(-1)
-        b_dx = b_dx + torch.where(in_state, dht[seq, :, col.clamp(min=0, max=W - 1)].float(), 0.)
+        col = (pos + W - seq_len)[tail]
+        b_dx[tail] += torch.where((col >= 1).unsqueeze(-1), dht[seq[tail], :, col.clamp(min=0)].float(), 0.)
 
     dx = b_dx.to(x.dtype)
     return dx.view(shape), dw, db, dr, dh0
