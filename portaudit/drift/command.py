@@ -129,10 +129,13 @@ def drift(
         if fmt == DriftFormat.text and output is None:
             print_run(run, console, verbose)
         elif fmt == DriftFormat.text:
+            import io
+
             from rich.console import Console
 
-            with open(output, "w", encoding="utf-8") as fh:
-                print_run(run, Console(file=fh, width=160, highlight=False), verbose)
+            buf = io.StringIO()
+            print_run(run, Console(file=buf, width=160, highlight=False, color_system=None), verbose)
+            write_output(buf.getvalue(), output)
         else:
             write_output(render_json(run) if fmt == DriftFormat.json else render_markdown(run), output)
     raise typer.Exit(EXIT_FINDINGS if run.changed else EXIT_OK)

@@ -203,7 +203,7 @@ class Matcher:
     def guess_rename(self, old: Resolved, pool: list[Resolved]) -> Optional[tuple[Resolved, float]]:
         """The best candidate of the same kind in ``pool`` by ``0.7 * body similarity + 0.3 * name
         similarity``, when that reaches the threshold (at least 0.9 for constants, whose short
-        bodies look alike)."""
+        bodies look alike; short definitions also need a name similarity of 0.5)."""
         group = _group(old.definition.kind)
         floor = max(self.rename_threshold, 0.9) if group == "constant" else self.rename_threshold
         ot, ob = self.tok(old), self.bag(old)
@@ -219,6 +219,8 @@ class Matcher:
         bounds.sort(key=lambda t: -t[0])
         best: Optional[tuple[Resolved, float]] = None
         for _, near, c in bounds[:4]:
+            if min(len(ot), len(self.tok(c))) < 30 and near < 0.5:
+                continue   # short bodies look alike: a rename of one needs a similar name too
             s = 0.7 * similarity(ot, self.tok(c)) + 0.3 * near
             if best is None or s > best[1]:
                 best = (c, s)

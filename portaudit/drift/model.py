@@ -54,14 +54,18 @@ class SignatureChange:
 
     def describe(self) -> str:
         where = f"{self.member}: " if self.member else ""
-        what = f"`{self.param}`" if self.param else ""
-        if self.old is not None and self.new is not None:
-            return f"{where}{self.kind} {what} ({self.old} -> {self.new})".replace("  ", " ")
-        if self.new is not None:
-            return f"{where}{self.kind} {what} ({self.new})".replace("  ", " ")
-        if self.old is not None:
-            return f"{where}{self.kind} {what} (was {self.old})".replace("  ", " ")
-        return f"{where}{self.kind} {what}".strip()
+        what = f" `{self.param}`" if self.param else ""
+        if self.kind == PARAM_RENAMED:
+            return f"{where}{self.kind}{what} ({self.old} -> {self.new})"
+        old = self.old if self.old not in (None, self.param) else None   # "(was x)" says nothing new
+        new = self.new if self.new not in (None, self.param) else None
+        if old is not None and new is not None:
+            return f"{where}{self.kind}{what} ({old} -> {new})"
+        if new is not None:
+            return f"{where}{self.kind}{what} ({new})"
+        if old is not None:
+            return f"{where}{self.kind}{what} (was {old})"
+        return f"{where}{self.kind}{what}"
 
 
 @dataclass
