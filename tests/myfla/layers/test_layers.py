@@ -181,7 +181,7 @@ def _make(kind, kw):
 
 
 @pytest.mark.parametrize("kind,kw", CONFIGS)
-@pytest.mark.parametrize("T", [9, 70])   # <= 64 runs fused_recurrent, > 64 the chunk kernels
+@pytest.mark.parametrize("T", [1, 9, 70])   # <= 64 runs fused_recurrent, > 64 the chunk kernels
 def test_forward_matches_reference(naive, kind, kw, T):
     m = _make(kind, kw)
     x = torch.randn(2, T, C)
