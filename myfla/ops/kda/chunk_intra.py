@@ -24,7 +24,7 @@ from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
 from myfla.ops.utils.solve_tril import solve_tril
 
-# ---- token layout <-> chunk grid [N, H, NC, BT, ...] ----------------------------------------------
+# ---- port-only helpers (fla has no counterpart): token layout <-> chunk grid [N, H, NC, BT, ...] -----
 def to_grid(layout, x: torch.Tensor, fill: str = 'zero') -> torch.Tensor:
     """``[B, T, H, *rest]`` -> ``[N, H, NC, BT, *rest]`` in fp32 (fp64 stays fp64); a view when no
     padding or cast is needed."""
@@ -54,7 +54,7 @@ def last_gate(G: torch.Tensor) -> torch.Tensor:
 
 # ---- gated lower-triangular products on sub-chunks -------------------------------------------------
 class GatedTril:
-    """Products ``sum_d X[i,d] Y[j,d] exp(G[i,d] - G[j,d])`` for ``j <= i`` inside chunks, by bisection.
+    """Port-only helper (fla computes this inside its kernels). Products ``sum_d X[i,d] Y[j,d] exp(G[i,d] - G[j,d])`` for ``j <= i`` inside chunks, by bisection.
 
     ``G`` is ``[..., BT, K]`` (chunk-local cumulative, non-increasing along BT for log-gates). fla's
     reference-gate factorisation is applied at every level of a bisection of the chunk
@@ -138,7 +138,7 @@ class GatedTril:
 
 
 def intra_scores(q, k, beta, G, scale):
-    """``(Aqk, Akk)`` of one chunk grid (fp32, ``Akk`` strictly lower, before the inverse)."""
+    """Port-only helper: ``(Aqk, Akk)`` of one chunk grid (fp32, ``Akk`` strictly lower, before the inverse)."""
     Aqk, Akk = GatedTril(G).scores([q * scale, k * beta.unsqueeze(-1)], k)
     Akk.diagonal(0, -2, -1).zero_()
     return Aqk, Akk
