@@ -441,11 +441,19 @@ class _ModuleParser:
                                         if isinstance(el.value, cst.SimpleString)]
                 continue
             c_start, comments = self.leading_comment_block(start)
+            literal = None
+            if value is not None:
+                src = normalize_source(self.code(value))
+                try:
+                    ast.literal_eval(src)
+                    literal = src
+                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                    literal = None
             for name in names:
                 self.add(Definition(
                     name=name, kind=CONSTANT, start=start, end=end, decorators=[],
                     citations=parse_citations(comments, c_start) if comments else [],
-                    facts=BodyFacts(markers=self.markers(c_start, end)),
+                    facts=BodyFacts(markers=self.markers(c_start, end), literal_value=literal),
                     uses=_collect_uses([value]) if value is not None else []))
 
     def imports(self, node: cst.CSTNode) -> None:

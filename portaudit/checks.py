@@ -203,6 +203,10 @@ def check_simplification(site: Site, up: Optional[Definition], port: Definition,
             and up.kind in CALLABLE_KINDS and not up.facts.is_stub:
         out.append(site.finding("PA404", f"{port.name} returns the constant {port.facts.constant_return}; "
                                          "the upstream computes its result", detail=port.name))
+    if up is not None and up.kind == CONSTANT and port.kind == CONSTANT \
+            and port.facts.literal_value is not None and up.facts.literal_value is None:
+        out.append(site.finding("PA405", f"{port.name} is the literal {port.facts.literal_value}; the "
+                                         "upstream computes it", detail=port.name))
     if markers:
         # a marker the upstream definition itself carries (e.g. fla's own error message) is fla's text
         upstream_words = {w.lower() for _, w in up.facts.markers} if up is not None else set()

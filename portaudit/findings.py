@@ -79,6 +79,9 @@ _TABLE = [
          "'not implemented' in the symbol's code, comments or docstring"),
     Code("PA404", "simplification", ERROR, "constant return",
          "the port returns a literal where the upstream computes"),
+    Code("PA405", "simplification", ERROR, "literal constant",
+         "a module constant the upstream computes (device probes, feature flags) is a plain literal "
+         "in the port; waive it with the reason when the computation has no meaning for the port"),
     # manifest hygiene
     Code("PA501", "manifest", ERROR, "symbol not found upstream",
          "the manifest lists a symbol the upstream tree does not define"),

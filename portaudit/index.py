@@ -18,11 +18,11 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from portaudit.citations import Citation, parse_citations
 
-INDEX_FORMAT = 4  # bump when the pickled shape changes
+INDEX_FORMAT = 5  # bump when the pickled shape changes
 
 # Kinds of definitions.
 FUNCTION = "function"
@@ -59,6 +59,7 @@ class BodyFacts:
     not_implemented: list[int] = field(default_factory=list)   # lines raising NotImplementedError
     markers: list[tuple[int, str]] = field(default_factory=list)  # (line, word) in code/comments/docstring
     constant_return: Optional[str] = None       # the literal when the body is a single `return <literal>`
+    literal_value: Optional[str] = None         # for a constant: its value when that is a plain literal
     statements: int = 0                         # top-level statements in the body (docstring excluded)
 
 
@@ -109,8 +110,10 @@ class ModuleInfo:
 class TreeIndex:
     """Lazily parsed index of one tree; ``root`` contains the top-level package folder(s)."""
 
-    def __init__(self, root: Path, cache_dir: Optional[Path] = None):
+    def __init__(self, root: Path, cache_dir: Optional[Path] = None,
+                 on_parse: Optional[Callable[[str], None]] = None):
         self.root = Path(root)
+        self.on_parse = on_parse          # told about each file parsed (a cache miss)
         self.cache_dir = Path(cache_dir) / "index" if cache_dir else None
         self._modules: dict[str, Optional[ModuleInfo]] = {}
         self.parsed_files: list[str] = []     # files parsed by libcst in this process
@@ -154,6 +157,9 @@ class TreeIndex:
                 except Exception:  # a corrupt cache entry is rebuilt
                     pass
         from portaudit._parse import parse_module_source  # libcst is imported only on a miss
+
+        if self.on_parse is not None:
+            self.on_parse(f"parsing {self.relpath(str(path))}")
 
         info = parse_module_source(data.decode("utf-8"), module, str(path), sha, is_pkg)
         self.parsed_files.append(str(path))

@@ -58,7 +58,8 @@ class Session:
     def index(self, root: Path) -> TreeIndex:
         root = Path(root).resolve()
         if root not in self._indexes:
-            self._indexes[root] = TreeIndex(root, self.cache_dir if self.use_index_cache else None)
+            self._indexes[root] = TreeIndex(root, self.cache_dir if self.use_index_cache else None,
+                                            on_parse=self.progress)
         return self._indexes[root]
 
     def audit(self, manifest: Manifest) -> ManifestResult:

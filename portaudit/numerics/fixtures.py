@@ -147,6 +147,37 @@ class FixtureWriter:
         os.replace(tmp, self.root / INDEX)
 
 
+def merge_fixtures(sources: list, dest: str | Path) -> FixtureSet:
+    """Merge fixture directories recorded in several runs (later sources win per case) into
+    ``dest``. Environments must agree on the upstream and library versions."""
+    import shutil
+    sets = [read_fixtures(s) for s in sources]
+    if not sets:
+        raise UsageError("nothing to merge")
+    keys = ("torch", "triton", "fla-core", "flash-linear-attention", "gpu")
+    first = sets[0].meta.get("environment", {})
+    for fs in sets[1:]:
+        env = fs.meta.get("environment", {})
+        diff = [k for k in keys if env.get(k) != first.get(k)]
+        if diff:
+            raise UsageError(f"{fs.root} was recorded in another environment ({', '.join(diff)} differ)")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    meta = dict(sets[0].meta)
+    meta["runs"] = [fs.meta.get("created") for fs in sets]
+    meta.pop("format", None)
+    meta.pop("version", None)
+    writer = FixtureWriter.__new__(FixtureWriter)
+    writer.root, writer.meta, writer.cases = dest, meta, {}
+    for fs in sets:
+        for name, rec in fs.cases.items():
+            if rec.file is not None and Path(fs.root, rec.file).resolve() != Path(dest, rec.file).resolve():
+                shutil.copy2(fs.root / rec.file, dest / rec.file)
+            writer.cases[name] = rec
+    writer._write_index()
+    return read_fixtures(dest)
+
+
 def read_fixtures(root: str | Path) -> FixtureSet:
     """Open and validate a fixture directory; every problem is a UsageError (exit 2)."""
     root = Path(root)

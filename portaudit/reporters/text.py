@@ -140,6 +140,11 @@ def renderables(report: Report) -> list[RenderableType]:
             for f in r.hygiene:
                 style = "yellow" if f.status != OPEN else "red"
                 out.append(Text(f"  {f.code} {f.message} ({f.file}:{f.line})", style=style))
+        if m.deviations:
+            out.append(Text("Deviations (intentional, documented differences):", style="bold"))
+            for d in m.deviations:
+                fixed = f" (as fla {d.fixed_upstream_in})" if d.fixed_upstream_in else ""
+                out.append(Text(f"  {d.symbol}{fixed}: {d.reason}", style="cyan"))
         out.append(total_line(report, r))
         out.append(Text(""))
     if len(report.results) > 1:
