@@ -143,7 +143,8 @@ def write_baseline(result: ManifestResult, location: Path, force: bool = False) 
         notes += [f"fixed: {k}" for k in gate.fixed]
     keys = sorted({f.key for f in result.findings if f.status in (OPEN, BASELINE)})
     data = {"schema": SCHEMA, "manifest": result.manifest.name,
-            "min_percent": math.floor(result.percent * 1e4) / 1e4,   # never above the true value "passed": result.passed, "total": result.total,
+            "min_percent": math.floor(result.percent * 1e4) / 1e4,   # never above the true value
+            "passed": result.passed, "total": result.total,
             "accepted": keys}
     path = baseline_path(location, result.manifest.name)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -299,10 +299,11 @@ def test_deviation_marks_findings_and_unknown_deviation(ws):
 def test_pa405_literal_constant_where_upstream_computes(ws):
     up = dict(UPSTREAM)
     up["up/m.py"] = UPSTREAM["up/m.py"] + "\nFLAG = torch.cuda.is_available()\nSIZES = [16, 32]\n"
+    base = port_source(ws)        # citations of the unchanged definitions (their lines stay the same)
     ws.files(upstream=up)
     d = TreeIndex(ws.up).module("up.m").definitions
     extra = (f"# {format_citation('up/m.py', d['FLAG'].start, d['FLAG'].end, 'up', '1.0')}\nFLAG = False\n"
              f"# {format_citation('up/m.py', d['SIZES'].start, d['SIZES'].end, 'up', '1.0')}\nSIZES = [16, 32]\n")
-    ws.files(port={"po/m.py": port_source(ws) + "\n" + extra})
+    ws.files(port={"po/m.py": base + "\n" + extra})
     r = ws.audit(SYMBOLS + ["up.m.FLAG", "up.m.SIZES"])
     assert [(f.code, f.symbol) for f in r.findings] == [("PA405", "up.m.FLAG")]   # SIZES is literal upstream too
