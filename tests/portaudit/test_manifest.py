@@ -89,3 +89,13 @@ def test_directory_discovery(tmp_path):
     assert [p.name for p in discover_manifests([tmp_path])] == ["a.yml", "b.yaml"]
     with pytest.raises(UsageError, match="no \\*.yaml manifests"):
         discover_manifests([tmp_path / "empty"]) if (tmp_path / "empty").mkdir() is None else None
+
+
+def test_docs_code_table_matches_the_code_registry():
+    from pathlib import Path
+
+    from portaudit.findings import CODES
+
+    text = (Path(__file__).resolve().parents[2] / "docs/codes.md").read_text()
+    for c in CODES.values():
+        assert f"| {c.code} | {c.family} | {c.severity} | {c.title} | {c.help} |" in text
