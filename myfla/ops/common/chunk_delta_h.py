@@ -79,7 +79,8 @@ def to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero',
     N, NC, BT, H = xc.shape[:4]
     rest = xc.shape[4:]
     perm = (1, 0, 3, 2) + tuple(range(4, xc.dim()))
-    xc = xc.permute(perm).reshape(NC, N * H, BT, *rest)
+    # contiguous: for B == 1 the reshape is a strided view, and every matmul would copy it again
+    xc = xc.permute(perm).reshape(NC, N * H, BT, *rest).contiguous()
     if key is not None:
         _grid_memo[key] = (x, xc)
     return xc
@@ -109,7 +110,7 @@ def chunks_to_grid(layout: ChunkLayout, h: torch.Tensor, dtype: Optional[torch.d
     hd = h.to(dtype) if dtype is not None else h
     hc = layout.pack_chunks(hd)                                     # [N, NC, H, *rest]
     N, NC, H = hc.shape[:3]
-    hc = hc.transpose(0, 1).reshape(NC, N * H, *hc.shape[3:])
+    hc = hc.transpose(0, 1).reshape(NC, N * H, *hc.shape[3:]).contiguous()
     if key is not None:
         _grid_memo[('chunks',) + key] = (h, hc)
     return hc
@@ -219,8 +220,9 @@ def chunk_gated_delta_rule_fwd_h(
         v_new = torch.baddbmm(u_c[c], w_c[c], state, alpha=-1)          # u - w @ h
         v_news.append(v_new)
         v_upd = v_new.to(round_v).to(cdt) if round_v is not None else v_new
-        decayed = state * decays[c] if decays[c] is not None else state
-        state = torch.baddbmm(decayed, kT[c], v_upd)
+        # a fresh tensor each step (the previous state is kept in `states`), updated in place
+        nxt = state * decays[c] if decays[c] is not None else state.clone()
+        state = nxt.baddbmm_(kT[c], v_upd)
 
     if NC > 0:
         h = chunks_from_grid(layout, torch.stack(states, 0).to(k.dtype), H)
@@ -294,8 +296,8 @@ def chunk_gated_delta_rule_bwd_dhu(
         dhs[c] = grad
         dv2 = torch.baddbmm(dv_c[c], k_c[c], grad)
         dv2s[c] = dv2
-        decayed = grad * decays[c] if decays[c] is not None else grad
-        grad = torch.baddbmm(decayed + qdo[c], wT[c], dv2, alpha=-1)
+        nxt = torch.addcmul(qdo[c], grad, decays[c]) if decays[c] is not None else grad + qdo[c]
+        grad = nxt.baddbmm_(wT[c], dv2, alpha=-1)
 
     if NC > 0:
         dh = chunks_from_grid(layout, torch.stack(dhs, 0).to(q.dtype), H)
