@@ -31,8 +31,12 @@ class Tolerance:
                 and fnmatch.fnmatchcase(dtype, self.dtype))
 
     @property
-    def specificity(self) -> int:
-        return sum(1 for p in (self.op, self.output, self.dtype) if not any(c in p for c in "*?["))
+    def specificity(self) -> tuple:
+        """Fully literal fields first, then the number of literal characters (``chunk_*`` beats ``*``)."""
+        fields = (self.op, self.output, self.dtype)
+        literal = sum(1 for p in fields if not any(c in p for c in "*?["))
+        chars = sum(len(p.replace("*", "").replace("?", "")) for p in fields)
+        return (literal, chars)
 
 
 STRICT = "fp32 against an fp64 oracle: DESIGN.md/common brief bound (1e-5 outputs)"
@@ -57,12 +61,17 @@ GOLDEN_RULES: List[Tolerance] = [
     Tolerance("*", "*", "fp32", 1e-5, "elementwise/recurrent fp32 kernels: rounding-order differences only"),
     Tolerance("chunk_*", "*", "fp32", 1e-3, TF32),
     Tolerance("chunk_*", "ht", "fp32", 3e-3, TF32),
+    Tolerance("chunk_gated_delta_rule", "o", "fp32", 3e-3,
+              TF32 + "; GDN's outputs are small next to their TF32 error (fla vs fp32 CPU reference: 1.4e-3)"),
     Tolerance("chunk_*", "d*", "fp32", 5e-3, TF32),
     Tolerance("chunk_*", "*", "bf16", 2e-2, "bf16 inputs on top of TF32 dots (fla's own tests: up to 2e-2)"),
     Tolerance("solve_tril", "*", "fp32", 1e-3, "fla inverts 16x16 blocks and merges them with TF32 dots"),
     Tolerance("chunk_local_cumsum", "*", "fp32", 1e-5, "fp32 prefix sums; summation order differs"),
     Tolerance("*Attention", "*", "fp32", 3e-3, TF32 + "; the layer runs the chunk kernels"),
     Tolerance("*Attention", "d*", "fp32", 1e-2, TF32 + "; layer gradients pass through the chunk backward"),
+    Tolerance("*Attention", "dparam.A_log", "fp32", 5e-2,
+              "an H-element gradient summing TF32-rounded terms over every token and channel with "
+              "cancellation (fla vs the fp32 CPU reference: 1.1e-2..1.8e-2)"),
     Tolerance("GatedDeltaNet", "*", "fp32", 3e-3, TF32 + "; the layer runs the chunk kernels"),
     Tolerance("GatedDeltaNet", "d*", "fp32", 1e-2, TF32 + "; layer gradients pass through the chunk backward"),
 ]
