@@ -24,6 +24,21 @@ from portaudit.citations import Citation, parse_citations
 
 INDEX_FORMAT = 5  # bump when the pickled shape changes
 
+
+def _parser_key() -> str:
+    """Cache entries are tied to the parser's own source, so a changed parser never reads stale data."""
+    h = hashlib.sha256(str(INDEX_FORMAT).encode())
+    here = Path(__file__).resolve().parent
+    for name in ("index.py", "_parse.py", "citations.py"):
+        try:
+            h.update((here / name).read_bytes())
+        except OSError:
+            pass
+    return h.hexdigest()[:16]
+
+
+_PARSER_KEY: Optional[str] = None
+
 # Kinds of definitions.
 FUNCTION = "function"
 CLASS = "class"
@@ -146,7 +161,10 @@ class TreeIndex:
         is_pkg = path.name == "__init__.py"
         cache_file = None
         if self.cache_dir is not None:
-            key = hashlib.sha256(f"{INDEX_FORMAT}:{module}:{is_pkg}:{sha}".encode()).hexdigest()
+            global _PARSER_KEY
+            if _PARSER_KEY is None:
+                _PARSER_KEY = _parser_key()
+            key = hashlib.sha256(f"{_PARSER_KEY}:{module}:{is_pkg}:{sha}".encode()).hexdigest()
             cache_file = self.cache_dir / key[:2] / f"{key}.pkl"
             if cache_file.is_file():
                 try:
