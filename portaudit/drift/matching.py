@@ -50,6 +50,7 @@ class Matcher:
         self._fp: dict[tuple[str, str], str] = {}
         self._tok: dict[tuple[str, str], list[str]] = {}
         self._bag: dict[tuple[str, str], Counter] = {}
+        self._sim: dict[tuple, float] = {}
         # modules of the new closure: a same-name definition found there is trusted
         self.preferred: set[str] = set()
 
@@ -80,7 +81,13 @@ class Matcher:
         ta, tb = self.tok(a), self.tok(b)
         if bag_ratio(self.bag(a), len(ta), self.bag(b), len(tb)) < floor:
             return 0.0
-        return similarity(ta, tb)
+        return self.body_similarity(a, b)
+
+    def body_similarity(self, a: Resolved, b: Resolved) -> float:
+        key = (a.module.path, a.definition.name, b.module.path, b.definition.name)
+        if key not in self._sim:
+            self._sim[key] = similarity(self.tok(a), self.tok(b))
+        return self._sim[key]
 
     def name_map(self) -> dict[str, list[str]]:
         """Top-level-looking definition names -> new modules defining them (one regex pass)."""
@@ -218,10 +225,12 @@ class Matcher:
                 bounds.append((ub, near, c))
         bounds.sort(key=lambda t: -t[0])
         best: Optional[tuple[Resolved, float]] = None
-        for _, near, c in bounds[:4]:
+        for ub, near, c in bounds[:4]:
+            if best is not None and ub <= best[1]:
+                break      # the bound of the rest cannot beat the best
             if min(len(ot), len(self.tok(c))) < 30 and near < 0.5:
                 continue   # short bodies look alike: a rename of one needs a similar name too
-            s = 0.7 * similarity(ot, self.tok(c)) + 0.3 * near
+            s = 0.7 * self.body_similarity(old, c) + 0.3 * near
             if best is None or s > best[1]:
                 best = (c, s)
         if best is not None and best[1] >= floor:
