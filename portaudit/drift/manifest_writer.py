@@ -1,8 +1,11 @@
 """``--write-manifest``: the manifest re-targeted at the new release.
 
-Moved and renamed symbols are re-pointed (with a comment naming the old symbol), removed ones are
-dropped and left as a comment, symbols new in the release's closure are appended to the stage that
-holds their module's neighbours (or to a new stage), waivers and deviations follow their symbols.
+Moved and renamed symbols are re-pointed (with a comment naming the old symbol); removed ones, and
+ones the new release's closure of the entry points no longer reaches, are dropped and left as a
+comment (the new manifest is that closure, so running drift against it again reports nothing);
+symbols new in the closure are appended to the stage that holds their module's neighbours (or to a
+new stage); waivers and deviations follow their symbols, and those whose symbol left the manifest
+are kept as comments.
 The text is validated with the manifest loader before it is written atomically; the original file
 is never touched.
 """
@@ -97,7 +100,8 @@ def render_updated_manifest(manifest: Manifest, md: ManifestDrift, distributions
                 guess = f" (a guess, similarity {s.score:.2f})" if s.score is not None else ""
                 lines.append(f"      # renamed from {e.symbol}{guess}")
             if s.reached is False:
-                lines.append(f"      # not reached from the entry points in {to_label}")
+                lines.append(f"      # no longer reached from the entry points in {to_label}: {new}")
+                continue
             kind = "kernel" if s.kind == "kernel" or e.kind == "kernel" else e.kind
             lines.append(entry_line(new, kind, e.port, e.note))
             count += 1
@@ -124,19 +128,25 @@ def render_updated_manifest(manifest: Manifest, md: ManifestDrift, distributions
                 lines.append(f"      # {n.module}")
                 module = n.module
             lines.append(entry_line(n.symbol, "kernel" if n.kind == "kernel" else None, None, None))
-    if manifest.waivers:
-        lines.append("waivers:")
-        for w in manifest.waivers:
-            lines.append(f"  - {{symbol: {_repoint(w.symbol, mapping)}, code: {_q(w.code)}, reason: {_q(w.reason)}}}")
-    else:
-        lines.append("waivers: []")
-    if manifest.deviations:
-        lines.append("deviations:")
-        for d in manifest.deviations:
-            extra = f", fixed_upstream_in: {_q(d.fixed_upstream_in)}" if d.fixed_upstream_in else ""
-            lines.append(f"  - {{symbol: {_repoint(d.symbol, mapping)}, reason: {_q(d.reason)}{extra}}}")
-    else:
-        lines.append("deviations: []")
+    kept = written | {e.symbol for e in manifest.entries
+                      if by_symbol.get(e.symbol) is None or by_symbol[e.symbol].status == NOT_IN_FROM}
+
+    def listed(symbol: str) -> bool:
+        return any(symbol == k or symbol.startswith(k + ".") or k.startswith(symbol + ".") for k in kept) \
+            or "*" in symbol
+
+    waivers = [(f"{{symbol: {_repoint(w.symbol, mapping)}, code: {_q(w.code)}, reason: {_q(w.reason)}}}",
+                listed(_repoint(w.symbol, mapping))) for w in manifest.waivers]
+    deviations = []
+    for d in manifest.deviations:
+        extra = f", fixed_upstream_in: {_q(d.fixed_upstream_in)}" if d.fixed_upstream_in else ""
+        sym = _repoint(d.symbol, mapping)
+        deviations.append((f"{{symbol: {sym}, reason: {_q(d.reason)}{extra}}}", listed(sym)))
+    for key, items in (("waivers", waivers), ("deviations", deviations)):
+        live = [t for t, ok in items if ok]
+        lines.append(f"{key}:" if live else f"{key}: []")
+        lines += [f"  - {t}" for t in live]
+        lines += [f"  # its symbol left the manifest: - {t}" for t, ok in items if not ok]
     return "\n".join(lines) + "\n"
 
 

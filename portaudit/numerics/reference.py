@@ -27,9 +27,29 @@ from portaudit.references import load_function, load_module
 L2_EPS = 1e-6
 
 
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """fp32 compute for fp32/half inputs; fp64 inputs stay fp64 (the oracle mode)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+class _Fp64Torch(types.ModuleType):
+    """``torch`` as seen by an upstream oracle, with ``torch.float`` meaning float64."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+def fp64_oracle(fn):
+    """Run an upstream oracle that hard-codes ``.to(torch.float)`` in float64 instead."""
+    proxy = _Fp64Torch("torch")
+    proxy.float = torch.float64
+    fn.__globals__["torch"] = proxy
+    return fn
+
+
 def l2n(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
     """fla's l2norm: ``x / sqrt(sum(x^2) + eps)`` in fp32 (not F.normalize)."""
-    x = x.float()
+    x = _up(x)
     return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps)
 
 
@@ -49,12 +69,16 @@ def _check_varlen(q, initial_state, cu_seqlens):
 class ReferenceOps:
     """The delta-rule family and the gate, driven by fla's naive oracles."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, fp64: bool = False):
         self.root = Path(root)
-        naive = load_module(self.root, "fla/ops/kda/naive.py")
-        self.naive_recurrent_kda = naive.naive_recurrent_kda
-        self.naive_chunk_kda = naive.naive_chunk_kda
+        self.fp64 = fp64
+        fns = load_function(self.root, "fla/ops/kda/naive.py", ["naive_recurrent_kda", "naive_chunk_kda"])
         self.kda_gate_ref = load_function(self.root, "fla/ops/kda/gate.py", "kda_gate_ref")
+        if fp64:  # each load_function call has its own globals, so patching them is local
+            fp64_oracle(fns["naive_recurrent_kda"])
+            fp64_oracle(self.kda_gate_ref)
+        self.naive_recurrent_kda = fns["naive_recurrent_kda"]
+        self.naive_chunk_kda = fns["naive_chunk_kda"]
 
     # -- generic delta rule with a per-key log gate, fla's layout [B, T, H, K] ------------------
     def delta_rule(self, q, k, v, gk, beta, scale, initial_state, output_final_state, cu_seqlens,
@@ -102,7 +126,7 @@ class ReferenceOps:
         dtype = q.dtype
         if use_qk_l2norm_in_kernel:
             q, k = l2n(q), l2n(k)
-        gk = g.float().unsqueeze(-1).expand(*g.shape, k.shape[-1])
+        gk = _up(g).unsqueeze(-1).expand(*g.shape, k.shape[-1])
         return self.delta_rule(q, k, v, gk, beta, scale, initial_state, output_final_state, cu_seqlens, dtype)
 
     def fused_recurrent_gated_delta_rule(self, q, k, v, g=None, gk=None, gv=None, beta=None, scale=None,
@@ -120,13 +144,14 @@ class ReferenceOps:
             q, k = l2n(q), l2n(k)
         if HV != H:  # GVA: value head j reads query/key head j // (HV // H)
             q, k = (x.repeat_interleave(HV // H, dim=2) for x in (q, k))
+        ct = torch.float64 if q.dtype == torch.float64 else torch.float
         if beta is None:
-            beta = torch.ones(B, T, HV, dtype=torch.float, device=q.device)
-        log_gate = torch.zeros(B, T, HV, K, dtype=torch.float, device=q.device)
+            beta = torch.ones(B, T, HV, dtype=ct, device=q.device)
+        log_gate = torch.zeros(B, T, HV, K, dtype=ct, device=q.device)
         if g is not None:
-            log_gate = log_gate + g.float().unsqueeze(-1)
+            log_gate = log_gate + _up(g).unsqueeze(-1)
         if gk is not None:
-            log_gate = log_gate + gk.float()
+            log_gate = log_gate + _up(gk)
         return self.delta_rule(q, k, v, log_gate, beta, scale, initial_state, output_final_state, cu_seqlens,
                                dtype)
 
@@ -161,7 +186,7 @@ class ShortConvolution(nn.Conv1d):
         if B * T == N:
             return self.step(x, residual, cache, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
         W = self.kernel_size[0]
-        w = self.weight[:, 0, :].float()
+        w = _up(self.weight[:, 0, :])
         if cu_seqlens is None:
             seqs = list(x.unbind(0))
         else:
@@ -169,17 +194,17 @@ class ShortConvolution(nn.Conv1d):
             seqs = [x[0, s:e] for s, e in zip(b[:-1], b[1:])]
         ys, finals = [], []
         for i, xs in enumerate(seqs):
-            init = cache[i].float() if cache is not None else x.new_zeros(D, W, dtype=torch.float)
-            ext = torch.cat([init.transpose(0, 1), xs.float()], 0)           # [W + L, D]
+            init = _up(cache[i]) if cache is not None else _up(x.new_zeros(D, W))
+            ext = torch.cat([init.transpose(0, 1), _up(xs)], 0)              # [W + L, D]
             win = ext.unfold(0, W, 1)[1:]                                      # [L, D, W]
             y = (win * w).sum(-1)
             if self.bias is not None:
-                y = y + self.bias.float()
+                y = y + _up(self.bias)
             ys.append(_act(y, self.activation))
             finals.append(ext[-W:].transpose(0, 1))
         y = torch.stack(ys, 0) if cu_seqlens is None else torch.cat(ys, 0).unsqueeze(0)
         if residual is not None:
-            y = y + residual.float()
+            y = y + _up(residual)
         final = torch.stack(finals, 0).to(x.dtype) if output_final_state else None
         return y.to(x.dtype), final
 
@@ -193,9 +218,9 @@ class ShortConvolution(nn.Conv1d):
         window = torch.cat([cache[..., 1:].to(xs), xs.unsqueeze(-1)], -1)   # [N, D, W]
         with torch.no_grad():
             cache.copy_(window)
-        y = (window.float() * self.weight[:, 0, :].float()).sum(-1)
+        y = (_up(window) * _up(self.weight[:, 0, :])).sum(-1)
         if self.bias is not None:
-            y = y + self.bias.float()
+            y = y + _up(self.bias)
         y = _act(y, self.activation).to(x.dtype).view(x.shape)
         if residual is not None:
             y = y + residual
@@ -204,17 +229,17 @@ class ShortConvolution(nn.Conv1d):
 
 def _norm_forward(x, weight, bias, eps, residual, prenorm, residual_in_fp32, gate=None, activation=None):
     shape, dtype = x.shape, x.dtype
-    xf = x.float()
+    xf = _up(x)
     if residual is not None:
-        xf = xf + residual.float()
+        xf = xf + _up(residual)
     res_dtype = residual.dtype if residual is not None else (torch.float if residual_in_fp32 else dtype)
     y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
     if weight is not None:
-        y = y * weight.float()
+        y = y * _up(weight)
     if bias is not None:
-        y = y + bias.float()
+        y = y + _up(bias)
     if gate is not None:
-        gf = gate.float()
+        gf = _up(gate)
         y = y * torch.sigmoid(gf) if activation == "sigmoid" else y * gf * torch.sigmoid(gf)
     y = y.to(dtype).reshape(shape)
     return (y, xf.to(res_dtype)) if prenorm else y
@@ -259,15 +284,15 @@ class RMSNorm(nn.Module):
 
 
 def l2norm_fwd(x, eps=1e-6, output_dtype=None):
-    xf = x.float()
+    xf = _up(x)
     rstd = torch.rsqrt(xf.square().sum(-1) + eps)
     y = (xf * rstd.unsqueeze(-1)).to(output_dtype or x.dtype)
     return y, rstd
 
 
 def l2norm_bwd(y, rstd, dy, eps=1e-6):
-    yf, dyf = y.float(), dy.float()
-    dx = rstd.float().unsqueeze(-1) * (dyf - yf * (dyf * yf).sum(-1, keepdim=True))
+    yf, dyf = _up(y), _up(dy)
+    dx = _up(rstd).unsqueeze(-1) * (dyf - yf * (dyf * yf).sum(-1, keepdim=True))
     return dx.to(y.dtype)
 
 
@@ -285,12 +310,12 @@ def chunk_local_cumsum(g, chunk_size, reverse=False, scale=None, cu_seqlens=None
         raise ValueError(f"Unsupported input shape {g.shape}, which should be (B, T, H, D) if "
                          f"`head_first=False` or (B, H, T, D) otherwise")
     x = g.transpose(1, 2) if head_first else g
-    out = torch.zeros_like(x, dtype=torch.float)
+    out = torch.zeros_like(x, dtype=_up(x).dtype)
     B, T = x.shape[:2]
     for b, s, e in _sequence_bounds(B, T, cu_seqlens):
         for c0 in range(s, e, chunk_size):
             c1 = min(c0 + chunk_size, e)
-            seg = x[b, c0:c1].float()
+            seg = _up(x[b, c0:c1])
             cs = seg.flip(0).cumsum(0).flip(0) if reverse else seg.cumsum(0)
             out[b, c0:c1] = cs * scale if scale is not None else cs
     out = out.transpose(1, 2) if head_first else out
@@ -300,12 +325,13 @@ def chunk_local_cumsum(g, chunk_size, reverse=False, scale=None, cu_seqlens=None
 def solve_tril(A, cu_seqlens=None, output_dtype=torch.float):
     """(I + A)^-1 per chunk of ``BT`` rows (chunks restart at each sequence start)."""
     B, T, H, BT = A.shape
-    out = torch.zeros_like(A, dtype=torch.float)
+    ct = _up(A).dtype
+    out = torch.zeros_like(A, dtype=ct)
     for b, s, e in _sequence_bounds(B, T, cu_seqlens):
         for c0 in range(s, e, BT):
             n = min(BT, e - c0)
-            blk = A[b, c0:c0 + n, :, :n].float().permute(1, 0, 2)                 # [H, n, n]
-            eye = torch.eye(n, dtype=torch.float, device=A.device).expand(H, n, n)
+            blk = _up(A[b, c0:c0 + n, :, :n]).permute(1, 0, 2)                    # [H, n, n]
+            eye = torch.eye(n, dtype=ct, device=A.device).expand(H, n, n)
             inv = torch.linalg.solve_triangular(eye + blk.tril(-1), eye, upper=False)
             out[b, c0:c0 + n, :, :n] = inv.permute(1, 0, 2)
     return out.to(output_dtype or A.dtype)
@@ -371,8 +397,9 @@ def load_reference_layer(ops: ReferenceOps, relpath: str, class_name: str):
     return getattr(module, class_name)
 
 
-def reference_implementation(root: Path) -> MappingImplementation:
-    ops = ReferenceOps(root)
+def reference_implementation(root: Path, fp64: bool = False) -> MappingImplementation:
+    """The reference behind fla's API paths; ``fp64=True`` makes the oracles compute in float64."""
+    ops = ReferenceOps(root, fp64=fp64)
     table = {
         "fla.ops.kda.chunk.chunk_kda": ops.chunk_kda,
         "fla.ops.kda.fused_recurrent.fused_recurrent_kda": ops.fused_recurrent_kda,
@@ -392,6 +419,6 @@ def reference_implementation(root: Path) -> MappingImplementation:
         "fla.layers.gated_deltanet.GatedDeltaNet":
             factory(lambda: load_reference_layer(ops, "fla/layers/gated_deltanet.py", "GatedDeltaNet")),
     }
-    impl = MappingImplementation("ref", table, lazy=True)
+    impl = MappingImplementation("ref64" if fp64 else "ref", table, lazy=True)
     impl.ops = ops  # type: ignore[attr-defined]
     return impl

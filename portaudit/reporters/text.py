@@ -10,7 +10,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from portaudit.audit import FAIL, MISSING, INCOMPLETE, OK, PASS, WAIVED_STATUS, ManifestResult
+from portaudit.audit import display_path, FAIL, MISSING, INCOMPLETE, OK, PASS, WAIVED_STATUS, ManifestResult
 from portaudit.findings import BASELINE, ERROR, OPEN, WAIVED
 from portaudit.reporters import Report
 
@@ -47,7 +47,8 @@ def stage_table(r: ManifestResult) -> Table:
     title = {s.id: s.title for s in r.manifest.stages}
     table = Table(show_lines=False, header_style="bold", pad_edge=False)
     table.add_column("Stage", no_wrap=True)
-    table.add_column("module", overflow="fold")
+    widest = max((len(s.module) for s in r.symbols), default=6)
+    table.add_column("module", overflow="fold", min_width=min(widest, 48))
     table.add_column("items", justify="right")
     table.add_column("status")
     table.add_column("% (n/m)", justify="right", no_wrap=True)
@@ -130,7 +131,8 @@ def renderables(report: Report) -> list[RenderableType]:
         m = r.manifest
         head = Text(f"{m.name}", style="bold")
         source = ", ".join(m.upstream.distributions) or str(r.upstream_root)
-        head.append(f"  {m.path} · upstream {source} · port {m.port.package} ({r.port_root})", style="dim")
+        port_at = display_path(r.port_root) or "."
+        head.append(f"  {m.path} · upstream {source} · port {m.port.package} ({port_at})", style="dim")
         out.append(head)
         if report.verbose:
             out.extend(drill_down(r))
