@@ -75,3 +75,21 @@ def test_citations_of_the_port(fla_run):
     chunk = [c for c in fla_run.citations if c.port_symbol.endswith("chunk_kda_bwd_dqkwg")]
     assert chunk and all(c.status == "cited code changed" for c in chunk)
     assert any("removed" in x for c in chunk for x in c.changes)
+
+
+def test_written_manifests_have_no_drift_left(fla_run, fla060_root, tmp_path):
+    from portaudit.drift.engine import drift_manifest
+    from portaudit.drift.manifest_writer import render_updated_manifest, write_updated_manifest
+    from portaudit.drift.matching import Matcher
+
+    index = TreeIndex(fla060_root, default_cache_dir())
+    for md in fla_run.manifests:
+        source = fla_run.sources[md.manifest]
+        text = render_updated_manifest(source, md, ["fla-core==0.6.0", "flash-linear-attention==0.6.0"],
+                                       "0.6.0", "fla 0.6.0")
+        updated = load_manifest(write_updated_manifest(text, tmp_path / f"{md.manifest}.yaml", source.path))
+        assert "fla.ops.kda.chunk_fwd.chunk_kda_fwd" in {e.symbol for e in updated.entries} \
+            or md.manifest != "kda"
+        again = drift_manifest(updated, Matcher(index, index, "fla"), "fla 0.6.0", "fla 0.6.0")
+        assert not again.changed, again.counts()
+        assert len(again.symbols) == md.new_closure_size
