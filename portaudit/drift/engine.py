@@ -344,7 +344,7 @@ def run_drift(manifests: list[Manifest], sides: Callable[[Manifest], tuple[Relea
             progress(f"drift of {m.name}: {o.label} -> {n.label}")
         results.append(drift_manifest(m, matcher, o.label, n.label, entries))
         port = port_for(m) if port_for is not None else None
-        cite_version = m.citation_version or o.version
+        cite_version = o.version or m.citation_version   # citations of the from-release only
         if port is not None and cite_version:
             ports.setdefault((str(port[0].root), key), (port, matcher, m.citation_label, cite_version, n))
     # citations last, so that every manifest's new closure guides the search by name

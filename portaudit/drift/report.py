@@ -71,6 +71,9 @@ def _print_manifest(md: ManifestDrift, run: DriftRun, console: Console, verbose:
     for sid, syms in stages.items():
         shown = [s for s in syms if verbose or s.changed]
         quiet = len(syms) - len(shown)
+        if not shown:
+            console.print(f"Stage {sid} {titles.get(sid, '')}: {quiet} symbol(s), all unchanged", markup=False)
+            continue
         table = Table(title=f"Stage {sid} {titles.get(sid, '')}", title_justify="left", header_style="bold",
                       pad_edge=False)
         table.add_column("symbol", overflow="fold")
