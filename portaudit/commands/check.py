@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -79,6 +80,11 @@ def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], por
             print_report(report, console)
         else:
             write_output(render(report, fmt.value), output)
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if fmt == Format.github and summary:
+            # inside a GitHub Actions job the annotations come with the markdown job summary
+            with open(summary, "a", encoding="utf-8") as fh:
+                fh.write(render(report, "markdown"))
         return EXIT_FINDINGS if report.failed else EXIT_OK
 
 

@@ -250,3 +250,15 @@ def test_fix_citations_inserts_into_docstrings_and_cites_kernels(ws):
     assert codes == ["PA105", "PA301"]
     assert invoke(["fix-citations", *ws.cli_args(), "--write"]).exit_code == 0
     assert invoke(["check", *ws.cli_args()]).exit_code == 0
+
+
+def test_github_format_writes_the_job_summary(broken, tmp_path, monkeypatch):
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    invoke(["check", *broken.cli_args(), "-f", "github"])
+    assert "| Stage | module | items | status | % (n/m) |" in summary.read_text()
+
+
+def test_codes_command_lists_every_code():
+    out = invoke(["codes", "--markdown"]).output
+    assert all(f"| {c} |" in out for c in CODES)
