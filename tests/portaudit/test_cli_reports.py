@@ -262,3 +262,17 @@ def test_github_format_writes_the_job_summary(broken, tmp_path, monkeypatch):
 def test_codes_command_lists_every_code():
     out = invoke(["codes", "--markdown"]).output
     assert all(f"| {c} |" in out for c in CODES)
+
+
+def test_fix_citations_never_half_writes(tmp_path):
+    from portaudit.errors import UsageError
+    from portaudit.fixcite import Edit, apply_edits
+
+    good, bad = tmp_path / "good.py", tmp_path / "bad.py"
+    good.write_text("X = 1\n")
+    bad.write_text("def f():\n    return 1\n")
+    edits = [Edit(str(good), 1, "insert", ["# Source: up/m.py:L1-L1 (up 1.0)"], "up.m.X", "add"),
+             Edit(str(bad), 2, "insert", ["  )"], "up.m.f", "broken")]
+    with pytest.raises(UsageError, match="would not compile"):
+        apply_edits(edits)
+    assert good.read_text() == "X = 1\n" and bad.read_text() == "def f():\n    return 1\n"
