@@ -210,29 +210,36 @@ def chunk_gated_delta_rule_fwd_h(
     # fla feeds the gated new values to the state update in k's dtype (a rounding step for fp16/bf16).
     round_v = k.dtype if k.dtype != cdt else None
 
-    if initial_state is not None:
-        state = initial_state.to(cdt).reshape(N * H, K, V)
-    else:
-        state = torch.zeros(N * H, K, V, dtype=cdt, device=k.device)
-    states, v_news = [], []
-    for c in range(NC):
-        states.append(state)
-        v_new = torch.baddbmm(u_c[c], w_c[c], state, alpha=-1)          # u - w @ h
-        v_news.append(v_new)
-        v_upd = v_new.to(round_v).to(cdt) if round_v is not None else v_new
-        # a fresh tensor each step (the previous state is kept in `states`), updated in place
-        nxt = state * decays[c] if decays[c] is not None else state.clone()
-        state = nxt.baddbmm_(kT[c], v_upd)
+    # Outputs are written straight into preallocated buffers: no autograd graph exists here (the
+    # loop runs under no_grad, as fla's kernels do), so slice writes cost nothing extra, and the
+    # states / new values need no separate stacking pass.
+    states = torch.empty(NC + 1, N * H, K, V, dtype=cdt, device=k.device)
+    v_news = torch.empty(NC, N * H, BT, V, dtype=cdt, device=k.device)
+    with torch.no_grad():
+        if initial_state is not None:
+            states[0].copy_(initial_state.reshape(N * H, K, V))
+        else:
+            states[0].zero_()
+        s_out, v_out = states.unbind(0), v_news.unbind(0)
+        for c in range(NC):
+            state = s_out[c]
+            v_new = torch.baddbmm(u_c[c], w_c[c], state, alpha=-1, out=v_out[c])     # u - w @ h
+            v_upd = v_new.to(round_v).to(cdt) if round_v is not None else v_new
+            nxt = s_out[c + 1]
+            if decays[c] is not None:
+                torch.mul(state, decays[c], out=nxt)
+            else:
+                nxt.copy_(state)
+            nxt.baddbmm_(kT[c], v_upd)
 
     if NC > 0:
-        h = chunks_from_grid(layout, torch.stack(states, 0).to(k.dtype), H)
+        h = chunks_from_grid(layout, states[:NC].to(k.dtype), H)
     else:
         h = k.new_empty(B, 0, H, K, V)
-    final_state = state.reshape(N, H, K, V).float() if output_final_state else None
+    final_state = states[NC].reshape(N, H, K, V).float() if output_final_state else None
     v_new = None
     if save_new_value:
-        v_new = from_grid(layout, torch.stack(v_news, 0), H, u.dtype) if NC > 0 \
-            else torch.empty_like(u)
+        v_new = from_grid(layout, v_news, H, u.dtype) if NC > 0 else torch.empty_like(u)
     return h, v_new, final_state
 
 
@@ -287,23 +294,30 @@ def chunk_gated_delta_rule_bwd_dhu(
     qdo = qdo.unbind(0)
     decays = decay.unbind(0) if decay is not None else [None] * NC
 
-    if dht is not None:
-        grad = dht.to(cdt).reshape(N * H, K, V)
-    else:
-        grad = torch.zeros(N * H, K, V, dtype=cdt, device=q.device)
-    dhs, dv2s = [None] * NC, [None] * NC
-    for c in range(NC - 1, -1, -1):
-        dhs[c] = grad
-        dv2 = torch.baddbmm(dv_c[c], k_c[c], grad)
-        dv2s[c] = dv2
-        nxt = torch.addcmul(qdo[c], grad, decays[c]) if decays[c] is not None else grad + qdo[c]
-        grad = nxt.baddbmm_(wT[c], dv2, alpha=-1)
+    # preallocated outputs written under no_grad (see chunk_gated_delta_rule_fwd_h)
+    dhs = torch.empty(NC + 1, N * H, K, V, dtype=cdt, device=q.device)
+    dv2s = torch.empty(NC, N * H, BT, V, dtype=cdt, device=q.device)
+    with torch.no_grad():
+        if dht is not None:
+            dhs[NC].copy_(dht.reshape(N * H, K, V))
+        else:
+            dhs[NC].zero_()
+        d_out, dv_out = dhs.unbind(0), dv2s.unbind(0)
+        for c in range(NC - 1, -1, -1):
+            grad = d_out[c + 1]                                         # gradient of the chunk-end state
+            dv2 = torch.baddbmm(dv_c[c], k_c[c], grad, out=dv_out[c])
+            nxt = d_out[c]
+            if decays[c] is not None:
+                torch.addcmul(qdo[c], grad, decays[c], out=nxt)
+            else:
+                torch.add(grad, qdo[c], out=nxt)
+            nxt.baddbmm_(wT[c], dv2, alpha=-1)
 
     if NC > 0:
-        dh = chunks_from_grid(layout, torch.stack(dhs, 0).to(q.dtype), H)
-        dv2 = from_grid(layout, torch.stack(dv2s, 0), H, dv.dtype)
+        dh = chunks_from_grid(layout, dhs[1:].to(q.dtype), H)
+        dv2 = from_grid(layout, dv2s, H, dv.dtype)
     else:
         dh = q.new_empty(B, 0, H, K, V)
         dv2 = torch.empty_like(dv)
-    dh0 = grad.reshape(N, H, K, V).float() if h0 is not None else None
+    dh0 = dhs[0].reshape(N, H, K, V).float() if h0 is not None else None
     return dh, dh0, dv2

@@ -86,7 +86,7 @@ def chunk_fwd_o(
     A.masked_fill_(~_causal(BT, q.device), 0)
     if v.dtype != cdt:
         A = A.to(v.dtype).to(cdt)
-    o_c = torch.baddbmm(o_c.flatten(0, 1), A.flatten(0, 1), v_c.flatten(0, 1), alpha=scale).view_as(o_c)
+    o_c.flatten(0, 1).baddbmm_(A.flatten(0, 1), v_c.flatten(0, 1), alpha=scale)
     return from_grid(layout, o_c, H, v.dtype)
 
 
@@ -221,12 +221,12 @@ def chunk_bwd_dqkwg(
             is_last = valid & ~torch.cat([valid[..., 1:], torch.zeros_like(valid[..., :1])], -1)
             dg_c = dg_c + is_last * dg_last.unsqueeze(-1)
             dg = from_grid(layout, dg_c, H, torch.float32)
-        dq = torch.baddbmm(flat(dq), flat(ds), flat(k_c)).view_as(dq)
-        dk = torch.baddbmm(flat(dk), flat(ds).transpose(-1, -2), flat(q_c)).view_as(dk)
+        flat(dq).baddbmm_(flat(ds), flat(k_c))
+        flat(dk).baddbmm_(flat(ds).transpose(-1, -2), flat(q_c))
     else:
         ds.masked_fill_(~causal, 0)
-        dq = torch.baddbmm(flat(dq), flat(ds), flat(k_c)).view_as(dq).mul_(scale)
-        dk = torch.baddbmm(flat(dk), flat(ds).transpose(-1, -2), flat(q_c), alpha=scale).view_as(dk)
+        flat(dq).baddbmm_(flat(ds), flat(k_c)).mul_(scale)
+        flat(dk).baddbmm_(flat(ds).transpose(-1, -2), flat(q_c), alpha=scale)
 
     dq = from_grid(layout, dq, H, q.dtype)
     dk = from_grid(layout, dk, H, k.dtype)

@@ -89,7 +89,7 @@ def prepare_wy_repr_bwd(
 
     # through w = A kbg and u = A vb
     dA = torch.matmul(dw_c, kbg.transpose(-1, -2))
-    dA = torch.baddbmm(flat(dA), flat(du_c), flat(vb).transpose(-1, -2)).view_as(dA)
+    flat(dA).baddbmm_(flat(du_c), flat(vb).transpose(-1, -2))
     dkbg = torch.matmul(At, dw_c)
     dvb = torch.matmul(At, du_c)
     dkbg_k = torch.linalg.vecdot(dkbg, k_c)                             # sum_k dkbg * k, [.., BT]
@@ -111,7 +111,7 @@ def prepare_wy_repr_bwd(
     kb = k_c * b_c
     dkb = torch.matmul(dA, k_c)
     db = db + torch.linalg.vecdot(dkb, k_c)
-    dk = torch.baddbmm(flat(dk), flat(dA).transpose(-1, -2), flat(kb)).view_as(dk)
+    flat(dk).baddbmm_(flat(dA).transpose(-1, -2), flat(kb))
     dk.add_(dkb.mul_(b_c))
     if g is not None:
         AdA = torch.matmul(kb, k_c.transpose(-1, -2)).mul_(dA)
