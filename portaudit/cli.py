@@ -20,6 +20,7 @@ from portaudit.commands.codes import codes
 from portaudit.drift.command import drift
 from portaudit.commands.fixcite import fix_citations
 from portaudit.commands.scaffold import scaffold
+from portaudit.numerics.cli import golden_app, invariants
 
 app = typer.Typer(name="portaudit", add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,
@@ -45,6 +46,8 @@ app.command("scaffold")(scaffold)
 app.command("fix-citations")(fix_citations)
 app.command("codes")(codes)
 app.command("drift")(drift)
+app.command("invariants")(invariants)
+app.add_typer(golden_app, name="golden")
 
 
 def main() -> None:
