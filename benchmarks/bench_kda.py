@@ -116,11 +116,13 @@ def load_fla_naive():
 
 
 def load_transformers_kda():
+    """Kimi Linear's torch chunk fallback from transformers (named ``torch_chunk_kda`` or
+    ``chunk_kimi_delta_attention`` depending on the release), or None."""
     try:
         from transformers.models.kimi_linear import modeling_kimi_linear as m  # type: ignore
     except Exception:
         return None
-    return getattr(m, "torch_chunk_kda", None)
+    return getattr(m, "torch_chunk_kda", None) or getattr(m, "chunk_kimi_delta_attention", None)
 
 
 def main():
@@ -179,9 +181,11 @@ def main():
         record["transformers_torch_chunk_kda"] = "transformers not importable: not measured"
     else:
         xh = make_inputs(B, T, H, K, V, requires_grad=True)
+        h_fwd = median_time(lambda: run_fwd(hf, [x.detach() for x in xh]), 1)
         h_fb = median_time(lambda: run_fwd_bwd(hf, xh), 1)
-        record["transformers_torch_chunk_kda"] = {"fwd_bwd_s": h_fb, "speedup_fwd_bwd": h_fb / fwd_bwd}
-        rows.append(("transformers torch_chunk_kda", T, float("nan"), h_fb, ""))
+        record["transformers_torch_chunk_kda"] = {"function": hf.__name__, "fwd_s": h_fwd, "fwd_bwd_s": h_fb,
+                                                  "speedup_fwd": h_fwd / fwd, "speedup_fwd_bwd": h_fb / fwd_bwd}
+        rows.append((f"transformers {hf.__name__}", T, h_fwd, h_fb, ""))
 
     xm = make_inputs(B, T, H, K, V, requires_grad=True)
     saved = saved_bytes(chunk_kda, xm)
@@ -197,6 +201,10 @@ def main():
     print(f"speedup over fla naive_recurrent_kda (fwd+bwd): {n_fb / fwd_bwd:.0f}x")
     if hf is None:
         print("transformers torch_chunk_kda: transformers not importable, not measured")
+    else:
+        r = record["transformers_torch_chunk_kda"]
+        print(f"speedup over transformers {r['function']}: fwd {r['speedup_fwd']:.1f}x, "
+              f"fwd+bwd {r['speedup_fwd_bwd']:.1f}x")
     print(f"saved for backward: {saved / 2**30:.3f} GiB; peak RSS {record['peak_rss_bytes'] / 2**30:.2f} GiB")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2) + "\n")

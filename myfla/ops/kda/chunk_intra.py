@@ -46,6 +46,19 @@ def chunks_from_grid(layout, hc: torch.Tensor) -> torch.Tensor:
     return layout.unpack_chunks(hc.movedim(1, 2))
 
 
+# Chunk-heads processed together by the intra-chunk passes: a slab's temporaries stay in cache,
+# which keeps their cost linear in T (whole-grid passes at long T run from DRAM).
+SLAB_CHUNK_HEADS = 64
+
+
+def chunk_slabs(xc: torch.Tensor):
+    """Slices of the chunk axis (dim 2 of ``[N, H, NC, ...]``) of about ``SLAB_CHUNK_HEADS``
+    chunk-heads each."""
+    N, H, NC = xc.shape[:3]
+    step = max(1, SLAB_CHUNK_HEADS // max(1, N * H))
+    return [slice(c, min(c + step, NC)) for c in range(0, NC, step)]
+
+
 def last_gate(G: torch.Tensor) -> torch.Tensor:
     """Gate at each chunk's last valid token (``[..., BT, K]`` -> ``[..., K]``); the grid's 'last' fill
     repeats that token into the padding, so it is the last row."""
@@ -165,8 +178,11 @@ def chunk_kda_fwd_intra(
     assert K <= 256
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
-    Aqk, Akk = intra_scores(
-        to_grid(layout, q), to_grid(layout, k), to_grid(layout, beta), to_grid(layout, gk, 'last'), scale)
+    qc, kc, bc, Gc = to_grid(layout, q), to_grid(layout, k), to_grid(layout, beta), to_grid(layout, gk, 'last')
+    Aqk = qc.new_empty(*qc.shape[:-1], BT)
+    Akk = qc.new_empty(*qc.shape[:-1], BT)
+    for sl in chunk_slabs(qc):
+        Aqk[:, :, sl], Akk[:, :, sl] = intra_scores(qc[:, :, sl], kc[:, :, sl], bc[:, :, sl], Gc[:, :, sl], scale)
     Aqk = from_grid(layout, Aqk).to(output_dtype)
     Akk = from_grid(layout, Akk).to(output_dtype)
     Akk = solve_tril(
@@ -203,19 +219,26 @@ def chunk_kda_bwd_intra(
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
     qc, kc, bc = to_grid(layout, q), to_grid(layout, k), to_grid(layout, beta)
-    tri = GatedTril(to_grid(layout, g, 'last'))
-    dAqk_c = to_grid(layout, dAqk).tril()
-    dAkk_c = to_grid(layout, dAkk).tril(-1)
-
-    # row side: gradients of q and of beta*k; column side: gradient of k
-    dq_intra, dk_rows = tri.grad_rows([dAqk_c, dAkk_c], kc)
-    db_intra = (dk_rows * kc).sum(-1)
-    dk_rows = dk_rows * bc.unsqueeze(-1)
-    dk_cols = tri.grad_cols([dAqk_c, dAkk_c], [qc, kc * bc.unsqueeze(-1)])
-    dg_intra = qc * dq_intra + (dk_rows - dk_cols) * kc
+    Gc = to_grid(layout, g, 'last')
+    # only the lower triangles (diagonal included) are read, as in the kernel
+    dAqk_c, dAkk_c = to_grid(layout, dAqk), to_grid(layout, dAkk)
+    dq_intra, dk_intra, dg_intra = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(kc)
+    db_intra = bc.new_empty(bc.shape)
+    for sl in chunk_slabs(qc):
+        q_s, k_s, b_s = qc[:, :, sl], kc[:, :, sl], bc[:, :, sl].unsqueeze(-1)
+        dAkk_s = dAkk_c[:, :, sl]
+        tri = GatedTril(Gc[:, :, sl])
+        # row side: gradients of q and of beta*k; column side: gradient of k
+        dq_s, dk_rows = tri.grad_rows([dAqk_c[:, :, sl], dAkk_s], k_s)
+        db_intra[:, :, sl] = (dk_rows * k_s).sum(-1)
+        dk_rows.mul_(b_s)
+        dk_cols = tri.grad_cols([dAqk_c[:, :, sl], dAkk_s], [q_s, k_s * b_s])
+        dq_intra[:, :, sl] = dq_s
+        dg_intra[:, :, sl] = q_s * dq_s + (dk_rows - dk_cols) * k_s
+        dk_intra[:, :, sl] = dk_rows.add_(dk_cols)
 
     dq = dq.float() + from_grid(layout, dq_intra)
-    dk2 = dk.float() + from_grid(layout, dk_rows + dk_cols)
+    dk2 = dk.float() + from_grid(layout, dk_intra)
     db = db.float() + from_grid(layout, db_intra)
     dg = chunk_local_cumsum(from_grid(layout, dg_intra).add_(dg), chunk_size=chunk_size, reverse=True,
                             cu_seqlens=cu_seqlens)
