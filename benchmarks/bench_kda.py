@@ -132,7 +132,9 @@ def main():
     parser.add_argument("--K", type=int, default=128)
     parser.add_argument("--V", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--naive-T", type=int, default=512)
+    parser.add_argument("--naive-T", type=int, default=None,
+                        help="T at which fla's naive recurrence is timed (default: the full T); "
+                             "times are scaled linearly to T, which underestimates its O(T^2) backward")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -168,7 +170,7 @@ def main():
     # fla's naive recurrence at a smaller T, scaled linearly (conservative: its backward is
     # superlinear in T, so the real time at T is larger than this estimate)
     naive = load_fla_naive()
-    Tn = min(args.naive_T, T)
+    Tn = min(args.naive_T or T, T)
     xn = make_inputs(B, Tn, H, K, V, requires_grad=True)
     n_fwd = median_time(lambda: run_fwd(naive, [x.detach() for x in xn]), 1, warmup=0) * T / Tn
     n_fb = median_time(lambda: run_fwd_bwd(naive, xn), 1, warmup=0) * T / Tn
