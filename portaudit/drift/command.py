@@ -35,6 +35,9 @@ def _side(spec: Optional[str], manifest, session, package: str, cache_dir):
         root = session.upstream_root(manifest)
         return root, list(manifest.upstream.distributions), None
     if _looks_like_path(spec):
+        if not Path(spec).expanduser().is_dir():
+            raise UsageError(f"'{spec}' is neither a local upstream tree (no such directory) nor pinned "
+                             "distributions; pass a directory or NAME==VERSION[,NAME==VERSION...]")
         root = resolve_upstream(upstream_path=spec, package=package)
         return root, [], str(Path(spec).expanduser().resolve())
     dists = parse_distributions(spec)

@@ -126,6 +126,9 @@ def drift_manifest(manifest: Manifest, matcher: Matcher, from_label: str, to_lab
                    entries: Optional[list[str]] = None) -> ManifestDrift:
     old_ix, new_ix = matcher.old, matcher.new
     package = manifest.upstream.package
+    for e in entries or []:
+        if matcher.resolve_old(e) is None:
+            raise UsageError(f"entry point '{e}' is not defined in the {from_label} tree")
     roots = entries or entry_points(manifest, matcher)
     # the new closure, from the entry points as found in the new tree
     new_roots = []

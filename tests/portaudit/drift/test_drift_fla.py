@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from portaudit.upstream import default_cache_dir
 
 REPO = Path(__file__).resolve().parents[3]
 
-pytestmark = pytest.mark.network
+pytestmark = [pytest.mark.network,
+              pytest.mark.skipif(os.environ.get("PORTAUDIT_OFFLINE") == "1", reason="PORTAUDIT_OFFLINE=1")]
 
 
 @pytest.fixture(scope="module")

@@ -136,10 +136,20 @@ def test_write_manifest_refuses_the_original(toy):
     assert "being compared" in res.output and "Traceback" not in res.output
 
 
+def test_entry_points_can_be_given(toy):
+    (m,) = run_json(toy, "--entry", "pkg.layer.Layer")["manifests"]
+    assert m["entry_points"] == ["pkg.layer.Layer"] and len(m["new_symbols"]) == 1
+    (m,) = run_json(toy, "--entry", "pkg.a.tweak")["manifests"]     # a smaller closure
+    assert m["new_closure_size"] == 1 and m["new_symbols"] == []
+    assert {s["symbol"] for s in m["symbols"] if s["reached"] is False} >= {"pkg.a.keep", "pkg.layer.Layer"}
+
+
 @pytest.mark.parametrize("args,code", [
     (["--manifest", "missing.yaml", "--to", "{v2}"], 2),
-    (["--manifest", "{manifest}", "--to", "/nonexistent/tree"], 3),
-    (["--manifest", "{manifest}", "--to", "{v2}", "--from", "/nonexistent/tree"], 3),
+    (["--manifest", "{manifest}", "--to", "/nonexistent/tree"], 2),
+    (["--manifest", "{manifest}", "--to", "{v2}", "--from", "/nonexistent/tree"], 2),
+    (["--manifest", "{manifest}", "--to", "{port}"], 3),           # a tree without the package
+    (["--manifest", "{manifest}", "--to", "{v2}", "--entry", "pkg.nowhere.f"], 2),
     (["--manifest", "{manifest}"], 2),
 ])
 def test_bad_input_exits_without_traceback(toy, args, code):
