@@ -11,14 +11,13 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Optional
 
 from collections import Counter
 
 from portaudit.drift.fingerprint import SourceCache, bag_ratio, fingerprint, similarity, tokens
 from portaudit.drift.signature import _group
-from portaudit.index import Definition, ModuleInfo, Resolved, TreeIndex
+from portaudit.index import Definition, Resolved, TreeIndex
 
 _DEF_RE = re.compile(r"^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]+(\w+)|^[ \t]*(\w+)[ \t]*(?::[^=\n]*)?=[^=]", re.M)
 

@@ -206,10 +206,10 @@ def render_markdown(run: DriftRun) -> str:
         if gone:
             out += [f"<details><summary>Still defined but no longer reached from the entry points "
                     f"({len(gone)})</summary>", ""] + [f"- `{s.symbol}`" for s in gone] + ["", "</details>", ""]
-    todo = run.changed_citations
+    pending = run.changed_citations
     if run.citations:
-        out += [f"## Port citations to update ({len(todo)} of {len(run.citations)})", ""]
-        for c in todo:
+        out += [f"## Port citations to update ({len(pending)} of {len(run.citations)})", ""]
+        for c in pending:
             line = f"- [ ] `{c.port_file}:{c.port_line}` `{c.port_symbol}`: {c.status}"
             if c.changes:
                 line += " (" + "; ".join(c.changes[:3]) + (f"; +{len(c.changes) - 3} more" if len(c.changes) > 3
