@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from collections import Counter
-
 from portaudit.drift.fingerprint import SourceCache, bag_ratio, fingerprint, similarity, tokens
-from portaudit.drift.signature import _group
+from portaudit.drift.signature import kind_group
 from portaudit.index import Definition, Resolved, TreeIndex
 
 _DEF_RE = re.compile(r"^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]+(\w+)|^[ \t]*(\w+)[ \t]*(?::[^=\n]*)?=[^=]", re.M)
@@ -162,8 +161,8 @@ class Matcher:
             r = self.defined_in(mod, qual)
             if r is not None:
                 cands.append(r)
-        group = _group(old.definition.kind)
-        cands = [c for c in cands if _group(c.definition.kind) == group] or cands
+        group = kind_group(old.definition.kind)
+        cands = [c for c in cands if kind_group(c.definition.kind) == group] or cands
         if not cands:
             return None
         old_fp = self.fp(old)
@@ -210,13 +209,13 @@ class Matcher:
         """The best candidate of the same kind in ``pool`` by ``0.7 * body similarity + 0.3 * name
         similarity``, when that reaches the threshold (at least 0.9 for constants, whose short
         bodies look alike; short definitions also need a name similarity of 0.5)."""
-        group = _group(old.definition.kind)
+        group = kind_group(old.definition.kind)
         floor = max(self.rename_threshold, 0.9) if group == "constant" else self.rename_threshold
         ot, ob = self.tok(old), self.bag(old)
         name = old.definition.short
         bounds = []
         for c in pool:
-            if _group(c.definition.kind) != group:
+            if kind_group(c.definition.kind) != group:
                 continue
             near = difflib.SequenceMatcher(None, name, c.definition.short).ratio()
             ub = 0.7 * bag_ratio(ob, len(ot), self.bag(c), len(self.tok(c))) + 0.3 * near

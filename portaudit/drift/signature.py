@@ -24,7 +24,8 @@ _CALLABLE = {"function", "kernel", "method"}
 _CLASSLIKE = {"class", "autograd.Function", "nn.Module"}
 
 
-def _group(kind: str) -> str:
+def kindkind_group(kind: str) -> str:
+    """'callable', 'class' or the kind itself: definitions of one group can replace each other."""
     if kind in _CALLABLE:
         return "callable"
     if kind in _CLASSLIKE:
@@ -109,11 +110,11 @@ def _default_change(p: Param, q: Param, member: str, name: Optional[str] = None)
 def diff_definitions(old_info: ModuleInfo, old: Definition, new_info: ModuleInfo,
                      new: Definition) -> list[SignatureChange]:
     """Signature changes from ``old`` (in ``old_info``) to ``new`` (in ``new_info``)."""
-    if _group(old.kind) != _group(new.kind):
+    if kind_group(old.kind) != kind_group(new.kind):
         return [SignatureChange(OBJECT_KIND, "", None, old.kind, new.kind)]
     if old.kind == CONSTANT or new.kind == CONSTANT:
         return []
-    if _group(old.kind) == "callable":
+    if kind_group(old.kind) == "callable":
         return diff_params(old.params or [], new.params or [])
     out: list[SignatureChange] = []
     old_methods = [m for m in old.methods if f"{old.name}.{m}" in old_info.definitions]
