@@ -24,7 +24,7 @@ _CALLABLE = {"function", "kernel", "method"}
 _CLASSLIKE = {"class", "autograd.Function", "nn.Module"}
 
 
-def kindkind_group(kind: str) -> str:
+def kind_group(kind: str) -> str:
     """'callable', 'class' or the kind itself: definitions of one group can replace each other."""
     if kind in _CALLABLE:
         return "callable"
