@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from myfla.ops.kda.chunk_intra import chunks_to_grid, from_grid, last_gate, to_grid
+from myfla.ops.kda.chunk_intra import chunk_slabs, chunks_to_grid, from_grid, last_gate, to_grid
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.utils import check_shared_mem
 
@@ -46,18 +46,28 @@ def chunk_kda_bwd_dqkwg(
     B, T, H, K, V = *k.shape, v.shape[-1]
     layout = get_chunk_layout(B, T, chunk_size, cu_seqlens, device=k.device)
     hc, dhc = chunks_to_grid(layout, h), chunks_to_grid(layout, dh)     # [N, H, NC, K, V]
-    qc, kc = to_grid(layout, q), to_grid(layout, k)
-    Gc = to_grid(layout, g, 'last')
-    gn = last_gate(Gc)                                                  # [N, H, NC, K]
+    qc, kc, Gc = to_grid(layout, q), to_grid(layout, k), to_grid(layout, g, 'last')
+    doc, vc, dvc = to_grid(layout, do), to_grid(layout, v), to_grid(layout, dv)
+    dq, dk, dg = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(kc)
+    dw = torch.empty_like(kc)
+    for sl in chunk_slabs(qc):
+        dq[:, :, sl], dk[:, :, sl], dw[:, :, sl], dg[:, :, sl] = _dqkwg_chunks(
+            qc[:, :, sl], kc[:, :, sl], vc[:, :, sl], hc[:, :, sl], Gc[:, :, sl], doc[:, :, sl],
+            dhc[:, :, sl], dvc[:, :, sl], scale)
+    return (from_grid(layout, dq), from_grid(layout, dk), from_grid(layout, dw).to(w.dtype),
+            from_grid(layout, dg).to(g.dtype))
 
-    dq = (to_grid(layout, do) @ hc.transpose(-1, -2)) * (scale * Gc.exp())
-    dk = (to_grid(layout, v) @ dhc.transpose(-1, -2)) * (gn.unsqueeze(-2) - Gc).exp()
-    dw = -(to_grid(layout, dv) @ hc.transpose(-1, -2))
-    dgk = (hc * dhc).sum(-1) * gn.exp() + (dk * kc).sum(-2)
-    dg = qc * dq - kc * dk
+
+def _dqkwg_chunks(q, k, v, h, G, do, dh, dv, scale):
+    """``chunk_kda_bwd_dqkwg`` on a slab of the chunk grid (port-only helper)."""
+    gn = last_gate(G)                                                   # [..., K]
+    dq = (do @ h.transpose(-1, -2)).mul_(G.exp()).mul_(scale)
+    dk = (v @ dh.transpose(-1, -2)).mul_((gn.unsqueeze(-2) - G).exp_())
+    dw = -(dv @ h.transpose(-1, -2))
+    dgk = (h * dh).sum(-1).mul_(gn.exp()).add_((dk * k).sum(-2))
+    dg = q * dq - k * dk
     # reverse cumsum within the chunk as one batched matmul with an upper-triangular ones matrix
     BT = dg.shape[-2]
     upper = torch.ones(BT, BT, dtype=dg.dtype, device=dg.device).triu()
     dg = torch.matmul(upper, dg).add_(dgk.unsqueeze(-2))
-    return (from_grid(layout, dq), from_grid(layout, dk), from_grid(layout, dw).to(w.dtype),
-            from_grid(layout, dg).to(g.dtype))
+    return dq, dk, dw, dg

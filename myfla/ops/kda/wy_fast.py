@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.kda.chunk_intra import from_grid, last_gate, to_grid
+from myfla.ops.kda.chunk_intra import chunk_slabs, from_grid, last_gate, to_grid
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 
 
@@ -71,25 +71,31 @@ def prepare_wy_repr_bwd(
     B, T, H, K, V = *k.shape, v.shape[-1]
     BT = 64
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
-    Ac = to_grid(layout, A)
-    At = Ac.transpose(-1, -2)
-    bc = to_grid(layout, beta)
-    kc, vc = to_grid(layout, k), to_grid(layout, v)
+    Ac, bc = to_grid(layout, A), to_grid(layout, beta)
+    kc, vc, Gc = to_grid(layout, k), to_grid(layout, v), to_grid(layout, gk, 'last')
     dwc, duc = to_grid(layout, dw), to_grid(layout, du)
-    decay = to_grid(layout, gk, 'last').exp()
-
-    b = bc.unsqueeze(-1)
-    kg = kc * decay
-    kbg = kg * b
-    dA_inv = (dwc @ kbg.transpose(-1, -2)).add_(duc @ (vc * b).transpose(-1, -2))
-    dkbg = At @ dwc
-    dvb = At @ duc
-    dg = kbg * dkbg
-    db = (dkbg * kg).sum(-1).add_((dvb * vc).sum(-1))
-    dk = dkbg.mul_(decay).mul_(b)
-    dv = dvb.mul_(b)
-
-    dA_inv = dA_inv.tril(-1)
-    dA = -(At @ dA_inv @ At).tril(-1)
+    dk, dv, dg = torch.empty_like(kc), torch.empty_like(vc), torch.empty_like(kc)
+    db, dA = torch.empty_like(bc), torch.empty_like(Ac)
+    for sl in chunk_slabs(kc):
+        dk[:, :, sl], dv[:, :, sl], db[:, :, sl], dg[:, :, sl], dA[:, :, sl] = _wy_bwd_chunks(
+            Ac[:, :, sl], bc[:, :, sl], kc[:, :, sl], vc[:, :, sl], Gc[:, :, sl], dwc[:, :, sl], duc[:, :, sl])
     return (from_grid(layout, dk), from_grid(layout, dv).to(v.dtype), from_grid(layout, db),
             from_grid(layout, dg), from_grid(layout, dA))
+
+
+def _wy_bwd_chunks(A, beta, k, v, G, dw, du):
+    """``prepare_wy_repr_bwd`` on a slab of the chunk grid (port-only helper)."""
+    At = A.transpose(-1, -2)
+    b = beta.unsqueeze(-1)
+    decay = G.exp()
+    kg = k * decay
+    kbg = kg * b
+    dA_inv = (dw @ kbg.transpose(-1, -2)).add_(du @ (v * b).transpose(-1, -2))
+    dkbg = At @ dw
+    dvb = At @ du
+    dg = kbg * dkbg
+    db = (dkbg * kg).sum(-1).add_((dvb * v).sum(-1))
+    dk = dkbg.mul_(decay).mul_(b)
+    dv = dvb.mul_(b)
+    dA = -(At @ dA_inv.tril(-1) @ At).tril(-1)
+    return dk, dv, db, dg, dA
