@@ -178,8 +178,30 @@ def _chunk_gated_delta_rule_bwd(q, k, v, g, beta, A, scale, initial_state, do, d
     return dq, dk, dv, db, dg, dh0
 
 
+# Cache blocking (port-only): on a CPU the chunked algorithm is memory-bound once its [T, H, D]
+# operands outgrow the caches, so long equal-length inputs run as consecutive time segments of whole
+# chunks, each through fla's forward/backward functions, with the state carried across segments
+# (exactly the resume invariant: chunk boundaries and results are unchanged). A segment holds about
+# this many bytes per fp32 [T, H, D] operand.
+_SEGMENT_BYTES = 4 * 1024 * 1024
+
+
+def _time_segments(B: int, T: int, H: int, D: int, cu_seqlens: Optional[torch.LongTensor]):
+    """Token ranges ``[(start, end), ...]`` (multiples of the 64-token chunk) covering ``[0, T)``."""
+    if cu_seqlens is not None:
+        return [(0, T)]
+    seg = max(64, (_SEGMENT_BYTES // (B * H * D * 4)) // 64 * 64)
+    if T <= seg:
+        return [(0, T)]
+    return [(s, min(s + seg, T)) for s in range(0, T, seg)]
+
+
 class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
     """Autograd function of the chunked gated delta rule (optional in-kernel q/k L2 norm).
+
+    Long equal-length inputs are processed in time segments (see ``_time_segments``); the initial
+    state of every segment after the first is kept for the backward, which walks the segments in
+    reverse and hands each segment's ``dh0`` to the previous one as its ``dht``.
 
     Source: fla/ops/gated_delta_rule/chunk.py:L151-L215 (fla 0.4.0)
     """
@@ -205,19 +227,35 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
             q, q_rstd = l2norm_fwd(q)
             k, k_rstd = l2norm_fwd(k)
 
-        g, o, A, final_state = chunk_gated_delta_rule_fwd(
-            q=q,
-            k=k,
-            v=v,
-            g=g,
-            beta=beta,
-            scale=scale,
-            initial_state=initial_state,
-            output_final_state=output_final_state,
-            cu_seqlens=cu_seqlens,
-        )
-        ctx.save_for_backward(q, q_rstd, k, k_rstd, v, g, beta, A, initial_state, cu_seqlens)
+        segments = _time_segments(q.shape[0], q.shape[1], q.shape[2], max(k.shape[-1], v.shape[-1]), cu_seqlens)
+        gs, os, As, boundary_states = [], [], [], []
+        state = initial_state
+        for i, (s, e) in enumerate(segments):
+            last = i == len(segments) - 1
+            if i > 0:
+                boundary_states.append(state)
+            g_i, o_i, A_i, state = chunk_gated_delta_rule_fwd(
+                q=q[:, s:e],
+                k=k[:, s:e],
+                v=v[:, s:e],
+                g=g[:, s:e],
+                beta=beta[:, s:e],
+                scale=scale,
+                initial_state=state,
+                output_final_state=output_final_state or not last,
+                cu_seqlens=cu_seqlens,
+            )
+            gs.append(g_i)
+            os.append(o_i)
+            As.append(A_i)
+        final_state = state
+        if len(segments) == 1:
+            g, o, A = gs[0], os[0], As[0]
+        else:
+            g, o, A = torch.cat(gs, 1), torch.cat(os, 1), torch.cat(As, 1)
+        ctx.save_for_backward(q, q_rstd, k, k_rstd, v, g, beta, A, initial_state, cu_seqlens, *boundary_states)
         ctx.scale = scale
+        ctx.segments = segments
         ctx.use_qk_l2norm_in_kernel = use_qk_l2norm_in_kernel
         return o.to(q.dtype), final_state
 
@@ -229,20 +267,31 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
         do: torch.Tensor,
         dht: torch.Tensor
     ):
-        q, q_rstd, k, k_rstd, v, g, beta, A, initial_state, cu_seqlens = ctx.saved_tensors
-        dq, dk, dv, db, dg, dh0 = chunk_gated_delta_rule_bwd(
-            q=q,
-            k=k,
-            v=v,
-            g=g,
-            beta=beta,
-            A=A,
-            scale=ctx.scale,
-            initial_state=initial_state,
-            do=do,
-            dht=dht,
-            cu_seqlens=cu_seqlens,
-        )
+        q, q_rstd, k, k_rstd, v, g, beta, A, initial_state, cu_seqlens, *boundary_states = ctx.saved_tensors
+        segments = ctx.segments
+        starts = [initial_state] + boundary_states
+        grads = [None] * len(segments)
+        for i in range(len(segments) - 1, -1, -1):
+            s, e = segments[i]
+            grads[i] = chunk_gated_delta_rule_bwd(
+                q=q[:, s:e],
+                k=k[:, s:e],
+                v=v[:, s:e],
+                g=g[:, s:e],
+                beta=beta[:, s:e],
+                A=A[:, s:e],
+                scale=ctx.scale,
+                initial_state=starts[i],
+                do=do[:, s:e],
+                dht=dht,
+                cu_seqlens=cu_seqlens,
+            )
+            dht = grads[i][5]                                       # dh0 of this segment
+        if len(segments) == 1:
+            dq, dk, dv, db, dg, dh0 = grads[0]
+        else:
+            dq, dk, dv, db, dg = (torch.cat([gr[j] for gr in grads], 1) for j in range(5))
+            dh0 = grads[0][5]
         if ctx.use_qk_l2norm_in_kernel:
             dq = l2norm_bwd(q, q_rstd, dq)
             dk = l2norm_bwd(k, k_rstd, dk)
