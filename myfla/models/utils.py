@@ -149,6 +149,15 @@ class FLALayer(CacheLayerMixin):
     def get_max_cache_shape(self) -> int:
         return -1
 
+    def get_max_length(self) -> int:
+        """No maximum length.
+
+        Deviation: fla 0.4.0's FLALayer lacks this method, which transformers 5 declares abstract in
+        CacheLayerMixin, so there FLALayer cannot be instantiated and every cache update fails;
+        later fla (fla/models/cache_utils.py) defines it, returning -1.
+        """
+        return -1
+
     def get_mask_sizes(self, cache_position: torch.Tensor) -> tuple[int, int]:
         return 0, 0
 

@@ -83,6 +83,8 @@ def test_attn_state_append_and_window():
     with pytest.raises(ValueError, match="`attn_state` must be a tuple/list of tensors"):
         layer.update(attn_state=k)
     assert layer.get_seq_length() == 0 and layer.device == k.device
+    # later fla's addition, abstract in transformers 5's CacheLayerMixin (a deviation from 0.4.0)
+    assert layer.get_max_length() == -1 and layer.get_max_cache_shape() == -1
 
 
 @pytest.mark.skipif(cache_utils.transformers is not None and cache_utils._USE_FLA_CACHE,
