@@ -53,7 +53,8 @@ def fix_citations(
                               highlight=False)
             console.print(f"updated {len(plan.edits)} citation(s) in {len(changes)} file(s)")
             raise typer.Exit(EXIT_OK)
-        console.print(diff, markup=False, highlight=False, end="")
+        # A diff must reach the terminal byte for byte: no rich wrapping at the console width.
+        console.print(diff, markup=False, highlight=False, end="", soft_wrap=True)
         console.print(f"{len(plan.edits)} citation change(s) in {len(changes)} file(s); "
                       "run with --write to apply", markup=False)
         raise typer.Exit(EXIT_FINDINGS if check else EXIT_OK)
