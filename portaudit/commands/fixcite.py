@@ -56,5 +56,5 @@ def fix_citations(
         # A diff must reach the terminal byte for byte: no rich wrapping at the console width.
         console.print(diff, markup=False, highlight=False, end="", soft_wrap=True)
         console.print(f"{len(plan.edits)} citation change(s) in {len(changes)} file(s); "
-                      "run with --write to apply", markup=False)
+                      "run with --write to apply", markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_FINDINGS if check else EXIT_OK)
