@@ -1,0 +1,164 @@
+"""Golden fixture format: write/load round trip, validation errors (exit 2), check against refs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from portaudit.cli import app
+from portaudit.errors import UsageError
+from portaudit.numerics.fixtures import FixtureWriter, merge_fixtures, read_fixtures
+from portaudit.numerics.golden import check_golden
+from portaudit.numerics.golden_cases import SHORT_CONV, find_cases
+from portaudit.numerics.record import record
+from portaudit.numerics.reference import reference_implementation
+from portaudit.numerics.tolerances import GOLDEN_RULES, Tolerance, ToleranceTable, overrides_from_manifest
+
+GOLDEN = Path(__file__).resolve().parents[2] / "fixtures" / "golden"
+runner = CliRunner()
+
+
+def test_round_trip(tmp_path):
+    w = FixtureWriter(tmp_path, {"environment": {"torch": torch.__version__}}, use_safetensors=False)
+    ins = {"q": torch.randn(2, 3), "cu_seqlens": torch.tensor([0, 1, 3]), "x16": torch.randn(4).bfloat16()}
+    outs = {"o": torch.randn(2, 3, dtype=torch.float64)}
+    w.add("kda/chunk/x", "fla.ops.kda.chunk.chunk_kda", "op", {"T": 3}, ins, outs, 0.5)
+    w.add_error("kda/chunk/y", "fla.ops.kda.chunk.chunk_kda", "op", {}, "ValueError: nope", 0.1)
+    fs = read_fixtures(tmp_path)
+    assert set(fs.cases) == {"kda/chunk/x", "kda/chunk/y"}
+    assert fs.cases["kda/chunk/y"].status == "error" and fs.cases["kda/chunk/y"].file is None
+    got_in, got_out = fs.load_case("kda/chunk/x")
+    assert got_in.keys() == ins.keys() and got_out.keys() == outs.keys()
+    for k in ins:
+        assert torch.equal(got_in[k], ins[k]) and got_in[k].dtype == ins[k].dtype
+    assert torch.equal(got_out["o"], outs["o"])
+    assert fs.cases["kda/chunk/x"].tensors["input.x16"] == {"shape": [4], "dtype": "bfloat16"}
+
+
+def test_merge_keeps_cases_of_every_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    env = {"environment": {"torch": "2.11", "fla-core": "0.4.0"}, "created": "t1"}
+    FixtureWriter(a, env, use_safetensors=False).add("c1", "x.y", "op", {}, {"i": torch.ones(1)},
+                                                     {"o": torch.ones(1)}, 0)
+    FixtureWriter(b, dict(env, created="t2"), use_safetensors=False).add("c2", "x.y", "op", {},
+                                                                         {"i": torch.ones(1)}, {"o": torch.ones(1)}, 0)
+    fs = merge_fixtures([a, b], tmp_path / "m")
+    assert set(fs.cases) == {"c1", "c2"} and fs.meta["runs"] == ["t1", "t2"]
+    FixtureWriter(tmp_path / "c", {"environment": {"torch": "9.9"}}, use_safetensors=False)
+    with pytest.raises(UsageError, match="another environment"):
+        merge_fixtures([a, tmp_path / "c"], tmp_path / "m2")
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: None, "does not exist"),
+    (lambda d: d.mkdir(), "index.json is missing"),
+    (lambda d: (d.mkdir(), (d / "index.json").write_text("{ bad")), "invalid JSON"),
+    (lambda d: (d.mkdir(), (d / "index.json").write_text('{"format": "other"}')), "not a portaudit golden index"),
+    (lambda d: (d.mkdir(), (d / "index.json").write_text('{"format": "portaudit-golden", "version": 99}')),
+     "unsupported fixture format version"),
+])
+def test_bad_fixture_dirs_are_usage_errors(tmp_path, setup, message):
+    d = tmp_path / "fx"
+    setup(d)
+    with pytest.raises(UsageError, match=message):
+        read_fixtures(d)
+    result = runner.invoke(app, ["golden", "check", "--fixtures", str(d)])
+    assert result.exit_code == 2, result.output
+    assert message.split()[0] in result.output
+
+
+def test_unsafe_or_missing_tensor_file_is_a_usage_error(tmp_path):
+    w = FixtureWriter(tmp_path, {}, use_safetensors=False)
+    w.add("c", "x.y", "op", {}, {"i": torch.ones(1)}, {"o": torch.ones(1)}, 0)
+    fs = read_fixtures(tmp_path)
+    torch.save({"i": object()}, tmp_path / fs.cases["c"].file)       # a pickle that is not just tensors
+    with pytest.raises(UsageError, match="cannot be read safely"):
+        fs.load_case("c")
+    (tmp_path / fs.cases["c"].file).unlink()
+    with pytest.raises(UsageError, match="missing"):
+        fs.load_case("c")
+
+
+def test_cli_unknown_op_and_format_exit_2(fla040_root):
+    r = runner.invoke(app, ["invariants", "--op", "chunk_nope", "--upstream-path", str(fla040_root)])
+    assert r.exit_code == 2 and "unknown op chunk_nope" in r.output
+    r = runner.invoke(app, ["invariants", "--op", "l2norm", "--format", "yaml"])
+    assert r.exit_code == 2 and "unknown format" in r.output
+    r = runner.invoke(app, ["invariants"])
+    assert r.exit_code == 2 and "--op" in r.output
+
+
+def test_cli_invariants_json_for_the_reference(fla040_root, tmp_path):
+    out = tmp_path / "r.json"
+    r = runner.invoke(app, ["invariants", "--op", "l2norm", "--op", "ShortConvolution", "--impl", "ref",
+                            "--upstream-path", str(fla040_root), "--format", "json", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["summary"]["fail"] == 0 and doc["summary"]["pass"] > 10
+    assert {row["group"] for row in doc["results"]} == {"l2norm", "ShortConvolution"}
+
+
+def test_manifest_tolerance_overrides_need_a_reason_and_unneeded_ones_are_reported():
+    with pytest.raises(UsageError, match="needs a reason"):
+        overrides_from_manifest({"numerics": {"tolerances": [{"op": "l2norm", "rtol": 1e-3}]}})
+    [ov] = overrides_from_manifest({"numerics": {"tolerances": [{"op": "l2norm", "output": "y", "rtol": 1e-3,
+                                                                 "reason": "measured"}]}})
+    table = ToleranceTable(GOLDEN_RULES, [ov])
+    tol = table.lookup("l2norm", "y", "fp32")
+    assert tol is ov
+    table.note_needed(tol, "l2norm", "y", "fp32", 1e-8)    # passed the built-in 1e-5 anyway
+    assert table.unneeded_overrides() == [ov]
+    table.note_needed(tol, "l2norm", "y", "fp32", 1e-4)
+    assert table.unneeded_overrides() == []
+
+
+def test_tolerance_lookup_prefers_the_most_specific_rule():
+    t = ToleranceTable(GOLDEN_RULES)
+    assert t.lookup("chunk_kda", "o", "fp32").value == 1e-3
+    assert t.lookup("chunk_kda", "dq", "fp32").value == 5e-3
+    assert t.lookup("l2norm_fwd", "y", "fp32").value == 1e-5
+    assert all(r.reason for r in GOLDEN_RULES)
+
+
+def test_recorded_fixtures_are_small_and_complete():
+    fs = read_fixtures(GOLDEN)
+    size = sum(p.stat().st_size for p in GOLDEN.iterdir())
+    assert size < 20e6
+    assert set(fs.cases) == {c.name for c in find_cases()}
+    assert all(r.status == "ok" for r in fs.cases.values())
+    env = fs.meta["environment"]
+    assert env["fla-core"] == "0.4.0" and env["flash-linear-attention"] == "0.4.0" and "H100" in env["gpu"]
+
+
+def test_reference_matches_the_golden_fixtures(fla040_root):
+    """fla's CPU references agree with real fla on the GPU within the TF32 tolerances."""
+    ref = reference_implementation(fla040_root)
+    rows = check_golden(ref, GOLDEN, pattern="conv/,norm_gated/,l2norm/,cumsum/,solve_tril/,kda/fused_recurrent/"
+                                              "base,gdn/chunk/T37_H1,kda/gate/bias")
+    assert rows and not [r for r in rows if r.failed], [(r.case, r.output, r.rms_ratio) for r in rows if r.failed]
+
+
+def test_golden_check_catches_a_planted_conv_error(fla040_root):
+    ref = reference_implementation(fla040_root)
+    Conv = ref.resolve(SHORT_CONV)
+
+    class ShiftedConv(Conv):   # flips the kernel: a classic causal-conv port bug
+        def forward(self, x, *a, **k):
+            with torch.no_grad():
+                self.weight.copy_(self.weight.flip(-1))
+            return super().forward(x, *a, **k)
+    bad = ref.with_overrides("flipped-conv", {SHORT_CONV: ShiftedConv})
+    rows = check_golden(bad, GOLDEN, pattern="conv/plain")
+    assert {r.output: r.status for r in rows}["y"] == "fail"
+
+
+def test_record_then_check_round_trip_on_cpu(fla040_root, tmp_path):
+    ref = reference_implementation(fla040_root)
+    cases = find_cases("l2norm/D64,conv/decode,cumsum/scalar")
+    record(ref, tmp_path, torch.device("cpu"), cases, log=lambda m: None, use_safetensors=False)
+    rows = check_golden(ref, tmp_path)
+    assert rows and all(r.status == "pass" and r.rms_ratio == 0.0 for r in rows)
