@@ -43,9 +43,17 @@ def chunk_gla_fwd_o_gk(
     B, T, H, K, V = *q.shape, v.shape[-1]
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=q.device)
-    qg = _to_grid(layout, q) * (scale * _to_grid(layout, g, 'last').exp())
-    hc = layout.pack_chunks(h.to(qg.dtype)).movedim(2, 1)               # [N, H, NC, K, V]
-    o = qg @ hc + _to_grid(layout, A).tril() @ _to_grid(layout, v)
+    qc, Gc, Ac, vc = _to_grid(layout, q), _to_grid(layout, g, 'last'), _to_grid(layout, A), _to_grid(layout, v)
+    hc = layout.pack_chunks(h.to(qc.dtype)).movedim(2, 1)               # [N, H, NC, K, V]
+    o = torch.empty_like(vc)
+    # slabs of 64 chunk-heads keep the temporaries in cache
+    step = max(1, 64 // max(1, qc.shape[0] * qc.shape[1]))
+    for c in range(0, qc.shape[2], step):
+        sl = slice(c, c + step)
+        qg = Gc[:, :, sl].exp().mul_(qc[:, :, sl]).mul_(scale)
+        o[:, :, sl] = torch.baddbmm(
+            (Ac[:, :, sl].tril() @ vc[:, :, sl]).flatten(0, 2), qg.flatten(0, 2), hc[:, :, sl].flatten(0, 2)
+        ).view(o[:, :, sl].shape)
     return _from_grid(layout, o).to(v.dtype)
 
 

@@ -34,20 +34,31 @@ def recompute_w_u_fwd(
     B, T, H, K, V = *k.shape, v.shape[-1]
     BT = A.shape[-1]
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
-    Ac = to_grid(layout, A)
-    bc = to_grid(layout, beta).unsqueeze(-1)
-    kc = to_grid(layout, k)
-    u = from_grid(layout, Ac @ (to_grid(layout, v) * bc)).to(v.dtype)
-    qg = kg = None
-    kb = kc * bc
-    if gk is not None:
-        Gc = to_grid(layout, gk, 'last')
-        decay = Gc.exp()
-        kb.mul_(decay)
-        if q is not None:
-            qg = from_grid(layout, to_grid(layout, q) * decay).to(q.dtype)
-        kg = from_grid(layout, (last_gate(Gc).unsqueeze(-2) - Gc).exp_().mul_(kc)).to(k.dtype)
-    w = from_grid(layout, Ac @ kb).to(k.dtype)
+    Ac, bc = to_grid(layout, A), to_grid(layout, beta).unsqueeze(-1)
+    kc, vc = to_grid(layout, k), to_grid(layout, v)
+    u, w = torch.empty_like(vc), torch.empty_like(kc)
+    qc = to_grid(layout, q) if (q is not None and gk is not None) else None
+    Gc = to_grid(layout, gk, 'last') if gk is not None else None
+    qg = torch.empty_like(qc) if qc is not None else None
+    kg = torch.empty_like(kc) if gk is not None else None
+    for sl in chunk_slabs(kc):
+        A_s, b_s, k_s = Ac[:, :, sl], bc[:, :, sl], kc[:, :, sl]
+        u[:, :, sl] = A_s @ (vc[:, :, sl] * b_s)
+        kb = k_s * b_s
+        if Gc is not None:
+            G_s = Gc[:, :, sl]
+            decay = G_s.exp()
+            kb.mul_(decay)
+            if qg is not None:
+                qg[:, :, sl] = qc[:, :, sl] * decay
+            kg[:, :, sl] = (last_gate(G_s).unsqueeze(-2) - G_s).exp_().mul_(k_s)
+        w[:, :, sl] = A_s @ kb
+    u = from_grid(layout, u).to(v.dtype)
+    w = from_grid(layout, w).to(k.dtype)
+    if qg is not None:
+        qg = from_grid(layout, qg).to(q.dtype)
+    if kg is not None:
+        kg = from_grid(layout, kg).to(k.dtype)
     return w, u, qg, kg
 
 
