@@ -20,8 +20,9 @@ def _to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero') -> torch.
 
 
 def _from_grid(layout: ChunkLayout, xc: torch.Tensor) -> torch.Tensor:
-    """``[N, H, NC, BT, *rest]`` -> ``[B, T, H, *rest]``."""
-    return layout.unpack(xc.movedim(1, 3))
+    """``[N, H, NC, BT, *rest]`` -> contiguous ``[B, T, H, *rest]``."""
+    x = layout.unpack(xc.movedim(1, 3))
+    return x if x.is_contiguous() else x.contiguous()
 
 
 def chunk_gla_fwd_o_gk(
@@ -45,7 +46,8 @@ def chunk_gla_fwd_o_gk(
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=q.device)
     qc, Gc, Ac, vc = _to_grid(layout, q), _to_grid(layout, g, 'last'), _to_grid(layout, A), _to_grid(layout, v)
     hc = layout.pack_chunks(h.to(qc.dtype)).movedim(2, 1)               # [N, H, NC, K, V]
-    o = torch.empty_like(vc)
+    N, H, NC, BT = qc.shape[:4]
+    o = qc.new_empty(N, NC, BT, H, V).movedim(3, 1)                     # token-order memory
     # slabs of 64 chunk-heads keep the temporaries in cache
     step = max(1, 64 // max(1, qc.shape[0] * qc.shape[1]))
     for c in range(0, qc.shape[2], step):

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from myfla.ops.kda.chunk_intra import chunk_slabs, chunks_to_grid, from_grid, last_gate, to_grid
+from myfla.ops.kda.chunk_intra import chunk_slabs, chunks_to_grid, from_grid, grid_empty, last_gate, to_grid
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.utils import check_shared_mem
 
@@ -48,8 +48,7 @@ def chunk_kda_bwd_dqkwg(
     hc, dhc = chunks_to_grid(layout, h), chunks_to_grid(layout, dh)     # [N, H, NC, K, V]
     qc, kc, Gc = to_grid(layout, q), to_grid(layout, k), to_grid(layout, g, 'last')
     doc, vc, dvc = to_grid(layout, do), to_grid(layout, v), to_grid(layout, dv)
-    dq, dk, dg = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(kc)
-    dw = torch.empty_like(kc)
+    dq, dk, dg, dw = (grid_empty(qc, K) for _ in range(4))
     for sl in chunk_slabs(qc):
         dq[:, :, sl], dk[:, :, sl], dw[:, :, sl], dg[:, :, sl] = _dqkwg_chunks(
             qc[:, :, sl], kc[:, :, sl], vc[:, :, sl], hc[:, :, sl], Gc[:, :, sl], doc[:, :, sl],

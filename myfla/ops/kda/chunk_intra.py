@@ -32,8 +32,17 @@ def to_grid(layout, x: torch.Tensor, fill: str = 'zero') -> torch.Tensor:
 
 
 def from_grid(layout, xc: torch.Tensor) -> torch.Tensor:
-    """``[N, H, NC, BT, *rest]`` -> ``[B, T, H, *rest]``."""
-    return layout.unpack(xc.movedim(1, 3))
+    """``[N, H, NC, BT, *rest]`` -> contiguous ``[B, T, H, *rest]`` (no copy when ``xc``'s memory is
+    already in token order, see ``grid_empty``, and no padding is dropped)."""
+    x = layout.unpack(xc.movedim(1, 3))
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def grid_empty(ref: torch.Tensor, *rest: int) -> torch.Tensor:
+    """Uninitialised ``[N, H, NC, BT, *rest]`` grid (shape of ``ref``'s first four dims) whose memory
+    is in token order ``[N, NC, BT, H, *rest]``, so ``from_grid`` returns it without a copy."""
+    N, H, NC, BT = ref.shape[:4]
+    return ref.new_empty(N, NC, BT, H, *rest).movedim(3, 1)
 
 
 def chunks_to_grid(layout, h: torch.Tensor) -> torch.Tensor:
@@ -179,8 +188,7 @@ def chunk_kda_fwd_intra(
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
     qc, kc, bc, Gc = to_grid(layout, q), to_grid(layout, k), to_grid(layout, beta), to_grid(layout, gk, 'last')
-    Aqk = qc.new_empty(*qc.shape[:-1], BT)
-    Akk = qc.new_empty(*qc.shape[:-1], BT)
+    Aqk, Akk = grid_empty(qc, BT), grid_empty(qc, BT)
     for sl in chunk_slabs(qc):
         Aqk[:, :, sl], Akk[:, :, sl] = intra_scores(qc[:, :, sl], kc[:, :, sl], bc[:, :, sl], Gc[:, :, sl], scale)
     Aqk = from_grid(layout, Aqk).to(output_dtype)
@@ -222,8 +230,8 @@ def chunk_kda_bwd_intra(
     Gc = to_grid(layout, g, 'last')
     # only the lower triangles (diagonal included) are read, as in the kernel
     dAqk_c, dAkk_c = to_grid(layout, dAqk), to_grid(layout, dAkk)
-    dq_intra, dk_intra, dg_intra = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(kc)
-    db_intra = bc.new_empty(bc.shape)
+    dq_intra, dk_intra, dg_intra = grid_empty(qc, K), grid_empty(qc, K), grid_empty(qc, K)
+    db_intra = grid_empty(qc)
     for sl in chunk_slabs(qc):
         q_s, k_s, b_s = qc[:, :, sl], kc[:, :, sl], bc[:, :, sl].unsqueeze(-1)
         dAkk_s = dAkk_c[:, :, sl]

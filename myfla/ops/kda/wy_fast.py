@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.kda.chunk_intra import chunk_slabs, from_grid, last_gate, to_grid
+from myfla.ops.kda.chunk_intra import chunk_slabs, from_grid, grid_empty, last_gate, to_grid
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 
 
@@ -36,11 +36,11 @@ def recompute_w_u_fwd(
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
     Ac, bc = to_grid(layout, A), to_grid(layout, beta).unsqueeze(-1)
     kc, vc = to_grid(layout, k), to_grid(layout, v)
-    u, w = torch.empty_like(vc), torch.empty_like(kc)
+    u, w = grid_empty(kc, V), grid_empty(kc, K)
     qc = to_grid(layout, q) if (q is not None and gk is not None) else None
     Gc = to_grid(layout, gk, 'last') if gk is not None else None
-    qg = torch.empty_like(qc) if qc is not None else None
-    kg = torch.empty_like(kc) if gk is not None else None
+    qg = grid_empty(kc, K) if qc is not None else None
+    kg = grid_empty(kc, K) if gk is not None else None
     for sl in chunk_slabs(kc):
         A_s, b_s, k_s = Ac[:, :, sl], bc[:, :, sl], kc[:, :, sl]
         u[:, :, sl] = A_s @ (vc[:, :, sl] * b_s)
@@ -85,8 +85,8 @@ def prepare_wy_repr_bwd(
     Ac, bc = to_grid(layout, A), to_grid(layout, beta)
     kc, vc, Gc = to_grid(layout, k), to_grid(layout, v), to_grid(layout, gk, 'last')
     dwc, duc = to_grid(layout, dw), to_grid(layout, du)
-    dk, dv, dg = torch.empty_like(kc), torch.empty_like(vc), torch.empty_like(kc)
-    db, dA = torch.empty_like(bc), torch.empty_like(Ac)
+    dk, dv, dg = grid_empty(kc, K), grid_empty(kc, V), grid_empty(kc, K)
+    db, dA = grid_empty(kc), grid_empty(kc, BT)
     for sl in chunk_slabs(kc):
         dk[:, :, sl], dv[:, :, sl], db[:, :, sl], dg[:, :, sl], dA[:, :, sl] = _wy_bwd_chunks(
             Ac[:, :, sl], bc[:, :, sl], kc[:, :, sl], vc[:, :, sl], Gc[:, :, sl], dwc[:, :, sl], duc[:, :, sl])
