@@ -156,8 +156,9 @@ def invariants(
         overrides = []
         if manifest:
             symbols, overrides = _manifest_numerics(manifest)
-            listed = [i for i in invs if any(a in symbols or a.rsplit(".", 2)[0] + "." + a.rsplit(".", 1)[1]
-                                             in symbols for a in i.apis)]
+            def listed_api(a: str) -> bool:   # defining module or package re-export
+                return a in symbols or a.rsplit(".", 2)[0] + "." + a.rsplit(".", 1)[1] in symbols
+            listed = [i for i in invs if all(listed_api(a) for a in i.apis)]
             if not listed:
                 raise UsageError("the manifest lists no symbol that a numeric invariant covers")
             invs = listed

@@ -528,6 +528,77 @@ def inv_layer_decode(path):
     return body
 
 
+# -- fp64 gradcheck of the autograd.Functions behind fla's wrappers ------------------------------
+
+def _gc_inputs(spec, gen):
+    return [torch.randn(*shape, generator=gen, dtype=torch.float64) * scale + shift
+            for shape, scale, shift in spec]
+
+
+GRADCHECK_FUNCTIONS = {
+    # API path -> (tensor specs (shape, scale, shift), call(fn, *tensors) -> output tensors)
+    "fla.layers.utils.index_first_axis": (
+        [((6, 3), 1.0, 0.0)], lambda fn, x: (fn(x, torch.tensor([0, 2, 5])),)),
+    "fla.layers.utils.pad_input": (
+        [((3, 2), 1.0, 0.0)], lambda fn, h: (fn(h, torch.tensor([1, 2, 4]), 2, 3),)),
+    "fla.modules.convolution.causal_conv1d": (
+        [((1, 7, 4), 1.0, 0.0), ((4, 3), 0.5, 0.0), ((4,), 0.2, 0.0), ((1, 7, 4), 1.0, 0.0)],
+        lambda fn, x, w, b, r: fn(x, w, b, residual=r, activation="silu")[:1]),
+    "fla.modules.fused_norm_gate.rms_norm_gated": (
+        [((5, 8), 1.0, 0.0), ((5, 8), 1.0, 0.0), ((8,), 0.2, 1.0), ((5, 8), 1.0, 0.0)],
+        lambda fn, x, g, w, r: fn(x, g, w, None, activation="swish", residual=r, prenorm=True, eps=1e-5)),
+    "fla.modules.layernorm.rms_norm": (
+        [((5, 8), 1.0, 0.0), ((8,), 0.2, 1.0), ((5, 8), 1.0, 0.0)],
+        lambda fn, x, w, r: fn(x, w, None, residual=r, prenorm=True, eps=1e-5)),
+    "fla.ops.kda.gate.fused_kda_gate": (
+        [((1, 3, 8), 1.0, 0.0), ((2,), 0.5, 1.0), ((8,), 0.5, 0.0)],
+        lambda fn, g, A, b: (fn(g, A, 4, g_bias=b),)),
+}
+
+
+def inv_gradcheck_fn(path):
+    """torch.autograd.gradcheck in float64 through the wrapper's autograd.Function."""
+    def body(ctx: Context, p):
+        if ctx.impl.name == "fla":
+            raise Skip("Triton kernels take no float64")
+        spec, call = GRADCHECK_FUNCTIONS[path]
+        fn = ctx.api(path)
+        args = [t.to(ctx.device).requires_grad_() for t in _gc_inputs(spec, _gen("gc", path))]
+        probe = call(fn, *[a.detach() for a in args])
+        lower = [o.dtype for o in probe if o.dtype != torch.float64]
+        if lower:
+            raise Skip(f"returns {lower[0]} for float64 inputs (upstream's dtype contract), so a float64 "
+                       f"gradcheck is not meaningful; gradients are compared with fp64 autograd instead")
+        ok = torch.autograd.gradcheck(lambda *a: call(fn, *a), args, eps=1e-6, atol=1e-5, rtol=1e-4,
+                                      raise_exception=False)
+        return [Check("gradcheck", None, None, "fp64", passed=bool(ok),
+                      message="" if ok else "analytic and numeric Jacobians differ")]
+    return body
+
+
+def inv_layer_grads(path):
+    """Training-mode gradients (input and every parameter) == fp64 autograd of fla's layer code."""
+    def body(ctx: Context, p):
+        layer, ref = _layer_pair(ctx, p, path)
+        layer.train()
+        ref.train()
+        gen = _gen("layer-grad", path, p)
+        x = torch.randn(p["B"], p["T"], 32, generator=gen)
+        dy = torch.randn(p["B"], p["T"], 32, generator=gen)
+        xa = x.detach().to(ctx.device).requires_grad_()
+        xr = x.detach().double().requires_grad_()
+        o, _, _ = layer(hidden_states=xa)
+        r, _, _ = ref(hidden_states=xr)
+        (o * dy.to(ctx.device)).sum().backward()
+        (r * dy.double()).sum().backward()
+        checks = [Check("o", r.detach(), _cpu(o)), Check("dx", xr.grad, _cpu(xa.grad))]
+        got = dict(layer.named_parameters())
+        for name, prm in sorted(ref.named_parameters()):
+            checks.append(Check("dparam." + name, prm.grad, _cpu(got[name].grad) if name in got else None))
+        return checks
+    return body
+
+
 # -- the declared matrix ---------------------------------------------------------------------------
 
 DELTA_CASES = [
@@ -616,7 +687,18 @@ def declared_invariants() -> List[Invariant]:
                       inv_layer_masked(path), quick=1, layer=name),
             Invariant("prefill+decode==full", name, [path], [dict(B=2, T=72, prefill=66), dict(B=1, T=12, prefill=5)],
                       inv_layer_decode(path), quick=1, layer=name),
+            Invariant("grads==fp64 fla layer code", name, [path], [dict(B=1, T=70)] +
+                      [dict(e, B=1, T=66) for e in extra], inv_layer_grads(path), quick=1, layer=name),
         ]
+    owners = {"fla.layers.utils.index_first_axis": ("IndexFirstAxis", None),
+              "fla.layers.utils.pad_input": ("IndexPutFirstAxis", None),
+              "fla.modules.convolution.causal_conv1d": ("ShortConvolution", None),
+              "fla.modules.fused_norm_gate.rms_norm_gated": ("FusedRMSNormGated", None),
+              "fla.modules.layernorm.rms_norm": ("RMSNorm", "GatedDeltaNet"),
+              "fla.ops.kda.gate.fused_kda_gate": ("fused_kda_gate", "KimiDeltaAttention")}
+    for path, (group, layer) in owners.items():
+        invs.append(Invariant("gradcheck fp64", group, [path], [dict()], inv_gradcheck_fn(path), quick=1,
+                              layer=layer))
     return invs
 
 
