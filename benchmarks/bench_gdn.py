@@ -8,6 +8,13 @@ benchmarks/results/bench_gdn.json.
 
 Targets (at T=8192): forward <= 90 ms; forward+backward <= 300 ms and >= 5x faster than the naive
 chunk reference; fwd+bwd(T=8192) <= 4.5 x fwd+bwd(T=2048); tensors saved for backward < 0.5 GB.
+
+The op is memory-bound on CPU and allocates many short-lived 16-32 MB tensors at T=8192. With
+glibc's default malloc, freed memory at the top of the heap is returned to the OS and the next
+allocation page-faults it back in, which can cost a third of the time. The record keeps the
+allocator environment; e.g. compare a default run with
+    MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824 \
+        python benchmarks/bench_gdn.py --out benchmarks/results/bench_gdn_malloc_tuned.json
 """
 
 from __future__ import annotations
@@ -131,6 +138,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-naive", action="store_true", help="skip the naive reference")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_gdn.json)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -168,6 +176,8 @@ def main():
         "cpu_count": os.cpu_count(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "repeats": rep,
+        # allocator settings change the page-fault share of the timings (see the module docstring)
+        "allocator_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "THP_MEM_ALLOC_ENABLE"},
         "matmul_gflops": round(rate / 1e9, 1),
         "forward_no_grad_ms": ms(t_fwd),
         "forward_with_grad_ms": ms(t_fwd_grad),
@@ -207,9 +217,9 @@ def main():
     for name, val, target in rows:
         print(f"  {name:<{w}}  {val:>22}  {target}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    out = RESULTS if not args.quick else RESULTS.with_name("bench_gdn_quick.json")
+    out = Path(args.out) if args.out else (RESULTS if not args.quick else RESULTS.with_name("bench_gdn_quick.json"))
     out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -200,10 +200,9 @@ def chunk_gated_delta_rule_fwd_h(
     cdt = compute_dtype_of(k, w, u)
 
     _, decay, k_scale = gate_factors(layout, H, K, g, gk, cdt)
-    k_c = to_grid(layout, k, dtype=cdt)                                 # [NC, NH, BT, K]
-    if k_scale is not None:
-        k_c = k_c * k_scale
-    kT = k_c.transpose(-1, -2).unbind(0)                                # NC x [NH, K, BT] (transposed views)
+    kT = to_grid(layout, k, dtype=cdt).transpose(-1, -2).unbind(0)     # NC x [NH, K, BT] (transposed views)
+    # the key factors exp(g_last - g) are applied to the (small, per-chunk) new values instead
+    k_scales = k_scale.unbind(0) if k_scale is not None else None
     w_c = to_grid(layout, w, dtype=cdt).unbind(0)
     u_c = to_grid(layout, u, dtype=cdt).unbind(0)
     decays = decay.unbind(0) if decay is not None else [None] * NC
@@ -224,7 +223,9 @@ def chunk_gated_delta_rule_fwd_h(
         for c in range(NC):
             state = s_out[c]
             v_new = torch.baddbmm(u_c[c], w_c[c], state, alpha=-1, out=v_out[c])     # u - w @ h
-            v_upd = v_new.to(round_v).to(cdt) if round_v is not None else v_new
+            v_upd = v_new * k_scales[c] if k_scales is not None else v_new
+            if round_v is not None:
+                v_upd = v_upd.to(round_v).to(cdt)
             nxt = s_out[c + 1]
             if decays[c] is not None:
                 torch.mul(state, decays[c], out=nxt)
@@ -285,10 +286,8 @@ def chunk_gated_delta_rule_bwd_dhu(
     qdo = torch.matmul(q_c.transpose(-1, -2), do_c)                     # [NC, NH, K, V]
     if scale is not None:
         qdo = qdo * scale
-    k_c = to_grid(layout, k, dtype=cdt)
-    if k_scale is not None:
-        k_c = k_c * k_scale
-    k_c = k_c.unbind(0)
+    k_c = to_grid(layout, k, dtype=cdt).unbind(0)
+    k_scales = k_scale.unbind(0) if k_scale is not None else None
     wT = to_grid(layout, w, dtype=cdt).transpose(-1, -2).unbind(0)
     dv_c = to_grid(layout, dv, dtype=cdt).unbind(0)
     qdo = qdo.unbind(0)
@@ -305,7 +304,10 @@ def chunk_gated_delta_rule_bwd_dhu(
         d_out, dv_out = dhs.unbind(0), dv2s.unbind(0)
         for c in range(NC - 1, -1, -1):
             grad = d_out[c + 1]                                         # gradient of the chunk-end state
-            dv2 = torch.baddbmm(dv_c[c], k_c[c], grad, out=dv_out[c])
+            if k_scales is not None:                                    # dv + exp(g_last - g) * (k @ dh)
+                dv2 = torch.addcmul(dv_c[c], k_scales[c], torch.bmm(k_c[c], grad), out=dv_out[c])
+            else:
+                dv2 = torch.baddbmm(dv_c[c], k_c[c], grad, out=dv_out[c])
             nxt = d_out[c]
             if decays[c] is not None:
                 torch.addcmul(qdo[c], grad, decays[c], out=nxt)

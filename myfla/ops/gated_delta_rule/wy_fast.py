@@ -36,13 +36,21 @@ def recompute_w_u_fwd(
     cdt = compute_dtype_of(k, v, beta, A)
     A_c = to_grid(layout, A, dtype=cdt)                                 # [NC, NH, BT, BT]
     b_c = to_grid(layout, beta, dtype=cdt).unsqueeze(-1)
-    vb = to_grid(layout, v, dtype=cdt) * b_c
-    if v.dtype != cdt:
-        vb = vb.to(v.dtype).to(cdt)                                     # the kernel rounds v*beta to v's dtype
-    u = torch.matmul(A_c, vb)
-    if g is not None:
-        b_c = b_c * torch.exp(to_grid(layout, g, fill='last', dtype=cdt)).unsqueeze(-1)
-    w = torch.matmul(A_c, to_grid(layout, k, dtype=cdt) * b_c)
+    if v.dtype != cdt or k.dtype != cdt:
+        # low-precision inputs: scale the rows and round them to the input dtype, as the kernel does
+        vb = (to_grid(layout, v, dtype=cdt) * b_c).to(v.dtype).to(cdt)
+        u = torch.matmul(A_c, vb)
+        if g is not None:
+            b_c = b_c * torch.exp(to_grid(layout, g, fill='last', dtype=cdt)).unsqueeze(-1)
+        w = torch.matmul(A_c, (to_grid(layout, k, dtype=cdt) * b_c).to(k.dtype).to(cdt))
+    else:
+        # A (diag(beta) X) = (A diag(beta)) X: scaling A's columns touches a [BT, BT] block instead
+        # of a [BT, K] one
+        Ab = A_c * b_c.transpose(-1, -2)
+        u = torch.matmul(Ab, to_grid(layout, v, dtype=cdt))
+        if g is not None:
+            Ab.mul_(torch.exp(to_grid(layout, g, fill='last', dtype=cdt)).unsqueeze(-2))
+        w = torch.matmul(Ab, to_grid(layout, k, dtype=cdt))
     return from_grid(layout, w, H, k.dtype), from_grid(layout, u, H, v.dtype)
 
 
@@ -81,15 +89,13 @@ def prepare_wy_repr_bwd(
         bg = b_c * g_exp                                                # beta * exp(g), [.., BT, 1]
     else:
         bg = b_c
-    kbg = k_c * bg
-    vb = v_c * b_c
 
     def flat(x):
         return x.flatten(0, 1)
 
-    # through w = A kbg and u = A vb
-    dA = torch.matmul(dw_c, kbg.transpose(-1, -2))
-    flat(dA).baddbmm_(flat(du_c), flat(vb).transpose(-1, -2))
+    # through w = A (bg * k) and u = A (b * v): dA = (dw k^T) diag(bg) + (du v^T) diag(b)
+    dA = torch.matmul(dw_c, k_c.transpose(-1, -2)).mul_(bg.transpose(-1, -2))
+    dA.addcmul_(torch.matmul(du_c, v_c.transpose(-1, -2)), b_c.transpose(-1, -2))
     dkbg = torch.matmul(At, dw_c)
     dvb = torch.matmul(At, du_c)
     dkbg_k = torch.linalg.vecdot(dkbg, k_c)                             # sum_k dkbg * k, [.., BT]
@@ -107,14 +113,14 @@ def prepare_wy_repr_bwd(
         dA.mul_(gate_ratio(layout, g, cdt))
     dA.neg_().masked_fill_(~strict, 0)
 
-    # through L = tril(beta_i k_i . k_j G_ij)
-    kb = k_c * b_c
+    # through L = tril(beta_i k_i . k_j G_ij):  dk_j += sum_i dA_ij beta_i k_i,  dk_i += beta_i dA_i. k
+    dAb = dA * b_c                                                      # rows scaled by beta_i
+    flat(dk).baddbmm_(flat(dAb).transpose(-1, -2), flat(k_c))
     dkb = torch.matmul(dA, k_c)
     db = db + torch.linalg.vecdot(dkb, k_c)
-    flat(dk).baddbmm_(flat(dA).transpose(-1, -2), flat(kb))
-    dk.add_(dkb.mul_(b_c))
+    dk.addcmul_(dkb, b_c)
     if g is not None:
-        AdA = torch.matmul(kb, k_c.transpose(-1, -2)).mul_(dA)
+        AdA = torch.matmul(k_c, k_c.transpose(-1, -2)).mul_(dAb)
         dg = dg + AdA.sum(-1) - AdA.sum(-2)
 
     dk = from_grid(layout, dk, H, k.dtype)
