@@ -94,12 +94,16 @@ def test_cli_unknown_op_and_format_exit_2(fla040_root):
 
 def test_cli_invariants_json_for_the_reference(fla040_root, tmp_path):
     out = tmp_path / "r.json"
-    r = runner.invoke(app, ["invariants", "--op", "l2norm", "--op", "ShortConvolution", "--impl", "ref",
+    r = runner.invoke(app, ["invariants", "--op", "l2norm", "--op", "solve_tril", "--impl", "ref",
                             "--upstream-path", str(fla040_root), "--format", "json", "-o", str(out)])
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
     assert doc["summary"]["fail"] == 0 and doc["summary"]["pass"] > 10
-    assert {row["group"] for row in doc["results"]} == {"l2norm", "ShortConvolution"}
+    missing = runner.invoke(app, ["invariants", "--op", "ShortConvolution", "--impl", "ref",
+                                  "--upstream-path", str(fla040_root), "--format", "json"])
+    assert missing.exit_code == 1   # the reference has no causal_conv1d wrapper to gradcheck: "missing"
+    assert '"missing": 1' in missing.output
+    assert {row["group"] for row in doc["results"]} == {"l2norm", "solve_tril"}
 
 
 def test_manifest_tolerance_overrides_need_a_reason_and_unneeded_ones_are_reported():
