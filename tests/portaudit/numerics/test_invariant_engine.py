@@ -160,3 +160,40 @@ def test_select_rejects_unknown_op_and_layer():
         inv.select(invs, None, "Mamba")
     kda = inv.select(invs, None, "KimiDeltaAttention")
     assert {i.group for i in kda} >= {"chunk_kda", "fused_kda_gate", "KimiDeltaAttention"}
+
+
+def _layer_invariants(path):
+    return {
+        "masked==unpadded": inv.Invariant("masked==unpadded", "L", [path], [dict(B=2, T=20, pad=[0, 6])],
+                                          inv.inv_layer_masked(path)),
+        "prefill+decode==full": inv.Invariant("prefill+decode==full", "L", [path], [dict(B=1, T=9, prefill=4)],
+                                              inv.inv_layer_decode(path)),
+    }
+
+
+def _layer_status(impl, root, path):
+    rows = inv.run_invariants(impl, root, list(_layer_invariants(path).values()))
+    out = {}
+    for r in rows:
+        out[r.check] = FAIL if (r.failed or out.get(r.check) == FAIL) else PASS
+    return out, rows
+
+
+@pytest.mark.parametrize("path", ["fla.layers.kda.KimiDeltaAttention", "fla.layers.gated_deltanet.GatedDeltaNet"])
+def test_layer_invariants_pass_for_fla_layer_code_and_catch_planted_errors(good, fla040_root, path):
+    status, rows = _layer_status(good, fla040_root, path)
+    assert set(status.values()) == {PASS}, [(r.check, r.output, r.message) for r in rows if r.failed]
+    Layer = good.resolve(path)
+
+    class IgnoresMask(Layer):            # pads are attended to: no unpad/repad
+        def forward(self, hidden_states, attention_mask=None, **kw):
+            return super().forward(hidden_states, **kw)
+
+    class ForgetsState(Layer):           # the cache is written but never read back
+        def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False, **kw):
+            return super().forward(hidden_states, attention_mask, None, use_cache, **kw)[:2] + (past_key_values,)
+
+    status, _ = _layer_status(good.with_overrides("ignores-mask", {path: IgnoresMask}), fla040_root, path)
+    assert status == {"masked==unpadded": FAIL, "prefill+decode==full": PASS}
+    status, _ = _layer_status(good.with_overrides("forgets-state", {path: ForgetsState}), fla040_root, path)
+    assert status == {"masked==unpadded": PASS, "prefill+decode==full": FAIL}
