@@ -59,7 +59,7 @@ def memo(key: tuple, tensors: tuple, fn):
     ``tensors`` (kept alive with the entry so that ids stay unique)."""
     if _grid_memo is None:
         return fn()
-    full = key + tuple((id(t), t._version) if t is not None else None for t in tensors)
+    full = key + tuple((id(t), getattr(t, '_version', None)) if t is not None else None for t in tensors)
     hit = _grid_memo.get(full)
     if hit is None:
         hit = (tensors, fn())
@@ -82,7 +82,7 @@ def to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero',
     # contiguous: for B == 1 the reshape is a strided view, and every matmul would copy it again
     xc = xc.permute(perm).reshape(NC, N * H, BT, *rest).contiguous()
     if key is not None:
-        _grid_memo[key] = (x, xc)
+        _grid_memo[key] = (x, xc, layout)       # keep x and layout alive so their ids stay unique
     return xc
 
 
@@ -98,7 +98,7 @@ def from_grid(layout: ChunkLayout, xc: torch.Tensor, H: int, dtype: Optional[tor
     x = x.contiguous()
     key = _memo_key(layout, x, xc.dtype) if x.dtype == xc.dtype else None
     if key is not None:
-        _grid_memo[key] = (x, xc)
+        _grid_memo[key] = (x, xc, layout)
     return x
 
 
@@ -112,7 +112,7 @@ def chunks_to_grid(layout: ChunkLayout, h: torch.Tensor, dtype: Optional[torch.d
     N, NC, H = hc.shape[:3]
     hc = hc.transpose(0, 1).reshape(NC, N * H, *hc.shape[3:]).contiguous()
     if key is not None:
-        _grid_memo[('chunks',) + key] = (h, hc)
+        _grid_memo[('chunks',) + key] = (h, hc, layout)
     return hc
 
 
@@ -123,7 +123,7 @@ def chunks_from_grid(layout: ChunkLayout, hc: torch.Tensor, H: int) -> torch.Ten
     h = layout.unpack_chunks(h).contiguous()
     key = _memo_key(layout, h, hc.dtype)
     if key is not None:
-        _grid_memo[('chunks',) + key] = (h, hc)
+        _grid_memo[('chunks',) + key] = (h, hc, layout)
     return h
 
 
@@ -133,7 +133,7 @@ def gate_ratio(layout: ChunkLayout, g: torch.Tensor, dtype: torch.dtype) -> torc
     def build():
         g_c = to_grid(layout, g, fill='last', dtype=dtype)
         return torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2))
-    return memo(('gate_ratio', id(layout), dtype), (g,), build)
+    return memo(('gate_ratio', id(layout), dtype), (g, layout), build)
 
 
 def compute_dtype_of(*tensors: Optional[torch.Tensor]) -> torch.dtype:
