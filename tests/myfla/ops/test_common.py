@@ -205,3 +205,46 @@ def test_chunk_scaled_dot_kkt(B, T, H, K, V, cu):
     A = chunk_scaled_dot_kkt_fwd(k, g=g, beta=beta, cu_seqlens=cu_seqlens, output_dtype=D)
     assert_rms("A", ref, A, 1e-12)
     assert chunk_scaled_dot_kkt_fwd(k.float(), g=g.float(), beta=beta.float()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("B,T,H,K,V,cu", CASES[1:])
+def test_wy_repr_forward_and_backward(B, T, H, K, V, cu):
+    """recompute_w_u_fwd / prepare_wy_repr_bwd against fp64 autograd of w = A diag(beta e^g) K,
+    u = A diag(beta) V with A = (I + tril(diag(beta) K K^T G, -1))^-1 per chunk (gradients flow
+    through A as well)."""
+    from myfla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
+    from myfla.ops.utils import solve_tril
+    cu_seqlens = torch.tensor(cu) if cu is not None else None
+    _, k, _, v, g, _, _ = _inputs(B, T, H, K, V, cu_seqlens, 'g')
+    beta = torch.rand(B, T, H, dtype=D)
+    leaves = [k, v, beta, g]
+    for x in leaves:
+        x.requires_grad_()
+    w_parts, u_parts = [], []
+    for b, s0, e0 in _segments(B, T, cu_seqlens):
+        ws, us = [], []
+        for s in range(s0, e0, BT):
+            e = min(s + BT, e0)
+            kk, vv, bb, gg = k[b, s:e].transpose(0, 1), v[b, s:e].transpose(0, 1), beta[b, s:e].T, g[b, s:e].T
+            G = (gg[:, :, None] - gg[:, None, :]).masked_fill(~torch.ones(e - s, e - s, dtype=torch.bool).tril(),
+                                                              -float('inf')).exp()
+            L = (bb[:, :, None] * (kk @ kk.transpose(-1, -2)) * G).tril(-1)
+            Ainv = torch.linalg.inv(torch.eye(e - s, dtype=D) + L)
+            ws.append((Ainv @ (kk * (bb * gg.exp())[..., None])).transpose(0, 1))
+            us.append((Ainv @ (vv * bb[..., None])).transpose(0, 1))
+        w_parts.append(torch.cat(ws, 0))
+        u_parts.append(torch.cat(us, 0))
+    w_ref = torch.stack(w_parts) if cu_seqlens is None else torch.cat(w_parts, 0)[None]
+    u_ref = torch.stack(u_parts) if cu_seqlens is None else torch.cat(u_parts, 0)[None]
+    dw, du = torch.randn_like(w_ref), torch.randn_like(u_ref)
+    ((w_ref * dw).sum() + (u_ref * du).sum()).backward()
+
+    with torch.no_grad():
+        A = solve_tril(chunk_scaled_dot_kkt_fwd(k, g=g, beta=beta, cu_seqlens=cu_seqlens, output_dtype=D),
+                       cu_seqlens=cu_seqlens, output_dtype=D)
+        w, u = recompute_w_u_fwd(k, v, beta, A, g=g, cu_seqlens=cu_seqlens)
+        dk, dv, db, dg = prepare_wy_repr_bwd(k, v, beta, A, dw, du, g=g, cu_seqlens=cu_seqlens)
+    assert_rms("w", w_ref, w, 1e-12)
+    assert_rms("u", u_ref, u, 1e-12)
+    for name, ref, x in zip(["dk", "dv", "dbeta", "dg"], [t.grad for t in leaves], [dk, dv, db, dg]):
+        assert_rms(name, ref, x, 1e-10)

@@ -297,3 +297,27 @@ def test_input_checks_and_messages():
         warnings.simplefilter("always")
         chunk_gated_delta_rule(q, k, v, g, beta, head_first=False)
     assert any("head_first is deprecated" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("use_h0,final,use_l2", [(True, True, False), (False, False, True), (False, True, False)])
+def test_time_segments_equal_single_pass(monkeypatch, use_h0, final, use_l2):
+    """Long inputs run as cache-sized time segments with the state carried over; forcing tiny
+    segments (2 chunks, last one partial) must give the single-pass results and gradients."""
+    import myfla.ops.gated_delta_rule.chunk as chunk_mod
+    B, T, H, K, V = 2, 300, 2, 32, 16
+    xs = [x.float() for x in make_inputs(B, T, H, K, V, normalize_k=not use_l2)]
+    results = []
+    for seg_bytes in (chunk_mod._SEGMENT_BYTES, 128 * B * H * K * 4):
+        monkeypatch.setattr(chunk_mod, "_SEGMENT_BYTES", seg_bytes)
+        ys = [x.clone().requires_grad_() for x in xs]
+        o, ht = chunk_gated_delta_rule(*ys[:5], initial_state=ys[5] if use_h0 else None, output_final_state=final,
+                                       use_qk_l2norm_in_kernel=use_l2)
+        do = torch.randn_like(o, generator=torch.Generator().manual_seed(1))
+        ((o * do).sum() + (ht.sum() if final else 0)).backward()
+        results.append([o, ht] + [y.grad for y in ys])
+    assert len(chunk_mod._time_segments(B, T, H, K, None)) > 1
+    for name, a, b in zip(["o", "ht", "dq", "dk", "dv", "dg", "dbeta", "dh0"], *results):
+        if a is None:
+            assert b is None, name
+            continue
+        assert_rms(name, a, b, 1e-6)
