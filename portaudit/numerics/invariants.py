@@ -72,7 +72,7 @@ class Invariant:
     cases: List[Dict[str, Any]]
     body: Callable[[Context, Dict[str, Any]], List[Check]]
     quick: int = 1                   # how many of the cases --quick runs
-    layer: Optional[str] = None      # the layer an invariant belongs to (for --layer)
+    layer: Optional[str] = None      # the one layer whose closure needs it (None: both), for --layer
     doc: str = ""
 
     def label(self, p: Dict[str, Any]) -> str:
@@ -717,7 +717,7 @@ def select(invs: List[Invariant], ops: Optional[List[str]] = None, layer: Option
         layers = sorted({i.layer for i in invs if i.layer})
         if layer not in layers:
             raise UsageError(f"unknown layer {layer}; known layers: {', '.join(layers)}")
-        invs = [i for i in invs if i.layer == layer]
+        invs = [i for i in invs if i.layer in (layer, None)]   # None: shared by both layers' closures
     return invs
 
 

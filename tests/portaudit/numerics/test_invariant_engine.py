@@ -159,7 +159,9 @@ def test_select_rejects_unknown_op_and_layer():
     with pytest.raises(UsageError, match="unknown layer"):
         inv.select(invs, None, "Mamba")
     kda = inv.select(invs, None, "KimiDeltaAttention")
-    assert {i.group for i in kda} >= {"chunk_kda", "fused_kda_gate", "KimiDeltaAttention"}
+    assert {i.group for i in kda} >= {"chunk_kda", "fused_kda_gate", "KimiDeltaAttention", "ShortConvolution",
+                                      "l2norm", "solve_tril"}
+    assert not {i.group for i in kda} & {"GatedDeltaNet", "chunk_gated_delta_rule", "RMSNorm"}
 
 
 def _layer_invariants(path):
