@@ -104,6 +104,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cuda_visible": torch.cuda.is_available(),
         "processor": platform.processor(),
         "quick": args.quick,
         # other processes on this 2-core machine distort 2-thread timings badly (OpenMP spinning)
