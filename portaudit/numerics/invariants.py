@@ -665,7 +665,8 @@ def declared_invariants() -> List[Invariant]:
     invs.append(Invariant("formula+grads", "FusedRMSNormGated", [api.RMSNORM_GATED], norms, inv_norm, quick=3))
     invs.append(Invariant("formula+grads", "RMSNorm", [api.RMSNORM],
                           [dict(module="rms", B=2, T=7, D=32), dict(module="rms", B=1, T=5, D=20, residual=True,
-                                                                     prenorm=True)], inv_norm, quick=2))
+                                                                     prenorm=True)], inv_norm, quick=2,
+                          layer="GatedDeltaNet"))
     invs.append(Invariant("formula+grads", "l2norm", [api.L2NORM_FWD, api.L2NORM_BWD],
                           [dict(N=50, D=64), dict(N=7, D=100), dict(N=3, D=1024)], inv_l2norm, quick=3))
     invs.append(Invariant("per-chunk cumsum", "chunk_local_cumsum", [api.CUMSUM],
