@@ -143,7 +143,7 @@ class GatedTril:
             Yc = self._pairs(Y, s)[..., 0, :, :] * col
             for dA, dX in zip(dAs, dXs):
                 dAb = self._blocks(dA, s).movedim(-1, -3)                     # [..., M, s, s]
-                self._pairs(dX, s)[..., 1, :, :].add_((dAb @ Yc) * row)
+                self._pairs(dX, s)[..., 1, :, :].addcmul_(dAb @ Yc, row)
         return dXs
 
     def grad_cols(self, dAs: list[torch.Tensor], Xs: list[torch.Tensor]) -> torch.Tensor:
@@ -155,7 +155,7 @@ class GatedTril:
                 Xr = self._pairs(X, s)[..., 1, :, :] * row
                 part = self._blocks(dA, s).movedim(-1, -3).transpose(-1, -2) @ Xr
                 acc = part if acc is None else acc.add_(part)
-            self._pairs(dY, s)[..., 0, :, :].add_(acc.mul_(col))
+            self._pairs(dY, s)[..., 0, :, :].addcmul_(acc, col)
         return dY
 
 
@@ -242,7 +242,7 @@ def chunk_kda_bwd_intra(
         dk_rows.mul_(b_s)
         dk_cols = tri.grad_cols([dAqk_c[:, :, sl], dAkk_s], [q_s, k_s * b_s])
         dq_intra[:, :, sl] = dq_s
-        dg_intra[:, :, sl] = q_s * dq_s + (dk_rows - dk_cols) * k_s
+        dg_intra[:, :, sl] = torch.addcmul(q_s * dq_s, dk_rows - dk_cols, k_s)
         dk_intra[:, :, sl] = dk_rows.add_(dk_cols)
 
     dq = dq.float() + from_grid(layout, dq_intra)
