@@ -55,6 +55,8 @@ CASES = [
     (2, 2, 8, 4, 'silu', False, True, True),    # T < W - 1
     (3, 3, 12, 4, None, True, False, True),     # T = W - 1
     (2, 5, 8, 4, 'silu', True, True, False),
+    (2, 6, 8, 2, 'silu', True, True, True),     # W = 2
+    (1, 4, 8, 1, None, True, False, True),      # W = 1: no history at all
 ]
 
 
