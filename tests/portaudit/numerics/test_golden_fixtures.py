@@ -166,3 +166,24 @@ def test_record_then_check_round_trip_on_cpu(fla040_root, tmp_path):
     record(ref, tmp_path, torch.device("cpu"), cases, log=lambda m: None, use_safetensors=False)
     rows = check_golden(ref, tmp_path)
     assert rows and all(r.status == "pass" and r.rms_ratio == 0.0 for r in rows)
+
+
+def test_tf32_tolerances_still_catch_a_state_not_carried_across_chunks(fla040_root):
+    """The golden chunk tolerances (TF32-aware) are far below what a real chunk bug produces."""
+    from portaudit.numerics.golden_cases import KDA_CHUNK
+    ref = reference_implementation(fla040_root)
+    base = ref.resolve(KDA_CHUNK)
+
+    def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, **kw):
+        o1, h1 = base(q[:, :64], k[:, :64], v[:, :64], g[:, :64], beta[:, :64], scale=scale,
+                      initial_state=initial_state, output_final_state=True, **kw)
+        o2, h2 = base(q[:, 64:], k[:, 64:], v[:, 64:], g[:, 64:], beta[:, 64:], scale=scale,
+                      initial_state=None, output_final_state=True, **kw)
+        return torch.cat([o1, o2], 1), h2
+    good_rows = check_golden(ref, GOLDEN, pattern="kda/chunk/base")
+    bad_rows = check_golden(ref.with_overrides("no-carry", {KDA_CHUNK: chunk_kda}), GOLDEN, pattern="kda/chunk/base")
+    assert not [r for r in good_rows if r.failed]
+    bad = {r.output: r for r in bad_rows}
+    # fla's test gates (logsigmoid(randn), ~-0.8 a step) forget fast, yet the error is 40x the tolerance
+    assert bad["o"].status == "fail" and bad["o"].rms_ratio > 10 * bad["o"].tol
+    assert bad["dq"].status == "fail" and bad["dg"].status == "fail"
