@@ -107,6 +107,10 @@ class Manifest:
     waivers: list[Waiver] = field(default_factory=list)
     deviations: list[Deviation] = field(default_factory=list)
     description: Optional[str] = None
+    # The roots the closure was computed from (scaffold's --entry); drift recomputes from them.
+    entry_points: list[str] = field(default_factory=list)
+    # ``numerics.tolerances`` overrides, validated here and applied by `portaudit invariants`.
+    tolerances: list[dict] = field(default_factory=list)
 
     @property
     def entries(self) -> list[Entry]:
@@ -284,7 +288,8 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> M
     if data is None:
         v.fail((), "the manifest is empty; it needs 'upstream', 'port' and 'stages'")
     top = v.mapping(data, (), {"name": False, "description": False, "upstream": True, "port": True,
-                               "stages": True, "waivers": False, "deviations": False})
+                               "stages": True, "waivers": False, "deviations": False,
+                               "entry_points": False, "numerics": False})
 
     up = v.mapping(top["upstream"], ("upstream",),
                    {"package": True, "distributions": False, "version": False, "label": False,
@@ -359,9 +364,22 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> M
                                     reason=v.string(d["reason"], dp + ("reason",)),
                                     fixed_upstream_in=v.opt_string(d, "fixed_upstream_in", dp),
                                     loc=v.pos.at(dp)))
+    entry_points = [v.dotted(e, ("entry_points", i))
+                    for i, e in enumerate(v.seq(top.get("entry_points"), ("entry_points",)))]
+    tolerances = []
+    if top.get("numerics") is not None:
+        num = v.mapping(top["numerics"], ("numerics",), {"tolerances": False})
+        for ti, t in enumerate(v.seq(num.get("tolerances"), ("numerics", "tolerances"))):
+            tp = ("numerics", "tolerances", ti)
+            t = v.mapping(t, tp, {"op": True, "output": False, "dtype": False, "rtol": True, "reason": True})
+            if isinstance(t["rtol"], bool) or not isinstance(t["rtol"], (int, float)) or t["rtol"] <= 0:
+                v.fail(tp + ("rtol",), "expected a positive number (the RMS-ratio tolerance)")
+            v.string(t["reason"], tp + ("reason",))
+            tolerances.append(dict(t))
     name = v.opt_string(top, "name", ()) or path.stem
     return Manifest(path=path, name=name, upstream=upstream, port=port, stages=stages, waivers=waivers,
-                    deviations=deviations, description=v.opt_string(top, "description", ()))
+                    deviations=deviations, description=v.opt_string(top, "description", ()),
+                    entry_points=entry_points, tolerances=tolerances)
 
 
 def discover_manifests(paths: list[str | Path]) -> list[Path]:

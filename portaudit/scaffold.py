@@ -110,7 +110,9 @@ def render_manifest(stages: list[tuple[str, list[ClosureItem]]], package: str, d
         lines.append(f"  distributions: [{', '.join(distributions)}]")
     if upstream_path:
         lines.append(f"  path: {_q(upstream_path)}")
-    lines += ["port:", f"  package: {port_package}", "stages:"]
+    lines += ["port:", f"  package: {port_package}", "entry_points:"]
+    lines += [f"  - {e}" for e in entries]
+    lines.append("stages:")
     for i, (title, items) in enumerate(stages, 1):
         lines += [f"  - id: \"{i}\"", f"    title: {_q(title)}", "    symbols:"]
         module = None

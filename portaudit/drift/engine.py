@@ -85,7 +85,10 @@ def top_symbol(r: Resolved) -> str:
 
 
 def entry_points(manifest: Manifest, matcher: Matcher) -> list[str]:
-    """Manifest symbols no other manifest symbol uses: the roots the closure was computed from."""
+    """The manifest's declared ``entry_points``; else the manifest symbols no other manifest
+    symbol uses (the roots the closure was computed from)."""
+    if manifest.entry_points:
+        return list(manifest.entry_points)
     found: dict[str, Resolved] = {}
     for e in manifest.entries:
         r = matcher.resolve_old(e.symbol)

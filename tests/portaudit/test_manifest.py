@@ -99,3 +99,23 @@ def test_docs_code_table_matches_the_code_registry():
     text = (Path(__file__).resolve().parents[2] / "docs/codes.md").read_text()
     for c in CODES.values():
         assert f"| {c.code} | {c.family} | {c.severity} | {c.title} | {c.help} |" in text
+
+
+def test_entry_points_and_numerics_tolerances_load(tmp_path):
+    text = GOOD.replace("stages:", "entry_points: [up.a.f]\nnumerics:\n  tolerances:\n"
+                        "    - {op: f, output: o, dtype: float32, rtol: 2.0e-5, reason: \"TF32 dots\"}\nstages:", 1)
+    m = load(tmp_path, text)
+    assert m.entry_points == ["up.a.f"]
+    assert m.tolerances == [{"op": "f", "output": "o", "dtype": "float32", "rtol": 2.0e-5, "reason": "TF32 dots"}]
+
+
+@pytest.mark.parametrize("entry, why", [
+    ("{op: f, rtol: 1.0e-5}", "missing required key 'reason'"),
+    ("{op: f, rtol: -1, reason: x}", "expected a positive number"),
+    ("{op: f, rtol: 1.0e-5, reason: x, tol: 2}", "unknown key"),
+])
+def test_numerics_tolerance_errors_name_the_key(tmp_path, entry, why):
+    text = GOOD.replace("stages:", f"numerics:\n  tolerances:\n    - {entry}\nstages:", 1)
+    with pytest.raises(UsageError) as exc:
+        load(tmp_path, text)
+    assert why in str(exc.value) and "numerics" in str(exc.value) and re.search(r"m\.yaml:\d+:\d+", str(exc.value))
