@@ -9,6 +9,8 @@ torch_chunk_kda fallback. Prints a table and writes benchmarks/results/bench_kda
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import platform
@@ -27,6 +29,18 @@ from myfla.ops.kda import chunk_kda
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_kda.json"
 BT = 64
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc malloc to keep freed blocks up to 1 GiB instead of returning them to the OS, so
+    large temporaries are reused rather than page-faulted in again on every call (the effect of
+    jemalloc/tcmalloc in CPU deployments). Affects every implementation timed in this process."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    libc = ctypes.CDLL(name)
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 31))
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
@@ -137,14 +151,19 @@ def main():
                              "times are scaled linearly to T, which underestimates its O(T^2) backward")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="configure glibc malloc to reuse freed memory (see keep_freed_memory)")
+    parser.add_argument("--skip-transformers", action="store_true")
     args = parser.parse_args()
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     if args.quick:
         args.T, args.repeats, args.naive_T = 2048, 3, 256
     torch.set_num_threads(args.threads)
     B, T, H, K, V = 1, args.T, args.H, args.K, args.V
     rows = []
     record = {"shape": dict(B=B, T=T, H=H, K=K, V=V), "dtype": "float32", "threads": args.threads,
-              "torch": torch.__version__, "machine": platform.processor() or platform.machine()}
+              "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+              "malloc_keeps_freed_memory": kept}
 
     xs = make_inputs(B, T, H, K, V)
     fwd = median_time(lambda: run_fwd(chunk_kda, xs), args.repeats)
@@ -178,9 +197,10 @@ def main():
                                          "speedup_fwd_bwd": n_fb / fwd_bwd}
     rows.append(("fla naive_recurrent_kda", T, n_fwd, n_fb, f"measured at T={Tn}, scaled x{T / Tn:g}"))
 
-    hf = load_transformers_kda()
+    hf = None if args.skip_transformers else load_transformers_kda()
     if hf is None:
-        record["transformers_torch_chunk_kda"] = "transformers not importable: not measured"
+        record["transformers_torch_chunk_kda"] = ("skipped" if args.skip_transformers
+                                                  else "transformers not importable: not measured")
     else:
         xh = make_inputs(B, T, H, K, V, requires_grad=True)
         h_fwd = median_time(lambda: run_fwd(hf, [x.detach() for x in xh]), 1)
@@ -194,7 +214,8 @@ def main():
     record["saved_for_backward_bytes"] = saved
     record["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    print(f"B={B} H={H} K={K} V={V} fp32, {args.threads} threads, medians of {args.repeats}")
+    print(f"B={B} H={H} K={K} V={V} fp32, {args.threads} threads, medians of {args.repeats}"
+          + (", malloc keeps freed memory" if kept else ""))
     print(f"{'implementation':<30}{'T':>7}{'forward':>12}{'fwd+bwd':>12}  note")
     for name, t, a, b, note in rows:
         fa = "-" if a != a else f"{a * 1e3:.1f} ms"
@@ -202,15 +223,16 @@ def main():
     print(f"chunk_kda / lower bound: fwd {fwd / lb_fwd:.1f}x, fwd+bwd {fwd_bwd / lb_all:.1f}x")
     print(f"speedup over fla naive_recurrent_kda (fwd+bwd): {n_fb / fwd_bwd:.0f}x")
     if hf is None:
-        print("transformers torch_chunk_kda: transformers not importable, not measured")
+        print(f"transformers torch_chunk_kda: {record['transformers_torch_chunk_kda']}")
     else:
         r = record["transformers_torch_chunk_kda"]
         print(f"speedup over transformers {r['function']}: fwd {r['speedup_fwd']:.1f}x, "
               f"fwd+bwd {r['speedup_fwd_bwd']:.1f}x")
     print(f"saved for backward: {saved / 2**30:.3f} GiB; peak RSS {record['peak_rss_bytes'] / 2**30:.2f} GiB")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    out = RESULTS.with_name("bench_kda_keep_freed_memory.json") if kept else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
