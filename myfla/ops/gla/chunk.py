@@ -52,10 +52,11 @@ def chunk_gla_fwd_o_gk(
     step = max(1, 64 // max(1, qc.shape[0] * qc.shape[1]))
     for c in range(0, qc.shape[2], step):
         sl = slice(c, c + step)
-        qg = Gc[:, :, sl].exp().mul_(qc[:, :, sl]).mul_(scale)
+        q_s, G_s, A_s, v_s, h_s = (x[:, :, sl].contiguous() for x in (qc, Gc, Ac, vc, hc))
+        qg = G_s.exp_().mul_(q_s).mul_(scale)
         o[:, :, sl] = torch.baddbmm(
-            (Ac[:, :, sl].tril() @ vc[:, :, sl]).flatten(0, 2), qg.flatten(0, 2), hc[:, :, sl].flatten(0, 2)
-        ).view(o[:, :, sl].shape)
+            (A_s.tril_() @ v_s).flatten(0, 2), qg.flatten(0, 2), h_s.flatten(0, 2)
+        ).view(q_s.shape[:-1] + v_s.shape[-1:])
     return _from_grid(layout, o).to(v.dtype)
 
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from myfla.ops.kda.chunk_intra import chunk_slabs, chunks_to_grid, from_grid, grid_empty, last_gate, to_grid
+from myfla.ops.kda.chunk_intra import chunk_slabs, chunks_to_grid, from_grid, grid_empty, last_gate, slab, to_grid
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.utils import check_shared_mem
 
@@ -51,8 +51,7 @@ def chunk_kda_bwd_dqkwg(
     dq, dk, dg, dw = (grid_empty(qc, K) for _ in range(4))
     for sl in chunk_slabs(qc):
         dq[:, :, sl], dk[:, :, sl], dw[:, :, sl], dg[:, :, sl] = _dqkwg_chunks(
-            qc[:, :, sl], kc[:, :, sl], vc[:, :, sl], hc[:, :, sl], Gc[:, :, sl], doc[:, :, sl],
-            dhc[:, :, sl], dvc[:, :, sl], scale)
+            *(slab(x, sl) for x in (qc, kc, vc, hc, Gc, doc, dhc, dvc)), scale)
     return (from_grid(layout, dq), from_grid(layout, dk), from_grid(layout, dw).to(w.dtype),
             from_grid(layout, dg).to(g.dtype))
 

@@ -68,6 +68,12 @@ def chunk_slabs(xc: torch.Tensor):
     return [slice(c, min(c + step, NC)) for c in range(0, NC, step)]
 
 
+def slab(xc: torch.Tensor, sl: slice) -> torch.Tensor:
+    """Contiguous copy of chunks ``sl`` of a grid view: derived temporaries are then contiguous too,
+    so the batched matmuls take them without copying transposed operands."""
+    return xc[:, :, sl].contiguous()
+
+
 def last_gate(G: torch.Tensor) -> torch.Tensor:
     """Gate at each chunk's last valid token (``[..., BT, K]`` -> ``[..., K]``); the grid's 'last' fill
     repeats that token into the padding, so it is the last row."""
@@ -190,7 +196,7 @@ def chunk_kda_fwd_intra(
     qc, kc, bc, Gc = to_grid(layout, q), to_grid(layout, k), to_grid(layout, beta), to_grid(layout, gk, 'last')
     Aqk, Akk = grid_empty(qc, BT), grid_empty(qc, BT)
     for sl in chunk_slabs(qc):
-        Aqk[:, :, sl], Akk[:, :, sl] = intra_scores(qc[:, :, sl], kc[:, :, sl], bc[:, :, sl], Gc[:, :, sl], scale)
+        Aqk[:, :, sl], Akk[:, :, sl] = intra_scores(slab(qc, sl), slab(kc, sl), slab(bc, sl), slab(Gc, sl), scale)
     Aqk = from_grid(layout, Aqk).to(output_dtype)
     Akk = from_grid(layout, Akk).to(output_dtype)
     Akk = solve_tril(
@@ -233,14 +239,14 @@ def chunk_kda_bwd_intra(
     dq_intra, dk_intra, dg_intra = grid_empty(qc, K), grid_empty(qc, K), grid_empty(qc, K)
     db_intra = grid_empty(qc)
     for sl in chunk_slabs(qc):
-        q_s, k_s, b_s = qc[:, :, sl], kc[:, :, sl], bc[:, :, sl].unsqueeze(-1)
-        dAkk_s = dAkk_c[:, :, sl]
-        tri = GatedTril(Gc[:, :, sl])
+        q_s, k_s, b_s = slab(qc, sl), slab(kc, sl), slab(bc, sl).unsqueeze(-1)
+        dAqk_s, dAkk_s = slab(dAqk_c, sl), slab(dAkk_c, sl)
+        tri = GatedTril(slab(Gc, sl))
         # row side: gradients of q and of beta*k; column side: gradient of k
-        dq_s, dk_rows = tri.grad_rows([dAqk_c[:, :, sl], dAkk_s], k_s)
+        dq_s, dk_rows = tri.grad_rows([dAqk_s, dAkk_s], k_s)
         db_intra[:, :, sl] = (dk_rows * k_s).sum(-1)
         dk_rows.mul_(b_s)
-        dk_cols = tri.grad_cols([dAqk_c[:, :, sl], dAkk_s], [q_s, k_s * b_s])
+        dk_cols = tri.grad_cols([dAqk_s, dAkk_s], [q_s, k_s * b_s])
         dq_intra[:, :, sl] = dq_s
         dg_intra[:, :, sl] = torch.addcmul(q_s * dq_s, dk_rows - dk_cols, k_s)
         dk_intra[:, :, sl] = dk_rows.add_(dk_cols)

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.kda.chunk_intra import chunk_slabs, from_grid, grid_empty, last_gate, to_grid
+from myfla.ops.kda.chunk_intra import chunk_slabs, from_grid, grid_empty, last_gate, slab, to_grid
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 
 
@@ -42,15 +42,15 @@ def recompute_w_u_fwd(
     qg = grid_empty(kc, K) if qc is not None else None
     kg = grid_empty(kc, K) if gk is not None else None
     for sl in chunk_slabs(kc):
-        A_s, b_s, k_s = Ac[:, :, sl], bc[:, :, sl], kc[:, :, sl]
-        u[:, :, sl] = A_s @ (vc[:, :, sl] * b_s)
+        A_s, b_s, k_s = slab(Ac, sl), slab(bc, sl), slab(kc, sl)
+        u[:, :, sl] = A_s @ (slab(vc, sl) * b_s)
         kb = k_s * b_s
         if Gc is not None:
-            G_s = Gc[:, :, sl]
+            G_s = slab(Gc, sl)
             decay = G_s.exp()
             kb.mul_(decay)
             if qg is not None:
-                qg[:, :, sl] = qc[:, :, sl] * decay
+                qg[:, :, sl] = slab(qc, sl) * decay
             kg[:, :, sl] = (last_gate(G_s).unsqueeze(-2) - G_s).exp_().mul_(k_s)
         w[:, :, sl] = A_s @ kb
     u = from_grid(layout, u).to(v.dtype)
@@ -89,7 +89,7 @@ def prepare_wy_repr_bwd(
     db, dA = grid_empty(kc), grid_empty(kc, BT)
     for sl in chunk_slabs(kc):
         dk[:, :, sl], dv[:, :, sl], db[:, :, sl], dg[:, :, sl], dA[:, :, sl] = _wy_bwd_chunks(
-            Ac[:, :, sl], bc[:, :, sl], kc[:, :, sl], vc[:, :, sl], Gc[:, :, sl], dwc[:, :, sl], duc[:, :, sl])
+            *(slab(x, sl) for x in (Ac, bc, kc, vc, Gc, dwc, duc)))
     return (from_grid(layout, dk), from_grid(layout, dv).to(v.dtype), from_grid(layout, db),
             from_grid(layout, dg), from_grid(layout, dA))
 
