@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from myfla.ops.common.chunk_delta_h import chunk_gated_delta_rule_bwd_dhu, chunk_gated_delta_rule_fwd_h
 from myfla.ops.common.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local, chunk_fwd_o
 from myfla.ops.common.chunk_scaled_dot_kkt import chunk_scaled_dot_kkt_fwd
-from myfla.ops.utils import chunk_local_cumsum
+from myfla.ops.utils import chunk_local_cumsum, prepare_position_ids
 from tests.numerics import assert_rms
 
 D = torch.float64
@@ -248,3 +248,26 @@ def test_wy_repr_forward_and_backward(B, T, H, K, V, cu):
     assert_rms("u", u_ref, u, 1e-12)
     for name, ref, x in zip(["dk", "dv", "dbeta", "dg"], [t.grad for t in leaves], [dk, dv, db, dg]):
         assert_rms(name, ref, x, 1e-10)
+
+
+@pytest.mark.parametrize("B,T,H,K,V,cu", CASES[1:])
+def test_g_gamma_equals_constant_cumulative_gate(B, T, H, K, V, cu):
+    """A per-head constant decay ``g_gamma`` is the scalar-gate path with g = chunk-local cumsum of
+    gamma (fla's kernels build gamma * (i + 1) in-kernel)."""
+    cu_seqlens = torch.tensor(cu) if cu is not None else None
+    q, k, w, u, _, _, h0 = _inputs(B, T, H, K, V, cu_seqlens, 'none')
+    gamma = -torch.rand(H, dtype=D)
+    pos = torch.arange(T) if cu_seqlens is None else prepare_position_ids(cu_seqlens)
+    g = ((pos % BT + 1).to(D)[None, :, None] * gamma).expand(B, T, H).contiguous()
+    h, v_new, _ = chunk_gated_delta_rule_fwd_h(k, w, u, g=g, initial_state=h0, cu_seqlens=cu_seqlens)
+    do = torch.randn(B, T, H, V, dtype=D)
+    dh, _, dv2 = chunk_gated_delta_rule_bwd_dhu(q, k, w, do, torch.randn_like(do), g=g, h0=h0, scale=0.2,
+                                                cu_seqlens=cu_seqlens)
+    kw = dict(scale=0.2, cu_seqlens=cu_seqlens)
+    assert_rms("o", chunk_fwd_o(q, k, v_new, h, g=g, **kw), chunk_fwd_o(q, k, v_new, h, g_gamma=gamma, **kw), 1e-12)
+    assert_rms("dv", chunk_bwd_dv_local(q, k, do, g=g, **kw), chunk_bwd_dv_local(q, k, do, g_gamma=gamma, **kw), 1e-12)
+    ref = chunk_bwd_dqkwg(q, k, v_new, do, h, dh, w=w, g=g, dv=dv2, **kw)
+    out = chunk_bwd_dqkwg(q, k, v_new, do, h, dh, w=w, g_gamma=gamma, dv=dv2, **kw)
+    for name, a, b in zip(["dq", "dk", "dw"], ref[:3], out[:3]):
+        assert_rms(name, a, b, 1e-12)
+    assert out[3] is None
