@@ -106,7 +106,8 @@ class GatedTril:
             if BT % (2 * s) == 0:
                 pairs = G.unflatten(-2, (BT // (2 * s), 2, s))                # [..., M, 2, s, K]
                 gn = pairs[..., 1, :1, :]                                     # [..., M, 1, K]
-                row = (pairs[..., 1, :, :] - gn).exp_()
+                # at s = 1 the row block is its own reference row: the factor is exactly 1
+                row = (pairs[..., 1, :, :] - gn).exp_() if s > 1 else None
                 col = (gn - pairs[..., 0, :, :]).exp_()
                 self.levels.append((s, row, col))
             s //= 2
@@ -115,6 +116,12 @@ class GatedTril:
     @staticmethod
     def _pairs(x: torch.Tensor, s: int) -> torch.Tensor:
         return x.unflatten(-2, (x.shape[-2] // (2 * s), 2, s))               # [..., M, 2, s, K]
+
+    @classmethod
+    def _rows(cls, X: torch.Tensor, s: int, row) -> torch.Tensor:
+        """Rows of the odd blocks of level ``s`` times their factor (``row`` None means 1)."""
+        rows = cls._pairs(X, s)[..., 1, :, :]
+        return rows if row is None else rows * row
 
     @staticmethod
     def _blocks(A: torch.Tensor, s: int) -> torch.Tensor:
@@ -137,7 +144,7 @@ class GatedTril:
         for s, row, col in self.levels:
             Yc = self._pairs(Y, s)[..., 0, :, :] * col                        # [..., M, s, K]
             for X, A in zip(Xs, As):
-                Xr = self._pairs(X, s)[..., 1, :, :] * row
+                Xr = self._rows(X, s, row)
                 self._blocks(A, s).copy_((Xr @ Yc.transpose(-1, -2)).movedim(-3, -1))
         return As
 
@@ -149,7 +156,10 @@ class GatedTril:
             Yc = self._pairs(Y, s)[..., 0, :, :] * col
             for dA, dX in zip(dAs, dXs):
                 dAb = self._blocks(dA, s).movedim(-1, -3)                     # [..., M, s, s]
-                self._pairs(dX, s)[..., 1, :, :].addcmul_(dAb @ Yc, row)
+                if row is None:
+                    self._pairs(dX, s)[..., 1, :, :].add_(dAb @ Yc)
+                else:
+                    self._pairs(dX, s)[..., 1, :, :].addcmul_(dAb @ Yc, row)
         return dXs
 
     def grad_cols(self, dAs: list[torch.Tensor], Xs: list[torch.Tensor]) -> torch.Tensor:
@@ -158,7 +168,7 @@ class GatedTril:
         for s, row, col in self.levels:
             acc = None
             for dA, X in zip(dAs, Xs):
-                Xr = self._pairs(X, s)[..., 1, :, :] * row
+                Xr = self._rows(X, s, row)
                 part = self._blocks(dA, s).movedim(-1, -3).transpose(-1, -2) @ Xr
                 acc = part if acc is None else acc.add_(part)
             self._pairs(dY, s)[..., 0, :, :].addcmul_(acc, col)
