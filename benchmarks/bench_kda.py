@@ -2,8 +2,13 @@
 a FLOP lower bound measured in the same run, and (when importable) transformers' Kimi Linear
 torch_chunk_kda fallback. Prints a table and writes benchmarks/results/bench_kda.json.
 
-    python benchmarks/bench_kda.py            # B=1 H=4 K=V=128 T=8192 (the targets' shape)
-    python benchmarks/bench_kda.py --quick    # smaller T, for a smoke run
+    python benchmarks/bench_kda.py                       # B=1 H=4 K=V=128 T=8192 (the targets' shape)
+    python benchmarks/bench_kda.py --keep-freed-memory   # same, glibc malloc reusing freed memory
+    python benchmarks/bench_kda.py --quick               # smaller T, for a smoke run
+
+fla's naive recurrence is timed at the full T by default (its backward alone takes minutes);
+``--naive-T`` times it at a smaller T and scales linearly, which underestimates it. Set
+PORTAUDIT_FLA040 to a local fla 0.4.0 tree where the wheels cannot be fetched.
 """
 
 from __future__ import annotations
