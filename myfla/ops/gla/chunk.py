@@ -53,9 +53,10 @@ def chunk_gla_fwd_o_gk(
     for c in range(0, qc.shape[2], step):
         sl = slice(c, c + step)
         q_s, G_s, A_s, v_s, h_s = (x[:, :, sl].contiguous() for x in (qc, Gc, Ac, vc, hc))
-        qg = G_s.exp_().mul_(q_s).mul_(scale)
+        # out of place: a contiguous slice is the caller's own memory
+        qg = G_s.exp().mul_(q_s).mul_(scale)
         o[:, :, sl] = torch.baddbmm(
-            (A_s.tril_() @ v_s).flatten(0, 2), qg.flatten(0, 2), h_s.flatten(0, 2)
+            (A_s.tril() @ v_s).flatten(0, 2), qg.flatten(0, 2), h_s.flatten(0, 2)
         ).view(q_s.shape[:-1] + v_s.shape[-1:])
     return _from_grid(layout, o).to(v.dtype)
 

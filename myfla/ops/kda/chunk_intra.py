@@ -69,8 +69,9 @@ def chunk_slabs(xc: torch.Tensor):
 
 
 def slab(xc: torch.Tensor, sl: slice) -> torch.Tensor:
-    """Contiguous copy of chunks ``sl`` of a grid view: derived temporaries are then contiguous too,
-    so the batched matmuls take them without copying transposed operands."""
+    """Chunks ``sl`` of a grid view, contiguous: derived temporaries are then contiguous too, so the
+    batched matmuls take them without copying transposed operands. When the slice already is
+    contiguous (H == 1) this is the caller's memory: never modify it in place."""
     return xc[:, :, sl].contiguous()
 
 
@@ -132,14 +133,16 @@ class GatedTril:
         Av = A.view(*A.shape[:-2], M, 2, s, M, 2, s)
         return Av.diagonal(0, -6, -3)[..., 1, :, 0, :, :]
 
-    def scores(self, Xs: list[torch.Tensor], Y: torch.Tensor) -> list[torch.Tensor]:
+    def scores(self, Xs: list[torch.Tensor], Y: torch.Tensor, diagonals=None) -> list[torch.Tensor]:
         """For each ``X`` in ``Xs``: ``A[i, j] = sum_d X[i,d] Y[j,d] exp(G[i,d] - G[j,d])`` for
-        ``j <= i``, ``[..., BT, BT]`` (the gated ``Y`` columns are shared by all ``Xs``)."""
+        ``j <= i``, ``[..., BT, BT]`` (the gated ``Y`` columns are shared by all ``Xs``); where
+        ``diagonals`` says False for an ``X``, its diagonal is left 0 (strictly lower result)."""
         BT = self.BT
         As = []
-        for X in Xs:
+        for n, X in enumerate(Xs):
             A = X.new_zeros(*X.shape[:-2], BT, BT)
-            A.diagonal(0, -2, -1).copy_((X * Y).sum(-1))
+            if diagonals is None or diagonals[n]:
+                A.diagonal(0, -2, -1).copy_((X * Y).sum(-1))
             As.append(A)
         for s, row, col in self.levels:
             Yc = self._pairs(Y, s)[..., 0, :, :] * col                        # [..., M, s, K]
@@ -177,9 +180,9 @@ class GatedTril:
 
 def intra_scores(q, k, beta, G, scale):
     """Port-only helper: ``(Aqk, Akk)`` of one chunk grid (fp32, ``Akk`` strictly lower, before the inverse)."""
-    Aqk, Akk = GatedTril(G).scores([q * scale, k * beta.unsqueeze(-1)], k)
-    Akk.diagonal(0, -2, -1).zero_()
-    return Aqk, Akk
+    # scale and beta act on whole rows, so they are applied to the [BT, BT] results
+    Aqk, Akk = GatedTril(G).scores([q, k], k, diagonals=(True, False))
+    return Aqk.mul_(scale), Akk.mul_(beta.unsqueeze(-1))
 
 
 def chunk_kda_fwd_intra(

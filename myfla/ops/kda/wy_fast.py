@@ -42,17 +42,19 @@ def recompute_w_u_fwd(
     qg = grid_empty(kc, K) if qc is not None else None
     kg = grid_empty(kc, K) if gk is not None else None
     for sl in chunk_slabs(kc):
-        A_s, b_s, k_s = slab(Ac, sl), slab(bc, sl), slab(kc, sl)
-        u[:, :, sl] = A_s @ (slab(vc, sl) * b_s)
-        kb = k_s * b_s
+        k_s = slab(kc, sl)
+        # A diag(beta): beta scales columns of the [BT, BT] matrix instead of rows of v and k
+        A_b = slab(Ac, sl) * slab(bc, sl).transpose(-1, -2)
+        u[:, :, sl] = A_b @ slab(vc, sl)
         if Gc is not None:
             G_s = slab(Gc, sl)
             decay = G_s.exp()
-            kb.mul_(decay)
             if qg is not None:
                 qg[:, :, sl] = slab(qc, sl) * decay
+            w[:, :, sl] = A_b @ decay.mul_(k_s)
             kg[:, :, sl] = (last_gate(G_s).unsqueeze(-2) - G_s).exp_().mul_(k_s)
-        w[:, :, sl] = A_s @ kb
+        else:
+            w[:, :, sl] = A_b @ k_s
     u = from_grid(layout, u).to(v.dtype)
     w = from_grid(layout, w).to(k.dtype)
     if qg is not None:

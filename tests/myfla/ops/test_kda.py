@@ -73,6 +73,9 @@ def run_chunk(q, k, v, g, beta, h0, do, dht, **kw):
     leaves = [None if x is None else x.detach().clone().requires_grad_() for x in (q, k, v, g, beta, h0)]
     o, ht = chunk_kda(*leaves[:5], initial_state=leaves[5], output_final_state=True, **kw)
     ((o.float() * do).sum() + (ht * dht).sum()).backward()
+    for x, leaf in zip((q, k, v, g, beta, h0), leaves):
+        if x is not None:
+            assert torch.equal(x, leaf.detach()), "chunk_kda modified an input"
     return o, ht, [None if x is None else x.grad for x in leaves]
 
 
@@ -86,6 +89,7 @@ CHUNK_CASES = [
     (1, 64, 4, 32, 48, True, None, False, 0.1, 0.5),
     (2, 65, 1, 128, 32, False, None, True, 10.0, 0.0),
     (1, 200, 4, 32, 64, True, 0.5, False, 1.0, 0.3),
+    (2, 128, 1, 32, 32, True, None, False, 1.0, 0.0),    # H = 1, no padding: grid slices are the inputs
 ]
 
 
