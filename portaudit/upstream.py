@@ -123,13 +123,28 @@ def fetch_distributions(
                 progress(f"unpacking {wheel.name}")
             _unpack(wheel, tmp)
         (tmp / _DONE_MARKER).write_text("\n".join(dists) + "\n")
-        if root.exists():
-            shutil.rmtree(root, ignore_errors=True)
-        os.replace(tmp, root)
+        _publish(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def _publish(tmp: Path, root: Path) -> None:
+    """Move a finished tree into place. Several processes (pytest-xdist workers, parallel CI jobs)
+    may fetch the same upstream at once: the first complete tree wins and is never removed under
+    a reader; a later one is discarded. Only an incomplete leftover (a killed run) is replaced."""
+    if (root / _DONE_MARKER).is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    if root.exists():
+        shutil.rmtree(root, ignore_errors=True)
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        if not (root / _DONE_MARKER).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _find_local_wheel(dist: str, wheel_dir: Path) -> Path:

@@ -41,6 +41,30 @@ def test_fetch_from_local_wheels_unpacks_once(tmp_path):
     assert again == root   # cached: same tree, order-insensitive key, nothing fetched
 
 
+def test_concurrent_fetches_keep_the_first_complete_tree(tmp_path):
+    """Two processes finishing the same fetch: the loser's tree is discarded, the winner's stays."""
+    from portaudit.upstream import _DONE_MARKER, _publish
+
+    root = tmp_path / "trees" / "key"
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d, tag in ((first, "1"), (second, "2")):
+        d.mkdir()
+        (d / "tag").write_text(tag)
+        (d / _DONE_MARKER).write_text("")
+    root.parent.mkdir()
+    _publish(first, root)
+    _publish(second, root)
+    assert (root / "tag").read_text() == "1" and not second.exists()
+    # an incomplete leftover of a killed run is replaced
+    leftover = tmp_path / "trees" / "other"
+    leftover.mkdir()
+    third = tmp_path / "third"
+    third.mkdir()
+    (third / _DONE_MARKER).write_text("")
+    _publish(third, leftover)
+    assert (leftover / _DONE_MARKER).is_file()
+
+
 def test_corrupt_wheel_and_missing_version(tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()
