@@ -2,7 +2,8 @@
 
 fla implements it with four Triton kernels (forward, backward, final-state extraction, one-token
 update). Here each kernel's math is batched torch code over all tokens of all sequences at once; the
-only Python loop runs over the W (kernel width, typically 4) taps.
+only Python loop runs over the W (kernel width, typically 4) taps. Accumulation is fp32 as in the
+kernels (fp64 for fp64 inputs, so fp64 gradcheck sees the exact math).
 
 Conventions shared with fla 0.4.0:
 - ``weight`` is ``[D, W]``; ``y[t] = act(sum_k x[t - (W-1) + k] * weight[:, k] + bias) + residual[t]``.
@@ -40,6 +41,11 @@ causal_conv1d_fn = None
 causal_conv1d_update_cuda = None
 
 
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: fp32 for fp16/bf16/fp32 inputs as in fla's kernels, fp64 for fp64."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def _silu_grad_factor(y: torch.Tensor) -> torch.Tensor:
     """d silu(y) / dy = sigmoid(y) * (1 + y * (1 - sigmoid(y)))."""
     s = torch.sigmoid(y)
@@ -75,7 +81,7 @@ def _head_taps(
     head: torch.Tensor,
 ) -> List[torch.Tensor]:
     """Exact conv inputs of the ``head`` tokens (flat indices of tokens with ``pos < W-1``, the only
-    ones whose window reaches before their sequence): ``taps[j]`` (fp32 ``[M, D]``) is ``x[t-j]``
+    ones whose window reaches before their sequence): ``taps[j]`` (``[M, D]`` in ``x.dtype``) is ``x[t-j]``
     inside the sequence, else the initial state's column ``W - j + pos`` (or 0 without one)."""
     h_seq, h_pos = seq[head], pos[head]
     taps = [x[head]]
@@ -83,7 +89,7 @@ def _head_taps(
         inside = (h_pos >= j).unsqueeze(-1)
         if initial_state is not None:
             col = (W - j + h_pos).clamp(max=W - 1)
-            before = initial_state[h_seq, :, col].float()
+            before = initial_state[h_seq, :, col].to(x.dtype)
         else:
             before = x.new_zeros(())
         taps.append(torch.where(inside, x[(head - j).clamp(min=0)], before))
@@ -118,8 +124,9 @@ def causal_conv1d_fwd(
         x = rearrange(x, 'b t ... -> b t (...)')
     B, T, D, W = *x.shape, weight.shape[1]
     seq, pos, _, _ = _token_geometry(B, T, cu_seqlens, x.device)
-    b_x = x.reshape(B * T, D).float()
-    b_w = weight.float()
+    acc = _acc_dtype(x)
+    b_x = x.reshape(B * T, D).to(acc)
+    b_w = weight.to(acc)
 
     # tap j (the input j tokens back) meets weight column W-1-j; the flat shifted views are right
     # everywhere but at the first W-1 tokens of each sequence, which are recomputed exactly
@@ -130,7 +137,7 @@ def causal_conv1d_fwd(
     head_taps = _head_taps(b_x, seq, pos, initial_state, W, head)
     b_y[head] = sum(tap * b_w[:, W - 1 - j] for j, tap in enumerate(head_taps))
     if bias is not None:
-        b_y = b_y + bias.float()
+        b_y = b_y + bias.to(acc)
     if activation in ('swish', 'silu'):
         b_y = b_y * torch.sigmoid(b_y)
     if residual is not None:
@@ -177,7 +184,8 @@ def causal_conv1d_bwd(
     seq_len = lens[seq]
 
     # gradient at the pre-activation output; the pre-activation is recomputed as fla does
-    b_dy = dy.reshape(L, D).float()
+    acc = _acc_dtype(x)
+    b_dy = dy.reshape(L, D).to(acc)
     if activation is not None:
         y, _ = causal_conv1d_fwd(
             x=x,
@@ -190,10 +198,10 @@ def causal_conv1d_bwd(
             output_final_state=False
         )
         if activation in ('swish', 'silu'):
-            b_dy = b_dy * _silu_grad_factor(y.reshape(L, D).float())
+            b_dy = b_dy * _silu_grad_factor(y.reshape(L, D).to(acc))
 
-    b_w = weight.float()
-    b_x = x.reshape(L, D).float()
+    b_w = weight.to(acc)
+    b_x = x.reshape(L, D).to(acc)
     head = torch.nonzero(pos < W - 1).flatten()
     flat_taps = _flat_taps(b_x, W)
     head_taps = _head_taps(b_x, seq, pos, initial_state, W, head)
@@ -233,7 +241,7 @@ def causal_conv1d_bwd(
             # Deviation: a sequence shorter than W keeps initial-state column c in final-state
             # column c - len; that slot's gradient flows back to the initial state (fla 0.4.0
             # drops it; fixed in later fla, fla/modules/causal_conv1d/ops.py::compute_dh0_kernel).
-            b_dht = dht.float().transpose(1, 2)
+            b_dht = dht.to(acc).transpose(1, 2)
             cols = torch.arange(1, W, device=x.device)
             src = cols.unsqueeze(0) - lens.unsqueeze(1)                       # [N, W-1]
             kept = (src >= 0).unsqueeze(-1)
@@ -246,7 +254,7 @@ def causal_conv1d_bwd(
         # Deviation: the column of token t is t + W - len (fla 0.4.0 used 1 + t for sequences shorter
         # than W-1, reading the wrong slot; fixed in later fla, causal_conv1d/ops.py bwd kernel).
         col = (pos + W - seq_len)[tail]
-        b_dx[tail] += torch.where((col >= 1).unsqueeze(-1), dht[seq[tail], :, col.clamp(min=0)].float(), 0.)
+        b_dx[tail] += torch.where((col >= 1).unsqueeze(-1), dht[seq[tail], :, col.clamp(min=0)].to(acc), 0.)
 
     dx = b_dx.to(x.dtype)
     return dx.view(shape), dw, db, dr, dh0
@@ -306,18 +314,19 @@ def causal_conv1d_update(
     N = x.numel() // D
     W = weight.shape[1] if weight is not None else cache.shape[-1]
 
-    b_x = x.reshape(N, D).float()
+    acc = _acc_dtype(x)
+    b_x = x.reshape(N, D).to(acc)
     if cache is not None:
         # [N, D, W]: drop the oldest column, the new token becomes the last one
-        b_cache = torch.cat([cache[:, :, 1:].float(), b_x.unsqueeze(-1)], -1)
+        b_cache = torch.cat([cache[:, :, 1:].to(acc), b_x.unsqueeze(-1)], -1)
     else:
         b_cache = b_x.new_zeros(N, D, W)
     if weight is not None:
-        b_y = (b_cache * weight.float()).sum(-1)
+        b_y = (b_cache * weight.to(acc)).sum(-1)
     else:
         b_y = b_cache.sum(-1)
     if bias is not None:
-        b_y = b_y + bias.float()
+        b_y = b_y + bias.to(acc)
     if activation in ('swish', 'silu'):
         b_y = b_y * torch.sigmoid(b_y)
     if residual is not None:

@@ -3,7 +3,7 @@
 
 KDA's output norm uses the sigmoid gate, GatedDeltaNet's the swish gate. fla's four Triton kernels
 (row-blocked for ``D <= 512``, one row per program above) share one per-row formula; here it is one
-batched fp32 computation per direction.
+batched computation per direction, accumulated in fp32 as in the kernels (fp64 for fp64 inputs).
 """
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ def _check_feature_dim(x: torch.Tensor, D: int) -> None:
         raise RuntimeError("This layer norm doesn't support feature dim >= 64KB.")
 
 
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: fp32 for fp16/bf16/fp32 inputs as in fla's kernels, fp64 for fp64 inputs
+    (so fp64 gradcheck sees the exact math)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def _normalize(b_x: torch.Tensor, eps: float, is_rms_norm: bool):
-    """Row statistics of fp32 ``b_x`` ``[T, D]``: ``(x_hat, mean or None, rstd)``."""
+    """Row statistics of ``b_x`` ``[T, D]`` (in its accumulation dtype): ``(x_hat, mean or None, rstd)``."""
     if is_rms_norm:
         mean = None
         b_xbar = b_x
@@ -56,7 +62,7 @@ def layer_norm_gated_fwd(
 
     Returns ``(y, mean, rstd, residual_out)``: ``mean`` is None for RMS norm; ``residual_out`` is
     ``x + residual`` in ``residual_dtype`` (``x`` itself when there is no residual and no dtype
-    change), the tensor the backward normalises again.
+    change), the tensor the backward normalises again. ``mean``/``rstd`` are fp32, fp64 for fp64 ``x``.
 
     Source: fla/modules/fused_norm_gate.py:L450-L525 (fla 0.4.0)
     Source: fla/modules/fused_norm_gate.py:L18-L105 (fla 0.4.0)
@@ -73,18 +79,19 @@ def layer_norm_gated_fwd(
         assert bias.shape == (D,)
     _check_feature_dim(x, D)
 
-    b_x = x.float()
+    acc = _acc_dtype(x)
+    b_x = x.to(acc)
     if residual is not None:
-        b_x = b_x + residual.float()
+        b_x = b_x + residual.to(acc)
     residual_out = None
     if residual is not None or (residual_dtype is not None and residual_dtype != x.dtype):
         residual_out = b_x.to(residual_dtype)
 
     b_xhat, mean, rstd = _normalize(b_x, eps, is_rms_norm)
-    b_y = b_xhat * weight.float() if weight is not None else b_xhat
+    b_y = b_xhat * weight.to(acc) if weight is not None else b_xhat
     if bias is not None:
-        b_y = b_y + bias.float()
-    b_g = g.float()
+        b_y = b_y + bias.to(acc)
+    b_g = g.to(acc)
     if activation in ('swish', 'silu'):
         b_y = b_y * b_g * torch.sigmoid(b_g)
     elif activation == 'sigmoid':
@@ -130,14 +137,15 @@ def layer_norm_gated_bwd(
     dx_dtype = x.dtype if x_dtype is None else x_dtype
     dg_dtype = g.dtype if x_dtype is None else x_dtype
 
-    b_x = x.float()
+    acc = _acc_dtype(x)
+    b_x = x.to(acc)
     b_xhat = (b_x - mean[:, None]) * rstd[:, None] if not is_rms_norm else b_x * rstd[:, None]
-    b_y = b_xhat * weight.float() if weight is not None else b_xhat
+    b_y = b_xhat * weight.to(acc) if weight is not None else b_xhat
     if bias is not None:
-        b_y = b_y + bias.float()
+        b_y = b_y + bias.to(acc)
 
-    b_g = g.float()
-    b_dy = dy.float()
+    b_g = g.to(acc)
+    b_dy = dy.to(acc)
     b_sg = torch.sigmoid(b_g)
     if activation in ('swish', 'silu'):
         b_dg = b_dy * b_y * (b_sg + b_g * b_sg * (1 - b_sg))
@@ -149,7 +157,7 @@ def layer_norm_gated_bwd(
         # an ungated output does not depend on g
         b_dg = torch.zeros_like(b_g)
 
-    b_wdy = b_dy * weight.float() if weight is not None else b_dy
+    b_wdy = b_dy * weight.to(acc) if weight is not None else b_dy
     dw = (b_dy * b_xhat).sum(0).to(weight.dtype) if weight is not None else None
     db = b_dy.sum(0).to(bias.dtype) if bias is not None else None
     b_c1 = (b_xhat * b_wdy).mean(-1, keepdim=True)
@@ -158,7 +166,7 @@ def layer_norm_gated_bwd(
     else:
         b_dx = (b_wdy - (b_xhat * b_c1 + b_wdy.mean(-1, keepdim=True))) * rstd[:, None]
     if dresidual is not None:
-        b_dx = b_dx + dresidual.float()
+        b_dx = b_dx + dresidual.to(acc)
 
     dx = b_dx.to(dx_dtype)
     dg = b_dg.to(dg_dtype)

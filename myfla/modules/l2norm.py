@@ -2,7 +2,8 @@
 
 fla computes this with four Triton kernels (a row-blocked pair for ``D <= 512`` and a one-row-per-
 program pair for larger ``D``). Both pairs evaluate the same per-row formula, so here one batched
-torch expression per direction implements all four; accumulation is fp32 as in the kernels.
+torch expression per direction implements all four; accumulation is fp32 as in the kernels (fp64
+for fp64 inputs, so fp64 gradcheck sees the exact math).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def l2norm_fwd(
 ):
     """L2-normalise the last dimension of ``x``; returns ``(y, rstd)``.
 
-    ``y`` has ``x``'s shape and ``output_dtype`` (``x.dtype`` when None); ``rstd`` is fp32 with shape
-    ``x.shape[:-1]`` and is what the backward needs.
+    ``y`` has ``x``'s shape and ``output_dtype`` (``x.dtype`` when None); ``rstd`` (fp32, fp64 for
+    fp64 ``x``) has shape ``x.shape[:-1]`` and is what the backward needs.
 
     Source: fla/modules/l2norm.py:L149-L192 (fla 0.4.0)
     Source: fla/modules/l2norm.py:L80-L111 (fla 0.4.0)
@@ -51,7 +52,7 @@ def l2norm_fwd(
     if D > _block_width(D, x.element_size()):
         raise RuntimeError("This layer doesn't support feature dim >= 64KB.")
 
-    b_x = x.float()
+    b_x = x.to(torch.promote_types(x.dtype, torch.float32))
     rstd = 1 / torch.sqrt(b_x.square().sum(-1) + eps)
     y = (b_x * rstd[:, None]).to(x.dtype if output_dtype is None else output_dtype)
     return y.view(x_shape_og), rstd.view(x_shape_og[:-1])
@@ -78,9 +79,10 @@ def l2norm_bwd(
     if D > _block_width(D, y.element_size()):
         raise RuntimeError("This layer norm doesn't support feature dim >= 64KB.")
 
-    b_y = y.float()
-    b_dy = dy.float()
-    b_rstd = rstd.reshape(-1, 1).float()
+    acc = torch.promote_types(y.dtype, torch.float32)
+    b_y = y.to(acc)
+    b_dy = dy.to(acc)
+    b_rstd = rstd.reshape(-1, 1).to(acc)
     b_dx = b_dy * b_rstd - (b_dy * b_y).sum(-1, keepdim=True) * b_y * b_rstd
     return b_dx.to(y.dtype).view(y_shape_og)
 

@@ -2,9 +2,10 @@
 
 GatedDeltaNet with ``use_gate=False`` normalises its output with :class:`RMSNorm`. fla's four Triton
 kernels (row-blocked for ``D <= 512``, one row per program above) evaluate one per-row formula; here
-it is one batched fp32 computation per direction. With ``num_groups = G`` every row of ``G * D``
-channels is normalised as ``G`` independent rows of ``D`` (row ``i`` of the reshaped input belongs
-to group ``i % G``) and the affine parameters are per channel.
+it is one batched computation per direction, accumulated in fp32 as in the kernels (fp64 for fp64
+inputs). With ``num_groups = G`` every row of ``G * D`` channels is normalised as ``G`` independent
+rows of ``D`` (row ``i`` of the reshaped input belongs to group ``i % G``) and the affine parameters
+are per channel.
 """
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ def _check_feature_dim(x: torch.Tensor, D: int) -> None:
         raise RuntimeError("This layer norm doesn't support feature dim >= 64KB.")
 
 
-def _per_group(p: torch.Tensor, T: int, G: int, D: int) -> torch.Tensor:
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: fp32 for fp16/bf16/fp32 inputs as in fla's kernels, fp64 for fp64 inputs
+    (so fp64 gradcheck sees the exact math)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _per_group(p: torch.Tensor, T: int, G: int, D: int, dtype: torch.dtype) -> torch.Tensor:
     """Per-channel parameter ``[G*D]`` laid out against rows ``[T, D]`` (row i uses group i % G)."""
-    return p.float().view(1, G, D).expand(T // G, G, D).reshape(T, D)
+    return p.to(dtype).view(1, G, D).expand(T // G, G, D).reshape(T, D)
 
 
 def layer_norm_fwd(
@@ -43,7 +50,7 @@ def layer_norm_fwd(
 ):
     """Norm forward on 2-D ``x`` ``[T, D]``; returns ``(y, mean, rstd, residual_out)`` (``mean`` None
     for RMS norm; ``residual_out`` = ``x + residual`` in ``residual_dtype``, or ``x`` itself when
-    there is no residual and no dtype change).
+    there is no residual and no dtype change). ``mean``/``rstd`` are fp32, fp64 for fp64 ``x``.
 
     Source: fla/modules/layernorm.py:L530-L610 (fla 0.4.0)
     Source: fla/modules/layernorm.py:L180-L252 (fla 0.4.0)
@@ -60,9 +67,10 @@ def layer_norm_fwd(
         assert bias.shape == (G * D,)
     _check_feature_dim(x, D)
 
-    b_x = x.float()
+    acc = _acc_dtype(x)
+    b_x = x.to(acc)
     if residual is not None:
-        b_x = b_x + residual.float()
+        b_x = b_x + residual.to(acc)
     res_out = None
     if residual is not None or (residual_dtype is not None and residual_dtype != x.dtype):
         res_out = b_x.to(residual_dtype)
@@ -76,9 +84,9 @@ def layer_norm_fwd(
     rstd = 1 / torch.sqrt(b_xbar.square().mean(-1) + eps)
     b_y = b_xbar * rstd[:, None]
     if weight is not None:
-        b_y = b_y * _per_group(weight, T, G, D)
+        b_y = b_y * _per_group(weight, T, G, D, acc)
     if bias is not None:
-        b_y = b_y + _per_group(bias, T, G, D)
+        b_y = b_y + _per_group(bias, T, G, D, acc)
     y = b_y.to(x.dtype if out_dtype is None else out_dtype)
     return y, mean, rstd, res_out if res_out is not None else x
 
@@ -117,13 +125,14 @@ def layer_norm_bwd(
     _check_feature_dim(x, D)
     dx_dtype = x.dtype if x_dtype is None else x_dtype
 
-    b_x = x.float()
+    acc = _acc_dtype(x)
+    b_x = x.to(acc)
     b_xhat = (b_x - mean[:, None]) * rstd[:, None] if not is_rms_norm else b_x * rstd[:, None]
-    b_dy = dy.float()
+    b_dy = dy.to(acc)
     b_wdy = b_dy
     dw = db = None
     if weight is not None:
-        b_wdy = b_dy * _per_group(weight, T, G, D)
+        b_wdy = b_dy * _per_group(weight, T, G, D, acc)
         dw = (b_dy * b_xhat).view(-1, G, D).sum(0).to(weight).view_as(weight)
     if bias is not None:
         db = b_dy.view(-1, G, D).sum(0).to(bias).view_as(bias)
@@ -133,7 +142,7 @@ def layer_norm_bwd(
     else:
         b_dx = (b_wdy - (b_xhat * b_c1 + b_wdy.mean(-1, keepdim=True))) * rstd[:, None]
     if dres is not None:
-        b_dx = b_dx + dres.float()
+        b_dx = b_dx + dres.to(acc)
 
     dx = b_dx.to(dx_dtype)
     dres_in = None
@@ -141,9 +150,9 @@ def layer_norm_bwd(
         # the residual's gradient is dx itself, in the dtype of the saved residual stream
         dres_in = dx if dx.dtype == x.dtype else b_dx.to(x.dtype)
     if recompute_output:
-        b_y = b_xhat * _per_group(weight, T, G, D) if weight is not None else b_xhat
+        b_y = b_xhat * _per_group(weight, T, G, D, acc) if weight is not None else b_xhat
         if bias is not None:
-            b_y = b_y + _per_group(bias, T, G, D)
+            b_y = b_y + _per_group(bias, T, G, D, acc)
         return dx, dw, db, dres_in, b_y.to(dy.dtype)
     return dx, dw, db, dres_in
 
