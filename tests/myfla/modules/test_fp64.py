@@ -51,6 +51,10 @@ def conv_ref_varlen(x, weight, bias, residual, h0, activation, lens):
     for n, (xn, rn) in enumerate(zip(xs, rs)):
         prev = h0[n] if h0 is not None else xn.new_zeros(xn.shape[1], W)
         ext = torch.cat([prev, xn.t()], -1)
+        if len(xn) == 0:
+            ys.append(xn)
+            hts.append(ext[:, -W:])
+            continue
         y = F.conv1d(ext[None, :, 1:], weight.unsqueeze(1), bias, groups=xn.shape[1])[0].t()
         if activation == 'silu':
             y = F.silu(y)
@@ -66,12 +70,13 @@ CONV_CASES = [
     ([7], 4, 'silu', True, False, False, True),
     ([5], 4, 'silu', True, True, True, False),
     ([1, 2], 2, None, True, False, True, True),
+    ([3, 0, 2], 3, 'silu', False, False, True, True),    # an empty sequence keeps its initial state
 ]
 
 
 @pytest.mark.parametrize("lens,W,activation,bias,residual,h0,final", CONV_CASES)
 def test_causal_conv1d_gradcheck_fp64(lens, W, activation, bias, residual, h0, final):
-    D, T, N = 3, sum(lens), len(lens)
+    D, T, N = 2, sum(lens), len(lens)
     cu = torch.tensor([0] + lens).cumsum(0) if N > 1 else None
     x = _rand(1, T, D)
     w = _rand(D, W, scale=0.5)
