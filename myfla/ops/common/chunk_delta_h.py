@@ -237,7 +237,7 @@ def chunk_gated_delta_rule_fwd_h(
         h = chunks_from_grid(layout, states[:NC].to(k.dtype), H)
     else:
         h = k.new_empty(B, 0, H, K, V)
-    final_state = states[NC].reshape(N, H, K, V).float() if output_final_state else None
+    final_state = states[NC].reshape(N, H, K, V).clone() if output_final_state else None   # fp32 (fp64)
     v_new = None
     if save_new_value:
         v_new = from_grid(layout, v_news, H, u.dtype) if NC > 0 else torch.empty_like(u)
@@ -321,5 +321,5 @@ def chunk_gated_delta_rule_bwd_dhu(
     else:
         dh = q.new_empty(B, 0, H, K, V)
         dv2 = torch.empty_like(dv)
-    dh0 = dhs[0].reshape(N, H, K, V).float() if h0 is not None else None
+    dh0 = dhs[0].reshape(N, H, K, V).clone() if h0 is not None else None               # fp32 (fp64)
     return dh, dh0, dv2

@@ -176,7 +176,7 @@ def chunk_bwd_dqkwg(
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
     if layout.NC == 0:
         return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(w) if w is not None else None,
-                torch.empty(*g.shape, dtype=torch.float32, device=g.device) if g is not None else None)
+                torch.empty(*g.shape, dtype=compute_dtype_of(q, k, g), device=g.device) if g is not None else None)
     cdt = compute_dtype_of(q, k, v, do, h, dh)
     q_c = to_grid(layout, q, dtype=cdt)
     k_c = to_grid(layout, k, dtype=cdt)
@@ -220,7 +220,7 @@ def chunk_bwd_dqkwg(
             # the chunk's last real token also carries the gradient through the state decay exp(g_last)
             is_last = valid & ~torch.cat([valid[..., 1:], torch.zeros_like(valid[..., :1])], -1)
             dg_c = dg_c + is_last * dg_last.unsqueeze(-1)
-            dg = from_grid(layout, dg_c, H, torch.float32)
+            dg = from_grid(layout, dg_c, H, cdt)          # fp32 (fp64 for fp64 inputs)
         flat(dq).baddbmm_(flat(ds), flat(k_c))
         flat(dk).baddbmm_(flat(ds).transpose(-1, -2), flat(q_c))
     else:

@@ -53,7 +53,7 @@ def _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_f
         g=g,
         beta=beta,
         cu_seqlens=cu_seqlens,
-        output_dtype=torch.float32
+        output_dtype=torch.promote_types(k.dtype, torch.float32)     # fp32 as fla; fp64 stays fp64
     )
     A = solve_tril(
         A=A,

@@ -22,12 +22,16 @@ BS_LIST = [32, 64] if check_shared_mem() else [16, 32]
 def _chunk_cumsum(g: torch.Tensor, chunk_size: int, reverse: bool, scale: Optional[float],
                   cu_seqlens: Optional[torch.Tensor], head_first: bool,
                   output_dtype: Optional[torch.dtype]) -> torch.Tensor:
-    """Shared body of the scalar and vector variants: fp32 cumsum inside every chunk."""
+    """Shared body of the scalar and vector variants: fp32 cumsum inside every chunk (fp64 for fp64
+    gates, whose result then stays fp64 so that fp64 checks are exact)."""
+    acc_dtype = torch.promote_types(g.dtype, torch.float32)
     out_dtype = output_dtype or g.dtype
+    if acc_dtype == torch.float64:
+        out_dtype = torch.promote_types(out_dtype, acc_dtype)
     x = g.transpose(1, 2) if head_first else g                      # -> [B, T, H, (S)]
     B, T = x.shape[:2]
     layout = get_chunk_layout(B, T, chunk_size, cu_seqlens, device=g.device)
-    xc = layout.pack(x.float(), fill='zero')                       # [N, NC, BT, H, (S)]
+    xc = layout.pack(x.to(acc_dtype), fill='zero')                 # [N, NC, BT, H, (S)]
     if reverse:
         oc = xc.flip(2).cumsum(2).flip(2)
     else:
