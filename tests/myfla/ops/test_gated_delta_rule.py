@@ -321,3 +321,33 @@ def test_time_segments_equal_single_pass(monkeypatch, use_h0, final, use_l2):
             assert b is None, name
             continue
         assert_rms(name, a, b, 1e-6)
+
+
+@pytest.mark.parametrize("T,H,K,V,use_l2,use_h0", [
+    (17, 1, 8, 8, False, True),
+    (65, 2, 16, 8, True, True),       # two chunks: the state recurrence and its backward
+])
+def test_chunk_gradcheck_fp64(T, H, K, V, use_l2, use_h0):
+    """fp64 inputs are computed in fp64 end to end, so finite differences agree with the analytic
+    backward (ChunkGatedDeltaRuleFunction through chunk_gated_delta_rule), incl. in-kernel l2norm
+    and the initial state. fast_mode checks random projections of the Jacobian (full mode would
+    need thousands of forward passes at T=65)."""
+    gen = torch.Generator().manual_seed(T * 100 + H)
+    opts = dict(dtype=torch.float64, generator=gen)
+    q = torch.randn(1, T, H, K, **opts)
+    k = torch.randn(1, T, H, K, **opts)
+    if not use_l2:
+        k = F.normalize(k, p=2, dim=-1)
+    v = torch.randn(1, T, H, V, **opts)
+    g = F.logsigmoid(torch.randn(1, T, H, **opts))
+    beta = torch.rand(1, T, H, **opts)
+    h0 = torch.randn(1, H, K, V, **opts) if use_h0 else None
+    inputs = tuple(x.requires_grad_() for x in (q, k, v, g, beta, h0) if x is not None)
+
+    def fn(q, k, v, g, beta, *rest):
+        return chunk_gated_delta_rule(q, k, v, g, beta, initial_state=rest[0] if rest else None,
+                                      output_final_state=True, use_qk_l2norm_in_kernel=use_l2)
+
+    out, ht = fn(*inputs)
+    assert out.dtype == torch.float64 and ht.dtype == torch.float64
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
