@@ -32,6 +32,17 @@ supports_autotune_cache = False
 autotune_cache_kwargs: Dict[str, Any] = {}
 
 
+def accumulation_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
+    """Port-only: the dtype the kernels accumulate in for these inputs. fp32 for fp16/bf16/fp32
+    inputs, as fla's Triton kernels; fp64 when an input is fp64 (fla would drop to fp32), so that fp64
+    checks such as ``torch.autograd.gradcheck`` see the exact math."""
+    dtype = torch.float32
+    for t in tensors:
+        if t is not None and t.is_floating_point():
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
 def get_abs_err(x, y):
     """Source: fla/utils.py:L72-L73 (fla 0.4.0)"""
     return (x.detach()-y.detach()).flatten().abs().max().item()

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from myfla.utils import input_guard, is_amd
+from myfla.utils import accumulation_dtype, input_guard, is_amd
 
 # Source: fla/modules/convolution.py:L18-L18 (fla 0.4.0)
 NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [4, 8, 16, 32]
@@ -40,10 +40,6 @@ causal_conv1d_fn = None
 # Source: fla/modules/convolution.py:L27-L27 (fla 0.4.0)
 causal_conv1d_update_cuda = None
 
-
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    """Accumulation dtype: fp32 for fp16/bf16/fp32 inputs as in fla's kernels, fp64 for fp64."""
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _silu_grad_factor(y: torch.Tensor) -> torch.Tensor:
@@ -127,7 +123,7 @@ def causal_conv1d_fwd(
         x = rearrange(x, 'b t ... -> b t (...)')
     B, T, D, W = *x.shape, weight.shape[1]
     seq, pos, _, _ = _token_geometry(B, T, cu_seqlens, x.device)
-    acc = _acc_dtype(x)
+    acc = accumulation_dtype(x)
     b_x = x.reshape(B * T, D).to(acc)
     b_w = weight.to(acc)
 
@@ -187,7 +183,7 @@ def causal_conv1d_bwd(
     seq_len = lens[seq]
 
     # gradient at the pre-activation output; the pre-activation is recomputed as fla does
-    acc = _acc_dtype(x)
+    acc = accumulation_dtype(x)
     b_dy = dy.reshape(L, D).to(acc)
     if activation is not None:
         y, _ = causal_conv1d_fwd(
@@ -317,7 +313,7 @@ def causal_conv1d_update(
     N = x.numel() // D
     W = weight.shape[1] if weight is not None else cache.shape[-1]
 
-    acc = _acc_dtype(x)
+    acc = accumulation_dtype(x)
     b_x = x.reshape(N, D).to(acc)
     if cache is not None:
         # [N, D, W]: drop the oldest column, the new token becomes the last one

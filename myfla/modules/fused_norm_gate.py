@@ -13,25 +13,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from myfla.utils import input_guard
+from myfla.modules.layernorm import _check_feature_dim
+from myfla.utils import accumulation_dtype, input_guard
 
 _GATE_ACTIVATIONS = ('swish', 'silu', 'sigmoid')
 
-
-def _next_power_of_2(n: int) -> int:
-    return 1 if n <= 1 else 1 << (n - 1).bit_length()
-
-
-def _check_feature_dim(x: torch.Tensor, D: int) -> None:
-    """fla's kernels hold one row in at most 64 KB."""
-    if D > min(65536 // x.element_size(), _next_power_of_2(D)):
-        raise RuntimeError("This layer norm doesn't support feature dim >= 64KB.")
-
-
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    """Accumulation dtype: fp32 for fp16/bf16/fp32 inputs as in fla's kernels, fp64 for fp64 inputs
-    (so fp64 gradcheck sees the exact math)."""
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _normalize(b_x: torch.Tensor, eps: float, is_rms_norm: bool):
@@ -79,7 +65,7 @@ def layer_norm_gated_fwd(
         assert bias.shape == (D,)
     _check_feature_dim(x, D)
 
-    acc = _acc_dtype(x)
+    acc = accumulation_dtype(x)
     b_x = x.to(acc)
     if residual is not None:
         b_x = b_x + residual.to(acc)
@@ -137,7 +123,7 @@ def layer_norm_gated_bwd(
     dx_dtype = x.dtype if x_dtype is None else x_dtype
     dg_dtype = g.dtype if x_dtype is None else x_dtype
 
-    acc = _acc_dtype(x)
+    acc = accumulation_dtype(x)
     b_x = x.to(acc)
     b_xhat = (b_x - mean[:, None]) * rstd[:, None] if not is_rms_norm else b_x * rstd[:, None]
     b_y = b_xhat * weight.to(acc) if weight is not None else b_xhat

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from myfla.utils import input_guard
+from myfla.utils import accumulation_dtype, input_guard
 
 
 def _next_power_of_2(n: int) -> int:
@@ -25,11 +25,6 @@ def _check_feature_dim(x: torch.Tensor, D: int) -> None:
     if D > min(65536 // x.element_size(), _next_power_of_2(D)):
         raise RuntimeError("This layer norm doesn't support feature dim >= 64KB.")
 
-
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    """Accumulation dtype: fp32 for fp16/bf16/fp32 inputs as in fla's kernels, fp64 for fp64 inputs
-    (so fp64 gradcheck sees the exact math)."""
-    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _per_group(p: torch.Tensor, T: int, G: int, D: int, dtype: torch.dtype) -> torch.Tensor:
@@ -67,7 +62,7 @@ def layer_norm_fwd(
         assert bias.shape == (G * D,)
     _check_feature_dim(x, D)
 
-    acc = _acc_dtype(x)
+    acc = accumulation_dtype(x)
     b_x = x.to(acc)
     if residual is not None:
         b_x = b_x + residual.to(acc)
@@ -125,7 +120,7 @@ def layer_norm_bwd(
     _check_feature_dim(x, D)
     dx_dtype = x.dtype if x_dtype is None else x_dtype
 
-    acc = _acc_dtype(x)
+    acc = accumulation_dtype(x)
     b_x = x.to(acc)
     b_xhat = (b_x - mean[:, None]) * rstd[:, None] if not is_rms_norm else b_x * rstd[:, None]
     b_dy = dy.to(acc)
