@@ -68,7 +68,7 @@ def chunk_gla_bwd_dA(
     cu_seqlens: Optional[torch.LongTensor] = None,
     chunk_size: int = 64
 ):
-    """``dA = scale * tril(do @ v^T)`` per chunk, fp32 ``[B, T, H, BT]``.
+    """``dA = scale * tril(do @ v^T)`` per chunk, fp32 ``[B, T, H, BT]`` (fp64 for fp64 inputs).
 
     Source: fla/ops/gla/chunk.py:L879-L908 (fla 0.4.0)
     Source: fla/ops/gla/chunk.py:L498-L546 (fla 0.4.0)
@@ -77,4 +77,5 @@ def chunk_gla_bwd_dA(
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=v.device)
     dA = (_to_grid(layout, do) @ _to_grid(layout, v).transpose(-1, -2)).tril() * scale
-    return _from_grid(layout, dA).float()
+    # the grid is already fp32 or wider: fp64 stays fp64
+    return _from_grid(layout, dA)

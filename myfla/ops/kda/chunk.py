@@ -61,7 +61,7 @@ def chunk_kda_fwd(
     """
     chunk_size = 64
     g = chunk_local_cumsum(g, chunk_size=chunk_size, cu_seqlens=cu_seqlens)
-    # Aqk stays fp32, as in fla
+    # Aqk stays fp32, as in fla (fp64 inputs keep fp64)
     Aqk, Akk = chunk_kda_fwd_intra(
         q=q,
         k=k,
@@ -69,7 +69,7 @@ def chunk_kda_fwd(
         beta=beta,
         scale=scale,
         cu_seqlens=cu_seqlens,
-        output_dtype=torch.float32,
+        output_dtype=torch.promote_types(q.dtype, torch.float32),
     )
     w, u, _, kg = recompute_w_u_fwd(
         k=k,

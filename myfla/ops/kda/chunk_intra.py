@@ -264,9 +264,9 @@ def chunk_kda_bwd_intra(
         dg_intra[:, :, sl] = torch.addcmul(q_s * dq_s, dk_rows - dk_cols, k_s)
         dk_intra[:, :, sl] = dk_rows.add_(dk_cols)
 
-    dq = dq.float() + from_grid(layout, dq_intra)
-    dk2 = dk.float() + from_grid(layout, dk_intra)
-    db = db.float() + from_grid(layout, db_intra)
+    dq = dq.to(dq_intra.dtype) + from_grid(layout, dq_intra)
+    dk2 = dk.to(dk_intra.dtype) + from_grid(layout, dk_intra)
+    db = db.to(db_intra.dtype) + from_grid(layout, db_intra)
     dg = chunk_local_cumsum(from_grid(layout, dg_intra).add_(dg), chunk_size=chunk_size, reverse=True,
                             cu_seqlens=cu_seqlens)
     return dq.to(q.dtype), dk2.to(k.dtype), db, dg

@@ -2,7 +2,8 @@
 
 fla evaluates the gate with one forward and one backward Triton kernel over ``[tokens, H*D]`` rows;
 both are elementwise (plus a per-head reduction for ``dA``), so here each is one batched torch
-expression in fp32. 2-D (``[tokens, H*D]``, vLLM) and 3-D (``[B, T, H*D]``) inputs are accepted, ``A``
+expression in fp32. As in fla the gate is fp32 for fp16/bf16/fp32 ``g``; for fp64 ``g`` it is
+computed and returned in fp64 (the natural extension, which makes fp64 gradchecks possible). 2-D (``[tokens, H*D]``, vLLM) and 3-D (``[B, T, H*D]``) inputs are accepted, ``A``
 may be ``[H]`` or ``[1, 1, H, 1]``.
 """
 
@@ -30,7 +31,7 @@ def kda_gate_ref(
     """Plain-torch KDA gate: ``-exp(A)[..., None] * softplus(g + g_bias)`` with heads split out.
 
     ``g`` is ``[..., H*D]``, ``A`` is ``[H]`` or ``[1, 1, H, 1]``, ``g_bias`` is ``[H*D]``; returns fp32
-    ``[..., H, D]``.
+    ``[..., H, D]`` (fp64 for fp64 ``g``).
 
     Source: fla/ops/kda/gate.py:L18-L54 (fla 0.4.0)
     """
@@ -38,8 +39,14 @@ def kda_gate_ref(
     if g_bias is not None:
         g = g + g_bias
     g = rearrange(g, '... (h d) -> ... h d', d=head_k_dim)
-    decay = -A.float().exp().unsqueeze(-1)
-    return decay * F.softplus(g.float(), beta, threshold)
+    dtype = _compute_dtype(g)
+    decay = -A.to(dtype).exp().unsqueeze(-1)
+    return decay * F.softplus(g.to(dtype), beta, threshold)
+
+
+def _compute_dtype(g: torch.Tensor) -> torch.dtype:
+    """fp32 for fp16/bf16/fp32 gate inputs (fla's contract), fp64 for fp64 inputs."""
+    return torch.promote_types(g.dtype, torch.float32)
 
 
 def _softplus(x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
@@ -56,7 +63,7 @@ def kda_gate_fwd(
     beta: float = 1.0,
     threshold: float = 20.0
 ) -> torch.Tensor:
-    """Forward of the KDA gate: ``g`` ``[..., H*D]`` -> fp32 ``[..., H, D]``.
+    """Forward of the KDA gate: ``g`` ``[..., H*D]`` -> fp32 ``[..., H, D]`` (fp64 for fp64 ``g``).
 
     Source: fla/ops/kda/gate.py:L213-L250 (fla 0.4.0)
     Source: fla/ops/kda/gate.py:L57-L123 (fla 0.4.0)
@@ -68,10 +75,11 @@ def kda_gate_fwd(
     H = A.numel()
     assert HD == H * head_k_dim
 
-    b_g = g.float().view(-1, H, head_k_dim)
+    dtype = _compute_dtype(g)
+    b_g = g.to(dtype).view(-1, H, head_k_dim)
     if g_bias is not None:
-        b_g = b_g + g_bias.float().view(H, head_k_dim)
-    neg_exp_a = -A.float().view(H, 1).exp()
+        b_g = b_g + g_bias.to(dtype).view(H, head_k_dim)
+    neg_exp_a = -A.to(dtype).view(H, 1).exp()
     y = neg_exp_a * _softplus(b_g, beta, threshold)
     return y.view(*orig_shape, H, head_k_dim)
 
@@ -100,11 +108,12 @@ def kda_gate_bwd(
     H = A.numel()
     D = head_k_dim
 
-    dy = grad_output.reshape(T, H, D).float()
-    b_g = g_flat.float().view(T, H, D)
+    dtype = _compute_dtype(g)
+    dy = grad_output.reshape(T, H, D).to(dtype)
+    b_g = g_flat.to(dtype).view(T, H, D)
     if g_bias is not None:
-        b_g = b_g + g_bias.float().view(H, D)
-    neg_exp_a = -A.float().view(H, 1).exp()
+        b_g = b_g + g_bias.to(dtype).view(H, D)
+    neg_exp_a = -A.to(dtype).view(H, 1).exp()
     sp = _softplus(b_g, beta, threshold)
     sig = torch.sigmoid(b_g * beta)
 
@@ -149,7 +158,7 @@ class KDAGateFunction(torch.autograd.Function):
 def fused_kda_gate(g: torch.Tensor, A: torch.Tensor, head_k_dim: int,
                    g_bias: torch.Tensor | None = None,
                    beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
-    """KDA gate with autograd: ``g`` ``[..., H*D]`` -> fp32 ``[..., H, D]``.
+    """KDA gate with autograd: ``g`` ``[..., H*D]`` -> fp32 ``[..., H, D]`` (fp64 for fp64 ``g``).
 
     Source: fla/ops/kda/gate.py:L329-L349 (fla 0.4.0)
     """
