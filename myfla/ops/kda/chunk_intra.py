@@ -179,9 +179,27 @@ class GatedTril:
 
 
 def intra_scores(q, k, beta, G, scale):
-    """Port-only helper: ``(Aqk, Akk)`` of one chunk grid (fp32, ``Akk`` strictly lower, before the inverse)."""
+    """Port-only helper: ``(Aqk, Akk)`` of one chunk grid (fp32, ``Akk`` strictly lower, before the inverse).
+
+    ``GatedTril.scores`` for ``Xs = [q, k]``, ``Y = k`` with the rows of ``q`` and ``k`` interleaved
+    (``[..., BT, 2, K]``): each bisection level is then one matmul, one row-factor product and one
+    block write for both matrices (at the small levels the per-op cost dominates).
+    """
+    tri = GatedTril(G)
+    BT, lead, K = tri.BT, q.shape[:-2], q.shape[-1]
+    qk = torch.stack((q, k), dim=-2)                                    # [..., BT, 2, K]
+    A = q.new_zeros(*lead, BT, 2, BT)                                   # [..., i, (qk), j]
+    A[..., 0, :].diagonal(0, -2, -1).copy_((q * k).sum(-1))             # Akk's diagonal stays 0
+    for s, row, col in tri.levels:
+        M = BT // (2 * s)
+        Yc = tri._pairs(k, s)[..., 0, :, :] * col                       # [..., M, s, K]
+        rows = qk.view(*lead, M, 2, s, 2, K)[..., 1, :, :, :]           # [..., M, s, 2, K]
+        rows = rows * row.unsqueeze(-2) if row is not None else rows
+        P = rows.reshape(*lead, M, 2 * s, K) @ Yc.transpose(-1, -2)     # [..., M, (s, 2), s]
+        blocks = A.view(*lead, M, 2, s, 2, M, 2, s).diagonal(0, -7, -3)[..., 1, :, :, 0, :, :]
+        blocks.copy_(P.view(*lead, M, s, 2, s).movedim(-4, -1))         # [..., s, 2, s, M]
+    Aqk, Akk = A.unbind(-2)
     # scale and beta act on whole rows, so they are applied to the [BT, BT] results
-    Aqk, Akk = GatedTril(G).scores([q, k], k, diagonals=(True, False))
     return Aqk.mul_(scale), Akk.mul_(beta.unsqueeze(-1))
 
 
