@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
-from myfla.utils import is_nvidia_hopper
+from myfla.utils import accumulation_dtype, is_nvidia_hopper
 
 # Warp counts of fla's autotuner (kept for API parity; unused by torch code).
 # Source: fla/ops/common/chunk_delta_h.py:L14-L14 (fla 0.4.0)
@@ -136,14 +136,6 @@ def gate_ratio(layout: ChunkLayout, g: torch.Tensor, dtype: torch.dtype) -> torc
     return memo(('gate_ratio', id(layout), dtype), (g, layout), build)
 
 
-def compute_dtype_of(*tensors: Optional[torch.Tensor]) -> torch.dtype:
-    """fp32 accumulation (fp64 when an input is fp64, so that fp64 checks stay exact)."""
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None and t.is_floating_point():
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
 
 def gate_factors(layout: ChunkLayout, H: int, K: int, g: Optional[torch.Tensor], gk: Optional[torch.Tensor],
                  dtype: torch.dtype):
@@ -197,7 +189,7 @@ def chunk_gated_delta_rule_fwd_h(
     assert K <= 256, "current kernel does not support head dimension larger than 256."
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
     N, NC = layout.N, layout.NC
-    cdt = compute_dtype_of(k, w, u)
+    cdt = accumulation_dtype(k, w, u)
 
     _, decay, k_scale = gate_factors(layout, H, K, g, gk, cdt)
     kT = to_grid(layout, k, dtype=cdt).transpose(-1, -2).unbind(0)     # NC x [NH, K, BT] (transposed views)
@@ -275,7 +267,7 @@ def chunk_gated_delta_rule_bwd_dhu(
     assert K <= 256, "current kernel does not support head dimension being larger than 256."
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=q.device)
     N, NC = layout.N, layout.NC
-    cdt = compute_dtype_of(q, k, w, do, dv)
+    cdt = accumulation_dtype(q, k, w, do, dv)
 
     g_c, decay, k_scale = gate_factors(layout, H, K, g, gk, cdt)
     q_c = to_grid(layout, q, dtype=cdt)

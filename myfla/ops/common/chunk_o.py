@@ -15,9 +15,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.common.chunk_delta_h import chunks_to_grid, compute_dtype_of, from_grid, gate_ratio, to_grid
+from myfla.ops.common.chunk_delta_h import chunks_to_grid, from_grid, gate_ratio, to_grid
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
-from myfla.utils import is_nvidia_hopper
+from myfla.utils import accumulation_dtype, is_nvidia_hopper
 
 # Warp counts of fla's autotuner (kept for API parity; unused by torch code).
 # Source: fla/ops/common/chunk_o.py:L15-L15 (fla 0.4.0)
@@ -69,7 +69,7 @@ def chunk_fwd_o(
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=q.device)
     if layout.NC == 0:
         return torch.empty_like(v)
-    cdt = compute_dtype_of(q, k, v, h)
+    cdt = accumulation_dtype(q, k, v, h)
     q_c = to_grid(layout, q, dtype=cdt)
     k_c = to_grid(layout, k, dtype=cdt)
     v_c = to_grid(layout, v, dtype=cdt)
@@ -123,7 +123,7 @@ def chunk_bwd_dv_local(
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
     if layout.NC == 0:
         return torch.empty_like(do)
-    cdt = compute_dtype_of(q, k, do, A)
+    cdt = accumulation_dtype(q, k, do, A)
     upper = ~_causal(BT, k.device).T                                    # mask of P^T's zeros
     if A is not None:
         PT = to_grid(layout, A, dtype=cdt).transpose(-1, -2).masked_fill(upper, 0)
@@ -176,8 +176,8 @@ def chunk_bwd_dqkwg(
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
     if layout.NC == 0:
         return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(w) if w is not None else None,
-                torch.empty(*g.shape, dtype=compute_dtype_of(q, k, g), device=g.device) if g is not None else None)
-    cdt = compute_dtype_of(q, k, v, do, h, dh)
+                torch.empty(*g.shape, dtype=accumulation_dtype(q, k, g), device=g.device) if g is not None else None)
+    cdt = accumulation_dtype(q, k, v, do, h, dh)
     q_c = to_grid(layout, q, dtype=cdt)
     k_c = to_grid(layout, k, dtype=cdt)
     v_c = to_grid(layout, v, dtype=cdt)

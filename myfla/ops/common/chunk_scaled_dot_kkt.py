@@ -6,8 +6,9 @@ from typing import Optional
 
 import torch
 
-from myfla.ops.common.chunk_delta_h import compute_dtype_of, from_grid, gate_ratio, to_grid
+from myfla.ops.common.chunk_delta_h import from_grid, gate_ratio, to_grid
 from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.utils import accumulation_dtype
 
 
 def chunk_scaled_dot_kkt_fwd(
@@ -32,7 +33,7 @@ def chunk_scaled_dot_kkt_fwd(
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
     if layout.NC == 0:
         return torch.empty(B, T, H, BT, device=k.device, dtype=output_dtype)
-    cdt = compute_dtype_of(k, g, beta)
+    cdt = accumulation_dtype(k, g, beta)
     k_c = to_grid(layout, k, dtype=cdt)                                 # [NC, NH, BT, K]
     A = torch.matmul(k_c, k_c.transpose(-1, -2))
     if g is not None:

@@ -11,8 +11,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.common.chunk_delta_h import compute_dtype_of, from_grid, gate_ratio, to_grid
+from myfla.ops.common.chunk_delta_h import from_grid, gate_ratio, to_grid
 from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.utils import accumulation_dtype
 
 
 def recompute_w_u_fwd(
@@ -33,7 +34,7 @@ def recompute_w_u_fwd(
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
     if layout.NC == 0:
         return torch.empty_like(k), torch.empty_like(v)
-    cdt = compute_dtype_of(k, v, beta, A)
+    cdt = accumulation_dtype(k, v, beta, A)
     A_c = to_grid(layout, A, dtype=cdt)                                 # [NC, NH, BT, BT]
     b_c = to_grid(layout, beta, dtype=cdt).unsqueeze(-1)
     if v.dtype != cdt or k.dtype != cdt:
@@ -77,7 +78,7 @@ def prepare_wy_repr_bwd(
     if layout.NC == 0:
         return (torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta),
                 torch.empty_like(g) if g is not None else None)
-    cdt = compute_dtype_of(k, v, beta, A, dw, du)
+    cdt = accumulation_dtype(k, v, beta, A, dw, du)
     k_c = to_grid(layout, k, dtype=cdt)
     v_c = to_grid(layout, v, dtype=cdt)
     b_c = to_grid(layout, beta, dtype=cdt).unsqueeze(-1)                # [NC, NH, BT, 1]
