@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from myfla.utils import input_guard, is_amd
+from myfla.utils import accumulation_dtype, input_guard, is_amd
 
 # Source: fla/ops/kda/gate.py:L14-L14 (fla 0.4.0)
 BT_LIST_AUTOTUNE = [32, 64, 128]
@@ -39,14 +39,10 @@ def kda_gate_ref(
     if g_bias is not None:
         g = g + g_bias
     g = rearrange(g, '... (h d) -> ... h d', d=head_k_dim)
-    dtype = _compute_dtype(g)
+    dtype = accumulation_dtype(g)
     decay = -A.to(dtype).exp().unsqueeze(-1)
     return decay * F.softplus(g.to(dtype), beta, threshold)
 
-
-def _compute_dtype(g: torch.Tensor) -> torch.dtype:
-    """fp32 for fp16/bf16/fp32 gate inputs (fla's contract), fp64 for fp64 inputs."""
-    return torch.promote_types(g.dtype, torch.float32)
 
 
 def _softplus(x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
@@ -75,7 +71,7 @@ def kda_gate_fwd(
     H = A.numel()
     assert HD == H * head_k_dim
 
-    dtype = _compute_dtype(g)
+    dtype = accumulation_dtype(g)
     b_g = g.to(dtype).view(-1, H, head_k_dim)
     if g_bias is not None:
         b_g = b_g + g_bias.to(dtype).view(H, head_k_dim)
@@ -108,7 +104,7 @@ def kda_gate_bwd(
     H = A.numel()
     D = head_k_dim
 
-    dtype = _compute_dtype(g)
+    dtype = accumulation_dtype(g)
     dy = grad_output.reshape(T, H, D).to(dtype)
     b_g = g_flat.to(dtype).view(T, H, D)
     if g_bias is not None:
