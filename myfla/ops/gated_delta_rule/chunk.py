@@ -22,6 +22,7 @@ from myfla.ops.common.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local, chunk_
 from myfla.ops.common.chunk_scaled_dot_kkt import chunk_scaled_dot_kkt_fwd
 from myfla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
 from myfla.ops.utils import chunk_local_cumsum, solve_tril
+from myfla.ops.utils.index import check_varlen_inputs
 from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 
@@ -354,17 +355,7 @@ def chunk_gated_delta_rule(
             "Please use head_first=False for now instead."
         )
 
-    if cu_seqlens is not None:
-        if q.shape[0] != 1:
-            raise ValueError(
-                f"The batch size is expected to be 1 rather than {q.shape[0]} when using `cu_seqlens`."
-                f"Please flatten variable-length inputs before processing."
-            )
-        if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
-            raise ValueError(
-                f"The number of initial states is expected to be equal to the number of input sequences, "
-                f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}."
-            )
+    check_varlen_inputs(q, initial_state, cu_seqlens)
     if scale is None:
         scale = k.shape[-1] ** -0.5
     o, final_state = ChunkGatedDeltaRuleFunction.apply(

@@ -25,6 +25,7 @@ from myfla.ops.kda.chunk_inter import chunk_kda_bwd_dqkwg
 from myfla.ops.kda.chunk_intra import chunk_kda_bwd_intra, chunk_kda_fwd_intra
 from myfla.ops.kda.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
 from myfla.ops.utils.cumsum import chunk_local_cumsum
+from myfla.ops.utils.index import check_varlen_inputs
 from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 
@@ -321,17 +322,7 @@ def chunk_kda(
 
     Source: fla/ops/kda/chunk.py:L247-L351 (fla 0.4.0)
     """
-    if cu_seqlens is not None:
-        if q.shape[0] != 1:
-            raise ValueError(
-                f"The batch size is expected to be 1 rather than {q.shape[0]} when using `cu_seqlens`."
-                f"Please flatten variable-length inputs before processing.",
-            )
-        if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
-            raise ValueError(
-                f"The number of initial states is expected to be equal to the number of input sequences, "
-                f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}.",
-            )
+    check_varlen_inputs(q, initial_state, cu_seqlens)
     if scale is None:
         scale = k.shape[-1] ** -0.5
     o, final_state = ChunkKDAFunction.apply(

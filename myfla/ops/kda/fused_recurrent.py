@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.gated_delta_rule.fused_recurrent import fused_recurrent_gated_delta_rule
+from myfla.ops.utils.index import check_varlen_inputs
 
 
 def fused_recurrent_kda(
@@ -43,17 +44,7 @@ def fused_recurrent_kda(
 
     Source: fla/ops/kda/fused_recurrent.py:L11-L114 (fla 0.4.0)
     """
-    if cu_seqlens is not None:
-        if q.shape[0] != 1:
-            raise ValueError(
-                f"The batch size is expected to be 1 rather than {q.shape[0]} when using `cu_seqlens`."
-                f"Please flatten variable-length inputs before processing."
-            )
-        if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
-            raise ValueError(
-                f"The number of initial states is expected to be equal to the number of input sequences, "
-                f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}."
-            )
+    check_varlen_inputs(q, initial_state, cu_seqlens)
     if scale is None:
         scale = k.shape[-1] ** -0.5
 

@@ -109,3 +109,21 @@ def prepare_chunk_offsets(
     Source: fla/ops/utils/index.py:L124-L129 (fla 0.4.0)
     """
     return torch.cat([cu_seqlens.new_tensor([0]), _cdiv(prepare_lens(cu_seqlens), chunk_size)]).cumsum(-1)
+
+
+def check_varlen_inputs(q: torch.Tensor, initial_state: Optional[torch.Tensor],
+                        cu_seqlens: Optional[torch.LongTensor]) -> None:
+    """Port-only: the varlen input checks fla repeats inline in chunk_kda, fused_recurrent_kda,
+    chunk_gated_delta_rule and fused_recurrent_gated_delta_rule (same messages, same order)."""
+    if cu_seqlens is None:
+        return
+    if q.shape[0] != 1:
+        raise ValueError(
+            f"The batch size is expected to be 1 rather than {q.shape[0]} when using `cu_seqlens`."
+            f"Please flatten variable-length inputs before processing."
+        )
+    if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
+        raise ValueError(
+            f"The number of initial states is expected to be equal to the number of input sequences, "
+            f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}."
+        )
