@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
+from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, is_nvidia_hopper
 
 # Warp counts of fla's autotuner (kept for API parity; unused by torch code).
@@ -80,7 +81,9 @@ def to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero',
     rest = xc.shape[4:]
     perm = (1, 0, 3, 2) + tuple(range(4, xc.dim()))
     # contiguous: for B == 1 the reshape is a strided view, and every matmul would copy it again
-    xc = xc.permute(perm).reshape(NC, N * H, BT, *rest).contiguous()
+    out = new_empty((NC, N * H, BT, *rest), xc.dtype, xc.device)
+    out.view(NC, N, H, BT, *rest).copy_(xc.permute(perm))
+    xc = out
     if key is not None:
         _grid_memo[key] = (x, xc, layout)       # keep x and layout alive so their ids stay unique
     return xc
@@ -93,9 +96,17 @@ def from_grid(layout: ChunkLayout, xc: torch.Tensor, H: int, dtype: Optional[tor
     rest = xc.shape[3:]
     x = xc.reshape(NC, NH // H, H, BT, *rest)
     perm = (1, 0, 3, 2) + tuple(range(4, x.dim()))
-    x = layout.unpack(x.permute(perm))
-    x = x.to(dtype) if dtype is not None else x
-    x = x.contiguous()
+    x = x.permute(perm)                                             # [N, NC, BT, H, *rest]
+    if layout.varlen:
+        x = layout.unpack(x)
+        x = x.to(dtype) if dtype is not None else x
+        x = x.contiguous()
+    else:
+        out = new_empty((layout.B, NC * BT, H, *rest), dtype or xc.dtype, xc.device)
+        out.view(layout.B, NC, BT, H, *rest).copy_(x)
+        x = out[:, :layout.T]
+        if layout.pad and layout.B > 1:
+            x = x.contiguous()
     key = _memo_key(layout, x, xc.dtype) if x.dtype == xc.dtype else None
     if key is not None:
         _grid_memo[key] = (x, xc, layout)
@@ -204,8 +215,8 @@ def chunk_gated_delta_rule_fwd_h(
     # Outputs are written straight into preallocated buffers: no autograd graph exists here (the
     # loop runs under no_grad, as fla's kernels do), so slice writes cost nothing extra, and the
     # states / new values need no separate stacking pass.
-    states = torch.empty(NC + 1, N * H, K, V, dtype=cdt, device=k.device)
-    v_news = torch.empty(NC, N * H, BT, V, dtype=cdt, device=k.device)
+    states = new_empty((NC + 1, N * H, K, V), cdt, k.device)
+    v_news = new_empty((NC, N * H, BT, V), cdt, k.device)
     with torch.no_grad():
         if initial_state is not None:
             states[0].copy_(initial_state.reshape(N * H, K, V))
@@ -275,9 +286,10 @@ def chunk_gated_delta_rule_bwd_dhu(
         q_c = q_c * torch.exp(g_c).unsqueeze(-1)
     do_c = to_grid(layout, do, dtype=cdt)
     # the state-independent part of every chunk's dh update, for all chunks at once
-    qdo = torch.matmul(q_c.transpose(-1, -2), do_c)                     # [NC, NH, K, V]
+    qdo = torch.matmul(q_c.transpose(-1, -2), do_c,                     # [NC, NH, K, V]
+                       out=new_empty((NC, N * H, K, V), cdt, q.device))
     if scale is not None:
-        qdo = qdo * scale
+        qdo.mul_(scale)
     k_c = to_grid(layout, k, dtype=cdt).unbind(0)
     k_scales = k_scale.unbind(0) if k_scale is not None else None
     wT = to_grid(layout, w, dtype=cdt).transpose(-1, -2).unbind(0)
@@ -286,8 +298,8 @@ def chunk_gated_delta_rule_bwd_dhu(
     decays = decay.unbind(0) if decay is not None else [None] * NC
 
     # preallocated outputs written under no_grad (see chunk_gated_delta_rule_fwd_h)
-    dhs = torch.empty(NC + 1, N * H, K, V, dtype=cdt, device=q.device)
-    dv2s = torch.empty(NC, N * H, BT, V, dtype=cdt, device=q.device)
+    dhs = new_empty((NC + 1, N * H, K, V), cdt, q.device)
+    dv2s = new_empty((NC, N * H, BT, V), cdt, q.device)
     with torch.no_grad():
         if dht is not None:
             dhs[NC].copy_(dht.reshape(N * H, K, V))

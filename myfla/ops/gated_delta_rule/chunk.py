@@ -23,6 +23,7 @@ from myfla.ops.common.chunk_scaled_dot_kkt import chunk_scaled_dot_kkt_fwd
 from myfla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
 from myfla.ops.utils import chunk_local_cumsum, solve_tril
 from myfla.ops.utils.index import check_varlen_inputs
+from myfla.ops.utils.workspace import new_empty
 from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 
@@ -197,6 +198,18 @@ def _time_segments(B: int, T: int, H: int, D: int, cu_seqlens: Optional[torch.Lo
     return [(s, min(s + seg, T)) for s in range(0, T, seg)]
 
 
+def _gather_segment(outs, parts, s: int, e: int, T: int, n_segments: int):
+    """Write one segment's token-layout results into full-length buffers (allocated on the first
+    segment seen); a single segment's results are used as they are."""
+    if n_segments == 1:
+        return parts
+    if outs is None:
+        outs = tuple(new_empty((p.shape[0], T, *p.shape[2:]), p.dtype, p.device) for p in parts)
+    for out, p in zip(outs, parts):
+        out[:, s:e].copy_(p)
+    return outs
+
+
 class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
     """Autograd function of the chunked gated delta rule (optional in-kernel q/k L2 norm).
 
@@ -229,7 +242,7 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
             k, k_rstd = l2norm_fwd(k)
 
         segments = _time_segments(q.shape[0], q.shape[1], q.shape[2], max(k.shape[-1], v.shape[-1]), cu_seqlens)
-        gs, os, As, boundary_states = [], [], [], []
+        outs, boundary_states = None, []
         state = initial_state
         for i, (s, e) in enumerate(segments):
             last = i == len(segments) - 1
@@ -246,14 +259,10 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
                 output_final_state=output_final_state or not last,
                 cu_seqlens=cu_seqlens,
             )
-            gs.append(g_i)
-            os.append(o_i)
-            As.append(A_i)
+            outs = _gather_segment(outs, (g_i, o_i, A_i), s, e, q.shape[1], len(segments))
+            del g_i, o_i, A_i
         final_state = state
-        if len(segments) == 1:
-            g, o, A = gs[0], os[0], As[0]
-        else:
-            g, o, A = torch.cat(gs, 1), torch.cat(os, 1), torch.cat(As, 1)
+        g, o, A = outs
         ctx.save_for_backward(q, q_rstd, k, k_rstd, v, g, beta, A, initial_state, cu_seqlens, *boundary_states)
         ctx.scale = scale
         ctx.segments = segments
@@ -271,10 +280,10 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
         q, q_rstd, k, k_rstd, v, g, beta, A, initial_state, cu_seqlens, *boundary_states = ctx.saved_tensors
         segments = ctx.segments
         starts = [initial_state] + boundary_states
-        grads = [None] * len(segments)
+        grads = None
         for i in range(len(segments) - 1, -1, -1):
             s, e = segments[i]
-            grads[i] = chunk_gated_delta_rule_bwd(
+            grads_i = chunk_gated_delta_rule_bwd(
                 q=q[:, s:e],
                 k=k[:, s:e],
                 v=v[:, s:e],
@@ -287,12 +296,11 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
                 dht=dht,
                 cu_seqlens=cu_seqlens,
             )
-            dht = grads[i][5]                                       # dh0 of this segment
-        if len(segments) == 1:
-            dq, dk, dv, db, dg, dh0 = grads[0]
-        else:
-            dq, dk, dv, db, dg = (torch.cat([gr[j] for gr in grads], 1) for j in range(5))
-            dh0 = grads[0][5]
+            dht = grads_i[5]                                        # dh0 of this segment
+            grads = _gather_segment(grads, grads_i[:5], s, e, q.shape[1], len(segments))
+            del grads_i
+        dq, dk, dv, db, dg = grads
+        dh0 = dht
         if ctx.use_qk_l2norm_in_kernel:
             dq = l2norm_bwd(q, q_rstd, dq)
             dk = l2norm_bwd(k, k_rstd, dk)

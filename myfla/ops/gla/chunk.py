@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
+from myfla.ops.utils.workspace import new_empty
 
 
 def _to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero') -> torch.Tensor:
@@ -23,6 +24,12 @@ def _from_grid(layout: ChunkLayout, xc: torch.Tensor) -> torch.Tensor:
     """``[N, H, NC, BT, *rest]`` -> contiguous ``[B, T, H, *rest]``."""
     x = layout.unpack(xc.movedim(1, 3))
     return x if x.is_contiguous() else x.contiguous()
+
+
+def _slabs(heads: int, NC: int):
+    """Slices of the chunk axis of about 64 chunk-heads each: a slab's temporaries stay in cache."""
+    step = max(1, 64 // max(1, heads))
+    return [slice(c, min(c + step, NC)) for c in range(0, NC, step)]
 
 
 def chunk_gla_fwd_o_gk(
@@ -47,11 +54,8 @@ def chunk_gla_fwd_o_gk(
     qc, Gc, Ac, vc = _to_grid(layout, q), _to_grid(layout, g, 'last'), _to_grid(layout, A), _to_grid(layout, v)
     hc = layout.pack_chunks(h.to(qc.dtype)).movedim(2, 1)               # [N, H, NC, K, V]
     N, H, NC, BT = qc.shape[:4]
-    o = qc.new_empty(N, NC, BT, H, V).movedim(3, 1)                     # token-order memory
-    # slabs of 64 chunk-heads keep the temporaries in cache
-    step = max(1, 64 // max(1, qc.shape[0] * qc.shape[1]))
-    for c in range(0, qc.shape[2], step):
-        sl = slice(c, c + step)
+    o = new_empty((N, NC, BT, H, V), qc.dtype, qc.device).movedim(3, 1)  # token-order memory
+    for sl in _slabs(N * H, NC):
         q_s, G_s, A_s, v_s, h_s = (x[:, :, sl].contiguous() for x in (qc, Gc, Ac, vc, hc))
         # out of place: a contiguous slice is the caller's own memory
         qg = G_s.exp().mul_(q_s).mul_(scale)
@@ -76,6 +80,11 @@ def chunk_gla_bwd_dA(
     B, T, H, V = v.shape
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=v.device)
-    dA = (_to_grid(layout, do) @ _to_grid(layout, v).transpose(-1, -2)).tril() * scale
+    doc, vc = _to_grid(layout, do), _to_grid(layout, v)
+    N, H, NC = doc.shape[:3]
     # the grid is already fp32 or wider: fp64 stays fp64
+    dA = new_empty((N, NC, BT, H, BT), doc.dtype, doc.device).movedim(3, 1)   # token-order memory
+    for sl in _slabs(N * H, NC):
+        d_s, v_s = (x[:, :, sl].contiguous() for x in (doc, vc))
+        dA[:, :, sl] = (d_s @ v_s.transpose(-1, -2)).tril_().mul_(scale)
     return _from_grid(layout, dA)

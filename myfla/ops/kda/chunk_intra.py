@@ -23,6 +23,7 @@ import torch
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
 from myfla.ops.utils.solve_tril import solve_tril
+from myfla.ops.utils.workspace import new_empty
 
 # ---- port-only helpers (fla has no counterpart): token layout <-> chunk grid [N, H, NC, BT, ...] -----
 def to_grid(layout, x: torch.Tensor, fill: str = 'zero') -> torch.Tensor:
@@ -42,7 +43,7 @@ def grid_empty(ref: torch.Tensor, *rest: int) -> torch.Tensor:
     """Uninitialised ``[N, H, NC, BT, *rest]`` grid (shape of ``ref``'s first four dims) whose memory
     is in token order ``[N, NC, BT, H, *rest]``, so ``from_grid`` returns it without a copy."""
     N, H, NC, BT = ref.shape[:4]
-    return ref.new_empty(N, NC, BT, H, *rest).movedim(3, 1)
+    return new_empty((N, NC, BT, H, *rest), ref.dtype, ref.device).movedim(3, 1)
 
 
 def chunks_to_grid(layout, h: torch.Tensor) -> torch.Tensor:
@@ -282,9 +283,10 @@ def chunk_kda_bwd_intra(
         dg_intra[:, :, sl] = torch.addcmul(q_s * dq_s, dk_rows - dk_cols, k_s)
         dk_intra[:, :, sl] = dk_rows.add_(dk_cols)
 
-    dq = dq.to(dq_intra.dtype) + from_grid(layout, dq_intra)
-    dk2 = dk.to(dk_intra.dtype) + from_grid(layout, dk_intra)
-    db = db.to(db_intra.dtype) + from_grid(layout, db_intra)
+    # the intra buffers are fresh token-order memory: accumulate into them in place
+    dq = from_grid(layout, dq_intra).add_(dq)
+    dk2 = from_grid(layout, dk_intra).add_(dk)
+    db = from_grid(layout, db_intra).add_(db)
     dg = chunk_local_cumsum(from_grid(layout, dg_intra).add_(dg), chunk_size=chunk_size, reverse=True,
                             cu_seqlens=cu_seqlens)
     return dq.to(q.dtype), dk2.to(k.dtype), db, dg

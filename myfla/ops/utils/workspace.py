@@ -1,0 +1,99 @@
+"""Reusable CPU buffers for the chunked ops' large tensors (port-only; fla has no counterpart).
+
+On a GPU, fla's tensors come from PyTorch's caching allocator, so a freed buffer is handed out
+again at no cost. On a CPU, PyTorch allocates with the C library's malloc; glibc returns large
+freed blocks to the operating system (``munmap``, heap trimming) and the next allocation of the
+same size page-faults every 4 KiB page back in, zero-filled. The chunked ops allocate many
+short-lived tensors of a few MB, and on the machines we measured the faults cost 15-35% of a
+forward+backward pass (see ``benchmarks/bench_gdn.py``).
+
+``new_empty`` hands out buffers from a small per-thread pool instead. A buffer is reused only
+when nothing but the pool references its storage (no tensor, view, autograd saved tensor or
+caller holds it), so a reused buffer can never alias a live tensor. The pool is used only for CPU
+tensors and only while autograd is not recording (inside ``autograd.Function`` forward/backward
+and under ``no_grad``), and it keeps at most ``MAX_BYTES``; ``release()`` empties it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Sequence
+
+import torch
+
+# Upper bound on the bytes one thread's pool keeps alive between calls.
+MAX_BYTES = 512 * 1024 * 1024
+# Buffers smaller than this come straight from torch.empty (malloc keeps small blocks anyway).
+MIN_BYTES = 256 * 1024
+
+
+def _storage_use_count(t: torch.Tensor) -> int:
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+def _calibrate() -> int | None:
+    """Use count of a storage held by one tensor only (the probe's own temporary storage object
+    adds one); None where this torch build cannot report use counts, which disables reuse."""
+    try:
+        probe = torch.empty(1)
+        alone = _storage_use_count(probe)
+        view = probe.view(1)
+        shared = _storage_use_count(probe)
+        del view
+    except (AttributeError, RuntimeError):
+        return None
+    return alone if shared == alone + 1 else None
+
+
+_UNUSED = _calibrate()
+
+
+class _Pool(threading.local):
+    def __init__(self):
+        self.buffers: list[torch.Tensor] = []          # flat buffers, least recently used first
+        self.nbytes = 0
+
+
+_pool = _Pool()
+
+
+def _enabled(device: torch.device) -> bool:
+    return _UNUSED is not None and device.type == 'cpu' and not torch.is_grad_enabled()
+
+
+def new_empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.empty(shape, dtype=dtype, device=device)``, from the pool where that is safe."""
+    device = torch.device(device)
+    numel = math.prod(shape)
+    nbytes = numel * dtype.itemsize
+    if nbytes < MIN_BYTES or not _enabled(device):
+        return torch.empty(shape, dtype=dtype, device=device)
+    buffers = _pool.buffers
+    inference = torch.is_inference_mode_enabled()
+    for i, buf in enumerate(buffers):
+        # an inference tensor cannot be written outside inference mode (nor the reverse be kept)
+        if (buf.numel() == numel and buf.dtype == dtype and buf.is_inference() == inference
+                and _storage_use_count(buf) == _UNUSED):
+            buffers.append(buffers.pop(i))
+            return buf.view(shape)
+    buf = torch.empty(numel, dtype=dtype, device=device)
+    buffers.append(buf)
+    _pool.nbytes += nbytes
+    _evict()
+    return buf.view(shape)
+
+
+def _evict():
+    """Drop least recently used buffers (never the newest) until the pool is within ``MAX_BYTES``;
+    a dropped buffer still in use stays valid, its memory goes with its last user."""
+    buffers = _pool.buffers
+    while _pool.nbytes > MAX_BYTES and len(buffers) > 1:
+        buf = buffers.pop(0)
+        _pool.nbytes -= buf.numel() * buf.element_size()
+
+
+def release():
+    """Free every buffer this thread's pool holds (tensors handed out stay valid)."""
+    _pool.buffers.clear()
+    _pool.nbytes = 0
