@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.common.chunk_delta_h import chunks_to_grid, from_grid, gate_ratio, to_grid
+from myfla.ops.common.chunk_delta_h import chunks_to_grid, from_grid, gate_ratio, memo, to_grid
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, is_nvidia_hopper
@@ -41,10 +41,6 @@ def _gamma_gates(layout: ChunkLayout, g_gamma: torch.Tensor, H: int, dtype, devi
     n_valid = _valid_grid(layout, H, device).sum(-1).to(dtype)          # [NC, N*H]
     g_last = gamma.view(1, -1) * n_valid
     return g_c.expand(layout.NC, -1, -1), g_last
-
-
-def _causal(BT: int, device, strict: bool = False) -> torch.Tensor:
-    return torch.ones(BT, BT, dtype=torch.bool, device=device).tril(-1 if strict else 0)
 
 
 def chunk_fwd_o(
@@ -84,11 +80,19 @@ def chunk_fwd_o(
         A.mul_(G)
     else:
         o_c = torch.matmul(q_c, h_c).mul_(scale)
-    A.masked_fill_(~_causal(BT, q.device), 0)
+    A.tril_()                                                           # causal mask
     if v.dtype != cdt:
         A = A.to(v.dtype).to(cdt)
     o_c.flatten(0, 1).baddbmm_(A.flatten(0, 1), v_c.flatten(0, 1), alpha=scale)
     return from_grid(layout, o_c, H, v.dtype)
+
+
+def _qk(layout: ChunkLayout, q: torch.Tensor, k: torch.Tensor, dtype) -> torch.Tensor:
+    """``q @ k^T`` per chunk, ``[NC, N*H, BT, BT]``; computed once per backward pass (``dv_local`` and
+    ``dqkwg`` both need it). Never modified in place."""
+    def build():
+        return torch.matmul(to_grid(layout, q, dtype=dtype), to_grid(layout, k, dtype=dtype).transpose(-1, -2))
+    return memo(('qk', id(layout), dtype), (q, k, layout), build)
 
 
 def _gates(layout: ChunkLayout, g, g_gamma, H: int, dtype, device):
@@ -125,18 +129,15 @@ def chunk_bwd_dv_local(
     if layout.NC == 0:
         return torch.empty_like(do)
     cdt = accumulation_dtype(q, k, do, A)
-    upper = ~_causal(BT, k.device).T                                    # mask of P^T's zeros
+    # P^T keeps its upper triangle (tril_/triu_ are several times faster than a broadcast mask)
     if A is not None:
-        PT = to_grid(layout, A, dtype=cdt).transpose(-1, -2).masked_fill(upper, 0)
+        PT = to_grid(layout, A, dtype=cdt).transpose(-1, -2).triu()
         alpha = 1.0
     else:
-        q_c = to_grid(layout, q, dtype=cdt)
-        k_c = to_grid(layout, k, dtype=cdt)
-        PT = torch.matmul(k_c, q_c.transpose(-1, -2))                   # (q k^T)^T
+        PT = _qk(layout, q, k, cdt).transpose(-1, -2)                   # (q k^T)^T
         G = _gates(layout, g, g_gamma, H, cdt, k.device)
-        if G is not None:
-            PT.mul_(G[1].transpose(-1, -2))
-        PT.masked_fill_(upper, 0)
+        PT = PT * G[1].transpose(-1, -2) if G is not None else PT.clone()
+        PT.triu_()
         alpha = scale
     if do.dtype != cdt:
         PT = (PT * alpha).to(do.dtype).to(cdt)
@@ -193,7 +194,6 @@ def chunk_bwd_dqkwg(
     dw = None
     if w is not None:
         dw = torch.matmul(to_grid(layout, dv, dtype=cdt), hT).neg_()
-    causal = _causal(BT, k.device)
     valid = _valid_grid(layout, H, k.device)                            # [NC, NH, BT]
 
     def flat(x):
@@ -209,14 +209,14 @@ def chunk_bwd_dqkwg(
             _, g_last = _gamma_gates(layout, g_gamma, H, cdt, k.device)
         dq.mul_((torch.exp(g_c) * scale).unsqueeze(-1))
         dk.mul_(torch.where(valid, torch.exp(g_last.unsqueeze(-1) - g_c), 0).unsqueeze(-1))
-        ds.mul_(G).masked_fill_(~causal, 0).mul_(scale)
+        ds.mul_(G).tril_().mul_(scale)
         if g is not None:
             NCH = h_c.shape[0] * h_c.shape[1]
             # sum(h * dh) per chunk as one batched dot product
             hdh = torch.bmm(h_c.reshape(NCH, 1, K * V), dh_c.reshape(NCH, K * V, 1)).view(g_last.shape)
             kdk = torch.linalg.vecdot(k_c, dk)                          # [NC, NH, BT]
             dg_last = hdh * torch.exp(g_last) + kdk.sum(-1)
-            ds2 = torch.matmul(q_c, k_c.transpose(-1, -2)).mul_(ds)
+            ds2 = _qk(layout, q, k, cdt) * ds
             dg_c = torch.linalg.vecdot(dq, q_c) - kdk + ds2.sum(-1) - ds2.sum(-2)
             # the chunk's last real token also carries the gradient through the state decay exp(g_last)
             is_last = valid & ~torch.cat([valid[..., 1:], torch.zeros_like(valid[..., :1])], -1)
@@ -225,7 +225,7 @@ def chunk_bwd_dqkwg(
         flat(dq).baddbmm_(flat(ds), flat(k_c))
         flat(dk).baddbmm_(flat(ds).transpose(-1, -2), flat(q_c))
     else:
-        ds.masked_fill_(~causal, 0)
+        ds.tril_()
         flat(dq).baddbmm_(flat(ds), flat(k_c)).mul_(scale)
         flat(dk).baddbmm_(flat(ds).transpose(-1, -2), flat(q_c), alpha=scale)
 

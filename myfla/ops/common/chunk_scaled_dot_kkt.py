@@ -40,6 +40,5 @@ def chunk_scaled_dot_kkt_fwd(
         A.mul_(gate_ratio(layout, g, cdt))
     if beta is not None:
         A.mul_(to_grid(layout, beta, dtype=cdt).unsqueeze(-1))
-    strict = torch.ones(BT, BT, dtype=torch.bool, device=k.device).tril(-1)
-    A.masked_fill_(~strict, 0)
+    A.tril_(-1)
     return from_grid(layout, A, H, output_dtype)

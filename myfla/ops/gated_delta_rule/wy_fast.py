@@ -107,12 +107,11 @@ def prepare_wy_repr_bwd(
     dv = dvb.mul_(b_c)
 
     # through the inverse: dL = -A^T dA A^T, kept on the strict lower triangle
-    strict = torch.ones(BT, BT, dtype=torch.bool, device=k.device).tril(-1)
-    dA.masked_fill_(~strict, 0)
+    dA.tril_(-1)
     dA = torch.matmul(At, torch.matmul(dA, At))
     if g is not None:
         dA.mul_(gate_ratio(layout, g, cdt))
-    dA.neg_().masked_fill_(~strict, 0)
+    dA.neg_().tril_(-1)
 
     # through L = tril(beta_i k_i . k_j G_ij):  dk_j += sum_i dA_ij beta_i k_i,  dk_i += beta_i dA_i. k
     dAb = dA * b_c                                                      # rows scaled by beta_i
