@@ -97,3 +97,31 @@ def test_pool_is_bounded(monkeypatch):
     assert len(workspace._pool.buffers) == 3
     for t in held:                          # dropped buffers stay valid for their users
         t.fill_(1.0)
+
+
+def test_oversized_requests_bypass_the_pool(monkeypatch):
+    monkeypatch.setattr(workspace, 'MAX_BYTES', 128 * 1024)
+    with torch.no_grad():
+        a = new_empty((1024, 64), torch.float32, torch.device('cpu'))    # 256 KiB > bound
+    assert workspace._pool.buffers == [] and a.shape == (1024, 64)
+
+
+def test_chunk_ops_give_the_same_results_with_and_without_the_pool(monkeypatch):
+    # a second call reuses the first call's buffers; outputs held from the first call stay intact
+    from myfla.ops.gated_delta_rule import chunk_gated_delta_rule
+    torch.manual_seed(0)
+    B, T, H, K = 1, 4096, 2, 64
+    q, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K)
+    k = torch.nn.functional.normalize(torch.randn(B, T, H, K), dim=-1)
+    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H))
+    beta = torch.rand(B, T, H)
+    with torch.no_grad():
+        o1, s1 = chunk_gated_delta_rule(q, k, v, g, beta, output_final_state=True)
+        kept = o1.clone()
+        o2, s2 = chunk_gated_delta_rule(q, k, v, g, beta, output_final_state=True)
+    assert workspace._pool.buffers, "the chunk op did not use the pool"
+    assert torch.equal(o1, kept) and torch.equal(o1, o2) and torch.equal(s1, s2)
+    monkeypatch.setattr(workspace, '_UNUSED', None)                     # pool off
+    with torch.no_grad():
+        o3, s3 = chunk_gated_delta_rule(q, k, v, g, beta, output_final_state=True)
+    assert torch.equal(o1, o3) and torch.equal(s1, s3)
