@@ -9,12 +9,11 @@ benchmarks/results/bench_gdn.json.
 Targets (at T=8192): forward <= 90 ms; forward+backward <= 300 ms and >= 5x faster than the naive
 chunk reference; fwd+bwd(T=8192) <= 4.5 x fwd+bwd(T=2048); tensors saved for backward < 0.5 GB.
 
-The op is memory-bound on CPU and allocates many short-lived 16-32 MB tensors at T=8192. With
-glibc's default malloc, freed memory at the top of the heap is returned to the OS and the next
-allocation page-faults it back in, which can cost a third of the time. The record keeps the
-allocator environment; e.g. compare a default run with
-    MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824 \
-        python benchmarks/bench_gdn.py --out benchmarks/results/bench_gdn_malloc_tuned.json
+The op allocates many short-lived tensors of a few MB. glibc's malloc returns such blocks to the
+OS, and every page of the next allocation faults back in zero-filled; on this machine that cost a
+fifth to a third of a forward+backward before myfla reused its buffers
+(``myfla/ops/utils/workspace.py``). To see the pool's effect, compare a default run with
+    MYFLA_WORKSPACE_MB=0 python benchmarks/bench_gdn.py --no-naive --out /tmp/bench_gdn_no_pool.json
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule
+from myfla.ops.utils import workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_gdn.json"
@@ -176,7 +176,8 @@ def main():
         "cpu_count": os.cpu_count(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "repeats": rep,
-        # allocator settings change the page-fault share of the timings (see the module docstring)
+        # buffer pool and allocator settings change the page-fault share of the timings (module docstring)
+        "workspace_mb": workspace.MAX_BYTES / 2 ** 20,
         "allocator_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "THP_MEM_ALLOC_ENABLE"},
         "matmul_gflops": round(rate / 1e9, 1),
         "forward_no_grad_ms": ms(t_fwd),

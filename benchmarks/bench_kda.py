@@ -4,6 +4,7 @@ torch_chunk_kda fallback. Prints a table and writes benchmarks/results/bench_kda
 
     python benchmarks/bench_kda.py                       # B=1 H=4 K=V=128 T=8192 (the targets' shape)
     python benchmarks/bench_kda.py --keep-freed-memory   # same, glibc malloc reusing freed memory
+    MYFLA_WORKSPACE_MB=0 python benchmarks/bench_kda.py  # without myfla's buffer pool
     python benchmarks/bench_kda.py --quick               # smaller T, for a smoke run
 
 fla's naive recurrence is timed at the full T by default (its backward alone takes minutes);
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from myfla.ops.kda import chunk_kda
+from myfla.ops.utils import workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_kda.json"
@@ -173,7 +175,8 @@ def main():
     rows = []
     record = {"shape": dict(B=B, T=T, H=H, K=K, V=V), "dtype": "float32", "threads": args.threads,
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-              "malloc_keeps_freed_memory": kept}
+              "malloc_keeps_freed_memory": kept, "workspace_mb": workspace.MAX_BYTES / 2 ** 20,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu_count": os.cpu_count()}
 
     xs = make_inputs(B, T, H, K, V)
     fwd = median_time(lambda: run_fwd(chunk_kda, xs), args.repeats)
