@@ -142,7 +142,7 @@ def invariants(
         from portaudit.numerics import invariants as engine
         from portaudit.numerics.impl import get_implementation  # noqa: F401  (import errors surface here)
         from portaudit.numerics.results import summary
-        from portaudit.numerics.tolerances import INVARIANT_RULES, ToleranceTable
+        from portaudit.numerics.tolerances import ToleranceTable, invariant_rules
 
         _check_format(fmt)
         invs = engine.declared_invariants()
@@ -175,7 +175,7 @@ def invariants(
         if hypothesis:
             notes.append(f"--hypothesis {hypothesis} drew its cases with --seed {seed} (pass it to replay)")
             err_console.print(f"hypothesis seed: {seed}")
-        table = ToleranceTable(INVARIANT_RULES, overrides)
+        table = ToleranceTable(invariant_rules(impl), overrides)
         total = sum(len(i.cases[:i.quick] if quick else i.cases) for i in invs)
         with _Bar(total, f"invariants ({implementation.name})") as bar:
             rows = engine.run_invariants(implementation, root, invs, dev, quick=quick, hypothesis=hypothesis,

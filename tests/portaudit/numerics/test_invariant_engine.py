@@ -199,3 +199,29 @@ def test_layer_invariants_pass_for_fla_layer_code_and_catch_planted_errors(good,
     assert status == {"masked==unpadded": FAIL, "prefill+decode==full": PASS}
     status, _ = _layer_status(good.with_overrides("forgets-state", {path: ForgetsState}), fla040_root, path)
     assert status == {"masked==unpadded": PASS, "prefill+decode==full": FAIL}
+
+
+def test_real_fla_gets_tf32_bounds_only_where_its_kernels_use_tf32_dots():
+    from portaudit.numerics.tolerances import ToleranceTable, invariant_rules
+
+    fla, ours = ToleranceTable(invariant_rules("fla")), ToleranceTable(invariant_rules("myfla"))
+    # chunk kernels and the layers built on them: TF32 bounds for fla, fp32 bounds for the port
+    assert fla.lookup("chunk_kda", "o", "fp32").value == 1e-3
+    assert fla.lookup("chunk_gated_delta_rule", "dq", "fp32").value == 5e-3
+    assert fla.lookup("KimiDeltaAttention", "dparam.A_log", "fp32").value == 5e-2
+    assert ours.lookup("chunk_kda", "o", "fp32").value == 1e-5
+    assert ours.lookup("KimiDeltaAttention", "o", "fp32").value == 2e-5
+    # recurrent and elementwise kernels keep the strict bounds for fla too
+    assert fla.lookup("fused_recurrent_kda", "o", "fp32").value == 1e-5
+    assert fla.lookup("l2norm", "y", "fp32").value == 1e-5
+
+
+@pytest.mark.parametrize("path", ["fla.layers.utils.index_first_axis", "fla.layers.utils.pad_input"])
+def test_index_gradcheck_cases_build_their_indices_on_the_inputs_device(path):
+    # a CUDA run once failed here: indices on the CPU, inputs on the GPU (meta stands in for cuda)
+    from myfla.layers.utils import index_first_axis, pad_input
+    from portaudit.numerics.invariants import GRADCHECK_FUNCTIONS
+    spec, call = GRADCHECK_FUNCTIONS[path]
+    fn = index_first_axis if path.endswith("index_first_axis") else pad_input
+    args = [torch.empty(*shape, device="meta") for shape, _, _ in spec]
+    assert all(o.device.type == "meta" for o in call(fn, *args))
