@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.workspace import new_empty
 from myfla.utils import check_shared_mem, input_guard
 
 # Block sizes of the Triton vector kernel's autotuner (kept for API parity; unused by torch code).
@@ -21,9 +22,11 @@ BS_LIST = [32, 64] if check_shared_mem() else [16, 32]
 
 def _chunk_cumsum(g: torch.Tensor, chunk_size: int, reverse: bool, scale: Optional[float],
                   cu_seqlens: Optional[torch.Tensor], head_first: bool,
-                  output_dtype: Optional[torch.dtype]) -> torch.Tensor:
-    """Shared body of the scalar and vector variants: fp32 cumsum inside every chunk (fp64 for fp64
-    gates, whose result then stays fp64 so that fp64 checks are exact)."""
+                  output_dtype: Optional[torch.dtype], vector: bool) -> torch.Tensor:
+    """Shared body of the scalar and vector variants, in fp32 (fp64 for fp64 gates, whose result then
+    stays fp64 so that fp64 checks are exact), with each kernel's own arithmetic: the scalar kernel
+    takes a running sum (reverse: ``sum - cumsum + x``), the vector kernel multiplies every chunk by
+    a triangular matrix of ones (``tl.dot(m_s, b_s)`` without TF32)."""
     acc_dtype = torch.promote_types(g.dtype, torch.float32)
     out_dtype = output_dtype or g.dtype
     if acc_dtype == torch.float64:
@@ -32,10 +35,18 @@ def _chunk_cumsum(g: torch.Tensor, chunk_size: int, reverse: bool, scale: Option
     B, T = x.shape[:2]
     layout = get_chunk_layout(B, T, chunk_size, cu_seqlens, device=g.device)
     xc = layout.pack(x.to(acc_dtype), fill='zero')                 # [N, NC, BT, H, (S)]
-    if reverse:
-        oc = xc.flip(2).cumsum(2).flip(2)
+    N, NC, BT = xc.shape[:3]
+    if vector:
+        ones = torch.ones(BT, BT, dtype=acc_dtype, device=g.device)
+        mask = ones.triu() if reverse else ones.tril()              # m_s of the kernel
+        flat = xc.reshape(N * NC, BT, -1)
+        # out= only without autograd (a pooled buffer then); with grad the product stays differentiable
+        out = None if torch.is_grad_enabled() else new_empty(flat.shape, acc_dtype, g.device)
+        oc = torch.matmul(mask, flat, out=out).view(xc.shape)
     else:
         oc = xc.cumsum(2)
+        if reverse:
+            oc = xc.sum(2, keepdim=True) - oc + xc
     if scale is not None:
         oc = oc * scale
     o = layout.unpack(oc)
@@ -64,7 +75,7 @@ def chunk_local_cumsum_scalar(
     else:
         B, T, H = g.shape
     assert chunk_size == 2**(chunk_size.bit_length()-1), "chunk_size must be a power of 2"
-    return _chunk_cumsum(g, chunk_size, reverse, scale, cu_seqlens, head_first, output_dtype)
+    return _chunk_cumsum(g, chunk_size, reverse, scale, cu_seqlens, head_first, output_dtype, vector=False)
 
 
 def chunk_local_cumsum_vector(
@@ -87,7 +98,7 @@ def chunk_local_cumsum_vector(
     else:
         B, T, H, S = g.shape
     assert chunk_size == 2**(chunk_size.bit_length()-1), "chunk_size must be a power of 2"
-    return _chunk_cumsum(g, chunk_size, reverse, scale, cu_seqlens, head_first, output_dtype)
+    return _chunk_cumsum(g, chunk_size, reverse, scale, cu_seqlens, head_first, output_dtype, vector=True)
 
 
 @input_guard
