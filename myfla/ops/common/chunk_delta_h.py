@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
-from myfla.ops.utils.workspace import new_empty
+from myfla.ops.utils.workspace import new_empty, out_buffer
 from myfla.utils import accumulation_dtype, is_nvidia_hopper
 
 # Warp counts of fla's autotuner (kept for API parity; unused by torch code).
@@ -287,7 +287,7 @@ def chunk_gated_delta_rule_bwd_dhu(
     do_c = to_grid(layout, do, dtype=cdt)
     # the state-independent part of every chunk's dh update, for all chunks at once
     qdo = torch.matmul(q_c.transpose(-1, -2), do_c,                     # [NC, NH, K, V]
-                       out=new_empty((NC, N * H, K, V), cdt, q.device))
+                       out=out_buffer((NC, N * H, K, V), cdt, q.device))
     if scale is not None:
         qdo.mul_(scale)
     k_c = to_grid(layout, k, dtype=cdt).unbind(0)

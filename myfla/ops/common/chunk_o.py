@@ -17,7 +17,7 @@ import torch
 
 from myfla.ops.common.chunk_delta_h import chunks_to_grid, from_grid, gate_ratio, memo, to_grid
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
-from myfla.ops.utils.workspace import new_empty
+from myfla.ops.utils.workspace import out_buffer
 from myfla.utils import accumulation_dtype, is_nvidia_hopper
 
 # Warp counts of fla's autotuner (kept for API parity; unused by torch code).
@@ -143,7 +143,7 @@ def chunk_bwd_dv_local(
         PT = (PT * alpha).to(do.dtype).to(cdt)
         alpha = 1.0
     do_c = to_grid(layout, do, dtype=cdt)
-    dv_c = torch.matmul(PT, do_c, out=new_empty(do_c.shape, cdt, do_c.device))
+    dv_c = torch.matmul(PT, do_c, out=out_buffer(do_c.shape, cdt, do_c.device))
     if alpha != 1.0:
         dv_c.mul_(alpha)
     return from_grid(layout, dv_c, H, do.dtype)

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from myfla.ops.utils.chunk_layout import get_chunk_layout
-from myfla.ops.utils.workspace import new_empty
+from myfla.ops.utils.workspace import out_buffer
 from myfla.utils import check_shared_mem, input_guard
 
 # Block sizes of the Triton vector kernel's autotuner (kept for API parity; unused by torch code).
@@ -40,9 +40,7 @@ def _chunk_cumsum(g: torch.Tensor, chunk_size: int, reverse: bool, scale: Option
         ones = torch.ones(BT, BT, dtype=acc_dtype, device=g.device)
         mask = ones.triu() if reverse else ones.tril()              # m_s of the kernel
         flat = xc.reshape(N * NC, BT, -1)
-        # out= only without autograd (a pooled buffer then); with grad the product stays differentiable
-        out = None if torch.is_grad_enabled() else new_empty(flat.shape, acc_dtype, g.device)
-        oc = torch.matmul(mask, flat, out=out).view(xc.shape)
+        oc = torch.matmul(mask, flat, out=out_buffer(flat.shape, acc_dtype, g.device)).view(xc.shape)
     else:
         oc = xc.cumsum(2)
         if reverse:

@@ -88,6 +88,14 @@ def new_empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) ->
     return buf.view(shape)
 
 
+def out_buffer(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """A pooled buffer for an ``out=`` argument, or None (the op then allocates as usual) where the
+    pool does not apply; in particular under autograd, where ``out=`` would make the op
+    non-differentiable."""
+    device = torch.device(device)
+    return new_empty(shape, dtype, device) if _enabled(device) else None
+
+
 def _evict():
     """Drop least recently used buffers (never the newest) until the pool is within ``MAX_BYTES``;
     a dropped buffer still in use stays valid, its memory goes with its last user."""

@@ -125,3 +125,21 @@ def test_chunk_ops_give_the_same_results_with_and_without_the_pool(monkeypatch):
     with torch.no_grad():
         o3, s3 = chunk_gated_delta_rule(q, k, v, g, beta, output_final_state=True)
     assert torch.equal(o1, o3) and torch.equal(s1, s3)
+
+
+def test_pooled_ops_stay_differentiable_when_called_under_autograd():
+    # backward helpers take out= buffers only without autograd; with grad they must not raise
+    from myfla.ops.common.chunk_delta_h import chunk_gated_delta_rule_bwd_dhu
+    from myfla.ops.common.chunk_o import chunk_bwd_dv_local
+    from myfla.ops.utils import chunk_local_cumsum
+    torch.manual_seed(0)
+    B, T, H, K = 1, 128, 2, 32
+    q, k, do, w, dv = (torch.randn(B, T, H, K, requires_grad=True) for _ in range(5))
+    g = chunk_local_cumsum(torch.nn.functional.logsigmoid(torch.randn(B, T, H)), 64)
+    out = chunk_bwd_dv_local(q, k, do, g=g, scale=0.1)
+    # the state recurrence runs under no_grad as fla's kernel does; it must still accept such inputs
+    chunk_gated_delta_rule_bwd_dhu(q, k, w, do, dv, g=g, scale=0.1)
+    c = chunk_local_cumsum(torch.randn(B, T, H, K, requires_grad=True), 64, reverse=True)
+    assert out.requires_grad and c.requires_grad
+    (out.sum() + c.sum()).backward()
+    assert q.grad is not None and do.grad is not None
