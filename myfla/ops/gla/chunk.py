@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
+from myfla.ops.utils.chunk_layout import ChunkLayout, chunk_slabs, get_chunk_layout
 from myfla.ops.utils.workspace import new_empty
 
 
@@ -24,12 +24,6 @@ def _from_grid(layout: ChunkLayout, xc: torch.Tensor) -> torch.Tensor:
     """``[N, H, NC, BT, *rest]`` -> contiguous ``[B, T, H, *rest]``."""
     x = layout.unpack(xc.movedim(1, 3))
     return x if x.is_contiguous() else x.contiguous()
-
-
-def _slabs(heads: int, NC: int):
-    """Slices of the chunk axis of about 64 chunk-heads each: a slab's temporaries stay in cache."""
-    step = max(1, 64 // max(1, heads))
-    return [slice(c, min(c + step, NC)) for c in range(0, NC, step)]
 
 
 def chunk_gla_fwd_o_gk(
@@ -55,7 +49,7 @@ def chunk_gla_fwd_o_gk(
     hc = layout.pack_chunks(h.to(qc.dtype)).movedim(2, 1)               # [N, H, NC, K, V]
     N, H, NC, BT = qc.shape[:4]
     o = new_empty((N, NC, BT, H, V), qc.dtype, qc.device).movedim(3, 1)  # token-order memory
-    for sl in _slabs(N * H, NC):
+    for sl in chunk_slabs(qc):
         q_s, G_s, A_s, v_s, h_s = (x[:, :, sl].contiguous() for x in (qc, Gc, Ac, vc, hc))
         # out of place: a contiguous slice is the caller's own memory
         qg = G_s.exp().mul_(q_s).mul_(scale)
@@ -84,7 +78,7 @@ def chunk_gla_bwd_dA(
     N, H, NC = doc.shape[:3]
     # the grid is already fp32 or wider: fp64 stays fp64
     dA = new_empty((N, NC, BT, H, BT), doc.dtype, doc.device).movedim(3, 1)   # token-order memory
-    for sl in _slabs(N * H, NC):
+    for sl in chunk_slabs(doc):
         d_s, v_s = (x[:, :, sl].contiguous() for x in (doc, vc))
         dA[:, :, sl] = (d_s @ v_s.transpose(-1, -2)).tril_().mul_(scale)
     return _from_grid(layout, dA)

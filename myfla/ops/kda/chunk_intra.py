@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
 from myfla.ops.utils.solve_tril import solve_tril
 from myfla.ops.utils.workspace import new_empty
@@ -54,19 +54,6 @@ def chunks_to_grid(layout, h: torch.Tensor) -> torch.Tensor:
 def chunks_from_grid(layout, hc: torch.Tensor) -> torch.Tensor:
     """``[N, H, NC, *rest]`` -> fla's per-chunk ``[B, NT, H, *rest]``."""
     return layout.unpack_chunks(hc.movedim(1, 2))
-
-
-# Chunk-heads processed together by the intra-chunk passes: a slab's temporaries stay in cache,
-# which keeps their cost linear in T (whole-grid passes at long T run from DRAM).
-SLAB_CHUNK_HEADS = 64
-
-
-def chunk_slabs(xc: torch.Tensor):
-    """Slices of the chunk axis (dim 2 of ``[N, H, NC, ...]``) of about ``SLAB_CHUNK_HEADS``
-    chunk-heads each."""
-    N, H, NC = xc.shape[:3]
-    step = max(1, SLAB_CHUNK_HEADS // max(1, N * H))
-    return [slice(c, min(c + step, NC)) for c in range(0, NC, step)]
 
 
 def slab(xc: torch.Tensor, sl: slice) -> torch.Tensor:

@@ -106,6 +106,19 @@ class ChunkLayout:
         return (pos.view(1, -1) < lens.view(-1, 1)).view(self.N, self.NC, self.BT)
 
 
+# Chunk-heads processed together by the slab-wise passes (KDA, GLA helpers): a slab's temporaries
+# stay in cache, which keeps their cost linear in T (whole-grid passes at long T run from DRAM).
+SLAB_CHUNK_HEADS = 64
+
+
+def chunk_slabs(xc: torch.Tensor):
+    """Slices of the chunk axis (dim 2 of ``[N, H, NC, ...]``) of about ``SLAB_CHUNK_HEADS``
+    chunk-heads each."""
+    N, H, NC = xc.shape[:3]
+    step = max(1, SLAB_CHUNK_HEADS // max(1, N * H))
+    return [slice(c, min(c + step, NC)) for c in range(0, NC, step)]
+
+
 _cache: list = []
 
 
