@@ -164,8 +164,12 @@ device_platform = get_available_device()
 
 # Source: fla/utils.py:L391-L391 (fla 0.4.0)
 is_amd = (device_platform == 'cuda' and torch.version.hip is not None)
+# Source: fla/utils.py:L392-L392 (fla 0.4.0)
+is_intel = (device_platform == 'xpu')
 # Source: fla/utils.py:L393-L393 (fla 0.4.0)
 is_nvidia = (device_platform == 'cuda' and torch.version.hip is None)
+# Source: fla/utils.py:L394-L394 (fla 0.4.0)
+is_intel_alchemist = (is_intel and 'Intel(R) Arc(TM) A' in torch.xpu.get_device_name(0))
 # Source: fla/utils.py:L395-L395 (fla 0.4.0)
 is_nvidia_hopper = (is_nvidia and ('NVIDIA H' in torch.cuda.get_device_name(0) or torch.cuda.get_device_capability()[0] >= 9))
 # CUDA graphs capture Triton launches in fla; the torch port runs eagerly.
@@ -173,6 +177,9 @@ is_nvidia_hopper = (is_nvidia and ('NVIDIA H' in torch.cuda.get_device_name(0) o
 use_cuda_graph = False
 # Source: fla/utils.py:L399-L399 (fla 0.4.0)
 is_tf32_supported = (is_nvidia and torch.cuda.get_device_capability(0)[0] >= 8)
+# tl.gather is a Triton language feature; torch code indexes directly, so the port reports False.
+# Source: fla/utils.py:L400-L400 (fla 0.4.0)
+is_gather_supported = False
 # TMA descriptors are a Triton/Hopper feature with no meaning for torch code.
 # Source: fla/utils.py:L401-L403 (fla 0.4.0)
 is_tma_supported = False
