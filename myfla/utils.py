@@ -177,9 +177,10 @@ is_nvidia_hopper = (is_nvidia and ('NVIDIA H' in torch.cuda.get_device_name(0) o
 use_cuda_graph = False
 # Source: fla/utils.py:L399-L399 (fla 0.4.0)
 is_tf32_supported = (is_nvidia and torch.cuda.get_device_capability(0)[0] >= 8)
-# tl.gather is a Triton language feature; torch code indexes directly, so the port reports False.
+# fla asks whether Triton has tl.gather; the port's gather (myfla.ops.utils.op.gather) is torch.gather,
+# which every supported torch has.
 # Source: fla/utils.py:L400-L400 (fla 0.4.0)
-is_gather_supported = False
+is_gather_supported = True
 # TMA descriptors are a Triton/Hopper feature with no meaning for torch code.
 # Source: fla/utils.py:L401-L403 (fla 0.4.0)
 is_tma_supported = False
