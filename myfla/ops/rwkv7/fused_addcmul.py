@@ -90,16 +90,17 @@ def addcmul_bwd1(d_xr, d_xw, d_xk, d_xv, d_xa, d_xg,
 
 @torch_compile
 def addcmul_bwd2(d_oxr, d_xw, d_xk, d_xv, d_xa, d_xg, delta, use_xg: bool):
-    """``dmu_i = sum_{B,T} dx_i * delta`` in fp32, ``[1, 1, D]`` each.
+    """``dmu_i = sum_{B,T} dx_i * delta`` in fp32 (fp64 for fp64 inputs), ``[1, 1, D]`` each.
 
     Source: fla/ops/rwkv7/fused_addcmul.py:L204-L212 (fla 0.4.0)
     """
-    g_xr = (d_oxr * delta).sum(dim=(0, 1), keepdim=True, dtype=torch.float32)
-    g_xw = (d_xw * delta).sum(dim=(0, 1), keepdim=True, dtype=torch.float32)
-    g_xk = (d_xk * delta).sum(dim=(0, 1), keepdim=True, dtype=torch.float32)
-    g_xv = (d_xv * delta).sum(dim=(0, 1), keepdim=True, dtype=torch.float32)
-    g_xa = (d_xa * delta).sum(dim=(0, 1), keepdim=True, dtype=torch.float32)
-    g_xg = (d_xg * delta).sum(dim=(0, 1), keepdim=True, dtype=torch.float32) if use_xg else None
+    acc = torch.promote_types(delta.dtype, torch.float32)
+    g_xr = (d_oxr * delta).sum(dim=(0, 1), keepdim=True, dtype=acc)
+    g_xw = (d_xw * delta).sum(dim=(0, 1), keepdim=True, dtype=acc)
+    g_xk = (d_xk * delta).sum(dim=(0, 1), keepdim=True, dtype=acc)
+    g_xv = (d_xv * delta).sum(dim=(0, 1), keepdim=True, dtype=acc)
+    g_xa = (d_xa * delta).sum(dim=(0, 1), keepdim=True, dtype=acc)
+    g_xg = (d_xg * delta).sum(dim=(0, 1), keepdim=True, dtype=acc) if use_xg else None
     return g_xr, g_xw, g_xk, g_xv, g_xa, g_xg
 
 

@@ -42,7 +42,8 @@ def dplr_recurrence(q, k, v, a, b, gk, scale: float, initial_state: Optional[tor
     NH = N * H
     h = torch.zeros(NH, K, V, dtype=dtype, device=q.device)
     if initial_state is not None:
-        h.copy_(initial_state.reshape(NH, K, V))
+        with torch.no_grad():
+            h.copy_(initial_state.reshape(NH, K, V))
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
     if T == 0 or layout.NC == 0:
         return o, (h.view(N, H, K, V) if output_final_state else None)
