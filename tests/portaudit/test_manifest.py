@@ -7,7 +7,7 @@ import re
 import pytest
 
 from portaudit.errors import EXIT_USAGE, UsageError
-from portaudit.manifest import discover_manifests, load_manifest
+from portaudit.static.manifest import discover_manifests, load_manifest
 
 GOOD = """\
 name: demo
@@ -94,7 +94,7 @@ def test_directory_discovery(tmp_path):
 def test_docs_code_table_matches_the_code_registry():
     from pathlib import Path
 
-    from portaudit.findings import CODES
+    from portaudit.static.findings import CODES
 
     text = (Path(__file__).resolve().parents[2] / "docs/codes.md").read_text()
     for c in CODES.values():

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from portaudit import checks
-from portaudit.citations import malformed_lines
-from portaudit.findings import BASELINE, ERROR, OPEN, WAIVED, Finding
-from portaudit.index import CLASS, KERNEL, METHOD, Definition, ModuleInfo, Resolved, TreeIndex
-from portaudit.manifest import Entry, Manifest
+from portaudit.static.checks import rules as checks
+from portaudit.static.citations import malformed_lines
+from portaudit.static.findings import BASELINE, ERROR, OPEN, WAIVED, Finding
+from portaudit.static.index.tree import CLASS, KERNEL, METHOD, Definition, ModuleInfo, Resolved, TreeIndex
+from portaudit.static.manifest import Entry, Manifest
 
 FAMILIES = ("presence", "signature", "citation", "simplification")
 PASS, FAIL, SKIP = "pass", "fail", "n/a"

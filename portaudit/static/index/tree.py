@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from portaudit.citations import Citation, parse_citations
+from portaudit.static.citations import Citation, parse_citations
 
 INDEX_FORMAT = 5  # bump when the pickled shape changes
 
@@ -29,9 +29,9 @@ def _parser_key() -> str:
     """Cache entries are tied to the parser's own source, so a changed parser never reads stale data."""
     h = hashlib.sha256(str(INDEX_FORMAT).encode())
     here = Path(__file__).resolve().parent
-    for name in ("index.py", "_parse.py", "citations.py"):
+    for path in (here / "tree.py", here / "parse.py", here.parent / "citations.py"):
         try:
-            h.update((here / name).read_bytes())
+            h.update(path.read_bytes())
         except OSError:
             pass
     return h.hexdigest()[:16]
@@ -174,7 +174,7 @@ class TreeIndex:
                     return info
                 except Exception:  # a corrupt cache entry is rebuilt
                     pass
-        from portaudit._parse import parse_module_source  # libcst is imported only on a miss
+        from portaudit.static.index.parse import parse_module_source  # libcst is imported only on a miss
 
         if self.on_parse is not None:
             self.on_parse(f"parsing {self.relpath(str(path))}")

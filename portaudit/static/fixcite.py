@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from portaudit.citations import Citation, format_citation
+from portaudit.static.citations import Citation, format_citation
 from portaudit.errors import UsageError
-from portaudit.index import CONSTANT, KERNEL, Definition, ModuleInfo, TreeIndex
-from portaudit.manifest import Manifest
+from portaudit.static.index.tree import CONSTANT, KERNEL, Definition, ModuleInfo, TreeIndex
+from portaudit.static.manifest import Manifest
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""libcst parsing of one module into a :class:`portaudit.index.ModuleInfo` (no code is executed)."""
+"""libcst parsing of one module into a :class:`portaudit.static.index.tree.ModuleInfo` (no code is executed)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Optional, Sequence
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from portaudit.citations import parse_citations
-from portaudit.index import (AUTOGRAD, CLASS, CONSTANT, FUNCTION, KERNEL, KEYWORD_ONLY, MARKER_RE,
-                             METHOD, NN_MODULE, POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD,
-                             VAR_POSITIONAL, BodyFacts, Definition, ImportRef, ModuleInfo, Param)
+from portaudit.static.citations import parse_citations
+from portaudit.static.index.tree import (AUTOGRAD, CLASS, CONSTANT, FUNCTION, KERNEL, KEYWORD_ONLY, MARKER_RE,
+                                         METHOD, NN_MODULE, POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD,
+                                         VAR_POSITIONAL, BodyFacts, Definition, ImportRef, ModuleInfo, Param)
 
 _NIE_RE = re.compile(r"^\s*raise\s+NotImplementedError\b")
 

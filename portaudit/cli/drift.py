@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from portaudit.cli_common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
+from portaudit.cli.common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
                                   cli_errors, console, default_manifests, err_console, write_output)
 from portaudit.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 
@@ -29,7 +29,7 @@ def _looks_like_path(spec: str) -> bool:
 
 def _side(spec: Optional[str], manifest, session, package: str, cache_dir):
     """(root, distributions, upstream path) for a --from/--to value, or the manifest's pin."""
-    from portaudit.upstream import parse_distributions, resolve_upstream
+    from portaudit.static.upstream import parse_distributions, resolve_upstream
 
     if spec is None:
         root = session.upstream_root(manifest)
@@ -81,8 +81,8 @@ def drift(
         from portaudit.drift.engine import Release, release_version, run_drift
         from portaudit.drift.manifest_writer import render_updated_manifest, write_updated_manifest
         from portaudit.drift.report import print_run, render_json, render_markdown
-        from portaudit.manifest import load_manifest
-        from portaudit.session import Session
+        from portaudit.static.manifest import load_manifest
+        from portaudit.static.session import Session
 
         paths = default_manifests(manifest)
         manifests = [load_manifest(p) for p in paths]

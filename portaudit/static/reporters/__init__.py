@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from portaudit.audit import ManifestResult
-from portaudit.baseline import GateResult
-from portaudit.findings import ERROR, OPEN
+from portaudit.static.checks.runner import ManifestResult
+from portaudit.static.baseline import GateResult
+from portaudit.static.findings import ERROR, OPEN
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Report:
 
 
 def _formats() -> dict[str, Callable[[Report], str]]:
-    from portaudit.reporters import github, json_report, junit, markdown, sarif, text
+    from portaudit.static.reporters import github, json_report, junit, markdown, sarif, text
 
     return {"text": text.render, "json": json_report.render, "markdown": markdown.render,
             "junit": junit.render, "sarif": sarif.render, "github": github.render}

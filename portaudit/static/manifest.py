@@ -23,7 +23,7 @@ from typing import Any, Optional
 import yaml
 
 from portaudit.errors import UsageError
-from portaudit.index import KINDS
+from portaudit.static.index.tree import KINDS
 
 ENTRY_KINDS = tuple(KINDS)
 
@@ -265,7 +265,7 @@ class _Validator:
 
 
 def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> Manifest:
-    from portaudit.findings import CODES
+    from portaudit.static.findings import CODES
 
     known = known_codes if known_codes is not None else set(CODES)
     path = Path(path)

@@ -13,7 +13,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Optional
 
-from portaudit.index import KERNEL, ModuleInfo, Resolved, TreeIndex
+from portaudit.static.index.tree import KERNEL, ModuleInfo, Resolved, TreeIndex
 
 
 @dataclass

@@ -10,14 +10,14 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from portaudit.baseline import apply_gate, load_baseline, write_baseline
-from portaudit.cli_common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
+from portaudit.static.baseline import apply_gate, load_baseline, write_baseline
+from portaudit.cli.common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
                                   UpstreamPathOpt, cli_errors, console, default_manifests, err_console,
                                   write_output)
 from portaudit.errors import EXIT_FINDINGS, EXIT_OK, UsageError
-from portaudit.manifest import load_manifest
-from portaudit.reporters import Report, render
-from portaudit.session import Session
+from portaudit.static.manifest import load_manifest
+from portaudit.static.reporters import Report, render
+from portaudit.static.session import Session
 
 DEFAULT_BASELINE = Path("manifests/baseline")
 
@@ -75,7 +75,7 @@ def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], por
             for r in results:
                 report.gates[r.manifest.name] = apply_gate(r, load_baseline(baseline, r.manifest.name))
         if fmt == Format.text and output is None:
-            from portaudit.reporters.text import print_report
+            from portaudit.static.reporters.text import print_report
 
             print_report(report, console)
         else:

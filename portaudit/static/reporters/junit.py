@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from portaudit.findings import ERROR, OPEN, WAIVED
-from portaudit.reporters import Report
+from portaudit.static.findings import ERROR, OPEN, WAIVED
+from portaudit.static.reporters import Report
 
 
 def render(report: Report) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from portaudit.audit import Auditor, ManifestResult
+from portaudit.static.checks.runner import Auditor, ManifestResult
 from portaudit.errors import UsageError
-from portaudit.index import TreeIndex
-from portaudit.manifest import Manifest
-from portaudit.upstream import default_cache_dir, resolve_upstream
+from portaudit.static.index.tree import TreeIndex
+from portaudit.static.manifest import Manifest
+from portaudit.static.upstream import default_cache_dir, resolve_upstream
 
 Progress = Callable[[str], None]
 

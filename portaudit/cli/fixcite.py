@@ -8,12 +8,12 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from portaudit.cli_common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
+from portaudit.cli.common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
                                   UpstreamPathOpt, cli_errors, console, default_manifests, err_console)
 from portaudit.errors import EXIT_FINDINGS, EXIT_OK
-from portaudit.fixcite import FixPlan, apply_edits, plan_fixes, unified_diff, write_changes
-from portaudit.manifest import load_manifest
-from portaudit.session import Session
+from portaudit.static.fixcite import FixPlan, apply_edits, plan_fixes, unified_diff, write_changes
+from portaudit.static.manifest import load_manifest
+from portaudit.static.session import Session
 
 
 def fix_citations(

@@ -2,7 +2,7 @@
 
 Each rule family takes what it compares (upstream and port definitions, paths for locations) and
 returns a list of :class:`Finding`; nothing here prints, exits or touches the file system.
-Codes are documented in :mod:`portaudit.findings` and docs/codes.md.
+Codes are documented in :mod:`portaudit.static.findings` and docs/codes.md.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from portaudit.citations import Citation
-from portaudit.findings import Finding
-from portaudit.index import (AUTOGRAD, CLASS, CONSTANT, FUNCTION, KERNEL, METHOD, NN_MODULE,
-                             VAR_KEYWORD, VAR_POSITIONAL, Definition, Param)
+from portaudit.static.citations import Citation
+from portaudit.static.findings import Finding
+from portaudit.static.index.tree import (AUTOGRAD, CLASS, CONSTANT, FUNCTION, KERNEL, METHOD, NN_MODULE,
+                                         VAR_KEYWORD, VAR_POSITIONAL, Definition, Param)
 
 CLASS_KINDS = (CLASS, NN_MODULE, AUTOGRAD)
 CALLABLE_KINDS = (FUNCTION, METHOD, KERNEL)

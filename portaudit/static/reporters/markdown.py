@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from portaudit.audit import MISSING, INCOMPLETE, WAIVED_STATUS
-from portaudit.findings import BASELINE, ERROR, OPEN, WAIVED
-from portaudit.reporters import Report
+from portaudit.static.checks.runner import MISSING, INCOMPLETE, WAIVED_STATUS
+from portaudit.static.findings import BASELINE, ERROR, OPEN, WAIVED
+from portaudit.static.reporters import Report
 
 
 def _esc(s: str) -> str:

@@ -3,8 +3,8 @@ finding (warnings for lower-severity codes) and a ``::notice`` summary line per 
 
 from __future__ import annotations
 
-from portaudit.findings import CODES, ERROR, OPEN
-from portaudit.reporters import Report
+from portaudit.static.findings import CODES, ERROR, OPEN
+from portaudit.static.reporters import Report
 
 
 def escape_data(s: str) -> str:

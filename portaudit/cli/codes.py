@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from portaudit.cli_common import console
-from portaudit.findings import CODES
+from portaudit.cli.common import console
+from portaudit.static.findings import CODES
 
 
 def codes(markdown: bool = False) -> None:

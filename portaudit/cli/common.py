@@ -39,7 +39,7 @@ NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Never show t
 
 
 def default_manifests(paths: Optional[List[Path]]) -> List[Path]:
-    from portaudit.manifest import discover_manifests
+    from portaudit.static.manifest import discover_manifests
 
     if not paths:
         if Path("manifests").is_dir():

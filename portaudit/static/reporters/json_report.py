@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from portaudit import __version__
-from portaudit.audit import ManifestResult, count_findings
-from portaudit.reporters import Report
+from portaudit.static.checks.runner import ManifestResult, count_findings
+from portaudit.static.reporters import Report
 
 SCHEMA = "portaudit.check/1"
 

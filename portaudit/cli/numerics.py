@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from portaudit.cli_common import cli_errors, console, err_console, write_output
+from portaudit.cli.common import cli_errors, console, err_console, write_output
 from portaudit.errors import UsageError
 
 FORMATS = ("table", "json", "markdown", "junit")
@@ -50,7 +50,7 @@ def _impl(name: str, device, upstream_root):
 
 
 def _upstream_root(upstream: str, upstream_path: Optional[Path]):
-    from portaudit.upstream import resolve_upstream
+    from portaudit.static.upstream import resolve_upstream
     return resolve_upstream(upstream, upstream_path=upstream_path, package="fla",
                             progress=lambda m: err_console.print(f"[dim]{m}[/]"))
 

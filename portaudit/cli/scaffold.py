@@ -9,12 +9,12 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from portaudit.cli_common import (CacheDirOpt, NoProgressOpt, ProgressDisplay, UpstreamPathOpt, cli_errors,
+from portaudit.cli.common import (CacheDirOpt, NoProgressOpt, ProgressDisplay, UpstreamPathOpt, cli_errors,
                                   err_console, write_output)
 from portaudit.errors import UsageError
-from portaudit.index import TreeIndex
-from portaudit.scaffold import closure, group_stages, render_manifest
-from portaudit.upstream import default_cache_dir, parse_distributions, resolve_upstream
+from portaudit.static.index.tree import TreeIndex
+from portaudit.static.scaffold import closure, group_stages, render_manifest
+from portaudit.static.upstream import default_cache_dir, parse_distributions, resolve_upstream
 
 
 def scaffold(

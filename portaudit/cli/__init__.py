@@ -1,13 +1,13 @@
 """The `portaudit` command line (Typer).
 
-Every command lives in its own module and is registered here with one line; another package adds
-its commands the same way, e.g.::
+Every command lives in its own module of this package and is registered here with one line, e.g.::
 
-    from portaudit.numerics.cli import invariants
+    from portaudit.cli.numerics import invariants
     app.command("invariants")(invariants)
-    # or a group:  app.add_typer(drift_app, name="drift")
+    # or a group:  app.add_typer(golden_app, name="golden")
 
-Shared options, consoles and error handling are in :mod:`portaudit.cli_common`.
+The commands call into the halves (:mod:`portaudit.static`, :mod:`portaudit.drift`,
+:mod:`portaudit.numerics`), none of which imports typer or this package. Shared options, consoles and error handling are in :mod:`portaudit.cli.common`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from __future__ import annotations
 import typer
 
 from portaudit import __version__
-from portaudit.commands.check import check, gate
-from portaudit.commands.codes import codes
-from portaudit.drift.command import drift
-from portaudit.commands.fixcite import fix_citations
-from portaudit.commands.scaffold import scaffold
-from portaudit.numerics.cli import golden_app, invariants
+from portaudit.cli.check import check, gate
+from portaudit.cli.codes import codes
+from portaudit.cli.drift import drift
+from portaudit.cli.fixcite import fix_citations
+from portaudit.cli.scaffold import scaffold
+from portaudit.cli.numerics import golden_app, invariants
 
 app = typer.Typer(name="portaudit", add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,

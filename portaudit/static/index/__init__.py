@@ -1,0 +1,1 @@
+"""A static index of a source tree: :mod:`.tree` (lazy, cached) built by :mod:`.parse` (libcst)."""
