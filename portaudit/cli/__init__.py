@@ -7,7 +7,8 @@ Every command lives in its own module of this package and is registered here wit
     # or a group:  app.add_typer(golden_app, name="golden")
 
 The commands call into the halves (:mod:`portaudit.static`, :mod:`portaudit.drift`,
-:mod:`portaudit.numerics`), none of which imports typer or this package. Shared options, consoles and error handling are in :mod:`portaudit.cli.common`.
+:mod:`portaudit.numerics`), none of which imports typer or this package. Shared options,
+consoles and error handling are in :mod:`portaudit.cli.common`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from portaudit.cli.check import check, gate
 from portaudit.cli.codes import codes
 from portaudit.cli.drift import drift
 from portaudit.cli.fixcite import fix_citations
-from portaudit.cli.scaffold import scaffold
 from portaudit.cli.numerics import golden_app, invariants
+from portaudit.cli.scaffold import scaffold
 
 app = typer.Typer(name="portaudit", add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,

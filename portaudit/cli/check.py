@@ -10,13 +10,14 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from portaudit.static.baseline import apply_gate, load_baseline, write_baseline
 from portaudit.cli.common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
                                   UpstreamPathOpt, cli_errors, console, default_manifests, err_console,
                                   write_output)
 from portaudit.errors import EXIT_FINDINGS, EXIT_OK, UsageError
+from portaudit.static.baseline import apply_gate, load_baseline, write_baseline
 from portaudit.static.manifest import load_manifest
-from portaudit.static.reporters import Report, render
+from portaudit.static.reporters import render
+from portaudit.static.reporters.report import Report
 from portaudit.static.session import Session
 
 DEFAULT_BASELINE = Path("manifests/baseline")

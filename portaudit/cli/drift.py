@@ -83,6 +83,7 @@ def drift(
         from portaudit.drift.report import print_run, render_json, render_markdown
         from portaudit.static.manifest import load_manifest
         from portaudit.static.session import Session
+        from portaudit.static.upstream import locate_port_root
 
         paths = default_manifests(manifest)
         manifests = [load_manifest(p) for p in paths]
@@ -109,7 +110,7 @@ def drift(
         def port_for(m):
             if no_citations:
                 return None
-            root = m.resolve_port_root(port_path)
+            root = locate_port_root(m, port_path)
             top = m.port.package.split(".")[0]
             if root is None or not (root / top).is_dir():
                 err_console.print(f"portaudit: note: port package '{top}' not found; citations skipped",

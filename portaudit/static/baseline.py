@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from portaudit.static.checks.runner import ManifestResult
 from portaudit.errors import UsageError
 from portaudit.static.findings import BASELINE, OPEN
+from portaudit.static.results import ManifestResult
 
 SCHEMA = "portaudit.baseline/1"
 MISSING_CODES = ("PA101", "PA102", "PA105")

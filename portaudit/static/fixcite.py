@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from portaudit.static.citations import Citation, format_citation
 from portaudit.errors import UsageError
-from portaudit.static.index.tree import CONSTANT, KERNEL, Definition, ModuleInfo, TreeIndex
+from portaudit.static.citations import Citation, format_citation
+from portaudit.static.index.model import CONSTANT, KERNEL, Definition, ModuleInfo
+from portaudit.static.index.tree import TreeIndex
 from portaudit.static.manifest import Manifest
 
 

@@ -23,7 +23,7 @@ from typing import Any, Optional
 import yaml
 
 from portaudit.errors import UsageError
-from portaudit.static.index.tree import KINDS
+from portaudit.static.index.model import KINDS
 
 ENTRY_KINDS = tuple(KINDS)
 
@@ -144,26 +144,6 @@ class Manifest:
         if symbol == pkg or symbol.startswith(pkg + "."):
             return self.port.package + symbol[len(pkg):]
         return symbol
-
-    def resolve_port_root(self, override: Optional[str | Path] = None) -> Optional[Path]:
-        """The directory holding the port package, found without importing the port."""
-        if override is not None:
-            p = Path(override).expanduser().resolve()
-            if (p / "__init__.py").is_file() and p.name == self.port.package.split(".")[0]:
-                return p.parent
-            return p
-        if self.port.path:
-            return (self.path.parent / self.port.path).resolve()
-        import importlib.util
-
-        top = self.port.package.split(".")[0]
-        try:
-            spec = importlib.util.find_spec(top)  # a top-level find_spec executes nothing
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        return Path(list(spec.submodule_search_locations)[0]).parent
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Optional
 
-from portaudit.static.index.tree import KERNEL, ModuleInfo, Resolved, TreeIndex
+from portaudit.static.index.model import KERNEL, ModuleInfo, Resolved
+from portaudit.static.index.tree import TreeIndex
 
 
 @dataclass

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from portaudit.static.checks.runner import Auditor, ManifestResult
 from portaudit.errors import UsageError
+from portaudit.static.checks.runner import Auditor
 from portaudit.static.index.tree import TreeIndex
 from portaudit.static.manifest import Manifest
-from portaudit.static.upstream import default_cache_dir, resolve_upstream
+from portaudit.static.results import ManifestResult
+from portaudit.static.upstream import default_cache_dir, locate_port_root, resolve_upstream
 
 Progress = Callable[[str], None]
 
@@ -47,7 +48,7 @@ class Session:
         return self._roots[key]
 
     def port_root(self, manifest: Manifest) -> Path:
-        root = manifest.resolve_port_root(self.port_path)
+        root = locate_port_root(manifest, self.port_path)
         top = manifest.port.package.split(".")[0]
         if root is None or not (root / top).is_dir():
             where = f" under {root}" if root is not None else ""

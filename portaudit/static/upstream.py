@@ -1,4 +1,7 @@
-"""Resolve an upstream: pinned distributions fetched from the package registry, or a local tree.
+"""Locate the two trees a manifest compares: the upstream and the port.
+
+The upstream is pinned distributions fetched from the package registry, or a local tree; the port
+is the manifest's ``port.path``, an explicit folder or the installed package (:func:`locate_port_root`).
 
 Distributions (``fla-core==0.4.0``) are fetched with ``pip download --no-deps`` into a cache,
 unpacked once into ``<cache>/trees/<key>/`` and reused. The cache lives under the user's cache
@@ -16,9 +19,12 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 from portaudit.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from portaudit.static.manifest import Manifest
 
 CACHE_ENV = "PORTAUDIT_CACHE"
 _DONE_MARKER = ".portaudit-complete"
@@ -193,3 +199,24 @@ def resolve_upstream(
 
 def iter_python_files(root: Path, package: str) -> Iterable[Path]:
     yield from sorted((root / package).rglob("*.py"))
+
+
+def locate_port_root(manifest: Manifest, override: Optional[str | Path] = None) -> Optional[Path]:
+    """The directory holding the manifest's port package, found without importing the port."""
+    if override is not None:
+        p = Path(override).expanduser().resolve()
+        if (p / "__init__.py").is_file() and p.name == manifest.port.package.split(".")[0]:
+            return p.parent
+        return p
+    if manifest.port.path:
+        return (manifest.path.parent / manifest.port.path).resolve()
+    import importlib.util
+
+    top = manifest.port.package.split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level find_spec executes nothing
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]).parent

@@ -8,8 +8,8 @@ from typing import Optional
 
 import pytest
 
-from portaudit.static.checks.runner import ManifestResult
 from portaudit.static.manifest import load_manifest
+from portaudit.static.results import ManifestResult
 from portaudit.static.session import Session
 
 

@@ -1,114 +1,32 @@
 """Run every static rule of one manifest against an upstream index and a port index.
 
-The result (:class:`ManifestResult`) holds one :class:`SymbolResult` per manifest entry (each
-rule family's outcome and its findings) plus the manifest-hygiene findings, with waivers and
-deviations applied. Reporters and the gate read only these objects.
+For each manifest entry the runner resolves the upstream definition and the port definition, runs
+the rule families (:mod:`.presence`, :mod:`.signature`, :mod:`.citation`, :mod:`.simplification`)
+and records their outcomes in a :class:`~portaudit.static.results.SymbolResult`; then
+:mod:`.hygiene` applies the manifest's waivers and deviations. Reporters and the gate read only the
+resulting :class:`~portaudit.static.results.ManifestResult`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from portaudit.static.checks import rules as checks
+from portaudit.static.checks import hygiene
+from portaudit.static.checks.citation import UpstreamFile, check_citations
+from portaudit.static.checks.presence import check_kind, check_methods, kernel_accounted
+from portaudit.static.checks.signature import check_signature
+from portaudit.static.checks.simplification import check_simplification
+from portaudit.static.checks.site import Site
 from portaudit.static.citations import malformed_lines
-from portaudit.static.findings import BASELINE, ERROR, OPEN, WAIVED, Finding
-from portaudit.static.index.tree import CLASS, KERNEL, METHOD, Definition, ModuleInfo, Resolved, TreeIndex
+from portaudit.static.findings import ERROR, Finding
+from portaudit.static.index.model import (CALLABLE_KINDS, CLASS_KINDS, KERNEL, METHOD, Definition, ModuleInfo,
+                                          Resolved)
+from portaudit.static.index.tree import TreeIndex
 from portaudit.static.manifest import Entry, Manifest
+from portaudit.static.results import FAIL, PASS, SKIP, ManifestResult, SymbolResult, display_path
 
 FAMILIES = ("presence", "signature", "citation", "simplification")
-PASS, FAIL, SKIP = "pass", "fail", "n/a"
-
-# symbol status
-OK = "ok"
-WAIVED_STATUS = "waived"
-INCOMPLETE = "incomplete"
-MISSING = "missing"
-
-
-def display_path(path: str | Path) -> str:
-    p = Path(path)
-    try:
-        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except (ValueError, OSError):
-        return str(p)
-
-
-@dataclass
-class SymbolResult:
-    symbol: str
-    stage: str
-    module: str                    # upstream module the entry belongs to (table row)
-    kind: str
-    port_symbol: str
-    port_file: Optional[str] = None
-    port_line: Optional[int] = None
-    upstream_ref: Optional[str] = None
-    rules: dict[str, str] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
-    accounted_by: Optional[str] = None
-    deviation: Optional[str] = None
-
-    @property
-    def status(self) -> str:
-        errors = [f for f in self.findings if f.severity == ERROR and f.status in (OPEN, BASELINE)]
-        if any(f.code in ("PA101", "PA102", "PA105", "PA501") for f in errors):
-            return MISSING
-        if errors:
-            return INCOMPLETE
-        if any(f.status == WAIVED for f in self.findings):
-            return WAIVED_STATUS
-        return OK
-
-    @property
-    def complete(self) -> bool:
-        return self.status in (OK, WAIVED_STATUS)
-
-
-@dataclass
-class ModuleRow:
-    stage: str
-    module: str
-    items: int = 0
-    passed: int = 0
-
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.passed / self.items if self.items else 100.0
-
-
-@dataclass
-class ManifestResult:
-    manifest: Manifest
-    upstream_root: Path
-    port_root: Path
-    symbols: list[SymbolResult] = field(default_factory=list)
-    hygiene: list[Finding] = field(default_factory=list)
-
-    @property
-    def findings(self) -> list[Finding]:
-        return [f for s in self.symbols for f in s.findings] + self.hygiene
-
-    @property
-    def total(self) -> int:
-        return len(self.symbols)
-
-    @property
-    def passed(self) -> int:
-        return sum(1 for s in self.symbols if s.complete)
-
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.passed / self.total if self.total else 100.0
-
-    def rows(self) -> list[ModuleRow]:
-        rows: dict[tuple[str, str], ModuleRow] = {}
-        for s in self.symbols:
-            row = rows.setdefault((s.stage, s.module), ModuleRow(s.stage, s.module))
-            row.items += 1
-            row.passed += int(s.complete)
-        return list(rows.values())
 
 
 class Auditor:
@@ -117,18 +35,18 @@ class Auditor:
     def __init__(self, upstream: TreeIndex, port: TreeIndex):
         self.up = upstream
         self.port = port
-        self._file_lines: dict[str, checks.UpstreamFile] = {}
+        self._file_lines: dict[str, UpstreamFile] = {}
 
     # -- helpers ---------------------------------------------------------------------------
-    def upstream_file(self, relpath: str) -> checks.UpstreamFile:
+    def upstream_file(self, relpath: str) -> UpstreamFile:
         if relpath not in self._file_lines:
             p = self.up.root / relpath
             if p.is_file() and ".." not in Path(relpath).parts:
                 with open(p, "rb") as fh:
                     n = fh.read().count(b"\n")
-                self._file_lines[relpath] = checks.UpstreamFile(relpath, True, n)
+                self._file_lines[relpath] = UpstreamFile(relpath, True, n)
             else:
-                self._file_lines[relpath] = checks.UpstreamFile(relpath, False)
+                self._file_lines[relpath] = UpstreamFile(relpath, False)
         return self._file_lines[relpath]
 
     def up_relpath(self, info: ModuleInfo) -> str:
@@ -141,17 +59,9 @@ class Auditor:
     def run(self, manifest: Manifest) -> ManifestResult:
         result = ManifestResult(manifest, self.up.root, self.port.root)
         mfile = display_path(manifest.path)
-        seen: dict[str, Entry] = {}
-        todo: list[tuple[Entry, Optional[Resolved]]] = []
-        for entry in manifest.entries:
-            if entry.symbol in seen:
-                result.hygiene.append(Finding(
-                    "PA504", entry.symbol, f"{entry.symbol} is listed again (first in stage "
-                    f"{seen[entry.symbol].stage_id})", mfile, entry.loc.line if entry.loc else 1,
-                    manifest=manifest.name, stage=entry.stage_id, detail=f"stage {entry.stage_id}"))
-                continue
-            seen[entry.symbol] = entry
-            todo.append((entry, self.up.resolve(entry.symbol)))
+        entries, repeats = hygiene.unique_entries(manifest, mfile)
+        result.hygiene += repeats
+        todo: list[tuple[Entry, Optional[Resolved]]] = [(e, self.up.resolve(e.symbol)) for e in entries]
         # every port module mirrored by the manifest is loaded first: kernels may be cited anywhere
         port_mods: dict[str, Optional[ModuleInfo]] = {}
         for entry, up in todo:
@@ -163,8 +73,8 @@ class Auditor:
                           for d in m.definitions.values() for c in d.citations]
         for entry, up in todo:
             result.symbols.append(self.audit_entry(manifest, entry, up, port_citations, mfile))
-        self.apply_waivers(manifest, result, mfile)
-        self.apply_deviations(manifest, result, mfile)
+        hygiene.apply_waivers(manifest, result, mfile)
+        hygiene.apply_deviations(manifest, result, mfile)
         for f in result.findings:
             f.manifest = manifest.name
         return result
@@ -195,10 +105,10 @@ class Auditor:
         if pres is not None:
             sr.port_file = display_path(pres.module.path)
             sr.port_line = pres.definition.start
-        site = checks.Site(entry.symbol, sr.port_file or mfile, pres.definition if pres else None)
+        site = Site(entry.symbol, sr.port_file or mfile, pres.definition if pres else None)
 
         if is_kernel:
-            how = checks.kernel_accounted(self.up_relpath(up.module), ud, port_citations,
+            how = kernel_accounted(self.up_relpath(up.module), ud, port_citations,
                                           pres.definition if pres else None)
             sr.accounted_by = how
             if how is None:
@@ -227,29 +137,29 @@ class Auditor:
         if pres is not None:
             pd = pres.definition
             if not is_kernel:
-                fam["presence"] += checks.check_kind(site, ud, pd, up_ref)
-            if ud.kind in checks.CLASS_KINDS and pd.kind in checks.CLASS_KINDS:
+                fam["presence"] += check_kind(site, ud, pd, up_ref)
+            if ud.kind in CLASS_KINDS and pd.kind in CLASS_KINDS:
                 up_methods = {m: up.module.definitions[f"{ud.name}.{m}"] for m in ud.methods
                               if f"{ud.name}.{m}" in up.module.definitions}
                 port_methods = self.port_methods(pres)
-                fam["presence"] += checks.check_methods(site, ud, up_methods, port_methods, up_ref)
+                fam["presence"] += check_methods(site, ud, up_methods, port_methods, up_ref)
                 for name, um in up_methods.items():
                     pm = port_methods.get(name)
                     if pm is None:
                         continue
-                    msite = checks.Site(f"{entry.symbol}.{name}", site.file, pm)
+                    msite = Site(f"{entry.symbol}.{name}", site.file, pm)
                     mref = self.ref(up.module, um)
-                    fam["signature"] += checks.check_signature(msite, um, pm, mref)
-                    fam["simplification"] += checks.check_simplification(msite, um, pm, markers=False)
+                    fam["signature"] += check_signature(msite, um, pm, mref)
+                    fam["simplification"] += check_simplification(msite, um, pm, markers=False)
             elif not is_kernel and ud.kind != "constant":
-                fam["signature"] += checks.check_signature(site, ud, pd, up_ref)
+                fam["signature"] += check_signature(site, ud, pd, up_ref)
             spans = ud.spans or [(ud.start, ud.end)]
             port_text = self.port_definition_text(pres)
-            fam["citation"] += checks.check_citations(
+            fam["citation"] += check_citations(
                 site, pd.citations, malformed_lines(port_text), manifest.citation_label,
                 manifest.citation_version, self.up_relpath(up.module), spans,
                 {c.path: self.upstream_file(c.path) for c in pd.citations}, up_ref)
-            fam["simplification"] += checks.check_simplification(site, ud, pd)
+            fam["simplification"] += check_simplification(site, ud, pd)
 
         for name, found in fam.items():
             for f in found:
@@ -290,7 +200,7 @@ class Auditor:
         start = d.start
         while start > 1 and lines[start - 2].lstrip().startswith("#"):
             start -= 1
-        if d.kind in checks.CLASS_KINDS or d.kind in checks.CALLABLE_KINDS:
+        if d.kind in CLASS_KINDS or d.kind in CALLABLE_KINDS:
             # only the docstring region matters for citations: stop at the first blank-free body
             end = min(d.end, d.start + 60)
         else:
@@ -309,55 +219,6 @@ class Auditor:
                 out[name] = PASS
         return out
 
-    # -- waivers and deviations ------------------------------------------------------------
-    def apply_waivers(self, manifest: Manifest, result: ManifestResult, mfile: str) -> None:
-        used = [False] * len(manifest.waivers)
-        for w_i, w in enumerate(manifest.waivers):
-            if not w.reason.strip():
-                result.hygiene.append(Finding(
-                    "PA503", w.symbol, f"waiver for {w.code} on {w.symbol} has no reason; it is ignored "
-                    "until it says why", mfile, w.loc.line if w.loc else 1, detail=w.code))
-        for sr in result.symbols:
-            for f in sr.findings:
-                for w_i, w in enumerate(manifest.waivers):
-                    if w.reason.strip() and w.matches(f.symbol, f.code):
-                        f.status, f.reason = WAIVED, w.reason
-                        used[w_i] = True
-                        break
-            for fam, outcome in sr.rules.items():
-                fam_f = [f for f in sr.findings if f.family == fam and f.severity == ERROR]
-                if outcome == FAIL and fam_f and all(f.status == WAIVED for f in fam_f):
-                    sr.rules[fam] = "waived"
-        for w_i, w in enumerate(manifest.waivers):
-            if w.reason.strip() and not used[w_i]:
-                result.hygiene.append(Finding(
-                    "PA502", w.symbol, f"waiver for {w.code} on {w.symbol} matches no finding; remove it",
-                    mfile, w.loc.line if w.loc else 1, detail=w.code))
-
-    def apply_deviations(self, manifest: Manifest, result: ManifestResult, mfile: str) -> None:
-        listed = {sr.symbol for sr in result.symbols}
-        for dv in manifest.deviations:
-            hit = False
-            for sr in result.symbols:
-                if dv.matches(sr.symbol):
-                    hit = True
-                    sr.deviation = dv.reason
-                    for f in sr.findings:
-                        if dv.matches(f.symbol):
-                            f.deviation = dv.reason
-            if not hit and dv.symbol not in listed:
-                result.hygiene.append(Finding(
-                    "PA505", dv.symbol, f"deviation names {dv.symbol}, which is not in the manifest",
-                    mfile, dv.loc.line if dv.loc else 1))
-
 
 def audit(manifest: Manifest, upstream: TreeIndex, port: TreeIndex) -> ManifestResult:
     return Auditor(upstream, port).run(manifest)
-
-
-def count_findings(findings: list[Finding]) -> dict[str, int]:
-    out = {"error": 0, "warning": 0, "waived": 0, "baseline": 0, "open": 0}
-    for f in findings:
-        out[f.severity] += 1
-        out[f.status] += 1
-    return out

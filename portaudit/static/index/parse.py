@@ -1,4 +1,4 @@
-"""libcst parsing of one module into a :class:`portaudit.static.index.tree.ModuleInfo` (no code is executed)."""
+"""libcst parsing of one module into a :class:`~portaudit.static.index.model.ModuleInfo` (no code is executed)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from portaudit.static.citations import parse_citations
-from portaudit.static.index.tree import (AUTOGRAD, CLASS, CONSTANT, FUNCTION, KERNEL, KEYWORD_ONLY, MARKER_RE,
-                                         METHOD, NN_MODULE, POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD,
-                                         VAR_POSITIONAL, BodyFacts, Definition, ImportRef, ModuleInfo, Param)
+from portaudit.static.index.model import (AUTOGRAD, CLASS, CONSTANT, FUNCTION, KERNEL, KEYWORD_ONLY, METHOD,
+                                          NN_MODULE, POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD,
+                                          VAR_POSITIONAL, BodyFacts, Definition, ImportRef, ModuleInfo, Param)
 
+MARKER_RE = re.compile(
+    r"\b(TODO|FIXME|XXX|HACK|placeholder|simplified|simplification|MVP|stub|not implemented)\b",
+    re.IGNORECASE)
 _NIE_RE = re.compile(r"^\s*raise\s+NotImplementedError\b")
 
 

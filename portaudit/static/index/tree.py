@@ -2,7 +2,7 @@
 
 A :class:`TreeIndex` covers one source tree (an upstream root or a port root). Modules are parsed
 only when a symbol in them is asked for, so only the files reachable from a manifest are ever
-read. Each parsed module becomes a :class:`ModuleInfo`: its definitions (functions, classes,
+read. Each parsed module becomes a :class:`~.model.ModuleInfo`: its definitions (functions, classes,
 methods, autograd.Functions, nn.Modules, ``@triton.jit`` kernels, module constants) with full
 signatures, decorators, 1-based line ranges (decorators included), docstrings, citations, body
 facts, and the names each definition uses (for the scaffold's closure), plus its imports so that
@@ -15,21 +15,19 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
-from portaudit.static.citations import Citation, parse_citations
+from portaudit.static.index.model import ModuleInfo, Resolved
 
-INDEX_FORMAT = 5  # bump when the pickled shape changes
+INDEX_FORMAT = 5  # bump when the pickled shape (the classes in model.py) changes
 
 
 def _parser_key() -> str:
     """Cache entries are tied to the parser's own source, so a changed parser never reads stale data."""
     h = hashlib.sha256(str(INDEX_FORMAT).encode())
     here = Path(__file__).resolve().parent
-    for path in (here / "tree.py", here / "parse.py", here.parent / "citations.py"):
+    for path in (here / "model.py", here / "tree.py", here / "parse.py", here.parent / "citations.py"):
         try:
             h.update(path.read_bytes())
         except OSError:
@@ -38,88 +36,6 @@ def _parser_key() -> str:
 
 
 _PARSER_KEY: Optional[str] = None
-
-# Kinds of definitions.
-FUNCTION = "function"
-CLASS = "class"
-METHOD = "method"
-AUTOGRAD = "autograd.Function"
-NN_MODULE = "nn.Module"
-KERNEL = "kernel"
-CONSTANT = "constant"
-KINDS = (FUNCTION, CLASS, METHOD, AUTOGRAD, NN_MODULE, KERNEL, CONSTANT)
-
-POSITIONAL_ONLY = "positional-only"
-POSITIONAL_OR_KEYWORD = "positional-or-keyword"
-VAR_POSITIONAL = "*args"
-KEYWORD_ONLY = "keyword-only"
-VAR_KEYWORD = "**kwargs"
-
-MARKER_RE = re.compile(
-    r"\b(TODO|FIXME|XXX|HACK|placeholder|simplified|simplification|MVP|stub|not implemented)\b",
-    re.IGNORECASE)
-
-
-@dataclass
-class Param:
-    name: str
-    kind: str
-    default: Optional[str] = None      # normalised source text of the default, None if absent
-    annotation: Optional[str] = None   # normalised source text of the annotation
-
-
-@dataclass
-class BodyFacts:
-    is_stub: bool = False                       # only pass / ... / docstring / raise NotImplementedError
-    not_implemented: list[int] = field(default_factory=list)   # lines raising NotImplementedError
-    markers: list[tuple[int, str]] = field(default_factory=list)  # (line, word) in code/comments/docstring
-    constant_return: Optional[str] = None       # the literal when the body is a single `return <literal>`
-    literal_value: Optional[str] = None         # for a constant: its value when that is a plain literal
-    statements: int = 0                         # top-level statements in the body (docstring excluded)
-
-
-@dataclass
-class Definition:
-    name: str                       # qualified inside its module: "f", "Cls", "Cls.method"
-    kind: str
-    start: int                      # 1-based, decorators included
-    end: int
-    spans: list[tuple[int, int]] = field(default_factory=list)  # every (conditional) definition
-    params: Optional[list[Param]] = None
-    returns: Optional[str] = None
-    decorators: list[str] = field(default_factory=list)
-    docstring: Optional[str] = None
-    citations: list[Citation] = field(default_factory=list)
-    facts: BodyFacts = field(default_factory=BodyFacts)
-    bases: list[str] = field(default_factory=list)
-    methods: list[str] = field(default_factory=list)  # for classes, in source order
-    uses: list[str] = field(default_factory=list)     # dotted names read by the definition
-    body_start: int = 0                               # first body statement line (functions/classes)
-    body_indent: int = 0                              # its column (0-based)
-    doc_span: Optional[tuple[int, int]] = None        # lines of the docstring statement
-
-    @property
-    def short(self) -> str:
-        return self.name.rsplit(".", 1)[-1]
-
-
-@dataclass
-class ImportRef:
-    module: str                 # absolute module name
-    name: Optional[str] = None  # None for `import a.b as c` (the module itself)
-
-
-@dataclass
-class ModuleInfo:
-    module: str
-    path: str
-    sha: str
-    line_count: int
-    is_package: bool
-    definitions: dict[str, Definition] = field(default_factory=dict)
-    imports: dict[str, ImportRef] = field(default_factory=dict)
-    star_imports: list[str] = field(default_factory=list)
-    dunder_all: Optional[list[str]] = None
 
 
 class TreeIndex:
@@ -257,20 +173,3 @@ class TreeIndex:
             return Path(path).relative_to(self.root).as_posix()
         except ValueError:
             return path
-
-
-@dataclass
-class Resolved:
-    module: ModuleInfo
-    definition: Definition
-
-    @property
-    def symbol(self) -> str:
-        return f"{self.module.module}.{self.definition.name}"
-
-
-def iter_methods(info: ModuleInfo, cls: Definition) -> Iterable[Definition]:
-    for m in cls.methods:
-        d = info.definitions.get(f"{cls.name}.{m}")
-        if d is not None:
-            yield d

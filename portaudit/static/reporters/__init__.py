@@ -1,47 +1,16 @@
 """Reporters: the same audit results rendered as text, JSON, markdown, JUnit XML, SARIF or
-GitHub annotations. Each takes a :class:`Report` and returns a string (text also renders with rich).
+GitHub annotations. Each takes a :class:`~.report.Report` and returns a string (text also renders
+with rich).
 
-Add a format by writing ``render(report) -> str`` and registering it in :data:`FORMATS`.
+Add a format by writing ``render(report) -> str`` and registering it in :func:`_formats` and
+:data:`FORMAT_NAMES`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
-from portaudit.static.checks.runner import ManifestResult
-from portaudit.static.baseline import GateResult
-from portaudit.static.findings import ERROR, OPEN
-
-
-@dataclass
-class Report:
-    results: list[ManifestResult]
-    gates: dict[str, GateResult] = field(default_factory=dict)   # manifest name -> gate outcome
-    fail_under: Optional[float] = None
-    verbose: bool = False
-
-    def manifest_failed(self, r: ManifestResult) -> list[str]:
-        """Why this manifest fails (empty when it passes)."""
-        why = []
-        gate = self.gates.get(r.manifest.name)
-        if gate is not None:
-            if gate.completeness_drop:
-                why.append(f"completeness {r.percent:.1f}% fell below the baseline "
-                           f"{gate.baseline.min_percent:.1f}%")
-            if gate.regressions:
-                why.append(f"{len(gate.regressions)} new finding(s) not in the baseline")
-        if self.fail_under is not None and r.percent + 1e-9 < self.fail_under:
-            why.append(f"completeness {r.percent:.1f}% is under --fail-under {self.fail_under:g}%")
-        if gate is None and self.fail_under is None:
-            n = sum(1 for f in r.findings if f.status == OPEN and f.severity == ERROR)
-            if n:
-                why.append(f"{n} open error finding(s)")
-        return why
-
-    @property
-    def failed(self) -> bool:
-        return any(self.manifest_failed(r) for r in self.results)
+from portaudit.static.reporters.report import Report
 
 
 def _formats() -> dict[str, Callable[[Report], str]]:

@@ -4,7 +4,7 @@ finding (warnings for lower-severity codes) and a ``::notice`` summary line per 
 from __future__ import annotations
 
 from portaudit.static.findings import CODES, ERROR, OPEN
-from portaudit.static.reporters import Report
+from portaudit.static.reporters.report import Report
 
 
 def escape_data(s: str) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from portaudit import __version__
-from portaudit.static.checks.runner import ManifestResult, count_findings
-from portaudit.static.reporters import Report
+from portaudit.static.reporters.report import Report
+from portaudit.static.results import ManifestResult, count_findings
 
 SCHEMA = "portaudit.check/1"
 

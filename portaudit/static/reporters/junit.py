@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from portaudit.static.findings import ERROR, OPEN, WAIVED
-from portaudit.static.reporters import Report
+from portaudit.static.reporters.report import Report
 
 
 def render(report: Report) -> str:

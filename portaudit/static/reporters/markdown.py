@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from portaudit.static.checks.runner import MISSING, INCOMPLETE, WAIVED_STATUS
 from portaudit.static.findings import BASELINE, ERROR, OPEN, WAIVED
-from portaudit.static.reporters import Report
+from portaudit.static.reporters.report import Report
+from portaudit.static.results import INCOMPLETE, MISSING, WAIVED_STATUS
 
 
 def _esc(s: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from portaudit import __version__
 from portaudit.static.findings import BASELINE, CODES, ERROR, WAIVED
-from portaudit.static.reporters import Report
+from portaudit.static.reporters.report import Report
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 

@@ -10,9 +10,10 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from portaudit.static.checks.runner import display_path, FAIL, MISSING, INCOMPLETE, OK, PASS, WAIVED_STATUS, ManifestResult
 from portaudit.static.findings import BASELINE, ERROR, OPEN, WAIVED
-from portaudit.static.reporters import Report
+from portaudit.static.reporters.report import Report
+from portaudit.static.results import (FAIL, INCOMPLETE, MISSING, OK, PASS, WAIVED_STATUS, ManifestResult,
+                                      display_path)
 
 ICON = {OK: ("✓", "green"), WAIVED_STATUS: ("✓", "yellow"), INCOMPLETE: ("✗", "red"),
         MISSING: ("✗", "red")}
