@@ -40,7 +40,7 @@ def _check_format(fmt: str) -> None:
 
 
 def _impl(name: str, device, upstream_root):
-    from portaudit.numerics.impl import get_implementation
+    from portaudit.numerics.registry import get_implementation
     if name == "fla":
         if device.type != "cuda":
             raise UsageError("--impl fla runs fla's Triton kernels: pass --device cuda on a GPU machine")
@@ -140,7 +140,7 @@ def invariants(
     """Run named numeric invariants of fla's API against an implementation."""
     with cli_errors():
         from portaudit.numerics import invariants as engine
-        from portaudit.numerics.impl import get_implementation  # noqa: F401  (import errors surface here)
+        from portaudit.numerics.registry import get_implementation  # noqa: F401  (import errors surface here)
         from portaudit.numerics.results import summary
         from portaudit.numerics.tolerances import ToleranceTable, invariant_rules
 
