@@ -40,9 +40,9 @@ fla_use_compile = os.getenv('FLA_USE_COMPILE', '1').lower() in ('1', 'true', 'ye
 # on a CUDA device: on CPU, Inductor builds C++ for every new input shape (about 15 s for the first
 # call, 5 s per new shape, measured on this project's machine) to fuse a six-line reduction that
 # eager torch evaluates in microseconds, with the same numbers.
-# Source: fla/ops/rwkv7/fused_addcmul.py:L29-L33 (fla 0.4.0)
 if (current_python_version >= min_torch_compile_version and fla_use_compile and hasattr(torch, 'compile')
         and device == 'cuda'):
+    # Source: fla/ops/rwkv7/fused_addcmul.py:L30-L33 (fla 0.4.0)
     torch_compile = torch.compile(fullgraph=True)
 else:
     if current_python_version < min_torch_compile_version:

@@ -14,7 +14,7 @@ cores (see ``chunk_grid``), so tensors cross between token layout and chunk grid
 
 Chunk size: fla's kernels use 16-token chunks, the natural tile of a GPU. On a CPU each chunk costs
 one step of a sequential Python loop plus small batched matmuls, so ``ChunkDPLRDeltaRuleFunction``
-runs the same chunked algorithm on ``CHUNK_SIZE``-token chunks; the result is the same recurrence
+runs the same chunked algorithm on ``CHUNK_SIZE`` (32)-token chunks; the result is the same recurrence
 (differences are fp32 rounding, checked against fla's references and 16-token runs in the tests).
 """
 
@@ -35,10 +35,12 @@ from myfla.ops.generalized_delta_rule.dplr.chunk_o_fwd import fwd_o_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_bwd import bwd_wy_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_fwd import unit_lower_inverse_grid, wu_grid
 from myfla.ops.rwkv6.chunk import cumsum_grid
+from myfla.ops.utils.chunk_layout import SLAB_CHUNK_HEADS
+from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 # Chunk size of ChunkDPLRDeltaRuleFunction on this port (fla: 16; see the module docstring).
-CHUNK_SIZE = 64
+CHUNK_SIZE = 32
 
 
 # ---- fla's forward and backward call sequences on the chunk grid (port-only drivers) ---------------
@@ -46,49 +48,86 @@ def _low_precision(dtype: torch.dtype, compute_dtype: torch.dtype):
     return None if dtype == compute_dtype else rounding(dtype, compute_dtype)
 
 
+def _slabs(NC: int, NH: int):
+    """Slices of the chunk axis with about ``SLAB_CHUNK_HEADS`` chunk-heads each: the chunk-local
+    work runs slab by slab so its temporaries stay in cache (whole-grid passes run from DRAM)."""
+    step = max(1, SLAB_CHUNK_HEADS // max(1, NH))
+    return [slice(c, min(c + step, NC)) for c in range(0, NC, step)]
+
+
+def _buffer(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    return new_empty(shape, like.dtype, like.device)
+
+
 def dplr_fwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], rnd=None):
     """``chunk_dplr_fwd`` on the chunk grid ``[NC, NH, BT, ...]`` (``gk`` the raw log decay,
-    zero-padded): returns ``(o, final_state)`` with ``final_state`` ``[NH, K, V]``."""
-    gi, ge = cumsum_grid(gk)
-    _, A_qk, A_qb, A_ak, A_ab, qg, kg, ag, bg = intra_fwd_grid(q, k, a, b, gi, ge, scale, rnd)
-    del ge
-    A_ab_inv = unit_lower_inverse_grid(A_ab)
-    w, u, _ = wu_grid(ag, v, A_ak, A_ab_inv, rnd)
-    del A_ab, A_ak, A_ab_inv
-    states, v_new = fwd_h_grid(kg, v, w, u, bg, gi[..., -1, :], h0, rnd)
-    del u, kg, bg, gi
+    zero-padded): returns ``(o, final_state)`` with ``final_state`` ``[NH, K, V]``.
+
+    fla's functions run in fla's order; the chunk-local ones (cumsum, intra, WY) slab by slab."""
+    NC, NH, BT, K = q.shape
+    V = v.shape[-1]
+    w, bg, kg, qg = (_buffer(q, NC, NH, BT, K) for _ in range(4))
+    u = _buffer(v, NC, NH, BT, V)
+    A_qk, A_qb = _buffer(q, NC, NH, BT, BT), _buffer(q, NC, NH, BT, BT)
+    g_last = _buffer(q, NC, NH, K)
+    for sl in _slabs(NC, NH):
+        gi, ge = cumsum_grid(gk[sl])
+        _, A_qk[sl], A_qb[sl], A_ak, A_ab, qg[sl], kg[sl], ag, bg[sl] = intra_fwd_grid(
+            q[sl], k[sl], a[sl], b[sl], gi, ge, scale, rnd)
+        A_ab_inv = unit_lower_inverse_grid(A_ab)
+        w[sl], u[sl], _ = wu_grid(ag, v[sl], A_ak, A_ab_inv, rnd)
+        g_last[sl] = gi[..., -1, :]
+    states, v_new = fwd_h_grid(kg, v, w, u, bg, g_last, h0, rnd)
+    del w, u, bg, kg
     h = states[:-1] if rnd is None else rnd(states[:-1])
-    o = fwd_o_grid(qg, v, v_new, A_qk, A_qb, h)
+    o = _buffer(v, NC, NH, BT, V)
+    for sl in _slabs(NC, NH):
+        o[sl] = fwd_o_grid(qg[sl], v[sl], v_new[sl], A_qk[sl], A_qb[sl], h[sl])
     return o, states[-1]
 
 
 def dplr_bwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], do, dht: Optional[torch.Tensor],
                   rnd=None):
     """``ChunkDPLRDeltaRuleFunction.backward`` on the chunk grid: recomputes the forward, then runs
-    the backward cores in fla's order. Returns ``(dq, dk, dv, da, db, dgk, dh0)`` (``dh0`` ``[NH, K, V]``)."""
-    # ******* recompute the forward *******
-    gi, ge = cumsum_grid(gk)
-    blocks, A_qk, A_qb, A_ak, A_ab, qg, kg, ag, bg = intra_fwd_grid(q, k, a, b, gi, ge, scale, rnd)
-    A_ab_inv = unit_lower_inverse_grid(A_ab)
-    del A_ab
-    w, u, A_tmp = wu_grid(ag, v, A_ak, A_ab_inv, rnd)
-    g_last = gi[..., -1, :]
+    the backward cores in fla's order (chunk-local ones slab by slab). Returns
+    ``(dq, dk, dv, da, db, dgk, dh0)`` (``dh0`` ``[NH, K, V]``)."""
+    NC, NH, BT, K = q.shape
+    V = v.shape[-1]
+    slabs = _slabs(NC, NH)
+    # ******* recompute the forward (and the state-independent part of dAu) *******
+    w, bg, kg, qg, ag = (_buffer(q, NC, NH, BT, K) for _ in range(5))
+    u, dv_new_intra = _buffer(v, NC, NH, BT, V), _buffer(v, NC, NH, BT, V)
+    A_qk, A_qb, A_ak, A_ab_inv, A_tmp = (_buffer(q, NC, NH, BT, BT) for _ in range(5))
+    g_last = _buffer(q, NC, NH, K)
+    blocks = []
+    for sl in slabs:
+        gi, ge = cumsum_grid(gk[sl])
+        blk, A_qk[sl], A_qb[sl], A_ak[sl], A_ab, qg[sl], kg[sl], ag[sl], bg[sl] = intra_fwd_grid(
+            q[sl], k[sl], a[sl], b[sl], gi, ge, scale, rnd)
+        blocks.append(blk)
+        A_ab_inv[sl] = unit_lower_inverse_grid(A_ab)
+        w[sl], u[sl], A_tmp[sl] = wu_grid(ag[sl], v[sl], A_ak[sl], A_ab_inv[sl], rnd)
+        g_last[sl] = gi[..., -1, :]
+        dv_new_intra[sl] = torch.matmul(A_qb[sl].transpose(-1, -2), do[sl])     # dAu's dv_new
     states, v_new = fwd_h_grid(kg, v, w, u, bg, g_last, h0, rnd)
     del u
     h = states[:-1] if rnd is None else rnd(states[:-1])
     # ******* backward *******
-    dv_new_intra, dA_qk, dA_qb = dAu_grid(v, v_new, do, A_qb, scale)
     dstates, dv_new = bwd_dhu_grid(qg, bg, w, g_last, dht, do, dv_new_intra)
     del dv_new_intra
     dh = dstates[1:] if rnd is None else rnd(dstates[1:])
-    dv = dv_grid(A_qk, kg, do, dh)
-    del A_qk
-    dqg, dkg, dw, dbg, dgk_last = bwd_o_grid(kg, bg, v, v_new, g_last, do, h, dh, dv_new, w)
-    del v_new, states, h, dh
-    dA_ab, dA_ak, dv, dag = bwd_wy_grid(A_ab_inv, A_ak, v, ag, dw, dv_new, dv, A_tmp)
-    del A_ak, A_tmp, A_ab_inv
-    dq, dk, da, db, dgk = bwd_intra_grid(q, k, a, b, gi, ge, dA_qk, dA_qb, dA_ak, dA_ab, dqg, dkg, dag, dbg,
-                                         dgk_last, scale, blocks)
+    grads = [_buffer(q, NC, NH, BT, K) for _ in range(5)] + [_buffer(v, NC, NH, BT, V)]
+    dq, dk, da, db, dgk, dv = grads
+    for sl, blk in zip(slabs, blocks):
+        _, dA_qk, dA_qb = dAu_grid(v[sl], v_new[sl], do[sl], A_qb[sl], scale, need_dv_new=False)
+        dv_s = dv_grid(A_qk[sl], kg[sl], do[sl], dh[sl])
+        dqg, dkg, dw, dbg, dgk_last = bwd_o_grid(kg[sl], bg[sl], v[sl], v_new[sl], g_last[sl], do[sl], h[sl],
+                                                 dh[sl], dv_new[sl], w[sl])
+        dA_ab, dA_ak, dv[sl], dag = bwd_wy_grid(A_ab_inv[sl], A_ak[sl], v[sl], ag[sl], dw, dv_new[sl], dv_s,
+                                                A_tmp[sl])
+        gi, ge = cumsum_grid(gk[sl])
+        dq[sl], dk[sl], da[sl], db[sl], dgk[sl] = bwd_intra_grid(
+            q[sl], k[sl], a[sl], b[sl], gi, ge, dA_qk, dA_qb, dA_ak, dA_ab, dqg, dkg, dag, dbg, dgk_last, scale, blk)
     return dq, dk, dv, da, db, dgk, dstates[0]
 
 

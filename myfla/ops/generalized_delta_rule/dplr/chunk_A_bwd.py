@@ -35,12 +35,30 @@ def bwd_intra_grid(q, k, a, b, gi, ge, dAqk, dAqb, dAak, dAab, dqg, dkg, dag, db
     gate; ``dg_last`` ``[..., K]`` per chunk; ``blocks`` may be passed from the forward recompute."""
     if blocks is None:
         blocks = DPLRIntraBlocks(gi, ge)
-    dq, dk, da, db = blocks.grads(q, k, a, b, dAqk, dAqb, dAak, dAab)
-    key_decay = torch.exp(gi[..., -1:, :] - gi)
-    dq.addcmul_(dqg, torch.exp(gi).mul_(scale))
-    da.addcmul_(dag, torch.exp(ge))
-    dk.addcmul_(dkg, key_decay)
-    db.addcmul_(dbg, key_decay)
+    g_last = gi[..., -1:, :]
+    key_decay = torch.exp(g_last - gi)
+    e_gi, e_ge = torch.exp(gi), torch.exp(ge)
+    if blocks.single:
+        # intra parts from one product per chunk around g_last, inter parts folded into the factors
+        BT, K = q.shape[-2:]
+        inv = torch.exp(-g_last)
+        QAe = q.new_empty(*q.shape[:-2], 2 * BT, K)
+        KB = q.new_empty(*q.shape[:-2], 2 * BT, K)
+        torch.mul(q, e_gi, out=QAe[..., :BT, :]).mul_(inv)
+        torch.mul(a, e_ge, out=QAe[..., BT:, :]).mul_(inv)
+        torch.mul(k, key_decay, out=KB[..., :BT, :])
+        torch.mul(b, key_decay, out=KB[..., BT:, :])
+        drows, dcols = blocks.direct_grads(QAe, KB, dAqk, dAqb, dAak, dAab)
+        dq = torch.addcmul(dqg * scale, drows[..., :BT, :], inv).mul_(e_gi)
+        da = torch.addcmul(dag, drows[..., BT:, :], inv).mul_(e_ge)
+        dk = torch.add(dcols[..., :BT, :], dkg).mul_(key_decay)
+        db = torch.add(dcols[..., BT:, :], dbg).mul_(key_decay)
+    else:
+        dq, dk, da, db = blocks.grads(q, k, a, b, dAqk, dAqb, dAak, dAab)
+        dq = dq.addcmul(dqg, e_gi.mul_(scale))
+        da = da.addcmul(dag, e_ge)
+        dk = dk.addcmul(dkg, key_decay)
+        db = db.addcmul(dbg, key_decay)
     offset = da * a
     dgi = (dq * q).add_(offset).sub_(dk * k).sub_(db * b)
     dg = reverse_cumsum(dgi, -2).add_(dg_last.unsqueeze(-2)).sub_(offset)

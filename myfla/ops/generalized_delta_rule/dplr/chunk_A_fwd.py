@@ -23,19 +23,31 @@ from myfla.utils import accumulation_dtype, is_amd
 NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [2, 4, 8, 16, 32]
 
 
-def intra_fwd_grid(q, k, a, b, gi, ge, scale: float, rnd: Callable = None):
+def intra_fwd_grid(q, k, a, b, gi, ge, scale: float, rnd: Callable = None,
+                   blocks: Optional[DPLRIntraBlocks] = None):
     """Port-only core on the chunk grid ``[..., BT, K]``: ``(blocks, A_qk, A_qb, A_ak, A_ab, qg, kg,
     ag, bg)``; ``rnd`` rounds what fla stores in the inputs' precision (``A_qk``, ``A_qb`` and the
     gated inputs; ``A_ak``, ``A_ab`` stay fp32)."""
-    blocks = DPLRIntraBlocks(gi, ge)
-    A_qk, A_qb, A_ak, A_ab = blocks.scores(q, k, a, b)
-    A_qk.mul_(scale)
-    A_qb.mul_(scale)
-    key_decay = torch.exp(gi[..., -1:, :] - gi)                         # exp(g_last - gi)
-    qg = q * torch.exp(gi) * scale
-    kg = k * key_decay
-    bg = b * key_decay
-    ag = a * torch.exp(ge)
+    if blocks is None:
+        blocks = DPLRIntraBlocks(gi, ge)
+    BT, K = q.shape[-2:]
+    g_last = gi[..., -1:, :]
+    # the gated inputs are written stacked per chunk, [qg; ag] and [kg; bg], the operands of the
+    # single-block score product
+    QA = q.new_empty(*q.shape[:-2], 2 * BT, K)
+    KB = q.new_empty(*q.shape[:-2], 2 * BT, K)
+    qg, ag, kg, bg = QA[..., :BT, :], QA[..., BT:, :], KB[..., :BT, :], KB[..., BT:, :]
+    torch.exp(gi, out=qg).mul_(q).mul_(scale)
+    torch.exp(ge, out=ag).mul_(a)
+    key_decay = torch.exp(g_last - gi)                                  # exp(g_last - gi)
+    torch.mul(k, key_decay, out=kg)
+    torch.mul(b, key_decay, out=bg)
+    if blocks.single:
+        A_qk, A_qb, A_ak, A_ab = blocks.direct_scores(QA, KB, g_last)
+    else:
+        A_qk, A_qb, A_ak, A_ab = blocks.scores(q, k, a, b)
+        A_qk.mul_(scale)
+        A_qb.mul_(scale)
     if rnd is not None:
         A_qk, A_qb, qg, kg, ag, bg = (rnd(x) for x in (A_qk, A_qb, qg, kg, ag, bg))
     return blocks, A_qk, A_qb, A_ak, A_ab, qg, kg, ag, bg

@@ -39,9 +39,11 @@ NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [2, 4, 8, 16, 32]
 BK_LIST = [32, 64, 128] if check_shared_mem() else [16, 32]
 
 
-def dAu_grid(v, v_new, do, A_qb, scale: float):
-    """Port-only core of ``chunk_dplr_bwd_dAu`` on the chunk grid: ``(dv_new, dA_qk, dA_qb)``."""
-    dv_new = torch.matmul(tril(A_qb).transpose(-1, -2), do)
+def dAu_grid(v, v_new, do, A_qb, scale: float, need_dv_new: bool = True):
+    """Port-only core of ``chunk_dplr_bwd_dAu`` on the chunk grid: ``(dv_new, dA_qk, dA_qb)``
+    (``dv_new`` None when ``need_dv_new`` is off: the autograd function forms it before the state
+    recurrence, which needs it)."""
+    dv_new = torch.matmul(tril(A_qb).transpose(-1, -2), do) if need_dv_new else None
     dA_qk = torch.matmul(do, v.transpose(-1, -2)).tril_().mul_(scale)
     dA_qb = torch.matmul(do, v_new.transpose(-1, -2)).tril_().mul_(scale)
     return dv_new, dA_qk, dA_qb

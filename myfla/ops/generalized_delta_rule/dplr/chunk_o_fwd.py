@@ -12,10 +12,10 @@ from myfla.ops.generalized_delta_rule.dplr.chunk_grid import chunks_to_grid, fro
 from myfla.utils import accumulation_dtype, check_shared_mem, is_amd
 
 # Warp counts and block sizes of fla's autotuner (kept for API parity; unused by torch code).
-# Source: fla/ops/generalized_delta_rule/dplr/chunk_o_fwd.py:L12-L12 (fla 0.4.0)
+# Source: fla/ops/generalized_delta_rule/dplr/chunk_o_fwd.py:L13-L13 (fla 0.4.0)
 NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [2, 4, 8, 16, 32]
 
-# Source: fla/ops/generalized_delta_rule/dplr/chunk_o_fwd.py:L14-L14 (fla 0.4.0)
+# Source: fla/ops/generalized_delta_rule/dplr/chunk_o_fwd.py:L15-L15 (fla 0.4.0)
 BK_LIST = [32, 64, 128] if check_shared_mem() else [16, 32]
 
 
@@ -38,7 +38,7 @@ def chunk_dplr_fwd_o(
 ) -> torch.Tensor:
     """``o`` ``[B, T, H, V]`` in ``v.dtype``; ``h`` are the chunk-start states ``[B, NT, H, K, V]``.
 
-    Source: fla/ops/generalized_delta_rule/dplr/chunk_o_fwd.py:L101-L126 (fla 0.4.0)
+    Source: fla/ops/generalized_delta_rule/dplr/chunk_o_fwd.py:L92-L126 (fla 0.4.0)
     Source: fla/ops/generalized_delta_rule/dplr/chunk_o_fwd.py:L17-L98 (fla 0.4.0)
     """
     B, T, H, K, V = *qg.shape, v.shape[-1]

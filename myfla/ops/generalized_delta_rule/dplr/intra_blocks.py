@@ -25,7 +25,10 @@ factorisation ``exp(G_i - G_j) = exp(G_i - r) * exp(r - G_j)`` around a referenc
 
 The sums are exact whatever the split (each product ``x exp(G_i - r) * y exp(r - G_j)`` carries
 the rounding of one pairwise term), so the split only changes speed: RWKV-7's decays
-(``w >= -0.61`` per token) keep a 64-token chunk within range and need one matmul per chunk.
+(``w >= -0.61`` per token) keep a 64-token chunk within range and need one matmul per chunk. In that
+single-block case the reference is the chunk's last gate ``g_last``: the columns are then exactly the
+gated inputs ``kg = k exp(g_last - gi)``, ``bg = b exp(g_last - gi)`` that the inter-chunk recurrence
+uses, and the rows are ``[qg; ag] * exp(-g_last)`` (``direct_scores`` / ``direct_grads``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ def _base_block_size(gi: torch.Tensor, ge: torch.Tensor) -> int:
     BT = gi.shape[-2]
     if BT == 0 or gi.numel() == 0:
         return BT
+    # a block's gates are consecutive partial sums (ge[i] = gi[i-1]), so the total variation
+    # sum |g| bounds the chunk's span: one cheap pass settles the common case
+    if (gi - ge).abs_().sum(-2).amax().item() <= SAFE_GATE_RANGE:
+        return BT
     both = torch.stack((gi, ge), dim=-2)                                 # [..., BT, 2, K]
     hi = both.amax(-2)
     lo = both.amin(-2)
@@ -60,6 +67,23 @@ def _base_block_size(gi: torch.Tensor, ge: torch.Tensor) -> int:
         lo = lo.unflatten(-2, (-1, 2)).amin(-2)
         s *= 2
     return BT
+
+
+_MASKS: dict = {}
+
+
+def _outside_triangles(BT: int, device) -> torch.Tensor:
+    """``[2BT, 2BT]`` bool mask of what the four score matrices do not keep: above the diagonal in the
+    ``q`` rows, on or above it in the ``a`` rows (entries there are dropped, never multiplied)."""
+    key = (BT, str(device))
+    mask = _MASKS.get(key)
+    if mask is None:
+        i = torch.arange(BT, device=device)
+        keep_incl = i.view(-1, 1) >= i.view(1, -1)
+        keep_strict = i.view(-1, 1) > i.view(1, -1)
+        keep = torch.cat([torch.cat([keep_incl, keep_incl], 1), torch.cat([keep_strict, keep_strict], 1)], 0)
+        mask = _MASKS[key] = ~keep
+    return mask
 
 
 def _pairs(x: torch.Tensor, s: int) -> torch.Tensor:
@@ -78,25 +102,67 @@ class DPLRIntraBlocks:
         assert BT & (BT - 1) == 0, "chunk size must be a power of two"
         self.BT = BT
         self.base = _base_block_size(gi, ge) if base is None else base
+        self._gates = (gi, ge)
+        self._levels: Optional[List[Tuple[int, torch.Tensor, torch.Tensor]]] = None
+        self._diag = None
+
+    def _factors(self):
+        """The block factors, built on first use (``direct_scores`` / ``direct_grads`` need none)."""
+        if self._levels is not None:
+            return self._levels, self._diag
+        gi, ge = self._gates
+        BT = self.BT
+        self._levels = []
         Grow = torch.stack((gi, ge), dim=-2)                             # row gates [..., BT, 2, K]
         # bisection levels: (s, row factors [..., M, s, 2, K], column factors [..., M, s, 1, K])
-        self.levels: List[Tuple[int, torch.Tensor, torch.Tensor]] = []
         s = BT // 2
         while s >= self.base:
             gp = _pairs(gi.unsqueeze(-2), s)                             # [..., M, 2, s, 1, K]
             ref = gp[..., 0, -1:, :, :]                                  # last row of column block
             row = (_pairs(Grow, s)[..., 1, :, :, :] - ref).exp_()
             col = (ref - gp[..., 0, :, :, :]).exp_()
-            self.levels.append((s, row, col))
+            self._levels.append((s, row, col))
             s //= 2
         # diagonal blocks of the base size, around the middle of each block's gate range
-        self.diag = None
         if self.base > 1:
             blocks = Grow.unflatten(-3, (BT // self.base, self.base))    # [..., Mb, s, 2, K]
             mid = (blocks.amax((-3, -2), keepdim=True) + blocks.amin((-3, -2), keepdim=True)) * 0.5
             row = (blocks - mid).exp_()
             col = (mid - blocks[..., 0:1, :]).exp_()                     # column gate is gi
-            self.diag = (row, col)
+            self._diag = (row, col)
+        return self._levels, self._diag
+
+    @property
+    def single(self) -> bool:
+        """Whether every chunk is one block (no split needed)."""
+        return self.base == self.BT
+
+    # ---- one block per chunk, around g_last ---------------------------------------------------
+    @staticmethod
+    def direct_scores(QA, KB, g_last):
+        """``(A_qk, A_qb, A_ak, A_ab)`` when ``single``, from the gated inputs stacked per chunk as
+        ``QA = [qg; ag]`` and ``KB = [kg; bg]`` ``[..., 2BT, K]`` (``qg`` carries the scale):
+        ``P = QA exp(-g_last) @ KB^T`` masked in place to the four triangles; the matrices are views
+        of ``P`` (rows of ``[A_qk | A_qb]`` and ``[A_ak | A_ab]`` are contiguous)."""
+        BT = QA.shape[-2] // 2
+        P = torch.matmul(QA * torch.exp(-g_last), KB.transpose(-1, -2))   # [..., 2BT, 2BT]
+        P.masked_fill_(_outside_triangles(BT, P.device), 0)
+        return P[..., :BT, :BT], P[..., :BT, BT:], P[..., BT:, :BT], P[..., BT:, BT:]
+
+    @staticmethod
+    def direct_grads(QAe, KB, dA_qk, dA_qb, dA_ak, dA_ab):
+        """Gradients ``(drows, dcols)`` ``[..., 2BT, K]`` of ``sum(dA * A)`` when ``single``, for the
+        stacked rows ``QAe = [q exp(gi - g_last); a exp(ge - g_last)]`` (unscaled) and columns
+        ``KB = [kg; bg]``: the row gradients still need the factors ``exp(gi - g_last)`` /
+        ``exp(ge - g_last)``, the column ones ``exp(g_last - gi)``. Each ``dA`` is read on its own
+        triangle."""
+        BT = QAe.shape[-2] // 2
+        dP = QAe.new_empty(*QAe.shape[:-2], 2 * BT, 2 * BT)
+        for dst, src in ((dP[..., :BT, :BT], dA_qk), (dP[..., :BT, BT:], dA_qb),
+                         (dP[..., BT:, :BT], dA_ak), (dP[..., BT:, BT:], dA_ab)):
+            dst.copy_(src)
+        dP.masked_fill_(_outside_triangles(BT, dP.device), 0)
+        return torch.matmul(dP, KB), torch.matmul(dP.transpose(-1, -2), QAe)
 
     # ---- layout of the interleaved score tensor S[..., i, r, j, c] ------------------------------
     @staticmethod
@@ -117,12 +183,13 @@ class DPLRIntraBlocks:
     def _gated(self, X: torch.Tensor, Y: torch.Tensor):
         """Yields ``(kind, s, Xr, Yc, row, col)`` for every block product: ``Xr`` ``[..., M, s, 2, K]``
         gated rows, ``Yc`` gated columns, and the factors (for the backward)."""
-        for s, row, col in self.levels:
+        levels, diag = self._factors()
+        for s, row, col in levels:
             Xr = _pairs(X, s)[..., 1, :, :, :] * row
             Yc = _pairs(Y, s)[..., 0, :, :, :] * col
             yield 'level', s, Xr, Yc, row, col
-        if self.diag is not None:
-            row, col = self.diag
+        if diag is not None:
+            row, col = diag
             s = self.base
             Xr = X.unflatten(-3, (self.BT // s, s)) * row
             Yc = Y.unflatten(-3, (self.BT // s, s)) * col
