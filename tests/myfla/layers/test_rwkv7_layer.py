@@ -12,7 +12,7 @@ import torch
 
 from myfla.layers.rwkv7 import RWKV7Attention
 from myfla.models.utils import Cache
-from tests.myfla.rwkv7_refs import RWKV7References
+from portaudit.numerics.reference_rwkv7 import RWKV7Reference
 from tests.numerics import assert_rms
 
 C, HD = 64, 16                      # hidden size, head_dim used throughout
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserW
 @pytest.fixture(scope="module")
 def Ref(fla040_root):
     """fla's RWKV7Attention class on fp64 references."""
-    return RWKV7References(fla040_root, fp64=True).layer_class()
+    return RWKV7Reference(fla040_root, fp64=True).layer_class()
 
 
 def build(cls, seed=0, **kw):

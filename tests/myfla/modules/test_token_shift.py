@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from myfla.modules.token_shift import token_shift, token_shift_bwd, token_shift_fwd
-from tests.myfla.rwkv7_refs import load_defs
+from portaudit.numerics.upstream_code import load_function
 
 
 @pytest.fixture(scope="module")
 def token_shift_ref(fla040_root):
-    return load_defs(fla040_root, "fla/modules/token_shift.py", ["token_shift_ref"])["token_shift_ref"]
+    return load_function(fla040_root, "fla/modules/token_shift.py", "token_shift_ref")
 
 
 @pytest.mark.parametrize("B,T", [(2, 1), (3, 17), (1, 4100)])
