@@ -49,6 +49,9 @@ class GoldenCase:
     run: Callable[["GoldenCase", Implementation, Tensors, torch.device], Tensors]
     note: str = ""
     apis: List[str] = field(default_factory=list)
+    # fixture set the case is recorded into: "kda_gdn" -> tests/fixtures/golden, "rwkv7" ->
+    # tests/fixtures/golden_rwkv7 (recorded in a separate run)
+    suite: str = "kda_gdn"
 
     @property
     def op(self) -> str:
@@ -497,12 +500,16 @@ def golden_cases() -> List[GoldenCase]:
                     prefill=80,
                     decode=True),
     ]
+    # imported here: the RWKV-7 cases build on this module's helpers
+    from portaudit.numerics.golden_cases_rwkv7 import rwkv7_golden_cases
+    cases += rwkv7_golden_cases()
     return cases
 
 
-def find_cases(pattern: Optional[str] = None) -> List[GoldenCase]:
-    """Cases whose name contains one of the comma-separated substrings of ``pattern`` (all when None)."""
-    cases = golden_cases()
+def find_cases(pattern: Optional[str] = None, suite: Optional[str] = None) -> List[GoldenCase]:
+    """Cases whose name contains one of the comma-separated substrings of ``pattern`` (all when None),
+    of one fixture ``suite`` when given."""
+    cases = [c for c in golden_cases() if suite is None or c.suite == suite]
     if not pattern:
         return cases
     parts = [p.strip() for p in pattern.split(",") if p.strip()]

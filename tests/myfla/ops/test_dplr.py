@@ -118,11 +118,13 @@ def test_chunk_matches_fla_naive_chunkwise(ref):
     assert_rms("ht", S_ref, S, O_TOL)
 
 
-@pytest.mark.parametrize("T,normalizer", [(1, 1.0), (37, 1.0), (130, 10.0), (64, 0.1)])
-def test_fused_recurrent_matches_fla_naive(ref, T, normalizer):
-    xs = make_inputs(2, T, 2, 48, 32, normalizer=normalizer)
+@pytest.mark.parametrize("B,T,normalizer", [(2, 1, 1.0), (2, 37, 1.0), (1, 37, 1.0), (2, 130, 10.0), (2, 64, 0.1)])
+def test_fused_recurrent_matches_fla_naive(ref, B, T, normalizer):
+    xs = make_inputs(B, T, 2, 48, 32, normalizer=normalizer)
     o_ref, S_ref = ref(*xs[:6], scale=None, initial_state=xs[6])
+    kept = [x.clone() for x in xs]
     o, S = fused_recurrent_dplr_delta_rule(*xs[:6], initial_state=xs[6], output_final_state=True)
+    assert all(torch.equal(x, y) for x, y in zip(xs, kept)), "fused_recurrent modified an input"
     assert o.dtype == torch.float32 and S.dtype == torch.float32
     assert_rms("o", o_ref, o, O_TOL)
     assert_rms("ht", S_ref, S, O_TOL)

@@ -48,7 +48,8 @@ def dplr_recurrence(q, k, v, a, b, gk, scale: float, initial_state: Optional[tor
     if T == 0 or layout.NC == 0:
         return o, (h.view(N, H, K, V) if output_final_state else None)
     with torch.no_grad():
-        qs = _time_major(layout, q, dtype).mul_(scale).unsqueeze(-2)      # [L, NH, 1, K]
+        # out of place: the time-major layout may be a view of the caller's tensor
+        qs = (_time_major(layout, q, dtype) * scale).unsqueeze(-2)       # [L, NH, 1, K]
         at = _time_major(layout, a, dtype).unsqueeze(-2)                 # [L, NH, 1, K]
         decay = torch.exp(_time_major(layout, gk, dtype)).unsqueeze(-1)  # [L, NH, K, 1]
         bk = torch.stack((_time_major(layout, b, dtype), _time_major(layout, k, dtype)), -1)  # [L, NH, K, 2]
