@@ -656,7 +656,9 @@ class ShortConvolution(nn.Conv1d):
             )
 
         shape = x.shape
-        x = x.squeeze(0) if cu_seqlens is not None else x.squeeze(1)
+        # [N, D]: fla squeezes the unit axis (T = 1, or B = 1 with cu_seqlens); reshaping is the same
+        # for those and also holds for an empty batch (B = 0, where no axis has size 1)
+        x = x.reshape(N, D)
         # the package's update: `cache` [N, D, S] (S >= W-1) shifts left by one, x enters last
         y = causal_conv1d_update_cuda(
             x=x,
