@@ -483,9 +483,10 @@ class ShortConvolution(nn.Conv1d):
         hidden_size: number of channels D.
         kernel_size: kernel width W.
         bias: learnable bias. activation: ``'silu'``/``'swish'`` or None.
-        backend: ``'triton'`` or ``'cuda'`` (``FLA_CONV_BACKEND`` overrides); ``'cuda'`` needs the
-            compiled ``causal_conv1d`` package, which the port never uses, so it falls back to
-            ``'triton'`` with fla's warning. Both names run the same torch code.
+        backend: ``'triton'`` or ``'cuda'`` (``FLA_CONV_BACKEND`` overrides). ``'cuda'`` is fla's path
+            through the ``causal_conv1d`` package, which the port re-expresses in torch
+            (``causal_conv1d_package``): it takes the package's ``[N, D, W-1]`` caches as well as
+            ``[N, D, W]`` ones, and keeps the package's limits (width 2-4, D divisible by 8).
         device, dtype: parameter factory arguments. ``use_fast_conv1d`` is deprecated (warns).
 
     Source: fla/modules/convolution.py:L794-L1009 (fla 0.4.0)
@@ -577,13 +578,13 @@ class ShortConvolution(nn.Conv1d):
         Returns:
             ``(y [B, T, D], cache or final state or None)``.
         """
-        check_conv_inputs(x, cu_seqlens)
         B, T, *_ = x.shape
         N = B if cu_seqlens is None else len(cu_seqlens) - 1
         if mask is not None:
             if cu_seqlens is not None:
                 raise ValueError("`mask` and `cu_seqlens` cannot be provided at the same time")
             x = x.mul_(mask.unsqueeze(-1))
+        check_conv_inputs(x, cu_seqlens)
 
         # one token per sequence: decoding, the cache (if any) is updated in place
         if B * T == N:
