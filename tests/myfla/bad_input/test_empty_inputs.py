@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from myfla.layers import GatedDeltaNet, KimiDeltaAttention
 from myfla.models.utils import Cache
