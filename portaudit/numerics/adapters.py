@@ -8,9 +8,10 @@ and applies per-argument rules, each plain data from an implementation file (:mo
 - ``to``: the port's name for the argument (a rename; passing by keyword makes any reorder moot);
 - ``permute``: the port's axis order for a tensor argument (``[0, 2, 1]``: ``[B, T, D] -> [B, D, T]``);
 - ``repeat``: ``{dim, like}`` repeats a tensor's heads to match another argument (GVA -> no GVA);
-- ``absent``: the port has no such parameter. The argument is dropped while the call leaves it at
-  the upstream default (or at one of the ``accepts`` values, the port's fixed behaviour); any
-  other value raises :class:`~.impl.NotApplicable` (the check is ``n/a``, not failed);
+- ``absent``: the port has no such parameter. The argument is dropped while it has the upstream
+  default, or, when ``accepts`` lists the values the port's fixed behaviour equals, while it has
+  one of those (then an upstream default outside the list is not applicable either); any other
+  value raises :class:`~.impl.NotApplicable` (the check is ``n/a``, not failed);
 - ``required``: the port cannot do without it: ``None`` raises :class:`~.impl.NotApplicable`;
 
 plus ``extra`` (fixed keyword arguments for the port) and ``returns`` (which port output is each
@@ -85,7 +86,7 @@ def _same(value: Any, expected: Any) -> bool:
 
 def _brief(value: Any) -> str:
     if isinstance(value, torch.Tensor):
-        return f"a {tuple(value.shape)} tensor"
+        return f"a tensor of shape {tuple(value.shape)}"
     return repr(value)
 
 
@@ -166,7 +167,7 @@ class CallAdapter:
 
     # -- the call ----------------------------------------------------------------------------
     def _na(self, message: str) -> NotApplicable:
-        return NotApplicable(f"{self.impl_name} has no {message} in {self.op}")
+        return NotApplicable(f"{self.impl_name}'s {self.op} has no {message}")
 
     def to_port(self, args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple[List[Any], Dict[str, Any]]:
         bound = self.upstream.bind(*args, **kwargs)
@@ -178,9 +179,13 @@ class CallAdapter:
         for name, rule in self.rules.items():
             default = self.upstream.parameters[name].default
             if name not in given:
+                if rule.absent and rule.accepts and not any(_same(default, a) for a in rule.accepts):
+                    raise self._na(f"`{name}` ({rule.absent}); this case leaves {name} at the upstream "
+                                   f"default {default!r}")
                 if rule.required and not rule.absent:
                     if default is None:
-                        raise self._na(f"call without `{name}` ({rule.required})")
+                        raise NotApplicable(f"{self.impl_name}'s {self.op} needs `{name}` ({rule.required}); "
+                                            f"this case leaves it at None")
                 if not rule.absent and self.port is not None:
                     target = self.port.parameters.get(rule.target)
                     if target is not None and target.default is P.empty and default is not P.empty:
@@ -188,11 +193,12 @@ class CallAdapter:
                 continue
             value = given[name]
             if rule.absent:
-                if _same(value, default) or any(_same(value, a) for a in rule.accepts):
+                if any(_same(value, a) for a in rule.accepts) if rule.accepts else _same(value, default):
                     continue
-                raise self._na(f"`{name}` ({rule.absent}); the check passes {name}={_brief(value)}")
+                raise self._na(f"`{name}` ({rule.absent}); this case sets {name} to {_brief(value)}")
             if value is None and rule.required:
-                raise self._na(f"call with `{name}=None` ({rule.required})")
+                raise NotApplicable(f"{self.impl_name}'s {self.op} needs `{name}` ({rule.required}); "
+                                    f"this case passes None")
             if rule.repeat and isinstance(value, torch.Tensor):
                 dim, like = rule.repeat
                 other = given.get(like)

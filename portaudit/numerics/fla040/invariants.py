@@ -283,6 +283,43 @@ def inv_conv_naive(ctx: Context, p):
     return [Check(n, ref[n], act.get(n)) for n in ref]
 
 
+def inv_causal_conv1d(ctx: Context, p):
+    """fla's ``causal_conv1d`` (x ``[B, T, D]``, weight ``[D, W]``): outputs, final state and every
+    gradient against the float64 formula."""
+    gen = _gen("causal_conv1d", p)
+    B, T, D, W = p["B"], p["T"], p["D"], p["W"]
+    cu = torch.tensor(p["cu"], dtype=torch.long) if p.get("cu") else None
+    N = len(p["cu"]) - 1 if p.get("cu") else B
+    x = torch.randn(B, T, D, generator=gen)
+    w = torch.randn(D, W, generator=gen) * 0.5
+    b = torch.randn(D, generator=gen) * 0.2 if p.get("bias") else None
+    r = torch.randn(B, T, D, generator=gen) if p.get("residual") else None
+    h0 = torch.randn(N, D, W, generator=gen) if p.get("h0") else None
+    dy, dfinal = torch.randn(B, T, D, generator=gen), torch.randn(N, D, W, generator=gen)
+    # Only the last W-1 columns of a conv state are ever read again (fla's step and prefill), and
+    # fla's causal_conv1d_bwd (convolution.py L321-L330) drops the gradient of column 0: no
+    # cotangent there, so the oracle's autograd and fla's backward agree.
+    dfinal[..., 0] = 0
+    final = bool(p.get("final"))
+
+    def run(fn, dtype, device):
+        leaves = {n: t.detach().to(device=device, dtype=dtype).requires_grad_()
+                  for n, t in (("x", x), ("weight", w), ("bias", b), ("residual", r), ("h0", h0)) if t is not None}
+        y, fin = fn(leaves["x"], weight=leaves["weight"], bias=leaves.get("bias"), residual=leaves.get("residual"),
+                    initial_state=leaves.get("h0"), output_final_state=final, activation=p.get("act"),
+                    cu_seqlens=_d(cu, device))
+        loss = (y * dy.to(device=device, dtype=dtype)).sum()
+        if final:
+            loss = loss + (fin * dfinal.to(device=device, dtype=dtype)).sum()
+        loss.backward()
+        out = {"y": _cpu(y), "final_state": _cpu(fin)}
+        out.update({"d" + n: _cpu(t.grad) for n, t in leaves.items()})
+        return out
+    act = run(ctx.api(api.CAUSAL_CONV), torch.float32, ctx.device)
+    ref = run(ctx.oracle.resolve(api.CAUSAL_CONV), torch.float64, torch.device("cpu"))
+    return [Check(n, ref[n], act.get(n)) for n in ref if ref[n] is not None or act.get(n) is not None]
+
+
 def inv_conv_varlen(ctx: Context, p):
     w, b, x, _ = _conv_inputs(p, "varlen")
     m = _conv_module(ctx, p, w, b)
@@ -313,16 +350,22 @@ def inv_conv_step(ctx: Context, p):
 
 
 def inv_norm(ctx: Context, p):
+    """The norm against its float64 formula. ``eps="default"`` constructs both without ``eps``, so
+    the implementation's default must be fla's; ``x_scale`` makes activations small enough for
+    ``eps`` to show (mean square 1e-4: eps 1e-6 instead of 1e-5 changes y by ~4.4%)."""
     gen = _gen("norm", p)
     shape = (p["B"], p["T"], p["D"])
     x, gate, res = (torch.randn(*shape, generator=gen) for _ in range(3))
+    x = x * p.get("x_scale", 1.0)
     w = 1 + 0.2 * torch.randn(p["D"], generator=gen)
     dy, dres = torch.randn(*shape, generator=gen), torch.randn(*shape, generator=gen)
     gated = p["module"] == "gated"
     path = api.RMSNORM_GATED if gated else api.RMSNORM
 
     def run(cls, dtype, device):
-        kw = dict(hidden_size=p["D"], eps=1e-5)
+        kw = dict(hidden_size=p["D"])
+        if p.get("eps", 1e-5) != "default":
+            kw["eps"] = p.get("eps", 1e-5)
         if gated:
             kw["activation"] = p["act"]
         m = cls(**kw)
@@ -606,13 +649,24 @@ def declared_invariants() -> List[Invariant]:
         Invariant("prefill+step==forward", "ShortConvolution", [api.SHORT_CONV],
                   [dict(B=2, T=12, D=16, W=4, bias=True, prefill=5), dict(B=1, T=6, D=8, W=4, prefill=2)],
                   inv_conv_step, quick=2),
+        Invariant("formula+grads", "causal_conv1d", [api.CAUSAL_CONV],
+                  [dict(B=2, T=40, D=32, W=4, bias=True, act="silu"),
+                   dict(B=1, T=3, D=16, W=4, act=None),                                  # T < W
+                   dict(B=2, T=30, D=16, W=4, residual=True, act="swish"),
+                   dict(B=2, T=20, D=16, W=3, h0=True, final=True, act="silu"),          # resume from a state
+                   dict(B=1, T=50, D=16, W=4, bias=True, cu=[0, 1, 20, 50], final=True, act="silu")],
+                  inv_causal_conv1d, quick=5),
     ]
     norms = [dict(module="gated", act="swish", B=2, T=7, D=32), dict(module="gated", act="sigmoid", B=1, T=5, D=20),
-             dict(module="gated", act="silu", B=1, T=5, D=16, residual=True, prenorm=True)]
-    invs.append(Invariant("formula+grads", "FusedRMSNormGated", [api.RMSNORM_GATED], norms, inv_norm, quick=3))
+             dict(module="gated", act="silu", B=1, T=5, D=16, residual=True, prenorm=True),
+             # fla's default eps (1e-5) on small activations, where eps matters
+             dict(module="gated", act="swish", B=2, T=7, D=32, eps="default", x_scale=0.01),
+             dict(module="gated", act="sigmoid", B=2, T=7, D=32, eps="default", x_scale=0.01)]
+    invs.append(Invariant("formula+grads", "FusedRMSNormGated", [api.RMSNORM_GATED], norms, inv_norm, quick=5))
     invs.append(Invariant("formula+grads", "RMSNorm", [api.RMSNORM],
                           [dict(module="rms", B=2, T=7, D=32), dict(module="rms", B=1, T=5, D=20, residual=True,
-                                                                     prenorm=True)], inv_norm, quick=2,
+                                                                     prenorm=True),
+                           dict(module="rms", B=2, T=7, D=32, eps="default", x_scale=0.01)], inv_norm, quick=3,
                           layer="GatedDeltaNet"))
     invs.append(Invariant("formula+grads", "l2norm", [api.L2NORM_FWD, api.L2NORM_BWD],
                           [dict(N=50, D=64), dict(N=7, D=100), dict(N=3, D=1024)], inv_l2norm, quick=3))
@@ -640,7 +694,7 @@ def declared_invariants() -> List[Invariant]:
         ]
     owners = {"fla.layers.utils.index_first_axis": ("IndexFirstAxis", None),
               "fla.layers.utils.pad_input": ("IndexPutFirstAxis", None),
-              "fla.modules.convolution.causal_conv1d": ("ShortConvolution", None),
+              "fla.modules.convolution.causal_conv1d": ("causal_conv1d", None),
               "fla.modules.fused_norm_gate.rms_norm_gated": ("FusedRMSNormGated", None),
               "fla.modules.layernorm.rms_norm": ("RMSNorm", "GatedDeltaNet"),
               "fla.ops.kda.gate.fused_kda_gate": ("fused_kda_gate", "KimiDeltaAttention")}
