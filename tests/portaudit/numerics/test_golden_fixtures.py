@@ -102,11 +102,13 @@ def test_cli_invariants_json_for_the_reference(fla040_root, tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
     assert doc["summary"]["fail"] == 0 and doc["summary"]["pass"] > 10
-    missing = runner.invoke(app, ["invariants", "--op", "ShortConvolution", "--impl", "ref",
-                                  "--upstream-path", str(fla040_root), "--format", "json"])
-    assert missing.exit_code == 1   # the reference has no causal_conv1d wrapper to gradcheck: "missing"
-    assert '"missing": 1' in missing.output
     assert {row["group"] for row in doc["results"]} == {"l2norm", "solve_tril"}
+    conv = runner.invoke(app, ["invariants", "--op", "causal_conv1d", "--impl", "ref",
+                               "--upstream-path", str(fla040_root), "--format", "json"])
+    assert conv.exit_code == 0, conv.output   # the reference's causal_conv1d: formula and fp64 gradcheck
+    conv_doc = json.loads(conv.output)
+    assert conv_doc["summary"]["pass"] > 10 and conv_doc["summary"]["fail"] == 0
+    assert "gradcheck fp64" in {row["check"] for row in conv_doc["results"]}
 
 
 def test_manifest_tolerance_overrides_need_a_reason_and_unneeded_ones_are_reported():

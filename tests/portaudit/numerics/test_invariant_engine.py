@@ -237,3 +237,19 @@ def test_index_gradcheck_cases_build_their_indices_on_the_inputs_device(path):
 
     call(recorder, *[torch.empty(*shape, device="meta") for shape, _, _ in spec])
     assert seen == [torch.device("meta")]
+
+
+@pytest.mark.parametrize("path, method", [("fla.modules.fused_norm_gate.FusedRMSNormGated", "__init__"),
+                                          ("fla.modules.layernorm.RMSNorm", "__init__"),
+                                          ("fla.modules.convolution.causal_conv1d", None)])
+def test_reference_defaults_are_fla_s(fla040_root, path, method):
+    """The eps=default norm cases compare against the reference's defaults: they must be fla's own."""
+    import inspect
+
+    from portaudit.numerics.upstream_code import upstream_signature
+    ours = reference_implementation(fla040_root).resolve(path)
+    ours_sig = inspect.signature(ours)
+    fla_sig = upstream_signature(fla040_root, path, method)
+    for name, p in fla_sig.parameters.items():
+        if p.default is not inspect.Parameter.empty and not hasattr(p.default, "text"):
+            assert ours_sig.parameters[name].default == p.default, name
