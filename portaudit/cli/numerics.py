@@ -126,14 +126,17 @@ def _resolution_notes(impl) -> List[str]:
     return notes
 
 
-def _emit(rows, fmt: str, output: Optional[Path], title: str, notes: List[str]) -> None:
+def _emit(rows, fmt: str, output: Optional[Path], title: str, notes: List[str], setup: "_Setup",
+          implementation) -> None:
     from portaudit.numerics import results
+    meta = {"title": title, "implementation": implementation.describe(), "registry": setup.registry.name,
+            "precision": implementation.precision}
     if fmt == "table":
         if output is not None:
             write_output(results.to_markdown(rows, title, notes), output)
         results.print_rich(rows, console=console, title=title, notes=notes)
     elif fmt == "json":
-        write_output(results.to_json(rows, {"title": title}, notes) + "\n", output)
+        write_output(results.to_json(rows, meta, notes) + "\n", output)
     elif fmt == "markdown":
         write_output(results.to_markdown(rows, title, notes), output)
     else:
@@ -229,7 +232,7 @@ def invariants(
         for t in table.unneeded_overrides():
             notes.append(f"tolerance override {t.op}/{t.output}/{t.dtype}={t.value:g} from {t.source} is no "
                          f"longer needed (every comparison passed the built-in tolerance)")
-        _emit(rows, fmt, output, f"invariants: {implementation.name}", notes)
+        _emit(rows, fmt, output, f"invariants: {implementation.name}", notes, setup, implementation)
         s = summary(rows)
         if s["fail"] + s["error"] + s["missing"]:
             raise typer.Exit(1)
@@ -316,7 +319,7 @@ def golden_check(
         for t in table.unneeded_overrides():
             notes.append(f"tolerance override {t.op}/{t.output}/{t.dtype}={t.value:g} from {t.source} is no "
                          f"longer needed (every comparison passed the built-in tolerance)")
-        _emit(rows, fmt, output, f"golden: {implementation.name}", notes)
+        _emit(rows, fmt, output, f"golden: {implementation.name}", notes, setup, implementation)
         s = summary(rows)
         if s["fail"] + s["error"] + s["missing"]:
             raise typer.Exit(1)

@@ -233,7 +233,7 @@ def _lacks(v, value: Any, path: tuple) -> Dict[str, str]:
 
 
 def _implementation(v, d: Any, path: tuple, port: Dict[str, Any], upstream_package: str,
-                    default_name: str) -> ImplementationSpec:
+                    default_name: str, default_description: str = "") -> ImplementationSpec:
     d = v.mapping(d, path, {"name": False, "description": False, "requires": False, "mirror": False,
                             "precision": False, "lacks": False, "symbols": False})
     package = port.get("package")
@@ -250,7 +250,7 @@ def _implementation(v, d: Any, path: tuple, port: Dict[str, Any], upstream_packa
         upstream_package=upstream_package, modules=dict(port.get("modules") or {}), mirror=mirror,
         requires=[v.dotted(r, path + ("requires", i)) for i, r in enumerate(v.seq(d.get("requires"), path + ("requires",)))],
         precision=precision, lacks=_lacks(v, d["lacks"], path + ("lacks",)) if d.get("lacks") else {},
-        description=str(d.get("description") or ""), where=str(v.pos.at(path)))
+        description=str(d.get("description") or default_description), where=str(v.pos.at(path)))
     for k, m in spec.modules.items():
         v.dotted(k, ("port", "modules", k))
         v.dotted(m, ("port", "modules", k))
@@ -312,13 +312,15 @@ def load_numerics_config(path: Path) -> NumericsConfig:
     num = v.mapping(num, ("numerics",), {"tolerances": False, "cases": False, "implementation": False})
     cases = v.string(num["cases"], ("numerics", "cases")) if num.get("cases") is not None else None
     name = str(top.get("name") or path.stem)
+    description = str(top.get("description") or "")
     impl = None
     if num.get("implementation") is not None:
         raw = num["implementation"]
         if isinstance(raw, str):
-            impl = load_implementation_file(path.parent / raw, port, upstream_package, name)
+            impl = load_implementation_file(path.parent / raw, port, upstream_package, name, description)
         else:
-            impl = _implementation(v, raw, ("numerics", "implementation"), port, upstream_package, name)
+            impl = _implementation(v, raw, ("numerics", "implementation"), port, upstream_package, name,
+                                   description)
     tolerances = overrides_from_manifest(data, where=str(path))
     modules = {v.dotted(k, ("port", "modules", k)): v.dotted(m, ("port", "modules", k))
                for k, m in (port.get("modules") or {}).items()}
@@ -327,12 +329,12 @@ def load_numerics_config(path: Path) -> NumericsConfig:
 
 
 def load_implementation_file(path: Path, port: Dict[str, Any], upstream_package: str,
-                             default_name: str) -> ImplementationSpec:
+                             default_name: str, default_description: str = "") -> ImplementationSpec:
     """A YAML file whose top level is an implementation mapping (``numerics.implementation: FILE``)."""
     data, v = _read_yaml(Path(path))
     if data is None:
         v.fail((), "the implementation file is empty")
-    return _implementation(v, data, (), port, upstream_package, default_name)
+    return _implementation(v, data, (), port, upstream_package, default_name, default_description)
 
 
 # -- building the implementation -------------------------------------------------------------------

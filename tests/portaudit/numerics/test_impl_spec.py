@@ -35,6 +35,10 @@ UPSTREAM = {
             o = q * k * scale + eps
             return o, o.sum(1)
 
+        def gva(q, v, **kwargs):
+            """q: [B, T, H, K], v: [B, T, HV, K] with HV a multiple of H (grouped heads)."""
+            return q.repeat_interleave(v.shape[2] // q.shape[2], 2) * v
+
         class Norm(torch.nn.Module):
             def __init__(self, hidden_size, eps=1e-5, activation='swish', device=None):
                 super().__init__()
@@ -57,6 +61,10 @@ PORT = {
 
         def needs_state(query, key, state):
             return query + key + state
+
+        def same_heads(query, value, scale):
+            assert query.shape == value.shape, "no grouped heads here"
+            return query * value * scale
 
         class PortNorm(torch.nn.Module):
             def __init__(self, dim, eps=1e-6, **kwargs):
@@ -311,3 +319,23 @@ def test_a_port_manifest_without_an_implementation_section_is_a_mirror(fla040_ro
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["meta"]["title"] == "invariants: myfla" and doc["summary"]["pass"] == 9
+
+
+def test_repeat_heads_and_fixed_extra_arguments(toy):
+    text = IMPL.replace("    symbols:\n", """    symbols:
+      toy.ops.gva:
+        name: same_heads
+        call:
+          arguments:
+            q: {to: query, repeat: {dim: 2, like: v}}
+            v: value
+          extra: {scale: 1.0}
+""")
+    fn = _impl(toy, text).resolve("toy.ops.gva")
+    q = torch.randn(1, 3, 2, 4, requires_grad=True)
+    v = torch.randn(1, 3, 6, 4)
+    y = fn(q, v)
+    expected = q.repeat_interleave(3, 2) * v
+    assert torch.allclose(y, expected)
+    y.sum().backward()
+    assert torch.allclose(q.grad, v.view(1, 3, 2, 3, 4).sum(3))      # gradients sum over the repeats
