@@ -22,8 +22,10 @@ import torch
 from packaging import version
 from packaging import version as package_version
 
+# Source: fla/utils.py:L18-L18 (fla 0.4.0)
 logger = logging.getLogger(__name__)
 
+# Source: fla/utils.py:L23-L23 (fla 0.4.0)
 FLA_CI_ENV = os.getenv("FLA_CI_ENV") == "1"
 # Source: fla/utils.py:L24-L24 (fla 0.4.0)
 FLA_CACHE_RESULTS = os.getenv('FLA_CACHE_RESULTS', '1') == '1'
@@ -165,6 +167,7 @@ def input_guard(
     return wrapper
 
 
+# Source: fla/utils.py:L169-L169 (fla 0.4.0)
 contiguous = input_guard
 
 

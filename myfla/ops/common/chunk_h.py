@@ -182,7 +182,7 @@ def chunk_bwd_dh(
     multiple of the ``H`` heads of ``k`` and the gates (grouped queries share their group's gates).
 
     Source: fla/ops/common/chunk_h.py:L325-L386 (fla 0.4.0)
-    Source: fla/ops/common/chunk_h.py:L160-L268 (fla 0.4.0)
+    Source: fla/ops/common/chunk_h.py:L144-L268 (fla 0.4.0)
     """
     B, T, H, K, V = *k.shape, v.shape[-1]
     HQ = q.shape[2]

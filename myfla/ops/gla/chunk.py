@@ -81,9 +81,9 @@ def chunk_gla_fwd_intra_gk(
 
     Source: fla/ops/gla/chunk.py:L748-L839 (fla 0.4.0)
     Source: fla/ops/gla/chunk.py:L20-L93 (fla 0.4.0)
-    Source: fla/ops/gla/chunk.py:L96-L159 (fla 0.4.0)
+    Source: fla/ops/gla/chunk.py:L95-L159 (fla 0.4.0)
     Source: fla/ops/gla/chunk.py:L162-L232 (fla 0.4.0)
-    Source: fla/ops/gla/chunk.py:L235-L280 (fla 0.4.0)
+    Source: fla/ops/gla/chunk.py:L233-L279 (fla 0.4.0)
     """
     B, T, H, K = k.shape
     BT = chunk_size
@@ -232,7 +232,7 @@ def chunk_gla_bwd_dqkg(
     gate, not of its cumulative sum.
 
     Source: fla/ops/gla/chunk.py:L987-L1033 (fla 0.4.0)
-    Source: fla/ops/gla/chunk.py:L628-L745 (fla 0.4.0)
+    Source: fla/ops/gla/chunk.py:L627-L745 (fla 0.4.0)
     """
     B, T, H, K, V = *k.shape, v.shape[-1]
     BT = chunk_size
@@ -560,7 +560,7 @@ def chunk_gla(
             cu_seqlens=cu_seqlens
         )
 
-    Source: fla/ops/gla/chunk.py:L1241-L1322 (fla 0.4.0)
+    Source: fla/ops/gla/chunk.py:L1240-L1322 (fla 0.4.0)
     """
     if cu_seqlens is not None:
         if q.shape[0] != 1:

@@ -11,7 +11,7 @@ from myfla.ops.utils.op import exp
 from myfla.utils import accumulation_dtype, is_amd
 
 # Triton autotuning space of the softmax kernels.
-# Source: fla/ops/utils/softmax.py:L12-L12 (fla 0.4.0)
+# Source: fla/ops/utils/softmax.py:L13-L13 (fla 0.4.0)
 NUM_WARPS_AUTOTUNE = [1, 2, 4, 8, 16] if is_amd else [1, 2, 4, 8, 16, 32]
 
 
@@ -21,8 +21,8 @@ def softmax_fwd(
 ) -> torch.Tensor:
     """``p = exp(x - max) / sum(exp(x - max))`` over the last dimension, returned in ``dtype``.
 
-    Source: fla/ops/utils/softmax.py:L69-L86 (fla 0.4.0)
-    Source: fla/ops/utils/softmax.py:L15-L39 (fla 0.4.0)
+    Source: fla/ops/utils/softmax.py:L70-L87 (fla 0.4.0)
+    Source: fla/ops/utils/softmax.py:L16-L40 (fla 0.4.0)
     """
     shape = x.shape
     x = x.view(-1, x.shape[-1])
@@ -39,8 +39,8 @@ def softmax_bwd(
 ) -> torch.Tensor:
     """Softmax gradient ``ds = p * dp - p * sum(p * dp)`` over the last dimension, in ``dtype``.
 
-    Source: fla/ops/utils/softmax.py:L89-L107 (fla 0.4.0)
-    Source: fla/ops/utils/softmax.py:L42-L66 (fla 0.4.0)
+    Source: fla/ops/utils/softmax.py:L90-L108 (fla 0.4.0)
+    Source: fla/ops/utils/softmax.py:L43-L67 (fla 0.4.0)
     """
     shape = p.shape
     p = p.view(-1, p.shape[-1])
