@@ -1,4 +1,5 @@
-"""Depthwise causal 1-D convolution (the "short convolution" in front of q/k/v of KDA and GDN).
+"""Depthwise causal 1-D convolution (the "short convolution" in front of q/k/v of KDA and GDN), and
+fla's FFT long convolutions (``fft_conv``, ``LongConvolution``, ``ImplicitLongConvolution``).
 
 fla implements it with four Triton kernels (forward, backward, final-state extraction, one-token
 update). Here each kernel's math is batched torch code over all tokens of all sequences at once; the
@@ -16,14 +17,19 @@ Conventions shared with fla 0.4.0:
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import rearrange
 
+from myfla.modules import causal_conv1d_package
+from myfla.ops.utils import prepare_sequence_ids
+from myfla.ops.utils.validation import check_conv_inputs
 from myfla.utils import accumulation_dtype, input_guard, is_amd
 
 # Source: fla/modules/convolution.py:L18-L18 (fla 0.4.0)
@@ -31,14 +37,14 @@ NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [4, 8, 16, 32]
 # Source: fla/modules/convolution.py:L19-L19 (fla 0.4.0)
 STATIC_WARPS = 32 if not is_amd else 16
 
-# fla binds these to the compiled `causal_conv1d` CUDA extension when it is installed. The port is
-# pure PyTorch and never calls compiled kernels, so they stay None: ShortConvolution then warns and
-# switches backend='cuda' to 'triton' exactly as fla does without the extension, and both backend
-# names run the same torch implementation below.
+# fla binds these to the compiled `causal_conv1d` package when it is installed (else None, and
+# backend='cuda' falls back to 'triton'). The port binds them to its torch re-expression of the
+# package, so backend='cuda' has fla's semantics with the package installed (the package's
+# [N, D, W-1] cache convention included) on every device.
 # Source: fla/modules/convolution.py:L26-L26 (fla 0.4.0)
-causal_conv1d_fn = None
+causal_conv1d_fn = causal_conv1d_package.causal_conv1d_fn
 # Source: fla/modules/convolution.py:L27-L27 (fla 0.4.0)
-causal_conv1d_update_cuda = None
+causal_conv1d_update_cuda = causal_conv1d_package.causal_conv1d_update
 
 
 
@@ -279,7 +285,11 @@ def causal_conv1d_update_states(
     cols = torch.arange(W, device=x.device)
     token = (starts + lens).unsqueeze(1) - W + cols                        # [N, W]
     from_x = (token >= starts.unsqueeze(1)).unsqueeze(1)                   # [N, 1, W]
-    values = x_flat[token.clamp(min=0)].transpose(1, 2)                    # [N, D, W]
+    if B * T > 0:
+        values = x_flat[token.clamp(min=0)].transpose(1, 2)                # [N, D, W]
+    else:
+        # no tokens at all (T = 0): every column comes from the initial state or is zero
+        values = x.new_zeros(len(lens), D, W)
     if initial_state is not None:
         src = cols + lens.unsqueeze(1)                                     # [N, W]
         kept = (src < W).unsqueeze(1)
@@ -412,8 +422,11 @@ def causal_conv1d(
         initial_state: ``[N, D, W]`` conv state to continue from, or None.
         output_final_state: also return the ``[N, D, W]`` state after the sequence.
         activation: ``'swish'``/``'silu'`` or None.
-        backend: ``'triton'`` or ``'cuda'`` in fla; both run the torch implementation here (the
-            CUDA-extension path exists in fla only to call the compiled ``causal_conv1d`` package).
+        backend: ``'triton'`` (the torch implementation above) or ``'cuda'`` (fla's path through the
+            ``causal_conv1d`` package, here its torch re-expression: ``initial_state`` may be
+            ``[N, D, S]`` with ``S >= W - 1``, of which the last ``W - 1`` columns are read; the final
+            state is a new ``[N, D, W]`` tensor with column 0 zero; without ``output_final_state``
+            the given ``initial_state`` is returned as it is).
         cu_seqlens: cumulative sequence lengths ``[N + 1]`` for varlen inputs.
 
     Returns:
@@ -421,17 +434,49 @@ def causal_conv1d(
 
     Source: fla/modules/convolution.py:L684-L791 (fla 0.4.0)
     """
-    y, final_state = CausalConv1dFunction.apply(
-        x,
-        weight,
-        bias,
-        residual,
-        initial_state,
-        output_final_state,
-        activation,
-        cu_seqlens,
+    if backend == 'triton':
+        y, final_state = CausalConv1dFunction.apply(
+            x,
+            weight,
+            bias,
+            residual,
+            initial_state,
+            output_final_state,
+            activation,
+            cu_seqlens,
+        )
+        return y, final_state
+
+    B, _, D, W = *x.shape, weight.shape[-1]
+    N = B if cu_seqlens is None else len(cu_seqlens) - 1
+    x = rearrange(x, 'b t d -> b d t')
+    # token -> sequence ids for packed inputs (`seq_idx` in kwargs is fla's backward-compatible alias)
+    seq_idx = kwargs.get('seq_idx', None)
+    if cu_seqlens is not None and seq_idx is None:
+        seq_idx = prepare_sequence_ids(cu_seqlens).to(torch.int32).unsqueeze(0)
+
+    cache, initial_state = initial_state, None
+    if cache is not None:
+        # the package reads [N, D, W-1] initial states in the channel-last layout
+        initial_state = cache[:, :, -(W - 1):].transpose(1, 2).contiguous().transpose(1, 2)
+
+    result = causal_conv1d_fn(
+        x=x,
+        weight=weight,
+        bias=bias,
+        activation=activation,
+        seq_idx=seq_idx,
+        initial_states=initial_state,
+        return_final_states=output_final_state,
     )
-    return y, final_state
+    y, final_state = result if output_final_state else (result, None)
+    y = rearrange(y, 'b d t -> b t d')
+    if output_final_state:
+        cache = x.new_zeros(N, D, W)
+        cache[:, :, -W + 1:].copy_(final_state[:, :, -W + 1:])
+    if residual is not None:
+        y.add_(residual)
+    return y, cache
 
 
 class ShortConvolution(nn.Conv1d):
@@ -441,9 +486,10 @@ class ShortConvolution(nn.Conv1d):
         hidden_size: number of channels D.
         kernel_size: kernel width W.
         bias: learnable bias. activation: ``'silu'``/``'swish'`` or None.
-        backend: ``'triton'`` or ``'cuda'`` (``FLA_CONV_BACKEND`` overrides); ``'cuda'`` needs the
-            compiled ``causal_conv1d`` package, which the port never uses, so it falls back to
-            ``'triton'`` with fla's warning. Both names run the same torch code.
+        backend: ``'triton'`` or ``'cuda'`` (``FLA_CONV_BACKEND`` overrides). ``'cuda'`` is fla's path
+            through the ``causal_conv1d`` package, which the port re-expresses in torch
+            (``causal_conv1d_package``): it takes the package's ``[N, D, W-1]`` caches as well as
+            ``[N, D, W]`` ones, and keeps the package's limits (width 2-4, D divisible by 8).
         device, dtype: parameter factory arguments. ``use_fast_conv1d`` is deprecated (warns).
 
     Source: fla/modules/convolution.py:L794-L1009 (fla 0.4.0)
@@ -541,6 +587,7 @@ class ShortConvolution(nn.Conv1d):
             if cu_seqlens is not None:
                 raise ValueError("`mask` and `cu_seqlens` cannot be provided at the same time")
             x = x.mul_(mask.unsqueeze(-1))
+        check_conv_inputs(x, cu_seqlens)
 
         # one token per sequence: decoding, the cache (if any) is updated in place
         if B * T == N:
@@ -602,17 +649,189 @@ class ShortConvolution(nn.Conv1d):
             )
             return y, None
         # both backends update the cache in place (fla's "fast mode")
-        return causal_conv1d_update(
+        if self.backend == 'triton':
+            return causal_conv1d_update(
+                x=x,
+                cache=cache,
+                residual=residual,
+                weight=rearrange(self.weight, "d 1 w -> d w"),
+                bias=self.bias,
+                activation=self.activation,
+            )
+
+        shape = x.shape
+        # [N, D]: fla squeezes the unit axis (T = 1, or B = 1 with cu_seqlens); reshaping is the same
+        # for those and also holds for an empty batch (B = 0, where no axis has size 1)
+        x = x.reshape(N, D)
+        # the package's update: `cache` [N, D, S] (S >= W-1) shifts left by one, x enters last
+        y = causal_conv1d_update_cuda(
             x=x,
-            cache=cache,
-            residual=residual,
+            conv_state=cache,
             weight=rearrange(self.weight, "d 1 w -> d w"),
             bias=self.bias,
             activation=self.activation,
         )
+        y = y.view(shape)
+        if residual is not None:
+            y.add_(residual)
+        return y, cache
 
     @property
     def state_size(self) -> int:
         # Deviation: fla 0.4.0 multiplies by the tuple `kernel_size` (a repeated tuple, not an int);
         # later fla uses kernel_size[0].
         return self.hidden_size * self.kernel_size[0]
+
+
+def fft_conv(u, k, dropout_mask, gelu=True, k_rev=None):
+    """Long convolution by FFT: ``y = causal_conv(u, k) (+ anticausal_conv(u, k_rev)) + u``, then an
+    optional GeLU and a per-(batch, channel) dropout mask. ``u`` is ``[B, H, L]`` (or ``[B, *, H, L]``),
+    ``k`` ``[H, L]``; the FFT runs in ``k``'s dtype over ``2 L`` points, so the circular convolution
+    equals the linear one on the first ``L`` outputs.
+
+    Source: fla/modules/convolution.py:L1012-L1031 (fla 0.4.0)
+    """
+    seqlen = u.shape[-1]
+    fft_size = 2 * seqlen
+    k_f = torch.fft.rfft(k, n=fft_size) / fft_size
+    if k_rev is not None:
+        k_rev_f = torch.fft.rfft(k_rev, n=fft_size) / fft_size
+        k_f = k_f + k_rev_f.conj()
+    u_f = torch.fft.rfft(u.to(dtype=k.dtype), n=fft_size)
+
+    if len(u.shape) > 3:
+        k_f = k_f.unsqueeze(1)
+    y = torch.fft.irfft(u_f * k_f, n=fft_size, norm="forward")[..., :seqlen]
+
+    out = y + u
+    if gelu:
+        out = F.gelu(out)
+    if dropout_mask is not None:
+        return (out * rearrange(dropout_mask, "b H -> b H 1")).to(dtype=u.dtype)
+    else:
+        return out.to(dtype=u.dtype)
+
+
+class LongConvolution(nn.Module):
+    """
+    LongConvolution applies a convolution operation on the input tensor using a fixed
+    filter of length max_len.
+    The filter is learned during training and is applied using FFT convolution.
+
+    Args:
+        hidden_size (int): The number of expected features in the input and output.
+        max_len (int): The maximum sequence length.
+
+    Returns:
+        y: [batch_size, seq_len, hidden_size] tensor
+
+    Source: fla/modules/convolution.py:L1034-L1075 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        max_len: int,
+        **kwargs,
+    ):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.filter = nn.Parameter(torch.randn(self.hidden_size, max_len), requires_grad=True)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        """``x``: ``[batch_size, seq_len, hidden_size]`` -> the same shape."""
+        x = x.transpose(1, 2)
+        y = fft_conv(x, self.filter, dropout_mask=None, gelu=False)
+        y = y.transpose(1, 2)
+        return y.to(dtype=x.dtype)
+
+
+class PositionalEmbedding(nn.Module):
+    """Complex exponential positional embeddings for implicit long convolution filters:
+    ``z[0, t] = [t / (L-1), cos(f_j w_t)..., -sin(f_j w_t)...]`` with ``w_t = 2 pi t / L`` and
+    ``(emb_dim - 1) // 2`` frequencies ``f_j`` from 1e-4 to ``bands - 1``, stored as the frozen
+    parameter ``z`` ``[1, seq_len, emb_dim]``.
+
+    Source: fla/modules/convolution.py:L1078-L1099 (fla 0.4.0)
+    """
+
+    def __init__(self, emb_dim: int, seq_len: int, **kwargs):
+        super().__init__()
+
+        self.seq_len = seq_len
+        # the time channel is normalised to [0, 1]
+        t = torch.linspace(0, 1, self.seq_len)[None, :, None]  # 1, L, 1
+
+        # (as fla 0.4.0: emb_dim <= 1 leaves `bands` unbound and fails below)
+        if emb_dim > 1:
+            bands = (emb_dim - 1) // 2
+        # the frequencies use the unnormalised positions 0 .. L-1
+        t_rescaled = torch.linspace(0, seq_len - 1, seq_len)[None, :, None]
+        w = 2 * math.pi * t_rescaled / seq_len  # 1, L, 1
+
+        f = torch.linspace(1e-4, bands - 1, bands)[None, None]
+        z = torch.exp(-1j * f * w)
+        z = torch.cat([t, z.real, z.imag], dim=-1)
+        self.z = nn.Parameter(z, requires_grad=False)
+
+    def forward(self, L):
+        return self.z[:, :L]
+
+
+class ImplicitLongConvolution(nn.Module):
+    """
+    Long convolution with implicit filter parameterized by an MLP.
+
+    Args:
+        hidden_size (int):
+            The number of expected features in the input and output.
+        max_len (int):
+            The maximum sequence length.
+        d_emb (Optional[int]):
+            The dimension of the positional embeddings. Must be odd and greater or equal to 3 (time, sine and cosine).
+            Defaults to 3.
+        d_hidden (Optional[int]):
+            The number of features in the hidden layer of the MLP. Defaults to 16.
+
+    Attributes:
+        pos_emb (`PositionalEmbedding`): The positional embedding layer.
+        mlp (`nn.Sequential`): The MLP that parameterizes the implicit filter.
+
+    Source: fla/modules/convolution.py:L1102-L1168 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        max_len: int,
+        d_emb: int = 3,
+        d_hidden: int = 16,
+        **kwargs,
+    ):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.d_emb = d_emb
+
+        assert (
+            d_emb % 2 != 0 and d_emb >= 3
+        ), "d_emb must be odd and greater or equal to 3 (time, sine and cosine)"
+        self.pos_emb = PositionalEmbedding(d_emb, max_len)
+
+        # the MLP maps each position's embedding to one filter tap per channel
+        self.mlp = nn.Sequential(
+            nn.Linear(d_emb, d_hidden),
+            torch.nn.ReLU(),
+            nn.Linear(d_hidden, hidden_size),
+        )
+
+    def filter(self, seq_len: int, *args, **kwargs):
+        return self.mlp(self.pos_emb(seq_len)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        """``x``: ``[batch_size, seq_len, hidden_size]`` -> the same shape."""
+        x = x.transpose(1, 2)
+        k = self.filter(x.shape[-1])
+        y = fft_conv(x, k, dropout_mask=None, gelu=False)
+
+        y = y.transpose(1, 2)
+        return y.to(dtype=x.dtype)

@@ -25,20 +25,22 @@ from typing import Dict
 
 import torch
 
+from portaudit.numerics.fla040.apis import (
+    DPLR_CHUNK,
+    DPLR_FUSED,
+    GROUP_NORM,
+    LORA,
+    RWKV7_ADDCMUL,
+    RWKV7_CHUNK,
+    RWKV7_FUSED,
+    RWKV7_FUSED_MUL,
+    RWKV7_GATE,
+    RWKV7_K_UPDATE,
+    RWKV7_LAYER,
+    TOKEN_SHIFT,
+)
 from portaudit.numerics.upstream_code import load_function
 
-DPLR_CHUNK = "fla.ops.generalized_delta_rule.dplr.chunk.chunk_dplr_delta_rule"
-DPLR_FUSED = "fla.ops.generalized_delta_rule.dplr.fused_recurrent.fused_recurrent_dplr_delta_rule"
-RWKV7_CHUNK = "fla.ops.rwkv7.chunk.chunk_rwkv7"
-RWKV7_FUSED = "fla.ops.rwkv7.fused_recurrent.fused_recurrent_rwkv7"
-RWKV7_FUSED_MUL = "fla.ops.rwkv7.fused_recurrent.fused_mul_recurrent_rwkv7"
-RWKV7_ADDCMUL = "fla.ops.rwkv7.fused_addcmul.fused_addcmul_rwkv7"
-RWKV7_K_UPDATE = "fla.ops.rwkv7.fused_k_update.fused_k_rwkv7"
-RWKV7_GATE = "fla.ops.rwkv7.gate_output_correction.gate_output_correction"
-TOKEN_SHIFT = "fla.modules.token_shift.token_shift"
-GROUP_NORM = "fla.modules.layernorm.GroupNorm"
-LORA = "fla.layers.rwkv6.LoRA"
-RWKV7_LAYER = "fla.layers.rwkv7.RWKV7Attention"
 
 
 @contextlib.contextmanager

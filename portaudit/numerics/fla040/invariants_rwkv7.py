@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from portaudit.numerics.cache import StateCache
-from portaudit.numerics.reference_rwkv7 import (
+from portaudit.numerics.fla040.apis import (
     DPLR_CHUNK,
     DPLR_FUSED,
     RWKV7_ADDCMUL,
@@ -26,16 +26,12 @@ from portaudit.numerics.reference_rwkv7 import (
     RWKV7_LAYER,
     TOKEN_SHIFT,
 )
+from portaudit.numerics.fla040.invariants import _cpu, _d, _gen
+from portaudit.numerics.invariants import Check, Invariant
 
 LAYER = "RWKV7Attention"
 W_SCALE = 0.6065306597126334
 ARGS = ("q", "k", "v", "a", "b", "gk")
-
-
-def _inv():
-    # imported lazily: invariants.py imports this module to declare the RWKV-7 matrix
-    from portaudit.numerics import invariants
-    return invariants
 
 
 # -- the DPLR delta rule --------------------------------------------------------------------------------
@@ -66,7 +62,6 @@ def dplr_inputs(p: Dict[str, Any], gen: torch.Generator) -> Dict[str, torch.Tens
 
 def run_dplr(fn, inp, device, dtype=torch.float32, grads=False, h0=None, cu=None, scale=None):
     """Call a DPLR op with fla's (q, k, v, a, b, gk) arguments; (o, ht, grads) on the CPU."""
-    inv = _inv()
     leaves = {n: inp[n].detach().to(device=device, dtype=dtype).requires_grad_(grads) for n in ARGS}
     h = inp.get("h0") if h0 is None else h0
     if h is not None:
@@ -74,22 +69,21 @@ def run_dplr(fn, inp, device, dtype=torch.float32, grads=False, h0=None, cu=None
         h.requires_grad_(grads)
     cu = inp.get("cu_seqlens") if cu is None else cu
     o, ht = fn(q=leaves["q"], k=leaves["k"], v=leaves["v"], a=leaves["a"], b=leaves["b"], gk=leaves["gk"],
-               scale=scale, initial_state=h, output_final_state=True, cu_seqlens=inv._d(cu, device))
+               scale=scale, initial_state=h, output_final_state=True, cu_seqlens=_d(cu, device))
     gr = {}
     if grads:
         do, dht = inp["do"].to(device=device, dtype=o.dtype), inp["dht"].to(device=device, dtype=ht.dtype)
         (o * do).sum().add((ht * dht).sum()).backward()
-        gr = {"d" + n: inv._cpu(t.grad) for n, t in leaves.items()}
+        gr = {"d" + n: _cpu(t.grad) for n, t in leaves.items()}
         if h is not None:
-            gr["dh0"] = inv._cpu(h.grad)
-    return inv._cpu(o), inv._cpu(ht), gr
+            gr["dh0"] = _cpu(h.grad)
+    return _cpu(o), _cpu(ht), gr
 
 
 def inv_dplr_naive(path, grads):
     """The op == fla's naive DPLR recurrence in float64 (and fp64 autograd through it)."""
     def body(ctx, p):
-        Check = _inv().Check
-        inp = dplr_inputs(p, _inv()._gen("dplr-naive", path, p))
+        inp = dplr_inputs(p, _gen("dplr-naive", path, p))
         o, ht, gr = run_dplr(ctx.api(path), inp, ctx.device, grads=grads, scale=p.get("scale"))
         ro, rht, rgr = run_dplr(ctx.oracle.resolve(path), inp, torch.device("cpu"), dtype=torch.float64,
                                 grads=grads, scale=p.get("scale"))
@@ -98,8 +92,7 @@ def inv_dplr_naive(path, grads):
 
 
 def inv_dplr_chunk_vs_fused(ctx, p):
-    Check = _inv().Check
-    inp = dplr_inputs(p, _inv()._gen("dplr-cvf", p))
+    inp = dplr_inputs(p, _gen("dplr-cvf", p))
     o1, h1, _ = run_dplr(ctx.api(DPLR_CHUNK), inp, ctx.device, scale=p.get("scale"))
     o2, h2, _ = run_dplr(ctx.api(DPLR_FUSED), inp, ctx.device, scale=p.get("scale"))
     return [Check("o", o2, o1), Check("ht", h2, h1)]
@@ -108,9 +101,8 @@ def inv_dplr_chunk_vs_fused(ctx, p):
 def inv_dplr_varlen(path, grads):
     """cu_seqlens == every sequence run on its own (gradients included for the chunk op)."""
     def body(ctx, p):
-        Check = _inv().Check
         fn = ctx.api(path)
-        inp = dplr_inputs(p, _inv()._gen("dplr-varlen", path, p))
+        inp = dplr_inputs(p, _gen("dplr-varlen", path, p))
         o, ht, gr = run_dplr(fn, inp, ctx.device, grads=grads)
         outs, states, parts = [], [], {}
         for i, (s, e) in enumerate(zip(p["cu"][:-1], p["cu"][1:])):
@@ -132,9 +124,8 @@ def inv_dplr_varlen(path, grads):
 def inv_dplr_resume(path):
     """A prefix with output_final_state, then the rest from that state == one full run."""
     def body(ctx, p):
-        Check = _inv().Check
         fn = ctx.api(path)
-        inp = dplr_inputs(p, _inv()._gen("dplr-resume", path, p))
+        inp = dplr_inputs(p, _gen("dplr-resume", path, p))
         o, ht, _ = run_dplr(fn, inp, ctx.device)
         outs, state, prev = [], inp.get("h0"), 0
         for cut in list(p["splits"]) + [p["T"]]:
@@ -146,17 +137,15 @@ def inv_dplr_resume(path):
 
 
 def inv_dplr_gradcheck(ctx, p):
-    inv = _inv()
-    if ctx.impl.name == "fla":
-        raise inv.Skip("Triton kernels take no float64")
+    ctx.require_float64(DPLR_CHUNK)
     fn = ctx.api(DPLR_CHUNK)
-    inp = dplr_inputs(p, inv._gen("dplr-gradcheck", p))
+    inp = dplr_inputs(p, _gen("dplr-gradcheck", p))
     args = [inp[n].double().to(ctx.device).requires_grad_() for n in ARGS + ("h0",)]
 
     def f(q, k, v, a, b, gk, h0):
         return fn(q=q, k=k, v=v, a=a, b=b, gk=gk, scale=0.5, initial_state=h0, output_final_state=True)
     ok = torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5, rtol=1e-4, raise_exception=False)
-    return [inv.Check("gradcheck", None, None, "fp64", passed=bool(ok),
+    return [Check("gradcheck", None, None, "fp64", passed=bool(ok),
                       message="" if ok else "analytic and numeric Jacobians differ")]
 
 
@@ -164,42 +153,39 @@ def inv_dplr_gradcheck(ctx, p):
 
 def inv_chunk_rwkv7(ctx, p):
     """chunk_rwkv7(r, w, k, v, a, b) == fla's naive recurrence (fp64), outputs and gradients."""
-    inv = _inv()
-    inp = dplr_inputs(p, inv._gen("chunk_rwkv7", p))
+    inp = dplr_inputs(p, _gen("chunk_rwkv7", p))
 
     def call(fn, device, dtype):
         xs = {n: inp[n].detach().to(device=device, dtype=dtype).requires_grad_() for n in ARGS + ("h0",)}
         o, ht = fn(r=xs["q"], w=xs["gk"], k=xs["k"], v=xs["v"], a=xs["a"], b=xs["b"], initial_state=xs["h0"])
         (o * inp["do"].to(device=device, dtype=o.dtype)).sum().add((ht * inp["dht"].to(device, ht.dtype)).sum()).backward()
-        return o, ht, {"d" + n: inv._cpu(t.grad) for n, t in xs.items()}
+        return o, ht, {"d" + n: _cpu(t.grad) for n, t in xs.items()}
     o, ht, gr = call(ctx.api(RWKV7_CHUNK), ctx.device, torch.float32)
     ro, rht, rgr = call(ctx.oracle.resolve(RWKV7_CHUNK), torch.device("cpu"), torch.float64)
-    checks = [inv.Check("o", ro.detach(), inv._cpu(o)), inv.Check("ht", rht.detach(), inv._cpu(ht))]
-    return checks + [inv.Check(n, rgr[n], gr[n]) for n in rgr]
+    checks = [Check("o", ro.detach(), _cpu(o)), Check("ht", rht.detach(), _cpu(ht))]
+    return checks + [Check(n, rgr[n], gr[n]) for n in rgr]
 
 
 def inv_fused_mul(ctx, p):
     """fused_mul_recurrent_rwkv7(r, w, k, v, kk, a) == fla's naive recurrence with a = -kk,
     b = kk * a (fp64), and == the DPLR kernel on those vectors (fla's own test)."""
-    inv = _inv()
-    inp = dplr_inputs(p, inv._gen("fused_mul", p))
+    inp = dplr_inputs(p, _gen("fused_mul", p))
     cu = inp.get("cu_seqlens")
 
     def call(fn, device, dtype):
         x = {n: inp[n].to(device=device, dtype=dtype) for n in ("q", "gk", "k", "v", "kk", "rate", "h0")}
         with torch.no_grad():
             return fn(r=x["q"], w=x["gk"], k=x["k"], v=x["v"], kk=x["kk"], a=x["rate"], scale=1.0,
-                      initial_state=x["h0"], output_final_state=True, cu_seqlens=inv._d(cu, device))
+                      initial_state=x["h0"], output_final_state=True, cu_seqlens=_d(cu, device))
     o, ht = call(ctx.api(RWKV7_FUSED_MUL), ctx.device, torch.float32)
     ro, rht = call(ctx.oracle.resolve(RWKV7_FUSED_MUL), torch.device("cpu"), torch.float64)
     do, dht, _ = run_dplr(ctx.api(DPLR_FUSED), inp, ctx.device, scale=1.0)
-    return [inv.Check("o", ro, inv._cpu(o)), inv.Check("ht", rht, inv._cpu(ht)),
-            inv.Check("o==dplr", do, inv._cpu(o)), inv.Check("ht==dplr", dht, inv._cpu(ht))]
+    return [Check("o", ro, _cpu(o)), Check("ht", rht, _cpu(ht)),
+            Check("o==dplr", do, _cpu(o)), Check("ht==dplr", dht, _cpu(ht))]
 
 
 def _ref_and_grads(ctx, path, make, n_out):
     """Outputs and gradients of ``path`` and of fla's reference (fp64) on the same inputs."""
-    inv = _inv()
     args, cots = make()
     got_args = [a.detach().clone().to(ctx.device).requires_grad_() if a is not None else None for a in args]
     ref_args = [a.detach().double().requires_grad_() if a is not None else None for a in args]
@@ -210,14 +196,14 @@ def _ref_and_grads(ctx, path, make, n_out):
     live = [i for i in range(n_out) if refs[i] is not None]
     sum(((outs[i] * cots[i].to(ctx.device)).sum() for i in live)).backward()
     sum(((refs[i] * cots[i].double()).sum() for i in live)).backward()
-    checks = [inv.Check(f"y{i}", refs[i].detach(), inv._cpu(outs[i])) for i in live]
-    checks += [inv.Check(f"d{j}", r.grad, inv._cpu(g.grad)) for j, (g, r) in enumerate(zip(got_args, ref_args))
+    checks = [Check(f"y{i}", refs[i].detach(), _cpu(outs[i])) for i in live]
+    checks += [Check(f"d{j}", r.grad, _cpu(g.grad)) for j, (g, r) in enumerate(zip(got_args, ref_args))
                if r is not None]
     return checks
 
 
 def inv_addcmul(ctx, p):
-    gen = _inv()._gen("addcmul", p)
+    gen = _gen("addcmul", p)
     B, T, D = p["B"], p["T"], p["D"]
 
     def make():
@@ -230,7 +216,7 @@ def inv_addcmul(ctx, p):
 
 
 def inv_k_update(ctx, p):
-    gen = _inv()._gen("k_update", p)
+    gen = _gen("k_update", p)
     B, T, D = p["B"], p["T"], p["D"]
     return _ref_and_grads(ctx, RWKV7_K_UPDATE, lambda: (
         [torch.randn(B, T, D, generator=gen), torch.rand(B, T, D, generator=gen),
@@ -238,7 +224,7 @@ def inv_k_update(ctx, p):
 
 
 def inv_gate(ctx, p):
-    gen = _inv()._gen("gate", p)
+    gen = _gen("gate", p)
     B, T, H, K, V = p["B"], p["T"], p["H"], p["K"], p["V"]
     return _ref_and_grads(ctx, RWKV7_GATE, lambda: (
         [torch.randn(B, T, H * V, generator=gen), torch.randn(B, T, H, K, generator=gen),
@@ -249,8 +235,7 @@ def inv_gate(ctx, p):
 
 def inv_token_shift(ctx, p):
     """token_shift (cache in and out, varlen) == fla's token_shift_ref (+ the cache by definition)."""
-    inv = _inv()
-    gen = inv._gen("token_shift", p)
+    gen = _gen("token_shift", p)
     B, T, D = p["B"], p["T"], p["D"]
     cu = torch.tensor(p["cu"], dtype=torch.long) if p.get("cu") else None
     N = len(p["cu"]) - 1 if p.get("cu") else B
@@ -261,29 +246,28 @@ def inv_token_shift(ctx, p):
     def call(fn, device, dtype):
         xs = x.detach().clone().to(device=device, dtype=dtype).requires_grad_()
         cs = cache.detach().clone().to(device=device, dtype=dtype).requires_grad_() if cache is not None else None
-        y, new = fn(xs, inv._d(cu, device), cache=cs, output_cache=True)
+        y, new = fn(xs, _d(cu, device), cache=cs, output_cache=True)
         ((y * dy.to(device, y.dtype)).sum() + (new * dc.to(device, new.dtype)).sum()).backward()
         return y, new, xs.grad, (cs.grad if cs is not None else None)
     y, new, dx, dcache = call(ctx.api(TOKEN_SHIFT), ctx.device, torch.float32)
     ry, rnew, rdx, rdcache = call(ctx.oracle.resolve(TOKEN_SHIFT), torch.device("cpu"), torch.float64)
-    checks = [inv.Check("y", ry.detach(), inv._cpu(y)), inv.Check("cache_out", rnew.detach(), inv._cpu(new)),
-              inv.Check("dx", rdx, inv._cpu(dx))]
+    checks = [Check("y", ry.detach(), _cpu(y)), Check("cache_out", rnew.detach(), _cpu(new)),
+              Check("dx", rdx, _cpu(dx))]
     if cache is not None:
-        checks.append(inv.Check("dcache", rdcache, inv._cpu(dcache)))
+        checks.append(Check("dcache", rdcache, _cpu(dcache)))
     return checks
 
 
 def inv_token_shift_split(ctx, p):
     """Two calls chained through the cache == one call."""
-    inv = _inv()
     fn = ctx.api(TOKEN_SHIFT)
-    x = torch.randn(p["B"], p["T"], p["D"], generator=inv._gen("token_shift_split", p)).to(ctx.device)
+    x = torch.randn(p["B"], p["T"], p["D"], generator=_gen("token_shift_split", p)).to(ctx.device)
     with torch.no_grad():
         full, cache = fn(x, output_cache=True)
         y1, c1 = fn(x[:, :p["split"]], output_cache=True)
         y2, c2 = fn(x[:, p["split"]:], cache=c1, output_cache=True)
-    return [inv.Check("y", inv._cpu(full), inv._cpu(torch.cat([y1, y2], 1))), inv.Check("cache", inv._cpu(cache),
-                                                                                       inv._cpu(c2))]
+    return [Check("y", _cpu(full), _cpu(torch.cat([y1, y2], 1))), Check("cache", _cpu(cache),
+                                                                                       _cpu(c2))]
 
 
 GRADCHECK = {
@@ -309,15 +293,13 @@ GRADCHECK = {
 
 def inv_gradcheck_fn(path):
     def body(ctx, p):
-        inv = _inv()
-        if ctx.impl.name == "fla":
-            raise inv.Skip("Triton kernels take no float64")
+        ctx.require_float64(path)
         make, call = GRADCHECK[path]
         fn = ctx.api(path)
-        args = [t.to(ctx.device).requires_grad_() for t in make(inv._gen("gc", path))]
+        args = [t.to(ctx.device).requires_grad_() for t in make(_gen("gc", path))]
         ok = torch.autograd.gradcheck(lambda *a: call(fn, *a), args, eps=1e-6, atol=1e-5, rtol=1e-4,
                                       raise_exception=False)
-        return [inv.Check("gradcheck", None, None, "fp64", passed=bool(ok),
+        return [Check("gradcheck", None, None, "fp64", passed=bool(ok),
                           message="" if ok else "analytic and numeric Jacobians differ")]
     return body
 
@@ -342,7 +324,7 @@ def _pair(ctx, p):
         torch.manual_seed(zlib.crc32(f"rwkv7-layer|{p}".encode()))
         ref = ctx.oracle.resolve(RWKV7_LAYER)(**init)
         layer = ctx.api(RWKV7_LAYER)(**init)
-    gen = _inv()._gen("rwkv7-layer-weights", p)
+    gen = _gen("rwkv7-layer-weights", p)
     with torch.no_grad():
         for prm in ref.parameters():
             prm.add_(torch.randn(prm.shape, generator=gen) * (0.1 if prm.dim() > 1 else 0.2))
@@ -354,7 +336,7 @@ def _pair(ctx, p):
 
 
 def _x(p, tag):
-    gen = _inv()._gen(tag, p)
+    gen = _gen(tag, p)
     x = torch.randn(p["B"], p["T"], INIT["hidden_size"], generator=gen)
     vf = torch.randn(p["B"], p["T"], _init(p).get("value_dim") or INIT["hidden_size"], generator=gen)
     return x, vf
@@ -362,7 +344,6 @@ def _x(p, tag):
 
 def inv_layer_state_dict(ctx, p):
     import warnings
-    inv = _inv()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
@@ -376,13 +357,12 @@ def inv_layer_state_dict(ctx, p):
              if k in got and got[k].shape != ref[k].shape]
     if not msgs:   # same seed, same init code: the same values
         msgs += [f"{k}: initial values differ" for k in ref if not torch.equal(ref[k], got[k].cpu())]
-    return [inv.Check("state_dict", None, None, passed=not msgs, message="; ".join(msgs))]
+    return [Check("state_dict", None, None, passed=not msgs, message="; ".join(msgs))]
 
 
 def inv_layer_reference(ctx, p):
     """Outputs and v_first == fla's layer code on float64 references (eval: chunk for T >= 64,
     fused_mul_recurrent below)."""
-    inv = _inv()
     layer, ref = _pair(ctx, p)
     x, vf = _x(p, "rwkv7-layer-x")
     mask = None
@@ -391,31 +371,29 @@ def inv_layer_reference(ctx, p):
         for b, n in enumerate(p["pad"]):
             mask[b, :n] = 0
     with torch.no_grad():
-        o, _, _, v = layer(x.to(ctx.device), attention_mask=inv._d(mask, ctx.device), v_first=vf.to(ctx.device))
+        o, _, _, v = layer(x.to(ctx.device), attention_mask=_d(mask, ctx.device), v_first=vf.to(ctx.device))
         r, _, _, rv = ref(x.double(), attention_mask=mask, v_first=vf.double())
-    return [inv.Check("o", r, inv._cpu(o)), inv.Check("v_first", rv, inv._cpu(v))]
+    return [Check("o", r, _cpu(o)), Check("v_first", rv, _cpu(v))]
 
 
 def inv_layer_masked(ctx, p):
     """Left-padded batch with attention_mask == each sample run unpadded on its own."""
-    inv = _inv()
     layer, _ = _pair(ctx, p)
     x, vf = _x(p, "rwkv7-layer-mask")
     mask = torch.ones(p["B"], p["T"], dtype=torch.long)
     for b, n in enumerate(p["pad"]):
         mask[b, :n] = 0
     with torch.no_grad():
-        o = inv._cpu(layer(x.to(ctx.device), attention_mask=mask.to(ctx.device), v_first=vf.to(ctx.device))[0])
+        o = _cpu(layer(x.to(ctx.device), attention_mask=mask.to(ctx.device), v_first=vf.to(ctx.device))[0])
         checks = []
         for b, n in enumerate(p["pad"]):
             ob = layer(x[b:b + 1, n:].to(ctx.device), v_first=vf[b:b + 1, n:].to(ctx.device))[0]
-            checks.append(inv.Check(f"o[{b}]", inv._cpu(ob)[0], o[b, n:]))
+            checks.append(Check(f"o[{b}]", _cpu(ob)[0], o[b, n:]))
     return checks
 
 
 def inv_layer_decode(ctx, p):
     """Prefill with a cache, then token-by-token decode == one full forward."""
-    inv = _inv()
     layer, _ = _pair(ctx, p)
     x, vf = (t.to(ctx.device) for t in _x(p, "rwkv7-layer-dec"))
     T0 = p["prefill"]
@@ -427,29 +405,28 @@ def inv_layer_decode(ctx, p):
         for t in range(T0, p["T"]):
             o_t, _, cache, _ = layer(x[:, t:t + 1], past_key_values=cache, use_cache=True, v_first=vf[:, t:t + 1])
             steps.append(o_t)
-    return [inv.Check("o", inv._cpu(full), inv._cpu(torch.cat(steps, 1)))]
+    return [Check("o", _cpu(full), _cpu(torch.cat(steps, 1)))]
 
 
 def inv_layer_grads(ctx, p):
     """Training-mode gradients (input, v_first, every parameter) == fp64 autograd of fla's layer code."""
-    inv = _inv()
     layer, ref = _pair(ctx, p)
     layer.train()
     ref.train()
     x, vf = _x(p, "rwkv7-layer-grad")
-    dy = torch.randn(x.shape, generator=inv._gen("rwkv7-layer-dy", p))
+    dy = torch.randn(x.shape, generator=_gen("rwkv7-layer-dy", p))
     xa, va = (t.detach().clone().to(ctx.device).requires_grad_() for t in (x, vf))
     xr, vr = (t.detach().double().requires_grad_() for t in (x, vf))
     o, _, _, v = layer(xa, v_first=va)
     r, _, _, rv = ref(xr, v_first=vr)
     ((o * dy.to(ctx.device)).sum() + v.sum() * 1e-2).backward()
     ((r * dy.double()).sum() + rv.sum() * 1e-2).backward()
-    checks = [inv.Check("o", r.detach(), inv._cpu(o)), inv.Check("dx", xr.grad, inv._cpu(xa.grad))]
+    checks = [Check("o", r.detach(), _cpu(o)), Check("dx", xr.grad, _cpu(xa.grad))]
     if _init(p)["layer_idx"] != 0:
-        checks.append(inv.Check("dv_first", vr.grad, inv._cpu(va.grad)))
+        checks.append(Check("dv_first", vr.grad, _cpu(va.grad)))
     got = dict(layer.named_parameters())
     for name, prm in sorted(ref.named_parameters()):
-        checks.append(inv.Check("dparam." + name, prm.grad, inv._cpu(got[name].grad) if name in got else None))
+        checks.append(Check("dparam." + name, prm.grad, _cpu(got[name].grad) if name in got else None))
     return checks
 
 
@@ -469,7 +446,6 @@ DPLR_RESUME = [dict(B=2, T=150, H=2, K=16, V=16, h0=True, splits=[37, 101]),
 
 
 def rwkv7_invariants():
-    Invariant = _inv().Invariant
     chunk, fused = "chunk_dplr_delta_rule", "fused_recurrent_dplr_delta_rule"
     invs = [
         Invariant("naive", chunk, [DPLR_CHUNK], DPLR_CASES, inv_dplr_naive(DPLR_CHUNK, False), quick=2, layer=LAYER,

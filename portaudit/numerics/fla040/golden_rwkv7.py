@@ -1,9 +1,10 @@
-"""Golden cases of the RWKV-7 closure (suite ``rwkv7``): the DPLR delta rule (chunk and
+"""Golden cases of the RWKV-7 closure: the DPLR delta rule (chunk and
 fused_recurrent), RWKV-7's ops (chunk_rwkv7, fused_mul_recurrent_rwkv7, fused_addcmul, the key
 update, the output correction), the token shift and the RWKV7Attention layer.
 
 Every case name starts with ``rwkv7/`` (record them with ``--cases rwkv7/``); their fixtures live in
-``tests/fixtures/golden_rwkv7`` (a separate recording run from the KDA/GDN set). Inputs follow what
+``tests/fixtures/golden_rwkv7`` (``RWKV7_FIXTURES``), a recording run of their own next to the KDA/GDN
+set in ``tests/fixtures/golden``. Inputs follow what
 the layer feeds the ops: RWKV-7 decays ``w = -exp(-1/2) sigmoid(.)``, ``a = -kk``, ``b = kk *
 sigmoid(.)`` with L2-normalised ``kk``; the ``fla`` flavour uses fla's DPLR test recipe instead
 (``a = normalize(rand)``, ``b = -a``, ``gk = logsigmoid(randn) / norm``).
@@ -17,18 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from portaudit.numerics.cache import StateCache
-from portaudit.numerics.golden_cases import (
-    DTYPES,
-    GoldenCase,
-    Tensors,
-    _cpu,
-    _leaf,
-    _make_layer,
-    _rand,
-    _randn,
-    _to,
-)
-from portaudit.numerics.reference_rwkv7 import (
+from portaudit.numerics.fla040.apis import (
     DPLR_CHUNK,
     DPLR_FUSED,
     RWKV7_ADDCMUL,
@@ -39,8 +29,9 @@ from portaudit.numerics.reference_rwkv7 import (
     RWKV7_LAYER,
     TOKEN_SHIFT,
 )
+from portaudit.numerics.fla040.golden import DTYPES, _cpu, _leaf, _make_layer, _rand, _randn, _to
+from portaudit.numerics.golden_cases import GoldenCase, Tensors
 
-SUITE = "rwkv7"
 W_SCALE = 0.6065306597126334          # exp(-1/2): RWKV-7's decay bound
 
 
@@ -118,7 +109,7 @@ def _dplr_case(name, api, grads, note="", **params) -> GoldenCase:
     base = dict(B=1, T=50, H=2, K=32, V=32, h0=True, grads=grads)
     base.update(params)
     run = _run_fused_mul if api == RWKV7_FUSED_MUL else _run_dplr
-    return GoldenCase(name, api, "op", base, _make_dplr, run, note, suite=SUITE)
+    return GoldenCase(name, api, "op", base, _make_dplr, run, note)
 
 
 # -- elementwise ops --------------------------------------------------------------------------------
@@ -279,8 +270,7 @@ def _layer_case(name, note="", init=None, **params) -> GoldenCase:
     base = dict(B=2, T=70, init=base_init)
     base.update(params)
     apis = [RWKV7_CHUNK, RWKV7_FUSED_MUL, RWKV7_ADDCMUL, RWKV7_K_UPDATE, RWKV7_GATE, TOKEN_SHIFT]
-    return GoldenCase(name, RWKV7_LAYER, "layer", base, _make_rwkv7_layer, _run_rwkv7_layer, note, apis=apis,
-                      suite=SUITE)
+    return GoldenCase(name, RWKV7_LAYER, "layer", base, _make_rwkv7_layer, _run_rwkv7_layer, note, apis=apis)
 
 
 # -- the declared set --------------------------------------------------------------------------------
@@ -301,22 +291,22 @@ def rwkv7_golden_cases() -> List[GoldenCase]:
         _dplr_case("rwkv7/fused_mul_recurrent/decode", RWKV7_FUSED_MUL, False, B=3, T=1,
                    note="T == 1: fla's decode branch"),
         GoldenCase("rwkv7/fused_addcmul/g", RWKV7_ADDCMUL, "op", dict(B=2, T=20, D=32, use_g=True),
-                   _make_addcmul, _run_addcmul, suite=SUITE),
+                   _make_addcmul, _run_addcmul),
         GoldenCase("rwkv7/fused_addcmul/no_g", RWKV7_ADDCMUL, "op", dict(B=1, T=20, D=24, use_g=False),
-                   _make_addcmul, _run_addcmul, suite=SUITE),
+                   _make_addcmul, _run_addcmul),
         GoldenCase("rwkv7/fused_k_update/ka_vector", RWKV7_K_UPDATE, "op", dict(B=2, T=30, D=32, ka_shape=[32]),
-                   _make_k_update, _run_k_update, suite=SUITE),
+                   _make_k_update, _run_k_update),
         GoldenCase("rwkv7/fused_k_update/long", RWKV7_K_UPDATE, "op", dict(B=1, T=520, D=8, ka_shape=[1, 1, 8]),
-                   _make_k_update, _run_k_update, "T > 512 takes fla's long kernel", suite=SUITE),
+                   _make_k_update, _run_k_update, "T > 512 takes fla's long kernel"),
         GoldenCase("rwkv7/gate_output_correction/base", RWKV7_GATE, "op", dict(B=2, T=20, H=2, K=32),
-                   _make_gate, _run_gate, suite=SUITE),
+                   _make_gate, _run_gate),
         GoldenCase("rwkv7/token_shift/plain", TOKEN_SHIFT, "op", dict(B=2, T=30, D=32), _make_token_shift,
-                   _run_token_shift, suite=SUITE),
+                   _run_token_shift),
         GoldenCase("rwkv7/token_shift/cache", TOKEN_SHIFT, "op", dict(B=2, T=9, D=64, cache=True),
-                   _make_token_shift, _run_token_shift, suite=SUITE),
+                   _make_token_shift, _run_token_shift),
         GoldenCase("rwkv7/token_shift/varlen_cache", TOKEN_SHIFT, "op", dict(B=1, T=40, D=32, cu_seqlens=[0, 5, 18, 40],
                                                                              cache=True),
-                   _make_token_shift, _run_token_shift, suite=SUITE),
+                   _make_token_shift, _run_token_shift),
         _layer_case("rwkv7/RWKV7Attention/layer0"),
         _layer_case("rwkv7/RWKV7Attention/layer1", init=dict(layer_idx=1)),
         _layer_case("rwkv7/RWKV7Attention/fuse_norm_masked", init=dict(layer_idx=1, fuse_norm=True), pad=[0, 21],
