@@ -12,7 +12,7 @@ import torch
 
 from myfla.layers.rwkv7 import RWKV7Attention
 from myfla.models.utils import Cache
-from portaudit.numerics.reference_rwkv7 import RWKV7Reference
+from portaudit.numerics.fla040.reference_rwkv7 import RWKV7Reference
 from tests.numerics import assert_rms
 
 C, HD = 64, 16                      # hidden size, head_dim used throughout

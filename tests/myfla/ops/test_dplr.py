@@ -24,7 +24,7 @@ from myfla.ops.generalized_delta_rule.dplr.intra_blocks import DPLRIntraBlocks
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_bwd import chunk_dplr_bwd_wy
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_fwd import prepare_wy_repr_fwd
 from myfla.ops.rwkv6.chunk import chunk_rwkv6_fwd_cumsum
-from portaudit.numerics.reference_rwkv7 import DPLRReference
+from portaudit.numerics.fla040.reference_rwkv7 import DPLRReference
 from tests.numerics import assert_rms
 
 # fp32 outputs/states within 1e-5 of the fp64 oracle (RMS ratio), gradients within 1e-4

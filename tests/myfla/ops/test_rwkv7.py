@@ -14,7 +14,7 @@ from myfla.ops.rwkv7 import chunk_rwkv7, fused_mul_recurrent_rwkv7, fused_recurr
 from myfla.ops.rwkv7.fused_addcmul import addcmul_bwd1, fused_addcmul_rwkv7
 from myfla.ops.rwkv7.fused_k_update import fused_k_rwkv7
 from myfla.ops.rwkv7.gate_output_correction import gate_output_correction
-from portaudit.numerics.reference_rwkv7 import RWKV7Reference
+from portaudit.numerics.fla040.reference_rwkv7 import RWKV7Reference
 from tests.numerics import assert_rms
 
 O_TOL, G_TOL = 1e-5, 1e-4
