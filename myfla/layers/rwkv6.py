@@ -1,5 +1,7 @@
-"""Building blocks of ``fla.layers.rwkv6`` that RWKV-7 reuses: the low-rank projection ``LoRA``
-(``RWKV6Attention`` itself, ``LerpLinear`` and ``DDLerpLinear`` are outside this port's closure)."""
+"""Building blocks of ``fla.layers.rwkv6``: the low-rank projection ``LoRA`` (which RWKV-7 reuses) and
+the token-shift interpolating projections ``LerpLinear`` / ``DDLerpLinear``. ``RWKV6Attention`` itself
+needs fla's RWKV-6 chunk and recurrent ops, which are outside this port (RWKV-7's closure reaches
+only ``LoRA``)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+
+from myfla.modules.token_shift import token_shift
 
 
 class LoRA(nn.Module):
@@ -100,3 +104,82 @@ class LoRA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lora(x)
+
+
+class LerpLinear(nn.Module):
+    """``linear(x + token_shift(x) * mu)`` with a learned per-channel ``mu`` (``linear`` a bias-free
+    ``nn.Linear``, or a ``LoRA`` when ``low_rank_dim`` is given).
+
+    Source: fla/layers/rwkv6.py:L295-L327 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        low_rank_dim: Optional[int] = None
+    ):
+        super().__init__()
+
+        self.input_dim = input_dim
+        self.output_dim = output_dim
+        self.low_rank_dim = low_rank_dim
+
+        self.time_shift = nn.ZeroPad2d((0, 0, 1, -1))
+        if low_rank_dim is None:
+            self.linear = nn.Linear(input_dim, output_dim, bias=False)
+        else:
+            self.linear = LoRA(input_dim, output_dim, low_rank_dim)
+        self.mu = nn.Parameter(torch.zeros(input_dim))
+
+    def __repr__(self) -> str:
+        s = f"{self.__class__.__name__}({self.input_dim}, {self.output_dim}"
+        if self.low_rank_dim is not None:
+            s += f", low_rank_dim={self.low_rank_dim}"
+        s += ")"
+        return s
+
+    def forward(self, x: torch.Tensor, delta: Optional[torch.Tensor] = None,
+                cu_seqlens: Optional[torch.LongTensor] = None) -> torch.Tensor:
+        if delta is None:
+            delta = token_shift(x, cu_seqlens)
+        return self.linear(x + delta * self.mu)
+
+
+class DDLerpLinear(nn.Module):
+    """``linear(x + token_shift(x) * mu)`` with a data-dependent ``mu`` passed to ``forward``.
+
+    Source: fla/layers/rwkv6.py:L330-L362 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        low_rank_dim: Optional[int] = None
+    ):
+        super().__init__()
+
+        self.input_dim = input_dim
+        self.output_dim = output_dim
+        self.low_rank_dim = low_rank_dim
+
+        self.time_shift = nn.ZeroPad2d((0, 0, 1, -1))
+        if low_rank_dim is None:
+            self.linear = nn.Linear(input_dim, output_dim, bias=False)
+        else:
+            self.linear = LoRA(input_dim, output_dim, low_rank_dim)
+
+    def __repr__(self) -> str:
+        s = f"{self.__class__.__name__}({self.input_dim}, {self.output_dim}"
+        if self.low_rank_dim is not None:
+            s += f", low_rank_dim={self.low_rank_dim}"
+        s += ")"
+        return s
+
+    def forward(self, x: torch.Tensor, mu: torch.Tensor,
+                delta: Optional[torch.Tensor] = None,
+                cu_seqlens: Optional[torch.LongTensor] = None) -> torch.Tensor:
+        if delta is None:
+            delta = token_shift(x, cu_seqlens)
+        return self.linear(x + delta * mu)

@@ -3,8 +3,8 @@
 Re-exports what fla 0.4.0's ``fla/modules/__init__.py`` exports from the modules this port carries.
 Not re-exported here because the module is not in this port: ``BitLinear``/``FusedBitLinear``
 (fused_bitlinear), ``FusedKLDivLoss`` (fused_kl_div); ``GatedMLP`` (mlp), ``RotaryEmbedding``
-(rotary), ``FusedCrossEntropyLoss`` (fused_cross_entropy), ``FusedLinearCrossEntropyLoss``
-(fused_linear_cross_entropy) and ``TokenShift`` (token_shift) are exported once their modules land.
+(rotary), ``FusedCrossEntropyLoss`` (fused_cross_entropy) and ``FusedLinearCrossEntropyLoss``
+(fused_linear_cross_entropy) are exported once their modules land.
 """
 
 from myfla.modules.convolution import ImplicitLongConvolution, LongConvolution, ShortConvolution
@@ -18,6 +18,7 @@ from myfla.modules.fused_norm_gate import (
 )
 from myfla.modules.l2norm import L2Norm
 from myfla.modules.layernorm import GroupNorm, GroupNormLinear, LayerNorm, LayerNormLinear, RMSNorm, RMSNormLinear
+from myfla.modules.token_shift import TokenShift
 
 __all__ = [
     'ImplicitLongConvolution', 'LongConvolution', 'ShortConvolution',
@@ -25,4 +26,5 @@ __all__ = [
     'GroupNorm', 'GroupNormLinear', 'LayerNorm', 'LayerNormLinear', 'RMSNorm', 'RMSNormLinear',
     'FusedLayerNormGated', 'FusedLayerNormSwishGate', 'FusedLayerNormSwishGateLinear',
     'FusedRMSNormGated', 'FusedRMSNormSwishGate', 'FusedRMSNormSwishGateLinear',
+    'TokenShift',
 ]

@@ -21,6 +21,45 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return dtype
 
 
+def gate_output_correction_ref(
+    o: torch.Tensor,
+    r: torch.Tensor,
+    k: torch.Tensor,
+    r_k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+):
+    """fla's torch reference: ``(o + ((r * k * r_k).sum(-1, keepdim=True) * v).view(o.shape)) * g`` with
+    ``o``/``g`` ``[B, T, H*D]``, ``r``/``k``/``v`` ``[B, T, H, D]``, ``r_k`` ``[H, D]``.
+
+    Source: fla/ops/rwkv7/gate_output_correction.py:L10-L29 (fla 0.4.0)
+    """
+    correction_term = ((r * k * r_k.unsqueeze(0).unsqueeze(0)).sum(-1, keepdim=True) * v).view(o.shape)
+    return (o + correction_term) * g
+
+
+def gate_output_correction_backward_ref(grad_output, o, r, k, r_k, v, g):
+    """fla's torch reference of the backward: ``(grad_o, grad_r, grad_k, grad_r_k, grad_v, grad_g)``
+    (written for equal key and value head sizes, as in fla).
+
+    Source: fla/ops/rwkv7/gate_output_correction.py:L32-L56 (fla 0.4.0)
+    """
+    B, T, HD = o.shape
+    H, D = r.shape[-2], r.shape[-1]
+    r_k_b = r_k.unsqueeze(0).unsqueeze(0)
+    correction_scalar = (r * k * r_k_b).sum(-1, keepdim=True)
+    gated_input = o + (correction_scalar * v).view(B, T, HD)
+    grad_g = grad_output * gated_input
+    grad_gated_input = grad_output * g
+    grad_correction = grad_gated_input.view(B, T, H, D)
+    grad_v = grad_correction * correction_scalar
+    grad_correction_scalar = (grad_correction * v).sum(-1, keepdim=True).expand_as(r)
+    grad_r = grad_correction_scalar * k * r_k_b
+    grad_k = grad_correction_scalar * r * r_k_b
+    grad_r_k = (grad_correction_scalar * r * k).sum(dim=(0, 1))
+    return grad_gated_input, grad_r, grad_k, grad_r_k, grad_v, grad_g
+
+
 def gate_output_correction_backward_triton(grad_output, o, r, k, r_k, v, g):
     """``(grad_o, grad_r, grad_k, grad_r_k, grad_v, grad_g)`` in the inputs' dtypes.
 
