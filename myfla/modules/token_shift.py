@@ -71,7 +71,7 @@ def prepare_maxlens(cu_seqlens: torch.LongTensor) -> int:
 
 def _boundaries(cu_seqlens: torch.Tensor):
     """``(seq, first, last)``: indices of the non-empty sequences and their first/last tokens."""
-    starts, ends = cu_seqlens[:-1].long(), cu_seqlens[1:].long()
+    starts, ends = cu_seqlens[:-1].to(torch.long), cu_seqlens[1:].to(torch.long)
     seq = torch.nonzero(ends > starts).squeeze(-1)
     return seq, starts[seq], ends[seq] - 1
 
