@@ -164,7 +164,8 @@ def main():
     for K in [int(x) for x in args.K.split(",")]:
         V = K
         entry = {"K": K, "V": V}
-        fwd = median_time(lambda: run_fwd(ours, make_inputs(B, T, H, K, V)), args.repeats)
+        x0 = make_inputs(B, T, H, K, V)
+        fwd = median_time(lambda: run_fwd(ours, x0), args.repeats)
         xs = make_inputs(B, T, H, K, V, requires_grad=True)
         fwd_bwd = median_time(lambda: run_fwd_bwd(ours, xs), args.repeats)
         entry["chunk_rwkv7"] = {"fwd_s": fwd, "fwd_bwd_s": fwd_bwd}
@@ -186,7 +187,8 @@ def main():
 
         for name, fn in refs.items():
             Tr = min(args.ref_T, T)
-            r_fwd = median_time(lambda: run_fwd(fn, make_inputs(B, Tr, H, K, V)), 1, warmup=0) * T / Tr
+            xr0 = make_inputs(B, Tr, H, K, V)
+            r_fwd = median_time(lambda: run_fwd(fn, xr0), 1, warmup=0) * T / Tr
             xr = make_inputs(B, Tr, H, K, V, requires_grad=True)
             r_fb = median_time(lambda: run_fwd_bwd(fn, xr), 1, warmup=0) * T / Tr
             entry[name] = {"measured_T": Tr, "fwd_s_scaled": r_fwd, "fwd_bwd_s_scaled": r_fb,
