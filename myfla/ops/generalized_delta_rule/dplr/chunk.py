@@ -63,71 +63,83 @@ def dplr_fwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], r
     """``chunk_dplr_fwd`` on the chunk grid ``[NC, NH, BT, ...]`` (``gk`` the raw log decay,
     zero-padded): returns ``(o, final_state)`` with ``final_state`` ``[NH, K, V]``.
 
-    fla's functions run in fla's order; the chunk-local ones (cumsum, intra, WY) slab by slab."""
+    fla's functions run in fla's order; the chunk-local ones (cumsum, intra, WY) slab by slab. The
+    gated inputs live stacked per chunk, ``QA = [qg; ag]`` and ``KB = [kg; bg]``, next to
+    ``VV = [v; v_new]`` and ``A_q = [A_qk | A_qb]``, so the output takes one matmul for what fla
+    computes as two (and the backward likewise, see ``dplr_bwd_grid``)."""
     NC, NH, BT, K = q.shape
     V = v.shape[-1]
-    w, bg, kg, qg = (_buffer(q, NC, NH, BT, K) for _ in range(4))
-    u = _buffer(v, NC, NH, BT, V)
-    A_qk, A_qb = _buffer(q, NC, NH, BT, BT), _buffer(q, NC, NH, BT, BT)
+    QA, KB = _buffer(q, NC, NH, 2 * BT, K), _buffer(q, NC, NH, 2 * BT, K)
+    VV = _buffer(v, NC, NH, 2 * BT, V)
+    A_q = _buffer(q, NC, NH, BT, 2 * BT)
+    w, u = _buffer(q, NC, NH, BT, K), _buffer(v, NC, NH, BT, V)
     g_last = _buffer(q, NC, NH, K)
     for sl in _slabs(NC, NH):
         gi, ge = cumsum_grid(gk[sl])
-        _, A_qk[sl], A_qb[sl], A_ak, A_ab, qg[sl], kg[sl], ag, bg[sl] = intra_fwd_grid(
-            q[sl], k[sl], a[sl], b[sl], gi, ge, scale, rnd)
-        A_ab_inv = unit_lower_inverse_grid(A_ab)
-        w[sl], u[sl], _ = wu_grid(ag, v[sl], A_ak, A_ab_inv, rnd)
+        _, A_q[sl], A_ak, A_ab, _, _ = intra_fwd_grid(q[sl], k[sl], a[sl], b[sl], gi, ge, scale, rnd,
+                                                      out=(QA[sl], KB[sl]))
+        wu_grid(QA[sl, :, BT:], v[sl], A_ak, unit_lower_inverse_grid(A_ab), rnd, out=(w[sl], u[sl]))
         g_last[sl] = gi[..., -1, :]
-    states, v_new = fwd_h_grid(kg, v, w, u, bg, g_last, h0, rnd)
-    del w, u, bg, kg
+        VV[sl, :, :BT] = v[sl]
+    states, VV[:, :, BT:] = fwd_h_grid(KB[:, :, :BT], v, w, u, KB[:, :, BT:], g_last, h0, rnd)
+    del w, u, KB
     h = states[:-1] if rnd is None else rnd(states[:-1])
     o = _buffer(v, NC, NH, BT, V)
     for sl in _slabs(NC, NH):
-        o[sl] = fwd_o_grid(qg[sl], v[sl], v_new[sl], A_qk[sl], A_qb[sl], h[sl])
+        o[sl] = fwd_o_grid(QA[sl, :, :BT], VV[sl], A_q[sl], h[sl])
     return o, states[-1]
 
 
 def dplr_bwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], do, dht: Optional[torch.Tensor],
                   rnd=None):
     """``ChunkDPLRDeltaRuleFunction.backward`` on the chunk grid: recomputes the forward, then runs
-    the backward cores in fla's order (chunk-local ones slab by slab). Returns
-    ``(dq, dk, dv, da, db, dgk, dh0)`` (``dh0`` ``[NH, K, V]``)."""
+    the backward cores in fla's order (chunk-local ones slab by slab), on the stacked layout of
+    ``dplr_fwd_grid``; the score gradients are assembled in place as ``dP = [[dA_qk, dA_qb],
+    [dA_ak, dA_ab]]``, what ``chunk_dplr_bwd_dqk_intra`` reads. Returns ``(dq, dk, dv, da, db, dgk,
+    dh0)`` (``dh0`` ``[NH, K, V]``)."""
     NC, NH, BT, K = q.shape
     V = v.shape[-1]
     slabs = _slabs(NC, NH)
-    # ******* recompute the forward (and the state-independent part of dAu) *******
-    w, bg, kg, qg, ag = (_buffer(q, NC, NH, BT, K) for _ in range(5))
-    u, dv_new_intra = _buffer(v, NC, NH, BT, V), _buffer(v, NC, NH, BT, V)
-    A_qk, A_qb, A_ak, A_ab_inv, A_tmp = (_buffer(q, NC, NH, BT, BT) for _ in range(5))
+    # ******* recompute the forward (and the state-independent reads of do) *******
+    QA, KB = _buffer(q, NC, NH, 2 * BT, K), _buffer(q, NC, NH, 2 * BT, K)
+    VV, AqT_do = _buffer(v, NC, NH, 2 * BT, V), _buffer(v, NC, NH, 2 * BT, V)
+    w, u = _buffer(q, NC, NH, BT, K), _buffer(v, NC, NH, BT, V)
+    A_q = _buffer(q, NC, NH, BT, 2 * BT)
+    A_ak, A_ab_inv, A_tmp = (_buffer(q, NC, NH, BT, BT) for _ in range(3))
     g_last = _buffer(q, NC, NH, K)
     blocks = []
     for sl in slabs:
         gi, ge = cumsum_grid(gk[sl])
-        blk, A_qk[sl], A_qb[sl], A_ak[sl], A_ab, qg[sl], kg[sl], ag[sl], bg[sl] = intra_fwd_grid(
-            q[sl], k[sl], a[sl], b[sl], gi, ge, scale, rnd)
+        blk, A_q[sl], A_ak[sl], A_ab, _, _ = intra_fwd_grid(q[sl], k[sl], a[sl], b[sl], gi, ge, scale, rnd,
+                                                            out=(QA[sl], KB[sl]))
         blocks.append(blk)
         A_ab_inv[sl] = unit_lower_inverse_grid(A_ab)
-        w[sl], u[sl], A_tmp[sl] = wu_grid(ag[sl], v[sl], A_ak[sl], A_ab_inv[sl], rnd)
+        _, _, A_tmp[sl] = wu_grid(QA[sl, :, BT:], v[sl], A_ak[sl], A_ab_inv[sl], rnd, out=(w[sl], u[sl]))
         g_last[sl] = gi[..., -1, :]
-        dv_new_intra[sl] = torch.matmul(A_qb[sl].transpose(-1, -2), do[sl])     # dAu's dv_new
-    states, v_new = fwd_h_grid(kg, v, w, u, bg, g_last, h0, rnd)
+        VV[sl, :, :BT] = v[sl]
+        # [A_qk^T do; A_qb^T do]: chunk_dplr_bwd_dv's intra part and chunk_dplr_bwd_dAu's dv_new
+        torch.matmul(A_q[sl].transpose(-1, -2), do[sl], out=AqT_do[sl])
+    states, VV[:, :, BT:] = fwd_h_grid(KB[:, :, :BT], v, w, u, KB[:, :, BT:], g_last, h0, rnd)
     del u
     h = states[:-1] if rnd is None else rnd(states[:-1])
     # ******* backward *******
-    dstates, dv_new = bwd_dhu_grid(qg, bg, w, g_last, dht, do, dv_new_intra)
-    del dv_new_intra
+    dstates, dv_new = bwd_dhu_grid(QA[:, :, :BT], KB[:, :, BT:], w, g_last, dht, do, AqT_do[:, :, BT:])
     dh = dstates[1:] if rnd is None else rnd(dstates[1:])
     grads = [_buffer(q, NC, NH, BT, K) for _ in range(5)] + [_buffer(v, NC, NH, BT, V)]
     dq, dk, da, db, dgk, dv = grads
+    dP = None
     for sl, blk in zip(slabs, blocks):
-        _, dA_qk, dA_qb = dAu_grid(v[sl], v_new[sl], do[sl], A_qb[sl], scale, need_dv_new=False)
-        dv_s = dv_grid(A_qk[sl], kg[sl], do[sl], dh[sl])
-        dqg, dkg, dw, dbg, dgk_last = bwd_o_grid(kg[sl], bg[sl], v[sl], v_new[sl], g_last[sl], do[sl], h[sl],
-                                                 dh[sl], dv_new[sl], w[sl])
-        dA_ab, dA_ak, dv[sl], dag = bwd_wy_grid(A_ab_inv[sl], A_ak[sl], v[sl], ag[sl], dw, dv_new[sl], dv_s,
-                                                A_tmp[sl])
+        n = sl.stop - sl.start
+        if dP is None or dP.shape[0] != n:
+            dP = _buffer(q, n, NH, 2 * BT, 2 * BT)
+        _, dP[:, :, :BT] = dAu_grid(VV[sl], do[sl], A_q[sl, ..., BT:], scale, need_dv_new=False)
+        dv_s = dv_grid(A_q[sl, ..., :BT], KB[sl, :, :BT], do[sl], dh[sl], intra=AqT_do[sl, :, :BT])
+        dqg, dKB, dw, dgk_last = bwd_o_grid(KB[sl], VV[sl], g_last[sl], do[sl], h[sl], dh[sl], dv_new[sl], w[sl])
+        dP[:, :, BT:, BT:], dP[:, :, BT:, :BT], dv[sl], dag = bwd_wy_grid(
+            A_ab_inv[sl], A_ak[sl], v[sl], QA[sl, :, BT:], dw, dv_new[sl], dv_s, A_tmp[sl])
         gi, ge = cumsum_grid(gk[sl])
         dq[sl], dk[sl], da[sl], db[sl], dgk[sl] = bwd_intra_grid(
-            q[sl], k[sl], a[sl], b[sl], gi, ge, dA_qk, dA_qb, dA_ak, dA_ab, dqg, dkg, dag, dbg, dgk_last, scale, blk)
+            q[sl], k[sl], a[sl], b[sl], gi, ge, dP, dqg, dKB, dag, dgk_last, scale, blk)
     return dq, dk, dv, da, db, dgk, dstates[0]
 
 

@@ -15,7 +15,14 @@ from typing import Optional
 
 import torch
 
-from myfla.ops.generalized_delta_rule.dplr.chunk_grid import chunks_to_grid, from_grid, grid_layout, to_grid
+from myfla.ops.generalized_delta_rule.dplr.chunk_grid import (
+    chunks_to_grid,
+    from_grid,
+    grid_layout,
+    strict_tril,
+    to_grid,
+    tril
+)
 from myfla.ops.generalized_delta_rule.dplr.intra_blocks import DPLRIntraBlocks
 from myfla.utils import accumulation_dtype, is_amd
 
@@ -29,18 +36,20 @@ def reverse_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.flip(torch.cumsum(torch.flip(x, (dim,)), dim), (dim,))
 
 
-def bwd_intra_grid(q, k, a, b, gi, ge, dAqk, dAqb, dAak, dAab, dqg, dkg, dag, dbg, dg_last, scale: float,
+def bwd_intra_grid(q, k, a, b, gi, ge, dP, dqg, dKB, dag, dg_last, scale: float,
                    blocks: Optional[DPLRIntraBlocks] = None):
     """Port-only core on the chunk grid: ``(dq, dk, da, db, dg)`` with ``dg`` the gradient of the raw
-    gate; ``dg_last`` ``[..., K]`` per chunk; ``blocks`` may be passed from the forward recompute."""
+    gate. ``dP = [[dA_qk, dA_qb], [dA_ak, dA_ab]]`` ``[..., 2BT, 2BT]`` holds the score gradients
+    (each zero outside its triangle), ``dKB = [dkg; dbg]`` ``[..., 2BT, K]``; ``dg_last`` ``[..., K]``
+    per chunk; ``blocks`` may be passed from the forward recompute."""
     if blocks is None:
         blocks = DPLRIntraBlocks(gi, ge)
+    BT, K = q.shape[-2:]
     g_last = gi[..., -1:, :]
     key_decay = torch.exp(g_last - gi)
     e_gi, e_ge = torch.exp(gi), torch.exp(ge)
     if blocks.single:
         # intra parts from one product per chunk around g_last, inter parts folded into the factors
-        BT, K = q.shape[-2:]
         inv = torch.exp(-g_last)
         QAe = q.new_empty(*q.shape[:-2], 2 * BT, K)
         KB = q.new_empty(*q.shape[:-2], 2 * BT, K)
@@ -48,17 +57,19 @@ def bwd_intra_grid(q, k, a, b, gi, ge, dAqk, dAqb, dAak, dAab, dqg, dkg, dag, db
         torch.mul(a, e_ge, out=QAe[..., BT:, :]).mul_(inv)
         torch.mul(k, key_decay, out=KB[..., :BT, :])
         torch.mul(b, key_decay, out=KB[..., BT:, :])
-        drows, dcols = blocks.direct_grads(QAe, KB, dAqk, dAqb, dAak, dAab)
+        drows, dcols = blocks.direct_grads(QAe, KB, dP)
         dq = torch.addcmul(dqg * scale, drows[..., :BT, :], inv).mul_(e_gi)
         da = torch.addcmul(dag, drows[..., BT:, :], inv).mul_(e_ge)
-        dk = torch.add(dcols[..., :BT, :], dkg).mul_(key_decay)
-        db = torch.add(dcols[..., BT:, :], dbg).mul_(key_decay)
+        dcols.add_(dKB)
+        dk = dcols[..., :BT, :].mul_(key_decay)
+        db = dcols[..., BT:, :].mul_(key_decay)
     else:
-        dq, dk, da, db = blocks.grads(q, k, a, b, dAqk, dAqb, dAak, dAab)
+        dq, dk, da, db = blocks.grads(q, k, a, b, dP[..., :BT, :BT], dP[..., :BT, BT:], dP[..., BT:, :BT],
+                                      dP[..., BT:, BT:])
         dq = dq.addcmul(dqg, e_gi.mul_(scale))
         da = da.addcmul(dag, e_ge)
-        dk = dk.addcmul(dkg, key_decay)
-        db = db.addcmul(dbg, key_decay)
+        dk = dk.addcmul(dKB[..., :BT, :], key_decay)
+        db = db.addcmul(dKB[..., BT:, :], key_decay)
     offset = da * a
     dgi = (dq * q).add_(offset).sub_(dk * k).sub_(db * b)
     dg = reverse_cumsum(dgi, -2).add_(dg_last.unsqueeze(-2)).sub_(offset)
@@ -103,8 +114,12 @@ def chunk_dplr_bwd_dqk_intra(
                 torch.empty_like(gi, dtype=cdt))
     grids = [to_grid(layout, x, dtype=cdt) for x in (q, k, a, b)]
     gi_c, ge_c = (to_grid(layout, x, fill='last', dtype=cdt) for x in (gi, ge))
-    dA = [to_grid(layout, x, dtype=cdt) for x in (dAqk, dAqb, dAak, dAab, dqg, dkg, dag, dbg)]
+    dA_qk, dA_qb, dA_ak, dA_ab, dqg_c, dkg_c, dag_c, dbg_c = [
+        to_grid(layout, x, dtype=cdt) for x in (dAqk, dAqb, dAak, dAab, dqg, dkg, dag, dbg)]
+    dP = torch.cat((torch.cat((tril(dA_qk), tril(dA_qb)), -1), torch.cat((strict_tril(dA_ak), strict_tril(dA_ab)), -1)),
+                   -2)
     dg_last = chunks_to_grid(layout, dgk_last, dtype=cdt)
-    dq, dk, da, db, dg = bwd_intra_grid(*grids, gi_c, ge_c, *dA, dg_last, scale)
+    dq, dk, da, db, dg = bwd_intra_grid(*grids, gi_c, ge_c, dP, dqg_c, torch.cat((dkg_c, dbg_c), -2), dag_c, dg_last,
+                                        scale)
     return (from_grid(layout, dq, H, q.dtype), from_grid(layout, dk, H, k.dtype),
             from_grid(layout, da, H, a.dtype), from_grid(layout, db, H, b.dtype), from_grid(layout, dg, H))

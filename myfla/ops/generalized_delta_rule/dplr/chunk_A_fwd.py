@@ -10,7 +10,7 @@ inputs ``qg = scale q exp(gi)``, ``kg = k exp(g_last - gi)``, ``ag = a exp(ge)``
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -24,33 +24,35 @@ NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [2, 4, 8, 16, 32]
 
 
 def intra_fwd_grid(q, k, a, b, gi, ge, scale: float, rnd: Callable = None,
-                   blocks: Optional[DPLRIntraBlocks] = None):
-    """Port-only core on the chunk grid ``[..., BT, K]``: ``(blocks, A_qk, A_qb, A_ak, A_ab, qg, kg,
-    ag, bg)``; ``rnd`` rounds what fla stores in the inputs' precision (``A_qk``, ``A_qb`` and the
-    gated inputs; ``A_ak``, ``A_ab`` stay fp32)."""
+                   blocks: Optional[DPLRIntraBlocks] = None, out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+    """Port-only core on the chunk grid ``[..., BT, K]``: ``(blocks, A_q, A_ak, A_ab, QA, KB)`` with
+    ``A_q = [A_qk | A_qb]`` ``[..., BT, 2BT]`` (scaled), and the gated inputs stacked per chunk,
+    ``QA = [qg; ag]``, ``KB = [kg; bg]`` ``[..., 2BT, K]`` (written into ``out`` when given). ``rnd``
+    rounds what fla stores in the inputs' precision (``A_qk``, ``A_qb`` and the gated inputs;
+    ``A_ak``, ``A_ab`` stay fp32)."""
     if blocks is None:
         blocks = DPLRIntraBlocks(gi, ge)
     BT, K = q.shape[-2:]
     g_last = gi[..., -1:, :]
-    # the gated inputs are written stacked per chunk, [qg; ag] and [kg; bg], the operands of the
-    # single-block score product
-    QA = q.new_empty(*q.shape[:-2], 2 * BT, K)
-    KB = q.new_empty(*q.shape[:-2], 2 * BT, K)
+    if out is None:
+        out = (q.new_empty(*q.shape[:-2], 2 * BT, K), q.new_empty(*q.shape[:-2], 2 * BT, K))
+    QA, KB = out
     qg, ag, kg, bg = QA[..., :BT, :], QA[..., BT:, :], KB[..., :BT, :], KB[..., BT:, :]
     torch.exp(gi, out=qg).mul_(q).mul_(scale)
     torch.exp(ge, out=ag).mul_(a)
-    key_decay = torch.exp(g_last - gi)                                  # exp(g_last - gi)
-    torch.mul(k, key_decay, out=kg)
-    torch.mul(b, key_decay, out=bg)
+    torch.exp(g_last - gi, out=kg)                                      # exp(g_last - gi)
+    torch.mul(b, kg, out=bg)
+    kg.mul_(k)
     if blocks.single:
-        A_qk, A_qb, A_ak, A_ab = blocks.direct_scores(QA, KB, g_last)
+        P = blocks.direct_scores(QA, KB, g_last)
+        A_q, A_ak, A_ab = P[..., :BT, :], P[..., BT:, :BT], P[..., BT:, BT:]
     else:
         A_qk, A_qb, A_ak, A_ab = blocks.scores(q, k, a, b)
-        A_qk.mul_(scale)
-        A_qb.mul_(scale)
+        A_q = torch.cat((A_qk, A_qb), -1).mul_(scale)
     if rnd is not None:
-        A_qk, A_qb, qg, kg, ag, bg = (rnd(x) for x in (A_qk, A_qb, qg, kg, ag, bg))
-    return blocks, A_qk, A_qb, A_ak, A_ab, qg, kg, ag, bg
+        for x in (A_q, QA, KB):
+            x.copy_(rnd(x))
+    return blocks, A_q, A_ak, A_ab, QA, KB
 
 
 def chunk_dplr_fwd_intra(
@@ -82,7 +84,9 @@ def chunk_dplr_fwd_intra(
                 torch.empty_like(a, dtype=q.dtype), torch.empty_like(b, dtype=q.dtype))
     grids = [to_grid(layout, x, dtype=cdt) for x in (q, k, a, b)]
     gi_c, ge_c = (to_grid(layout, x, fill='last', dtype=cdt) for x in (gi, ge))
-    _, A_qk, A_qb, A_ak, A_ab, qg, kg, ag, bg = intra_fwd_grid(*grids, gi_c, ge_c, scale)
+    _, A_q, A_ak, A_ab, QA, KB = intra_fwd_grid(*grids, gi_c, ge_c, scale)
+    A_qk, A_qb = A_q[..., :BT], A_q[..., BT:]
+    qg, ag, kg, bg = QA[..., :BT, :], QA[..., BT:, :], KB[..., :BT, :], KB[..., BT:, :]
     return (from_grid(layout, A_ab, H, cdt), from_grid(layout, A_qk, H, q.dtype),
             from_grid(layout, A_ak, H, cdt), from_grid(layout, A_qb, H, q.dtype),
             from_grid(layout, qg, H, q.dtype), from_grid(layout, kg, H, q.dtype),

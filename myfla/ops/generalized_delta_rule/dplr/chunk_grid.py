@@ -25,7 +25,7 @@ from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 
 __all__ = [
     'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
-    'flush_denormal', 'grid_layout', 'rounding', 'strict_tril', 'tril',
+    'flush_denormal', 'grid_layout', 'keep_lower_', 'rounding', 'strict_tril', 'tril',
 ]
 
 
@@ -46,6 +46,24 @@ def tril(x: torch.Tensor) -> torch.Tensor:
 def strict_tril(x: torch.Tensor) -> torch.Tensor:
     """Strictly lower triangle (the kernels' ``i > j`` masks)."""
     return torch.tril(x, -1)
+
+
+_LOWER_MASKS: dict = {}
+
+
+def keep_lower_(x: torch.Tensor, strict: bool = False, scale: float = 1.0) -> torch.Tensor:
+    """``x`` ``[..., n, m * n]`` times ``scale``, each of its ``m`` side-by-side ``[n, n]`` blocks kept
+    on its lower triangle (strictly lower if ``strict``), in place. A multiply by a cached 0/1 mask:
+    on CPU an order of magnitude faster than ``tril_`` of a batch of small blocks or a broadcast
+    ``masked_fill_``, and equal to them for the finite entries it is used on."""
+    n, width = x.shape[-2:]
+    key = (n, width, strict, x.dtype, str(x.device))
+    mask = _LOWER_MASKS.get(key)
+    if mask is None:
+        i = torch.arange(n, device=x.device)
+        block = (i.view(-1, 1) > i.view(1, -1)) if strict else (i.view(-1, 1) >= i.view(1, -1))
+        mask = _LOWER_MASKS[key] = block.repeat(1, width // n).to(x.dtype)
+    return x.mul_(mask if scale == 1.0 else mask * scale)
 
 
 def grid_layout(x: torch.Tensor, chunk_size: int, cu_seqlens: Optional[torch.LongTensor]) -> ChunkLayout:

@@ -27,6 +27,7 @@ from myfla.ops.generalized_delta_rule.dplr.chunk_grid import (
     from_grid,
     grid_layout,
     to_grid,
+    keep_lower_,
     tril
 )
 from myfla.utils import accumulation_dtype, check_shared_mem, is_amd
@@ -39,34 +40,34 @@ NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [2, 4, 8, 16, 32]
 BK_LIST = [32, 64, 128] if check_shared_mem() else [16, 32]
 
 
-def dAu_grid(v, v_new, do, A_qb, scale: float, need_dv_new: bool = True):
-    """Port-only core of ``chunk_dplr_bwd_dAu`` on the chunk grid: ``(dv_new, dA_qk, dA_qb)``
-    (``dv_new`` None when ``need_dv_new`` is off: the autograd function forms it before the state
-    recurrence, which needs it)."""
-    dv_new = torch.matmul(tril(A_qb).transpose(-1, -2), do) if need_dv_new else None
-    dA_qk = torch.matmul(do, v.transpose(-1, -2)).tril_().mul_(scale)
-    dA_qb = torch.matmul(do, v_new.transpose(-1, -2)).tril_().mul_(scale)
-    return dv_new, dA_qk, dA_qb
+def dAu_grid(VV, do, A_qb, scale: float, need_dv_new: bool = True):
+    """Port-only core of ``chunk_dplr_bwd_dAu`` on the chunk grid, with ``VV = [v; v_new]``
+    ``[..., 2BT, V]`` and ``A_qb`` zero above its diagonal: ``(dv_new, dA_q)``,
+    ``dA_q = [dA_qk | dA_qb]`` ``[..., BT, 2BT]`` (``dv_new`` None when ``need_dv_new`` is off: the
+    autograd function forms it before the state recurrence, which needs it)."""
+    dv_new = torch.matmul(A_qb.transpose(-1, -2), do) if need_dv_new else None
+    dA_q = keep_lower_(torch.matmul(do, VV.transpose(-1, -2)), scale=scale)
+    return dv_new, dA_q
 
 
-def dv_grid(A_qk, kg, do, dh):
-    """Port-only core of ``chunk_dplr_bwd_dv`` (``dh`` ``[NC, NH, K, V]``, chunk-end gradients)."""
+def dv_grid(A_qk, kg, do, dh, intra: Optional[torch.Tensor] = None):
+    """Port-only core of ``chunk_dplr_bwd_dv`` (``dh`` ``[NC, NH, K, V]``, chunk-end gradients);
+    ``intra``, when given, is ``A_qk^T do`` already formed (``A_qk`` zero above its diagonal)."""
     dv = torch.matmul(kg, dh)
-    return dv.add_(torch.matmul(tril(A_qk).transpose(-1, -2), do))
+    return dv.add_(intra if intra is not None else torch.matmul(A_qk.transpose(-1, -2), do))
 
 
-def bwd_o_grid(kg, bg, v, v_new, g_last, do, h, dh, dv, w):
-    """Port-only core of ``chunk_dplr_bwd_o``: ``(dqg, dkg, dw, dbg, dg_last)`` (``g_last``
-    ``[NC, NH, K]``, ``h`` chunk-start states, ``dh`` chunk-end gradients, ``dv`` the full gradient of
-    ``v_new``)."""
-    hT, dhT = h.transpose(-1, -2), dh.transpose(-1, -2)
+def bwd_o_grid(KB, VV, g_last, do, h, dh, dv_new, w):
+    """Port-only core of ``chunk_dplr_bwd_o`` with ``KB = [kg; bg]``, ``VV = [v; v_new]``
+    ``[..., 2BT, *]``: ``(dqg, dKB, dw, dg_last)``, ``dKB = [dkg; dbg]`` (``g_last`` ``[NC, NH, K]``,
+    ``h`` chunk-start states, ``dh`` chunk-end gradients, ``dv_new`` the full gradient of ``v_new``)."""
+    hT = h.transpose(-1, -2)
     dqg = torch.matmul(do, hT)
-    dkg = torch.matmul(v, dhT)
-    dbg = torch.matmul(v_new, dhT)
-    dw = torch.matmul(dv, hT)
+    dKB = torch.matmul(VV, dh.transpose(-1, -2))
+    dw = torch.matmul(dv_new, hT)
     dg_last = (h * dh).sum(-1).mul_(torch.exp(g_last))
-    dg_last.add_((kg * dkg).sum(-2)).add_((bg * dbg).sum(-2))
-    return dqg, dkg, dw, dbg, dg_last
+    dg_last.add_((KB * dKB).sum(-2))
+    return dqg, dKB, dw, dg_last
 
 
 def chunk_dplr_bwd_dv(
@@ -89,7 +90,7 @@ def chunk_dplr_bwd_dv(
         return torch.empty_like(do)
     cdt = accumulation_dtype(A_qk, kg, do, dh)
     A_c, kg_c, do_c = (to_grid(layout, x, dtype=cdt) for x in (A_qk, kg, do))
-    dv = dv_grid(A_c, kg_c, do_c, chunks_to_grid(layout, dh, dtype=cdt))
+    dv = dv_grid(tril(A_c), kg_c, do_c, chunks_to_grid(layout, dh, dtype=cdt))
     return from_grid(layout, dv, H, do.dtype)
 
 
@@ -127,7 +128,9 @@ def chunk_dplr_bwd_o(
     k_c, b_c, v_c, vn_c, do_c, dv_c, w_c = (to_grid(layout, x, dtype=cdt) for x in (k, b, v, v_new, do, dv, w))
     g_last = to_grid(layout, gk, fill='last', dtype=cdt)[..., -1, :]
     h_c, dh_c = chunks_to_grid(layout, h, dtype=cdt), chunks_to_grid(layout, dh, dtype=cdt)
-    dqg, dkg, dw, dbg, dg_last = bwd_o_grid(k_c, b_c, v_c, vn_c, g_last, do_c, h_c, dh_c, dv_c, w_c)
+    dqg, dKB, dw, dg_last = bwd_o_grid(torch.cat((k_c, b_c), -2), torch.cat((v_c, vn_c), -2), g_last, do_c,
+                                       h_c, dh_c, dv_c, w_c)
+    dkg, dbg = dKB[..., :BT, :], dKB[..., BT:, :]
     return (from_grid(layout, dqg, H, k.dtype), from_grid(layout, dkg, H, k.dtype),
             from_grid(layout, dw, H, w.dtype), from_grid(layout, dbg, H, b.dtype),
             chunks_from_grid(layout, dg_last, H))
@@ -156,5 +159,6 @@ def chunk_dplr_bwd_dAu(
         empty = torch.empty(B, T, H, BT, dtype=cdt, device=v.device)
         return torch.empty_like(v_new), empty, empty.clone()
     v_c, vn_c, do_c, A_c = (to_grid(layout, x, dtype=cdt) for x in (v, v_new, do, A_qb))
-    dv_new, dA_qk, dA_qb = dAu_grid(v_c, vn_c, do_c, A_c, scale)
+    dv_new, dA_q = dAu_grid(torch.cat((v_c, vn_c), -2), do_c, tril(A_c), scale)
+    dA_qk, dA_qb = dA_q[..., :BT], dA_q[..., BT:]
     return from_grid(layout, dv_new, H, v_new.dtype), from_grid(layout, dA_qk, H), from_grid(layout, dA_qb, H)

@@ -19,11 +19,11 @@ NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [2, 4, 8, 16, 32]
 BK_LIST = [32, 64, 128] if check_shared_mem() else [16, 32]
 
 
-def fwd_o_grid(qg, v, v_new, A_qk, A_qb, h):
-    """Port-only core on the chunk grid (``h`` ``[NC, NH, K, V]``, the chunk-start states)."""
-    o = torch.matmul(qg, h)
-    o.add_(torch.matmul(tril(A_qk), v)).add_(torch.matmul(tril(A_qb), v_new))
-    return o
+def fwd_o_grid(qg, VV, A_q, h):
+    """Port-only core on the chunk grid: ``o = qg @ h + A_q @ VV`` with ``A_q = [A_qk | A_qb]``
+    ``[..., BT, 2BT]`` (each zero above its diagonal), ``VV = [v; v_new]`` ``[..., 2BT, V]`` and ``h``
+    ``[NC, NH, K, V]`` the chunk-start states."""
+    return torch.matmul(qg, h).add_(torch.matmul(A_q, VV))
 
 
 def chunk_dplr_fwd_o(
@@ -48,5 +48,6 @@ def chunk_dplr_fwd_o(
         return torch.empty_like(v)
     cdt = accumulation_dtype(qg, v, v_new, A_qk, A_qb, h)
     qg_c, v_c, vn_c, Aqk_c, Aqb_c = (to_grid(layout, x, dtype=cdt) for x in (qg, v, v_new, A_qk, A_qb))
-    o = fwd_o_grid(qg_c, v_c, vn_c, Aqk_c, Aqb_c, chunks_to_grid(layout, h, dtype=cdt))
+    A_q = torch.cat((tril(Aqk_c), tril(Aqb_c)), -1)
+    o = fwd_o_grid(qg_c, torch.cat((v_c, vn_c), -2), A_q, chunks_to_grid(layout, h, dtype=cdt))
     return from_grid(layout, o, H, v.dtype)

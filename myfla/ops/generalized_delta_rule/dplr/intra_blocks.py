@@ -37,6 +37,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from myfla.ops.generalized_delta_rule.dplr.chunk_grid import keep_lower_
+
 # Widest gate range (per channel, in log space) that one diagonal block may span; both factors of
 # the block's products then stay within exp(+-30) ~ 1e13, far from fp32 overflow and underflow.
 SAFE_GATE_RANGE = 60.0
@@ -67,23 +69,6 @@ def _base_block_size(gi: torch.Tensor, ge: torch.Tensor) -> int:
         lo = lo.unflatten(-2, (-1, 2)).amin(-2)
         s *= 2
     return BT
-
-
-_MASKS: dict = {}
-
-
-def _outside_triangles(BT: int, device) -> torch.Tensor:
-    """``[2BT, 2BT]`` bool mask of what the four score matrices do not keep: above the diagonal in the
-    ``q`` rows, on or above it in the ``a`` rows (entries there are dropped, never multiplied)."""
-    key = (BT, str(device))
-    mask = _MASKS.get(key)
-    if mask is None:
-        i = torch.arange(BT, device=device)
-        keep_incl = i.view(-1, 1) >= i.view(1, -1)
-        keep_strict = i.view(-1, 1) > i.view(1, -1)
-        keep = torch.cat([torch.cat([keep_incl, keep_incl], 1), torch.cat([keep_strict, keep_strict], 1)], 0)
-        mask = _MASKS[key] = ~keep
-    return mask
 
 
 def _pairs(x: torch.Tensor, s: int) -> torch.Tensor:
@@ -140,28 +125,24 @@ class DPLRIntraBlocks:
     # ---- one block per chunk, around g_last ---------------------------------------------------
     @staticmethod
     def direct_scores(QA, KB, g_last):
-        """``(A_qk, A_qb, A_ak, A_ab)`` when ``single``, from the gated inputs stacked per chunk as
+        """``P`` ``[..., 2BT, 2BT]`` when ``single``, from the gated inputs stacked per chunk as
         ``QA = [qg; ag]`` and ``KB = [kg; bg]`` ``[..., 2BT, K]`` (``qg`` carries the scale):
-        ``P = QA exp(-g_last) @ KB^T`` masked in place to the four triangles; the matrices are views
-        of ``P`` (rows of ``[A_qk | A_qb]`` and ``[A_ak | A_ab]`` are contiguous)."""
+        ``P = QA exp(-g_last) @ KB^T`` kept on the four triangles, ``[[A_qk, A_qb], [A_ak, A_ab]]``
+        (the rows of ``[A_qk | A_qb]`` and of ``[A_ak | A_ab]`` are contiguous). Every entry is
+        finite: the row factors are at most ``exp(SAFE_GATE_RANGE)``, the column ones at most 1."""
         BT = QA.shape[-2] // 2
         P = torch.matmul(QA * torch.exp(-g_last), KB.transpose(-1, -2))   # [..., 2BT, 2BT]
-        P.masked_fill_(_outside_triangles(BT, P.device), 0)
-        return P[..., :BT, :BT], P[..., :BT, BT:], P[..., BT:, :BT], P[..., BT:, BT:]
+        keep_lower_(P[..., :BT, :])
+        keep_lower_(P[..., BT:, :], strict=True)
+        return P
 
     @staticmethod
-    def direct_grads(QAe, KB, dA_qk, dA_qb, dA_ak, dA_ab):
-        """Gradients ``(drows, dcols)`` ``[..., 2BT, K]`` of ``sum(dA * A)`` when ``single``, for the
+    def direct_grads(QAe, KB, dP):
+        """Gradients ``(drows, dcols)`` ``[..., 2BT, K]`` of ``sum(dP * P)`` when ``single``, for the
         stacked rows ``QAe = [q exp(gi - g_last); a exp(ge - g_last)]`` (unscaled) and columns
-        ``KB = [kg; bg]``: the row gradients still need the factors ``exp(gi - g_last)`` /
-        ``exp(ge - g_last)``, the column ones ``exp(g_last - gi)``. Each ``dA`` is read on its own
-        triangle."""
-        BT = QAe.shape[-2] // 2
-        dP = QAe.new_empty(*QAe.shape[:-2], 2 * BT, 2 * BT)
-        for dst, src in ((dP[..., :BT, :BT], dA_qk), (dP[..., :BT, BT:], dA_qb),
-                         (dP[..., BT:, :BT], dA_ak), (dP[..., BT:, BT:], dA_ab)):
-            dst.copy_(src)
-        dP.masked_fill_(_outside_triangles(BT, dP.device), 0)
+        ``KB = [kg; bg]``; ``dP = [[dA_qk, dA_qb], [dA_ak, dA_ab]]`` zero outside the triangles. The
+        row gradients still need the factors ``exp(gi - g_last)`` / ``exp(ge - g_last)``, the column
+        ones ``exp(g_last - gi)``."""
         return torch.matmul(dP, KB), torch.matmul(dP.transpose(-1, -2), QAe)
 
     # ---- layout of the interleaved score tensor S[..., i, r, j, c] ------------------------------

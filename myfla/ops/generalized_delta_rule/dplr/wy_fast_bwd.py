@@ -12,7 +12,14 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.generalized_delta_rule.dplr.chunk_grid import from_grid, grid_layout, strict_tril, to_grid, tril
+from myfla.ops.generalized_delta_rule.dplr.chunk_grid import (
+    from_grid,
+    grid_layout,
+    keep_lower_,
+    strict_tril,
+    to_grid,
+    tril
+)
 from myfla.utils import accumulation_dtype, is_intel_alchemist
 
 # Triton compile options for Intel Alchemist GPUs (kept for API parity; unused by torch code).
@@ -21,20 +28,20 @@ triton_config = {'grf_mode': 'large'} if is_intel_alchemist else {}
 
 
 def bwd_wy_grid(A_ab_inv, A_ak, v, ag, dw, du, dv0, A_tmp: Optional[torch.Tensor] = None):
-    """Port-only core on the chunk grid: ``(dA_ab, dA_ak, dv, dag)``; ``A_tmp = A_ab_inv @ A_ak`` may
-    be passed from the forward (``wu_grid``) instead of recomputed."""
-    A_inv = tril(A_ab_inv)
-    A_inv_T = A_inv.transpose(-1, -2)
-    A_ak = strict_tril(A_ak)
+    """Port-only core on the chunk grid: ``(dA_ab, dA_ak, dv, dag)``, ``dA_ab`` and ``dA_ak`` kept on
+    their strict lower triangles. ``A_ab_inv`` is zero above its diagonal, ``A_ak`` on and above it
+    (as the forward leaves them); ``A_tmp = A_ab_inv @ A_ak`` may be passed from the forward
+    (``wu_grid``) instead of recomputed."""
+    A_inv_T = A_ab_inv.transpose(-1, -2)
     if A_tmp is None:
-        A_tmp = torch.matmul(A_inv, A_ak)
+        A_tmp = torch.matmul(A_ab_inv, A_ak)
     dv = torch.matmul(A_tmp.transpose(-1, -2), du).add_(dv0)
-    dA_tmp = torch.matmul(du, v.transpose(-1, -2)).tril_(-1)
-    dA_ak = torch.matmul(A_inv_T, dA_tmp).tril_(-1)
+    dA_tmp = keep_lower_(torch.matmul(du, v.transpose(-1, -2)), strict=True)
     dA_inv = torch.matmul(dA_tmp, A_ak.transpose(-1, -2))
-    dA_inv.add_(torch.matmul(dw, ag.transpose(-1, -2))).tril_()
+    keep_lower_(dA_inv.add_(torch.matmul(dw, ag.transpose(-1, -2))))
     dag = torch.matmul(A_inv_T, dw)
-    dA_ab = torch.matmul(torch.matmul(A_inv_T, dA_inv), A_inv_T).tril_(-1)
+    dA_ak = keep_lower_(torch.matmul(A_inv_T, dA_tmp), strict=True)
+    dA_ab = keep_lower_(torch.matmul(torch.matmul(A_inv_T, dA_inv), A_inv_T), strict=True)
     return dA_ab, dA_ak, dv, dag
 
 
@@ -62,7 +69,7 @@ def chunk_dplr_bwd_wy(
     if layout.NC == 0:
         return (torch.empty_like(A_ab_inv, dtype=cdt), torch.empty_like(A_ak, dtype=cdt),
                 torch.empty_like(v), torch.empty_like(ag))
-    grids = [to_grid(layout, x, dtype=cdt) for x in (A_ab_inv, A_ak, v, ag, dw, du, dv0)]
-    dA_ab, dA_ak, dv, dag = bwd_wy_grid(*grids)
+    A_inv_c, A_ak_c, *grids = [to_grid(layout, x, dtype=cdt) for x in (A_ab_inv, A_ak, v, ag, dw, du, dv0)]
+    dA_ab, dA_ak, dv, dag = bwd_wy_grid(tril(A_inv_c), strict_tril(A_ak_c), *grids)
     return (from_grid(layout, dA_ab, H), from_grid(layout, dA_ak, H),
             from_grid(layout, dv, H, v.dtype), from_grid(layout, dag, H, ag.dtype))

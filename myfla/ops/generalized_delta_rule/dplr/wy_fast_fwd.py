@@ -15,40 +15,50 @@ from myfla.utils import accumulation_dtype
 
 
 def unit_lower_inverse_grid(A: torch.Tensor) -> torch.Tensor:
-    """Port-only core: ``(I - A)^-1`` for the strict lower triangle of every ``[..., n, n]`` block
-    (``n`` a power of two; the diagonal and upper triangle are not read).
+    """Port-only core: ``(I - A)^-1`` ``[..., n, n]`` (contiguous, zero above the diagonal) for the
+    strict lower triangle of every ``[..., n, n]`` block (``n`` a power of two; the diagonal and upper
+    triangle of ``A`` are not read).
 
     fla substitutes row by row inside 16/32-row blocks and merges two blocks with
     ``[[X1, 0], [L21, L22]] -> [[X1, 0], [X2 L21 X1, X2]]`` (``X = (I - L)^-1``); here the same merge
-    runs from 1x1 blocks up, every level one pair of batched matmuls over all blocks of all chunks.
+    runs from 1x1 blocks up, in place in the result: every level is one pair of batched matmuls over
+    all diagonal blocks of all chunks (the first level, with 1x1 inverses, is a copy).
     """
     n = A.shape[-1]
     batch = A.shape[:-2]
-    X = torch.ones(*batch, n, 1, 1, dtype=A.dtype, device=A.device)   # inverses of the 1x1 blocks
+    X = torch.zeros(*batch, n, n, dtype=A.dtype, device=A.device)
+    X.diagonal(0, -2, -1).fill_(1)
     s = 1
     while s < n:
         nb = n // (2 * s)
-        # lower-left [s, s] block of each [2s, 2s] diagonal block: [..., nb, s, s]
-        L21 = torch.diagonal(A.reshape(*batch, nb, 2 * s, nb, 2 * s), dim1=-4, dim2=-2)[..., s:, :s, :]
-        L21 = L21.movedim(-1, -3)
-        X1, X2 = X[..., 0::2, :, :], X[..., 1::2, :, :]
-        lower = torch.matmul(X2, torch.matmul(L21, X1))
-        X = torch.cat([torch.cat([X1, torch.zeros_like(X1)], -1), torch.cat([lower, X2], -1)], -2)
+        # the [2s, 2s] diagonal blocks of X and A: [..., nb, 2s, 2s] views
+        Xd = X.view(*batch, nb, 2 * s, nb, 2 * s).diagonal(0, -4, -2).movedim(-1, -3)
+        L21 = A.reshape(*batch, nb, 2 * s, nb, 2 * s).diagonal(0, -4, -2).movedim(-1, -3)[..., s:, :s]
+        if s == 1:
+            Xd[..., 1:, :1] = L21
+        else:
+            Xd[..., s:, :s] = torch.matmul(Xd[..., s:, s:], torch.matmul(L21, Xd[..., :s, :s]))
         s *= 2
-    return X.squeeze(-3)
+    return X
 
 
-def wu_grid(ag: torch.Tensor, v: torch.Tensor, A_ak: torch.Tensor, A_ab_inv: torch.Tensor, rnd=None):
-    """Port-only core: ``(w, u, A_tmp)`` with ``A_tmp = A_ab_inv @ strict_tril(A_ak)`` (rounded to the
-    values' precision as the kernel does; the backward reuses it)."""
-    A_inv = tril(A_ab_inv)
-    A_tmp = torch.matmul(A_inv, strict_tril(A_ak))
+def wu_grid(ag: torch.Tensor, v: torch.Tensor, A_ak: torch.Tensor, A_ab_inv: torch.Tensor, rnd=None,
+            out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+    """Port-only core: ``(w, u, A_tmp)`` with ``A_tmp = A_ab_inv @ A_ak`` (rounded to the values'
+    precision as the kernel does; the backward reuses it). ``A_ak`` is zero on and above its
+    diagonal, ``A_ab_inv`` above it (as ``intra_fwd_grid`` and ``unit_lower_inverse_grid`` leave
+    them); ``w``, ``u`` are written into ``out`` when given."""
+    A_inv = A_ab_inv
+    A_tmp = torch.matmul(A_inv, A_ak)
     if rnd is not None:
         A_tmp, A_inv = rnd(A_tmp), rnd(A_inv)
-    w = torch.matmul(A_inv, ag)
-    u = torch.matmul(A_tmp, v)
+    if out is None:
+        w, u = torch.matmul(A_inv, ag), torch.matmul(A_tmp, v)
+    else:
+        w, u = torch.matmul(A_inv, ag, out=out[0]), torch.matmul(A_tmp, v, out=out[1])
     if rnd is not None:
-        w, u = rnd(w), rnd(u)
+        w.copy_(rnd(w))
+        u.copy_(rnd(u))
     return w, u, A_tmp
 
 
@@ -72,7 +82,7 @@ def wu_fwd(
         return torch.empty_like(ag), torch.empty_like(v)
     cdt = accumulation_dtype(ag, v, A_ak, A_ab_inv)
     ag_c, v_c, A_ak_c, A_inv_c = (to_grid(layout, x, dtype=cdt) for x in (ag, v, A_ak, A_ab_inv))
-    w, u, _ = wu_grid(ag_c, v_c, A_ak_c, A_inv_c)
+    w, u, _ = wu_grid(ag_c, v_c, strict_tril(A_ak_c), tril(A_inv_c))
     return from_grid(layout, w, H, ag.dtype), from_grid(layout, u, H, v.dtype)
 
 
