@@ -55,6 +55,26 @@ def get_err_ratio(x, y):
     return err / (base + 1e-8)
 
 
+def assert_close(prefix, ref, tri, ratio, warning=False, err_atol=1e-6):
+    """fla's test assertion (its test suite imports it from ``fla.utils``): passes when the max
+    abs error is within ``err_atol``, else requires the RMS error ratio below ``ratio`` (only warns
+    when ``warning`` or, with ``FLA_CI_ENV=1``, for ratios under 0.01 or errors under 0.3).
+
+    Source: fla/utils.py:L82-L93 (fla 0.4.0)
+    """
+    abs_atol = get_abs_err(ref, tri)
+    msg = f"{prefix:>16} diff: {abs_atol:.6f} ratio: {get_err_ratio(ref, tri):.6f}"
+    logger.info(msg)
+    error_rate = get_err_ratio(ref, tri)
+    if abs_atol <= err_atol:
+        return
+    if warning or (FLA_CI_ENV and (error_rate < 0.01 or abs_atol <= 0.3)):
+        if error_rate > ratio:
+            warnings.warn(msg)
+    else:
+        assert error_rate < ratio, msg
+
+
 def tensor_cache(
     fn: Callable[..., torch.Tensor]
 ) -> Callable[..., torch.Tensor]:
@@ -164,8 +184,12 @@ device_platform = get_available_device()
 
 # Source: fla/utils.py:L391-L391 (fla 0.4.0)
 is_amd = (device_platform == 'cuda' and torch.version.hip is not None)
+# Source: fla/utils.py:L392-L392 (fla 0.4.0)
+is_intel = (device_platform == 'xpu')
 # Source: fla/utils.py:L393-L393 (fla 0.4.0)
 is_nvidia = (device_platform == 'cuda' and torch.version.hip is None)
+# Source: fla/utils.py:L394-L394 (fla 0.4.0)
+is_intel_alchemist = (is_intel and 'Intel(R) Arc(TM) A' in torch.xpu.get_device_name(0))
 # Source: fla/utils.py:L395-L395 (fla 0.4.0)
 is_nvidia_hopper = (is_nvidia and ('NVIDIA H' in torch.cuda.get_device_name(0) or torch.cuda.get_device_capability()[0] >= 9))
 # CUDA graphs capture Triton launches in fla; the torch port runs eagerly.
