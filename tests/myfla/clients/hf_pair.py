@@ -37,8 +37,9 @@ def _import_fresh(modname: str):
 
 
 @contextlib.contextmanager
-def fallback_and_myfla(modname: str) -> Iterator[Tuple[object, object]]:
-    """Yield ``(fallback_module, myfla_module)`` for ``transformers.models.X.modeling_X``."""
+def _restored_import_state(modname: str):
+    """Put ``sys.modules`` (the modeling module, ``fla.*``) and ``sys.meta_path`` back on exit;
+    inside, no alias is installed and no ``fla`` is imported."""
     parent_name, _, child = modname.rpartition(".")
     saved_module = sys.modules.get(modname)
     saved_fla = {n: m for n, m in sys.modules.items() if n == "fla" or n.startswith("fla.")}
@@ -47,13 +48,7 @@ def fallback_and_myfla(modname: str) -> Iterator[Tuple[object, object]]:
         for name in saved_fla:
             del sys.modules[name]
         uninstall_as_fla()
-        blocker = _BlockFla()
-        sys.meta_path.insert(0, blocker)
-        fallback = _import_fresh(modname)
-        sys.meta_path.remove(blocker)
-        assert install_as_fla(force=True) == "myfla"
-        served = _import_fresh(modname)
-        yield fallback, served
+        yield
     finally:
         uninstall_as_fla()
         sys.meta_path[:] = saved_meta_path
@@ -65,8 +60,39 @@ def fallback_and_myfla(modname: str) -> Iterator[Tuple[object, object]]:
             sys.modules[modname] = saved_module
             if parent is not None:
                 setattr(parent, child, saved_module)
-        elif parent is not None and child in vars(parent):
-            delattr(parent, child)
+        else:
+            sys.modules.pop(modname, None)
+            if parent is not None and child in vars(parent):
+                delattr(parent, child)
+
+
+def _import_without_fla(modname: str):
+    blocker = _BlockFla()
+    sys.meta_path.insert(0, blocker)
+    try:
+        return _import_fresh(modname)
+    finally:
+        sys.meta_path.remove(blocker)
+
+
+@contextlib.contextmanager
+def fallback_and_myfla(modname: str) -> Iterator[Tuple[object, object]]:
+    """Yield ``(fallback_module, myfla_module)`` for ``transformers.models.X.modeling_X``."""
+    with _restored_import_state(modname):
+        fallback = _import_without_fla(modname)
+        assert install_as_fla(force=True) == "myfla"
+        served = _import_fresh(modname)
+        yield fallback, served
+
+
+@contextlib.contextmanager
+def imported_before_the_alias(modname: str):
+    """Yield the modeling module imported (bound to the fallback) and left in ``sys.modules``, with
+    no alias installed yet: the import-order mistake ``install_as_fla`` warns about."""
+    with _restored_import_state(modname):
+        module = _import_without_fla(modname)
+        sys.modules[modname] = module
+        yield module
 
 
 def bound_implementation(wrapper):
@@ -102,3 +128,37 @@ def packed_inputs(seqs):
     kwargs = dict(position_ids=torch.cat([torch.arange(n) for n in lens])[None],
                   cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lens), max_length_k=max(lens))
     return torch.cat(seqs, 1), lens, kwargs
+
+
+@contextlib.contextmanager
+def recorded_keywords(module, names):
+    """Record the keyword names a modeling module passes to its fla-backed functions (before
+    transformers' wrapper filters them by the target's signature)."""
+    seen = {name: set() for name in names}
+    originals = {name: getattr(module, name) for name in names}
+
+    def recorder(name):
+        def call(*args, **kwargs):
+            seen[name].update(kwargs)
+            return originals[name](*args, **kwargs)
+        return call
+
+    try:
+        for name in names:
+            setattr(module, name, recorder(name))
+        yield seen
+    finally:
+        for name, original in originals.items():
+            setattr(module, name, original)
+
+
+def upstream_parameters(root, relpath: str, function: str):
+    """Parameter names of an upstream function, read statically (fla is never imported)."""
+    import ast
+    from pathlib import Path
+    tree = ast.parse(Path(root, relpath).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            a = node.args
+            return {p.arg for p in a.posonlyargs + a.args + a.kwonlyargs}
+    raise LookupError(f"{relpath} defines no {function}")

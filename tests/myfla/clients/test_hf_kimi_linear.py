@@ -22,7 +22,11 @@ from tests.myfla.clients.hf_pair import (  # noqa: E402
     copy_weights,
     fallback_and_myfla,
     forward_backward,
+    imported_before_the_alias,
+    packed_inputs,
+    recorded_keywords,
     rms_ratio,
+    upstream_parameters,
 )
 from tests.numerics import assert_rms  # noqa: E402
 
@@ -58,6 +62,41 @@ def test_modules_bind_to_fallback_and_to_myfla(modeling):
                        ("recurrent_kimi_delta_attention", kda_ops.fused_recurrent_kda)]:
         assert bound_implementation(getattr(fallback, name)) is getattr(fallback, name).__wrapped__
         assert bound_implementation(getattr(served, name)) is ours
+
+
+def test_no_argument_transformers_passes_is_dropped(modeling, fla060_root):
+    """transformers keeps only the keyword arguments the target's signature names, so a parameter
+    myfla lacked would vanish silently. Every keyword Kimi Linear passes (training forward with a
+    packed row, prefill and decode) that a current fla (0.6.0) accepts must be a myfla parameter.
+    (``cu_seq_lens_q`` is passed and dropped: no fla release names it.)"""
+    import inspect
+    _, served = modeling
+    ops = {"chunk_kimi_delta_attention": ("fla/ops/kda/chunk.py", "chunk_kda", kda_ops.chunk_kda),
+           "recurrent_kimi_delta_attention": ("fla/ops/kda/fused_recurrent.py", "fused_recurrent_kda",
+                                              kda_ops.fused_recurrent_kda)}
+    _, ours = make_pair(modeling)
+    ids, _, packing = packed_inputs([torch.randint(3, VOCAB, (1, n)) for n in (30, 50)])
+    with recorded_keywords(served, list(ops)) as seen, torch.no_grad():
+        ours(ids, use_cache=False, **packing)
+        ours.generate(ids[:, :20], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    for name, (relpath, function, ours_fn) in ops.items():
+        assert seen[name], f"{name} was not called"
+        upstream = upstream_parameters(fla060_root, relpath, function)
+        dropped = (seen[name] & upstream) - set(inspect.signature(ours_fn).parameters)
+        assert not dropped, f"{function}: transformers passes {sorted(dropped)}, myfla would drop them"
+    assert "cu_seq_lens_q" in seen["chunk_kimi_delta_attention"]
+
+
+def test_install_after_the_modeling_import_warns_and_the_fallback_stays():
+    """The import-order trap: transformers binds fla or its fallback when the modeling module is
+    imported, so installing the alias afterwards cannot help; install_as_fla says so."""
+    from myfla.alias import install_as_fla, uninstall_as_fla
+    with imported_before_the_alias(MODELING) as late:
+        with pytest.warns(RuntimeWarning, match=r"modeling_kimi_linear imported before myfla.install_as_fla\(\)"):
+            assert install_as_fla(force=True) == "myfla"
+        fn = late.chunk_kimi_delta_attention
+        assert bound_implementation(fn) is fn.__wrapped__
+        uninstall_as_fla()
 
 
 def test_forward_loss_and_gradients_match_fallback(modeling):

@@ -19,7 +19,9 @@ from tests.myfla.clients.hf_pair import (  # noqa: E402
     fallback_and_myfla,
     forward_backward,
     packed_inputs,
+    recorded_keywords,
     rms_ratio,
+    upstream_parameters,
 )
 from tests.numerics import assert_rms  # noqa: E402
 
@@ -60,6 +62,30 @@ def test_modules_bind_to_fallback_and_to_myfla(modeling):
                        ("torch_recurrent_gated_delta_rule", gdn_ops.fused_recurrent_gated_delta_rule)]:
         assert bound_implementation(getattr(fallback, name)) is getattr(fallback, name).__wrapped__
         assert bound_implementation(getattr(served, name)) is ours
+
+
+def test_no_argument_transformers_passes_is_dropped(modeling, fla060_root):
+    """transformers keeps only the keyword arguments the target's signature names, so a parameter
+    myfla lacked would vanish silently. Every keyword Qwen3-Next passes (training forward with a
+    packed row, prefill and decode) that a current fla (0.6.0) accepts must be a myfla parameter."""
+    import inspect
+    _, served = modeling
+    ops = {"torch_chunk_gated_delta_rule": ("fla/ops/gated_delta_rule/chunk.py", "chunk_gated_delta_rule",
+                                            gdn_ops.chunk_gated_delta_rule),
+           "torch_recurrent_gated_delta_rule": ("fla/ops/gated_delta_rule/fused_recurrent.py",
+                                                "fused_recurrent_gated_delta_rule",
+                                                gdn_ops.fused_recurrent_gated_delta_rule)}
+    _, ours = make_pair(modeling, gva=True, conv=1)
+    ids, _, packing = packed_inputs([torch.randint(3, VOCAB, (1, n)) for n in (30, 50)])
+    with recorded_keywords(served, list(ops)) as seen, torch.no_grad():
+        ours(ids, use_cache=False, **packing)
+        ours.generate(ids[:, :20], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    for name, (relpath, function, ours_fn) in ops.items():
+        assert seen[name], f"{name} was not called"
+        upstream = upstream_parameters(fla060_root, relpath, function)
+        dropped = (seen[name] & upstream) - set(inspect.signature(ours_fn).parameters)
+        assert not dropped, f"{function}: transformers passes {sorted(dropped)}, myfla would drop them"
+    assert "cu_seqlens" in seen["torch_chunk_gated_delta_rule"]
 
 
 @pytest.mark.parametrize("gva", [False, True], ids=["equal-heads", "gva"])
