@@ -215,10 +215,27 @@ def parse_junit(xml_path: Path, result: FileResult) -> None:
             result.passed += 1
 
 
+def parse_verbose(stdout: str, result: FileResult) -> None:
+    """Outcomes from ``pytest -v`` lines, for a run that ended without its XML report; the test that
+    was running when it ended is the last one printed without an outcome."""
+    words = {"PASSED": "passed", "FAILED": "failed", "ERROR": "errors", "SKIPPED": "skipped", "XFAIL": "skipped"}
+    for line in stdout.splitlines():
+        if "::" not in line:
+            continue
+        node, _, rest = line.partition(" ")
+        outcome = rest.split()[0] if rest.split() else ""
+        if outcome in words:
+            setattr(result, words[outcome], getattr(result, words[outcome]) + 1)
+            if outcome in ("FAILED", "ERROR"):
+                result.failures.append(f"{node.split('::', 1)[1]}: {outcome}")
+        else:
+            result.failures.append(f"{node.split('::', 1)[1]}: was running when the process ended")
+
+
 def run_file(tests_root: Path, rel: str, args, env: Dict[str, str]) -> FileResult:
     result = FileResult(file=rel, status="")
     xml_path = Path(tempfile.mkstemp(suffix=".xml")[1])
-    cmd = [sys.executable, "-m", "pytest", rel, "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+    cmd = [sys.executable, "-m", "pytest", rel, "-v", "-p", "no:cacheprovider", "-o", "addopts=",
            "--rootdir", str(tests_root.parent), f"--junitxml={xml_path}", "-o", "junit_family=xunit2"]
     if args.k:
         cmd += ["-k", args.k]
@@ -228,14 +245,20 @@ def run_file(tests_root: Path, rel: str, args, env: Dict[str, str]) -> FileResul
     try:
         proc = subprocess.run(cmd, cwd=str(tests_root.parent), env=env, capture_output=True, text=True,
                               timeout=args.timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as expired:
         result.seconds = time.perf_counter() - start
-        result.status = f"timeout after {args.timeout} s"
+        result.status = f"timeout after {args.timeout:.0f} s"
+        out = expired.stdout.decode(errors="replace") if isinstance(expired.stdout, bytes) else expired.stdout
+        parse_verbose(out or "", result)
         return result
     result.seconds = time.perf_counter() - start
     if xml_path.stat().st_size == 0:
-        result.status = "crashed"
-        result.failures.append(_first_line(proc.stderr[-2000:]) or _first_line(proc.stdout[-2000:]))
+        # killed before pytest wrote its report (e.g. out of memory): count from the -v lines
+        result.status = f"crashed (exit status {proc.returncode})"
+        parse_verbose(proc.stdout, result)
+        tail = _first_line("\n".join(proc.stderr.strip().splitlines()[-3:]))
+        if tail:
+            result.failures.append(f"stderr: {tail}")
         return result
     parse_junit(xml_path, result)
     xml_path.unlink()
