@@ -58,16 +58,21 @@ def _in_shim(path: Optional[str]) -> bool:
 
 
 def find_real_fla() -> Optional[importlib.machinery.ModuleSpec]:
-    """The spec of an fla other than myfla that ``import fla`` would load without the alias."""
+    """The spec of an fla other than myfla that ``import fla`` would load without the alias (a
+    directory named ``fla`` without ``__init__.py``, a namespace package, is not an fla install)."""
     for finder in sys.meta_path:
         if isinstance(finder, FlaAliasFinder) or not hasattr(finder, "find_spec"):
             continue
-        if finder is importlib.machinery.PathFinder:
-            spec = finder.find_spec(ALIAS, [p for p in sys.path if not _in_shim(p)])
-        else:
-            spec = finder.find_spec(ALIAS, None)
-        if spec is not None and not _in_shim(spec.origin) and not any(
-                _in_shim(p) for p in (spec.submodule_search_locations or [])):
+        try:
+            if finder is importlib.machinery.PathFinder:
+                spec = finder.find_spec(ALIAS, [p for p in sys.path if not _in_shim(p)])
+            else:
+                spec = finder.find_spec(ALIAS, None)
+        except (ImportError, ValueError):        # a finder that refuses `fla` is not an install
+            continue
+        if spec is None or spec.loader is None or spec.origin in (None, "namespace"):
+            continue
+        if not _in_shim(spec.origin):
             return spec
     return None
 
@@ -166,12 +171,12 @@ def _clients_bound_to_fallback() -> List[str]:
         if not name.startswith("transformers.models.") or ".modeling_" not in name or module is None:
             continue
         for attr in list(vars(module).values()):
-            code, cells = getattr(attr, "__code__", None), getattr(attr, "__closure__", None)
-            if code is None or not cells:
-                continue
             try:
+                code, cells = getattr(attr, "__code__", None), getattr(attr, "__closure__", None)
+                if code is None or not cells:
+                    continue
                 free = dict(zip(code.co_freevars, (c.cell_contents for c in cells)))
-            except ValueError:                    # an empty cell
+            except Exception:                     # an empty cell, or an object with odd attributes
                 continue
             if free.get("package") == ALIAS and free.get("is_new_implementation") is False:
                 bound.append(name)
@@ -312,7 +317,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     """``python -m myfla.alias [--shim-dir]``: say what ``import fla`` gives here, or print the shim
     directory to put on PYTHONPATH."""
     import argparse
-    parser = argparse.ArgumentParser(prog="python -m myfla.alias", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m myfla.alias",
+        description="Say what `import fla` gives in this environment (myfla, a real fla, or nothing), or print "
+                    "the shim directory to put on PYTHONPATH so that `import fla` serves myfla.")
     parser.add_argument("--shim-dir", action="store_true",
                         help="print the directory to put on PYTHONPATH so that `import fla` serves myfla")
     args = parser.parse_args(argv)
