@@ -15,7 +15,7 @@ and keeps the same semantics.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from packaging import version
@@ -23,14 +23,19 @@ from packaging import version
 try:
     import transformers
     from transformers.cache_utils import Cache as HFCacheBase
+    from transformers.generation import GenerationMixin
+    from transformers.utils.deprecation import deprecate_kwarg
 except ImportError:
     transformers = None
     HFCacheBase = None
+    GenerationMixin = None
 
 # Source: fla/models/utils.py:L15-L15 (fla 0.4.0)
 _TF_VERSION = transformers.__version__ if transformers is not None else None
 # Source: fla/models/utils.py:L16-L16 (fla 0.4.0)
 _NEED_NEW = "4.53.3"
+# Source: fla/models/utils.py:L17-L17 (fla 0.4.0)
+_IS_TRANSFORMERS_4_56_PLUS = _TF_VERSION is not None and version.parse(_TF_VERSION) >= version.parse("4.56.0")
 
 # FLACache semantics (fla 0.4.0 with any recent transformers) apply unless an old transformers is
 # installed, in which case fla 0.4.0 falls back to LegacyFLACache.
@@ -80,8 +85,8 @@ class FLALayer(CacheLayerMixin):
     def update(
         self,
         *,
-        recurrent_state: Optional[Union[torch.Tensor, tuple[torch.Tensor, ...]]] = None,
-        attn_state: Optional[tuple[torch.Tensor, ...]] = None,
+        recurrent_state: Optional[Union[torch.Tensor, Tuple[torch.Tensor, ...]]] = None,
+        attn_state: Optional[Tuple[torch.Tensor, ...]] = None,
         conv_state: Optional[Any] = None,
         ffn_state: Optional[Any] = None,
         cache_kwargs: Optional[Dict[str, Any]] = None,
@@ -158,7 +163,7 @@ class FLALayer(CacheLayerMixin):
         """
         return -1
 
-    def get_mask_sizes(self, cache_position: torch.Tensor) -> tuple[int, int]:
+    def get_mask_sizes(self, cache_position: torch.Tensor) -> Tuple[int, int]:
         return 0, 0
 
     def _map_state(self, fn) -> None:
@@ -217,10 +222,10 @@ class LegacyFLACache(HFCacheBase):
 
     def update(
         self,
-        recurrent_state: Optional[tuple[torch.Tensor]] = None,
-        attn_state: Optional[tuple[torch.Tensor]] = None,
-        conv_state: Optional[tuple[torch.Tensor]] = None,
-        ffn_state: Optional[tuple[torch.Tensor]] = None,
+        recurrent_state: Optional[Tuple[torch.Tensor]] = None,
+        attn_state: Optional[Tuple[torch.Tensor]] = None,
+        conv_state: Optional[Tuple[torch.Tensor]] = None,
+        ffn_state: Optional[Tuple[torch.Tensor]] = None,
         layer_idx: int = 0,
         offset: Optional[int] = 1,
         cache_kwargs: Optional[Dict[str, Any]] = None,
@@ -330,10 +335,10 @@ class FLACache(HFCacheBase):
 
     def update(
         self,
-        recurrent_state: Optional[tuple[torch.Tensor]] = None,
-        attn_state: Optional[tuple[torch.Tensor]] = None,
-        conv_state: Optional[tuple[torch.Tensor]] = None,
-        ffn_state: Optional[tuple[torch.Tensor]] = None,
+        recurrent_state: Optional[Tuple[torch.Tensor]] = None,
+        attn_state: Optional[Tuple[torch.Tensor]] = None,
+        conv_state: Optional[Tuple[torch.Tensor]] = None,
+        ffn_state: Optional[Tuple[torch.Tensor]] = None,
         layer_idx: int = 0,
         offset: Optional[int] = 1,
         cache_kwargs: Optional[Dict[str, Any]] = None,
@@ -376,19 +381,28 @@ class FLACache(HFCacheBase):
     def get_max_cache_shape(self, layer_idx: int = 0) -> int:
         return -1
 
-    def get_mask_sizes(self, cache_position: torch.Tensor, layer_idx: int) -> tuple[int, int]:
-        """``(kv_length, kv_offset)`` = ``(seen tokens + query length, 0)``."""
-        query_len = int(cache_position.shape[0]) if cache_position is not None else 0
+    def get_mask_sizes(self, cache_position: torch.Tensor, layer_idx: int) -> Tuple[int, int]:
+        """``(kv_length, kv_offset)`` = ``(seen tokens + query length, 0)``.
+
+        Deviation: transformers >= 5 passes the query length as an int where 4.x passed the
+        ``cache_position`` tensor; fla 0.4.0 reads ``cache_position.shape[0]`` and fails on the int
+        (``'int' object has no attribute 'shape'``, e.g. in ``generate`` of a model built on plain
+        ``GenerationMixin``). Both are accepted here, as fla 0.6.0 takes ``query_length``.
+        """
+        if isinstance(cache_position, torch.Tensor):
+            query_len = int(cache_position.shape[0])
+        else:
+            query_len = int(cache_position or 0)
         return int(self._seen_tokens) + query_len, 0
 
-    def to_legacy_cache(self) -> tuple[Dict[str, Any], ...]:
+    def to_legacy_cache(self) -> Tuple[Dict[str, Any], ...]:
         return tuple(self[i] for i in range(len(self.layers)))
 
     @classmethod
     @torch.compiler.disable
     def from_legacy_cache(
         cls,
-        past_key_values: Optional[tuple[Dict[str, Any], ...]] = None,
+        past_key_values: Optional[Tuple[Dict[str, Any], ...]] = None,
         seen_tokens: int = 0,
         **kwargs,
     ) -> FLACache:
@@ -400,6 +414,79 @@ class FLACache(HFCacheBase):
                     cache.layers.append(cache.layer_class_to_replicate())
                 cache.layers[i].state = dict(layer_state)
         return cache
+
+
+if GenerationMixin is not None:
+    class FLAGenerationMixin(GenerationMixin):
+        """``GenerationMixin`` whose ``prepare_inputs_for_generation`` feeds the models only what they
+        take: the new tokens (sliced by ``cache_position`` with transformers >= 4.56, else the last
+        one once the cache holds something), the 2-D padding mask as is (no 4-D causal mask is
+        built: the recurrent layers do not use one) and the cache.
+
+        Source: fla/models/utils.py:L386-L463 (fla 0.4.0)
+        """
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+
+        @deprecate_kwarg("num_logits_to_keep", version="4.50", new_name="logits_to_keep")
+        def prepare_inputs_for_generation(
+            self,
+            input_ids: torch.LongTensor = None,
+            past_key_values: Optional[HFCacheBase] = None,
+            attention_mask: Optional[torch.Tensor] = None,
+            inputs_embeds: Optional[torch.Tensor] = None,
+            use_cache: bool = True,
+            logits_to_keep: Optional[int] = None,
+            cache_position: Optional[torch.LongTensor] = None,
+            **kwargs
+        ):
+            if _IS_TRANSFORMERS_4_56_PLUS:
+                model_inputs = {}
+                if past_key_values is not None:
+                    model_inputs["past_key_values"] = past_key_values
+                    if hasattr(self, '_cache_dependant_input_preparation') and cache_position is not None:
+                        inputs_embeds, input_ids = self._cache_dependant_input_preparation(
+                            input_ids, inputs_embeds, cache_position
+                        )
+                    elif cache_position is not None:
+                        # keep only the positions not yet in the cache
+                        if input_ids is not None and input_ids.shape[1] != cache_position.shape[0]:
+                            input_ids = input_ids[:, cache_position]
+                    elif hasattr(past_key_values, '__len__') and len(past_key_values) > 0:
+                        input_ids = input_ids[:, -1:]
+
+                # inputs_embeds only on the step that covers all of them (the prompt)
+                if inputs_embeds is not None and (cache_position is None or len(cache_position) == inputs_embeds.shape[1]):
+                    model_inputs['inputs_embeds'] = inputs_embeds
+                    model_inputs['input_ids'] = None
+                else:
+                    model_inputs['input_ids'] = input_ids.contiguous() if input_ids is not None else None
+                    model_inputs['inputs_embeds'] = None
+
+                model_inputs['cache_position'] = cache_position
+
+            else:
+                model_inputs = {}
+                # only the last token once the cache holds the prompt
+                if past_key_values is not None and hasattr(past_key_values, '__len__') and len(past_key_values) > 0:
+                    input_ids = input_ids[:, -1:]
+                # inputs_embeds only on the first step
+                if inputs_embeds is not None and hasattr(past_key_values, '__len__') and len(past_key_values) == 0:
+                    model_inputs = {'inputs_embeds': inputs_embeds}
+                else:
+                    # contiguous: a static stride keeps torch.compile from recompiling
+                    model_inputs = {'input_ids': input_ids.contiguous()}
+
+            if logits_to_keep is not None:
+                model_inputs['logits_to_keep'] = logits_to_keep
+
+            model_inputs.update({
+                'past_key_values': past_key_values,
+                'use_cache': use_cache,
+                'attention_mask': attention_mask,
+            })
+            return model_inputs
 
 
 if _USE_FLA_CACHE:
