@@ -41,48 +41,7 @@ import torch.nn.functional as F
 
 from portaudit.numerics import reference as R
 from portaudit.references import load_function
-
-
-# -- flash-attn semantics, explicit softmax --------------------------------------------------------
-
-def ref_attention(q, k, v, causal=False, window_size=(-1, -1), softmax_scale=None):
-    """One sequence: q [Tq, Hq, D], k/v [Tk, Hk, D] -> [Tq, Hq, D]. Rows with no visible key are 0."""
-    Tq, Hq, D = q.shape
-    Tk, Hk = k.shape[0], k.shape[1]
-    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-    k = k.repeat_interleave(Hq // Hk, dim=1).to(ct)
-    v = v.repeat_interleave(Hq // Hk, dim=1).to(ct)
-    scale = D ** -0.5 if softmax_scale is None else softmax_scale
-    s = torch.einsum('qhd,khd->hqk', q.to(ct), k) * scale
-    i = torch.arange(Tq).view(-1, 1) + (Tk - Tq)          # flash-attn aligns the mask bottom-right
-    j = torch.arange(Tk).view(1, -1)
-    allowed = torch.ones(Tq, Tk, dtype=torch.bool)
-    if causal:
-        allowed &= j <= i
-    left, right = window_size
-    if left >= 0:
-        allowed &= j >= i - left
-    if right >= 0:
-        allowed &= j <= i + right
-    s = s.masked_fill(~allowed, float('-inf'))
-    p = torch.softmax(s, -1).nan_to_num(0.0)
-    return torch.einsum('hqk,khd->qhd', p, v).to(q.dtype)
-
-
-def ref_flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-                        **kwargs):
-    return torch.stack([ref_attention(q[b], k[b], v[b], causal, window_size, softmax_scale)
-                        for b in range(q.shape[0])])
-
-
-def ref_flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                               softmax_scale=None, causal=False, window_size=(-1, -1), **kwargs):
-    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    return torch.cat([
-        ref_attention(q[cq[n]:cq[n + 1]], k[ck[n]:ck[n + 1]], v[ck[n]:ck[n + 1]], causal, window_size,
-                      softmax_scale)
-        for n in range(len(cq) - 1)
-    ])
+from tests.myfla.models.attention_reference import ref_flash_attn_func, ref_flash_attn_varlen_func
 
 
 # -- rotary: fla's rotary_embedding_ref on each token's table row -------------------------------------
@@ -106,8 +65,8 @@ def make_ref_rotary_embedding(rotary_embedding_ref):
         idx = pos.clamp(0, TR - 1).to(cos.device)
         y = rotary_embedding_ref(x, cos[idx], sin[idx], interleaved)
         R2 = cos.shape[-1] * 2
-        # the kernel writes nothing for positions outside the table; myfla writes zeros there
-        y[..., :R2] = torch.where(valid.to(x.device).view(B, T, 1, 1), y[..., :R2], torch.zeros_like(y[..., :R2]))
+        # the kernel writes nothing for positions outside the table; myfla leaves them unrotated
+        y[..., :R2] = torch.where(valid.to(x.device).view(B, T, 1, 1), y[..., :R2], x[..., :R2])
         return y
     return rotary_embedding
 
@@ -307,3 +266,25 @@ def family_classes(ns, family: str, kind: Optional[str] = None):
     if kind is None:
         return getattr(ns, prefix + 'Config'), getattr(ns, prefix + 'Model'), getattr(ns, prefix + 'ForCausalLM')
     return getattr(ns, prefix + kind)
+
+
+@contextlib.contextmanager
+def as_fla_package(ns):
+    """Expose the oracle under fla's module names (``fla.models.kda``, ``fla.models.utils``,
+    ``fla.layers.attn``, ...) while the context is open, so code written against real fla (the GPU
+    recording script) runs on it."""
+    mods = ns.modules
+    fakes = {
+        "fla": _package("fla"),
+        "fla.layers": _package("fla.layers"),
+        "fla.models": _package("fla.models"),
+        "fla.models.kda": _package("fla.models.kda", KDAConfig=ns.KDAConfig, KDAModel=ns.KDAModel,
+                                   KDAForCausalLM=ns.KDAForCausalLM),
+        "fla.models.gated_deltanet": _package(
+            "fla.models.gated_deltanet", GatedDeltaNetConfig=ns.GatedDeltaNetConfig,
+            GatedDeltaNetModel=ns.GatedDeltaNetModel, GatedDeltaNetForCausalLM=ns.GatedDeltaNetForCausalLM),
+    }
+    for name in ("fla.models.utils", "fla.layers.attn"):
+        fakes[name] = mods[name]
+    with _swapped_modules(fakes):
+        yield
