@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest.importorskip("transformers", reason="the model fixtures are compared with myfla's models, which need transformers")
+
 from tests.myfla.models import models_golden as G
 
 INDEX = G.load_index()
