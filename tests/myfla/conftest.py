@@ -1,6 +1,6 @@
-"""Fixtures of the model tests: fla 0.4.0's own model code on CPU references (tests/myfla/models/
-fla_oracle.py), loaded once per session. Tests that use them need transformers (as fla's models do)
-and skip without it; the Cache tests in this directory run either way."""
+"""Fixtures of the model-level tests: fla 0.4.0's own model and attention code on CPU references
+(tests/myfla/models/fla_oracle.py), loaded once per session. Tests that use them need transformers
+(as fla's models do) and skip without it."""
 
 from __future__ import annotations
 
