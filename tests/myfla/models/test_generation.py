@@ -23,7 +23,8 @@ MODELS = [
 def _model(family, overrides):
     MC, _, ML = family_classes(M, family)
     torch.manual_seed(3)
-    return ML(MC(**config_kwargs(family, **overrides))).eval()
+    # a wider initialisation than the default 0.02 makes the logits sensitive to every layer
+    return ML(MC(**config_kwargs(family, initializer_range=0.1, **overrides))).eval()
 
 
 def _prompt(pad=4, T=10):
@@ -78,6 +79,37 @@ def test_padded_row_generates_as_when_alone(case):
     alone, alone_logits = _generate(model, ids[1:, 4:], mask[1:, 4:], sample=False)
     assert torch.equal(seq[1:, 4:], alone)
     torch.testing.assert_close(logits[1:], alone_logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [0, 2])
+def test_generate_feeds_one_new_token_per_step_through_the_cache(case):
+    """The prompt once, then one token per step: generate really decodes through myfla's Cache
+    (fla 0.4.0's mixin loses the cache under newer transformers 5 and re-runs the whole sequence)."""
+    model = _model(*MODELS[case])
+    ids, mask = _prompt()
+    lengths, caches = [], []
+
+    def record(module, args, kwargs):
+        lengths.append(kwargs["input_ids"].shape[1] if kwargs.get("input_ids") is not None
+                       else kwargs["inputs_embeds"].shape[1])
+        caches.append(kwargs.get("past_key_values"))
+
+    hook = model.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        model.generate(ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    finally:
+        hook.remove()
+    assert lengths == [10, 1, 1, 1]
+    assert caches[0] is None and all(isinstance(c, M.utils.Cache) for c in caches[1:])
+
+
+def test_generate_from_inputs_embeds():
+    model = _model("gated_deltanet", {})
+    ids, mask = _prompt()
+    embeds = model.model.embeddings(ids).detach()
+    a = model.generate(ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    b = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert torch.equal(a[:, ids.shape[1]:], b[:, -5:])
 
 
 def test_generation_keeps_only_the_last_logits():

@@ -283,3 +283,36 @@ def test_cache_mask_sizes_accept_both_transformers_conventions():
     cache.update(recurrent_state=torch.zeros(1), layer_idx=0, offset=5)
     assert cache.get_mask_sizes(torch.arange(3), 0) == (8, 0)     # transformers 4.x: cache_position
     assert cache.get_mask_sizes(3, 0) == (8, 0)                   # transformers 5.x: query length
+
+
+def _continuation_gap(model, family_model_cls_name, x, mask, T0):
+    """max |prefill + one-token steps through the cache - full run| over kept positions."""
+    with torch.no_grad():
+        full = model(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
+        out = model(inputs_embeds=x[:, :T0], attention_mask=mask[:, :T0], use_cache=True)
+        pieces, cache = [out.last_hidden_state], out.past_key_values
+        for t in range(T0, x.shape[1]):
+            out = model(inputs_embeds=x[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=cache,
+                        use_cache=True)
+            pieces.append(out.last_hidden_state)
+            cache = out.past_key_values
+    return (torch.cat(pieces, 1) - full)[mask.bool()].abs().max().item()
+
+
+def test_attention_after_a_recurrent_layer_decodes_at_the_right_positions(fla_glue):
+    """fla 0.4.0 counts cached tokens when layer 0 updates, so an attention layer behind a recurrent
+    first layer reads a count that already includes the current step and rotates decoded tokens one
+    position too far; fla 0.4.2 counts per layer. fla 0.4.0's code (the oracle, with myfla's layers)
+    shows the gap; myfla decodes exactly."""
+    overrides = dict(attn=dict(layers=[1], num_heads=4, num_kv_heads=2), initializer_range=0.2)
+    FC, FM, _ = family_classes(fla_glue, "gated_deltanet")
+    MC, MMod, _ = family_classes(M, "gated_deltanet")
+    torch.manual_seed(0)
+    ref = FM(FC(**config_kwargs("gated_deltanet", **overrides))).eval()
+    mine = MMod(MC(**config_kwargs("gated_deltanet", **overrides))).eval()
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 14, 64)
+    mask = torch.ones(2, 14, dtype=torch.long)
+    mask[1, :3] = 0
+    assert _continuation_gap(ref, "fla", x, mask, 8) > 1e-3
+    assert _continuation_gap(mine, "myfla", x, mask, 8) < 1e-5
