@@ -31,9 +31,9 @@ torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from portaudit.manifest import Manifest, Stage, load_manifest  # noqa: E402
-from portaudit.session import Session  # noqa: E402
-from portaudit.upstream import default_cache_dir  # noqa: E402
+from portaudit.static.manifest import Manifest, Stage, load_manifest  # noqa: E402
+from portaudit.static.session import Session  # noqa: E402
+from portaudit.static.upstream import default_cache_dir  # noqa: E402
 
 MANIFESTS = [ROOT / "manifests/kda.yaml", ROOT / "manifests/gated_deltanet.yaml"]
 REPEATS = 5

@@ -32,8 +32,8 @@ MANIFESTS = [ROOT / "manifests" / "kda.yaml", ROOT / "manifests" / "gated_deltan
 
 def drift_once(old_root: Path, new_root: Path, cache) -> dict:
     from portaudit.drift.engine import Release, run_drift
-    from portaudit.index import TreeIndex
-    from portaudit.manifest import load_manifest
+    from portaudit.static.index.tree import TreeIndex
+    from portaudit.static.manifest import load_manifest
 
     manifests = [load_manifest(p) for p in MANIFESTS]
     old = Release(old_root, TreeIndex(old_root, cache), "fla 0.4.0", "0.4.0")
@@ -51,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    from portaudit.upstream import default_cache_dir, resolve_upstream
+    from portaudit.static.upstream import default_cache_dir, resolve_upstream
 
     cache = default_cache_dir()
     old_root = resolve_upstream(FROM, package="fla", cache_dir=cache)

@@ -67,8 +67,8 @@ def ours(q, k, v, g, beta, h0):
 
 def load_naive_chunk():
     """fla 0.6.0's pure-torch chunked GDN (argument order q, k, v, g, beta)."""
-    from portaudit.references import load_module
-    from portaudit.upstream import resolve_upstream
+    from portaudit.numerics.upstream_code import load_module
+    from portaudit.static.upstream import resolve_upstream
     local = os.environ.get("PORTAUDIT_FLA060")
     root = resolve_upstream(upstream_path=local, package="fla") if local else resolve_upstream(FLA_060, package="fla")
     mod = load_module(root, "fla/ops/gated_delta_rule/naive.py")

@@ -131,8 +131,8 @@ def saved_bytes(fn, xs):
 
 def load_fla_naive():
     sys.path.insert(0, str(ROOT))
-    from portaudit.references import load_module
-    from portaudit.upstream import resolve_upstream
+    from portaudit.numerics.upstream_code import load_module
+    from portaudit.static.upstream import resolve_upstream
     local = os.environ.get("PORTAUDIT_FLA040")      # a local fla 0.4.0 tree, as tests/conftest.py
     if local:
         root = resolve_upstream(upstream_path=local, package="fla")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from portaudit.upstream import resolve_upstream
+from portaudit.static.upstream import resolve_upstream
 
 FLA_040 = ["fla-core==0.4.0", "flash-linear-attention==0.4.0"]
 FLA_060 = ["fla-core==0.6.0", "flash-linear-attention==0.6.0"]

@@ -10,8 +10,9 @@ Pipeline (each step a module here, all static: nothing upstream is imported):
 - :mod:`.engine`: the drift of one manifest (symbols, signatures, new closure, entry points) and
   of the port's citations;
 - :mod:`.manifest_writer`: the updated manifest for the new release;
-- :mod:`.report`: rich tables, JSON and a markdown upgrade checklist;
-- :mod:`.command`: the Typer command.
+- :mod:`.report`: rich tables, JSON and a markdown upgrade checklist.
+
+The command itself is :mod:`portaudit.cli.drift`.
 """
 
 from portaudit.drift.engine import DriftRun, drift_manifest, run_drift  # noqa: F401

@@ -8,16 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from portaudit.citations import Citation, format_citation
 from portaudit.drift.matching import Located, Matcher
 from portaudit.drift.model import (BODY_CHANGED, CITE_CHANGED, CITE_RELOCATED, CITE_UNCHANGED, CITE_UNKNOWN,
                                    MOVED, NOT_IN_FROM, REMOVED, RENAMED, UNCHANGED, CitationDrift,
                                    ManifestDrift, NewSymbol, SymbolDrift)
 from portaudit.drift.signature import diff_definitions
 from portaudit.errors import UsageError
-from portaudit.index import Definition, ModuleInfo, Resolved, TreeIndex
-from portaudit.manifest import Manifest
-from portaudit.scaffold import closure, resolve_use
+from portaudit.static.citations import Citation, format_citation
+from portaudit.static.index.model import Definition, ModuleInfo, Resolved
+from portaudit.static.index.tree import TreeIndex
+from portaudit.static.manifest import Manifest
+from portaudit.static.scaffold import closure, resolve_use
 
 _VERSION_RE = re.compile(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", re.M)
 

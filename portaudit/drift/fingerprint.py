@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from portaudit.index import Definition
+from portaudit.static.index.model import Definition
 
 _TOKEN_RE = re.compile(r"[A-Za-z_]\w*|\d[\w.]*|\S")
 _WS_RE = re.compile(r"\s+")

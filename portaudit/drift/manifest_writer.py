@@ -19,7 +19,7 @@ from typing import Optional
 
 from portaudit.drift.model import MOVED, NOT_IN_FROM, REMOVED, RENAMED, ManifestDrift
 from portaudit.errors import UsageError
-from portaudit.manifest import Manifest, load_manifest
+from portaudit.static.manifest import Manifest, load_manifest
 
 
 def _q(s: str) -> str:

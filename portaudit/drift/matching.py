@@ -16,7 +16,8 @@ from typing import Iterable, Optional
 
 from portaudit.drift.fingerprint import SourceCache, bag_ratio, fingerprint, similarity, tokens
 from portaudit.drift.signature import kind_group
-from portaudit.index import Definition, Resolved, TreeIndex
+from portaudit.static.index.model import Definition, Resolved
+from portaudit.static.index.tree import TreeIndex
 
 _DEF_RE = re.compile(r"^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]+(\w+)|^[ \t]*(\w+)[ \t]*(?::[^=\n]*)?=[^=]", re.M)
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import difflib
 from typing import Optional
 
-from portaudit.index import (CONSTANT, KEYWORD_ONLY, POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD,
-                             VAR_POSITIONAL, Definition, ModuleInfo, Param)
 from portaudit.drift.model import (MEMBER_ADDED, MEMBER_REMOVED, OBJECT_KIND, PARAM_ADDED,
                                    PARAM_ADDED_REQUIRED, PARAM_DEFAULT, PARAM_KIND, PARAM_MOVED,
                                    PARAM_OPTIONAL, PARAM_REMOVED, PARAM_RENAMED, PARAM_REQUIRED,
                                    SignatureChange)
+from portaudit.static.index.model import (CONSTANT, KEYWORD_ONLY, POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD,
+                                          VAR_KEYWORD, VAR_POSITIONAL, Definition, ModuleInfo, Param)
 
 _POSITIONAL = (POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD)
 _CALLABLE = {"function", "kernel", "method"}

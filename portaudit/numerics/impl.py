@@ -3,15 +3,13 @@
 ``ModuleImplementation('myfla', {'fla': 'myfla'})`` maps ``fla.ops.kda.chunk.chunk_kda`` to
 ``myfla.ops.kda.chunk.chunk_kda`` (the port mirrors the upstream module tree); with an identity
 mapping it resolves the real upstream. ``MappingImplementation`` serves a fixed table of
-callables (the CPU reference, planted-error variants in tests).
+callables (the CPU reference, planted-error variants in tests). :mod:`.registry` picks one by name.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any, Callable, Dict, Mapping, Optional
-
-from portaudit.errors import UsageError
 
 
 class MissingSymbol(LookupError):
@@ -116,17 +114,3 @@ def factory(fn: Callable[[], Any]) -> Callable[[], Any]:
     """Mark a zero-argument function as a lazy factory for :class:`MappingImplementation`."""
     fn._portaudit_factory = True  # type: ignore[attr-defined]
     return fn
-
-
-def get_implementation(name: str, upstream_root=None) -> Implementation:
-    """``myfla`` | ``fla`` | ``ref`` (the CPU reference; needs the fetched upstream tree)."""
-    if name == "myfla":
-        return ModuleImplementation("myfla", {"fla": "myfla"})
-    if name == "fla":
-        return ModuleImplementation("fla", {})
-    if name == "ref":
-        if upstream_root is None:
-            raise UsageError("--impl ref needs the upstream tree (fetched with --upstream or --upstream-path)")
-        from portaudit.numerics.reference import reference_implementation
-        return reference_implementation(upstream_root)
-    raise UsageError(f"unknown implementation '{name}'; choose one of: myfla, fla, ref")

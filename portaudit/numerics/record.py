@@ -21,7 +21,8 @@ import torch
 
 from portaudit.numerics.fixtures import FixtureWriter
 from portaudit.numerics.golden_cases import GoldenCase, find_cases
-from portaudit.numerics.impl import Implementation, get_implementation
+from portaudit.numerics.impl import Implementation
+from portaudit.numerics.registry import get_implementation
 
 
 def limit_triton_autotune(keep: int = 2) -> bool:

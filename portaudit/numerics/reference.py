@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from portaudit.numerics.impl import MappingImplementation, factory
-from portaudit.references import load_function, load_module
+from portaudit.numerics.upstream_code import load_function, load_module
 
 L2_EPS = 1e-6
 

@@ -15,7 +15,7 @@ import torch
 
 from portaudit.numerics.fixtures import read_fixtures
 from portaudit.numerics.golden import check_golden
-from portaudit.numerics.impl import get_implementation
+from portaudit.numerics.registry import get_implementation
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 CASES = sorted(read_fixtures(GOLDEN).cases)

@@ -8,9 +8,9 @@ from typing import Optional
 
 import pytest
 
-from portaudit.audit import ManifestResult
-from portaudit.manifest import load_manifest
-from portaudit.session import Session
+from portaudit.static.manifest import load_manifest
+from portaudit.static.results import ManifestResult
+from portaudit.static.session import Session
 
 
 def write_tree(root: Path, files: dict[str, str]) -> Path:

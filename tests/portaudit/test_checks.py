@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from portaudit.citations import format_citation
-from portaudit.index import TreeIndex
+from portaudit.static.citations import format_citation
+from portaudit.static.index.tree import TreeIndex
 
 from tests.portaudit.conftest import open_codes
 

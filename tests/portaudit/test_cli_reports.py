@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from portaudit.cli import app
-from portaudit.findings import CODES
+from portaudit.static.findings import CODES
 
 from tests.portaudit.test_checks import SYMBOLS, UPSTREAM, port_source
 
@@ -209,7 +209,7 @@ def test_scaffold_writes_the_closure(ws, tmp_path):
                 "--stage", "layer=up.layer", "--cache-dir", str(ws.cache), "--no-progress", "-o", str(out)])
     assert r.exit_code == 0, output(r)
     text = out.read_text()
-    from portaudit.manifest import load_manifest
+    from portaudit.static.manifest import load_manifest
     m = load_manifest(out)
     assert sorted(e.symbol for e in m.entries) == ["up.layer.Layer", "up.ops.impl.kern", "up.ops.impl.run",
                                                    "up.util.SIZE"]
@@ -266,7 +266,7 @@ def test_codes_command_lists_every_code():
 
 def test_fix_citations_never_half_writes(tmp_path):
     from portaudit.errors import UsageError
-    from portaudit.fixcite import Edit, apply_edits
+    from portaudit.static.fixcite import Edit, apply_edits
 
     good, bad = tmp_path / "good.py", tmp_path / "bad.py"
     good.write_text("X = 1\n")

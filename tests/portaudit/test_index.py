@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from portaudit.index import (AUTOGRAD, CLASS, CONSTANT, FUNCTION, KERNEL, KEYWORD_ONLY, METHOD, NN_MODULE,
-                             POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD, VAR_POSITIONAL, TreeIndex)
+from portaudit.static.index.model import (AUTOGRAD, CLASS, CONSTANT, FUNCTION, KERNEL, KEYWORD_ONLY, METHOD,
+                                          NN_MODULE, POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD,
+                                          VAR_POSITIONAL)
+from portaudit.static.index.tree import TreeIndex
 
 from tests.portaudit.conftest import write_tree
 

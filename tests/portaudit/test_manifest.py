@@ -7,7 +7,8 @@ import re
 import pytest
 
 from portaudit.errors import EXIT_USAGE, UsageError
-from portaudit.manifest import discover_manifests, load_manifest
+from portaudit.static.manifest import discover_manifests, load_manifest
+from portaudit.static.upstream import locate_port_root
 
 GOOD = """\
 name: demo
@@ -45,7 +46,7 @@ def test_good_manifest_loads_into_typed_objects(tmp_path):
                                                                   ("up.a.kern", "kernel", "1")]
     assert m.entries[1].loc.line == 14
     assert m.port_name_for("up.a.f") == "po.a.f" and m.port_name_for("up.old.g") == "po.new.g"
-    assert m.resolve_port_root() == (tmp_path / "src").resolve()
+    assert locate_port_root(m) == (tmp_path / "src").resolve()
     assert m.waivers[0].matches("up.a.f.sub", "PA207") and not m.waivers[0].matches("up.a.g", "PA207")
     assert m.deviations[0].fixed_upstream_in == "1.1"
 
@@ -94,7 +95,7 @@ def test_directory_discovery(tmp_path):
 def test_docs_code_table_matches_the_code_registry():
     from pathlib import Path
 
-    from portaudit.findings import CODES
+    from portaudit.static.findings import CODES
 
     text = (Path(__file__).resolve().parents[2] / "docs/codes.md").read_text()
     for c in CODES.values():

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from portaudit.cli import app
 from portaudit.errors import UpstreamError
-from portaudit.manifest import load_manifest
-from portaudit.upstream import fetch_distributions, resolve_upstream
+from portaudit.static.manifest import load_manifest
+from portaudit.static.upstream import fetch_distributions, resolve_upstream
 
 from tests.portaudit.conftest import manifest_text, write_tree
 
@@ -43,7 +43,7 @@ def test_fetch_from_local_wheels_unpacks_once(tmp_path):
 
 def test_concurrent_fetches_keep_the_first_complete_tree(tmp_path):
     """Two processes finishing the same fetch: the loser's tree is discarded, the winner's stays."""
-    from portaudit.upstream import _DONE_MARKER, _publish
+    from portaudit.static.upstream import _DONE_MARKER, _publish
 
     root = tmp_path / "trees" / "key"
     first, second = tmp_path / "first", tmp_path / "second"
@@ -97,10 +97,10 @@ def test_check_against_fetched_wheel_tree(tmp_path):
 
 def test_committed_manifests_cover_the_closure(fla040_root):
     """manifests/*.yaml list exactly the static closure of the layers + Cache (UPSTREAM.md §1)."""
-    from portaudit.index import TreeIndex
-    from portaudit.scaffold import closure
+    from portaudit.static.index.tree import TreeIndex
+    from portaudit.static.scaffold import closure
 
-    from portaudit.upstream import default_cache_dir
+    from portaudit.static.upstream import default_cache_dir
 
     index = TreeIndex(fla040_root, default_cache_dir())
     for path, layer, n_layer in (("manifests/kda.yaml", "fla.layers.kda.KimiDeltaAttention", 126),

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
-from portaudit.references import load_module
+from portaudit.numerics.upstream_code import load_module
 from tests.numerics import assert_rms
 
 D = torch.float64

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from portaudit.drift.engine import Release, run_drift
-from portaudit.index import TreeIndex
-from portaudit.manifest import load_manifest
-from portaudit.upstream import default_cache_dir
+from portaudit.static.index.tree import TreeIndex
+from portaudit.static.manifest import load_manifest
+from portaudit.static.upstream import default_cache_dir
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -11,7 +11,7 @@ from portaudit.cli import app
 from portaudit.drift.model import (MEMBER_ADDED, MEMBER_REMOVED, PARAM_ADDED, PARAM_ADDED_REQUIRED,
                                    PARAM_DEFAULT, PARAM_KIND, PARAM_MOVED, PARAM_OPTIONAL, PARAM_REMOVED,
                                    PARAM_RENAMED, PARAM_REQUIRED)
-from portaudit.manifest import load_manifest
+from portaudit.static.manifest import load_manifest
 
 from .trees import EXPECTED, build
 

@@ -6,7 +6,7 @@ from portaudit.drift.fingerprint import normalised
 from portaudit.drift.model import (PARAM_ADDED, PARAM_ADDED_REQUIRED, PARAM_DEFAULT, PARAM_KIND, PARAM_MOVED,
                                    PARAM_OPTIONAL, PARAM_REMOVED, PARAM_RENAMED, PARAM_REQUIRED)
 from portaudit.drift.signature import diff_params
-from portaudit.index import KEYWORD_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD, Param
+from portaudit.static.index.model import KEYWORD_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD, Param
 
 
 def P(name, default=None, kind=POSITIONAL_OR_KEYWORD):

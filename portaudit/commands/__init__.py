@@ -1,1 +1,0 @@
-"""portaudit's command implementations; each module exposes plain functions registered in cli.py."""

@@ -1,0 +1,154 @@
+"""The ratchet: a committed baseline per manifest, so CI fails only on regressions.
+
+``manifests/baseline/<manifest>.json`` records the accepted open findings (line-independent
+keys such as ``PA201:fla.ops.kda.chunk.chunk_kda:scale``) and the minimum completeness. The gate:
+
+* an open finding whose key is not accepted is a regression, except on a symbol the baseline
+  accepted as missing (PA101/PA102/PA105): a symbol that did not exist may arrive with findings;
+* completeness below ``min_percent`` is a regression;
+* accepted keys that no longer occur are reported as fixed: ``--update-baseline`` tightens the
+  ratchet. Updating refuses to lower completeness or to accept new findings unless forced.
+
+When the port is complete the baseline is ``{"min_percent": 100, "accepted": []}`` and the gate
+demands 100% with zero unexplained findings. A manifest without a baseline file is gated that way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from portaudit.errors import UsageError
+from portaudit.static.findings import BASELINE, OPEN
+from portaudit.static.results import ManifestResult
+
+SCHEMA = "portaudit.baseline/1"
+MISSING_CODES = ("PA101", "PA102", "PA105")
+EPS = 1e-9
+
+
+@dataclass
+class Baseline:
+    manifest: str
+    min_percent: float = 100.0
+    accepted: list[str] = field(default_factory=list)
+    passed: int = 0
+    total: int = 0
+    path: Optional[Path] = None
+    exists: bool = False
+
+    @property
+    def missing_symbols(self) -> set[str]:
+        out = set()
+        for key in self.accepted:
+            code, _, rest = key.partition(":")
+            if code in MISSING_CODES:
+                out.add(rest.split(":")[0])
+        return out
+
+
+@dataclass
+class GateResult:
+    manifest: str
+    baseline: Baseline
+    percent: float
+    regressions: list[str] = field(default_factory=list)     # keys of new findings
+    fixed: list[str] = field(default_factory=list)           # accepted keys that are gone
+    completeness_drop: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.regressions and not self.completeness_drop
+
+    def to_dict(self) -> dict:
+        return {"manifest": self.manifest, "ok": self.ok, "baseline": str(self.baseline.path or ""),
+                "baseline_exists": self.baseline.exists, "min_percent": self.baseline.min_percent,
+                "percent": round(self.percent, 2), "completeness_drop": self.completeness_drop,
+                "regressions": self.regressions, "fixed": self.fixed}
+
+
+def baseline_path(location: Path, manifest_name: str) -> Path:
+    """``location`` is a directory of baselines or one JSON file."""
+    location = Path(location)
+    if location.suffix == ".json":
+        return location
+    return location / f"{manifest_name}.json"
+
+
+def load_baseline(location: Path, manifest_name: str) -> Baseline:
+    path = baseline_path(location, manifest_name)
+    if not path.is_file():
+        return Baseline(manifest_name, path=path, exists=False)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+        return Baseline(manifest=data.get("manifest", manifest_name),
+                        min_percent=float(data["min_percent"]), accepted=list(data["accepted"]),
+                        passed=int(data.get("passed", 0)), total=int(data.get("total", 0)),
+                        path=path, exists=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: invalid baseline ({exc}); regenerate it with "
+                         "`portaudit check --baseline DIR --update-baseline`")
+
+
+def apply_gate(result: ManifestResult, baseline: Baseline) -> GateResult:
+    """Mark accepted findings as BASELINE and compute regressions (mutates finding status)."""
+    accepted = set(baseline.accepted)
+    was_missing = baseline.missing_symbols
+    gate = GateResult(result.manifest.name, baseline, result.percent)
+    present: set[str] = set()
+    for f in result.findings:
+        if f.status != OPEN:
+            continue
+        present.add(f.key)
+        base_symbol = _entry_symbol(f.symbol, result)
+        if f.key in accepted or base_symbol in was_missing:
+            f.status = BASELINE
+        else:
+            gate.regressions.append(f.key)
+    gate.regressions = sorted(set(gate.regressions))
+    gate.fixed = sorted(accepted - present)
+    gate.completeness_drop = result.percent + EPS < baseline.min_percent
+    return gate
+
+
+def _entry_symbol(symbol: str, result: ManifestResult) -> str:
+    """The manifest entry a finding belongs to (methods map to their class)."""
+    names = {s.symbol for s in result.symbols}
+    s = symbol
+    while s and s not in names and "." in s:
+        s = s.rsplit(".", 1)[0]
+    return s if s in names else symbol
+
+
+def write_baseline(result: ManifestResult, location: Path, force: bool = False) -> tuple[Path, list[str]]:
+    """Record the current open findings; refuse to lower completeness or accept regressions."""
+    old = load_baseline(location, result.manifest.name)
+    notes: list[str] = []
+    if old.exists:
+        gate = apply_gate(result, old)
+        if not force and (gate.completeness_drop or gate.regressions):
+            what = []
+            if gate.completeness_drop:
+                what.append(f"completeness {result.percent:.1f}% < baseline {old.min_percent:.1f}%")
+            if gate.regressions:
+                what.append(f"{len(gate.regressions)} new finding(s), e.g. {gate.regressions[0]}")
+            raise UsageError(f"{old.path}: refusing to update the baseline: {'; '.join(what)}; fix them "
+                             "or pass --force to accept the regression")
+        notes += [f"fixed: {k}" for k in gate.fixed]
+    keys = sorted({f.key for f in result.findings if f.status in (OPEN, BASELINE)})
+    data = {"schema": SCHEMA, "manifest": result.manifest.name,
+            "min_percent": math.floor(result.percent * 1e4) / 1e4,   # never above the true value
+            "passed": result.passed, "total": result.total,
+            "accepted": keys}
+    path = baseline_path(location, result.manifest.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path, notes

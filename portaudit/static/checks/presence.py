@@ -1,0 +1,58 @@
+"""Presence and kind: the port defines the symbol, as the same kind, with the upstream class's methods.
+
+A ``@triton.jit`` kernel is present when a port citation covers its lines or a same-named torch
+function exists (:func:`kernel_accounted`). Codes PA103-PA105 (PA101/PA102, a missing module or
+symbol, are decided by the runner, which knows where the port was expected).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from portaudit.static.checks.site import Site
+from portaudit.static.citations import Citation
+from portaudit.static.findings import Finding
+from portaudit.static.index.model import CLASS_KINDS, CONSTANT, FUNCTION, KERNEL, METHOD, Definition
+
+
+def kinds_compatible(upstream: str, port: str) -> bool:
+    if upstream == CONSTANT:
+        return True            # an alias may be ported as a constant, a function or a class
+    if upstream in CLASS_KINDS:
+        return port == upstream
+    if upstream in (FUNCTION, METHOD):
+        return port in (FUNCTION, METHOD)
+    if upstream == KERNEL:
+        return port in (FUNCTION, KERNEL)
+    return upstream == port
+
+
+def check_kind(site: Site, up: Definition, port: Definition, upstream_ref: str) -> list[Finding]:
+    if kinds_compatible(up.kind, port.kind):
+        return []
+    return [site.finding("PA103", f"upstream {up.name} is a {up.kind}, the port defines a {port.kind}",
+                         upstream_ref=upstream_ref)]
+
+
+def check_methods(site: Site, up: Definition, up_methods: dict[str, Definition],
+                  port_methods: dict[str, Definition], upstream_ref: str) -> list[Finding]:
+    """Methods defined in the upstream class body must exist on the port class."""
+    out = []
+    for name in up.methods:
+        if name not in port_methods:
+            um = up_methods.get(name)
+            out.append(site.finding("PA104", f"method {up.name}.{name} is missing on the port class",
+                                    upstream_ref=f"{upstream_ref.split(':')[0]}:L{um.start}-L{um.end}"
+                                    if um else upstream_ref, param=None, detail=name))
+    return out
+
+
+def kernel_accounted(kernel_path: str, kernel: Definition, port_citations: Iterable[Citation],
+                     same_named: Optional[Definition]) -> Optional[str]:
+    """How an upstream kernel is accounted for in the port, or None."""
+    if same_named is not None:
+        return f"same-named torch function {same_named.name}"
+    for c in port_citations:
+        if c.covers(kernel_path, kernel.start, kernel.end):
+            return f"cited by {c.ref}"
+    return None

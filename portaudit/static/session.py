@@ -1,0 +1,78 @@
+"""One audit session: resolves upstream trees and port roots once, shares indexes between manifests.
+
+Reusable by other commands (numerics, drift): ``Session(...).upstream_root(manifest)`` and
+``Session(...).index(root)`` give the trees without re-fetching or re-parsing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from portaudit.errors import UsageError
+from portaudit.static.checks.runner import Auditor
+from portaudit.static.index.tree import TreeIndex
+from portaudit.static.manifest import Manifest
+from portaudit.static.results import ManifestResult
+from portaudit.static.upstream import default_cache_dir, locate_port_root, resolve_upstream
+
+Progress = Callable[[str], None]
+
+
+class Session:
+    def __init__(self, upstream_path: Optional[Path] = None, port_path: Optional[Path] = None,
+                 cache_dir: Optional[Path] = None, progress: Optional[Progress] = None,
+                 use_index_cache: bool = True):
+        self.upstream_path = upstream_path
+        self.port_path = port_path
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.progress = progress
+        self.use_index_cache = use_index_cache
+        self._roots: dict[tuple, Path] = {}
+        self._indexes: dict[Path, TreeIndex] = {}
+
+    def say(self, msg: str) -> None:
+        if self.progress:
+            self.progress(msg)
+
+    def upstream_root(self, manifest: Manifest) -> Path:
+        local = self.upstream_path
+        if local is None and manifest.upstream.path:
+            local = (manifest.path.parent / manifest.upstream.path).resolve()
+        key = (str(local), tuple(manifest.upstream.distributions), manifest.upstream.package)
+        if key not in self._roots:
+            self.say(f"resolving upstream {', '.join(manifest.upstream.distributions) or local}")
+            self._roots[key] = resolve_upstream(
+                distributions=manifest.upstream.distributions or None, upstream_path=local,
+                package=manifest.upstream.package, cache_dir=self.cache_dir, progress=self.progress)
+        return self._roots[key]
+
+    def port_root(self, manifest: Manifest) -> Path:
+        root = locate_port_root(manifest, self.port_path)
+        top = manifest.port.package.split(".")[0]
+        if root is None or not (root / top).is_dir():
+            where = f" under {root}" if root is not None else ""
+            raise UsageError(f"{manifest.path}: cannot locate the port package '{top}'{where}; "
+                             "install it, set 'port.path' in the manifest or pass --port-path DIR")
+        return root
+
+    def index(self, root: Path) -> TreeIndex:
+        root = Path(root).resolve()
+        if root not in self._indexes:
+            self._indexes[root] = TreeIndex(root, self.cache_dir if self.use_index_cache else None,
+                                            on_parse=self.progress)
+        return self._indexes[root]
+
+    def audit(self, manifest: Manifest) -> ManifestResult:
+        up = self.index(self.upstream_root(manifest))
+        port = self.index(self.port_root(manifest))
+        self.say(f"indexing and checking {manifest.name}")
+        return Auditor(up, port).run(manifest)
+
+    @property
+    def parsed_files(self) -> list[str]:
+        return [p for ix in self._indexes.values() for p in ix.parsed_files]
+
+    @property
+    def loaded_files(self) -> list[str]:
+        return [p for ix in self._indexes.values() for p in ix.loaded_files]
