@@ -6,6 +6,7 @@ from functools import partial
 from torch import nn
 from transformers.utils import logging
 
+# Source: fla/models/modeling_layers.py:L8-L8 (fla 0.4.0)
 logger = logging.get_logger(__name__)
 
 

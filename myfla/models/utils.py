@@ -15,7 +15,7 @@ and keeps the same semantics.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from packaging import version
@@ -86,8 +86,8 @@ class FLALayer(CacheLayerMixin):
     def update(
         self,
         *,
-        recurrent_state: Optional[Union[torch.Tensor, Tuple[torch.Tensor, ...]]] = None,
-        attn_state: Optional[Tuple[torch.Tensor, ...]] = None,
+        recurrent_state: Optional[Union[torch.Tensor, tuple[torch.Tensor, ...]]] = None,
+        attn_state: Optional[tuple[torch.Tensor, ...]] = None,
         conv_state: Optional[Any] = None,
         ffn_state: Optional[Any] = None,
         cache_kwargs: Optional[Dict[str, Any]] = None,
@@ -175,7 +175,7 @@ class FLALayer(CacheLayerMixin):
         """
         return -1
 
-    def get_mask_sizes(self, cache_position: torch.Tensor) -> Tuple[int, int]:
+    def get_mask_sizes(self, cache_position: torch.Tensor) -> tuple[int, int]:
         return 0, 0
 
     def _map_state(self, fn) -> None:
@@ -234,10 +234,10 @@ class LegacyFLACache(HFCacheBase):
 
     def update(
         self,
-        recurrent_state: Optional[Tuple[torch.Tensor]] = None,
-        attn_state: Optional[Tuple[torch.Tensor]] = None,
-        conv_state: Optional[Tuple[torch.Tensor]] = None,
-        ffn_state: Optional[Tuple[torch.Tensor]] = None,
+        recurrent_state: Optional[tuple[torch.Tensor]] = None,
+        attn_state: Optional[tuple[torch.Tensor]] = None,
+        conv_state: Optional[tuple[torch.Tensor]] = None,
+        ffn_state: Optional[tuple[torch.Tensor]] = None,
         layer_idx: int = 0,
         offset: Optional[int] = 1,
         cache_kwargs: Optional[Dict[str, Any]] = None,
@@ -348,10 +348,10 @@ class FLACache(HFCacheBase):
 
     def update(
         self,
-        recurrent_state: Optional[Tuple[torch.Tensor]] = None,
-        attn_state: Optional[Tuple[torch.Tensor]] = None,
-        conv_state: Optional[Tuple[torch.Tensor]] = None,
-        ffn_state: Optional[Tuple[torch.Tensor]] = None,
+        recurrent_state: Optional[tuple[torch.Tensor]] = None,
+        attn_state: Optional[tuple[torch.Tensor]] = None,
+        conv_state: Optional[tuple[torch.Tensor]] = None,
+        ffn_state: Optional[tuple[torch.Tensor]] = None,
         layer_idx: int = 0,
         offset: Optional[int] = 1,
         cache_kwargs: Optional[Dict[str, Any]] = None,
@@ -393,7 +393,7 @@ class FLACache(HFCacheBase):
     def get_max_cache_shape(self, layer_idx: int = 0) -> int:
         return -1
 
-    def get_mask_sizes(self, cache_position: torch.Tensor, layer_idx: int) -> Tuple[int, int]:
+    def get_mask_sizes(self, cache_position: torch.Tensor, layer_idx: int) -> tuple[int, int]:
         """``(kv_length, kv_offset)`` = ``(layer's seen tokens + query length, 0)``.
 
         Deviation: transformers >= 5 passes the query length as an int where 4.x passed the
@@ -407,14 +407,14 @@ class FLACache(HFCacheBase):
             query_len = int(cache_position or 0)
         return int(self.get_seq_length(layer_idx)) + query_len, 0
 
-    def to_legacy_cache(self) -> Tuple[Dict[str, Any], ...]:
+    def to_legacy_cache(self) -> tuple[Dict[str, Any], ...]:
         return tuple(self[i] for i in range(len(self.layers)))
 
     @classmethod
     @torch.compiler.disable
     def from_legacy_cache(
         cls,
-        past_key_values: Optional[Tuple[Dict[str, Any], ...]] = None,
+        past_key_values: Optional[tuple[Dict[str, Any], ...]] = None,
         seen_tokens: int = 0,
         **kwargs,
     ) -> FLACache:

@@ -117,7 +117,13 @@ def flash_attn_func(
     window_size: Tuple[int, int] = (-1, -1),
     use_sdpa: bool = True,
 ) -> torch.Tensor:
-    """flash-attn's ``flash_attn_func``: q ``[B, Tq, Hq, D]``, k/v ``[B, Tk, Hk, D]`` -> ``[B, Tq, Hq, D]``."""
+    """flash-attn's ``flash_attn_func``: q ``[B, Tq, Hq, D]``, k/v ``[B, Tk, Hk, D]`` -> ``[B, Tq, Hq, D]``.
+
+    fla's attn.py imports it from the flash-attn package, or binds None (and Attention refuses to
+    build) without it; myfla binds this function in both cases.
+
+    Source: fla/layers/attn.py:L21-L28 (fla 0.4.0)
+    """
     B, Tq, Hq, D = q.shape
     Tk = k.shape[1]
     scale = D ** -0.5 if softmax_scale is None else softmax_scale

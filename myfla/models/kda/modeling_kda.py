@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from transformers.processing_utils import Unpack
 
 
+# Source: fla/models/kda/modeling_kda.py:L33-L33 (fla 0.4.0)
 logger = logging.get_logger(__name__)
 
 
@@ -40,7 +41,7 @@ class KDABlock(nn.Module):
     KimiDeltaAttention, or softmax :class:`Attention` for the layers in ``config.attn['layers']``.
     With ``fuse_norm`` the second norm also does the residual add (fla's RMSNorm ``prenorm``).
 
-    Source: fla/models/kda/modeling_kda.py:L35-L107 (fla 0.4.0)
+    Source: fla/models/kda/modeling_kda.py:L36-L108 (fla 0.4.0)
     """
 
     def __init__(self, config: KDAConfig, layer_idx: int):
@@ -120,7 +121,7 @@ class KDABlock(nn.Module):
 class KDAPreTrainedModel(PreTrainedModel):
     """Weight initialisation and the transformers plumbing shared by the KDA models.
 
-    Source: fla/models/kda/modeling_kda.py:L110-L171 (fla 0.4.0)
+    Source: fla/models/kda/modeling_kda.py:L111-L172 (fla 0.4.0)
     """
 
     config_class = KDAConfig
