@@ -16,7 +16,7 @@ width-4 short convolution. KDA: 6 heads of 128 for q, k and v (fla's expand_v 1;
 ``linear_num_heads=6, linear_head_dim=128``). GatedDeltaNet: 6 key and 6 value heads of 128 (fla's
 ``head_dim=128, expand_v=1``; Qwen3-Next's ``linear_num_key_heads=6, linear_key_head_dim=128,
 linear_num_value_heads=6, linear_value_head_dim=128``). Each pair comes out at the same parameter
-count (115.0M), printed with the results.
+count (KDA 115.0M, GatedDeltaNet 117.4M), printed with the results.
 
 transformers' modeling modules are imported before anything else, so their kernels resolve to the
 torch fallbacks (``chunk_kimi_delta_attention``, ``torch_chunk_gated_delta_rule`` and the recurrent
