@@ -29,6 +29,7 @@ except ImportError:
     transformers = None
     HFCacheBase = None
     GenerationMixin = None
+    deprecate_kwarg = None
 
 # Source: fla/models/utils.py:L15-L15 (fla 0.4.0)
 _TF_VERSION = transformers.__version__ if transformers is not None else None
@@ -430,101 +431,114 @@ class FLACache(HFCacheBase):
         return cache
 
 
-if GenerationMixin is not None:
-    class FLAGenerationMixin(GenerationMixin):
-        """``GenerationMixin`` whose ``prepare_inputs_for_generation`` feeds the models only what they
-        take: the new tokens (sliced by ``cache_position`` with transformers >= 4.56, else the last
-        one once the cache holds something), the 2-D padding mask as is (no 4-D causal mask is
-        built: the recurrent layers do not use one) and the cache.
+def _generation_kwarg_rename(fn):
+    """transformers' ``deprecate_kwarg("num_logits_to_keep", version="4.50", new_name="logits_to_keep")``,
+    as fla applies it; without transformers there is no generation to serve (the mixin refuses to
+    be built), so the method stays as written."""
+    if deprecate_kwarg is None:
+        return fn
+    return deprecate_kwarg("num_logits_to_keep", version="4.50", new_name="logits_to_keep")(fn)
 
-        Deviations, for transformers 5: ``generate`` must not start from transformers' own
-        ``DynamicCache`` (``_supports_default_dynamic_cache`` is False, as in fla 0.6.0); and newer
-        transformers 5 releases hand the cache over as ``cache`` (with ``next_sequence_length`` and
-        ``is_first_iteration``) instead of ``past_key_values``. fla 0.4.0's mixin drops it, so every
-        step re-runs the whole sequence without a cache; here it is read under either name, the new
-        tokens are sliced by ``next_sequence_length`` and ``inputs_embeds`` feed the first step only.
 
-        Source: fla/models/utils.py:L386-L463 (fla 0.4.0)
-        """
+class FLAGenerationMixin(GenerationMixin if GenerationMixin is not None else object):
+    """``GenerationMixin`` whose ``prepare_inputs_for_generation`` feeds the models only what they
+    take: the new tokens (sliced by ``cache_position`` with transformers >= 4.56, else the last
+    one once the cache holds something), the 2-D padding mask as is (no 4-D causal mask is
+    built: the recurrent layers do not use one) and the cache.
 
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
+    Deviations, for transformers 5: ``generate`` must not start from transformers' own
+    ``DynamicCache`` (``_supports_default_dynamic_cache`` is False, as in fla 0.6.0); and newer
+    transformers 5 releases hand the cache over as ``cache`` (with ``next_sequence_length`` and
+    ``is_first_iteration``) instead of ``past_key_values``. fla 0.4.0's mixin drops it, so every
+    step re-runs the whole sequence without a cache; here it is read under either name, the new
+    tokens are sliced by ``next_sequence_length`` and ``inputs_embeds`` feed the first step only.
 
-        @classmethod
-        def _supports_default_dynamic_cache(cls) -> bool:
-            # the layers read and write myfla's Cache (per-layer state dicts), never a DynamicCache
-            return False
+    It builds on ``transformers.generation.GenerationMixin``; without transformers, creating an
+    instance raises ImportError.
 
-        @deprecate_kwarg("num_logits_to_keep", version="4.50", new_name="logits_to_keep")
-        def prepare_inputs_for_generation(
-            self,
-            input_ids: torch.LongTensor = None,
-            past_key_values: Optional[HFCacheBase] = None,
-            attention_mask: Optional[torch.Tensor] = None,
-            inputs_embeds: Optional[torch.Tensor] = None,
-            use_cache: bool = True,
-            logits_to_keep: Optional[int] = None,
-            cache_position: Optional[torch.LongTensor] = None,
-            **kwargs
-        ):
-            # transformers 5 names the cache `cache` and says how many tokens are new
-            if past_key_values is None:
-                past_key_values = kwargs.pop("cache", None)
-            next_sequence_length = kwargs.pop("next_sequence_length", None)
-            is_first_iteration = kwargs.pop("is_first_iteration", None)
-            if _IS_TRANSFORMERS_4_56_PLUS:
-                model_inputs = {}
-                if past_key_values is not None:
-                    model_inputs["past_key_values"] = past_key_values
-                    if hasattr(self, '_cache_dependant_input_preparation') and cache_position is not None:
-                        inputs_embeds, input_ids = self._cache_dependant_input_preparation(
-                            input_ids, inputs_embeds, cache_position
-                        )
-                    elif cache_position is not None:
-                        # keep only the positions not yet in the cache
-                        if input_ids is not None and input_ids.shape[1] != cache_position.shape[0]:
-                            input_ids = input_ids[:, cache_position]
-                    elif next_sequence_length is not None:
-                        input_ids = input_ids[:, -next_sequence_length:] if input_ids is not None else None
-                    elif hasattr(past_key_values, '__len__') and len(past_key_values) > 0:
-                        input_ids = input_ids[:, -1:]
+    Source: fla/models/utils.py:L386-L463 (fla 0.4.0)
+    """
 
-                # inputs_embeds only on the step that covers all of them (the prompt)
-                if is_first_iteration is not None or next_sequence_length is not None:
-                    # transformers 5 flags the prompt step (and only that one)
-                    embeds_step = bool(is_first_iteration)
-                else:
-                    embeds_step = cache_position is None or len(cache_position) == getattr(inputs_embeds, 'shape', (0, 0))[1]
-                if inputs_embeds is not None and embeds_step:
-                    model_inputs['inputs_embeds'] = inputs_embeds
-                    model_inputs['input_ids'] = None
-                else:
-                    model_inputs['input_ids'] = input_ids.contiguous() if input_ids is not None else None
-                    model_inputs['inputs_embeds'] = None
+    def __init__(self, *args, **kwargs):
+        if GenerationMixin is None:
+            raise ImportError("FLAGenerationMixin needs transformers (its GenerationMixin): pip install transformers")
+        super().__init__(*args, **kwargs)
 
-                model_inputs['cache_position'] = cache_position
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # the layers read and write myfla's Cache (per-layer state dicts), never a DynamicCache
+        return False
 
-            else:
-                model_inputs = {}
-                # only the last token once the cache holds the prompt
-                if past_key_values is not None and hasattr(past_key_values, '__len__') and len(past_key_values) > 0:
+    @_generation_kwarg_rename
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor = None,
+        past_key_values: Optional[HFCacheBase] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        use_cache: bool = True,
+        logits_to_keep: Optional[int] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+        **kwargs
+    ):
+        # transformers 5 names the cache `cache` and says how many tokens are new
+        if past_key_values is None:
+            past_key_values = kwargs.pop("cache", None)
+        next_sequence_length = kwargs.pop("next_sequence_length", None)
+        is_first_iteration = kwargs.pop("is_first_iteration", None)
+        if _IS_TRANSFORMERS_4_56_PLUS:
+            model_inputs = {}
+            if past_key_values is not None:
+                model_inputs["past_key_values"] = past_key_values
+                if hasattr(self, '_cache_dependant_input_preparation') and cache_position is not None:
+                    inputs_embeds, input_ids = self._cache_dependant_input_preparation(
+                        input_ids, inputs_embeds, cache_position
+                    )
+                elif cache_position is not None:
+                    # keep only the positions not yet in the cache
+                    if input_ids is not None and input_ids.shape[1] != cache_position.shape[0]:
+                        input_ids = input_ids[:, cache_position]
+                elif next_sequence_length is not None:
+                    input_ids = input_ids[:, -next_sequence_length:] if input_ids is not None else None
+                elif hasattr(past_key_values, '__len__') and len(past_key_values) > 0:
                     input_ids = input_ids[:, -1:]
-                # inputs_embeds only on the first step
-                if inputs_embeds is not None and hasattr(past_key_values, '__len__') and len(past_key_values) == 0:
-                    model_inputs = {'inputs_embeds': inputs_embeds}
-                else:
-                    # contiguous: a static stride keeps torch.compile from recompiling
-                    model_inputs = {'input_ids': input_ids.contiguous()}
 
-            if logits_to_keep is not None:
-                model_inputs['logits_to_keep'] = logits_to_keep
+            # inputs_embeds only on the step that covers all of them (the prompt)
+            if is_first_iteration is not None or next_sequence_length is not None:
+                # transformers 5 flags the prompt step (and only that one)
+                embeds_step = bool(is_first_iteration)
+            else:
+                embeds_step = cache_position is None or len(cache_position) == getattr(inputs_embeds, 'shape', (0, 0))[1]
+            if inputs_embeds is not None and embeds_step:
+                model_inputs['inputs_embeds'] = inputs_embeds
+                model_inputs['input_ids'] = None
+            else:
+                model_inputs['input_ids'] = input_ids.contiguous() if input_ids is not None else None
+                model_inputs['inputs_embeds'] = None
 
-            model_inputs.update({
-                'past_key_values': past_key_values,
-                'use_cache': use_cache,
-                'attention_mask': attention_mask,
-            })
-            return model_inputs
+            model_inputs['cache_position'] = cache_position
+
+        else:
+            model_inputs = {}
+            # only the last token once the cache holds the prompt
+            if past_key_values is not None and hasattr(past_key_values, '__len__') and len(past_key_values) > 0:
+                input_ids = input_ids[:, -1:]
+            # inputs_embeds only on the first step
+            if inputs_embeds is not None and hasattr(past_key_values, '__len__') and len(past_key_values) == 0:
+                model_inputs = {'inputs_embeds': inputs_embeds}
+            else:
+                # contiguous: a static stride keeps torch.compile from recompiling
+                model_inputs = {'input_ids': input_ids.contiguous()}
+
+        if logits_to_keep is not None:
+            model_inputs['logits_to_keep'] = logits_to_keep
+
+        model_inputs.update({
+            'past_key_values': past_key_values,
+            'use_cache': use_cache,
+            'attention_mask': attention_mask,
+        })
+        return model_inputs
 
 
 if _USE_FLA_CACHE:
