@@ -316,3 +316,58 @@ def test_attention_after_a_recurrent_layer_decodes_at_the_right_positions(fla_gl
     mask[1, :3] = 0
     assert _continuation_gap(ref, "fla", x, mask, 8) > 1e-3
     assert _continuation_gap(mine, "myfla", x, mask, 8) < 1e-5
+
+
+@pytest.mark.parametrize("family,overrides", [("kda", {}), ("gated_deltanet", {}), ("kda", HYBRID)])
+def test_initialisation_is_fla_s(fla_ref, family, overrides):
+    """From the same seed, myfla's models initialise to exactly fla's weights (fla's _init_weights on
+    fla's own layer code), also under both prenorm_residual_strategy schemes."""
+    from functools import partial
+    FC, _, FL = family_classes(fla_ref, family)
+    MC, _, ML = family_classes(M, family)
+    for strategy in (None, "rescale", "zero"):
+        torch.manual_seed(5)
+        ref = FL(FC(**config_kwargs(family, **overrides)))
+        torch.manual_seed(5)
+        mine = ML(MC(**config_kwargs(family, **overrides)))
+        if strategy is not None:
+            torch.manual_seed(6)
+            ref.apply(partial(ref._init_weights, prenorm_residual_strategy=strategy, num_residuals_per_layer=3))
+            torch.manual_seed(6)
+            mine.apply(partial(mine._init_weights, prenorm_residual_strategy=strategy, num_residuals_per_layer=3))
+        for k, v in ref.state_dict().items():
+            assert torch.equal(mine.state_dict()[k], v), (strategy, k)
+
+
+@pytest.mark.parametrize("family,overrides", [("kda", {}), ("gated_deltanet", {}), ("kda", HYBRID)])
+def test_fp32_gradients_against_an_fp64_copy(fla_ref, family, overrides):
+    """myfla in fp32 against an fp64 copy of the same weights in fla's model code on fla's naive
+    references (training, 70 tokens, padded batch)."""
+    ref, mine = _pair(fla_ref, family, **overrides)
+    mine = mine.float().train()
+    ref.train()
+    ids, mask, labels = _batch(70, pad=9)
+    lr = ref(ids, attention_mask=mask, labels=labels).loss
+    lm = mine(ids, attention_mask=mask, labels=labels).loss
+    assert abs(lm.item() - lr.item()) < 1e-5 * abs(lr.item())
+    for (name, _), a, b in zip(mine.named_parameters(), torch.autograd.grad(lr, list(ref.parameters())),
+                               torch.autograd.grad(lm, list(mine.parameters()))):
+        assert_rms(name, a, b.double(), 1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_few_optimizer_steps_lower_the_loss(family):
+    MC, _, ML = family_classes(M, family)
+    torch.manual_seed(0)
+    model = ML(MC(**config_kwargs(family, fuse_cross_entropy=True))).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids, mask, labels = _batch(70, pad=9)
+    losses = []
+    for _ in range(6):
+        loss = model(ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0] - 0.5, losses
