@@ -170,3 +170,66 @@ def test_swiglu_linear_parallel_style():
     style = SwiGLULinearParallel()
     assert style.input_layouts == (Shard(-1),) and style.output_layouts == (Replicate(),)
     assert style.desired_input_layouts == (Shard(-1),) and style.use_local_output
+
+
+def _tensor_parallel_ce_worker(rank, world, port, queue):
+    import os
+    import torch.distributed as dist
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        logits, target = _tp_inputs()
+        cols = logits.shape[1] // world
+        part = logits[:, rank * cols:(rank + 1) * cols].clone().requires_grad_()
+        losses, _ = cross_entropy_loss(part, target, label_smoothing=0.1, lse_square_scale=1e-2,
+                                       process_group=dist.group.WORLD)
+        losses.sum().backward()
+        queue.put((rank, losses.detach().tolist(), part.grad.tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def _tp_inputs():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(5, 12, dtype=torch.float64, generator=g), torch.tensor([0, 7, -100, 11, 5])
+
+
+@pytest.mark.slow
+def test_fused_cross_entropy_tensor_parallel_over_two_processes():
+    """process_group: each of 2 ranks (gloo, CPU) holds half the classes; the per-row losses (with
+    smoothing and z-loss) and each rank's slice of the gradient equal the whole-vocabulary ones."""
+    import queue as queue_module
+    import socket
+    import time
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_tensor_parallel_ce_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results, deadline = [], time.monotonic() + 240
+    while len(results) < len(procs) and time.monotonic() < deadline:
+        try:
+            results.append(queue.get(timeout=1))
+        except queue_module.Empty:
+            if not any(p.is_alive() for p in procs) and queue.empty():
+                break
+    for p in procs:
+        p.join(timeout=60)
+    assert len(results) == len(procs), f"workers exited with {[p.exitcode for p in procs]}"
+    results.sort(key=lambda r: r[0])
+    logits, target = _tp_inputs()
+    logits.requires_grad_()
+    ref = _ref_ce(logits, target, 0.1, 1.0, 1e-2, reduction="none")
+    ref.sum().backward()
+    for _, losses, _ in results:
+        torch.testing.assert_close(torch.tensor(losses, dtype=torch.float64), ref.detach())
+    grad = torch.cat([torch.tensor(g, dtype=torch.float64) for _, _, g in results], 1)
+    torch.testing.assert_close(grad, logits.grad)
