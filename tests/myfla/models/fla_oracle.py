@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from portaudit.numerics import reference as R
+from portaudit.numerics.fla040 import reference as R
 from portaudit.numerics.upstream_code import load_function
 from tests.myfla.models.attention_reference import ref_flash_attn_func, ref_flash_attn_varlen_func
 

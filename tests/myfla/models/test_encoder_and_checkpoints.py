@@ -106,7 +106,7 @@ def test_ops_and_layers_do_not_need_transformers():
         "import myfla.models as M\n"
         "try:\n    M.KDAConfig\nexcept ImportError as e:\n    print('ImportError:', e)\n"
         "import torch\n"
-        "layer = myfla.layers.KimiDeltaAttention(hidden_size=32, head_dim=16, num_heads=2, layer_idx=0)\n"
+        "layer = myfla.layers.KimiDeltaAttention(hidden_size=32, head_dim=16, num_heads=2, layer_idx=0).eval()\n"
         "o, _, c = layer(torch.randn(1, 5, 32), past_key_values=Cache(), use_cache=True)\n"
         "print(tuple(o.shape), len(c))\n"
     )
