@@ -21,13 +21,19 @@ from einops import rearrange
 
 from myfla.layers.utils import pad_input, unpad_input
 from myfla.modules import RMSNorm, RotaryEmbedding
-from myfla.ops.flash_attn import flash_attn_func, flash_attn_varlen_func
+from myfla.ops import flash_attn as _torch_flash_attn
 from myfla.ops.utils.index import prepare_lens_from_mask
 
 if TYPE_CHECKING:
     from myfla.models.utils import Cache
 
 logger = logging.getLogger(__name__)
+
+# fla binds flash-attn's functions here (None without the package, and Attention then refuses to
+# build); myfla binds flash-attn's semantics in torch
+# Source: fla/layers/attn.py:L21-L28 (fla 0.4.0)
+flash_attn_func = _torch_flash_attn.flash_attn_func
+flash_attn_varlen_func = _torch_flash_attn.flash_attn_varlen_func
 
 __all__ = ['Attention', 'flash_attn_func', 'flash_attn_varlen_func']
 

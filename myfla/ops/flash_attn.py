@@ -119,10 +119,7 @@ def flash_attn_func(
 ) -> torch.Tensor:
     """flash-attn's ``flash_attn_func``: q ``[B, Tq, Hq, D]``, k/v ``[B, Tk, Hk, D]`` -> ``[B, Tq, Hq, D]``.
 
-    fla's attn.py imports it from the flash-attn package, or binds None (and Attention refuses to
-    build) without it; myfla binds this function in both cases.
-
-    Source: fla/layers/attn.py:L21-L28 (fla 0.4.0)
+    myfla.layers.attn binds it where fla's attn.py binds flash-attn's (or None).
     """
     B, Tq, Hq, D = q.shape
     Tk = k.shape[1]
