@@ -156,6 +156,17 @@ def run_case(name: str, family: str, overrides: dict, out: Path, device: torch.d
                                  min_new_tokens=args.new_tokens, do_sample=False)
             tensors["generate.tokens"] = gen[:, ids.shape[1]:].cpu()
             record["generate"] = "ok"
+            # fla 0.4.0's mixin can lose the prompt under transformers 5 (it slices the input to its
+            # last token when generate hands it a pre-built DynamicCache): say whether generate
+            # agrees with the greedy decode above (comparable only when that decode has no eos,
+            # which generate's min_new_tokens suppresses)
+            eos = model.config.eos_token_id
+            if eos is not None and bool((tensors["decode.tokens"] == eos).any()):
+                record["generate_vs_decode"] = "not comparable (eos in the greedy decode)"
+            elif torch.equal(tensors["generate.tokens"], tensors["decode.tokens"]):
+                record["generate_vs_decode"] = "equal"
+            else:
+                record["generate_vs_decode"] = "differs"
         except Exception as exc:
             record["generate"] = f"error: {type(exc).__name__}: {exc}"
 

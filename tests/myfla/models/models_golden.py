@@ -129,7 +129,10 @@ def check_case(directory: Path, name: str, record: dict) -> Dict[str, float]:
         ref_logits = torch.cat([t["decode.first_logits"][:, None], t["decode.step_logits"][:, :-1]], 1)
         mine = model.generate(ids, attention_mask=mask, max_new_tokens=ref_tokens.shape[1],
                               min_new_tokens=ref_tokens.shape[1], do_sample=False)[:, ids.shape[1]:]
-        if "generate.tokens" in t:
+        # fla's own generate only counts where it agreed with fla's greedy decode: under some
+        # transformers 5 releases fla 0.4.0's mixin loses the prompt (see manifests/models.yaml,
+        # FLAGenerationMixin); myfla's generate is held to the greedy decode below in any case
+        if "generate.tokens" in t and record.get("generate_vs_decode", "equal") == "equal":
             failures += [f"generate: {p}" for p in _greedy_mismatch(t["generate.tokens"], mine, ref_logits)]
         eos = model.config.eos_token_id
         if eos is None or not bool((ref_tokens == eos).any()):
