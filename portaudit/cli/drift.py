@@ -23,6 +23,10 @@ class DriftFormat(str, Enum):
     markdown = "markdown"
 
 
+_NOT_A_SIDE = ("'{spec}' is neither a local upstream tree (no such directory) nor pinned distributions; "
+               "pass a directory or NAME==VERSION[,NAME==VERSION...]")
+
+
 def _looks_like_path(spec: str) -> bool:
     return "==" not in spec or Path(spec).expanduser().exists()
 
@@ -36,8 +40,7 @@ def _side(spec: Optional[str], manifest, session, package: str, cache_dir):
         return root, list(manifest.upstream.distributions), None
     if _looks_like_path(spec):
         if not Path(spec).expanduser().is_dir():
-            raise UsageError(f"'{spec}' is neither a local upstream tree (no such directory) nor pinned "
-                             "distributions; pass a directory or NAME==VERSION[,NAME==VERSION...]")
+            raise UsageError(_NOT_A_SIDE.format(spec=spec))
         root = resolve_upstream(upstream_path=spec, package=package)
         return root, [], str(Path(spec).expanduser().resolve())
     dists = parse_distributions(spec)
@@ -83,8 +86,15 @@ def drift(
         from portaudit.drift.report import print_run, render_json, render_markdown
         from portaudit.static.manifest import load_manifest
         from portaudit.static.session import Session
-        from portaudit.static.upstream import locate_port_root
+        from portaudit.static.upstream import locate_port_root, parse_distributions
 
+        for spec in (from_, to):   # a bad pin or path is refused before anything is fetched
+            if spec is None:
+                continue
+            if not _looks_like_path(spec):
+                parse_distributions(spec)
+            elif not Path(spec).expanduser().is_dir():
+                raise UsageError(_NOT_A_SIDE.format(spec=spec))
         paths = default_manifests(manifest)
         manifests = [load_manifest(p) for p in paths]
         if write_manifest is not None and len(manifests) > 1 and write_manifest.suffix in (".yaml", ".yml"):

@@ -24,6 +24,7 @@ import yaml
 
 from portaudit.errors import UsageError
 from portaudit.static.index.model import KINDS
+from portaudit.static.requirements import RequirementError, parse_pinned
 
 ENTRY_KINDS = tuple(KINDS)
 
@@ -279,10 +280,15 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> M
         dists = [d for d in dists.split(",") if d.strip()]
     dists = [v.string(d, ("upstream", "distributions", i)).strip()
              for i, d in enumerate(v.seq(dists, ("upstream", "distributions")))]
+    seen_dists: dict[str, int] = {}
     for i, d in enumerate(dists):
-        name, sep, ver = d.partition("==")
-        if not sep or not name.strip() or not ver.strip():
-            v.fail(("upstream", "distributions", i), f"'{d}' is not pinned; write it as NAME==VERSION")
+        try:
+            req = parse_pinned(d)
+        except RequirementError as exc:
+            v.fail(("upstream", "distributions", i), str(exc))
+        if req.canonical_name in seen_dists:
+            v.fail(("upstream", "distributions", i), f"distribution '{req.name}' is named twice")
+        seen_dists[req.canonical_name] = i
     if not dists and not up.get("path"):
         v.fail(("upstream",), "name 'distributions' (pinned NAME==VERSION) or a local 'path'")
     upstream = Upstream(package=v.dotted(up["package"], ("upstream", "package")), distributions=dists,
