@@ -7,27 +7,30 @@ methods, autograd.Functions, nn.Modules, ``@triton.jit`` kernels, module constan
 signatures, decorators, 1-based line ranges (decorators included), docstrings, citations, body
 facts, and the names each definition uses (for the scaffold's closure), plus its imports so that
 re-exports through ``__init__.py`` chains and relative imports resolve. Nothing is imported or
-executed. Parse results are pickled under ``<cache>/index/`` keyed by the file's content hash.
+executed. Parse results are cached under ``<cache>/index/`` keyed by the file's content hash, as
+checked JSON (:mod:`.cache`): a cache entry is data, never code.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import pickle
 from pathlib import Path
 from typing import Callable, Optional
 
+from portaudit.errors import UsageError
+from portaudit.safe_io import make_private_dir, read_regular, replace_entry
+from portaudit.static.index import cache as index_cache
 from portaudit.static.index.model import ModuleInfo, Resolved
 
-INDEX_FORMAT = 5  # bump when the pickled shape (the classes in model.py) changes
+INDEX_FORMAT = 6  # bump when the cached shape (the classes in model.py) changes
 
 
 def _parser_key() -> str:
     """Cache entries are tied to the parser's own source, so a changed parser never reads stale data."""
     h = hashlib.sha256(str(INDEX_FORMAT).encode())
     here = Path(__file__).resolve().parent
-    for path in (here / "model.py", here / "tree.py", here / "parse.py", here.parent / "citations.py"):
+    for path in (here / "model.py", here / "tree.py", here / "parse.py", here / "cache.py",
+                 here.parent / "citations.py"):
         try:
             h.update(path.read_bytes())
         except OSError:
@@ -36,6 +39,13 @@ def _parser_key() -> str:
 
 
 _PARSER_KEY: Optional[str] = None
+
+
+def parser_key() -> str:
+    global _PARSER_KEY
+    if _PARSER_KEY is None:
+        _PARSER_KEY = _parser_key()
+    return _PARSER_KEY
 
 
 class TreeIndex:
@@ -70,26 +80,27 @@ class TreeIndex:
     def loaded_modules(self) -> list[ModuleInfo]:
         return [m for m in self._modules.values() if m is not None]
 
+    def cache_file(self, module: str, is_pkg: bool, sha: str) -> Optional[Path]:
+        """Where the parse of this content of this module is cached (None without a cache)."""
+        if self.cache_dir is None:
+            return None
+        key = hashlib.sha256(f"{parser_key()}:{module}:{is_pkg}:{sha}".encode()).hexdigest()
+        return self.cache_dir / key[:2] / f"{key}.json"
+
     def _load(self, module: str, path: Path) -> ModuleInfo:
         data = path.read_bytes()
         sha = hashlib.sha256(data).hexdigest()
         self.loaded_files.append(str(path))
         is_pkg = path.name == "__init__.py"
-        cache_file = None
-        if self.cache_dir is not None:
-            global _PARSER_KEY
-            if _PARSER_KEY is None:
-                _PARSER_KEY = _parser_key()
-            key = hashlib.sha256(f"{_PARSER_KEY}:{module}:{is_pkg}:{sha}".encode()).hexdigest()
-            cache_file = self.cache_dir / key[:2] / f"{key}.pkl"
-            if cache_file.is_file():
-                try:
-                    with open(cache_file, "rb") as fh:
-                        info = pickle.load(fh)
-                    info.path = str(path)
-                    return info
-                except Exception:  # a corrupt cache entry is rebuilt
-                    pass
+        cache_file = self.cache_file(module, is_pkg, sha)
+        if cache_file is not None:
+            try:
+                entry = read_regular(cache_file, index_cache.MAX_ENTRY_BYTES, "cache entry")
+                info = index_cache.decode(entry, parser_key(), module, sha)
+                info.path = str(path)
+                return info
+            except (UsageError, index_cache.CacheEntryError):
+                pass   # absent, or not what this version wrote for this file: parse again
         from portaudit.static.index.parse import parse_module_source  # libcst is imported only on a miss
 
         if self.on_parse is not None:
@@ -99,13 +110,10 @@ class TreeIndex:
         self.parsed_files.append(str(path))
         if cache_file is not None:
             try:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-                with open(tmp, "wb") as fh:
-                    pickle.dump(info, fh, protocol=pickle.HIGHEST_PROTOCOL)
-                os.replace(tmp, cache_file)
-            except OSError:
-                pass
+                make_private_dir(cache_file.parent)
+                replace_entry(cache_file, index_cache.encode(info, parser_key()))
+            except (OSError, ValueError):
+                pass   # a read-only or full cache only costs the next run a parse
         return info
 
     # -- symbols -------------------------------------------------------------------------
