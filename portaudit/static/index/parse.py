@@ -10,6 +10,7 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from portaudit.static.citations import parse_citations
+from portaudit.static.source import split_lines
 from portaudit.static.index.model import (AUTOGRAD, CLASS, CONSTANT, FUNCTION, KERNEL, KEYWORD_ONLY, METHOD,
                                           NN_MODULE, POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD,
                                           VAR_POSITIONAL, BodyFacts, Definition, ImportRef, ModuleInfo, Param)
@@ -179,7 +180,7 @@ def _collect_uses(nodes: Sequence[cst.CSTNode], bound: Sequence[str] = ()) -> li
 class _ModuleParser:
     def __init__(self, source: str, module: str, path: str, sha: str, is_package: bool):
         self.source = source
-        self.lines = source.splitlines()
+        self.lines = split_lines(source)
         self.tree = cst.parse_module(source)
         self.wrapper = MetadataWrapper(self.tree, unsafe_skip_copy=True)
         self.pos = self.wrapper.resolve(PositionProvider)

@@ -21,6 +21,7 @@ from portaudit.errors import UsageError
 from portaudit.safe_io import make_private_dir, read_regular, replace_entry
 from portaudit.static.index import cache as index_cache
 from portaudit.static.index.model import ModuleInfo, Resolved
+from portaudit.static.source import MAX_SOURCE_BYTES, decode_source
 
 INDEX_FORMAT = 6  # bump when the cached shape (the classes in model.py) changes
 
@@ -30,7 +31,7 @@ def _parser_key() -> str:
     h = hashlib.sha256(str(INDEX_FORMAT).encode())
     here = Path(__file__).resolve().parent
     for path in (here / "model.py", here / "tree.py", here / "parse.py", here / "cache.py",
-                 here.parent / "citations.py"):
+                 here.parent / "citations.py", here.parent / "source.py"):
         try:
             h.update(path.read_bytes())
         except OSError:
@@ -88,7 +89,7 @@ class TreeIndex:
         return self.cache_dir / key[:2] / f"{key}.json"
 
     def _load(self, module: str, path: Path) -> ModuleInfo:
-        data = path.read_bytes()
+        data = read_regular(path, MAX_SOURCE_BYTES, "source file")
         sha = hashlib.sha256(data).hexdigest()
         self.loaded_files.append(str(path))
         is_pkg = path.name == "__init__.py"
@@ -106,7 +107,7 @@ class TreeIndex:
         if self.on_parse is not None:
             self.on_parse(f"parsing {self.relpath(str(path))}")
 
-        info = parse_module_source(data.decode("utf-8"), module, str(path), sha, is_pkg)
+        info = parse_module_source(decode_source(data, str(path)).text, module, str(path), sha, is_pkg)
         self.parsed_files.append(str(path))
         if cache_file is not None:
             try:
