@@ -19,6 +19,7 @@ from rich.console import Console
 from typing_extensions import Annotated
 
 from portaudit.errors import EXIT_UPSTREAM, EXIT_USAGE, PortauditError, UsageError
+from portaudit.safe_io import same_file, write_file
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120)
 err_console = Console(stderr=True, highlight=False)
@@ -46,7 +47,9 @@ def default_manifests(paths: Optional[List[Path]]) -> List[Path]:
             paths = [Path("manifests")]
         else:
             raise UsageError("no manifest given and no ./manifests/ directory; pass --manifest FILE")
-    return discover_manifests(list(paths))
+    found = discover_manifests(list(paths))
+    register_inputs(*found)
+    return found
 
 
 class ProgressDisplay:
@@ -73,6 +76,7 @@ class ProgressDisplay:
 
 @contextlib.contextmanager
 def cli_errors(progress: Optional[ProgressDisplay] = None) -> Iterator[None]:
+    _INPUTS.clear()   # one command per process, but tests run many in one
     try:
         yield
     except PortauditError as exc:
@@ -97,21 +101,29 @@ def cli_errors(progress: Optional[ProgressDisplay] = None) -> Iterator[None]:
             progress.stop()
 
 
+# Files this command reads (manifests, baselines): a report written with -o never replaces one.
+_INPUTS: List[Path] = []
+
+
+def register_inputs(*paths: Path) -> None:
+    _INPUTS.extend(Path(p) for p in paths)
+
+
 def write_output(text: str, output: Optional[Path]) -> None:
-    """Write atomically to ``output``, or to stdout."""
+    """Write to stdout, or to ``output`` with :func:`portaudit.safe_io.write_file`: atomically,
+    through a symbolic link, keeping the file's mode, and never onto a device, a FIFO, a directory
+    or a file this command reads."""
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(output.name + f".{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, output)
-    except OSError as exc:
-        raise UsageError(f"cannot write {output}: {exc}")
+    for inp in _INPUTS:
+        if same_file(output, inp):
+            raise UsageError(f"{output}: refusing to write the report over {inp}, which this command reads; "
+                             "name another file")
+    write_file(output, text, what="report")
 
 
 __all__ = ["console", "err_console", "ManifestOpt", "UpstreamPathOpt", "PortPathOpt", "CacheDirOpt",
-           "NoProgressOpt", "default_manifests", "ProgressDisplay", "cli_errors", "write_output",
+           "NoProgressOpt", "default_manifests", "ProgressDisplay", "cli_errors", "write_output", "register_inputs",
            "EXIT_USAGE"]

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from portaudit.errors import UsageError
+from portaudit.safe_io import write_file
 from portaudit.static.findings import BASELINE, OPEN
 from portaudit.static.results import ManifestResult
 
@@ -147,8 +147,5 @@ def write_baseline(result: ManifestResult, location: Path, force: bool = False) 
             "passed": result.passed, "total": result.total,
             "accepted": keys}
     path = baseline_path(location, result.manifest.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_file(path, json.dumps(data, indent=1) + "\n", what="baseline")
     return path, notes
