@@ -13,6 +13,7 @@ from portaudit.cli.common import (CacheDirOpt, NoProgressOpt, ProgressDisplay, U
                                   err_console, write_output)
 from portaudit.errors import UsageError
 from portaudit.static.index.tree import TreeIndex
+from portaudit.static.manifest import manifest_name_problem
 from portaudit.static.scaffold import closure, group_stages, render_manifest
 from portaudit.static.upstream import default_cache_dir, parse_distributions, resolve_upstream
 
@@ -37,6 +38,8 @@ def scaffold(
     """Compute the symbol-level static closure of the entries and write it as a manifest."""
     progress = ProgressDisplay(enabled=not no_progress)
     with cli_errors(progress):
+        if name is not None and manifest_name_problem(name):
+            raise UsageError(f"--name '{name}' {manifest_name_problem(name)}")
         pkg = package or entry[0].split(".")[0]
         dists = parse_distributions(",".join(upstream)) if upstream else []
         if not dists and upstream_path is None:

@@ -24,6 +24,7 @@ from typing import Optional
 from portaudit.errors import UsageError
 from portaudit.safe_io import write_file
 from portaudit.static.findings import BASELINE, OPEN
+from portaudit.static.manifest import manifest_name_problem
 from portaudit.static.results import ManifestResult
 
 SCHEMA = "portaudit.baseline/1"
@@ -76,6 +77,8 @@ def baseline_path(location: Path, manifest_name: str) -> Path:
     location = Path(location)
     if location.suffix == ".json":
         return location
+    if manifest_name_problem(manifest_name):   # the loader refuses such names; never build a path from one
+        raise UsageError(f"manifest name '{manifest_name}' {manifest_name_problem(manifest_name)}")
     return location / f"{manifest_name}.json"
 
 

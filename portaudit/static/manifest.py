@@ -16,6 +16,7 @@ disable a check. See docs/codes.md for the schema and the finding codes.
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -245,6 +246,18 @@ class _Validator:
         return s
 
 
+# The name is a file name (manifests/baseline/<name>.json): one plain path component.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def manifest_name_problem(name: str) -> Optional[str]:
+    """Why ``name`` cannot name a manifest (None when it can)."""
+    if not NAME_RE.fullmatch(name):
+        return ("must be 1-100 characters from A-Z a-z 0-9 . _ - starting with a letter or digit "
+                "(it names the baseline file)")
+    return None
+
+
 def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> Manifest:
     from portaudit.static.findings import CODES
 
@@ -369,7 +382,16 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> M
                 v.fail(tp + ("rtol",), "expected a positive number (the RMS-ratio tolerance)")
             v.string(t["reason"], tp + ("reason",))
             tolerances.append(dict(t))
-    name = v.opt_string(top, "name", ()) or path.stem
+    name = v.opt_string(top, "name", ())
+    if name is not None:
+        problem = manifest_name_problem(name)
+        if problem:
+            v.fail(("name",), problem)
+    else:
+        name = path.stem
+        if manifest_name_problem(name):
+            v.fail((), f"the file name gives the manifest name '{name}', which {manifest_name_problem(name)}; "
+                   "add a 'name:' key")
     return Manifest(path=path, name=name, upstream=upstream, port=port, stages=stages, waivers=waivers,
                     deviations=deviations, description=v.opt_string(top, "description", ()),
                     entry_points=entry_points, tolerances=tolerances)
