@@ -134,10 +134,10 @@ def drift(
         if write_manifest is not None:
             for m, md in zip(manifests, run.manifests):
                 new = sides_memo[m.name][1]
-                text = render_updated_manifest(m, md, new.distributions, new.version, new.label,
-                                               sides_memo[m.name][2])
                 target = write_manifest / m.path.name if len(manifests) > 1 or write_manifest.is_dir() \
                     else write_manifest
+                text = render_updated_manifest(m, md, new.distributions, new.version, new.label,
+                                               sides_memo[m.name][2], target_dir=target.parent)
                 write_updated_manifest(text, target, m.path)
                 err_console.print(f"wrote {target} (updated {m.name} for {new.label})", markup=False)
         if fmt == DriftFormat.text and output is None:

@@ -113,6 +113,9 @@ class Manifest:
     entry_points: list[str] = field(default_factory=list)
     # ``numerics.tolerances`` overrides, validated here and applied by `portaudit invariants`.
     tolerances: list[dict] = field(default_factory=list)
+    # The whole ``numerics`` section as loaded (cases, implementation, tolerances), so tools that
+    # rewrite the manifest (drift --write-manifest) carry it over unchanged.
+    numerics: dict = field(default_factory=dict)
 
     @property
     def entries(self) -> list[Entry]:
@@ -258,18 +261,21 @@ def manifest_name_problem(name: str) -> Optional[str]:
     return None
 
 
-def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> Manifest:
+def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None, text: Optional[str] = None) -> Manifest:
+    """Load and validate the manifest at ``path`` (or ``text``, as if it were that file's content:
+    relative paths in it are taken relative to ``path``'s folder)."""
     from portaudit.static.findings import CODES
 
     known = known_codes if known_codes is not None else set(CODES)
     path = Path(path)
     file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{file}: manifest file not found; pass --manifest PATH to an existing YAML file")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{file}: cannot read the manifest: {exc}")
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"{file}: manifest file not found; pass --manifest PATH to an existing YAML file")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{file}: cannot read the manifest: {exc}")
     try:
         data = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -394,7 +400,8 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> M
                    "add a 'name:' key")
     return Manifest(path=path, name=name, upstream=upstream, port=port, stages=stages, waivers=waivers,
                     deviations=deviations, description=v.opt_string(top, "description", ()),
-                    entry_points=entry_points, tolerances=tolerances)
+                    entry_points=entry_points, tolerances=tolerances,
+                    numerics=dict(top["numerics"]) if isinstance(top.get("numerics"), dict) else {})
 
 
 def discover_manifests(paths: list[str | Path]) -> list[Path]:
