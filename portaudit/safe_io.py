@@ -177,6 +177,16 @@ def replace_entry(path: PathLike, data: bytes) -> None:
                 pass
 
 
+def resolved(path: PathLike, what: str = "path") -> Path:
+    """``Path(path).resolve()``, with a link loop (RuntimeError before Python 3.13) or an
+    unreadable component as one UsageError line."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "a symbolic link loop"
+        raise UsageError(f"{os.fspath(path)}: cannot resolve the {what}: {reason}") from None
+
+
 def same_file(a: PathLike, b: PathLike) -> bool:
     """Whether two paths name the same existing file (links followed)."""
     try:

@@ -15,6 +15,7 @@ from typing_extensions import Annotated
 from portaudit.cli.common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
                                   cli_errors, console, default_manifests, err_console, write_output)
 from portaudit.errors import EXIT_FINDINGS, EXIT_OK, UsageError
+from portaudit.safe_io import resolved
 
 
 class DriftFormat(str, Enum):
@@ -42,7 +43,7 @@ def _side(spec: Optional[str], manifest, session, package: str, cache_dir):
         if not Path(spec).expanduser().is_dir():
             raise UsageError(_NOT_A_SIDE.format(spec=spec))
         root = resolve_upstream(upstream_path=spec, package=package)
-        return root, [], str(Path(spec).expanduser().resolve())
+        return root, [], str(resolved(spec, "upstream tree"))
     dists = parse_distributions(spec)
     root = resolve_upstream(distributions=dists, package=package, cache_dir=session.cache_dir,
                             progress=session.progress)

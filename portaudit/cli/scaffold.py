@@ -12,6 +12,7 @@ from typing_extensions import Annotated
 from portaudit.cli.common import (CacheDirOpt, NoProgressOpt, ProgressDisplay, UpstreamPathOpt, cli_errors,
                                   err_console, write_output)
 from portaudit.errors import UsageError
+from portaudit.safe_io import resolved
 from portaudit.static.index.tree import TreeIndex
 from portaudit.static.manifest import manifest_name_problem
 from portaudit.static.scaffold import closure, group_stages, render_manifest
@@ -59,8 +60,8 @@ def scaffold(
         progress.stop()
         up_path = None
         if upstream_path is not None and not dists:
-            base = (output.parent if output is not None else Path.cwd()).resolve()
-            up_path = os.path.relpath(Path(upstream_path).resolve(), base)
+            base = resolved(output.parent if output is not None else Path.cwd(), "output folder")
+            up_path = os.path.relpath(resolved(upstream_path, "upstream path"), base)
         text = render_manifest(stages, pkg, dists, port_package, entry, name, up_path)
         write_output(text, output)
         if output is not None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from portaudit.errors import UsageError
-from portaudit.safe_io import write_file
+from portaudit.safe_io import read_regular, write_file
 from portaudit.static.findings import BASELINE, OPEN
 from portaudit.static.manifest import manifest_name_problem
 from portaudit.static.results import ManifestResult
@@ -30,6 +30,7 @@ from portaudit.static.results import ManifestResult
 SCHEMA = "portaudit.baseline/1"
 MISSING_CODES = ("PA101", "PA102", "PA105")
 EPS = 1e-9
+MAX_BASELINE_BYTES = 16 << 20
 
 
 @dataclass
@@ -87,7 +88,7 @@ def load_baseline(location: Path, manifest_name: str) -> Baseline:
     if not path.is_file():
         return Baseline(manifest_name, path=path, exists=False)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path, MAX_BASELINE_BYTES, "baseline").decode("utf-8"))
         if data.get("schema") != SCHEMA:
             raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
         return Baseline(manifest=data.get("manifest", manifest_name),

@@ -1,7 +1,7 @@
 """The manifest: a YAML contract naming the upstream, the port and every symbol to port.
 
-Loaded with ``yaml.safe_load`` for values and ``yaml.compose`` for positions, so every validation
-error names ``file:line:col`` and the key. Unknown keys are errors: a typo must never silently
+Read with :mod:`.yaml_loader` (bounded size and alias expansion, no duplicate keys), which keeps
+the node graph for positions, so every validation error names ``file:line:col`` and the key. Unknown keys are errors: a typo must never silently
 disable a check. See docs/codes.md for the schema and the finding codes.
 
     upstream:   {package: fla, distributions: [fla-core==0.4.0, ...], version: "0.4.0"}
@@ -26,6 +26,7 @@ import yaml
 from portaudit.errors import UsageError
 from portaudit.static.index.model import KINDS
 from portaudit.static.requirements import RequirementError, parse_pinned
+from portaudit.static.yaml_loader import load_yaml_file, parse_yaml
 
 ENTRY_KINDS = tuple(KINDS)
 
@@ -155,12 +156,14 @@ class Manifest:
 # loading and validation
 
 class _Positions:
-    """Maps a key path (tuple of str/int) to the YAML position of its value (and key)."""
+    """Maps a key path (tuple of str/int) to the YAML position of its value (and key), and to the
+    source text of scalar values (so '0.40' stays '0.40' where a string is expected)."""
 
     def __init__(self, file: str, node: Any):
         self.file = file
         self.values: dict[tuple, Loc] = {}
         self.keys: dict[tuple, Loc] = {}
+        self.raw: dict[tuple, str] = {}
         if node is not None:
             self._walk(node, ())
 
@@ -168,15 +171,20 @@ class _Positions:
         return Loc(self.file, mark.line + 1, mark.column + 1)
 
     def _walk(self, node, path: tuple) -> None:
-        self.values[path] = self._loc(node.start_mark)
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                key = k.value
-                self.keys[path + (key,)] = self._loc(k.start_mark)
-                self._walk(v, path + (key,))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                self._walk(v, path + (i,))
+        # iterative: the node graph was measured by yaml_loader (bounded size and depth)
+        todo = [(node, path)]
+        while todo:
+            node, path = todo.pop()
+            self.values[path] = self._loc(node.start_mark)
+            if isinstance(node, yaml.ScalarNode):
+                self.raw[path] = node.value
+            elif isinstance(node, yaml.MappingNode):
+                for k, v in node.value:
+                    key = k.value if isinstance(k, yaml.ScalarNode) else repr(k.value)
+                    self.keys[path + (key,)] = self._loc(k.start_mark)
+                    todo.append((v, path + (key,)))
+            elif isinstance(node, yaml.SequenceNode):
+                todo.extend((v, path + (i,)) for i, v in enumerate(node.value))
 
     def at(self, path: tuple, key: bool = False) -> Loc:
         table = self.keys if key else self.values
@@ -221,12 +229,18 @@ class _Validator:
         return value
 
     def string(self, value: Any, path: tuple, allow_empty: bool = False) -> str:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            self.fail(path, f"expected a string, got {type(value).__name__}")
-        s = str(value)
-        if not allow_empty and not s.strip():
+        if not isinstance(value, str):
+            # YAML 1.1 reads `version: 0.40` as 0.4, `id: 010` as 8, `title: on` as True: where a
+            # string is expected, take what was written
+            raw = self.pos.raw.get(tuple(path))
+            if value is None or isinstance(value, (list, dict)) or raw is None:
+                self.fail(path, f"expected a string, got {'nothing' if value is None else type(value).__name__}")
+            value = raw
+        if not allow_empty and not value.strip():
             self.fail(path, "must not be empty")
-        return s
+        if "\0" in value:
+            self.fail(path, "contains a NUL character")
+        return value
 
     def opt_string(self, d: dict, key: str, path: tuple, allow_empty: bool = False) -> Optional[str]:
         if key not in d or d[key] is None:
@@ -269,22 +283,11 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None, text
     known = known_codes if known_codes is not None else set(CODES)
     path = Path(path)
     file = str(path)
-    if text is None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise UsageError(f"{file}: manifest file not found; pass --manifest PATH to an existing YAML file")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{file}: cannot read the manifest: {exc}")
-    try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UsageError(f"{where}: invalid YAML: {problem}")
-    v = _Validator(file, _Positions(file, node), known)
+    if text is None and not path.exists() and not path.is_symlink():
+        raise UsageError(f"{file}: manifest file not found; pass --manifest PATH to an existing YAML file")
+    doc = load_yaml_file(path) if text is None else parse_yaml(text, file)
+    data = doc.data
+    v = _Validator(file, _Positions(file, doc.node), known)
     if data is None:
         v.fail((), "the manifest is empty; it needs 'upstream', 'port' and 'stages'")
     top = v.mapping(data, (), {"name": False, "description": False, "upstream": True, "port": True,

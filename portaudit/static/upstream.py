@@ -28,6 +28,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from portaudit.errors import UpstreamError, UsageError
+from portaudit.safe_io import resolved
 from portaudit.static.requirements import PinnedRequirement, RequirementError, parse_pinned_list
 
 if TYPE_CHECKING:
@@ -246,12 +247,12 @@ def iter_python_files(root: Path, package: str) -> Iterable[Path]:
 def locate_port_root(manifest: Manifest, override: Optional[str | Path] = None) -> Optional[Path]:
     """The directory holding the manifest's port package, found without importing the port."""
     if override is not None:
-        p = Path(override).expanduser().resolve()
+        p = resolved(override, "port path")
         if (p / "__init__.py").is_file() and p.name == manifest.port.package.split(".")[0]:
             return p.parent
         return p
     if manifest.port.path:
-        return (manifest.path.parent / manifest.port.path).resolve()
+        return resolved(manifest.path.parent / manifest.port.path, "port path")
     import importlib.util
 
     top = manifest.port.package.split(".")[0]

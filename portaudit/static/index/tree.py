@@ -13,15 +13,18 @@ checked JSON (:mod:`.cache`): a cache entry is data, never code.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 from pathlib import Path
 from typing import Callable, Optional
 
 from portaudit.errors import UsageError
-from portaudit.safe_io import make_private_dir, read_regular, replace_entry
+from portaudit.safe_io import describe_mode, make_private_dir, read_regular, replace_entry
 from portaudit.static.index import cache as index_cache
 from portaudit.static.index.model import ModuleInfo, Resolved
-from portaudit.static.source import MAX_SOURCE_BYTES, decode_source
+from portaudit.static.source import MAX_SOURCE_BYTES
 
 INDEX_FORMAT = 6  # bump when the cached shape (the classes in model.py) changes
 
@@ -49,6 +52,24 @@ def parser_key() -> str:
     return _PARSER_KEY
 
 
+def _is_source_file(path: Path) -> bool:
+    """Whether a module file is there. A link loop, an unreadable folder or a FIFO/device where a
+    module belongs is a UsageError naming it (it is not silently "missing")."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return False
+        raise UsageError(f"{path}: cannot read the module: {exc.strerror or exc}") from None
+    if stat.S_ISREG(st.st_mode):
+        return True
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    raise UsageError(f"{path}: the module is {describe_mode(st.st_mode)}, not a regular file")
+
+
 class TreeIndex:
     """Lazily parsed index of one tree; ``root`` contains the top-level package folder(s)."""
 
@@ -64,10 +85,9 @@ class TreeIndex:
     # -- modules -------------------------------------------------------------------------
     def module_path(self, module: str) -> Optional[Path]:
         base = self.root.joinpath(*module.split("."))
-        if base.with_suffix(".py").is_file():
-            return base.with_suffix(".py")
-        if (base / "__init__.py").is_file():
-            return base / "__init__.py"
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if _is_source_file(candidate):
+                return candidate
         return None
 
     def module(self, module: str) -> Optional[ModuleInfo]:
@@ -102,12 +122,12 @@ class TreeIndex:
                 return info
             except (UsageError, index_cache.CacheEntryError):
                 pass   # absent, or not what this version wrote for this file: parse again
-        from portaudit.static.index.parse import parse_module_source  # libcst is imported only on a miss
+        from portaudit.static.index.parse import parse_module_bytes  # libcst is imported only on a miss
 
         if self.on_parse is not None:
             self.on_parse(f"parsing {self.relpath(str(path))}")
 
-        info = parse_module_source(decode_source(data, str(path)).text, module, str(path), sha, is_pkg)
+        info = parse_module_bytes(data, module, str(path), sha, is_pkg)
         self.parsed_files.append(str(path))
         if cache_file is not None:
             try:
