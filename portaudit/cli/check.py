@@ -57,6 +57,9 @@ def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], por
             raise UsageError("--update-baseline needs --baseline DIR (e.g. manifests/baseline)")
         paths = default_manifests(manifest)
         manifests = [load_manifest(p) for p in paths]
+        if baseline is not None and baseline.suffix == ".json" and len(manifests) > 1:
+            raise UsageError(f"--baseline {baseline} is one baseline file but {len(manifests)} manifests are "
+                             "checked; pass a directory (one <name>.json per manifest)")
         names = [m.name for m in manifests]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

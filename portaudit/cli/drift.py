@@ -85,10 +85,13 @@ def drift(
         from portaudit.drift.engine import Release, release_version, run_drift
         from portaudit.drift.manifest_writer import render_updated_manifest, write_updated_manifest
         from portaudit.drift.report import print_run, render_json, render_markdown
-        from portaudit.static.manifest import load_manifest
+        from portaudit.static.manifest import is_dotted_name, load_manifest
         from portaudit.static.session import Session
         from portaudit.static.upstream import locate_port_root, parse_distributions
 
+        for e in entry or []:
+            if not is_dotted_name(e):
+                raise UsageError(f"--entry '{e}' is not a dotted Python name")
         for spec in (from_, to):   # a bad pin or path is refused before anything is fetched
             if spec is None:
                 continue

@@ -16,6 +16,8 @@ disable a check. See docs/codes.md for the schema and the finding codes.
 from __future__ import annotations
 
 import fnmatch
+import keyword
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,13 +256,40 @@ class _Validator:
             self.fail(path, f"expected a list, got {type(value).__name__}")
         return value
 
-    def dotted(self, value: Any, path: tuple) -> str:
+    def dotted(self, value: Any, path: tuple, pattern: bool = False) -> str:
+        """A dotted Python name; with ``pattern``, fnmatch wildcards are allowed too (waivers)."""
         s = self.string(value, path)
-        if not all(part.isidentifier() for part in s.split(".")):
-            if "*" in s:
-                return s
-            self.fail(path, f"'{s}' is not a dotted Python name")
+        parts = s.split(".")
+        if pattern and any(c in s for c in "*?["):
+            if not all(p and all(ch.isalnum() or ch in "_*?[]!-" for ch in p) for p in parts):
+                self.fail(path, f"'{s}' is not a dotted name pattern")
+            return s
+        if not is_dotted_name(s):
+            hint = " (wildcards are allowed only in waivers)" if any(c in s for c in "*?[") else ""
+            self.fail(path, f"'{s}' is not a dotted Python name{hint}")
         return s
+
+
+def is_dotted_name(text: str) -> bool:
+    """``pkg.mod.Name``: identifiers that are not keywords, joined by dots."""
+    return bool(text) and all(p.isidentifier() and not keyword.iskeyword(p) for p in text.split("."))
+
+
+def _broad_waiver(symbol: str, code: str, known: set[str], package: str) -> Optional[str]:
+    """Why a waiver would silence far more than one symbol's findings (None when it does not).
+
+    A symbol pattern with a wildcard in its first part matches every package; a pattern that is
+    the package followed only by wildcards (``fla.*``) with a code pattern matching every code
+    waives the whole manifest."""
+    parts = symbol.split(".")
+    if any(c in parts[0] for c in "*?["):
+        return (f"the waiver symbol '{symbol}' is not anchored to a package, so it would waive findings of "
+                f"every symbol; start it with the upstream package (e.g. '{package}.utils.*')")
+    all_codes = bool(known) and all(fnmatch.fnmatchcase(c, code) for c in known)
+    if all_codes and len(parts) > 1 and all(p and set(p) <= set("*?") for p in parts[1:]):
+        return (f"the waiver {{symbol: '{symbol}', code: '{code}'}} waives every finding of the package; "
+                "name the symbols or the codes it is for")
+    return None
 
 
 # The name is a file name (manifests/baseline/<name>.json): one plain path component.
@@ -346,13 +375,17 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None, text
                 if kind is not None and kind not in ENTRY_KINDS:
                     v.fail(ep + ("kind",), f"unknown kind '{kind}'; one of {', '.join(ENTRY_KINDS)}")
                 entry = Entry(symbol=v.dotted(item["symbol"], ep + ("symbol",)), stage_id=sid, kind=kind,
-                              port=(v.dotted(item["port"], ep + ("port",)) if item.get("port") else None),
+                              port=(v.dotted(item["port"], ep + ("port",)) if item.get("port") is not None
+                                    else None),
                               note=v.opt_string(item, "note", ep), loc=v.pos.at(ep))
             else:
                 entry = Entry(symbol=v.dotted(item, ep), stage_id=sid, loc=v.pos.at(ep))
             stage.entries.append(entry)
         stages.append(stage)
 
+    if not any(s.entries for s in stages):
+        v.fail(("stages",), "the manifest lists no symbols; a manifest with nothing to check would always "
+               "pass (100% of 0)")
     waivers = []
     for wi, w in enumerate(v.seq(top.get("waivers"), ("waivers",))):
         wp = ("waivers", wi)
@@ -360,8 +393,12 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None, text
         code = v.string(w["code"], wp + ("code",))
         if not any(fnmatch.fnmatchcase(c, code) for c in known):
             v.fail(wp + ("code",), f"unknown finding code '{code}'; see docs/codes.md")
+        symbol = v.dotted(w["symbol"], wp + ("symbol",), pattern=True)
+        problem = _broad_waiver(symbol, code, known, upstream.package)
+        if problem:
+            v.fail(wp, problem)
         reason = w.get("reason")
-        waivers.append(Waiver(symbol=v.dotted(w["symbol"], wp + ("symbol",)), code=code,
+        waivers.append(Waiver(symbol=symbol, code=code,
                               reason="" if reason is None else v.string(reason, wp + ("reason",), True),
                               loc=v.pos.at(wp)))
     deviations = []
@@ -374,6 +411,9 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None, text
                                     loc=v.pos.at(dp)))
     entry_points = [v.dotted(e, ("entry_points", i))
                     for i, e in enumerate(v.seq(top.get("entry_points"), ("entry_points",)))]
+    for i, e in enumerate(entry_points):
+        if e in entry_points[:i]:
+            v.fail(("entry_points", i), f"'{e}' is listed twice")
     tolerances = []
     if top.get("numerics") is not None:
         # `cases` (the case registry) and `implementation` (how the port is called) are validated
@@ -387,8 +427,13 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None, text
         for ti, t in enumerate(v.seq(num.get("tolerances"), ("numerics", "tolerances"))):
             tp = ("numerics", "tolerances", ti)
             t = v.mapping(t, tp, {"op": True, "output": False, "dtype": False, "rtol": True, "reason": True})
-            if isinstance(t["rtol"], bool) or not isinstance(t["rtol"], (int, float)) or t["rtol"] <= 0:
-                v.fail(tp + ("rtol",), "expected a positive number (the RMS-ratio tolerance)")
+            rtol = t["rtol"]
+            if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not math.isfinite(rtol) or rtol <= 0:
+                v.fail(tp + ("rtol",), f"expected a finite positive number (the RMS-ratio tolerance), got "
+                       f"{v.pos.raw.get(tp + ('rtol',), rtol)!r}")
+            for key in ("op", "output", "dtype"):
+                if key in t:
+                    v.string(t[key], tp + (key,))
             v.string(t["reason"], tp + ("reason",))
             tolerances.append(dict(t))
     name = v.opt_string(top, "name", ())
