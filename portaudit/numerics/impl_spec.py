@@ -279,6 +279,10 @@ def load_numerics_config(path: Path) -> NumericsConfig:
     data, v = _read_yaml(path)
     if data is None:
         v.fail((), "the file is empty")
+    if isinstance(data, dict) and "stages" in data:
+        # a port manifest: validated in full by the manifest loader, as `check` does
+        from portaudit.static.manifest import load_manifest
+        load_manifest(path)
     top = v.mapping(data, (), {k: False for k in TOP_KEYS})
     up = top.get("upstream") or {}
     if not isinstance(up, dict):

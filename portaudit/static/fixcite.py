@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Optional
 
 from portaudit.errors import UsageError
-from portaudit.safe_io import write_file
+from portaudit.safe_io import read_regular, write_file
 from portaudit.static.citations import Citation, format_citation
 from portaudit.static.index.model import CONSTANT, KERNEL, Definition, ModuleInfo
 from portaudit.static.index.tree import TreeIndex
 from portaudit.static.manifest import Manifest
-from portaudit.static.source import line_ending, read_source, split_lines
+from portaudit.static.source import MAX_SOURCE_BYTES, line_ending, read_source, split_lines
 
 
 @dataclass
@@ -112,9 +112,9 @@ class _Planner:
 
     def in_file(self, c: Citation) -> bool:
         p = self.up.root / c.path
-        if not p.is_file():
+        if not p.is_file() or ".." in Path(c.path).parts:
             return False
-        n = p.read_bytes().count(b"\n")
+        n = read_regular(p, MAX_SOURCE_BYTES, "cited upstream file").count(b"\n")
         return 1 <= c.start <= c.end <= n
 
     def first_ok(self, cits: list[Citation], target: str, d: Definition) -> bool:

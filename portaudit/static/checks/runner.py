@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from portaudit.errors import UsageError
+from portaudit.safe_io import read_regular
 from portaudit.static.checks import hygiene
 from portaudit.static.checks.citation import UpstreamFile, check_citations
 from portaudit.static.checks.presence import check_kind, check_methods, kernel_accounted
@@ -26,7 +27,7 @@ from portaudit.static.index.model import (CALLABLE_KINDS, CLASS_KINDS, KERNEL, M
 from portaudit.static.index.tree import TreeIndex
 from portaudit.static.manifest import Entry, Manifest
 from portaudit.static.results import FAIL, PASS, SKIP, ManifestResult, SymbolResult, display_path
-from portaudit.static.source import read_source, split_lines
+from portaudit.static.source import MAX_SOURCE_BYTES, read_source, split_lines
 
 FAMILIES = ("presence", "signature", "citation", "simplification")
 
@@ -44,8 +45,7 @@ class Auditor:
         if relpath not in self._file_lines:
             p = self.up.root / relpath
             if p.is_file() and ".." not in Path(relpath).parts:
-                with open(p, "rb") as fh:
-                    n = fh.read().count(b"\n")
+                n = read_regular(p, MAX_SOURCE_BYTES, "cited upstream file").count(b"\n")
                 self._file_lines[relpath] = UpstreamFile(relpath, True, n)
             else:
                 self._file_lines[relpath] = UpstreamFile(relpath, False)
