@@ -81,20 +81,27 @@ def line_ending(line: str) -> str:
     return ""
 
 
+def _undecodable(path: str, data: bytes, exc: UnicodeDecodeError, encoding: str) -> SourceError:
+    line = len(_LINE_END.findall(data[:exc.start].decode("latin-1"))) + 1
+    return SourceError(f"{path}:{line}: byte {data[exc.start:exc.start + 1]!r} is not valid {encoding}; "
+                       "Python source must be UTF-8 or declare its encoding (PEP 263)")
+
+
 def decode_source(data: bytes, path: str) -> SourceText:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise SourceError(f"{path}: the file is UTF-16; Python source must be UTF-8 (or declare an "
                           "ASCII-compatible encoding, PEP 263)")
     try:
         encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
-    except SyntaxError as exc:
-        raise SourceError(f"{path}: {exc.msg}; fix the encoding declaration (PEP 263)")
-    try:
         text = data.decode(encoding)
+    except SyntaxError as exc:     # a bad declaration, or undecodable bytes in the first two lines
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as undecodable:
+            raise _undecodable(path, data, undecodable, "utf-8") from None
+        raise SourceError(f"{path}: {exc.msg}; fix the encoding declaration (PEP 263)") from None
     except UnicodeDecodeError as exc:
-        line = len(_LINE_END.findall(data[:exc.start].decode("latin-1"))) + 1
-        raise SourceError(f"{path}:{line}: byte {data[exc.start:exc.start + 1]!r} is not valid {encoding}; "
-                          "Python source must be UTF-8 or declare its encoding (PEP 263)")
+        raise _undecodable(path, data, exc, encoding) from None
     except LookupError:
         raise SourceError(f"{path}: unknown source encoding '{encoding}'")
     nul = text.find("\0")

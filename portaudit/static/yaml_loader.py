@@ -112,8 +112,9 @@ def check_node_graph(node: Node, file: str, max_nodes: int = MAX_NODES, max_dept
 
 def parse_yaml(text: str, file: str) -> YamlDocument:
     """Compose, measure and construct one YAML document from ``text`` (reported as ``file``)."""
-    loader = _StrictLoader(text)
+    loader = None
     try:
+        loader = _StrictLoader(text)   # the reader refuses unprintable characters (NUL) right here
         node = loader.get_single_node()
         if node is None:
             return YamlDocument(None, None)
@@ -132,7 +133,8 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
         # a value PyYAML's constructors reject: a 5000-digit integer, a 13th month in a date
         raise UsageError(f"{file}: invalid YAML value: {str(exc).splitlines()[0]}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_yaml_file(path: Union[str, Path], what: str = "manifest") -> YamlDocument:

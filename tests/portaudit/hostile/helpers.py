@@ -41,9 +41,9 @@ def snapshot(root: Path, skip: tuple = ()) -> dict:
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root)
-        if any(rel_dir.parts[:1] == (s,) for s in skip):
-            continue
         for name in dirnames + filenames:
+            if (rel_dir / name).parts[0] in skip:
+                continue
             p = Path(dirpath) / name
             try:
                 st = os.lstat(p)

@@ -1,0 +1,4 @@
+# item 9: inconsistent dedent
+def f(x):
+        y = x
+    return y

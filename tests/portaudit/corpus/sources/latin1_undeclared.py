@@ -1,0 +1,3 @@
+# item 9: latin-1 bytes without a declaration: café
+def f(x):
+    return x

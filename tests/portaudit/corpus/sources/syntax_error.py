@@ -1,0 +1,3 @@
+# item 9: a syntax error
+def f(x)
+    return x

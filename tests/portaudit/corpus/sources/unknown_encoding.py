@@ -1,0 +1,3 @@
+# -*- coding: no-such-codec -*-
+def f(x):
+    return x
