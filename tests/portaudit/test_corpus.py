@@ -162,8 +162,8 @@ CASES = [
     generated("a FIFO as --manifest (blocked forever)", _fifo_manifest, 2, "FIFO", child=True, names_file="m.yaml"),
     generated("/dev/zero as --manifest (read until MemoryError)", lambda ws: ws.gate_args(Path("/dev/zero")), 2,
               "character device", child=True, names_file="/dev/zero"),
-    source_case("deep_parentheses.py", 2, "nested more than", child=True),
-    source_case("deep_subscripts.py", 2, "nested more than", child=True),
+    source_case("deep_parentheses.pysrc", 2, "nested more than", child=True),
+    source_case("deep_subscripts.pysrc", 2, "nested more than", child=True),
     generated("20000 chained `and` (libcst segfault)", lambda ws: _write_port(
         ws, ("X = " + " and ".join(["a"] * 20000) + "\n").encode()), 2, "nested more than", child=True,
         names_file="po/po/m.py"),
@@ -208,15 +208,15 @@ CASES = [
     # item 9: user errors that were internal errors (exit 3)
     manifest_case("invariants_bad_entry.yaml", "expected a string"),
     manifest_case("invariants_bad_entry.yaml", "expected a string", command="invariants"),
-    source_case("syntax_error.py", 2, "cannot parse the module"),
-    source_case("syntax_error.py", 2, "cannot parse the module", side="up"),
-    source_case("utf16.py", 2, "UTF-16"),
-    source_case("latin1_undeclared.py", 2, "is not valid utf-8"),
-    source_case("nul_byte.py", 2, "NUL byte"),
-    source_case("unknown_encoding.py", 2, "encoding"),
-    source_case("unterminated_string.py", 2, "cannot tokenize"),
-    source_case("bad_dedent.py", 2, "cannot tokenize"),
-    source_case("latin1_declared.py", 0, ""),     # a valid PEP 263 file is read, not refused
+    source_case("syntax_error.pysrc", 2, "cannot parse the module"),
+    source_case("syntax_error.pysrc", 2, "cannot parse the module", side="up"),
+    source_case("utf16.pysrc", 2, "UTF-16"),
+    source_case("latin1_undeclared.pysrc", 2, "is not valid utf-8"),
+    source_case("nul_byte.pysrc", 2, "NUL byte"),
+    source_case("unknown_encoding.pysrc", 2, "encoding"),
+    source_case("unterminated_string.pysrc", 2, "cannot tokenize"),
+    source_case("bad_dedent.pysrc", 2, "cannot tokenize"),
+    source_case("latin1_declared.pysrc", 0, ""),     # a valid PEP 263 file is read, not refused
     generated("a FIFO where a module belongs", _fifo_module, 2, "FIFO", child=True, names_file="po/po/m.py"),
     generated("a link loop where a module belongs", _loop_module, 2, "symbolic links", names_file="po/po/m.py"),
     generated("a link loop as --port-path", _loop_port_path, 2, "symbolic link loop", names_file="/a"),
@@ -275,6 +275,6 @@ def test_every_corpus_file_has_a_case():
         head = c.id.split(" ")[0]
         if "/" in head and (CORPUS / head).is_file():
             used.add(head)
-    files = {str(p.relative_to(CORPUS)) for p in CORPUS.rglob("*") if p.is_file() and p.name != "README.md"}
+    files = {str(p.relative_to(CORPUS)) for p in CORPUS.rglob("*") if p.is_file() and p.name not in ("README.md", ".gitattributes")}
     assert files == used, f"corpus files without a case: {sorted(files - used)}; cases without a file: " \
                           f"{sorted(used - files)}"
