@@ -75,68 +75,103 @@ def _dump(obj: Any) -> Any:
     return obj
 
 
-_HINTS: dict = {}
-
-
-def _hints(cls: type) -> dict:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
-    return _HINTS[cls]
+_DECODERS: dict = {}
 
 
 def _load(tp: Any, value: Any, where: str) -> Any:
+    return _decoder(tp)(value, where)
+
+
+def _decoder(tp: Any):
+    """A function (value, where) -> checked value for annotation ``tp``, built once per type (the
+    warm cache decodes thousands of definitions per run)."""
+    key = tp
+    if key not in _DECODERS:
+        _DECODERS[key] = _build(tp)
+    return _DECODERS[key]
+
+
+def _fail(where: str, what: str):
+    raise CacheEntryError(f"{where}: {what}")
+
+
+def _build(tp: Any):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if tp is Any:
-        raise CacheEntryError(f"{where}: untyped field")
     if origin is Union:
-        if value is None and type(None) in args:
-            return None
         inner = [a for a in args if a is not type(None)]
-        if len(inner) != 1:
-            raise CacheEntryError(f"{where}: unsupported union")
-        return _load(inner[0], value, where)
+        if len(inner) != 1 or type(None) not in args:
+            raise CacheEntryError(f"unsupported union {tp!r}")
+        sub = _decoder(inner[0])
+        return lambda v, w: None if v is None else sub(v, w)
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise CacheEntryError(f"{where}: expected an object")
-        fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
-        unknown = set(value) - set(fields)
-        if unknown:
-            raise CacheEntryError(f"{where}: unknown field {sorted(unknown)[0]!r}")
-        hints = _hints(tp)
-        kwargs = {}
-        for name, f in fields.items():
-            if name in value:
-                kwargs[name] = _load(hints[name], value[name], f"{where}.{name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise CacheEntryError(f"{where}: missing field {name!r}")
-        return tp(**kwargs)
+        return _build_dataclass(tp)
     if origin is list:
-        if not isinstance(value, list):
-            raise CacheEntryError(f"{where}: expected a list")
-        return [_load(args[0], x, f"{where}[{i}]") for i, x in enumerate(value)]
+        item = _decoder(args[0])
+
+        def decode_list(v, w):
+            if type(v) is not list:
+                _fail(w, "expected a list")
+            return [item(x, w) for x in v]
+        return decode_list
     if origin is tuple:
-        if not isinstance(value, list):
-            raise CacheEntryError(f"{where}: expected a list")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_load(args[0], x, f"{where}[{i}]") for i, x in enumerate(value))
-        if len(value) != len(args):
-            raise CacheEntryError(f"{where}: expected {len(args)} items")
-        return tuple(_load(a, x, f"{where}[{i}]") for i, (a, x) in enumerate(zip(args, value)))
+            item = _decoder(args[0])
+
+            def decode_var_tuple(v, w):
+                if type(v) is not list:
+                    _fail(w, "expected a list")
+                return tuple(item(x, w) for x in v)
+            return decode_var_tuple
+        items = [_decoder(a) for a in args]
+
+        def decode_tuple(v, w):
+            if type(v) is not list or len(v) != len(items):
+                _fail(w, f"expected {len(items)} items")
+            return tuple(d(x, w) for d, x in zip(items, v))
+        return decode_tuple
     if origin is dict:
-        if not isinstance(value, dict) or args[0] is not str:
-            raise CacheEntryError(f"{where}: expected an object")
-        return {k: _load(args[1], v, f"{where}[{k!r}]") for k, v in value.items()}
-    if tp in (str, bool):
-        if type(value) is not tp:
-            raise CacheEntryError(f"{where}: expected {tp.__name__}")
-        return value
-    if tp is int:
-        if type(value) is not int:
-            raise CacheEntryError(f"{where}: expected int")
-        return value
+        if args[0] is not str:
+            raise CacheEntryError(f"unsupported mapping {tp!r}")
+        val = _decoder(args[1])
+
+        def decode_dict(v, w):
+            if type(v) is not dict:
+                _fail(w, "expected an object")
+            return {k: val(x, w) for k, x in v.items()}
+        return decode_dict
+    if tp in (str, bool, int):
+        def decode_exact(v, w):
+            if type(v) is not tp:   # exact: a bool is no int here
+                _fail(w, f"expected {tp.__name__}")
+            return v
+        return decode_exact
     if tp is float:
-        if type(value) not in (int, float):
-            raise CacheEntryError(f"{where}: expected a number")
-        return float(value)
-    raise CacheEntryError(f"{where}: unsupported type {tp!r}")
+        def decode_float(v, w):
+            if type(v) not in (int, float):
+                _fail(w, "expected a number")
+            return float(v)
+        return decode_float
+    raise CacheEntryError(f"unsupported type {tp!r}")
+
+
+def _build_dataclass(cls: type):
+    hints = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    names = frozenset(f.name for f in fields)
+    required = frozenset(f.name for f in fields if f.default is dataclasses.MISSING
+                         and f.default_factory is dataclasses.MISSING)
+    plan: list = []   # filled after registration, so recursive dataclasses resolve
+
+    def decode(v, w):
+        if type(v) is not dict:
+            _fail(w, "expected an object")
+        if not names.issuperset(v):
+            _fail(w, f"unknown field {sorted(set(v) - names)[0]!r}")
+        if not required.issubset(v):
+            _fail(w, f"missing field {sorted(required - set(v))[0]!r}")
+        return cls(**{name: sub(v[name], w) for name, sub in plan if name in v})
+
+    _DECODERS[cls] = decode
+    plan.extend((f.name, _decoder(hints[f.name])) for f in fields)
+    return decode
