@@ -13,7 +13,6 @@ import difflib
 import hashlib
 import re
 from collections import Counter
-from pathlib import Path
 
 from portaudit.errors import UsageError
 from portaudit.static.index.model import Definition

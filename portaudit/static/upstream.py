@@ -28,7 +28,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from portaudit.errors import UpstreamError, UsageError
-from portaudit.safe_io import resolved
+from portaudit.safe_io import make_private_dir, resolved
 from portaudit.static.requirements import PinnedRequirement, RequirementError, parse_pinned_list
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def fetch_distributions(
     if (root / _DONE_MARKER).is_file():
         return root
     try:
-        cache.mkdir(parents=True, exist_ok=True)
+        make_private_dir(cache)   # 0700 when new: the cache is trusted for its content
         (cache / "trees").mkdir(exist_ok=True)
     except OSError as exc:
         raise UpstreamError(f"cannot create the cache directory {cache}: {exc}") from exc

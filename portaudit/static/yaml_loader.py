@@ -23,7 +23,7 @@ from typing import Any, Optional, Union
 
 import yaml
 from yaml.constructor import ConstructorError
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from portaudit.errors import UsageError
 from portaudit.safe_io import read_regular

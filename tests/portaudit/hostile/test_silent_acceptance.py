@@ -170,3 +170,25 @@ def test_scaffold_quotes_stage_titles(clean, tmp_path):
 def test_drift_entry_is_checked_before_anything_runs(clean):
     code, out = _run("drift", "-m", clean.tmp / "m.yaml", "--to", clean.up, "--entry", "up.m f", "--no-progress")
     assert code == 2 and "--entry 'up.m f'" in out
+
+
+def test_special_files_named_like_a_baseline_are_refused(tmp_path):
+    import os
+    d = tmp_path / "base"
+    d.mkdir()
+    os.mkfifo(d / "m.json")
+    with pytest.raises(UsageError, match="FIFO"):
+        load_baseline(d, "m")
+    (d / "m.json").unlink()
+    (d / "m.json").mkdir()
+    with pytest.raises(UsageError, match="directory"):
+        load_baseline(d, "m")
+
+
+def test_citation_line_numbers_are_bounded(ws):
+    """A citation with a 5000-digit line number overflowed int() (an internal error); it is now a
+    malformed citation (PA306) like any other."""
+    ws.files({"up/m.py": "def f(x):\n    return x\n"},
+             {"po/m.py": f'def f(x):\n    """Source: up/m.py:L{"9" * 5000}-L2 (up 1.0)"""\n    return x\n'})
+    codes = sorted(f.code for f in ws.audit(["up.m.f"]).findings if f.status == "open")
+    assert "PA306" in codes
