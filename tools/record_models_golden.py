@@ -172,6 +172,13 @@ def run_case(name: str, family: str, overrides: dict, out: Path, device: torch.d
 
     if CASES[name][2]:
         ckpt = out_dir_checkpoint(out, family)
+        # fla 0.4.0 declares `_tied_weights_keys` as a list; transformers 5's save_pretrained reads
+        # it as a mapping and fails ('list' object has no attribute 'keys'). Give the instance fla
+        # 0.6.0's mapping (the same tie) so fla's own save_pretrained can write the checkpoint; the
+        # files it writes do not depend on this attribute's form.
+        if isinstance(getattr(model, "_tied_weights_keys", None), list) and _version("transformers", major=True) >= 5:
+            model._tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
+            record["tied_weights_keys_patched"] = "fla 0.6.0's mapping form (transformers >= 5)"
         model.cpu().save_pretrained(str(ckpt), safe_serialization=True)
         record["checkpoint"] = str(ckpt.relative_to(out))
 
@@ -187,12 +194,16 @@ def out_dir_checkpoint(out: Path, family: str) -> Path:
     return path
 
 
-def _version(dist: str) -> Optional[str]:
+def _version(dist: str, major: bool = False):
+    """The installed version of ``dist`` (None if absent), or its major number (0 if absent)."""
     try:
         from importlib.metadata import version
-        return version(dist)
+        found = version(dist)
     except Exception:
-        return None
+        found = None
+    if major:
+        return int(found.split(".")[0]) if found else 0
+    return found
 
 
 def _archive(src: Path, archive: Optional[Path]) -> None:
