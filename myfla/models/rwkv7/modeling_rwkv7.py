@@ -162,6 +162,10 @@ class RWKV7Block(GradientCheckpointingLayer):
     With ``fuse_norm`` the norms are fla's LayerNorm (the second also doing the residual add),
     else ``torch.nn.LayerNorm``. Returns ``(hidden_states, attentions, past_key_values, v_first)``.
 
+    As in fla 0.4.0 (and 0.6.0), the block unpacks four values from its time mixer, while
+    :class:`Attention` returns three: a model with ``config.attn`` layers builds and loads, and its
+    forward raises fla's ``ValueError: not enough values to unpack (expected 4, got 3)``.
+
     Deviation: with ``fuse_norm=False`` on torch < 2.1, whose ``nn.LayerNorm`` has no ``bias``
     argument, the norms are a subclass that takes it (same parameters and numbers).
 
