@@ -17,6 +17,7 @@ With ``fp64`` the references compute in float64 for float64 inputs.
 
 from __future__ import annotations
 
+import contextlib
 import types
 from pathlib import Path
 
@@ -85,7 +86,25 @@ def load_fla_rwkv7_models(root: Path, fp64: bool = False) -> types.SimpleNamespa
     return types.SimpleNamespace(
         RWKV7Config=cfg.RWKV7Config, RWKV7Model=mod.RWKV7Model, RWKV7ForCausalLM=mod.RWKV7ForCausalLM,
         RWKV7Block=mod.RWKV7Block, RWKV7FeedForward=mod.RWKV7FeedForward, Cache=base.Cache, modules=mod,
+        fla_modules={name: base.modules[name] for name in ("fla.models.utils", "fla.layers.attn")},
     )
+
+
+@contextlib.contextmanager
+def as_fla_rwkv7_package(ns):
+    """Expose the oracle as ``fla.models.rwkv7`` (with the ``fla.models.utils`` Cache and the
+    ``fla.layers.attn`` its model code was loaded with) while the context is open, so code written
+    against real fla (the GPU recording script) runs on it."""
+    fakes = {
+        "fla": _package("fla"),
+        "fla.layers": _package("fla.layers"),
+        "fla.models": _package("fla.models"),
+        "fla.models.rwkv7": _package("fla.models.rwkv7", RWKV7Config=ns.RWKV7Config, RWKV7Model=ns.RWKV7Model,
+                                     RWKV7ForCausalLM=ns.RWKV7ForCausalLM),
+    }
+    fakes.update(ns.fla_modules)
+    with _swapped_modules(fakes):
+        yield
 
 
 def rwkv7_config_kwargs(**overrides) -> dict:
