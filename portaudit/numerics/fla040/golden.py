@@ -457,8 +457,4 @@ def golden_cases() -> List[GoldenCase]:
                     prefill=80,
                     decode=True),
     ]
-    # RWKV-7's closure (names rwkv7/..., fixtures in tests/fixtures/golden_rwkv7); imported here: it
-    # builds on this module's helpers
-    from portaudit.numerics.fla040.golden_rwkv7 import rwkv7_golden_cases
-    cases += rwkv7_golden_cases()
     return cases

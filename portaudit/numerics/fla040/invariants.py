@@ -701,10 +701,6 @@ def declared_invariants() -> List[Invariant]:
     for path, (group, layer) in owners.items():
         invs.append(Invariant("gradcheck fp64", group, [path], [dict()], inv_gradcheck_fn(path), quick=1,
                               layer=layer))
-    # RWKV-7's closure: the DPLR delta rule, RWKV-7's ops, the token shift and the layer (imported
-    # here: it builds on this module's helpers)
-    from portaudit.numerics.fla040.invariants_rwkv7 import rwkv7_invariants
-    invs += rwkv7_invariants()
     return invs
 
 
