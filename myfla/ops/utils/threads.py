@@ -28,15 +28,20 @@ Caveats:
   the pool's threads again (microseconds on a quiet machine).
 - Only CPU tensors are affected; work on other devices runs as it is.
 
+Layers apply the policy to their decoding calls with :func:`single_threaded_when_small`, whose work
+counts the layer's largest parameter (a one-token projection reads all of its weight).
+
 ``MYFLA_SMALL_WORK`` (environment, read at import) or :func:`set_small_work` sets the threshold;
 ``0`` turns the policy off.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
-from typing import Optional
+import weakref
+from typing import Callable, Optional
 
 import torch
 
@@ -81,3 +86,51 @@ class small_work_single_threaded:
             _state.depth -= 1
             if _state.depth == 0 and _state.saved > 1:
                 torch.set_num_threads(_state.saved)
+
+
+# the largest parameter of a module, computed once (parameter shapes do not change after construction)
+_largest_parameter = weakref.WeakKeyDictionary()
+
+
+def largest_parameter(module: torch.nn.Module) -> int:
+    """Elements of ``module``'s largest parameter (0 without parameters)."""
+    size = _largest_parameter.get(module)
+    if size is None:
+        size = max((p.numel() for p in module.parameters()), default=0)
+        _largest_parameter[module] = size
+    return size
+
+
+def single_threaded_when_small(work_of: Callable[..., Optional[int]]) -> Callable:
+    """Decorator for a method whose arguments start with a tensor: ``work_of`` gets the method's
+    arguments and returns the work of the call (None: leave the threads alone), and the method runs
+    inside :class:`small_work_single_threaded` for that work and the tensor's device."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            work = work_of(self, *args, **kwargs)
+            if work is None or work >= SMALL_WORK:
+                return fn(self, *args, **kwargs)
+            x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+            with small_work_single_threaded(work, x.device):
+                return fn(self, *args, **kwargs)
+        return wrapper
+
+    return decorate
+
+
+def layer_decoding_work(layer: torch.nn.Module, hidden_states=None, *args, **kwargs) -> Optional[int]:
+    """Work of a linear-attention layer's call (``GatedDeltaNet``, ``KimiDeltaAttention``) on
+    ``hidden_states`` ``[B, T, D]`` when it takes the recurrent path (``T <= 64``): the largest of
+    its parameters (a projection weight), the recurrent state ``[B, HV, K, V]`` and the widest
+    activation ``[B, T, max(D, key_dim, value_dim)]``. None for longer inputs, and for anything the
+    layer's own input checks should report."""
+    if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 3:
+        return None
+    batch_size, q_len, width = hidden_states.shape
+    if q_len > 64:
+        return None
+    state = batch_size * layer.num_v_heads * layer.head_k_dim * layer.head_v_dim
+    activation = batch_size * q_len * max(width, layer.key_dim, layer.value_dim)
+    return max(largest_parameter(layer), state, activation)

@@ -258,3 +258,42 @@ def test_policy_is_per_thread(two_threads):
     release.set()
     t.join(5)
     assert seen == [1, 2] and torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("layer_cls", ["GatedDeltaNet", "KimiDeltaAttention"])
+def test_layer_decoding_runs_single_threaded_when_small(monkeypatch, two_threads, layer_cls):
+    """A small layer's decoding call (projections, conv step, gate, norm, recurrence) runs on one
+    intra-op thread; a prefill longer than 64 tokens, or a layer whose weights are large, keeps the
+    caller's threads; the output agrees within fp32 rounding."""
+    import myfla.layers as layers
+    from myfla.models.utils import Cache
+
+    torch.manual_seed(0)
+    layer = getattr(layers, layer_cls)(hidden_size=64, head_dim=16, num_heads=2, layer_idx=0).eval()
+    seen = []
+    real_linear = F.linear
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_linear(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.modules.linear.F, "linear", spy)
+    x = torch.randn(2, 70, 64)
+    with torch.no_grad():
+        cache = Cache()
+        layer(x[:, :66], past_key_values=cache, use_cache=True)       # prefill: chunk path, 66 tokens
+        assert seen and set(seen) == {2}
+        seen.clear()
+        o_small, _, _ = layer(x[:, 66:67], past_key_values=cache, use_cache=True)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+        seen.clear()
+        cache_big = Cache()
+        previous = threads.set_small_work(threads.largest_parameter(layer))   # the weights are no longer small
+        try:
+            layer(x[:, :66], past_key_values=cache_big, use_cache=True)
+            o_big, _, _ = layer(hidden_states=x[:, 66:67], past_key_values=cache_big, use_cache=True)
+        finally:
+            threads.set_small_work(previous)
+        assert set(seen) == {2}
+    torch.testing.assert_close(o_small, o_big)                        # fp32 rounding (thread splits)
