@@ -2,7 +2,8 @@
 memory bound of the state, the GatedDeltaNet / KimiDeltaAttention layers through a Cache, and the
 intra-op thread policy (``myfla/ops/utils/threads.py``), at several thread counts with and without
 an artificial load, side by side in one run. Prints a table and writes
-benchmarks/results/bench_decode.json.
+benchmarks/results/bench_decode.json (rewritten after every section, so a run cut short keeps what it
+measured; ``--time-limit`` skips the rows not yet started).
 
 Sections (``--sections``):
 - ``op``: one decoding step (T = 1, with an initial state and the final state returned) of
@@ -11,10 +12,12 @@ Sections (``--sections``):
   ``recurrent_kimi_delta_attention`` (their plain per-token loops, unwrapped from the hub-kernel
   decorator so that an installed fla is not picked up), with the policy off (``myfla/all-threads``)
   where more than one thread is set, and fla's Triton ``fused_recurrent_*`` on CUDA where real fla
-  imports. Bounds from the same run: ``copy`` (read and write the state once, into a kept buffer:
-  the least a step that returns a new final state must move) and ``read`` (one reduction over it).
+  imports (an implementation that fails is left out of its row, with a note). The bound, from the
+  same run: ``copy`` (read the state and write it once into a kept buffer: the least a step that
+  returns a new final state must move), at the set thread count and on one thread, whichever is
+  faster; ``read`` (one reduction over the state) is shown too.
 - ``layer``: per-token latency of one layer (hidden 1024, 8 heads of 128) after a 128-token prefill,
-  policy on and off.
+  policy on (the layers apply it to decoding calls) and off.
 - ``chunk``: a short chunked call (``chunk_kda`` / ``chunk_gated_delta_rule``, B=2 T=300 H=4
   K=V=64) run inside ``small_work_single_threaded`` and as it is: what the policy does for the
   chunked ops, which do not apply it themselves.
@@ -25,13 +28,14 @@ core of a 2-core machine) run while the figures are taken. Timings are medians o
 
     python benchmarks/bench_decode.py                          # CPU: threads 1 2, loads none busy
     python benchmarks/bench_decode.py --quick                  # a smoke run
-    python benchmarks/bench_decode.py --device cuda --threads 1 --loads none   # GPU, fla side by side
+    python benchmarks/bench_decode.py --device cuda --out decode_gpu.json   # GPU: fla side by side, <= 240 s
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import inspect
 import json
 import os
@@ -95,6 +99,14 @@ def summary(s: List[float]) -> dict:
             "p90_ms": 1e3 * s[min(len(s) - 1, (9 * len(s)) // 10)], "n": len(s)}
 
 
+def out_of_time(args) -> bool:
+    """Past ``--time-limit``: the rows not yet started are skipped (and the record says so)."""
+    if args.time_limit is None or time.perf_counter() - args.started < args.time_limit:
+        return False
+    args.skipped = True
+    return True
+
+
 @contextlib.contextmanager
 def policy(enabled: bool):
     """The thread policy as shipped (``enabled``) or off for the block."""
@@ -123,27 +135,35 @@ def load(kind: str, procs: int):
 
 # -- the implementations ----------------------------------------------------------------------------------
 
-def transformers_fallbacks():
-    """transformers' plain torch decode loops, or None where transformers is missing."""
-    try:
-        from transformers.models.kimi_linear import modeling_kimi_linear as kimi
-        from transformers.models.qwen3_next import modeling_qwen3_next as qwen
-    except ImportError:
-        return None
-    return {"gdn": inspect.unwrap(qwen.torch_recurrent_gated_delta_rule),
-            "kda": inspect.unwrap(kimi.recurrent_kimi_delta_attention)}
+def transformers_fallbacks() -> Dict[str, Callable]:
+    """transformers' plain torch decode loops, by op (missing where transformers or the model is).
+    The hub-kernel decorator is unwrapped, so that an installed fla is not picked up; a function
+    that does not unwrap to the modeling file's own definition is left out rather than mislabelled."""
+    found = {}
+    for op, module_name, fn_name in (("gdn", "qwen3_next", "torch_recurrent_gated_delta_rule"),
+                                     ("kda", "kimi_linear", "recurrent_kimi_delta_attention")):
+        try:
+            module = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}")
+        except Exception as error:          # no transformers, an older one without the model, or its imports fail
+            print(f"transformers' {fn_name} not timed: {type(error).__name__}: {error}")
+            continue
+        fn = inspect.unwrap(getattr(module, fn_name, None) or (lambda: None))
+        if getattr(fn, "__code__", None) is not None and fn.__code__.co_filename == module.__file__:
+            found[op] = fn
+    return found
 
 
-def real_fla_ops():
+def real_fla_ops() -> Dict[str, Callable]:
     """fla's Triton fused_recurrent ops where the real fla imports (not myfla serving ``fla``)."""
     try:
         import fla
-        if fla.__name__ != "fla":
-            return None
+        if fla.__name__ != "fla" or not hasattr(fla, "__file__") or "myfla" in str(fla.__file__):
+            return {}
         from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fla_gdn
         from fla.ops.kda import fused_recurrent_kda as fla_kda
-    except Exception:                       # no fla, or one that cannot run here (no Triton, no GPU)
-        return None
+    except Exception as error:              # no fla, or one that cannot run here (no Triton, no GPU)
+        print(f"fla not timed: {type(error).__name__}: {error}")
+        return {}
     return {"gdn": fla_gdn, "kda": fla_kda}
 
 
@@ -158,11 +178,28 @@ def op_inputs(op, B, H, HV, K, device):
     return [x.to(device) for x in (q, k, v, g, beta, h0)]
 
 
+@contextlib.contextmanager
+def one_thread():
+    """One intra-op thread for the block (for the single-threaded copy bound)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def max_diff(a, b) -> float:
+    return max((a[0] - b[0]).abs().max().item(), (a[1] - b[1]).abs().max().item())
+
+
 def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
     fallbacks = transformers_fallbacks()
-    fla_ops = real_fla_ops() if device.type == "cuda" else None
+    fla_ops = real_fla_ops() if device.type == "cuda" else {}
     rows = []
     for op, B, H, HV, K in (QUICK_OP_SHAPES if args.quick else OP_SHAPES):
+        if out_of_time(args):
+            break
         q, k, v, g, beta, h0 = op_inputs(op, B, H, HV, K, device)
         kw = dict(beta=beta, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True)
         if op == "gdn":
@@ -172,31 +209,46 @@ def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
             def ours():
                 return fused_recurrent_kda(q, k, v, g, **kw)
         fns = {"myfla": ours}
-        if n_threads > 1 and device.type == "cpu":
+        multi = n_threads > 1 and device.type == "cpu"
+        if multi:
             def all_threads(fn=ours):
                 with policy(False):
                     return fn()
             fns["myfla/all-threads"] = all_threads
-        if fallbacks is not None:
+        if op in fallbacks:
             fns["transformers"] = lambda fb=fallbacks[op]: fb(q, k, v, g=g, **kw)
-        if fla_ops is not None:
+        if op in fla_ops:
             fns["fla"] = (lambda f=fla_ops[op]: f(q, k, v, g=g, **kw)) if op == "gdn" else \
                 (lambda f=fla_ops[op]: f(q, k, v, g, **kw))
+        # the memory bound: read the state and write a new one (what a step returning a new final
+        # state must move), at the set thread count and, where that is more, on one thread
         buffer = torch.empty_like(h0)
         fns["copy"] = lambda: buffer.copy_(h0)
+        if multi:
+            def copy_one_thread():
+                with one_thread():
+                    buffer.copy_(h0)
+            fns["copy/1-thread"] = copy_one_thread
         fns["read"] = lambda: h0.sum()
+        diffs, notes = {}, []
         with torch.no_grad():
-            o_ref, s_ref = ours()
-            if fallbacks is not None:
-                o_fb, s_fb = fns["transformers"]()
-                diff = max((o_ref - o_fb).abs().max().item(), (s_ref - s_fb).abs().max().item())
-            else:
-                diff = None
+            reference = ours()
+            for key in ("transformers", "fla"):
+                if key not in fns:
+                    continue
+                try:
+                    diffs[key] = max_diff(reference, fns[key]())
+                except Exception as error:      # an implementation that fails here is left out, noted
+                    notes.append(f"{key} failed: {type(error).__name__}: {str(error)[:200]}")
+                    del fns[key]
             times = interleaved(fns, args.op_repeats, sync)
-        state_mb = h0.numel() * 4 / 2 ** 20
-        rows.append({"section": "op", "op": op, "B": B, "H": H, "HV": HV, "K": K, "V": K, "state_MB": state_mb,
-                     "threads": n_threads, "load": load_kind, "device": str(device),
-                     "max_abs_diff_vs_transformers": diff, "times": times})
+        state_bytes = h0.numel() * h0.element_size()
+        bound_ms = min(times[key]["median_ms"] for key in ("copy", "copy/1-thread") if key in times)
+        rows.append({"section": "op", "op": op, "B": B, "H": H, "HV": HV, "K": K, "V": K,
+                     "state_MB": state_bytes / 2 ** 20, "threads": n_threads, "load": load_kind, "device": str(device),
+                     "bound_ms": bound_ms, "copy_GBps": 2 * state_bytes / bound_ms / 1e6,
+                     "myfla_over_bound": times["myfla"]["median_ms"] / bound_ms,
+                     "max_abs_diff": diffs, "notes": notes, "times": times})
     return rows
 
 
@@ -205,6 +257,8 @@ def bench_layers(args, n_threads, load_kind, device, sync) -> List[dict]:
     rows = []
     steps, prompt = (8, 64) if args.quick else (args.steps, args.prompt)
     for name, make in LAYERS.items():
+        if out_of_time(args):
+            break
         torch.manual_seed(0)
         layer = make().eval().to(device)
         for batch in args.batches:
@@ -241,6 +295,8 @@ def bench_chunk(args, n_threads, load_kind, device, sync) -> List[dict]:
     ops = {"chunk_kda": chunk_kda, "chunk_gated_delta_rule": chunk_gated_delta_rule}
     work = B * (T + 63) // 64 * H * K * K            # the largest per-op tensors: per-chunk states
     for name, fn in ops.items():
+        if out_of_time(args):
+            break
         xs = [x.to(device) for x in (q, k, v, gates[name], beta)]
 
         def plain(fn=fn, xs=xs):
@@ -270,12 +326,12 @@ def print_rows(rows: List[dict]) -> None:
                     f"thr={r['threads']} load={r['load']:<4}")
             cells = "  ".join(f"{k} {v['median_ms']:.3f} (p90 {v['p90_ms']:.2f})" for k, v in t.items())
             ours = t["myfla"]["median_ms"]
-            ratio = f"  | myfla/copy {ours / t['copy']['median_ms']:.1f}x, myfla/read {ours / t['read']['median_ms']:.1f}x"
+            ratio = f"  | myfla/bound {r['myfla_over_bound']:.1f}x ({r['copy_GBps']:.1f} GB/s)"
             if "transformers" in t:
                 ratio += f", transformers/myfla {t['transformers']['median_ms'] / ours:.2f}x"
             if "fla" in t:
                 ratio += f", myfla/fla {ours / t['fla']['median_ms']:.2f}x"
-            print(head + "  " + cells + ratio)
+            print(head + "  " + cells + ratio + "".join(f"\n      note: {n}" for n in r["notes"]))
         elif r["section"] == "layer":
             head = f"layer {r['layer']:<18} B={r['B']:<2} thr={r['threads']} load={r['load']:<4}"
             print(head + "  " + "  ".join(f"{k} {v['median_ms']:.3f} ms (p90 {v['p90_ms']:.2f})" for k, v in t.items()))
@@ -288,9 +344,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--sections", nargs="+", choices=["op", "layer", "chunk"], default=["op", "layer", "chunk"])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--loads", nargs="+", choices=["none", "busy"], default=["none", "busy"])
+    parser.add_argument("--sections", nargs="+", choices=["op", "layer", "chunk"], default=None,
+                        help="default: op layer chunk (CPU), op layer (CUDA)")
+    parser.add_argument("--threads", type=int, nargs="+", default=None, help="default: 1 2 (CPU), 1 (CUDA)")
+    parser.add_argument("--loads", nargs="+", choices=["none", "busy"], default=None,
+                        help="default: none busy (CPU), none (CUDA)")
     parser.add_argument("--busy-procs", type=int, default=1, help="busy loops for --loads busy")
     parser.add_argument("--quick", action="store_true", help="small shapes and few repeats (smoke run)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="layer section batches")
@@ -298,14 +356,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=48, help="timed decode steps per layer")
     parser.add_argument("--op-repeats", type=int, default=100)
     parser.add_argument("--chunk-repeats", type=int, default=10)
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="seconds after which rows not yet started are skipped (default: none on CPU, "
+                             "240 on CUDA); the record is written after every section either way")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("--device cuda: torch sees no CUDA device", file=sys.stderr)
+        return 2
+    args.sections = args.sections or (["op", "layer"] if cuda else ["op", "layer", "chunk"])
+    args.threads = args.threads or ([1] if cuda else [1, 2])
+    args.loads = args.loads or (["none"] if cuda else ["none", "busy"])
+    if args.time_limit is None and cuda:
+        args.time_limit = 240.0
     if args.quick:
         args.op_repeats, args.chunk_repeats, args.batches = 10, 3, [1]
-    device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error()
+    args.started, args.skipped = time.perf_counter(), False
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
 
     sections = {"op": bench_ops, "layer": bench_layers, "chunk": bench_chunk}
     rows = []
@@ -317,26 +391,35 @@ def main(argv: Optional[List[str]] = None) -> int:
                     new = sections[name](args, n_threads, load_kind, device, sync)
                     print_rows(new)
                     rows += new
+                    write_record(args, device, rows, complete=False)
+    write_record(args, device, rows, complete=True)
+    print(f"wrote {args.out}" + (" (time limit reached: rows skipped)" if args.skipped else ""))
+    return 0
+
+
+def write_record(args, device, rows, complete: bool) -> None:
     record = {
         "benchmark": "bench_decode",
-        "what": "one-token decoding: myfla ops vs transformers' fallbacks and the state's memory bound; "
-                "layers through a Cache; the intra-op thread policy; threads x load",
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "what": "one-token decoding: myfla ops vs transformers' fallbacks, fla's Triton ops (CUDA) and the "
+                "state's memory bound; layers through a Cache; the intra-op thread policy; threads x load",
+        "complete": complete and not args.skipped,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "started"},
+        "seconds": time.perf_counter() - args.started,
         "small_work_threshold": threads.SMALL_WORK,
         "dtype": "float32",
         "torch": torch.__version__,
         "machine": platform.machine(),
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
-        "cuda_device": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         # other processes distort multi-threaded timings badly (OpenMP regions wait for descheduled threads)
-        "loadavg_after": os.getloadavg(),
+        "loadavg": os.getloadavg(),
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(args.out)
 
 
 if __name__ == "__main__":

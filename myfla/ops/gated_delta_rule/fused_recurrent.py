@@ -62,9 +62,9 @@ def _recurrent_step(
 ) -> None:
     """One token for ``R`` (sequence, head) rows: ``state`` ``[R, K, V]`` becomes the state after the
     token, computed from ``state_in`` (``state`` itself after the first token). ``kq`` ``[R, 2, K]``
-    holds k and q, ``k_col`` ``[R, K, 1]`` is k again and ``kdotq`` ``[R, 1, 1]`` is ``k . q``;
-    ``v`` ``[R, 1, V]``; ``beta`` ``[R, 1, 1]`` or ``[R, 1, V]``; ``decay_k`` ``[R, K or 1, 1]`` and
-    ``decay_v`` ``[R, 1, V]`` are exponentiated decays (or None). The output ``h^T q`` ``[R, 1, V]``
+    holds k and q, ``k_col`` ``[R, K, 1]`` is k again and ``kdotq`` ``[R, 1]`` is ``k . q``;
+    ``v`` ``[R, V]``; ``beta`` ``[R, 1]`` or ``[R, V]``; ``decay_k`` ``[R, K or 1, 1]`` and
+    ``decay_v`` ``[R, 1, V]`` are exponentiated decays (or None). The output ``h^T q`` ``[R, V]``
     (unscaled) goes to ``out``.
 
     Source: fla/ops/gated_delta_rule/fused_recurrent.py:L93-L122 (fla 0.4.0)
@@ -75,20 +75,19 @@ def _recurrent_step(
         state.copy_(state_in)
     if decay_v is None:
         # k^T h and q^T h in one pass over the state
-        kh_qh = torch.bmm(kq, state)
-        kh, qh = kh_qh.narrow(1, 0, 1), kh_qh.narrow(1, 1, 1)
+        kh, qh = torch.bmm(kq, state).unbind(1)
         b_v = beta * (v - kh)
         # o = (h + k v'^T)^T q = h^T q + (k . q) v'
         torch.addcmul(qh, b_v, kdotq, out=out)
-        state.addcmul_(k_col, b_v)
+        state.addcmul_(k_col, b_v.unsqueeze(1))
     else:
         state.mul_(decay_v)
         # the correction goes to the key: k' = beta * (k - h v), beta per key channel as fla pairs them
-        b_k = beta.transpose(1, 2) * (k_col - torch.bmm(state, v.transpose(1, 2)))
+        b_k = beta.unsqueeze(-1) * (k_col - torch.bmm(state, v.unsqueeze(-1)))
         q_row = kq[:, 1:]
         # o = (h + k' v^T)^T q = h^T q + (k' . q) v
-        torch.addcmul(torch.bmm(q_row, state), v, torch.bmm(q_row, b_k), out=out)
-        state.addcmul_(b_k, v)
+        torch.addcmul(torch.bmm(q_row, state).squeeze(1), v, torch.bmm(q_row, b_k).squeeze(1), out=out)
+        state.addcmul_(b_k, v.unsqueeze(1))
 
 
 def fused_recurrent_gated_delta_rule_fwd(
@@ -143,16 +142,16 @@ def fused_recurrent_gated_delta_rule_fwd(
     with small_work_single_threaded(max(R * K * V, 2 * L * R * max(K, V)), v.device):
         layout = get_chunk_layout(B, T, L, cu_seqlens, device=v.device) if cu_seqlens is not None else None
         # per token (a leading L axis unless L == 1): k and q side by side [R, 2, K], normalised
-        # together; k as a column [R, K, 1]; k . q [R, 1, 1]. The scale multiplies the outputs.
+        # together; k as a column [R, K, 1]; k . q [R, 1]. The scale multiplies the outputs.
         kq = _time_major(layout, torch.stack((k, q), dim=-2), cdt, HV, rep, 2, K)
         if use_qk_l2norm_in_kernel:
             # in place: kq is a fresh tensor (torch.stack)
             kq.div_((kq * kq).sum(-1, keepdim=True).add_(1e-6).sqrt_())
-        k_col = kq.narrow(-2, 0, 1).transpose(-1, -2)
-        q_row = kq.narrow(-2, 1, 1)
-        kdotq = torch.bmm(q_row, k_col) if L == 1 else torch.matmul(q_row, k_col)
-        v_t = _time_major(layout, v, cdt, HV, 1, 1, V)
-        beta_t = _time_major(layout, beta, cdt, HV, 1, 1, 1 if beta.ndim != v.ndim else V)
+        k_row, q_row = kq.unbind(-2)
+        k_col = k_row.unsqueeze(-1)
+        kdotq = (k_row * q_row).sum(-1, keepdim=True)
+        v_t = _time_major(layout, v, cdt, HV, 1, V)
+        beta_t = _time_major(layout, beta, cdt, HV, 1, 1 if beta.ndim != v.ndim else V)
         # state decays of every step, computed for all steps at once: row decays [R, K or 1, 1]
         decay_k = None
         if g is not None:
@@ -162,11 +161,15 @@ def fused_recurrent_gated_delta_rule_fwd(
             decay_k = decay_gk if decay_k is None else decay_k * decay_gk
         decay_v = torch.exp(_time_major(layout, gv, cdt, HV, 1, 1, V)) if gv is not None else None
 
-        o_t = v.new_empty(*((L,) if L > 1 else ()), R, 1, V, dtype=cdt)
-        per_token = [(x,) if L == 1 else x.unbind(0) if x is not None else (None,) * L
-                     for x in (kq, k_col, kdotq, v_t, beta_t, decay_k, decay_v, o_t)]
-        for t, token in enumerate(zip(*per_token)):
-            _recurrent_step(state_in if t == 0 else state, state, *token)
+        if L == 1:
+            o_t = v.new_empty(R, V, dtype=cdt)
+            _recurrent_step(state_in, state, kq, k_col, kdotq, v_t, beta_t, decay_k, decay_v, o_t)
+        else:
+            o_t = v.new_empty(L, R, V, dtype=cdt)
+            per_token = [x.unbind(0) if x is not None else (None,) * L
+                         for x in (kq, k_col, kdotq, v_t, beta_t, decay_k, decay_v, o_t)]
+            for t, token in enumerate(zip(*per_token)):
+                _recurrent_step(state_in if t == 0 else state, state, *token)
         o_t.mul_(scale)
 
         if layout is not None:
