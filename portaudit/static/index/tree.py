@@ -20,14 +20,15 @@ from typing import Callable, Optional
 
 from portaudit.static.index.model import ModuleInfo, Resolved
 
-INDEX_FORMAT = 5  # bump when the pickled shape (the classes in model.py) changes
+INDEX_FORMAT = 6  # bump when the pickled shape (the classes in model.py) changes
 
 
 def _parser_key() -> str:
     """Cache entries are tied to the parser's own source, so a changed parser never reads stale data."""
     h = hashlib.sha256(str(INDEX_FORMAT).encode())
     here = Path(__file__).resolve().parent
-    for path in (here / "model.py", here / "tree.py", here / "parse.py", here.parent / "citations.py"):
+    for path in (here / "model.py", here / "tree.py", here / "parse.py", here / "body_source.py",
+                 here.parent / "citations.py"):
         try:
             h.update(path.read_bytes())
         except OSError:
