@@ -21,6 +21,7 @@ from portaudit.cli.codes import codes
 from portaudit.cli.drift import drift
 from portaudit.cli.fixcite import fix_citations
 from portaudit.cli.numerics import golden_app, invariants
+from portaudit.cli.provenance import provenance
 from portaudit.cli.scaffold import scaffold
 
 app = typer.Typer(name="portaudit", add_completion=False, no_args_is_help=True,
@@ -46,6 +47,7 @@ app.command("gate")(gate)
 app.command("scaffold")(scaffold)
 app.command("fix-citations")(fix_citations)
 app.command("codes")(codes)
+app.command("provenance")(provenance)
 app.command("drift")(drift)
 app.command("invariants")(invariants)
 app.add_typer(golden_app, name="golden")

@@ -29,6 +29,9 @@ ManifestOpt = Annotated[Optional[List[Path]], typer.Option(
 UpstreamPathOpt = Annotated[Optional[Path], typer.Option(
     "--upstream-path", help="Audit against this local upstream tree (the folder that holds the "
     "package, e.g. a vendored libs/) instead of fetching the manifest's distributions.")]
+UpstreamGitOpt = Annotated[Optional[Path], typer.Option(
+    "--upstream-git", help="The upstream git repository (a clone or bare mirror) for manifests with "
+    "'upstream: {git, rev}'; overrides their 'git' path, keeps their 'rev'.")]
 PortPathOpt = Annotated[Optional[Path], typer.Option(
     "--port-path", help="Folder holding the port package (or the package folder itself). "
     "Default: the manifest's port.path, else the installed package, located without importing it.")]
@@ -112,6 +115,7 @@ def write_output(text: str, output: Optional[Path]) -> None:
         raise UsageError(f"cannot write {output}: {exc}")
 
 
-__all__ = ["console", "err_console", "ManifestOpt", "UpstreamPathOpt", "PortPathOpt", "CacheDirOpt",
+__all__ = ["console", "err_console", "ManifestOpt", "UpstreamPathOpt", "UpstreamGitOpt", "PortPathOpt",
+           "CacheDirOpt",
            "NoProgressOpt", "default_manifests", "ProgressDisplay", "cli_errors", "write_output",
            "EXIT_USAGE"]

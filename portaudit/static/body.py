@@ -35,6 +35,7 @@ from __future__ import annotations
 import ast
 import difflib
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -78,6 +79,12 @@ class Scope:
         return cls(info.module, dict(info.imports), frozenset(n for n in info.definitions if "." not in n),
                    frozenset(tops), index)
 
+    @property
+    def imports_key(self) -> tuple:
+        """What the canonical spelling depends on (for caches): the imports and the tree's tops."""
+        return (tuple(sorted((k, v.module, v.name) for k, v in self.imports.items())),
+                tuple(sorted(self.internal_tops)))
+
     def is_internal(self, module: str) -> bool:
         return module.split(".")[0] in self.internal_tops
 
@@ -118,102 +125,86 @@ class Scope:
         return found
 
 
-class _Bound(ast.NodeVisitor):
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _bound_names(tree: ast.AST) -> set[str]:
     """Names a body binds locally (assignments, loop and with targets, nested defs, imports)."""
-
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-
-    def visit_Name(self, node: ast.Name) -> None:
-        if isinstance(node.ctx, (ast.Store, ast.Del)):
-            self.names.add(node.id)
-
-    def _def(self, node) -> None:
-        self.names.add(node.name)
-        self.generic_visit(node)
-
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _def
-
-    def visit_arg(self, node: ast.arg) -> None:
-        self.names.add(node.arg)
-
-    def visit_alias(self, node: ast.alias) -> None:
-        self.names.add((node.asname or node.name).split(".")[0])
-
-    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
-        if node.name:
-            self.names.add(node.name)
-        self.generic_visit(node)
-
-
-class _Canonicalise(ast.NodeTransformer):
-    def __init__(self, scope: Scope, bound: set[str], renames: Mapping[str, str]):
-        self.scope = scope
-        self.bound = bound
-        self.renames = renames
-        self.used: set[str] = set()
-
-    def rename(self, name: str) -> str:
-        new = self.renames.get(name)
-        if new is None:
-            return name
-        self.used.add(name)
-        return new
-
-    def visit_Name(self, node: ast.Name) -> ast.AST:
-        if node.id not in self.bound and isinstance(node.ctx, ast.Load):
-            spelled = self.scope.spelled(node.id)
-            if spelled is not None:
-                return ast.copy_location(ast.Name(id=self.rename(spelled), ctx=node.ctx), node)
-        node.id = self.rename(node.id)
-        return node
-
-    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
-        self.generic_visit(node)
-        node.attr = self.rename(node.attr)
-        return node
-
-    def visit_arg(self, node: ast.arg) -> ast.AST:
-        self.generic_visit(node)
-        node.arg = self.rename(node.arg)
-        return node
-
-    def visit_keyword(self, node: ast.keyword) -> ast.AST:
-        self.generic_visit(node)
-        if node.arg is not None:
-            node.arg = self.rename(node.arg)
-        return node
-
-    def _def(self, node):
-        self.generic_visit(node)
-        node.name = self.rename(node.name)
-        return node
-
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _def
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if not isinstance(node.ctx, ast.Load):
+                names.add(node.id)
+        elif isinstance(node, _DEFS):
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+    return names
 
 
 def canonical_text(body_src: str, scope: Scope, params: tuple = (),
                    renames: Optional[Mapping[str, str]] = None) -> tuple[str, frozenset]:
-    """(canonical text, the rename keys used) of a normalised body; ``params`` are local names."""
+    """(canonical text, the rename keys used) of a normalised body; ``params`` are local names.
+
+    One walk over the tree, editing names in place: global names get their canonical spelling
+    (:meth:`Scope.spelled`), then ``renames`` apply to every identifier."""
     tree = ast.parse(body_src)
-    bound = _Bound()
-    bound.visit(tree)
-    names = bound.names | set(params)
-    tx = _Canonicalise(scope, names, renames or {})
-    tree = tx.visit(tree)
-    return ast.unparse(tree), frozenset(tx.used)
+    bound = _bound_names(tree) | set(params)
+    renames = renames or {}
+    used: set[str] = set()
+
+    def rename(name: str) -> str:
+        new = renames.get(name)
+        if new is None:
+            return name
+        used.add(name)
+        return new
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if node.id not in bound and isinstance(node.ctx, ast.Load):
+                spelled = scope.spelled(node.id)
+                if spelled is not None:
+                    node.id = spelled
+            node.id = rename(node.id)
+        elif isinstance(node, ast.Attribute):
+            node.attr = rename(node.attr)
+        elif isinstance(node, ast.arg):
+            node.arg = rename(node.arg)
+        elif isinstance(node, ast.keyword):
+            if node.arg is not None:
+                node.arg = rename(node.arg)
+        elif isinstance(node, _DEFS):
+            node.name = rename(node.name)
+    return ast.unparse(tree), frozenset(used)
 
 
 def canonical(d: Definition, scope: Scope, renames: Optional[Mapping[str, str]] = None) -> Optional[Canonical]:
-    """The canonical form of ``d`` (None when its source could not be normalised)."""
+    """The canonical form of an indexed definition (None when its source could not be normalised)."""
     if d.body_src is None:
         return None
-    params = tuple(p.name for p in d.params or ())
+    return canonical_source(d.body_src, tuple(p.name for p in d.params or ()), scope, renames)
+
+
+def canonical_source(body_src: str, params: tuple, scope: Scope,
+                     renames: Optional[Mapping[str, str]] = None) -> Optional[Canonical]:
+    """The canonical form of a normalised body (:mod:`~portaudit.static.index.body_source`), for
+    callers without an index (``provenance`` reads many upstream versions that way)."""
     try:
-        text, used = canonical_text(d.body_src, scope, params, renames)
+        text, used = canonical_text(body_src, scope, params, renames)
     except (SyntaxError, ValueError, RecursionError):
         return None
     return Canonical(text, fingerprint(text), used)
+
+
+def joined(parts: list[Canonical]) -> Canonical:
+    """One canonical form for several (a class and its methods)."""
+    text = "\n".join(p.text for p in parts)
+    return Canonical(text, fingerprint(text), frozenset().union(*[p.used_renames for p in parts]))
 
 
 def fingerprint(text: str) -> str:
@@ -225,10 +216,33 @@ def pair_fingerprint(upstream: Canonical, port: Canonical) -> str:
     return hashlib.sha256(f"{upstream.fingerprint}:{port.fingerprint}".encode()).hexdigest()[:12]
 
 
-def body_diff(upstream: Canonical, port: Canonical, from_label: str, to_label: str, context: int = 2) -> str:
-    """Unified diff of the canonical texts (upstream -> port); empty when they are equal."""
-    lines = difflib.unified_diff(upstream.lines, port.lines, fromfile=from_label, tofile=to_label,
-                                 n=context, lineterm="")
+def display_aliases(scope: Scope) -> dict[str, str]:
+    """Outside origins and the local names the module gives them (``triton.language`` -> ``tl``), to
+    print canonical text the way the upstream spells it."""
+    out = {}
+    for local, ref in scope.imports.items():
+        if scope.is_internal(ref.module):
+            continue
+        origin = ref.module if ref.name is None else f"{ref.module}.{ref.name}"
+        if origin != local:
+            out[origin] = local
+    return out
+
+
+def _shorten(lines: list[str], aliases: Mapping[str, str]) -> list[str]:
+    if not aliases:
+        return lines
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(o) for o in sorted(aliases, key=len, reverse=True))
+                         + r")(?!\w)")
+    return [pattern.sub(lambda m: aliases[m.group(1)], ln) for ln in lines]
+
+
+def body_diff(upstream: Canonical, port: Canonical, from_label: str, to_label: str, context: int = 2,
+              aliases: Optional[Mapping[str, str]] = None) -> str:
+    """Unified diff of the canonical texts (upstream -> port); empty when they are equal.
+    ``aliases`` (:func:`display_aliases`) only change how outside names are printed."""
+    lines = difflib.unified_diff(_shorten(upstream.lines, aliases or {}), _shorten(port.lines, aliases or {}),
+                                 fromfile=from_label, tofile=to_label, n=context, lineterm="")
     return "\n".join(lines)
 
 

@@ -122,6 +122,19 @@ class GitRepo:
             self._tags = tags
         return self._tags
 
+    def describe_line(self, line: Sequence["Commit"]) -> dict[str, str]:
+        """Names for a first-parent line, oldest first: ``v0.3.2``, ``v0.3.2+14`` (14 commits after
+        the tag on the line) or the short id before the first tag; no git call per commit."""
+        tags = self.tags()
+        out, last, n = {}, None, 0
+        for c in line:
+            if c.sha in tags:
+                last, n = sorted(tags[c.sha])[-1], 0
+            else:
+                n += 1
+            out[c.sha] = c.sha[:10] if last is None else (last if n == 0 else f"{last}+{n}")
+        return out
+
     def describe(self, sha: str) -> str:
         """``v0.3.2``, ``v0.3.2+14`` (14 first-parent commits after the tag) or the short id."""
         try:
@@ -173,6 +186,38 @@ class GitRepo:
             if _SHA_RE.match(h):
                 commits.append(Commit(h, date, subject))
         return commits
+
+    def path_states(self, until: str, since: Optional[str], paths: Sequence[str]) -> dict[str, dict[str, str]]:
+        """commit id -> {path: blob id} along the first-parent line of ``until`` (after ``since``),
+        for every commit that changes one of ``paths`` and the line's first commit: one ``git log
+        --raw`` call replayed from the first commit's tree."""
+        line = self.first_parent_commits(until, since)
+        if not line or not paths:
+            return {}
+        first = line[0].sha
+        state = self.blobs_at(first, paths)
+        out = {first: dict(state)}
+        out_raw = self._git("log", "--first-parent", "--reverse", "--raw", "--no-abbrev", "--no-renames",
+                            "--format=%x00%H", "--end-of-options", f"^{first}", self.resolve(until), "--",
+                            *paths, what="read file history")
+        current = None
+        for line_ in out_raw.splitlines():
+            if line_.startswith("\x00"):
+                if current is not None:
+                    out[current] = dict(state)
+                current = line_[1:].strip()
+            elif line_.startswith(":") and "\t" in line_:
+                meta, _, path = line_.partition("\t")
+                parts = meta.split()
+                if len(parts) >= 5:
+                    new_blob, status = parts[3], parts[4]
+                    if status.startswith("D") or set(new_blob) == {"0"}:
+                        state.pop(path, None)
+                    else:
+                        state[path] = new_blob
+        if current is not None:
+            out[current] = dict(state)
+        return out
 
     def blobs_at(self, sha: str, paths: Sequence[str]) -> dict[str, str]:
         """path -> blob id at a commit, for those of ``paths`` that exist there."""

@@ -89,3 +89,33 @@ def load_sidecar(path: Path, manifest: str, label: str) -> Sidecar:
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
         raise UsageError(f"{path}: invalid citation sidecar ({exc}); regenerate it with "
                          "`portaudit fix-citations --write`")
+
+
+def planned_sidecars(manifest, upstream, port) -> dict[Path, str]:
+    """The sidecar text each sidecar file of ``manifest`` should hold now: one record per entry (and
+    port location) whose citation style is ``sidecar``. ``upstream``/``port`` are TreeIndexes."""
+    from portaudit.static.body import Scope, canonical
+    from portaudit.static.fidelity import SIDECAR
+
+    out: dict[Path, Sidecar] = {}
+    for entry in manifest.entries:
+        policy = manifest.citation_policy(entry)
+        if policy.style != SIDECAR:
+            continue
+        path = (manifest.path.parent / policy.file).resolve()
+        car = out.setdefault(path, Sidecar(path, manifest.citation_label, manifest.citation_version,
+                                           manifest.name))
+        up = upstream.resolve(entry.symbol)
+        if up is None:
+            continue
+        d = up.definition
+        start = min(s for s, _ in d.spans or [(d.start, d.end)])
+        end = max(e for _, e in d.spans or [(d.start, d.end)])
+        source = f"{upstream.relpath(up.module.path)}:L{start}-L{end}"
+        for psym in manifest.port_symbols(entry):
+            res = port.resolve(psym)
+            if res is None:
+                continue
+            canon = canonical(res.definition, Scope.of(res.module, port))
+            car.records[psym] = Record(entry.symbol, source, canon.fingerprint if canon else None)
+    return {p: car.render() for p, car in out.items()}

@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
-from portaudit.errors import UpstreamError
+from portaudit.errors import UpstreamError, UsageError
 
 if TYPE_CHECKING:
     from portaudit.static.manifest import Manifest
@@ -220,3 +220,15 @@ def locate_port_root(manifest: Manifest, override: Optional[str | Path] = None) 
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0]).parent
+
+
+def locate_tree(path: str | Path, package: str) -> Path:
+    """The root holding ``package`` (dotted), given that root or a folder on the package's path."""
+    p = Path(path).expanduser().resolve()
+    parts = package.split(".")
+    if (p / parts[0]).is_dir():
+        return p
+    for i in range(len(parts), 0, -1):       # e.g. .../vllm/model_executor for vllm.model_executor.x
+        if p.name == parts[i - 1] and len(p.parents) >= i and (p.parents[i - 1] / parts[0]).is_dir():
+            return p.parents[i - 1]
+    raise UsageError(f"{p} does not hold the package '{parts[0]}' (pass the folder that contains {parts[0]}/)")

@@ -15,7 +15,7 @@ from portaudit.static.findings import Finding
 
 
 def check_body(site: Site, up: Optional[Canonical], port: Optional[Canonical], upstream_label: str,
-               port_label: str, upstream_ref: str) -> list[Finding]:
+               port_label: str, upstream_ref: str, aliases: Optional[dict] = None) -> list[Finding]:
     if up is None or port is None:
         side = "upstream" if up is None else "port"
         return [site.finding("PA602", f"the {side} definition could not be normalised (source this "
@@ -28,4 +28,4 @@ def check_body(site: Site, up: Optional[Canonical], port: Optional[Canonical], u
         "PA601", f"body differs from the upstream's: {n} normalised line(s) changed, similarity "
                  f"{similarity(up, port):.2f} (-v shows the diff)",
         upstream_ref=upstream_ref, detail=pair_fingerprint(up, port),
-        diff=body_diff(up, port, upstream_label, port_label))]
+        diff=body_diff(up, port, upstream_label, port_label, aliases=aliases))]

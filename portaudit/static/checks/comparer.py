@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from portaudit.static.body import Canonical, Scope, canonical, fingerprint, similarity
+from portaudit.static.body import Canonical, Scope, canonical, display_aliases, fingerprint, similarity
 from portaudit.static.checks.body import check_body
 from portaudit.static.checks.signature import Readers
 from portaudit.static.checks.site import Site
@@ -83,7 +83,8 @@ class BodyComparer:
                 used |= a.used_renames
             msite = site if not suffix else Site(f"{site.symbol}{suffix}", site.file, p)
             out += check_body(msite, a, b, f"{upstream_label} {up_ref_of(u)} (normalised)",
-                              f"{port_file}:{p.start} (normalised)", up_ref_of(u))
+                              f"{port_file}:{p.start} (normalised)", up_ref_of(u),
+                              aliases=display_aliases(self.scope(self.up, up.module)))
         return out, used
 
     def figure(self, up: Resolved, port: Resolved, port_methods: dict[str, Definition],

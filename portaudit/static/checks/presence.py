@@ -62,7 +62,8 @@ def kernel_accounted(kernel_path: str, kernel: Definition, port_citations: Itera
                      same_named: Optional[Definition]) -> Optional[str]:
     """How an upstream kernel is accounted for in the port, or None."""
     if same_named is not None:
-        return f"same-named torch function {same_named.name}"
+        what = "kernel" if same_named.kind == KERNEL else "torch function"
+        return f"same-named {what} {same_named.name}"
     for c in port_citations:
         if c.covers(kernel_path, kernel.start, kernel.end):
             return f"cited by {c.ref}"

@@ -1,0 +1,270 @@
+"""Scaffold from the port: match a copy's definitions to the upstream's and write the manifest.
+
+``portaudit scaffold --port-path DIR --port-package vllm.model_executor.layers.fla.ops`` reads the
+port as well as the upstream:
+
+1. the port's closure: everything the port's entry points reach inside the port package (entry
+   points: ``--port-entry``, else the package's ``__all__``, else all its public definitions);
+2. each reached port definition is matched to an upstream definition: by name first (several
+   candidates: the most similar body, then the closest module name), then by body alone
+   (similarity >= ``BODY_MATCH``), which proposes a rename;
+3. ``port.modules`` is proposed per upstream module from where its matches live; definitions
+   placed elsewhere get an entry-level ``port:``; parameters renamed at the same position are
+   proposed as entry ``renames``;
+4. the upstream closure of the matched definitions is computed; upstream definitions the port's
+   own code never reaches (the backward pass of a forward-only copy) are left out, each with
+   that reason, and port definitions that match nothing are listed as unplaced.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Optional
+
+from portaudit.static.body import Canonical, Scope, canonical, joined, similarity
+from portaudit.static.index.model import CLASS_KINDS, CONSTANT, KERNEL, Definition, Resolved
+from portaudit.static.index.tree import TreeIndex
+from portaudit.static.scaffold import closure, resolve_use
+
+BODY_MATCH = 0.75     # least similarity for a match by body alone (a renamed definition)
+
+
+@dataclass
+class Match:
+    upstream: str                 # upstream symbol
+    port: str                     # port symbol
+    kind: str
+    how: str                      # "name" or "body 0.93"
+    similarity: float
+    renames: dict = field(default_factory=dict)    # parameter renames at the same position
+
+
+@dataclass
+class PortScaffold:
+    matches: list[Match]
+    modules: dict[str, str]                         # upstream module -> port module
+    left_out: list[tuple[str, str]]                 # (upstream symbol, reason)
+    unplaced: list[tuple[str, str]]                 # (port symbol, reason)
+    port_entries: list[str]
+
+    def entry_port(self, m: Match) -> Optional[str]:
+        """The entry-level ``port:`` a match needs (None when port.modules places it)."""
+        up_mod, name = m.upstream.rsplit(".", 1)
+        mapped = self.modules.get(up_mod)
+        return None if mapped is not None and f"{mapped}.{name}" == m.port else m.port
+
+
+def _modules_under(index: TreeIndex, package: str) -> list[str]:
+    base = index.root.joinpath(*package.split("."))
+    out = []
+    for p in sorted(base.rglob("*.py")):
+        parts = list(p.relative_to(index.root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out.append(".".join(parts))
+    return out
+
+
+def _compatible(up: str, port: str) -> bool:
+    if up in CLASS_KINDS or port in CLASS_KINDS:
+        return up in CLASS_KINDS and port in CLASS_KINDS
+    if KERNEL in (up, port):
+        return up == port
+    return (up == CONSTANT) == (port == CONSTANT)
+
+
+class _Canon:
+    def __init__(self, index: TreeIndex):
+        self.index = index
+        self._scopes: dict[str, Scope] = {}
+        self._forms: dict[str, Optional[Canonical]] = {}
+
+    def of(self, res: Resolved) -> Optional[Canonical]:
+        key = f"{res.module.module}.{res.definition.name}"
+        if key not in self._forms:
+            info = res.module
+            if info.module not in self._scopes:
+                self._scopes[info.module] = Scope.of(info, self.index)
+            scope = self._scopes[info.module]
+            d = res.definition
+            parts = [canonical(d, scope)]
+            if d.kind in CLASS_KINDS:
+                parts += [canonical(info.definitions[f"{d.name}.{m}"], scope) for m in d.methods
+                          if f"{d.name}.{m}" in info.definitions]
+            self._forms[key] = joined(parts) if all(p is not None for p in parts) else None
+        return self._forms[key]
+
+
+def _alike(a: str, b: str) -> bool:
+    """Two names for the same thing (q/query, dt_bias/g_bias), not a replaced parameter."""
+    a, b = a.lower(), b.lower()
+    return a.startswith(b) or b.startswith(a) or difflib.SequenceMatcher(None, a, b).ratio() >= 0.6
+
+
+def _param_renames(up: Definition, port: Definition) -> dict:
+    """Parameters renamed in place: same position, and neither name occurs on the other side
+    (a reordering is not a rename)."""
+    if not up.params or not port.params or len(up.params) != len(port.params):
+        return {}
+    up_names = {u.name for u in up.params}
+    port_names = {p.name for p in port.params}
+    pairs = [(u.name, p.name) for u, p in zip(up.params, port.params)
+             if u.name != p.name and u.name not in port_names and p.name not in up_names
+             and _alike(u.name, p.name)]
+    if not pairs or len(pairs) > len(up.params) // 2 + 1:
+        return {}       # most names differ: a different signature, not a rename
+    return dict(pairs)
+
+
+def scaffold_from_port(upstream: TreeIndex, up_package: str, port: TreeIndex, port_package: str,
+                       port_entries: Optional[list[str]] = None) -> PortScaffold:
+    port_mods = _modules_under(port, port_package)
+    if not port_mods:
+        from portaudit.errors import UsageError
+
+        raise UsageError(f"no Python files under the port package {port_package} in {port.root}")
+    entries = list(port_entries or [])
+    if not entries:
+        init = port.module(port_package)
+        if init is not None and init.dunder_all:
+            entries = [f"{port_package}.{n}" for n in init.dunder_all]
+        else:
+            for mod in port_mods:
+                info = port.module(mod)
+                if info is not None:
+                    entries += [f"{mod}.{n}" for n, d in info.definitions.items()
+                                if "." not in n and not n.startswith("_")]
+    reached = closure(port, entries, port_package)
+    entries = [r.symbol for r in (port.resolve(e) for e in entries) if r is not None]
+
+    # every upstream top-level definition by its name
+    by_name: dict[str, list[Resolved]] = {}
+    everything: list[Resolved] = []
+    for mod in _modules_under(upstream, up_package):
+        info = upstream.module(mod)
+        if info is None:
+            continue
+        for n, d in info.definitions.items():
+            if "." in n:
+                continue
+            r = Resolved(info, d)
+            by_name.setdefault(n, []).append(r)
+            everything.append(r)
+    up_canon, port_canon = _Canon(upstream), _Canon(port)
+
+    matches: list[Match] = []
+    matched_up: dict[str, Resolved] = {}        # port symbol -> its upstream match
+    unplaced: list[tuple[str, str]] = []
+    for item in reached:
+        pres = port.resolve(item.symbol)
+        if pres is None:
+            continue
+        pd = pres.definition
+        pc = port_canon.of(pres)
+        cands = [r for r in by_name.get(pd.name, []) if _compatible(r.definition.kind, pd.kind)]
+        # the caller's upstream counterpart names the definition it uses: that one, when it exists
+        parent = matched_up.get(item.reached_from or "")
+        if parent is not None and len(cands) > 1:
+            used = resolve_use(upstream, parent.module, pd.name)
+            if used is not None and _compatible(used.definition.kind, pd.kind):
+                cands = [used]
+        best: Optional[tuple[float, float, Resolved]] = None
+        for r in cands:
+            uc = up_canon.of(r)
+            sim = similarity(uc, pc) if uc is not None and pc is not None else 0.0
+            mod_sim = difflib.SequenceMatcher(None, r.module.module.rsplit(".", 1)[-1],
+                                              pres.module.module.rsplit(".", 1)[-1]).ratio()
+            if best is None or (sim, mod_sim) > best[:2]:
+                best = (sim, mod_sim, r)
+        how = "name"
+        if best is None and pc is not None and pd.kind != CONSTANT:
+            n = len(pc.lines)
+            for r in everything:
+                if not _compatible(r.definition.kind, pd.kind):
+                    continue
+                uc = up_canon.of(r)
+                if uc is None or not (0.5 * n <= len(uc.lines) <= 2 * n + 2):
+                    continue
+                sim = similarity(uc, pc)
+                if sim >= BODY_MATCH and (best is None or sim > best[0]):
+                    best = (sim, 0.0, r)
+            how = f"body {best[0]:.2f}" if best is not None else how
+        if best is None:
+            unplaced.append((item.symbol, "no upstream definition of this name, nor one with a body "
+                                          f"at least {BODY_MATCH:.0%} similar"))
+            continue
+        r = best[2]
+        matched_up[item.symbol] = r
+        matches.append(Match(f"{r.module.module}.{r.definition.name}", item.symbol, r.definition.kind, how,
+                             best[0], _param_renames(r.definition, pd)))
+
+    # port.modules: where each upstream module's matches live (the most common port module)
+    homes: dict[str, dict[str, int]] = {}
+    for m in matches:
+        up_mod = m.upstream.rsplit(".", 1)[0]
+        port_mod = m.port.rsplit(".", 1)[0]
+        if m.upstream.rsplit(".", 1)[1] == m.port.rsplit(".", 1)[1]:
+            homes.setdefault(up_mod, {}).setdefault(port_mod, 0)
+            homes[up_mod][port_mod] += 1
+    modules = {up: max(ports, key=lambda p: (ports[p], p)) for up, ports in homes.items()}
+
+    # what the upstream closure of the matches holds that the port never reaches
+    matched = {m.upstream for m in matches}
+    up_closure = closure(upstream, sorted(matched), up_package) if matched else []
+    left_out = [(it.symbol, f"not reached by the port's own code (reached upstream from {it.reached_from})")
+                for it in up_closure if it.symbol not in matched]
+    return PortScaffold(sorted(matches, key=lambda m: m.upstream), dict(sorted(modules.items())),
+                        left_out, unplaced, entries)
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_port_manifest(sc: PortScaffold, up_package: str, port_package: str, upstream_lines: list[str],
+                         name: Optional[str] = None, port_path: Optional[str] = None) -> str:
+    lines = [f"# Generated by `portaudit scaffold` from the port {port_package}: "
+             f"{len(sc.matches)} definitions matched, {len(sc.left_out)} upstream definitions left out, "
+             f"{len(sc.unplaced)} port definitions unplaced.",
+             "# Curate it: check the matches marked 'body' (a rename), stage titles, waivers."]
+    if name:
+        lines.append(f"name: {name}")
+    lines += ["upstream:", f"  package: {up_package}"] + [f"  {ln}" for ln in upstream_lines]
+    lines += ["port:", f"  package: {port_package}"]
+    if port_path:
+        lines.append(f"  path: {_q(port_path)}")
+    lines.append("  fidelity: copy")
+    if sc.modules:
+        lines.append("  modules:")
+        lines += [f"    {up}: {po}" for up, po in sc.modules.items()]
+    lines.append("entry_points:")
+    lines += [f"  - {m.upstream}" for m in sc.matches if m.port in sc.port_entries]
+    lines.append("stages:")
+    by_module: dict[str, list[Match]] = {}
+    for m in sc.matches:
+        by_module.setdefault(m.upstream.rsplit(".", 1)[0], []).append(m)
+    for i, (mod, ms) in enumerate(sorted(by_module.items()), 1):
+        lines += [f"  - id: \"{i}\"", f"    title: {_q(mod)}", "    symbols:"]
+        for m in ms:
+            opts = []
+            port_at = sc.entry_port(m)
+            if m.kind == KERNEL:
+                opts.append("kind: kernel")
+            if port_at:
+                opts.append(f"port: {port_at}")
+            if m.renames:
+                opts.append("renames: {" + ", ".join(f"{a}: {b}" for a, b in m.renames.items()) + "}")
+            note = f"  # matched by {m.how}" if m.how != "name" else ""
+            if opts:
+                lines.append(f"      - {{symbol: {m.upstream}, {', '.join(opts)}}}{note}")
+            else:
+                lines.append(f"      - {m.upstream}{note}")
+    lines += ["waivers: []", "deviations: []"]
+    if sc.left_out:
+        lines.append("# Left out: upstream definitions the port's own code never reaches")
+        lines += [f"#   {sym}: {why}" for sym, why in sc.left_out]
+    if sc.unplaced:
+        lines.append("# Unplaced: port definitions that match no upstream definition")
+        lines += [f"#   {sym}: {why}" for sym, why in sc.unplaced]
+    return "\n".join(lines) + "\n"
