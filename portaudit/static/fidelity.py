@@ -81,7 +81,8 @@ def parse_renames(v, value: Any, path: tuple) -> Renames:
 
 def parse_citation_policy(v, value: Any, path: tuple) -> CitationPolicy:
     d = v.mapping(value, path, {"style": True, "file": False, "reason": False})
-    style = v.string(d["style"], path + ("style",))
+    # YAML 1.1 reads a bare `off` as false: take it as the word the author wrote
+    style = OFF if d["style"] is False else v.string(d["style"], path + ("style",))
     if style not in CITATION_STYLES:
         v.fail(path + ("style",), f"unknown citation style '{style}'; one of {', '.join(CITATION_STYLES)}")
     policy = CitationPolicy(style, v.opt_string(d, "file", path), v.opt_string(d, "reason", path))

@@ -6,8 +6,12 @@ port as well as the upstream:
 1. the port's closure: everything the port's entry points reach inside the port package (entry
    points: ``--port-entry``, else the package's ``__all__``, else all its public definitions);
 2. each reached port definition is matched to an upstream definition: by name first (several
-   candidates: the most similar body, then the closest module name), then by body alone
-   (similarity >= ``BODY_MATCH``), which proposes a rename;
+   candidates: the one the caller's counterpart calls, else the most similar body, then the
+   closest module name); then a renamed helper by its call site (an unmatched definition a
+   matched port definition reaches, directly or through other unmatched ones, paired with an
+   unmatched callee of its upstream counterpart: the most similar body of at least
+   ``ANCHORED_MATCH``); then by body alone (``BODY_MATCH``). A match under another name becomes
+   an entry-level ``port:``, which renames references in body comparison;
 3. ``port.modules`` is proposed per upstream module from where its matches live; definitions
    placed elsewhere get an entry-level ``port:``; parameters renamed at the same position are
    proposed as entry ``renames``;
@@ -28,6 +32,7 @@ from portaudit.static.index.tree import TreeIndex
 from portaudit.static.scaffold import closure, resolve_use
 
 BODY_MATCH = 0.75     # least similarity for a match by body alone (a renamed definition)
+ANCHORED_MATCH = 0.3  # least similarity for a renamed callee of two matched definitions
 
 
 @dataclass
@@ -96,6 +101,23 @@ class _Canon:
         return self._forms[key]
 
 
+def _callees(index: TreeIndex, res: Resolved, package: str) -> list[Resolved]:
+    """Top-level definitions of ``package`` that ``res`` names (its body, decorators, defaults)."""
+    d = res.module.definitions.get(res.definition.name.split(".")[0], res.definition)
+    out, seen = [], set()
+    for name in d.uses:
+        found = resolve_use(index, res.module, name)
+        if found is None:
+            continue
+        top = found.module.definitions.get(found.definition.name.split(".")[0], found.definition)
+        r = Resolved(found.module, top)
+        mod = found.module.module
+        if (mod == package or mod.startswith(package + ".")) and r.symbol not in seen:
+            seen.add(r.symbol)
+            out.append(r)
+    return out
+
+
 def _alike(a: str, b: str) -> bool:
     """Two names for the same thing (q/query, dt_bias/g_bias), not a replaced parameter."""
     a, b = a.lower(), b.lower()
@@ -155,7 +177,16 @@ def scaffold_from_port(upstream: TreeIndex, up_package: str, port: TreeIndex, po
 
     matches: list[Match] = []
     matched_up: dict[str, Resolved] = {}        # port symbol -> its upstream match
-    unplaced: list[tuple[str, str]] = []
+    taken: set[str] = set()                     # upstream symbols already matched
+    pending: list = []                          # reached port items not matched yet
+
+    def record(item_symbol: str, pres: Resolved, r: Resolved, how: str, sim: float) -> None:
+        matched_up[item_symbol] = r
+        taken.add(f"{r.module.module}.{r.definition.name}")
+        matches.append(Match(f"{r.module.module}.{r.definition.name}", item_symbol, r.definition.kind, how,
+                             sim, _param_renames(r.definition, pres.definition)))
+
+    # 1. by name (the caller's counterpart decides between same-named candidates)
     for item in reached:
         pres = port.resolve(item.symbol)
         if pres is None:
@@ -163,7 +194,6 @@ def scaffold_from_port(upstream: TreeIndex, up_package: str, port: TreeIndex, po
         pd = pres.definition
         pc = port_canon.of(pres)
         cands = [r for r in by_name.get(pd.name, []) if _compatible(r.definition.kind, pd.kind)]
-        # the caller's upstream counterpart names the definition it uses: that one, when it exists
         parent = matched_up.get(item.reached_from or "")
         if parent is not None and len(cands) > 1:
             used = resolve_use(upstream, parent.module, pd.name)
@@ -177,27 +207,67 @@ def scaffold_from_port(upstream: TreeIndex, up_package: str, port: TreeIndex, po
                                               pres.module.module.rsplit(".", 1)[-1]).ratio()
             if best is None or (sim, mod_sim) > best[:2]:
                 best = (sim, mod_sim, r)
-        how = "name"
-        if best is None and pc is not None and pd.kind != CONSTANT:
+        if best is None:
+            pending.append((item, pres, pc))
+        else:
+            record(item.symbol, pres, best[2], "name", best[0])
+
+    # 2. a renamed helper: the unmatched callees of a matched pair, paired by body (anchored)
+    changed = True
+    while changed and pending:
+        changed = False
+        for p_sym, u_res in list(matched_up.items()):
+            p_res = port.resolve(p_sym)
+            if p_res is None:
+                continue
+            # the port may have split a helper in two: look through unmatched port callees
+            pending_syms = {x[0].symbol for x in pending}
+            port_callees: set[str] = set()
+            frontier = [p_res]
+            for _ in range(3):
+                nxt = []
+                for f in frontier:
+                    for c in _callees(port, f, port_package):
+                        if c.symbol not in port_callees:
+                            port_callees.add(c.symbol)
+                            if c.symbol in pending_syms:
+                                nxt.append(c)
+                frontier = nxt
+            mine = [x for x in pending if x[0].symbol in port_callees]
+            theirs = [r for r in _callees(upstream, u_res, up_package) if r.symbol not in taken]
+            for x in mine:
+                item, pres, pc = x
+                scored = [(similarity(up_canon.of(r), pc) if up_canon.of(r) is not None and pc is not None
+                           else 0.0, r) for r in theirs if _compatible(r.definition.kind, pres.definition.kind)]
+                scored = [(sim, r) for sim, r in scored if sim >= ANCHORED_MATCH and r.symbol not in taken]
+                if not scored:
+                    continue
+                sim, r = max(scored, key=lambda t: t[0])
+                record(item.symbol, pres, r, f"call site and body {sim:.2f}", sim)
+                pending.remove(x)
+                changed = True
+
+    # 3. by body alone, over every upstream definition
+    unplaced: list[tuple[str, str]] = []
+    for item, pres, pc in pending:
+        pd = pres.definition
+        best = None
+        if pc is not None and pd.kind != CONSTANT:
             n = len(pc.lines)
             for r in everything:
-                if not _compatible(r.definition.kind, pd.kind):
+                if r.symbol in taken or not _compatible(r.definition.kind, pd.kind):
                     continue
                 uc = up_canon.of(r)
                 if uc is None or not (0.5 * n <= len(uc.lines) <= 2 * n + 2):
                     continue
                 sim = similarity(uc, pc)
                 if sim >= BODY_MATCH and (best is None or sim > best[0]):
-                    best = (sim, 0.0, r)
-            how = f"body {best[0]:.2f}" if best is not None else how
+                    best = (sim, r)
         if best is None:
-            unplaced.append((item.symbol, "no upstream definition of this name, nor one with a body "
-                                          f"at least {BODY_MATCH:.0%} similar"))
+            unplaced.append((item.symbol, "no upstream definition of this name, none its callers' "
+                                          f"counterparts call, nor one with a body at least {BODY_MATCH:.0%} similar"))
             continue
-        r = best[2]
-        matched_up[item.symbol] = r
-        matches.append(Match(f"{r.module.module}.{r.definition.name}", item.symbol, r.definition.kind, how,
-                             best[0], _param_renames(r.definition, pd)))
+        record(item.symbol, pres, best[1], f"body {best[0]:.2f}", best[0])
 
     # port.modules: where each upstream module's matches live (the most common port module)
     homes: dict[str, dict[str, int]] = {}
@@ -238,6 +308,8 @@ def render_port_manifest(sc: PortScaffold, up_package: str, port_package: str, u
     if sc.modules:
         lines.append("  modules:")
         lines += [f"    {up}: {po}" for up, po in sc.modules.items()]
+    # a vendored copy keeps its provenance beside the manifest (`portaudit fix-citations --write`)
+    lines.append(f"citations: {{style: sidecar, file: {name or 'port'}.citations.json}}")
     lines.append("entry_points:")
     lines += [f"  - {m.upstream}" for m in sc.matches if m.port in sc.port_entries]
     lines.append("stages:")
