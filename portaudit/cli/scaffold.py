@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,6 +18,16 @@ from portaudit.static.index.tree import TreeIndex
 from portaudit.static.port_scaffold import render_port_manifest, scaffold_from_port
 from portaudit.static.scaffold import closure, group_stages, render_manifest
 from portaudit.static.upstream import default_cache_dir, locate_tree, parse_distributions, resolve_upstream
+
+
+def package_version(root: Path, package: str) -> Optional[str]:
+    """``__version__`` of a local upstream tree, for the citations a manifest names."""
+    init = Path(root) / package.split(".")[0] / "__init__.py"
+    try:
+        m = re.search(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", init.read_text(encoding="utf-8"), re.M)
+    except (OSError, UnicodeDecodeError):
+        return None
+    return m.group(1) if m else None
 
 
 def _relative(path: Path, output: Optional[Path]) -> str:
@@ -84,6 +95,9 @@ def scaffold(
             up_lines = [f"distributions: [{', '.join(dists)}]"]
         elif upstream_path is not None:
             up_lines = [f'path: "{_relative(upstream_path, output)}"']
+            version = package_version(root, pkg)
+            if version:
+                up_lines.append(f'version: "{version}"')
         index = TreeIndex(root, cache, on_parse=progress)
         if port_path is not None:
             port_root = locate_tree(port_path, port_package)

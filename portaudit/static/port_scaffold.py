@@ -235,17 +235,20 @@ def scaffold_from_port(upstream: TreeIndex, up_package: str, port: TreeIndex, po
                 frontier = nxt
             mine = [x for x in pending if x[0].symbol in port_callees]
             theirs = [r for r in _callees(upstream, u_res, up_package) if r.symbol not in taken]
+            pairs = []
             for x in mine:
-                item, pres, pc = x
-                scored = [(similarity(up_canon.of(r), pc) if up_canon.of(r) is not None and pc is not None
-                           else 0.0, r) for r in theirs if _compatible(r.definition.kind, pres.definition.kind)]
-                scored = [(sim, r) for sim, r in scored if sim >= ANCHORED_MATCH and r.symbol not in taken]
-                if not scored:
-                    continue
-                sim, r = max(scored, key=lambda t: t[0])
-                record(item.symbol, pres, r, f"call site and body {sim:.2f}", sim)
-                pending.remove(x)
-                changed = True
+                for r in theirs:
+                    uc = up_canon.of(r)
+                    if x[2] is None or uc is None or not _compatible(r.definition.kind, x[1].definition.kind):
+                        continue
+                    sim = similarity(uc, x[2])
+                    if sim >= ANCHORED_MATCH:
+                        pairs.append((sim, x, r))
+            for sim, x, r in sorted(pairs, key=lambda t: -t[0]):      # the most similar pairs first
+                if x in pending and r.symbol not in taken:
+                    record(x[0].symbol, x[1], r, f"call site and body {sim:.2f}", sim)
+                    pending.remove(x)
+                    changed = True
 
     # 3. by body alone, over every upstream definition
     unplaced: list[tuple[str, str]] = []
