@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from myfla.layers.utils import get_unpad_data, index_first_axis, pad_input
 from myfla.modules import FusedRMSNormGated, RMSNorm, ShortConvolution
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+from myfla.ops.utils.validation import check_layer_inputs
 
 if TYPE_CHECKING:
     from myfla.models.utils import Cache
@@ -170,6 +171,7 @@ class GatedDeltaNet(nn.Module):
                 "for padding purposes (0 indicating padding). "
                 "Arbitrary attention masks of shape [batch_size, seq_len, seq_len] are not allowed."
             )
+        check_layer_inputs(hidden_states, attention_mask, kwargs.get('cu_seqlens'))
 
         batch_size, q_len, _ = hidden_states.shape
         # short inputs (decoding) take the recurrent kernel

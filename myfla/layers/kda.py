@@ -16,6 +16,7 @@ from myfla.layers.utils import get_unpad_data, index_first_axis, pad_input
 from myfla.modules import FusedRMSNormGated, ShortConvolution
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda
 from myfla.ops.kda.gate import fused_kda_gate
+from myfla.ops.utils.validation import check_layer_inputs
 
 if TYPE_CHECKING:
     from myfla.models.utils import Cache
@@ -160,6 +161,7 @@ class KimiDeltaAttention(nn.Module):
                 "for padding purposes (0 indicating padding). "
                 "Arbitrary attention masks of shape [batch_size, seq_len, seq_len] are not allowed."
             )
+        check_layer_inputs(hidden_states, attention_mask, kwargs.get('cu_seqlens'))
 
         batch_size, q_len, _ = hidden_states.shape
         # short inputs (decoding) take the recurrent kernel

@@ -24,6 +24,9 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
+from myfla.modules import causal_conv1d_package
+from myfla.ops.utils import prepare_sequence_ids
+from myfla.ops.utils.validation import check_conv_inputs
 from myfla.utils import accumulation_dtype, input_guard, is_amd
 
 # Source: fla/modules/convolution.py:L18-L18 (fla 0.4.0)
@@ -31,14 +34,14 @@ NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [4, 8, 16, 32]
 # Source: fla/modules/convolution.py:L19-L19 (fla 0.4.0)
 STATIC_WARPS = 32 if not is_amd else 16
 
-# fla binds these to the compiled `causal_conv1d` CUDA extension when it is installed. The port is
-# pure PyTorch and never calls compiled kernels, so they stay None: ShortConvolution then warns and
-# switches backend='cuda' to 'triton' exactly as fla does without the extension, and both backend
-# names run the same torch implementation below.
+# fla binds these to the compiled `causal_conv1d` package when it is installed (else None, and
+# backend='cuda' falls back to 'triton'). The port binds them to its torch re-expression of the
+# package, so backend='cuda' has fla's semantics with the package installed (the package's
+# [N, D, W-1] cache convention included) on every device.
 # Source: fla/modules/convolution.py:L26-L26 (fla 0.4.0)
-causal_conv1d_fn = None
+causal_conv1d_fn = causal_conv1d_package.causal_conv1d_fn
 # Source: fla/modules/convolution.py:L27-L27 (fla 0.4.0)
-causal_conv1d_update_cuda = None
+causal_conv1d_update_cuda = causal_conv1d_package.causal_conv1d_update
 
 
 
@@ -279,7 +282,11 @@ def causal_conv1d_update_states(
     cols = torch.arange(W, device=x.device)
     token = (starts + lens).unsqueeze(1) - W + cols                        # [N, W]
     from_x = (token >= starts.unsqueeze(1)).unsqueeze(1)                   # [N, 1, W]
-    values = x_flat[token.clamp(min=0)].transpose(1, 2)                    # [N, D, W]
+    if B * T > 0:
+        values = x_flat[token.clamp(min=0)].transpose(1, 2)                # [N, D, W]
+    else:
+        # no tokens at all (T = 0): every column comes from the initial state or is zero
+        values = x.new_zeros(len(lens), D, W)
     if initial_state is not None:
         src = cols + lens.unsqueeze(1)                                     # [N, W]
         kept = (src < W).unsqueeze(1)
@@ -412,8 +419,11 @@ def causal_conv1d(
         initial_state: ``[N, D, W]`` conv state to continue from, or None.
         output_final_state: also return the ``[N, D, W]`` state after the sequence.
         activation: ``'swish'``/``'silu'`` or None.
-        backend: ``'triton'`` or ``'cuda'`` in fla; both run the torch implementation here (the
-            CUDA-extension path exists in fla only to call the compiled ``causal_conv1d`` package).
+        backend: ``'triton'`` (the torch implementation above) or ``'cuda'`` (fla's path through the
+            ``causal_conv1d`` package, here its torch re-expression: ``initial_state`` may be
+            ``[N, D, S]`` with ``S >= W - 1``, of which the last ``W - 1`` columns are read; the final
+            state is a new ``[N, D, W]`` tensor with column 0 zero; without ``output_final_state``
+            the given ``initial_state`` is returned as it is).
         cu_seqlens: cumulative sequence lengths ``[N + 1]`` for varlen inputs.
 
     Returns:
@@ -421,17 +431,49 @@ def causal_conv1d(
 
     Source: fla/modules/convolution.py:L684-L791 (fla 0.4.0)
     """
-    y, final_state = CausalConv1dFunction.apply(
-        x,
-        weight,
-        bias,
-        residual,
-        initial_state,
-        output_final_state,
-        activation,
-        cu_seqlens,
+    if backend == 'triton':
+        y, final_state = CausalConv1dFunction.apply(
+            x,
+            weight,
+            bias,
+            residual,
+            initial_state,
+            output_final_state,
+            activation,
+            cu_seqlens,
+        )
+        return y, final_state
+
+    B, _, D, W = *x.shape, weight.shape[-1]
+    N = B if cu_seqlens is None else len(cu_seqlens) - 1
+    x = rearrange(x, 'b t d -> b d t')
+    # token -> sequence ids for packed inputs (`seq_idx` in kwargs is fla's backward-compatible alias)
+    seq_idx = kwargs.get('seq_idx', None)
+    if cu_seqlens is not None and seq_idx is None:
+        seq_idx = prepare_sequence_ids(cu_seqlens).to(torch.int32).unsqueeze(0)
+
+    cache, initial_state = initial_state, None
+    if cache is not None:
+        # the package reads [N, D, W-1] initial states in the channel-last layout
+        initial_state = cache[:, :, -(W - 1):].transpose(1, 2).contiguous().transpose(1, 2)
+
+    result = causal_conv1d_fn(
+        x=x,
+        weight=weight,
+        bias=bias,
+        activation=activation,
+        seq_idx=seq_idx,
+        initial_states=initial_state,
+        return_final_states=output_final_state,
     )
-    return y, final_state
+    y, final_state = result if output_final_state else (result, None)
+    y = rearrange(y, 'b d t -> b t d')
+    if output_final_state:
+        cache = x.new_zeros(N, D, W)
+        cache[:, :, -W + 1:].copy_(final_state[:, :, -W + 1:])
+    if residual is not None:
+        y.add_(residual)
+    return y, cache
 
 
 class ShortConvolution(nn.Conv1d):
@@ -441,9 +483,10 @@ class ShortConvolution(nn.Conv1d):
         hidden_size: number of channels D.
         kernel_size: kernel width W.
         bias: learnable bias. activation: ``'silu'``/``'swish'`` or None.
-        backend: ``'triton'`` or ``'cuda'`` (``FLA_CONV_BACKEND`` overrides); ``'cuda'`` needs the
-            compiled ``causal_conv1d`` package, which the port never uses, so it falls back to
-            ``'triton'`` with fla's warning. Both names run the same torch code.
+        backend: ``'triton'`` or ``'cuda'`` (``FLA_CONV_BACKEND`` overrides). ``'cuda'`` is fla's path
+            through the ``causal_conv1d`` package, which the port re-expresses in torch
+            (``causal_conv1d_package``): it takes the package's ``[N, D, W-1]`` caches as well as
+            ``[N, D, W]`` ones, and keeps the package's limits (width 2-4, D divisible by 8).
         device, dtype: parameter factory arguments. ``use_fast_conv1d`` is deprecated (warns).
 
     Source: fla/modules/convolution.py:L794-L1009 (fla 0.4.0)
@@ -541,6 +584,7 @@ class ShortConvolution(nn.Conv1d):
             if cu_seqlens is not None:
                 raise ValueError("`mask` and `cu_seqlens` cannot be provided at the same time")
             x = x.mul_(mask.unsqueeze(-1))
+        check_conv_inputs(x, cu_seqlens)
 
         # one token per sequence: decoding, the cache (if any) is updated in place
         if B * T == N:
@@ -602,14 +646,32 @@ class ShortConvolution(nn.Conv1d):
             )
             return y, None
         # both backends update the cache in place (fla's "fast mode")
-        return causal_conv1d_update(
+        if self.backend == 'triton':
+            return causal_conv1d_update(
+                x=x,
+                cache=cache,
+                residual=residual,
+                weight=rearrange(self.weight, "d 1 w -> d w"),
+                bias=self.bias,
+                activation=self.activation,
+            )
+
+        shape = x.shape
+        # [N, D]: fla squeezes the unit axis (T = 1, or B = 1 with cu_seqlens); reshaping is the same
+        # for those and also holds for an empty batch (B = 0, where no axis has size 1)
+        x = x.reshape(N, D)
+        # the package's update: `cache` [N, D, S] (S >= W-1) shifts left by one, x enters last
+        y = causal_conv1d_update_cuda(
             x=x,
-            cache=cache,
-            residual=residual,
+            conv_state=cache,
             weight=rearrange(self.weight, "d 1 w -> d w"),
             bias=self.bias,
             activation=self.activation,
         )
+        y = y.view(shape)
+        if residual is not None:
+            y.add_(residual)
+        return y, cache
 
     @property
     def state_size(self) -> int:

@@ -426,7 +426,14 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> M
                     for i, e in enumerate(v.seq(top.get("entry_points"), ("entry_points",)))]
     tolerances = []
     if top.get("numerics") is not None:
-        num = v.mapping(top["numerics"], ("numerics",), {"tolerances": False})
+        # `cases` (the case registry) and `implementation` (how the port is called) are validated
+        # in full by portaudit.numerics.impl_spec when `invariants`/`golden` read the manifest.
+        num = v.mapping(top["numerics"], ("numerics",), {"tolerances": False, "cases": False,
+                                                         "implementation": False})
+        if num.get("cases") is not None:
+            v.string(num["cases"], ("numerics", "cases"))
+        if num.get("implementation") is not None and not isinstance(num["implementation"], (str, dict)):
+            v.fail(("numerics", "implementation"), "expected a mapping or the path of an implementation YAML file")
         for ti, t in enumerate(v.seq(num.get("tolerances"), ("numerics", "tolerances"))):
             tp = ("numerics", "tolerances", ti)
             t = v.mapping(t, tp, {"op": True, "output": False, "dtype": False, "rtol": True, "reason": True})

@@ -22,7 +22,7 @@ from myfla.ops.common.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local, chunk_
 from myfla.ops.common.chunk_scaled_dot_kkt import chunk_scaled_dot_kkt_fwd
 from myfla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
 from myfla.ops.utils import chunk_local_cumsum, solve_tril
-from myfla.ops.utils.index import check_varlen_inputs
+from myfla.ops.utils.validation import check_op_inputs, warn_if_head_first
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
 
@@ -190,7 +190,7 @@ _SEGMENT_BYTES = 4 * 1024 * 1024
 
 def _time_segments(B: int, T: int, H: int, D: int, cu_seqlens: Optional[torch.LongTensor]):
     """Token ranges ``[(start, end), ...]`` (multiples of the 64-token chunk) covering ``[0, T)``."""
-    if cu_seqlens is not None:
+    if cu_seqlens is not None or B * H * D == 0:
         return [(0, T)]
     seg = max(64, (_SEGMENT_BYTES // (B * H * D * 4)) // 64 * 64)
     if T <= seg:
@@ -363,7 +363,8 @@ def chunk_gated_delta_rule(
             "Please use head_first=False for now instead."
         )
 
-    check_varlen_inputs(q, initial_state, cu_seqlens)
+    check_op_inputs(q, k, v, g, beta, initial_state, cu_seqlens)
+    warn_if_head_first(q)
     if scale is None:
         scale = k.shape[-1] ** -0.5
     o, final_state = ChunkGatedDeltaRuleFunction.apply(

@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.utils.chunk_layout import get_chunk_layout
-from myfla.ops.utils.index import check_varlen_inputs
+from myfla.ops.utils.validation import check_op_inputs
 from myfla.utils import input_guard
 
 
@@ -225,7 +225,7 @@ def fused_recurrent_gated_delta_rule(
 
     Source: fla/ops/gated_delta_rule/fused_recurrent.py:L242-L353 (fla 0.4.0)
     """
-    check_varlen_inputs(q, initial_state, cu_seqlens)
+    check_op_inputs(q, k, v, g, beta, initial_state, cu_seqlens, gk=gk, gv=gv)
     if scale is None:
         scale = k.shape[-1] ** -0.5
     if beta is None:

@@ -25,7 +25,7 @@ from myfla.ops.kda.chunk_inter import chunk_kda_bwd_dqkwg
 from myfla.ops.kda.chunk_intra import chunk_kda_bwd_intra, chunk_kda_fwd_intra
 from myfla.ops.kda.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
 from myfla.ops.utils.cumsum import chunk_local_cumsum
-from myfla.ops.utils.index import check_varlen_inputs
+from myfla.ops.utils.validation import check_op_inputs, warn_if_head_first
 from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 
@@ -322,7 +322,8 @@ def chunk_kda(
 
     Source: fla/ops/kda/chunk.py:L247-L351 (fla 0.4.0)
     """
-    check_varlen_inputs(q, initial_state, cu_seqlens)
+    check_op_inputs(q, k, v, g, beta, initial_state, cu_seqlens)
+    warn_if_head_first(q)
     if scale is None:
         scale = k.shape[-1] ** -0.5
     o, final_state = ChunkKDAFunction.apply(

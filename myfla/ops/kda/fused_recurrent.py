@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.gated_delta_rule.fused_recurrent import fused_recurrent_gated_delta_rule
-from myfla.ops.utils.index import check_varlen_inputs
+from myfla.ops.utils.validation import check_op_inputs
 
 
 def fused_recurrent_kda(
@@ -44,7 +44,7 @@ def fused_recurrent_kda(
 
     Source: fla/ops/kda/fused_recurrent.py:L11-L114 (fla 0.4.0)
     """
-    check_varlen_inputs(q, initial_state, cu_seqlens)
+    check_op_inputs(q, k, v, g, beta, initial_state, cu_seqlens)
     if scale is None:
         scale = k.shape[-1] ** -0.5
 

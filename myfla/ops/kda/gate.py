@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from myfla.ops.utils.validation import check_softplus_beta
 from myfla.utils import accumulation_dtype, input_guard, is_amd
 
 # Source: fla/ops/kda/gate.py:L14-L14 (fla 0.4.0)
@@ -158,4 +159,5 @@ def fused_kda_gate(g: torch.Tensor, A: torch.Tensor, head_k_dim: int,
 
     Source: fla/ops/kda/gate.py:L329-L349 (fla 0.4.0)
     """
+    check_softplus_beta(beta)
     return KDAGateFunction.apply(g, A, head_k_dim, g_bias, beta, threshold)

@@ -7,6 +7,7 @@ chunk-local so that ``exp(g_i - g_j)`` stays bounded). The Triton kernels run on
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -39,7 +40,7 @@ def _chunk_cumsum(g: torch.Tensor, chunk_size: int, reverse: bool, scale: Option
     if vector:
         ones = torch.ones(BT, BT, dtype=acc_dtype, device=g.device)
         mask = ones.triu() if reverse else ones.tril()              # m_s of the kernel
-        flat = xc.reshape(N * NC, BT, -1)
+        flat = xc.reshape(N * NC, BT, math.prod(xc.shape[3:]))       # explicit: N * NC may be 0
         oc = torch.matmul(mask, flat, out=out_buffer(flat.shape, acc_dtype, g.device)).view(xc.shape)
     else:
         oc = xc.cumsum(2)

@@ -249,8 +249,10 @@ def test_module_surface():
         c = ShortConvolution(4, 3, backend='cuda', use_fast_conv1d=True)
     msgs = [str(r.message) for r in rec]
     assert any("`use_fast_conv1d` parameter is deprecated" in m for m in msgs)
-    assert any("Switching to the Triton implementation instead." in m for m in msgs)
-    assert c.backend == 'triton'
+    # the causal-conv1d package's functions exist (in torch), so backend='cuda' is kept as in fla with
+    # the package installed; the fallback is tested in test_convolution_cuda_backend.py
+    assert not any("Switching to the Triton implementation instead." in m for m in msgs)
+    assert c.backend == 'cuda'
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
