@@ -11,8 +11,8 @@ import typer
 from typing_extensions import Annotated
 
 from portaudit.cli.common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
-                                  UpstreamGitOpt, UpstreamPathOpt, cli_errors, console, default_manifests,
-                                  err_console, write_output)
+                                  UpstreamGitOpt, UpstreamPathOpt, UpstreamRevOpt, cli_errors, console,
+                                  default_manifests, err_console, write_output)
 from portaudit.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 from portaudit.static.baseline import apply_gate, load_baseline, write_baseline
 from portaudit.static.manifest import load_manifest
@@ -54,7 +54,7 @@ def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], por
               cache_dir: Optional[Path], fmt: Format, output: Optional[Path], verbose: bool,
               fail_under: Optional[float], baseline: Optional[Path], update_baseline: bool, force: bool,
               no_index_cache: bool, no_progress: bool, upstream_git: Optional[Path] = None,
-              bodies: bool = False) -> int:
+              bodies: bool = False, upstream_rev: Optional[str] = None) -> int:
     progress = ProgressDisplay(enabled=not no_progress)
     with cli_errors(progress):
         if update_baseline and baseline is None:
@@ -67,7 +67,7 @@ def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], por
             raise UsageError(f"two manifests are named '{sorted(dup)[0]}'; give them distinct 'name:' keys")
         session = Session(upstream_path=upstream_path, port_path=port_path, cache_dir=cache_dir,
                           progress=progress, use_index_cache=not no_index_cache, upstream_git=upstream_git,
-                          body_figures=bodies)
+                          body_figures=bodies, upstream_rev=upstream_rev)
         results = [session.audit(m) for m in manifests]
         progress.stop()
         report = Report(results, fail_under=fail_under, verbose=verbose, bodies=bodies)
@@ -99,7 +99,8 @@ def check(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
           output: OutputOpt = None, verbose: VerboseOpt = False, fail_under: FailUnderOpt = None,
           baseline: BaselineOpt = None, update_baseline: UpdateOpt = False, force: ForceOpt = False,
           no_index_cache: NoCacheOpt = False, no_progress: NoProgressOpt = False,
-          upstream_git: UpstreamGitOpt = None, bodies: BodiesOpt = False) -> None:
+          upstream_git: UpstreamGitOpt = None, bodies: BodiesOpt = False,
+          upstream_rev: UpstreamRevOpt = None) -> None:
     """Audit the port against one or more manifests (static checks; nothing is imported).
 
     Exit codes: 0 clean, 1 findings over the gate, 2 usage or manifest error, 3 upstream or
@@ -107,7 +108,7 @@ def check(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
     """
     raise typer.Exit(run_check(manifest, upstream_path, port_path, cache_dir, fmt, output, verbose,
                                fail_under, baseline, update_baseline, force, no_index_cache, no_progress,
-                               upstream_git, bodies))
+                               upstream_git, bodies, upstream_rev))
 
 
 def gate(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
@@ -117,7 +118,8 @@ def gate(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
          = DEFAULT_BASELINE,
          update_baseline: UpdateOpt = False, force: ForceOpt = False,
          no_index_cache: NoCacheOpt = False, no_progress: NoProgressOpt = False,
-         upstream_git: UpstreamGitOpt = None, bodies: BodiesOpt = False) -> None:
+         upstream_git: UpstreamGitOpt = None, bodies: BodiesOpt = False,
+         upstream_rev: UpstreamRevOpt = None) -> None:
     """The CI ratchet: `check` against manifests/baseline/, failing only on regressions.
 
     A regression is a finding not accepted by the baseline or completeness below it. Tighten the
@@ -126,4 +128,4 @@ def gate(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
     """
     raise typer.Exit(run_check(manifest, upstream_path, port_path, cache_dir, fmt, output, verbose,
                                fail_under, baseline, update_baseline, force, no_index_cache, no_progress,
-                               upstream_git, bodies))
+                               upstream_git, bodies, upstream_rev))

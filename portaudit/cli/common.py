@@ -32,6 +32,9 @@ UpstreamPathOpt = Annotated[Optional[Path], typer.Option(
 UpstreamGitOpt = Annotated[Optional[Path], typer.Option(
     "--upstream-git", help="The upstream git repository (a clone or bare mirror) for manifests with "
     "'upstream: {git, rev}'; overrides their 'git' path, keeps their 'rev'.")]
+UpstreamRevOpt = Annotated[Optional[str], typer.Option(
+    "--upstream-rev", help="Compare manifests with a git upstream against this commit or tag instead "
+    "of their 'rev' (e.g. the release a copy claims, next to the commit provenance found).")]
 PortPathOpt = Annotated[Optional[Path], typer.Option(
     "--port-path", help="Folder holding the port package (or the package folder itself). "
     "Default: the manifest's port.path, else the installed package, located without importing it.")]
@@ -115,7 +118,8 @@ def write_output(text: str, output: Optional[Path]) -> None:
         raise UsageError(f"cannot write {output}: {exc}")
 
 
-__all__ = ["console", "err_console", "ManifestOpt", "UpstreamPathOpt", "UpstreamGitOpt", "PortPathOpt",
+__all__ = ["console", "err_console", "ManifestOpt", "UpstreamPathOpt", "UpstreamGitOpt", "UpstreamRevOpt",
+           "PortPathOpt",
            "CacheDirOpt",
            "NoProgressOpt", "default_manifests", "ProgressDisplay", "cli_errors", "write_output",
            "EXIT_USAGE"]

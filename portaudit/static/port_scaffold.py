@@ -316,21 +316,30 @@ def render_port_manifest(sc: PortScaffold, up_package: str, port_package: str, u
     lines.append("entry_points:")
     lines += [f"  - {m.upstream}" for m in sc.matches if m.port in sc.port_entries]
     lines.append("stages:")
-    by_module: dict[str, list[Match]] = {}
+    # one entry per upstream symbol; a symbol the port defines in several places lists them all
+    by_symbol: dict[str, list[Match]] = {}
     for m in sc.matches:
-        by_module.setdefault(m.upstream.rsplit(".", 1)[0], []).append(m)
-    for i, (mod, ms) in enumerate(sorted(by_module.items()), 1):
+        by_symbol.setdefault(m.upstream, []).append(m)
+    by_module: dict[str, list[list[Match]]] = {}
+    for sym, ms in by_symbol.items():
+        by_module.setdefault(sym.rsplit(".", 1)[0], []).append(ms)
+    for i, (mod, groups) in enumerate(sorted(by_module.items()), 1):
         lines += [f"  - id: \"{i}\"", f"    title: {_q(mod)}", "    symbols:"]
-        for m in ms:
+        for ms in groups:
+            m = ms[0]
             opts = []
-            port_at = sc.entry_port(m)
+            ports = [x.port for x in ms]
             if m.kind == KERNEL:
                 opts.append("kind: kernel")
-            if port_at:
-                opts.append(f"port: {port_at}")
-            if m.renames:
-                opts.append("renames: {" + ", ".join(f"{a}: {b}" for a, b in m.renames.items()) + "}")
-            note = f"  # matched by {m.how}" if m.how != "name" else ""
+            if len(ports) > 1:
+                opts.append(f"port: [{', '.join(ports)}]")
+            elif sc.entry_port(m):
+                opts.append(f"port: {m.port}")
+            renames = {k: v for x in ms for k, v in x.renames.items()}
+            if renames:
+                opts.append("renames: {" + ", ".join(f"{a}: {b}" for a, b in renames.items()) + "}")
+            hows = sorted({x.how for x in ms if x.how != "name"})
+            note = f"  # matched by {'; '.join(hows)}" if hows else ""
             if opts:
                 lines.append(f"      - {{symbol: {m.upstream}, {', '.join(opts)}}}{note}")
             else:

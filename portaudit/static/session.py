@@ -26,9 +26,10 @@ class Session:
     def __init__(self, upstream_path: Optional[Path] = None, port_path: Optional[Path] = None,
                  cache_dir: Optional[Path] = None, progress: Optional[Progress] = None,
                  use_index_cache: bool = True, upstream_git: Optional[Path] = None,
-                 body_figures: bool = False):
+                 body_figures: bool = False, upstream_rev: Optional[str] = None):
         self.upstream_path = upstream_path
-        self.upstream_git = upstream_git      # overrides the manifest's upstream.git (same rev)
+        self.upstream_git = upstream_git      # overrides the manifest's upstream.git
+        self.upstream_rev = upstream_rev      # overrides its upstream.rev
         self.body_figures = body_figures
         self.port_path = port_path
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -91,7 +92,15 @@ class Session:
                                             on_parse=self.progress)
         return self._indexes[root]
 
+    def retarget(self, manifest: Manifest) -> Manifest:
+        """Apply --upstream-rev to a manifest with a git upstream: it is compared with that revision
+        (and, unless it sets upstream.version, its citations must name it)."""
+        if self.upstream_rev and manifest.upstream.git:
+            manifest.upstream.rev = self.upstream_rev
+        return manifest
+
     def audit(self, manifest: Manifest) -> ManifestResult:
+        self.retarget(manifest)
         up = self.index(self.upstream_root(manifest))
         port = self.index(self.port_root(manifest))
         self.say(f"indexing and checking {manifest.name}")

@@ -162,3 +162,12 @@ def test_one_upstream_symbol_in_several_port_places(ws):
     (f,) = [f for f in r.findings if f.status == "open"]
     assert f.code == "PA206" and f.key == "PA206:up.l2.l2norm@po.b.l2norm:eps"
     assert r.passed == 1 and r.total == 2
+
+
+def test_implicit_optional_is_optional(ws):
+    """fla writes `initial_state: torch.Tensor = None`; a port writing `torch.Tensor | None` agrees."""
+    ws.files(upstream={"up/o.py": "import torch\n\n\ndef f(h0: torch.Tensor = None, n: int = 1):\n    return h0\n"})
+    ws.files(port={"po/o.py": "import torch\n\n\ndef f(h0: torch.Tensor | None = None, n: int | None = 1):\n"
+                              "    return h0\n"})
+    r = ws.audit(["up.o.f"], waivers="  - {symbol: '*', code: 'PA30*', reason: no citations in this test}\n")
+    assert [(f.code, f.param) for f in r.findings if f.status == "open"] == [("PA207", "n")]

@@ -96,13 +96,22 @@ def check_signature(site: Site, up: Definition, port: Definition, upstream_ref: 
     if annotations:
         for name in shared_up:
             u, q = up_by_name[name], port_by_name[name]
-            if u.annotation != q.annotation and rd.up_annotation(u.annotation) != rd.port_annotation(q.annotation):
+            if u.annotation != q.annotation and \
+                    rd.up_annotation(_as_typed(u)) != rd.port_annotation(_as_typed(q)):
                 out.append(site.finding("PA207", f"annotation of '{name}' differs: upstream "
                                                  f"{u.annotation or '(none)'}, port {q.annotation or '(none)'}", param=name, **ref))
         if up.returns != port.returns and rd.up_annotation(up.returns) != rd.port_annotation(port.returns):
             out.append(site.finding("PA207", f"return annotation differs: upstream {up.returns or '(none)'}, "
                                              f"port {port.returns or '(none)'}", param="return", **ref))
     return out
+
+
+def _as_typed(p: Param) -> Optional[str]:
+    """The annotation as a type checker reads it: ``x: T = None`` is ``Optional[T]`` (PEP 484's
+    implicit Optional, which fla's signatures rely on)."""
+    if p.annotation is not None and p.default == "None":
+        return f"Optional[{p.annotation}]"
+    return p.annotation
 
 
 def _shown(text: str, read: Callable[[Optional[str]], Optional[str]]) -> str:
