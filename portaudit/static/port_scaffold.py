@@ -119,9 +119,11 @@ def _callees(index: TreeIndex, res: Resolved, package: str) -> list[Resolved]:
 
 
 def _alike(a: str, b: str) -> bool:
-    """Two names for the same thing (q/query, dt_bias/g_bias), not a replaced parameter."""
+    """A short name and its spelled-out form (q/query, k/key): proposed as a rename. Anything else
+    in the same position (output_final_state/inplace_final_state) is a replaced parameter, which
+    a rename would hide: left to the signature rules."""
     a, b = a.lower(), b.lower()
-    return a.startswith(b) or b.startswith(a) or difflib.SequenceMatcher(None, a, b).ratio() >= 0.6
+    return a.startswith(b) or b.startswith(a)
 
 
 def _param_renames(up: Definition, port: Definition) -> dict:
