@@ -23,14 +23,20 @@ from packaging import version
 try:
     import transformers
     from transformers.cache_utils import Cache as HFCacheBase
+    from transformers.generation import GenerationMixin
+    from transformers.utils.deprecation import deprecate_kwarg
 except ImportError:
     transformers = None
     HFCacheBase = None
+    GenerationMixin = None
+    deprecate_kwarg = None
 
 # Source: fla/models/utils.py:L15-L15 (fla 0.4.0)
 _TF_VERSION = transformers.__version__ if transformers is not None else None
 # Source: fla/models/utils.py:L16-L16 (fla 0.4.0)
 _NEED_NEW = "4.53.3"
+# Source: fla/models/utils.py:L17-L17 (fla 0.4.0)
+_IS_TRANSFORMERS_4_56_PLUS = _TF_VERSION is not None and version.parse(_TF_VERSION) >= version.parse("4.56.0")
 
 # FLACache semantics (fla 0.4.0 with any recent transformers) apply unless an old transformers is
 # installed, in which case fla 0.4.0 falls back to LegacyFLACache.
@@ -400,6 +406,94 @@ class FLACache(HFCacheBase):
                     cache.layers.append(cache.layer_class_to_replicate())
                 cache.layers[i].state = dict(layer_state)
         return cache
+
+
+def _generation_kwarg_rename(fn):
+    """transformers' ``deprecate_kwarg("num_logits_to_keep", version="4.50", new_name="logits_to_keep")``,
+    as fla applies it; without transformers there is no generation to serve (the mixin refuses to
+    be built), so the method stays as written."""
+    if deprecate_kwarg is None:
+        return fn
+    return deprecate_kwarg("num_logits_to_keep", version="4.50", new_name="logits_to_keep")(fn)
+
+
+class FLAGenerationMixin(GenerationMixin if GenerationMixin is not None else object):
+    """
+    Flash Linear Attention Generation Mixin that provides version-compatible generation methods.
+    This mixin handles transformers library version differences, particularly for prepare_inputs_for_generation.
+
+    It builds on ``transformers.generation.GenerationMixin``; without transformers, creating an
+    instance raises ImportError.
+
+    Source: fla/models/utils.py:L386-L463 (fla 0.4.0)
+    """
+
+    def __init__(self, *args, **kwargs):
+        if GenerationMixin is None:
+            raise ImportError("FLAGenerationMixin needs transformers (its GenerationMixin): pip install transformers")
+        super().__init__(*args, **kwargs)
+
+    @_generation_kwarg_rename
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor = None,
+        past_key_values: Optional[HFCacheBase] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        use_cache: bool = True,
+        logits_to_keep: Optional[int] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+        **kwargs
+    ):
+        if _IS_TRANSFORMERS_4_56_PLUS:
+            # transformers 4.56+: inputs follow cache_position
+            model_inputs = {}
+
+            if past_key_values is not None:
+                model_inputs["past_key_values"] = past_key_values
+
+                # the library's own slicing when it has one, else by cache_position, else the last token
+                if hasattr(self, '_cache_dependant_input_preparation') and cache_position is not None:
+                    inputs_embeds, input_ids = self._cache_dependant_input_preparation(
+                        input_ids, inputs_embeds, cache_position
+                    )
+                elif cache_position is not None:
+                    if input_ids is not None and input_ids.shape[1] != cache_position.shape[0]:
+                        input_ids = input_ids[:, cache_position]
+                elif hasattr(past_key_values, '__len__') and len(past_key_values) > 0:
+                    input_ids = input_ids[:, -1:]
+
+            # embeddings only while they cover every position being processed
+            if inputs_embeds is not None and (cache_position is None or len(cache_position) == inputs_embeds.shape[1]):
+                model_inputs['inputs_embeds'] = inputs_embeds
+                model_inputs['input_ids'] = None
+            else:
+                model_inputs['input_ids'] = input_ids.contiguous() if input_ids is not None else None
+                model_inputs['inputs_embeds'] = None
+
+            model_inputs['cache_position'] = cache_position
+
+        else:
+            # older transformers: only the last token once the cache holds anything
+            model_inputs = {}
+            if past_key_values is not None and hasattr(past_key_values, '__len__') and len(past_key_values) > 0:
+                input_ids = input_ids[:, -1:]
+            # embeddings are used for the first generation step only
+            if inputs_embeds is not None and hasattr(past_key_values, '__len__') and len(past_key_values) == 0:
+                model_inputs = {'inputs_embeds': inputs_embeds}
+            else:
+                # contiguous: a static stride during decoding (torchdynamo guards on strides)
+                model_inputs = {'input_ids': input_ids.contiguous()}
+
+        if logits_to_keep is not None:
+            model_inputs['logits_to_keep'] = logits_to_keep
+
+        model_inputs.update({
+            'past_key_values': past_key_values,
+            'use_cache': use_cache,
+            'attention_mask': attention_mask,
+        })
+        return model_inputs
 
 
 if _USE_FLA_CACHE:
