@@ -66,6 +66,7 @@ class Scope:
     internal_tops: frozenset                 # top-level packages that belong to the tree
     index: object = None                     # a TreeIndex, for shim look-through (optional)
     _shims: dict = field(default_factory=dict)
+    looked: set = field(default_factory=set)   # aliases whose spelling needed other tree modules
 
     @classmethod
     def of(cls, info: ModuleInfo, index=None, internal_tops: Optional[set] = None) -> "Scope":
@@ -97,6 +98,8 @@ class Scope:
             return ref.module if ref.name is None else f"{ref.module}.{ref.name}"
         if ref.name is None:                       # `import pkg.mod as m`: the module's own name
             return ref.module.rsplit(".", 1)[-1]
+        if self.index is not None:
+            self.looked.add(name)
         outside = self._look_through(ref.module, ref.name)
         return outside or ref.name
 
@@ -128,34 +131,18 @@ class Scope:
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
-def _bound_names(tree: ast.AST) -> set[str]:
-    """Names a body binds locally (assignments, loop and with targets, nested defs, imports)."""
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            if not isinstance(node.ctx, ast.Load):
-                names.add(node.id)
-        elif isinstance(node, _DEFS):
-            names.add(node.name)
-        elif isinstance(node, ast.arg):
-            names.add(node.arg)
-        elif isinstance(node, ast.alias):
-            names.add((node.asname or node.name).split(".")[0])
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            names.add(node.name)
-    return names
-
-
 def canonical_text(body_src: str, scope: Scope, params: tuple = (),
                    renames: Optional[Mapping[str, str]] = None) -> tuple[str, frozenset]:
     """(canonical text, the rename keys used) of a normalised body; ``params`` are local names.
 
-    One walk over the tree, editing names in place: global names get their canonical spelling
-    (:meth:`Scope.spelled`), then ``renames`` apply to every identifier."""
+    One walk collects what the body binds locally (assignments, loop and with targets, nested defs,
+    imports, except names) and renames identifiers, parameters and attributes; then every name it
+    reads but does not bind gets its canonical spelling (:meth:`Scope.spelled`) and the renames."""
     tree = ast.parse(body_src)
-    bound = _bound_names(tree) | set(params)
     renames = renames or {}
     used: set[str] = set()
+    bound: set[str] = set(params)
+    loads: list[ast.Name] = []
 
     def rename(name: str) -> str:
         new = renames.get(name)
@@ -165,21 +152,34 @@ def canonical_text(body_src: str, scope: Scope, params: tuple = (),
         return new
 
     for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            if node.id not in bound and isinstance(node.ctx, ast.Load):
-                spelled = scope.spelled(node.id)
-                if spelled is not None:
-                    node.id = spelled
-            node.id = rename(node.id)
-        elif isinstance(node, ast.Attribute):
+        kind = type(node)
+        if kind is ast.Name:
+            if type(node.ctx) is ast.Load:
+                loads.append(node)
+            else:
+                bound.add(node.id)
+                node.id = rename(node.id)
+        elif kind is ast.Attribute:
             node.attr = rename(node.attr)
-        elif isinstance(node, ast.arg):
+        elif kind is ast.arg:
+            bound.add(node.arg)
             node.arg = rename(node.arg)
-        elif isinstance(node, ast.keyword):
+        elif kind is ast.keyword:
             if node.arg is not None:
                 node.arg = rename(node.arg)
-        elif isinstance(node, _DEFS):
+        elif kind in _DEFS:
+            bound.add(node.name)
             node.name = rename(node.name)
+        elif kind is ast.alias:
+            bound.add((node.asname or node.name).split(".")[0])
+        elif kind is ast.ExceptHandler and node.name:
+            bound.add(node.name)
+    for node in loads:
+        if node.id not in bound:
+            spelled = scope.spelled(node.id)
+            if spelled is not None:
+                node.id = spelled
+        node.id = rename(node.id)
     return ast.unparse(tree), frozenset(used)
 
 

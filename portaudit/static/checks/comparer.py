@@ -8,10 +8,12 @@ It also reads signatures for the signature rule (annotations as types, defaults 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from portaudit.static.body import Canonical, Scope, canonical, display_aliases, fingerprint, similarity
+from portaudit.static.body import Canonical, Scope, display_aliases, fingerprint, similarity
+from portaudit.static.canonical_store import CanonicalStore
 from portaudit.static.checks.body import check_body
 from portaudit.static.checks.signature import Readers
 from portaudit.static.checks.site import Site
@@ -19,6 +21,10 @@ from portaudit.static.findings import Finding
 from portaudit.static.index.model import CLASS_KINDS, KERNEL, Definition, ModuleInfo, Resolved
 from portaudit.static.index.tree import TreeIndex
 from portaudit.static.signature_normal import canonical_annotation, canonical_default
+
+
+# a Triton launch: name[grid](...)
+_LAUNCH_RE = re.compile(r"[A-Za-z_][\w.]*\[[^\[\]\n]*\]\(")
 
 
 @dataclass
@@ -37,10 +43,12 @@ class BodyFigure:
 
 
 class BodyComparer:
-    def __init__(self, upstream: TreeIndex, port: TreeIndex):
+    def __init__(self, upstream: TreeIndex, port: TreeIndex, cache_dir=None):
         self.up = upstream
         self.port = port
         self._scopes: dict[tuple[int, str], Scope] = {}
+        self.store = CanonicalStore(cache_dir)
+        self._annotations: dict[tuple[int, Optional[str]], Optional[str]] = {}
 
     def scope(self, index: TreeIndex, info: ModuleInfo) -> Scope:
         key = (id(index), info.module)
@@ -49,19 +57,25 @@ class BodyComparer:
         return self._scopes[key]
 
     # -- signatures --------------------------------------------------------------------------
+    def annotation(self, scope: Scope, text: Optional[str]) -> Optional[str]:
+        key = (id(scope), text)
+        if key not in self._annotations:
+            self._annotations[key] = canonical_annotation(text, scope.spelled)
+        return self._annotations[key]
+
     def readers(self, up: Resolved, port: Resolved) -> Readers:
         us, ps = self.scope(self.up, up.module), self.scope(self.port, port.module)
         return Readers(
-            up_annotation=lambda t: canonical_annotation(t, us.spelled),
-            port_annotation=lambda t: canonical_annotation(t, ps.spelled),
+            up_annotation=lambda t: self.annotation(us, t),
+            port_annotation=lambda t: self.annotation(ps, t),
             up_default=lambda t: canonical_default(t, self.up, up.module),
             port_default=lambda t: canonical_default(t, self.port, port.module))
 
     # -- bodies ------------------------------------------------------------------------------
     def pair(self, up_info: ModuleInfo, ud: Definition, port_info: ModuleInfo, pd: Definition,
              renames: Mapping[str, str]) -> tuple[Optional[Canonical], Optional[Canonical]]:
-        return (canonical(ud, self.scope(self.up, up_info), renames),
-                canonical(pd, self.scope(self.port, port_info)))
+        return (self.store.canonical(up_info, ud, self.scope(self.up, up_info), renames),
+                self.store.canonical(port_info, pd, self.scope(self.port, port_info)))
 
     def findings(self, site: Site, up: Resolved, port: Resolved, port_methods: dict[str, Definition],
                  renames: Mapping[str, str], upstream_label: str, up_ref_of, port_file: str) -> tuple[list[Finding], set]:
@@ -108,15 +122,11 @@ class BodyComparer:
                           a.fingerprint, b.fingerprint)
 
     def plain_python(self, up: Resolved) -> bool:
-        """True when the upstream definition is no kernel and none of the names it reads is one."""
-        from portaudit.static.scaffold import resolve_use
-
+        """True when the upstream definition is no kernel and launches none (``kernel[grid](...)``,
+        Triton's launch syntax, in its body or its methods'); read from the text, no module loaded."""
         d = up.definition
         if d.kind == KERNEL:
             return False
-        top = up.module.definitions.get(d.name.split(".")[0], d)
-        for name in top.uses:
-            found = resolve_use(self.up, up.module, name)
-            if found is not None and found.definition.kind == KERNEL:
-                return False
-        return True
+        texts = [d.body_src or ""] + [up.module.definitions[f"{d.name}.{m}"].body_src or ""
+                                     for m in d.methods if f"{d.name}.{m}" in up.module.definitions]
+        return not any(_LAUNCH_RE.search(t) for t in texts)

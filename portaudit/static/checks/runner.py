@@ -46,7 +46,8 @@ class Auditor:
         self.up = upstream
         self.port = port
         self.body_figures = body_figures
-        self.bodies = BodyComparer(upstream, port)
+        cache = upstream.cache_dir.parent if upstream.cache_dir is not None else None
+        self.bodies = BodyComparer(upstream, port, cache)
         self._file_lines: dict[str, UpstreamFile] = {}
         self._sidecars: dict[str, Sidecar] = {}
         self._used_renames: set[tuple[str, str]] = set()   # (entry symbol or "", rename key)
@@ -95,6 +96,7 @@ class Auditor:
                         f.location = psym
                 result.symbols.append(sr)
         result.hygiene += self.unused_renames(manifest, entries, mfile)
+        self.bodies.store.flush()
         hygiene.apply_waivers(manifest, result, mfile)
         hygiene.apply_deviations(manifest, result, mfile)
         for f in result.findings:

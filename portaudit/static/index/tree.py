@@ -48,17 +48,22 @@ class TreeIndex:
         self.on_parse = on_parse          # told about each file parsed (a cache miss)
         self.cache_dir = Path(cache_dir) / "index" if cache_dir else None
         self._modules: dict[str, Optional[ModuleInfo]] = {}
+        self._paths: dict[str, Optional[Path]] = {}
         self.parsed_files: list[str] = []     # files parsed by libcst in this process
         self.loaded_files: list[str] = []     # files read (parsed or from the cache)
 
     # -- modules -------------------------------------------------------------------------
     def module_path(self, module: str) -> Optional[Path]:
+        if module in self._paths:          # asked for again and again while resolving symbols
+            return self._paths[module]
         base = self.root.joinpath(*module.split("."))
+        found = None
         if base.with_suffix(".py").is_file():
-            return base.with_suffix(".py")
-        if (base / "__init__.py").is_file():
-            return base / "__init__.py"
-        return None
+            found = base.with_suffix(".py")
+        elif (base / "__init__.py").is_file():
+            found = base / "__init__.py"
+        self._paths[module] = found
+        return found
 
     def module(self, module: str) -> Optional[ModuleInfo]:
         if module in self._modules:
