@@ -11,14 +11,16 @@ the package folder) and reused like an unpacked wheel. History queries (:meth:`G
 
 Safety: revisions and paths from a manifest or the command line are validated and always follow
 ``--end-of-options`` (or are full object names), so they can never be read as git options; the
-repository path is made absolute first. Archive members are extracted only when they are plain
-files or folders inside the target (no absolute paths, ``..``, links or devices).
+repository path is made absolute first. Only plumbing that reads objects is used (``rev-parse``,
+``ls-tree``, ``cat-file``, ``log``): files are written from blob contents by portaudit itself, not by
+``git archive`` or a checkout, so no filter, hook or fsmonitor configured in the repository runs.
+Paths are checked (no absolute paths, ``..``, links or submodules). Archive members are extracted
+only when they are plain files or folders inside the target.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -68,7 +70,8 @@ class GitRepo:
 
     # -- plumbing --------------------------------------------------------------------------
     def _git(self, *args: str, what: str, input_bytes: Optional[bytes] = None, binary: bool = False):
-        cmd = ["git", "-C", str(self.path), "-c", "core.quotepath=off", *args]
+        cmd = ["git", "--no-pager", "-C", str(self.path), "-c", "core.quotepath=off", "-c", "core.fsmonitor=false",
+               *args]
         env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", LC_ALL="C")
         try:
             proc = subprocess.run(cmd, input=input_bytes, capture_output=True, timeout=_GIT_TIMEOUT, env=env)
@@ -157,18 +160,36 @@ class GitRepo:
         if (root / _DONE_MARKER).is_file():
             return root
         top = package.split(".")[0]
-        data = self._git("archive", "--format=tar", sha, "--", top, binary=True,
-                         what=f"export {top}/ at {sha[:10]}")
+        files = self.files_at(sha, top)
+        if not files:
+            raise UpstreamError(f"the package folder '{top}/' does not exist at {sha[:10]} in {self.path}")
+        contents = self.read_blobs(files.values())
         (Path(cache_dir) / "trees").mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=Path(cache_dir) / "trees"))
         try:
-            extract_tar(io.BytesIO(data), tmp, f"git archive of {sha[:10]}")
+            for path, blob in files.items():
+                target = tmp / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(contents[blob])
             (tmp / _DONE_MARKER).write_text(f"git {self.git_dir} {sha}\n")
             publish(tmp, root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return root
+
+    def files_at(self, sha: str, folder: str) -> dict[str, str]:
+        """Regular files under ``folder`` at a commit: path -> blob id (links and submodules left out)."""
+        out = self._git("ls-tree", "-r", "--full-tree", "--end-of-options", self._sha(sha), "--", folder,
+                        what="list files")
+        files = {}
+        for line in out.splitlines():
+            meta, _, path = line.partition("\t")
+            parts = meta.split()
+            if len(parts) == 3 and parts[1] == "blob" and parts[0] in ("100644", "100755") \
+                    and _member_ok(path) and (path == folder or path.startswith(folder + "/")):
+                files[path] = parts[2]
+        return files
 
     # -- history ---------------------------------------------------------------------------
     def first_parent_commits(self, until: str, since: Optional[str] = None,

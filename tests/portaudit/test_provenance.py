@@ -186,3 +186,16 @@ def test_fix_citations_keeps_a_decorated_first_method_valid(ws):
     compile(text, "m.py", "exec")
     assert text.startswith('class Fn:\n    """Source: up/m.py:L1-L4 (up 1.0)"""\n    @staticmethod\n')
     assert runner.invoke(app, ["check", *ws.cli_args()]).exit_code == 0
+
+
+def test_no_filter_or_hook_of_the_repository_runs(history, tmp_path):
+    """The tree is written from blob contents: a smudge filter configured in the repo never runs."""
+    marker = tmp_path / "filter-ran"
+    (history / ".gitattributes").write_text("*.py filter=evil\n")
+    git(history, "add", ".gitattributes")
+    git(history, "commit", "-q", "-m", "attributes")
+    git(history, "config", "filter.evil.smudge", f"touch {marker}; cat")
+    repo = GitRepo(history)
+    root = repo.tree(repo.resolve("HEAD"), "up", tmp_path / "cache")
+    assert (root / "up/ops.py").read_text() == textwrap.dedent(V3).lstrip("\n")
+    assert not marker.exists()
