@@ -391,8 +391,10 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> M
                 if kind is not None and kind not in ENTRY_KINDS:
                     v.fail(ep + ("kind",), f"unknown kind '{kind}'; one of {', '.join(ENTRY_KINDS)}")
                 ports = item.get("port")
+                if isinstance(ports, list) and not ports:
+                    v.fail(ep + ("port",), "an empty list; name at least one port location")
                 ports = [v.dotted(p, ep + ("port", i)) for i, p in enumerate(ports)] \
-                    if isinstance(ports, list) else ([v.dotted(ports, ep + ("port",))] if ports else [])
+                    if isinstance(ports, list) else ([v.dotted(ports, ep + ("port",))] if ports is not None else [])
                 entry = Entry(symbol=v.dotted(item["symbol"], ep + ("symbol",)), stage_id=sid, kind=kind,
                               port=ports[0] if ports else None, extra_ports=ports[1:],
                               note=v.opt_string(item, "note", ep), loc=v.pos.at(ep),
