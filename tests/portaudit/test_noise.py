@@ -64,7 +64,7 @@ SIGNATURE = ("import torch\nfrom typing import Optional, Tuple\n\n\n"
 
 def run(ws, port: str, symbols=("up.m.f",), files=None):
     ws.files(upstream=UP, port={"po/m.py": port, **(files or {})})
-    return ws.audit(list(symbols), waivers="  - {symbol: '*', code: 'PA30*', reason: the test port cites nothing}\n")
+    return ws.audit(list(symbols), waivers="  - {symbol: 'up.*', code: 'PA30*', reason: the test port cites nothing}\n")
 
 
 def test_annotation_spelling_is_not_a_finding(ws):
@@ -139,9 +139,9 @@ def test_parameter_renames_declared_once(ws):
     ws.files(port={"po/ops.py": "def attn(query, key, value, scale=None):\n    return query\n\n\n"
                                 "def rec(query, key, value, beta=None):\n    return query\n"})
     path = ws.manifest(["up.ops.attn", "up.ops.rec"],
-                       waivers="  - {symbol: '*', code: 'PA30*', reason: no citations in this test}\n")
+                       waivers="  - {symbol: 'up.*', code: 'PA30*', reason: no citations in this test}\n")
     plain = ws.audit(["up.ops.attn", "up.ops.rec"],
-                     waivers="  - {symbol: '*', code: 'PA30*', reason: no citations in this test}\n")
+                     waivers="  - {symbol: 'up.*', code: 'PA30*', reason: no citations in this test}\n")
     assert open_codes(plain).count("PA201") == 6 and open_codes(plain).count("PA202") == 6
     text = path.read_text().replace("  package: po\n", "  package: po\n  renames: {q: query, k: key, v: value}\n")
     path.write_text(text)
@@ -157,7 +157,7 @@ def test_one_upstream_symbol_in_several_port_places(ws):
     ws.files(port={"po/a.py": "def l2norm(x, eps=1e-6):\n    return x\n",
                    "po/b.py": "def l2norm(x, eps=1e-5):\n    return x\n"})
     r = ws.audit(["{symbol: up.l2.l2norm, port: [po.a.l2norm, po.b.l2norm]}"],
-                 waivers="  - {symbol: '*', code: 'PA30*', reason: no citations in this test}\n")
+                 waivers="  - {symbol: 'up.*', code: 'PA30*', reason: no citations in this test}\n")
     assert [s.port_symbol for s in r.symbols] == ["po.a.l2norm", "po.b.l2norm"]
     (f,) = [f for f in r.findings if f.status == "open"]
     assert f.code == "PA206" and f.key == "PA206:up.l2.l2norm@po.b.l2norm:eps"
@@ -169,5 +169,5 @@ def test_implicit_optional_is_optional(ws):
     ws.files(upstream={"up/o.py": "import torch\n\n\ndef f(h0: torch.Tensor = None, n: int = 1):\n    return h0\n"})
     ws.files(port={"po/o.py": "import torch\n\n\ndef f(h0: torch.Tensor | None = None, n: int | None = 1):\n"
                               "    return h0\n"})
-    r = ws.audit(["up.o.f"], waivers="  - {symbol: '*', code: 'PA30*', reason: no citations in this test}\n")
+    r = ws.audit(["up.o.f"], waivers="  - {symbol: 'up.*', code: 'PA30*', reason: no citations in this test}\n")
     assert [(f.code, f.param) for f in r.findings if f.status == "open"] == [("PA207", "n")]
