@@ -28,6 +28,7 @@ from portaudit.cli.common import EXIT_BROKEN_PIPE, console, err_console, one_lin
 from portaudit.cli.drift import drift
 from portaudit.cli.fixcite import fix_citations
 from portaudit.cli.numerics import golden_app, invariants
+from portaudit.cli.provenance import provenance
 from portaudit.cli.scaffold import scaffold
 from portaudit.errors import EXIT_USAGE
 
@@ -54,6 +55,7 @@ app.command("gate")(gate)
 app.command("scaffold")(scaffold)
 app.command("fix-citations")(fix_citations)
 app.command("codes")(codes)
+app.command("provenance")(provenance)
 app.command("drift")(drift)
 app.command("invariants")(invariants)
 app.add_typer(golden_app, name="golden")

@@ -11,8 +11,8 @@ import typer
 from typing_extensions import Annotated
 
 from portaudit.cli.common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
-                                  UpstreamPathOpt, cli_errors, console, default_manifests, err_console,
-                                  register_inputs, write_output)
+                                  UpstreamGitOpt, UpstreamPathOpt, UpstreamRevOpt, cli_errors, console,
+                                  default_manifests, err_console, register_inputs, write_output)
 from portaudit.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 from portaudit.static.baseline import apply_gate, load_baseline, write_baseline
 from portaudit.static.manifest import load_manifest
@@ -45,12 +45,16 @@ UpdateOpt = Annotated[bool, typer.Option("--update-baseline", help="Record the c
                                          "the new baseline (refuses regressions unless --force).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="With --update-baseline: accept regressions.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-index-cache", help="Re-parse every file.")]
+BodiesOpt = Annotated[bool, typer.Option(
+    "--bodies", help="Also measure how close each translated definition's body is to the upstream's "
+    "(normalised; a figure, not a gate) and print the per-entry table.")]
 
 
 def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], port_path: Optional[Path],
               cache_dir: Optional[Path], fmt: Format, output: Optional[Path], verbose: bool,
               fail_under: Optional[float], baseline: Optional[Path], update_baseline: bool, force: bool,
-              no_index_cache: bool, no_progress: bool) -> int:
+              no_index_cache: bool, no_progress: bool, upstream_git: Optional[Path] = None,
+              bodies: bool = False, upstream_rev: Optional[str] = None) -> int:
     progress = ProgressDisplay(enabled=not no_progress)
     with cli_errors(progress):
         if update_baseline and baseline is None:
@@ -65,10 +69,11 @@ def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], por
         if dup:
             raise UsageError(f"two manifests are named '{sorted(dup)[0]}'; give them distinct 'name:' keys")
         session = Session(upstream_path=upstream_path, port_path=port_path, cache_dir=cache_dir,
-                          progress=progress, use_index_cache=not no_index_cache)
+                          progress=progress, use_index_cache=not no_index_cache, upstream_git=upstream_git,
+                          body_figures=bodies, upstream_rev=upstream_rev)
         results = [session.audit(m) for m in manifests]
         progress.stop()
-        report = Report(results, fail_under=fail_under, verbose=verbose)
+        report = Report(results, fail_under=fail_under, verbose=verbose, bodies=bodies)
         if baseline is not None:
             if update_baseline:
                 for r in results:
@@ -98,14 +103,17 @@ def check(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
           port_path: PortPathOpt = None, cache_dir: CacheDirOpt = None, fmt: FormatOpt = Format.text,
           output: OutputOpt = None, verbose: VerboseOpt = False, fail_under: FailUnderOpt = None,
           baseline: BaselineOpt = None, update_baseline: UpdateOpt = False, force: ForceOpt = False,
-          no_index_cache: NoCacheOpt = False, no_progress: NoProgressOpt = False) -> None:
+          no_index_cache: NoCacheOpt = False, no_progress: NoProgressOpt = False,
+          upstream_git: UpstreamGitOpt = None, bodies: BodiesOpt = False,
+          upstream_rev: UpstreamRevOpt = None) -> None:
     """Audit the port against one or more manifests (static checks; nothing is imported).
 
     Exit codes: 0 clean, 1 findings over the gate, 2 usage or manifest error, 3 upstream or
     internal error. Without --baseline/--fail-under any open error finding fails.
     """
     raise typer.Exit(run_check(manifest, upstream_path, port_path, cache_dir, fmt, output, verbose,
-                               fail_under, baseline, update_baseline, force, no_index_cache, no_progress))
+                               fail_under, baseline, update_baseline, force, no_index_cache, no_progress,
+                               upstream_git, bodies, upstream_rev))
 
 
 def gate(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
@@ -114,7 +122,9 @@ def gate(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
          baseline: Annotated[Path, typer.Option("--baseline", help="Baseline directory or file.")]
          = DEFAULT_BASELINE,
          update_baseline: UpdateOpt = False, force: ForceOpt = False,
-         no_index_cache: NoCacheOpt = False, no_progress: NoProgressOpt = False) -> None:
+         no_index_cache: NoCacheOpt = False, no_progress: NoProgressOpt = False,
+         upstream_git: UpstreamGitOpt = None, bodies: BodiesOpt = False,
+         upstream_rev: UpstreamRevOpt = None) -> None:
     """The CI ratchet: `check` against manifests/baseline/, failing only on regressions.
 
     A regression is a finding not accepted by the baseline or completeness below it. Tighten the
@@ -122,4 +132,5 @@ def gate(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
     gate demands a complete port with zero unexplained findings.
     """
     raise typer.Exit(run_check(manifest, upstream_path, port_path, cache_dir, fmt, output, verbose,
-                               fail_under, baseline, update_baseline, force, no_index_cache, no_progress))
+                               fail_under, baseline, update_baseline, force, no_index_cache, no_progress,
+                               upstream_git, bodies, upstream_rev))

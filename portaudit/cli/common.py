@@ -40,6 +40,12 @@ ManifestOpt = Annotated[Optional[List[Path]], typer.Option(
 UpstreamPathOpt = Annotated[Optional[Path], typer.Option(
     "--upstream-path", help="Audit against this local upstream tree (the folder that holds the "
     "package, e.g. a vendored libs/) instead of fetching the manifest's distributions.")]
+UpstreamGitOpt = Annotated[Optional[Path], typer.Option(
+    "--upstream-git", help="The upstream git repository (a clone or bare mirror) for manifests with "
+    "'upstream: {git, rev}'; overrides their 'git' path, keeps their 'rev'.")]
+UpstreamRevOpt = Annotated[Optional[str], typer.Option(
+    "--upstream-rev", help="Compare manifests with a git upstream against this commit or tag instead "
+    "of their 'rev' (e.g. the release a copy claims, next to the commit provenance found).")]
 PortPathOpt = Annotated[Optional[Path], typer.Option(
     "--port-path", help="Folder holding the port package (or the package folder itself). "
     "Default: the manifest's port.path, else the installed package, located without importing it.")]
@@ -175,6 +181,7 @@ def write_output(text: str, output: Optional[Path]) -> None:
     write_file(output, text, what="report")
 
 
-__all__ = ["console", "err_console", "EXIT_BROKEN_PIPE", "silence_stdout", "one_line", "ManifestOpt", "UpstreamPathOpt", "PortPathOpt", "CacheDirOpt",
+__all__ = ["console", "err_console", "EXIT_BROKEN_PIPE", "silence_stdout", "one_line", "ManifestOpt",
+           "UpstreamPathOpt", "UpstreamGitOpt", "UpstreamRevOpt", "PortPathOpt", "CacheDirOpt",
            "NoProgressOpt", "default_manifests", "ProgressDisplay", "cli_errors", "write_output", "register_inputs",
            "EXIT_USAGE"]

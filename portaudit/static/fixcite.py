@@ -33,6 +33,7 @@ from typing import Optional
 from portaudit.errors import UsageError
 from portaudit.safe_io import read_regular, write_file
 from portaudit.static.citations import Citation, format_citation
+from portaudit.static.fidelity import DOCSTRING
 from portaudit.static.index.model import CONSTANT, KERNEL, Definition, ModuleInfo
 from portaudit.static.index.tree import TreeIndex
 from portaudit.static.manifest import Manifest
@@ -240,8 +241,8 @@ def plan_fixes(manifest: Manifest, up: TreeIndex, port: TreeIndex, plan: Optiona
     seen = set()
     kernels = []
     for entry in manifest.entries:
-        if entry.symbol in seen:
-            continue
+        if entry.symbol in seen or manifest.citation_policy(entry).style != DOCSTRING:
+            continue     # a sidecar is written by sidecar.planned_sidecars; "off" needs nothing
         seen.add(entry.symbol)
         p.entry(entry.symbol, manifest.port_symbol(entry))
         if entry.kind == KERNEL:

@@ -11,6 +11,11 @@ disable a check. See docs/codes.md for the schema and the finding codes.
     waivers:    [{symbol: fla.utils.device, code: PA102, reason: "..."}]
     deviations: [{symbol: fla.layers.kda.KimiDeltaAttention.forward, reason: "...",
                   fixed_upstream_in: "0.4.1"}]
+
+Copies (vendored code) add: ``upstream: {git: REPO, rev: COMMIT}`` or ``{archive: FILE}``;
+``port: {fidelity: copy, renames: {q: query}}`` (``fidelity`` per stage and entry too, an entry
+may list several ``port`` locations and its own ``renames``); ``citations: {style: sidecar, file:
+F}`` or ``{style: off, reason: ...}`` (per manifest or stage). See :mod:`.fidelity`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import Any, Optional
 import yaml
 
 from portaudit.errors import UsageError
+from portaudit.static.fidelity import (CitationPolicy, Renames, parse_citation_policy, parse_fidelity,
+                                       parse_renames)
 from portaudit.static.index.model import KINDS
 from portaudit.static.requirements import RequirementError, parse_pinned
 from portaudit.static.yaml_loader import load_yaml_file, parse_yaml
@@ -51,6 +58,9 @@ class Entry:
     port: Optional[str] = None
     note: Optional[str] = None
     loc: Optional[Loc] = None
+    fidelity: Optional[str] = None                          # copy | translation (None: the stage's)
+    renames: Renames = field(default_factory=dict)          # upstream name -> port name
+    extra_ports: list[str] = field(default_factory=list)    # further port locations of the symbol
 
 
 @dataclass
@@ -59,6 +69,8 @@ class Stage:
     title: str
     entries: list[Entry] = field(default_factory=list)
     loc: Optional[Loc] = None
+    fidelity: Optional[str] = None
+    citations: Optional[CitationPolicy] = None
 
 
 @dataclass
@@ -93,6 +105,9 @@ class Upstream:
     version: Optional[str] = None
     label: Optional[str] = None
     path: Optional[str] = None
+    git: Optional[str] = None          # a local repository (relative to the manifest) ...
+    rev: Optional[str] = None          # ... at this commit or tag
+    archive: Optional[str] = None      # or a tar/zip of the tree
 
 
 @dataclass
@@ -100,6 +115,8 @@ class Port:
     package: str
     path: Optional[str] = None
     modules: dict[str, str] = field(default_factory=dict)
+    fidelity: str = "translation"      # the default kind of port for every stage
+    renames: Renames = field(default_factory=dict)
 
 
 @dataclass
@@ -116,6 +133,7 @@ class Manifest:
     entry_points: list[str] = field(default_factory=list)
     # ``numerics.tolerances`` overrides, validated here and applied by `portaudit invariants`.
     tolerances: list[dict] = field(default_factory=list)
+    citations: CitationPolicy = field(default_factory=CitationPolicy)
     # The whole ``numerics`` section as loaded (cases, implementation, tolerances), so tools that
     # rewrite the manifest (drift --write-manifest) carry it over unchanged.
     numerics: dict = field(default_factory=dict)
@@ -132,6 +150,8 @@ class Manifest:
     def citation_version(self) -> Optional[str]:
         if self.upstream.version:
             return self.upstream.version
+        if self.upstream.rev:
+            return self.upstream.rev
         versions = {d.partition("==")[2].strip() for d in self.upstream.distributions}
         return versions.pop() if len(versions) == 1 else None
 
@@ -140,6 +160,41 @@ class Manifest:
         if entry.port:
             return entry.port
         return self.port_name_for(entry.symbol)
+
+    def port_symbols(self, entry: Entry) -> list[str]:
+        """Every port location of ``entry`` (one upstream symbol may be ported several times)."""
+        return [self.port_symbol(entry)] + list(entry.extra_ports)
+
+    def stage_of(self, entry: Entry) -> Optional[Stage]:
+        return next((s for s in self.stages if s.id == entry.stage_id), None)
+
+    def fidelity_of(self, entry: Entry) -> str:
+        """``copy`` (the body is compared) or ``translation``: the entry's, its stage's, the port's."""
+        stage = self.stage_of(entry)
+        return entry.fidelity or (stage.fidelity if stage else None) or self.port.fidelity
+
+    def citation_policy(self, entry: Entry) -> CitationPolicy:
+        stage = self.stage_of(entry)
+        return stage.citations if stage is not None and stage.citations is not None else self.citations
+
+    def renames_for(self, entry: Entry) -> Renames:
+        """Upstream name -> port name for this entry: the port's, the entry's, and the short names
+        of entries the manifest places under another name (``{symbol: a.f, port: b.g}``: f -> g)."""
+        out = dict(self.implied_renames())
+        out.update(self.port.renames)
+        out.update(entry.renames)
+        return out
+
+    def implied_renames(self) -> Renames:
+        if not hasattr(self, "_implied"):
+            implied: dict[str, str] = {}
+            for e in self.entries:
+                if e.port:
+                    up, po = e.symbol.rsplit(".", 1)[-1], e.port.rsplit(".", 1)[-1]
+                    if up != po:
+                        implied.setdefault(up, po)
+            self._implied = implied
+        return self._implied
 
     def port_name_for(self, symbol: str) -> str:
         best = ""
@@ -321,11 +376,11 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None, text
         v.fail((), "the manifest is empty; it needs 'upstream', 'port' and 'stages'")
     top = v.mapping(data, (), {"name": False, "description": False, "upstream": True, "port": True,
                                "stages": True, "waivers": False, "deviations": False,
-                               "entry_points": False, "numerics": False})
+                               "entry_points": False, "numerics": False, "citations": False})
 
     up = v.mapping(top["upstream"], ("upstream",),
                    {"package": True, "distributions": False, "version": False, "label": False,
-                    "path": False})
+                    "path": False, "git": False, "rev": False, "archive": False})
     dists = up.get("distributions") or []
     if isinstance(dists, str):
         dists = [d for d in dists.split(",") if d.strip()]
@@ -340,14 +395,25 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None, text
         if req.canonical_name in seen_dists:
             v.fail(("upstream", "distributions", i), f"distribution '{req.name}' is named twice")
         seen_dists[req.canonical_name] = i
-    if not dists and not up.get("path"):
-        v.fail(("upstream",), "name 'distributions' (pinned NAME==VERSION) or a local 'path'")
+    sources = [k for k in ("path", "git", "archive") if up.get(k)] + (["distributions"] if dists else [])
+    if not sources:
+        v.fail(("upstream",), "name 'distributions' (pinned NAME==VERSION), a local 'path', a 'git' "
+                              "repository with a 'rev', or an 'archive'")
+    if len(sources) > 1:
+        v.fail(("upstream", sources[1]), f"name one upstream source, not both '{sources[0]}' and '{sources[1]}'",
+               key=True)
+    if bool(up.get("git")) != bool(up.get("rev")):
+        v.fail(("upstream",), "a 'git' upstream needs 'rev' (a commit or tag) and 'rev' needs 'git'")
     upstream = Upstream(package=v.dotted(up["package"], ("upstream", "package")), distributions=dists,
                         version=v.opt_string(up, "version", ("upstream",)),
                         label=v.opt_string(up, "label", ("upstream",)),
-                        path=v.opt_string(up, "path", ("upstream",)))
+                        path=v.opt_string(up, "path", ("upstream",)),
+                        git=v.opt_string(up, "git", ("upstream",)),
+                        rev=v.opt_string(up, "rev", ("upstream",)),
+                        archive=v.opt_string(up, "archive", ("upstream",)))
 
-    pt = v.mapping(top["port"], ("port",), {"package": True, "path": False, "modules": False})
+    pt = v.mapping(top["port"], ("port",), {"package": True, "path": False, "modules": False,
+                                            "fidelity": False, "renames": False})
     modules = {}
     if pt.get("modules") is not None:
         mods = v.mapping(pt["modules"], ("port", "modules"), {k: False for k in pt["modules"] or {}}) \
@@ -355,29 +421,42 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None, text
         for k, val in mods.items():
             modules[v.dotted(k, ("port", "modules", k))] = v.dotted(val, ("port", "modules", k))
     port = Port(package=v.dotted(pt["package"], ("port", "package")),
-                path=v.opt_string(pt, "path", ("port",)), modules=modules)
+                path=v.opt_string(pt, "path", ("port",)), modules=modules,
+                fidelity=parse_fidelity(v, pt.get("fidelity"), ("port", "fidelity")) or "translation",
+                renames=parse_renames(v, pt.get("renames"), ("port", "renames")))
 
     stages = []
     seen_ids: dict[str, tuple] = {}
     for si, st in enumerate(v.seq(top["stages"], ("stages",))):
         sp = ("stages", si)
-        st = v.mapping(st, sp, {"id": True, "title": True, "symbols": True})
+        st = v.mapping(st, sp, {"id": True, "title": True, "symbols": True, "fidelity": False,
+                                "citations": False})
         sid = v.string(st["id"], sp + ("id",))
         if sid in seen_ids:
             v.fail(sp + ("id",), f"stage id '{sid}' is used twice")
         seen_ids[sid] = sp
-        stage = Stage(id=sid, title=v.string(st["title"], sp + ("title",)), loc=v.pos.at(sp))
+        stage = Stage(id=sid, title=v.string(st["title"], sp + ("title",)), loc=v.pos.at(sp),
+                      fidelity=parse_fidelity(v, st.get("fidelity"), sp + ("fidelity",)),
+                      citations=(parse_citation_policy(v, st["citations"], sp + ("citations",))
+                                 if st.get("citations") is not None else None))
         for ei, item in enumerate(v.seq(st["symbols"], sp + ("symbols",))):
             ep = sp + ("symbols", ei)
             if isinstance(item, dict):
-                item = v.mapping(item, ep, {"symbol": True, "kind": False, "port": False, "note": False})
+                item = v.mapping(item, ep, {"symbol": True, "kind": False, "port": False, "note": False,
+                                            "fidelity": False, "renames": False})
                 kind = v.opt_string(item, "kind", ep)
                 if kind is not None and kind not in ENTRY_KINDS:
                     v.fail(ep + ("kind",), f"unknown kind '{kind}'; one of {', '.join(ENTRY_KINDS)}")
+                ports = item.get("port")
+                if isinstance(ports, list) and not ports:
+                    v.fail(ep + ("port",), "an empty list; name at least one port location")
+                ports = [v.dotted(p, ep + ("port", i)) for i, p in enumerate(ports)] \
+                    if isinstance(ports, list) else ([v.dotted(ports, ep + ("port",))] if ports is not None else [])
                 entry = Entry(symbol=v.dotted(item["symbol"], ep + ("symbol",)), stage_id=sid, kind=kind,
-                              port=(v.dotted(item["port"], ep + ("port",)) if item.get("port") is not None
-                                    else None),
-                              note=v.opt_string(item, "note", ep), loc=v.pos.at(ep))
+                              port=ports[0] if ports else None, extra_ports=ports[1:],
+                              note=v.opt_string(item, "note", ep), loc=v.pos.at(ep),
+                              fidelity=parse_fidelity(v, item.get("fidelity"), ep + ("fidelity",)),
+                              renames=parse_renames(v, item.get("renames"), ep + ("renames",)))
             else:
                 entry = Entry(symbol=v.dotted(item, ep), stage_id=sid, loc=v.pos.at(ep))
             stage.entries.append(entry)
@@ -446,10 +525,13 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None, text
         if manifest_name_problem(name):
             v.fail((), f"the file name gives the manifest name '{name}', which {manifest_name_problem(name)}; "
                    "add a 'name:' key")
+    citations = (parse_citation_policy(v, top["citations"], ("citations",))
+                 if top.get("citations") is not None else CitationPolicy())
     return Manifest(path=path, name=name, upstream=upstream, port=port, stages=stages, waivers=waivers,
                     deviations=deviations, description=v.opt_string(top, "description", ()),
                     entry_points=entry_points, tolerances=tolerances,
-                    numerics=dict(top["numerics"]) if isinstance(top.get("numerics"), dict) else {})
+                    numerics=dict(top["numerics"]) if isinstance(top.get("numerics"), dict) else {},
+                    citations=citations)
 
 
 def discover_manifests(paths: list[str | Path]) -> list[Path]:

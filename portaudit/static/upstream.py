@@ -28,7 +28,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from portaudit.errors import UpstreamError, UsageError
-from portaudit.safe_io import make_private_dir, resolved
+from portaudit.safe_io import resolved
 from portaudit.static.requirements import PinnedRequirement, RequirementError, parse_pinned_list
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def fetch_distributions(
     if (root / _DONE_MARKER).is_file():
         return root
     try:
-        make_private_dir(cache)   # 0700 when new: the cache is trusted for its content
+        cache.mkdir(parents=True, exist_ok=True)
         (cache / "trees").mkdir(exist_ok=True)
     except OSError as exc:
         raise UpstreamError(f"cannot create the cache directory {cache}: {exc}") from exc
@@ -263,3 +263,15 @@ def locate_port_root(manifest: Manifest, override: Optional[str | Path] = None) 
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0]).parent
+
+
+def locate_tree(path: str | Path, package: str) -> Path:
+    """The root holding ``package`` (dotted), given that root or a folder on the package's path."""
+    p = Path(path).expanduser().resolve()
+    parts = package.split(".")
+    if (p / parts[0]).is_dir():
+        return p
+    for i in range(len(parts), 0, -1):       # e.g. .../vllm/model_executor for vllm.model_executor.x
+        if p.name == parts[i - 1] and len(p.parents) >= i and (p.parents[i - 1] / parts[0]).is_dir():
+            return p.parents[i - 1]
+    raise UsageError(f"{p} does not hold the package '{parts[0]}' (pass the folder that contains {parts[0]}/)")

@@ -68,6 +68,7 @@ class Definition:
     body_start: int = 0                               # first body statement line (functions/classes)
     body_indent: int = 0                              # its column (0-based)
     doc_span: Optional[tuple[int, int]] = None        # lines of the docstring statement
+    body_src: Optional[str] = None                    # normalised body (index/body_source.py); None if unparsable
 
     @property
     def short(self) -> str:

@@ -10,6 +10,7 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from portaudit.static.citations import parse_citations
+from portaudit.static.index.body_source import definition_bodies
 from portaudit.static.source import SourceError, check_parse_limits, decode_source, split_lines
 from portaudit.static.index.model import (AUTOGRAD, CLASS, CONSTANT, FUNCTION, KERNEL, KEYWORD_ONLY, METHOD,
                                           NN_MODULE, POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD,
@@ -19,6 +20,43 @@ MARKER_RE = re.compile(
     r"\b(TODO|FIXME|XXX|HACK|placeholder|simplified|simplification|MVP|stub|not implemented)\b",
     re.IGNORECASE)
 _NIE_RE = re.compile(r"^\s*raise\s+NotImplementedError\b")
+# A comment on a line of code that says what that value stands for ("mean = 0.0  # placeholder
+# for RMS norm", "Akk=k,  # unused placeholder when ...") describes the value, it is no stub.
+_STAND_IN_WORDS = ("placeholder", "stub")
+_STAND_IN_AFTER = re.compile(r"^\s+(for|when|if|until|while)\b", re.IGNORECASE)
+_STAND_IN_BEFORE = re.compile(r"\b(unused|dummy)\s+$", re.IGNORECASE)
+
+
+def _comment_start(line: str) -> int:
+    """Index of the ``#`` that starts a comment on this line (quotes respected), or -1."""
+    quote = None
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif line.startswith(quote, i):
+                i += len(quote) - 1
+                quote = None
+        elif c == "#":
+            return i
+        elif c in "'\"":
+            quote = line[i:i + 3] if line[i:i + 3] in ("'''", '"""') else c
+            i += len(quote) - 1
+        i += 1
+    return -1
+
+
+def describes_a_value(line: str, match: "re.Match") -> bool:
+    """True for a stand-in word in a trailing comment that names what the line's value stands for."""
+    if match.group(1).lower() not in _STAND_IN_WORDS:
+        return False
+    hash_at = _comment_start(line)
+    if hash_at <= 0 or match.start() < hash_at or not line[:hash_at].strip():
+        return False
+    return bool(_STAND_IN_AFTER.match(line[match.end():])
+                or _STAND_IN_BEFORE.search(line[hash_at + 1:match.start()]))
 
 
 def normalize_source(src: str) -> str:
@@ -216,8 +254,10 @@ class _ModuleParser:
     def markers(self, start: int, end: int) -> list[tuple[int, str]]:
         out = []
         for ln in range(start, end + 1):
-            for m in MARKER_RE.finditer(self.lines[ln - 1]):
-                out.append((ln, m.group(1)))
+            line = self.lines[ln - 1]
+            for m in MARKER_RE.finditer(line):
+                if not describes_a_value(line, m):
+                    out.append((ln, m.group(1)))
         return out
 
     def nie_lines(self, start: int, end: int) -> list[int]:
@@ -228,7 +268,10 @@ class _ModuleParser:
         if isinstance(body, cst.IndentedBlock) and body.body:
             first = body.body[0]
             r = self.pos[first]
-            d.body_start, d.body_indent = r.start.line, r.start.column
+            # a decorated first statement starts at its first decorator (libcst starts it at `def`)
+            decorators = getattr(first, "decorators", ())
+            head = self.pos[decorators[0]] if decorators else r
+            d.body_start, d.body_indent = head.start.line, head.start.column
             if (isinstance(first, cst.SimpleStatementLine) and first.body
                     and isinstance(first.body[0], cst.Expr)
                     and isinstance(first.body[0].value, (cst.SimpleString, cst.ConcatenatedString))):
@@ -484,6 +527,14 @@ class _ModuleParser:
                 local = alias.asname.name.value if alias.asname is not None else name
                 info.imports[local] = ImportRef(absolute, name)
 
+    def attach_bodies(self) -> None:
+        try:
+            bodies = definition_bodies(self.source)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return    # a syntax this interpreter cannot read: bodies are not compared (PA602)
+        for name, d in self.info.definitions.items():
+            d.body_src = bodies.get(name)
+
     def run(self) -> ModuleInfo:
         for stmt, guards in self._walk_block(cst.IndentedBlock(body=self.tree.body)):
             self._touched: list[str] = []
@@ -499,6 +550,7 @@ class _ModuleParser:
                 for k in self._touched:
                     d = self.info.definitions[k]
                     d.uses.extend(u for u in guard_uses if u not in d.uses)
+        self.attach_bodies()
         # a class deriving from a local nn.Module / autograd.Function is one too
         defs = self.info.definitions
         for _ in range(3):

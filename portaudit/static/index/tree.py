@@ -26,7 +26,7 @@ from portaudit.static.index import cache as index_cache
 from portaudit.static.index.model import ModuleInfo, Resolved
 from portaudit.static.source import MAX_SOURCE_BYTES
 
-INDEX_FORMAT = 6  # bump when the cached shape (the classes in model.py) changes
+INDEX_FORMAT = 7  # bump when the cached shape (the classes in model.py) changes
 
 
 def _parser_key() -> str:
@@ -34,7 +34,7 @@ def _parser_key() -> str:
     h = hashlib.sha256(str(INDEX_FORMAT).encode())
     here = Path(__file__).resolve().parent
     for path in (here / "model.py", here / "tree.py", here / "parse.py", here / "cache.py",
-                 here.parent / "citations.py", here.parent / "source.py"):
+                 here / "body_source.py", here.parent / "citations.py", here.parent / "source.py"):
         try:
             h.update(path.read_bytes())
         except OSError:
@@ -79,16 +79,22 @@ class TreeIndex:
         self.on_parse = on_parse          # told about each file parsed (a cache miss)
         self.cache_dir = Path(cache_dir) / "index" if cache_dir else None
         self._modules: dict[str, Optional[ModuleInfo]] = {}
+        self._paths: dict[str, Optional[Path]] = {}
         self.parsed_files: list[str] = []     # files parsed by libcst in this process
         self.loaded_files: list[str] = []     # files read (parsed or from the cache)
 
     # -- modules -------------------------------------------------------------------------
     def module_path(self, module: str) -> Optional[Path]:
+        if module in self._paths:          # asked for again and again while resolving symbols
+            return self._paths[module]
         base = self.root.joinpath(*module.split("."))
+        found = None
         for candidate in (base.with_suffix(".py"), base / "__init__.py"):
             if _is_source_file(candidate):
-                return candidate
-        return None
+                found = candidate
+                break
+        self._paths[module] = found
+        return found
 
     def module(self, module: str) -> Optional[ModuleInfo]:
         if module in self._modules:
