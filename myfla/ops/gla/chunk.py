@@ -17,9 +17,10 @@ import torch
 from myfla.ops.common.chunk_h import chunk_bwd_dh, chunk_fwd_h
 from myfla.ops.utils.chunk_layout import ChunkLayout, chunk_slabs, get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
+from myfla.ops.utils.dot import dot, dot_add, operand, operand_dtype
 from myfla.ops.utils.gated_tril import GatedTril
 from myfla.ops.utils.workspace import new_empty
-from myfla.utils import check_shared_mem, input_guard
+from myfla.utils import accumulation_dtype, check_shared_mem, input_guard
 
 # Block sizes of fla's autotuner (kept for API parity; unused by torch code).
 # Source: fla/ops/gla/chunk.py:L16-L16 (fla 0.4.0)
@@ -28,9 +29,11 @@ BK_LIST = [32, 64] if check_shared_mem() else [16, 32]
 BV_LIST = [64, 128] if check_shared_mem('ampere') else [16, 32]
 
 
-def _to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero') -> torch.Tensor:
-    """``[B, T, H, *rest]`` -> ``[N, H, NC, BT, *rest]``, fp32 or wider."""
-    return layout.pack(x.to(torch.promote_types(x.dtype, torch.float32)), fill).movedim(3, 1)
+def _to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero',
+             dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``[B, T, H, *rest]`` -> ``[N, H, NC, BT, *rest]`` in ``dtype`` (default fp32 or wider)."""
+    dtype = torch.promote_types(x.dtype, torch.float32) if dtype is None else dtype
+    return layout.pack(x.to(dtype), fill).movedim(3, 1)
 
 
 def _from_grid(layout: ChunkLayout, xc: torch.Tensor) -> torch.Tensor:
@@ -115,17 +118,19 @@ def chunk_gla_fwd_o_gk(
     B, T, H, K, V = *q.shape, v.shape[-1]
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=q.device)
-    qc, Gc, Ac, vc = _to_grid(layout, q), _to_grid(layout, g, 'last'), _to_grid(layout, A), _to_grid(layout, v)
-    hc = layout.pack_chunks(h.to(qc.dtype)).movedim(2, 1)               # [N, H, NC, K, V]
+    qc, Gc, Ac = _to_grid(layout, q), _to_grid(layout, g, 'last'), _to_grid(layout, A)
+    vc = _to_grid(layout, v, dtype=operand_dtype(v.dtype, v.device))
+    # h is stored in the inputs' dtype; the kernel reads it in q's dtype
+    hc = layout.pack_chunks(operand(h, q.dtype)).movedim(2, 1)         # [N, H, NC, K, V]
     N, H, NC, BT = qc.shape[:4]
     o = new_empty((N, NC, BT, H, V), qc.dtype, qc.device).movedim(3, 1)  # token-order memory
     for sl in chunk_slabs(qc):
         q_s, G_s, A_s, v_s, h_s = (x[:, :, sl].contiguous() for x in (qc, Gc, Ac, vc, hc))
-        # out of place: a contiguous slice is the caller's own memory
-        qg = G_s.exp().mul_(q_s).mul_(scale)
-        o[:, :, sl] = torch.baddbmm(
-            (A_s.tril() @ v_s).flatten(0, 2), qg.flatten(0, 2), h_s.flatten(0, 2)
-        ).view(q_s.shape[:-1] + v_s.shape[-1:])
+        # fla rounds q * scale and then q * exp(g) to q's dtype before the dot with h; tril(A) is
+        # rounded to v's dtype (out of place: a contiguous slice is the caller's own memory)
+        qg = operand(operand(q_s * scale, q.dtype) * G_s.exp(), q.dtype)
+        o_s = dot(operand(A_s.tril(), v.dtype), v_s)
+        o[:, :, sl] = dot_add(o_s, qg, h_s, out=o_s)
     return _from_grid(layout, o).to(v.dtype)
 
 
@@ -144,13 +149,14 @@ def chunk_gla_bwd_dA(
     B, T, H, V = v.shape
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=v.device)
-    doc, vc = _to_grid(layout, do), _to_grid(layout, v)
+    doc = _to_grid(layout, do, dtype=operand_dtype(do.dtype, do.device))
+    vc = _to_grid(layout, v, dtype=operand_dtype(v.dtype, v.device))
     N, H, NC = doc.shape[:3]
-    # the grid is already fp32 or wider: fp64 stays fp64
-    dA = new_empty((N, NC, BT, H, BT), doc.dtype, doc.device).movedim(3, 1)   # token-order memory
+    acc = accumulation_dtype(do, v)                                     # fp32; fp64 for fp64 inputs
+    dA = new_empty((N, NC, BT, H, BT), acc, doc.device).movedim(3, 1)  # token-order memory
     for sl in chunk_slabs(doc):
         d_s, v_s = (x[:, :, sl].contiguous() for x in (doc, vc))
-        dA[:, :, sl] = (d_s @ v_s.transpose(-1, -2)).tril_().mul_(scale)
+        dA[:, :, sl] = dot(d_s, v_s.transpose(-1, -2)).tril_().mul_(scale)
     return _from_grid(layout, dA)
 
 

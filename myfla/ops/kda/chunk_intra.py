@@ -22,15 +22,22 @@ import torch
 
 from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
+from myfla.ops.utils.dot import operand_dtype
 from myfla.ops.utils.gated_tril import GatedTril
 from myfla.ops.utils.solve_tril import solve_tril
 from myfla.ops.utils.workspace import new_empty
 
 # ---- port-only helpers (fla has no counterpart): token layout <-> chunk grid [N, H, NC, BT, ...] -----
-def to_grid(layout, x: torch.Tensor, fill: str = 'zero') -> torch.Tensor:
-    """``[B, T, H, *rest]`` -> ``[N, H, NC, BT, *rest]`` in fp32 (fp64 stays fp64); a view when no
-    padding or cast is needed."""
-    return layout.pack(x.to(torch.promote_types(x.dtype, torch.float32)), fill).movedim(3, 1)
+def to_grid(layout, x: torch.Tensor, fill: str = 'zero', dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``[B, T, H, *rest]`` -> ``[N, H, NC, BT, *rest]`` in ``dtype`` (default fp32; fp64 stays fp64);
+    a view when no padding or cast is needed."""
+    dtype = torch.promote_types(x.dtype, torch.float32) if dtype is None else dtype
+    return layout.pack(x.to(dtype), fill).movedim(3, 1)
+
+
+def operand_grid(layout, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the grid as a dot operand: its own dtype (see ``myfla.ops.utils.dot``)."""
+    return to_grid(layout, x, dtype=operand_dtype(x.dtype, x.device))
 
 
 def from_grid(layout, xc: torch.Tensor) -> torch.Tensor:
@@ -47,9 +54,11 @@ def grid_empty(ref: torch.Tensor, *rest: int) -> torch.Tensor:
     return new_empty((N, NC, BT, H, *rest), ref.dtype, ref.device).movedim(3, 1)
 
 
-def chunks_to_grid(layout, h: torch.Tensor) -> torch.Tensor:
-    """fla's per-chunk ``[B, NT, H, *rest]`` -> ``[N, H, NC, *rest]`` (fp32 or wider)."""
-    return layout.pack_chunks(h.to(torch.promote_types(h.dtype, torch.float32))).movedim(2, 1)
+def chunks_to_grid(layout, h: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """fla's per-chunk ``[B, NT, H, *rest]`` -> ``[N, H, NC, *rest]`` in ``dtype`` (default fp32 or
+    wider)."""
+    dtype = torch.promote_types(h.dtype, torch.float32) if dtype is None else dtype
+    return layout.pack_chunks(h.to(dtype)).movedim(2, 1)
 
 
 def chunks_from_grid(layout, hc: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,129 @@
+"""Sequential chunk loops replayed as CUDA graphs (port-only helper; fla has no counterpart).
+
+The inter-chunk state recurrence is the one sequential part of the chunked algorithms: its chunk
+``c + 1`` needs the state after chunk ``c``. fla runs it inside one Triton program per (head, value
+block) that walks the chunks; a torch port issues a few small kernels per chunk, so on a GPU the
+launches grow with the sequence length and the host, not the GPU, sets the pace. ``run_loop`` runs
+such a loop eagerly the first time it meets a shape, records it as a CUDA graph, and afterwards
+replays the graph: one launch for the whole loop, whatever the sequence length.
+
+A recorded graph reads and writes fixed buffers. Each call copies its inputs into them, replays,
+and returns copies of the outputs, so results never alias the graph's memory. Graphs are kept per
+(loop, shapes, dtypes, device) for the ``MAX_GRAPHS`` most recent keys; ``release()`` drops them.
+``MYFLA_CUDA_GRAPHS=0`` turns the graphs off (every call then runs the loop eagerly); so does any
+error while recording, after which that key runs eagerly with a warning. CPU tensors always run
+eagerly.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import warnings
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from myfla.ops.utils.workspace import new_empty
+
+ENABLED = os.environ.get('MYFLA_CUDA_GRAPHS', '1') != '0'
+MAX_GRAPHS = 8
+
+Inputs = Dict[str, Optional[torch.Tensor]]
+Outputs = Dict[str, torch.Tensor]
+Body = Callable[[Inputs, Outputs], None]
+
+_EAGER = object()                      # marks a key whose recording failed
+_graphs: 'collections.OrderedDict[tuple, object]' = collections.OrderedDict()
+# counts of what happened, for benchmarks and tests: recorded, replayed, eager
+stats = {'recorded': 0, 'replayed': 0, 'eager': 0}
+
+
+class _Recorded:
+    def __init__(self, graph, inputs: Inputs, outputs: Outputs):
+        self.graph, self.inputs, self.outputs = graph, inputs, outputs
+
+
+def _signature(t: Optional[torch.Tensor]):
+    return None if t is None else (tuple(t.shape), t.dtype)
+
+
+def _allocate(specs: Dict[str, Tuple[Sequence[int], torch.dtype]], device) -> Outputs:
+    """Output buffers (CPU: from the workspace pool, see ``myfla.ops.utils.workspace``)."""
+    return {name: new_empty(tuple(shape), dtype, device) for name, (shape, dtype) in specs.items()}
+
+
+def _record(body: Body, inputs: Inputs, outputs: Outputs, device: torch.device):
+    """Run ``body`` once on a side stream (warm-up: cuBLAS handles and workspaces get created, and
+    ``outputs`` receive this call's results), then record it into a graph."""
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        body(inputs, outputs)
+    current.wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        ctx = torch.cuda.graph(graph, capture_error_mode='thread_local')
+    except TypeError:                                   # torch without capture_error_mode
+        ctx = torch.cuda.graph(graph)
+    with ctx:
+        body(inputs, outputs)
+    return graph
+
+
+def run_loop(name: str, body: Body, inputs: Inputs,
+             outputs: Dict[str, Tuple[Sequence[int], torch.dtype]], device) -> Outputs:
+    """``body(inputs, outs)`` with ``outs`` freshly allocated from ``outputs`` (name -> (shape, dtype)),
+    which ``body`` must fill completely from ``inputs`` alone (no host synchronisation, no
+    allocation that outlives it). Returns ``outs``. Runs under ``no_grad``."""
+    device = torch.device(device)
+    with torch.no_grad():
+        if not (ENABLED and device.type == 'cuda'):
+            outs = _allocate(outputs, device)
+            body(inputs, outs)
+            stats['eager'] += 1
+            return outs
+        for t in inputs.values():
+            if t is not None and not t.is_contiguous():
+                raise ValueError(f"run_loop({name!r}): inputs must be contiguous")
+        key = (name, str(device), torch.is_inference_mode_enabled(),
+               tuple(sorted((n, _signature(t)) for n, t in inputs.items())),
+               tuple(sorted((n, tuple(s), d) for n, (s, d) in outputs.items())))
+        entry = _graphs.get(key)
+        if entry is _EAGER:
+            outs = _allocate(outputs, device)
+            body(inputs, outs)
+            stats['eager'] += 1
+            return outs
+        if entry is None:
+            static_in = {n: None if t is None else t.clone() for n, t in inputs.items()}
+            static_out = _allocate(outputs, device)
+            try:
+                graph = _record(body, static_in, static_out, device)
+            except Exception as err:                     # recording is an optimisation: fall back
+                warnings.warn(f"myfla: CUDA graph recording of {name!r} failed ({type(err).__name__}: "
+                              f"{err}); this loop runs eagerly")
+                _graphs[key] = _EAGER
+                outs = _allocate(outputs, device)
+                body(inputs, outs)
+                stats['eager'] += 1
+                return outs
+            _graphs[key] = _Recorded(graph, static_in, static_out)
+            while len(_graphs) > MAX_GRAPHS:
+                _graphs.popitem(last=False)
+            stats['recorded'] += 1
+            # the warm-up run already left this call's results in the static outputs
+            return {n: t.clone() for n, t in static_out.items()}
+        _graphs.move_to_end(key)
+        for n, t in inputs.items():
+            if t is not None:
+                entry.inputs[n].copy_(t)
+        entry.graph.replay()
+        stats['replayed'] += 1
+        return {n: t.clone() for n, t in entry.outputs.items()}
+
+
+def release():
+    """Drop every recorded graph and its buffers."""
+    _graphs.clear()
