@@ -7,7 +7,9 @@ launches grow with the sequence length and the host, not the GPU, sets the pace.
 such a loop eagerly the first time it meets a shape, records it as a CUDA graph, and afterwards
 replays the graph: one launch for the whole loop, whatever the sequence length.
 
-A recorded graph reads and writes fixed buffers. Each call copies its inputs into them, replays,
+A key is recorded the second time it is met (the first call runs eagerly), so shapes that occur once,
+such as the many lengths of variable-length batches, never pay for a recording. A recorded graph
+reads and writes fixed buffers. Each call copies its inputs into them, replays,
 and returns copies of the outputs, so results never alias the graph's memory. Graphs are kept per
 (loop, shapes, dtypes, device) for the ``MAX_GRAPHS`` most recent keys; ``release()`` drops them.
 ``MYFLA_CUDA_GRAPHS=0`` turns the graphs off (every call then runs the loop eagerly); so does any
@@ -34,6 +36,7 @@ Outputs = Dict[str, torch.Tensor]
 Body = Callable[[Inputs, Outputs], None]
 
 _EAGER = object()                      # marks a key whose recording failed
+_SEEN = object()                       # marks a key met once
 _graphs: 'collections.OrderedDict[tuple, object]' = collections.OrderedDict()
 # counts of what happened, for benchmarks and tests: recorded, replayed, eager
 stats = {'recorded': 0, 'replayed': 0, 'eager': 0}
@@ -78,25 +81,28 @@ def run_loop(name: str, body: Body, inputs: Inputs,
     which ``body`` must fill completely from ``inputs`` alone (no host synchronisation, no
     allocation that outlives it). Returns ``outs``. Runs under ``no_grad``."""
     device = torch.device(device)
+    for t in inputs.values():
+        if t is not None and not t.is_contiguous():
+            raise ValueError(f"run_loop({name!r}): inputs must be contiguous")
     with torch.no_grad():
         if not (ENABLED and device.type == 'cuda'):
             outs = _allocate(outputs, device)
             body(inputs, outs)
             stats['eager'] += 1
             return outs
-        for t in inputs.values():
-            if t is not None and not t.is_contiguous():
-                raise ValueError(f"run_loop({name!r}): inputs must be contiguous")
         key = (name, str(device), torch.is_inference_mode_enabled(),
                tuple(sorted((n, _signature(t)) for n, t in inputs.items())),
                tuple(sorted((n, tuple(s), d) for n, (s, d) in outputs.items())))
         entry = _graphs.get(key)
-        if entry is _EAGER:
+        if entry is None:
+            _graphs[key] = _SEEN
+            _trim()
+        if entry is None or entry is _EAGER:
             outs = _allocate(outputs, device)
             body(inputs, outs)
             stats['eager'] += 1
             return outs
-        if entry is None:
+        if entry is _SEEN:
             static_in = {n: None if t is None else t.clone() for n, t in inputs.items()}
             static_out = _allocate(outputs, device)
             try:
@@ -110,8 +116,8 @@ def run_loop(name: str, body: Body, inputs: Inputs,
                 stats['eager'] += 1
                 return outs
             _graphs[key] = _Recorded(graph, static_in, static_out)
-            while len(_graphs) > MAX_GRAPHS:
-                _graphs.popitem(last=False)
+            _graphs.move_to_end(key)
+            _trim()
             stats['recorded'] += 1
             # the warm-up run already left this call's results in the static outputs
             return {n: t.clone() for n, t in static_out.items()}
@@ -122,6 +128,12 @@ def run_loop(name: str, body: Body, inputs: Inputs,
         entry.graph.replay()
         stats['replayed'] += 1
         return {n: t.clone() for n, t in entry.outputs.items()}
+
+
+def _trim():
+    """Keep the ``MAX_GRAPHS`` most recently used keys."""
+    while len(_graphs) > MAX_GRAPHS:
+        _graphs.popitem(last=False)
 
 
 def release():
