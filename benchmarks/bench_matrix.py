@@ -25,7 +25,7 @@ fp64: fla's naive recurrences (loaded by file path, their own code run in fp64) 
         --impls myfla,transformers,fla --fla-path /tmp/fla --check
     python benchmarks/bench_matrix.py --quick            # small shapes, for a smoke run
 
-Shapes: ``small`` (B=1 T=8192 H=4 K=V=128), ``train`` (B=4 T=4096 H=16 K=V=128), or ``B,T,H,K[,V]``.
+Shapes: ``small`` (B=1 T=8192 H=4 K=V=128), ``train`` (B=4 T=4096 H=16 K=V=128), or ``BxTxHxK[xV]``.
 Each cell stops at ``--max-cell-seconds`` (timed out cells say so); CUDA out-of-memory is recorded.
 """
 
@@ -212,10 +212,12 @@ def implementations(args):
     wanted = args.impls.split(",")
     if "transformers" in wanted:
         impls["transformers"] = load_transformers()          # before fla is on the path
-    if "myfla" in wanted:
+    if "myfla" in wanted or "myfla-eager" in wanted:
         from myfla.ops.gated_delta_rule import chunk_gated_delta_rule
         from myfla.ops.kda import chunk_kda
-        impls["myfla"] = {"gdn": chunk_gated_delta_rule, "kda": chunk_kda}
+        for name in ("myfla", "myfla-eager"):
+            if name in wanted:
+                impls[name] = {"gdn": chunk_gated_delta_rule, "kda": chunk_kda}
     naive = load_naive(args) if ("naive" in wanted or args.check) else {}
     if "naive" in wanted:
         impls["naive"] = {op: fns[0] for op, fns in naive.items()}
@@ -230,6 +232,8 @@ def call(impl, op, fn, xs):
     q, k, v, g, beta, h0 = xs
     if impl == "naive":
         return fn(q, k, v, g, beta, h0)
+    if impl == "myfla-eager":
+        impl = "myfla"
     if impl == "transformers":
         return fn(q, k, v, g=g, beta=beta, initial_state=h0, output_final_state=True)
     return fn(q, k, v, g, beta, initial_state=h0, output_final_state=True)
@@ -277,13 +281,17 @@ def run_fwd_bwd(impl, op, fn, xs, cot=None):
 
 
 def median_time(fn, device, repeats, budget):
-    """Median wall time (device synchronised) of ``repeats`` runs after one warm-up; fewer repeats
-    when the warm-up says they would not fit in ``budget`` seconds."""
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    first = time.perf_counter() - t0
-    repeats = max(1, min(repeats, int(budget / max(first, 1e-6)) - 1))
+    """Median wall time (device synchronised) of ``repeats`` runs after warm-up (two on CUDA: the
+    first compiles Triton kernels or records CUDA graphs); fewer repeats when the last warm-up says
+    they would not fit in ``budget`` seconds. Returns (median, runs, first warm-up time)."""
+    first = None
+    for _ in range(2 if device == "cuda" else 1):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        last = time.perf_counter() - t0
+        first = last if first is None else first
+    repeats = max(1, min(repeats, int(budget / max(last, 1e-6)) - 1))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -433,7 +441,7 @@ def check_errors(args, impls, oracles, device, record, out_path):
 def parse_shape(name, quick):
     if name in SHAPES:
         return name, (QUICK_SHAPES if quick else SHAPES)[name]
-    dims = [int(x) for x in name.split(",")]
+    dims = [int(x) for x in name.split("x")]
     if len(dims) == 4:
         dims.append(dims[3])
     return "x".join(map(str, dims)), tuple(dims)
@@ -467,8 +475,31 @@ def machine_info(device):
     return info
 
 
+@contextlib.contextmanager
+def impl_context(impl):
+    """``myfla-eager``: myfla with its CUDA graphs off (the state loops launch per chunk)."""
+    if impl != "myfla-eager":
+        yield
+        return
+    from myfla.ops.utils import loop_graph
+    enabled = loop_graph.ENABLED
+    loop_graph.ENABLED = False
+    try:
+        yield
+    finally:
+        loop_graph.ENABLED = enabled
+
+
 def measure_cell(args, impl, op, fn, shape, dtype, device):
-    B, T, H, K, V = shape
+    with impl_context(impl):
+        cell = _measure_cell(args, impl, op, fn, shape, dtype, device)
+    if impl.startswith("myfla"):
+        from myfla.ops.utils import loop_graph
+        cell["loop_graph_stats"] = dict(loop_graph.stats)
+    return cell
+
+
+def _measure_cell(args, impl, op, fn, shape, dtype, device):
     cell = {}
     xs = make_inputs(op, shape, dtype, device)
     budget = args.max_cell_seconds
@@ -493,9 +524,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", default="1,2", help="CPU thread counts, e.g. 1,2,4,8,16 (ignored on cuda)")
-    ap.add_argument("--shapes", default="small,train", help="small, train or B,T,H,K[,V]; comma-separated")
+    ap.add_argument("--shapes", default="small,train", help="small, train or BxTxHxK[xV]; comma-separated")
     ap.add_argument("--dtypes", default="fp32,bf16")
-    ap.add_argument("--impls", default="myfla,transformers,naive,fla")
+    ap.add_argument("--impls", default="myfla,transformers,naive,fla",
+                    help="myfla, myfla-eager (CUDA graphs off), transformers, naive, fla")
     ap.add_argument("--ops", default="gdn,kda")
     ap.add_argument("--quick", action="store_true", help="small shapes and 2 repeats (smoke run)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per cell (default 5, quick 2)")

@@ -50,16 +50,19 @@ def _probe(device: torch.device) -> bool:
 
 
 def _probe_add(device: torch.device) -> bool:
-    """Whether ``torch.baddbmm(c, a, b, out_dtype=torch.float32, alpha=-1)`` with an fp32 ``c`` runs
-    and agrees with ``c - a @ b``."""
+    """Whether ``torch.baddbmm(c, a, b, out_dtype=torch.float32, alpha=-1)`` with an fp32 ``c`` runs,
+    also into an ``out=`` slice, and agrees with ``c - a @ b``."""
     try:
         gen = torch.Generator(device='cpu').manual_seed(1)
         a = torch.randn(2, 16, 32, generator=gen).to(device=device, dtype=torch.bfloat16)
         b = torch.randn(2, 32, 16, generator=gen).to(device=device, dtype=torch.bfloat16)
         c = torch.randn(2, 16, 16, generator=gen).to(device=device)
-        out = torch.baddbmm(c, a, b, out_dtype=torch.float32, alpha=-1)
         ref = c - torch.bmm(a.float(), b.float())
-        return out.dtype == torch.float32 and bool(torch.allclose(out, ref, rtol=1e-5, atol=1e-5))
+        out = torch.baddbmm(c, a, b, out_dtype=torch.float32, alpha=-1)
+        buf = torch.zeros(3, 2, 16, 16, device=device)
+        torch.baddbmm(c, a, b, out_dtype=torch.float32, alpha=-1, out=buf[1])
+        return (out.dtype == torch.float32 and bool(torch.allclose(out, ref, rtol=1e-5, atol=1e-5))
+                and bool(torch.allclose(buf[1], ref, rtol=1e-5, atol=1e-5)))
     except (TypeError, RuntimeError, NotImplementedError):
         return False
 
