@@ -20,7 +20,7 @@ import torch
 
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 from myfla.ops.utils.dot import dot, dot_add, operand, operand_dtype
-from myfla.ops.utils.loop_graph import run_loop
+from myfla.ops.utils.loop_graph import owned, run_loop
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, is_nvidia_hopper
 
@@ -78,13 +78,13 @@ def to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero',
     key = _memo_key(layout, x, dtype)
     if key is not None and key in _grid_memo:
         return _grid_memo[key][1]
-    xd = x.to(dtype) if dtype is not None else x
-    xc = layout.pack(xd, fill=fill)                                 # [N, NC, BT, H, *rest]
+    xc = layout.pack(x, fill=fill)                                  # [N, NC, BT, H, *rest]
     N, NC, BT, H = xc.shape[:4]
     rest = xc.shape[4:]
     perm = (1, 0, 3, 2) + tuple(range(4, xc.dim()))
-    # contiguous: for B == 1 the reshape is a strided view, and every matmul would copy it again
-    out = new_empty((NC, N * H, BT, *rest), xc.dtype, xc.device)
+    # contiguous: for B == 1 the reshape is a strided view, and every matmul would copy it again;
+    # the dtype conversion happens in the same copy
+    out = new_empty((NC, N * H, BT, *rest), dtype or x.dtype, xc.device)
     out.view(NC, N, H, BT, *rest).copy_(xc.permute(perm))
     xc = out
     if key is not None:
@@ -244,19 +244,25 @@ def chunk_gated_delta_rule_fwd_h(
     if NC > 0:
         # Outputs are written straight into preallocated buffers: no autograd graph exists here (the
         # loop runs under no_grad, as fla's kernels do), so slice writes cost nothing extra.
+        k_c = to_grid(layout, k, dtype=operand_dtype(k.dtype, k.device))     # [NC, NH, BT, K]
         inputs = {
             'h0': h0.contiguous(),
             'u': to_grid(layout, u, dtype=cdt),                                 # [NC, NH, BT, V]
-            'w': to_grid(layout, w, dtype=operand_dtype(w.dtype, w.device)),   # [NC, NH, BT, K]
-            'k': to_grid(layout, k, dtype=operand_dtype(k.dtype, k.device)),
+            'w': to_grid(layout, w, dtype=operand_dtype(w.dtype, w.device)),
+            'k': k_c,
             'k_scale': k_scale.contiguous() if k_scale is not None else None,
             'decay': decay,
         }
+        if k_scale is not None and k.dtype == cdt:
+            # nothing is rounded between the key factors and the dot: scale the keys once, for all
+            # chunks, instead of every chunk's new values in the loop
+            inputs['k'], inputs['k_scale'] = k_c * k_scale, None
         body = functools.partial(_fwd_h_steps, w_dtype=w.dtype, k_dtype=k.dtype)
         out = run_loop(f'chunk_gated_delta_rule_fwd_h:{w.dtype}:{k.dtype}', body, inputs,
-                       {'states': ((NC + 1, N * H, K, V), cdt), 'v_new': ((NC, N * H, BT, V), cdt)}, k.device)
+                       {'states': ((NC + 1, N * H, K, V), cdt), 'v_new': ((NC, N * H, BT, V), cdt)}, k.device,
+                       recurrences=N * H)
         states, v_news = out['states'], out['v_new']
-        h = chunks_from_grid(layout, states[:NC].to(k.dtype), H)
+        h = owned(chunks_from_grid(layout, states[:NC].to(k.dtype), H), states)
         final = states[NC]
     else:
         h, v_news, final = k.new_empty(B, 0, H, K, V), None, h0
@@ -327,11 +333,15 @@ def chunk_gated_delta_rule_bwd_dhu(
             'k_scale': k_scale.contiguous() if k_scale is not None else None,
             'decay': decay,
         }
+        if k_scale is not None and k.dtype == cdt:
+            # no rounding of dh in k's dtype: exp(g_last - g) * (k @ dh) = (k * exp(g_last - g)) @ dh
+            inputs['k'], inputs['k_scale'] = inputs['k'] * k_scale, None
         body = functools.partial(_bwd_dhu_steps, k_dtype=k.dtype, w_dtype=w.dtype)
         out = run_loop(f'chunk_gated_delta_rule_bwd_dhu:{k.dtype}:{w.dtype}', body, inputs,
-                       {'dh': ((NC + 1, N * H, K, V), cdt), 'dv2': ((NC, N * H, BT, V), cdt)}, q.device)
+                       {'dh': ((NC + 1, N * H, K, V), cdt), 'dv2': ((NC, N * H, BT, V), cdt)}, q.device,
+                       recurrences=N * H)
         dhs, dv2s = out['dh'], out['dv2']
-        dh = chunks_from_grid(layout, dhs[1:].to(q.dtype), H)
+        dh = owned(chunks_from_grid(layout, dhs[1:].to(q.dtype), H), dhs)
         dv2 = from_grid(layout, dv2s, H, dv.dtype)
         first = dhs[0]
     else:

@@ -20,7 +20,8 @@ from typing import Optional
 
 import torch
 
-from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
+from myfla.ops.common.chunk_delta_h import memo
+from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout, slab_chunk_heads
 from myfla.ops.utils.cumsum import chunk_local_cumsum
 from myfla.ops.utils.dot import operand_dtype
 from myfla.ops.utils.gated_tril import GatedTril
@@ -29,10 +30,21 @@ from myfla.ops.utils.workspace import new_empty
 
 # ---- port-only helpers (fla has no counterpart): token layout <-> chunk grid [N, H, NC, BT, ...] -----
 def to_grid(layout, x: torch.Tensor, fill: str = 'zero', dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """``[B, T, H, *rest]`` -> ``[N, H, NC, BT, *rest]`` in ``dtype`` (default fp32; fp64 stays fp64);
-    a view when no padding or cast is needed."""
+    """``[B, T, H, *rest]`` -> ``[N, H, NC, BT, *rest]`` in ``dtype`` (default fp32; fp64 stays fp64).
+
+    On CPU (slab-wise passes) a view of token-ordered memory where no padding or cast is needed: each
+    slab is copied when it is used. Where the grid is one slab (GPUs) it is made contiguous here, in
+    one copy that also casts, so the slab needs no copy. Inside a ``grid_cache()`` scope the grid of
+    a tensor is built once per pass."""
     dtype = torch.promote_types(x.dtype, torch.float32) if dtype is None else dtype
-    return layout.pack(x.to(dtype), fill).movedim(3, 1)
+
+    def build():
+        grid = layout.pack(x, fill).movedim(3, 1)
+        if slab_chunk_heads(x.device) == 0:
+            out = torch.empty(grid.shape, dtype=dtype, device=x.device)
+            return out.copy_(grid)
+        return grid.to(dtype)
+    return memo(('kda_grid', fill, dtype), (x, layout), build)
 
 
 def operand_grid(layout, x: torch.Tensor) -> torch.Tensor:

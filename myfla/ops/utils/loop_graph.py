@@ -10,7 +10,8 @@ replays the graph: one launch for the whole loop, whatever the sequence length.
 A key is recorded the second time it is met (the first call runs eagerly), so shapes that occur once,
 such as the many lengths of variable-length batches, never pay for a recording. A recorded graph
 reads and writes fixed buffers. Each call copies its inputs into them, replays,
-and returns copies of the outputs, so results never alias the graph's memory. Graphs are kept per
+and returns the output buffers themselves: callers copy what they keep (``owned``), which most do
+anyway while converting the chunk grid back to token layout. Graphs are kept per
 (loop, shapes, dtypes, device) for the ``MAX_GRAPHS`` most recent keys; ``release()`` drops them.
 ``MYFLA_CUDA_GRAPHS=0`` turns the graphs off (every call then runs the loop eagerly); so does any
 error while recording, after which that key runs eagerly with a warning. CPU tensors always run
@@ -20,6 +21,7 @@ eagerly.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import warnings
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -75,11 +77,34 @@ def _record(body: Body, inputs: Inputs, outputs: Outputs, device: torch.device):
     return graph
 
 
+# CPU threads a loop step may use per independent (sequence, head) recurrence: every step is a batch
+# of small matrix products (one [BT, K] x [K, V] per head), too small to split over many threads, so
+# on a many-core CPU the loop runs on fewer threads than the rest of the op
+# (MYFLA_LOOP_THREADS_PER_HEAD; 0 = no limit).
+LOOP_THREADS_PER_HEAD = int(os.environ.get('MYFLA_LOOP_THREADS_PER_HEAD', '2'))
+
+
+@contextlib.contextmanager
+def _cpu_threads(limit: Optional[int]):
+    """At most ``limit`` intra-op threads inside the block (CPU); the caller's setting after it."""
+    current = torch.get_num_threads()
+    if not limit or limit >= current:
+        yield
+        return
+    torch.set_num_threads(limit)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(current)
+
+
 def run_loop(name: str, body: Body, inputs: Inputs,
-             outputs: Dict[str, Tuple[Sequence[int], torch.dtype]], device) -> Outputs:
+             outputs: Dict[str, Tuple[Sequence[int], torch.dtype]], device, recurrences: int = 0) -> Outputs:
     """``body(inputs, outs)`` with ``outs`` freshly allocated from ``outputs`` (name -> (shape, dtype)),
     which ``body`` must fill completely from ``inputs`` alone (no host synchronisation, no
-    allocation that outlives it). Returns ``outs``. Runs under ``no_grad``."""
+    allocation that outlives it). Returns ``outs``, valid until the next call with the same shapes
+    (on CUDA they are the recorded graph's buffers: copy what you keep). Runs under ``no_grad``.
+    ``recurrences`` (independent sequence-head recurrences in the loop) sets the CPU thread limit."""
     device = torch.device(device)
     for t in inputs.values():
         if t is not None and not t.is_contiguous():
@@ -87,7 +112,9 @@ def run_loop(name: str, body: Body, inputs: Inputs,
     with torch.no_grad():
         if not (ENABLED and device.type == 'cuda'):
             outs = _allocate(outputs, device)
-            body(inputs, outs)
+            limit = recurrences * LOOP_THREADS_PER_HEAD if device.type == 'cpu' else 0
+            with _cpu_threads(limit):
+                body(inputs, outs)
             stats['eager'] += 1
             return outs
         key = (name, str(device), torch.is_inference_mode_enabled(),
@@ -120,14 +147,27 @@ def run_loop(name: str, body: Body, inputs: Inputs,
             _trim()
             stats['recorded'] += 1
             # the warm-up run already left this call's results in the static outputs
-            return {n: t.clone() for n, t in static_out.items()}
+            return static_out
         _graphs.move_to_end(key)
         for n, t in inputs.items():
             if t is not None:
                 entry.inputs[n].copy_(t)
         entry.graph.replay()
         stats['replayed'] += 1
-        return {n: t.clone() for n, t in entry.outputs.items()}
+        return entry.outputs
+
+
+def _storage_ptr(t: torch.Tensor) -> int:
+    # untyped_storage arrived in torch 2.0; storage() gives the same pointer on older releases
+    return t.untyped_storage().data_ptr() if hasattr(t, 'untyped_storage') else t.storage().data_ptr()
+
+
+def owned(x: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """``x``, copied if it shares memory with ``buffer``, an output of ``run_loop`` that may be a
+    recorded graph's buffer (overwritten by the next replay). CPU outputs are always fresh."""
+    if buffer.device.type != 'cuda' or not ENABLED or not x.numel():
+        return x
+    return x.clone() if _storage_ptr(x) == _storage_ptr(buffer) else x
 
 
 def _trim():
