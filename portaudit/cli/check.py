@@ -12,7 +12,7 @@ from typing_extensions import Annotated
 
 from portaudit.cli.common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
                                   UpstreamPathOpt, cli_errors, console, default_manifests, err_console,
-                                  write_output)
+                                  register_inputs, write_output)
 from portaudit.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 from portaudit.static.baseline import apply_gate, load_baseline, write_baseline
 from portaudit.static.manifest import load_manifest
@@ -57,6 +57,9 @@ def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], por
             raise UsageError("--update-baseline needs --baseline DIR (e.g. manifests/baseline)")
         paths = default_manifests(manifest)
         manifests = [load_manifest(p) for p in paths]
+        if baseline is not None and baseline.suffix == ".json" and len(manifests) > 1:
+            raise UsageError(f"--baseline {baseline} is one baseline file but {len(manifests)} manifests are "
+                             "checked; pass a directory (one <name>.json per manifest)")
         names = [m.name for m in manifests]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -74,7 +77,9 @@ def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], por
                                       f"{sum(1 for f in r.findings if f.status != 'waived')} finding(s) accepted"
                                       + (f", {len(notes)} fixed" if notes else "") + ")", markup=False)
             for r in results:
-                report.gates[r.manifest.name] = apply_gate(r, load_baseline(baseline, r.manifest.name))
+                gate_baseline = load_baseline(baseline, r.manifest.name)
+                register_inputs(gate_baseline.path)
+                report.gates[r.manifest.name] = apply_gate(r, gate_baseline)
         if fmt == Format.text and output is None:
             from portaudit.static.reporters.text import print_report
 

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from portaudit.cli.common import cli_errors, console, err_console, write_output
+from portaudit.cli.common import cli_errors, console, err_console, register_inputs, write_output
 from portaudit.errors import UsageError
 
 FORMATS = ("table", "json", "markdown", "junit")
@@ -59,6 +59,7 @@ def _manifest_files(paths: Optional[List[Path]]) -> List[Path]:
             files.append(p)
         else:
             raise UsageError(f"manifest {p} does not exist")
+    register_inputs(*files)
     return files
 
 

@@ -12,7 +12,9 @@ from typing_extensions import Annotated
 from portaudit.cli.common import (CacheDirOpt, NoProgressOpt, ProgressDisplay, UpstreamPathOpt, cli_errors,
                                   err_console, write_output)
 from portaudit.errors import UsageError
+from portaudit.safe_io import resolved
 from portaudit.static.index.tree import TreeIndex
+from portaudit.static.manifest import is_dotted_name, load_manifest, manifest_name_problem
 from portaudit.static.scaffold import closure, group_stages, render_manifest
 from portaudit.static.upstream import default_cache_dir, parse_distributions, resolve_upstream
 
@@ -37,7 +39,16 @@ def scaffold(
     """Compute the symbol-level static closure of the entries and write it as a manifest."""
     progress = ProgressDisplay(enabled=not no_progress)
     with cli_errors(progress):
+        if name is not None and manifest_name_problem(name):
+            raise UsageError(f"--name '{name}' {manifest_name_problem(name)}")
+        for option, value in [("--port-package", port_package), ("--package", package)] + \
+                [("--entry", e) for e in entry]:
+            if value is not None and not is_dotted_name(value):
+                raise UsageError(f"{option} '{value}' is not a dotted Python name (e.g. fla.layers.kda.KimiDeltaAttention)")
         pkg = package or entry[0].split(".")[0]
+        outside = [e for e in entry if e != pkg and not e.startswith(pkg + ".")]
+        if outside:
+            raise UsageError(f"--entry '{outside[0]}' is not in the upstream package '{pkg}'")
         dists = parse_distributions(",".join(upstream)) if upstream else []
         if not dists and upstream_path is None:
             raise UsageError("name the upstream with --upstream NAME==VERSION or --upstream-path DIR")
@@ -56,9 +67,11 @@ def scaffold(
         progress.stop()
         up_path = None
         if upstream_path is not None and not dists:
-            base = (output.parent if output is not None else Path.cwd()).resolve()
-            up_path = os.path.relpath(Path(upstream_path).resolve(), base)
+            base = resolved(output.parent if output is not None else Path.cwd(), "output folder")
+            up_path = os.path.relpath(resolved(upstream_path, "upstream path"), base)
         text = render_manifest(stages, pkg, dists, port_package, entry, name, up_path)
+        # what scaffold writes must load (relative paths resolve from where it is written)
+        load_manifest(output if output is not None else Path.cwd() / "scaffold.yaml", text=text)
         write_output(text, output)
         if output is not None:
             err_console.print(f"wrote {output}: {len(items)} symbols in {len(stages)} stages "

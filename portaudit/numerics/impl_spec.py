@@ -126,24 +126,11 @@ class NumericsConfig:
 # -- YAML reading ---------------------------------------------------------------------------------
 
 def _read_yaml(path: Path):
-    import yaml
-
     from portaudit.static.manifest import _Positions, _Validator
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read it: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UsageError(f"{where}: invalid YAML: {problem}") from None
-    return data, _Validator(str(path), _Positions(str(path), node), set())
+    from portaudit.static.yaml_loader import load_yaml_file
+
+    doc = load_yaml_file(path)   # bounded, regular files only, no duplicate keys, aliases measured
+    return doc.data, _Validator(str(path), _Positions(str(path), doc.node), set())
 
 
 def _axes(v, value: Any, path: tuple) -> Tuple[int, ...]:
@@ -292,6 +279,10 @@ def load_numerics_config(path: Path) -> NumericsConfig:
     data, v = _read_yaml(path)
     if data is None:
         v.fail((), "the file is empty")
+    if isinstance(data, dict) and "stages" in data:
+        # a port manifest: validated in full by the manifest loader, as `check` does
+        from portaudit.static.manifest import load_manifest
+        load_manifest(path)
     top = v.mapping(data, (), {k: False for k in TOP_KEYS})
     up = top.get("upstream") or {}
     if not isinstance(up, dict):

@@ -12,6 +12,7 @@ top; an override whose rule is never looser than what the run needed is reported
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass
 from typing import Iterable, List, Optional
 
@@ -87,10 +88,13 @@ def overrides_from_manifest(data: Optional[dict], where: str = "manifest") -> Li
         if not reason:
             raise UsageError(f"{where}: numerics.tolerances[{i}] ({e.get('op', '*')}/{e.get('output', '*')}) "
                              f"needs a reason")
-        try:
-            value = float(e.get("rtol", e.get("value")))
-        except (TypeError, ValueError):
-            raise UsageError(f"{where}: numerics.tolerances[{i}] needs a numeric rtol") from None
-        out.append(Tolerance(str(e.get("op", "*")), str(e.get("output", "*")), str(e.get("dtype", "*")), value,
-                             reason, source=where))
+        value = e.get("rtol", e.get("value"))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise UsageError(f"{where}: numerics.tolerances[{i}] needs rtol, a finite positive number "
+                             f"(got {value!r})")
+        fields = {k: e.get(k, "*") for k in ("op", "output", "dtype")}
+        bad = [k for k, x in fields.items() if not isinstance(x, str) or not x]
+        if bad:
+            raise UsageError(f"{where}: numerics.tolerances[{i}].{bad[0]} must be a non-empty string (a pattern)")
+        out.append(Tolerance(fields["op"], fields["output"], fields["dtype"], float(value), reason, source=where))
     return out

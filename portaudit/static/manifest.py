@@ -1,7 +1,7 @@
 """The manifest: a YAML contract naming the upstream, the port and every symbol to port.
 
-Loaded with ``yaml.safe_load`` for values and ``yaml.compose`` for positions, so every validation
-error names ``file:line:col`` and the key. Unknown keys are errors: a typo must never silently
+Read with :mod:`.yaml_loader` (bounded size and alias expansion, no duplicate keys), which keeps
+the node graph for positions, so every validation error names ``file:line:col`` and the key. Unknown keys are errors: a typo must never silently
 disable a check. See docs/codes.md for the schema and the finding codes.
 
     upstream:   {package: fla, distributions: [fla-core==0.4.0, ...], version: "0.4.0"}
@@ -16,6 +16,9 @@ disable a check. See docs/codes.md for the schema and the finding codes.
 from __future__ import annotations
 
 import fnmatch
+import keyword
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +27,8 @@ import yaml
 
 from portaudit.errors import UsageError
 from portaudit.static.index.model import KINDS
+from portaudit.static.requirements import RequirementError, parse_pinned
+from portaudit.static.yaml_loader import load_yaml_file, parse_yaml
 
 ENTRY_KINDS = tuple(KINDS)
 
@@ -111,6 +116,9 @@ class Manifest:
     entry_points: list[str] = field(default_factory=list)
     # ``numerics.tolerances`` overrides, validated here and applied by `portaudit invariants`.
     tolerances: list[dict] = field(default_factory=list)
+    # The whole ``numerics`` section as loaded (cases, implementation, tolerances), so tools that
+    # rewrite the manifest (drift --write-manifest) carry it over unchanged.
+    numerics: dict = field(default_factory=dict)
 
     @property
     def entries(self) -> list[Entry]:
@@ -150,12 +158,14 @@ class Manifest:
 # loading and validation
 
 class _Positions:
-    """Maps a key path (tuple of str/int) to the YAML position of its value (and key)."""
+    """Maps a key path (tuple of str/int) to the YAML position of its value (and key), and to the
+    source text of scalar values (so '0.40' stays '0.40' where a string is expected)."""
 
     def __init__(self, file: str, node: Any):
         self.file = file
         self.values: dict[tuple, Loc] = {}
         self.keys: dict[tuple, Loc] = {}
+        self.raw: dict[tuple, str] = {}
         if node is not None:
             self._walk(node, ())
 
@@ -163,15 +173,20 @@ class _Positions:
         return Loc(self.file, mark.line + 1, mark.column + 1)
 
     def _walk(self, node, path: tuple) -> None:
-        self.values[path] = self._loc(node.start_mark)
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                key = k.value
-                self.keys[path + (key,)] = self._loc(k.start_mark)
-                self._walk(v, path + (key,))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                self._walk(v, path + (i,))
+        # iterative: the node graph was measured by yaml_loader (bounded size and depth)
+        todo = [(node, path)]
+        while todo:
+            node, path = todo.pop()
+            self.values[path] = self._loc(node.start_mark)
+            if isinstance(node, yaml.ScalarNode):
+                self.raw[path] = node.value
+            elif isinstance(node, yaml.MappingNode):
+                for k, v in node.value:
+                    key = k.value if isinstance(k, yaml.ScalarNode) else repr(k.value)
+                    self.keys[path + (key,)] = self._loc(k.start_mark)
+                    todo.append((v, path + (key,)))
+            elif isinstance(node, yaml.SequenceNode):
+                todo.extend((v, path + (i,)) for i, v in enumerate(node.value))
 
     def at(self, path: tuple, key: bool = False) -> Loc:
         table = self.keys if key else self.values
@@ -216,12 +231,18 @@ class _Validator:
         return value
 
     def string(self, value: Any, path: tuple, allow_empty: bool = False) -> str:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            self.fail(path, f"expected a string, got {type(value).__name__}")
-        s = str(value)
-        if not allow_empty and not s.strip():
+        if not isinstance(value, str):
+            # YAML 1.1 reads `version: 0.40` as 0.4, `id: 010` as 8, `title: on` as True: where a
+            # string is expected, take what was written
+            raw = self.pos.raw.get(tuple(path))
+            if value is None or isinstance(value, (list, dict)) or raw is None:
+                self.fail(path, f"expected a string, got {'nothing' if value is None else type(value).__name__}")
+            value = raw
+        if not allow_empty and not value.strip():
             self.fail(path, "must not be empty")
-        return s
+        if "\0" in value:
+            self.fail(path, "contains a NUL character")
+        return value
 
     def opt_string(self, d: dict, key: str, path: tuple, allow_empty: bool = False) -> Optional[str]:
         if key not in d or d[key] is None:
@@ -235,36 +256,67 @@ class _Validator:
             self.fail(path, f"expected a list, got {type(value).__name__}")
         return value
 
-    def dotted(self, value: Any, path: tuple) -> str:
+    def dotted(self, value: Any, path: tuple, pattern: bool = False) -> str:
+        """A dotted Python name; with ``pattern``, fnmatch wildcards are allowed too (waivers)."""
         s = self.string(value, path)
-        if not all(part.isidentifier() for part in s.split(".")):
-            if "*" in s:
-                return s
-            self.fail(path, f"'{s}' is not a dotted Python name")
+        parts = s.split(".")
+        if pattern and any(c in s for c in "*?["):
+            if not all(p and all(ch.isalnum() or ch in "_*?[]!-" for ch in p) for p in parts):
+                self.fail(path, f"'{s}' is not a dotted name pattern")
+            return s
+        if not is_dotted_name(s):
+            hint = " (wildcards are allowed only in waivers)" if any(c in s for c in "*?[") else ""
+            self.fail(path, f"'{s}' is not a dotted Python name{hint}")
         return s
 
 
-def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> Manifest:
+def is_dotted_name(text: str) -> bool:
+    """``pkg.mod.Name``: identifiers that are not keywords, joined by dots."""
+    return bool(text) and all(p.isidentifier() and not keyword.iskeyword(p) for p in text.split("."))
+
+
+def _broad_waiver(symbol: str, code: str, known: set[str], package: str) -> Optional[str]:
+    """Why a waiver would silence far more than one symbol's findings (None when it does not).
+
+    A symbol pattern with a wildcard in its first part matches every package; a pattern that is
+    the package followed only by wildcards (``fla.*``) with a code pattern matching every code
+    waives the whole manifest."""
+    parts = symbol.split(".")
+    if any(c in parts[0] for c in "*?["):
+        return (f"the waiver symbol '{symbol}' is not anchored to a package, so it would waive findings of "
+                f"every symbol; start it with the upstream package (e.g. '{package}.utils.*')")
+    all_codes = bool(known) and all(fnmatch.fnmatchcase(c, code) for c in known)
+    if all_codes and len(parts) > 1 and all(p and set(p) <= set("*?") for p in parts[1:]):
+        return (f"the waiver {{symbol: '{symbol}', code: '{code}'}} waives every finding of the package; "
+                "name the symbols or the codes it is for")
+    return None
+
+
+# The name is a file name (manifests/baseline/<name>.json): one plain path component.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def manifest_name_problem(name: str) -> Optional[str]:
+    """Why ``name`` cannot name a manifest (None when it can)."""
+    if not NAME_RE.fullmatch(name):
+        return ("must be 1-100 characters from A-Z a-z 0-9 . _ - starting with a letter or digit "
+                "(it names the baseline file)")
+    return None
+
+
+def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None, text: Optional[str] = None) -> Manifest:
+    """Load and validate the manifest at ``path`` (or ``text``, as if it were that file's content:
+    relative paths in it are taken relative to ``path``'s folder)."""
     from portaudit.static.findings import CODES
 
     known = known_codes if known_codes is not None else set(CODES)
     path = Path(path)
     file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if text is None and not path.exists() and not path.is_symlink():
         raise UsageError(f"{file}: manifest file not found; pass --manifest PATH to an existing YAML file")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{file}: cannot read the manifest: {exc}")
-    try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UsageError(f"{where}: invalid YAML: {problem}")
-    v = _Validator(file, _Positions(file, node), known)
+    doc = load_yaml_file(path) if text is None else parse_yaml(text, file)
+    data = doc.data
+    v = _Validator(file, _Positions(file, doc.node), known)
     if data is None:
         v.fail((), "the manifest is empty; it needs 'upstream', 'port' and 'stages'")
     top = v.mapping(data, (), {"name": False, "description": False, "upstream": True, "port": True,
@@ -279,10 +331,15 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> M
         dists = [d for d in dists.split(",") if d.strip()]
     dists = [v.string(d, ("upstream", "distributions", i)).strip()
              for i, d in enumerate(v.seq(dists, ("upstream", "distributions")))]
+    seen_dists: dict[str, int] = {}
     for i, d in enumerate(dists):
-        name, sep, ver = d.partition("==")
-        if not sep or not name.strip() or not ver.strip():
-            v.fail(("upstream", "distributions", i), f"'{d}' is not pinned; write it as NAME==VERSION")
+        try:
+            req = parse_pinned(d)
+        except RequirementError as exc:
+            v.fail(("upstream", "distributions", i), str(exc))
+        if req.canonical_name in seen_dists:
+            v.fail(("upstream", "distributions", i), f"distribution '{req.name}' is named twice")
+        seen_dists[req.canonical_name] = i
     if not dists and not up.get("path"):
         v.fail(("upstream",), "name 'distributions' (pinned NAME==VERSION) or a local 'path'")
     upstream = Upstream(package=v.dotted(up["package"], ("upstream", "package")), distributions=dists,
@@ -318,13 +375,17 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> M
                 if kind is not None and kind not in ENTRY_KINDS:
                     v.fail(ep + ("kind",), f"unknown kind '{kind}'; one of {', '.join(ENTRY_KINDS)}")
                 entry = Entry(symbol=v.dotted(item["symbol"], ep + ("symbol",)), stage_id=sid, kind=kind,
-                              port=(v.dotted(item["port"], ep + ("port",)) if item.get("port") else None),
+                              port=(v.dotted(item["port"], ep + ("port",)) if item.get("port") is not None
+                                    else None),
                               note=v.opt_string(item, "note", ep), loc=v.pos.at(ep))
             else:
                 entry = Entry(symbol=v.dotted(item, ep), stage_id=sid, loc=v.pos.at(ep))
             stage.entries.append(entry)
         stages.append(stage)
 
+    if not any(s.entries for s in stages):
+        v.fail(("stages",), "the manifest lists no symbols; a manifest with nothing to check would always "
+               "pass (100% of 0)")
     waivers = []
     for wi, w in enumerate(v.seq(top.get("waivers"), ("waivers",))):
         wp = ("waivers", wi)
@@ -332,8 +393,12 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> M
         code = v.string(w["code"], wp + ("code",))
         if not any(fnmatch.fnmatchcase(c, code) for c in known):
             v.fail(wp + ("code",), f"unknown finding code '{code}'; see docs/codes.md")
+        symbol = v.dotted(w["symbol"], wp + ("symbol",), pattern=True)
+        problem = _broad_waiver(symbol, code, known, upstream.package)
+        if problem:
+            v.fail(wp, problem)
         reason = w.get("reason")
-        waivers.append(Waiver(symbol=v.dotted(w["symbol"], wp + ("symbol",)), code=code,
+        waivers.append(Waiver(symbol=symbol, code=code,
                               reason="" if reason is None else v.string(reason, wp + ("reason",), True),
                               loc=v.pos.at(wp)))
     deviations = []
@@ -346,6 +411,9 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> M
                                     loc=v.pos.at(dp)))
     entry_points = [v.dotted(e, ("entry_points", i))
                     for i, e in enumerate(v.seq(top.get("entry_points"), ("entry_points",)))]
+    for i, e in enumerate(entry_points):
+        if e in entry_points[:i]:
+            v.fail(("entry_points", i), f"'{e}' is listed twice")
     tolerances = []
     if top.get("numerics") is not None:
         # `cases` (the case registry) and `implementation` (how the port is called) are validated
@@ -359,14 +427,29 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None) -> M
         for ti, t in enumerate(v.seq(num.get("tolerances"), ("numerics", "tolerances"))):
             tp = ("numerics", "tolerances", ti)
             t = v.mapping(t, tp, {"op": True, "output": False, "dtype": False, "rtol": True, "reason": True})
-            if isinstance(t["rtol"], bool) or not isinstance(t["rtol"], (int, float)) or t["rtol"] <= 0:
-                v.fail(tp + ("rtol",), "expected a positive number (the RMS-ratio tolerance)")
+            rtol = t["rtol"]
+            if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not math.isfinite(rtol) or rtol <= 0:
+                v.fail(tp + ("rtol",), f"expected a finite positive number (the RMS-ratio tolerance), got "
+                       f"{v.pos.raw.get(tp + ('rtol',), rtol)!r}")
+            for key in ("op", "output", "dtype"):
+                if key in t:
+                    v.string(t[key], tp + (key,))
             v.string(t["reason"], tp + ("reason",))
             tolerances.append(dict(t))
-    name = v.opt_string(top, "name", ()) or path.stem
+    name = v.opt_string(top, "name", ())
+    if name is not None:
+        problem = manifest_name_problem(name)
+        if problem:
+            v.fail(("name",), problem)
+    else:
+        name = path.stem
+        if manifest_name_problem(name):
+            v.fail((), f"the file name gives the manifest name '{name}', which {manifest_name_problem(name)}; "
+                   "add a 'name:' key")
     return Manifest(path=path, name=name, upstream=upstream, port=port, stages=stages, waivers=waivers,
                     deviations=deviations, description=v.opt_string(top, "description", ()),
-                    entry_points=entry_points, tolerances=tolerances)
+                    entry_points=entry_points, tolerances=tolerances,
+                    numerics=dict(top["numerics"]) if isinstance(top.get("numerics"), dict) else {})
 
 
 def discover_manifests(paths: list[str | Path]) -> list[Path]:

@@ -28,7 +28,7 @@ def display_path(path: str | Path) -> str:
     p = Path(path)
     try:
         return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except (ValueError, OSError):
+    except (ValueError, OSError, RuntimeError):   # RuntimeError: a link loop (Python < 3.13)
         return str(p)
 
 

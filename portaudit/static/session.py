@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from portaudit.errors import UsageError
+from portaudit.safe_io import resolved
 from portaudit.static.checks.runner import Auditor
 from portaudit.static.index.tree import TreeIndex
 from portaudit.static.manifest import Manifest
@@ -38,7 +39,7 @@ class Session:
     def upstream_root(self, manifest: Manifest) -> Path:
         local = self.upstream_path
         if local is None and manifest.upstream.path:
-            local = (manifest.path.parent / manifest.upstream.path).resolve()
+            local = resolved(manifest.path.parent / manifest.upstream.path, "upstream path")
         key = (str(local), tuple(manifest.upstream.distributions), manifest.upstream.package)
         if key not in self._roots:
             self.say(f"resolving upstream {', '.join(manifest.upstream.distributions) or local}")
@@ -57,7 +58,7 @@ class Session:
         return root
 
     def index(self, root: Path) -> TreeIndex:
-        root = Path(root).resolve()
+        root = resolved(root, "tree root")
         if root not in self._indexes:
             self._indexes[root] = TreeIndex(root, self.cache_dir if self.use_index_cache else None,
                                             on_parse=self.progress)

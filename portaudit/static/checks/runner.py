@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from portaudit.errors import UsageError
+from portaudit.safe_io import read_regular
 from portaudit.static.checks import hygiene
 from portaudit.static.checks.citation import UpstreamFile, check_citations
 from portaudit.static.checks.presence import check_kind, check_methods, kernel_accounted
@@ -25,6 +27,7 @@ from portaudit.static.index.model import (CALLABLE_KINDS, CLASS_KINDS, KERNEL, M
 from portaudit.static.index.tree import TreeIndex
 from portaudit.static.manifest import Entry, Manifest
 from portaudit.static.results import FAIL, PASS, SKIP, ManifestResult, SymbolResult, display_path
+from portaudit.static.source import MAX_SOURCE_BYTES, read_source, split_lines
 
 FAMILIES = ("presence", "signature", "citation", "simplification")
 
@@ -42,8 +45,7 @@ class Auditor:
         if relpath not in self._file_lines:
             p = self.up.root / relpath
             if p.is_file() and ".." not in Path(relpath).parts:
-                with open(p, "rb") as fh:
-                    n = fh.read().count(b"\n")
+                n = read_regular(p, MAX_SOURCE_BYTES, "cited upstream file").count(b"\n")
                 self._file_lines[relpath] = UpstreamFile(relpath, True, n)
             else:
                 self._file_lines[relpath] = UpstreamFile(relpath, False)
@@ -194,8 +196,8 @@ class Auditor:
     def port_definition_text(self, res: Resolved) -> str:
         d = res.definition
         try:
-            lines = Path(res.module.path).read_text(encoding="utf-8").splitlines()
-        except OSError:
+            lines = split_lines(read_source(res.module.path).text)
+        except UsageError:
             return ""
         start = d.start
         while start > 1 and lines[start - 2].lstrip().startswith("#"):

@@ -2,7 +2,7 @@
 
 Plain dataclasses and the kind constants, shared by the parser that builds them
 (:mod:`.parse`), the lazily parsed tree that caches them (:mod:`.tree`) and everything that reads
-them (checks, drift, scaffold). The pickled index cache stores these classes.
+them (checks, drift, scaffold). The index cache (:mod:`.cache`) stores these classes as checked JSON.
 """
 
 from __future__ import annotations

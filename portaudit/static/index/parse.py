@@ -10,6 +10,7 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from portaudit.static.citations import parse_citations
+from portaudit.static.source import SourceError, check_parse_limits, decode_source, split_lines
 from portaudit.static.index.model import (AUTOGRAD, CLASS, CONSTANT, FUNCTION, KERNEL, KEYWORD_ONLY, METHOD,
                                           NN_MODULE, POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD,
                                           VAR_POSITIONAL, BodyFacts, Definition, ImportRef, ModuleInfo, Param)
@@ -179,7 +180,7 @@ def _collect_uses(nodes: Sequence[cst.CSTNode], bound: Sequence[str] = ()) -> li
 class _ModuleParser:
     def __init__(self, source: str, module: str, path: str, sha: str, is_package: bool):
         self.source = source
-        self.lines = source.splitlines()
+        self.lines = split_lines(source)
         self.tree = cst.parse_module(source)
         self.wrapper = MetadataWrapper(self.tree, unsafe_skip_copy=True)
         self.pos = self.wrapper.resolve(PositionProvider)
@@ -452,12 +453,14 @@ class _ModuleParser:
                     literal = src
                 except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                     literal = None
+            # computed once per statement: `a = b = ... = 1` names many constants on one line
+            citations = parse_citations(comments, c_start) if comments else []
+            markers = self.markers(c_start, end)
+            uses = _collect_uses([value]) if value is not None else []
             for name in names:
                 self.add(Definition(
-                    name=name, kind=CONSTANT, start=start, end=end, decorators=[],
-                    citations=parse_citations(comments, c_start) if comments else [],
-                    facts=BodyFacts(markers=self.markers(c_start, end), literal_value=literal),
-                    uses=_collect_uses([value]) if value is not None else []))
+                    name=name, kind=CONSTANT, start=start, end=end, decorators=[], citations=list(citations),
+                    facts=BodyFacts(markers=list(markers), literal_value=literal), uses=list(uses)))
 
     def imports(self, node: cst.CSTNode) -> None:
         info = self.info
@@ -509,3 +512,20 @@ class _ModuleParser:
 
 def parse_module_source(source: str, module: str, path: str, sha: str, is_package: bool) -> ModuleInfo:
     return _ModuleParser(source, module, path, sha, is_package).run()
+
+
+def parse_module_bytes(data: bytes, module: str, path: str, sha: str, is_package: bool) -> ModuleInfo:
+    """Decode (PEP 263), check the parser's limits, parse; every failure is one SourceError line
+    naming the file (exit 2), never a crash of the interpreter."""
+    text = decode_source(data, path).text
+    check_parse_limits(text, path)
+    try:
+        return parse_module_source(text, module, path, sha, is_package)
+    except cst.ParserSyntaxError as exc:
+        detail = exc.message.split(": error at ", 1)[-1] if exc.message else "syntax error"
+        raise SourceError(f"{path}:{exc.editor_line}:{exc.editor_column}: cannot parse the module "
+                          f"({detail.splitlines()[0][:200]}); fix the syntax error") from None
+    except RecursionError:
+        raise SourceError(f"{path}: nested too deeply for the parser; refusing it") from None
+    except MemoryError:
+        raise SourceError(f"{path}: too large for the parser; refusing it") from None
