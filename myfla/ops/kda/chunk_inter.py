@@ -14,17 +14,17 @@ from typing import Optional
 
 import torch
 
-from myfla.ops.kda.chunk_intra import (
-    chunk_slabs,
+from myfla.ops.utils.chunk_grid import (
     chunks_to_grid,
     from_grid,
     grid_empty,
     last_gate,
     operand_grid,
     slab,
+    store,
     to_grid
 )
-from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
 from myfla.ops.utils.dot import LOW_PRECISION, dot, operand, operand_dtype
 from myfla.utils import check_shared_mem
 
@@ -62,8 +62,9 @@ def chunk_kda_bwd_dqkwg(
     doc, vc, dvc = operand_grid(layout, do), operand_grid(layout, v), operand_grid(layout, dv)
     dq, dk, dg, dw = (grid_empty(qc, K) for _ in range(4))
     for sl in chunk_slabs(qc):
-        dq[:, :, sl], dk[:, :, sl], dw[:, :, sl], dg[:, :, sl] = _dqkwg_chunks(
-            *(slab(x, sl) for x in (qc, kc, vc, hc, Gc, doc, dhc, dvc)), scale, do.dtype, v.dtype)
+        parts = _dqkwg_chunks(*(slab(x, sl) for x in (qc, kc, vc, hc, Gc, doc, dhc, dvc)), scale, do.dtype, v.dtype)
+        for grid, part in zip((dq, dk, dw, dg), parts):
+            store(grid, sl, part)
     return (from_grid(layout, dq), from_grid(layout, dk), from_grid(layout, dw).to(w.dtype),
             from_grid(layout, dg).to(g.dtype))
 

@@ -12,8 +12,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.kda.chunk_intra import chunk_slabs, from_grid, grid_empty, last_gate, operand_grid, slab, to_grid
-from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.chunk_grid import from_grid, grid_empty, last_gate, operand_grid, slab, store, to_grid
+from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
 from myfla.ops.utils.dot import dot, dot_add, operand, rowdot
 
 
@@ -45,16 +45,16 @@ def recompute_w_u_fwd(
     for sl in chunk_slabs(kc):
         k_s, b_s, A_s = slab(kc, sl), slab(bc, sl), slab(Ac, sl)
         # rows scaled in fp32 and rounded to the input dtype before the dot with A (in k's dtype)
-        u[:, :, sl] = dot(A_s, operand(slab(vc, sl) * b_s, v.dtype))
+        store(u, sl, dot(A_s, operand(slab(vc, sl) * b_s, v.dtype)))
         kb = k_s * b_s
         if Gc is not None:
             G_s = slab(Gc, sl)
             decay = G_s.exp()
             if qg is not None:
-                qg[:, :, sl] = slab(qc, sl) * decay
-            kg[:, :, sl] = (last_gate(G_s).unsqueeze(-2) - G_s).exp_().mul_(k_s)
+                store(qg, sl, slab(qc, sl) * decay)
+            store(kg, sl, (last_gate(G_s).unsqueeze(-2) - G_s).exp_().mul_(k_s))
             kb.mul_(decay)
-        w[:, :, sl] = dot(A_s, operand(kb, k.dtype))
+        store(w, sl, dot(A_s, operand(kb, k.dtype)))
     u = from_grid(layout, u).to(v.dtype)
     w = from_grid(layout, w).to(k.dtype)
     if qg is not None:
@@ -90,8 +90,10 @@ def prepare_wy_repr_bwd(
     dk, dv, dg = grid_empty(kc, K), grid_empty(kc, V), grid_empty(kc, K)
     db, dA = grid_empty(kc), grid_empty(kc, BT)
     for sl in chunk_slabs(kc):
-        dk[:, :, sl], dv[:, :, sl], db[:, :, sl], dg[:, :, sl], dA[:, :, sl] = _wy_bwd_chunks(
-            *(slab(x, sl) for x in (Ac, bc, kc, vc, Gc, dwc, duc)), dtypes=(A.dtype, v.dtype, dw.dtype))
+        parts = _wy_bwd_chunks(*(slab(x, sl) for x in (Ac, bc, kc, vc, Gc, dwc, duc)),
+                               dtypes=(A.dtype, v.dtype, dw.dtype))
+        for grid, part in zip((dk, dv, db, dg, dA), parts):
+            store(grid, sl, part)
     return (from_grid(layout, dk), from_grid(layout, dv).to(v.dtype), from_grid(layout, db),
             from_grid(layout, dg), from_grid(layout, dA))
 
