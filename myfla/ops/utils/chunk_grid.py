@@ -3,11 +3,14 @@ index tokens directly and have no counterpart).
 
 A grid has the logical shape ``[N, H, NC, BT, *rest]`` (sequences, heads, chunks, chunk positions).
 The passes walk it in slabs of whole chunks (``chunk_slabs``) and hand each slab to batched code as
-``[nc, N, H, BT, *rest]``: any leading axes are batch axes there. Input grids are stored chunk-major
-(memory ``[NC, N, H, BT, *rest]``), so every slab of them is a contiguous view and needs no copy;
-the one copy that reorders (and casts) a tensor is made by ``to_grid``, once per pass inside a
-``grid_cache()`` scope. Output grids (``grid_empty``) are stored in token order, so that slab results
-land where ``from_grid`` returns them without another copy.
+``[nc, N, H, BT, *rest]``: any leading axes are batch axes there. Where a slab spans several chunks
+(few heads, or a GPU's single slab), input grids are stored chunk-major (memory
+``[NC, N, H, BT, *rest]``): every slab of them is then a contiguous view, and the one copy that
+reorders (and casts) a tensor is made by ``to_grid``, once per pass inside a ``grid_cache()`` scope.
+Where a slab is a single chunk (many heads on a CPU), the grid stays a view of token-ordered memory
+and each slab is copied where it is used, straight into cache. Output grids (``grid_empty``) are
+stored in token order, so that slab results land where ``from_grid`` returns them without another
+copy.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Optional
 import torch
 
 from myfla.ops.common.chunk_delta_h import memo
-from myfla.ops.utils.chunk_layout import ChunkLayout
+from myfla.ops.utils.chunk_layout import ChunkLayout, slab_chunk_heads
 from myfla.ops.utils.dot import operand_dtype
 from myfla.ops.utils.workspace import new_empty
 
@@ -35,11 +38,18 @@ def _chunk_major(grid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero',
             dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``[B, T, H, *rest]`` -> ``[N, H, NC, BT, *rest]`` in ``dtype`` (default fp32; fp64 stays fp64),
-    stored chunk-major; built once per tensor inside a ``grid_cache()`` scope. Callers never modify
+    stored chunk-major unless slabs are single chunks (see the module docstring); built once per
+    tensor inside a ``grid_cache()`` scope. Callers never modify
     it in place (it may be shared)."""
     dtype = torch.promote_types(x.dtype, torch.float32) if dtype is None else dtype
-    return memo(('chunk_grid', fill, dtype), (x, layout),
-                lambda: _chunk_major(layout.pack(x, fill).movedim(3, 1), dtype))
+
+    def build():
+        grid = layout.pack(x, fill).movedim(3, 1)
+        per_slab = slab_chunk_heads(x.device)
+        if per_slab and per_slab // max(1, layout.N * x.shape[2]) <= 1:
+            return grid.to(dtype)                           # one-chunk slabs: copied when used
+        return _chunk_major(grid, dtype)
+    return memo(('chunk_grid', fill, dtype), (x, layout), build)
 
 
 def operand_grid(layout: ChunkLayout, x: torch.Tensor) -> torch.Tensor:
