@@ -13,12 +13,15 @@ Python loop over chunks does only the ``[N*H]``-batched matmuls that need the ca
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Optional, Tuple
 
 import torch
 
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
-from myfla.ops.utils.workspace import new_empty, out_buffer
+from myfla.ops.utils.dot import dot, dot_add, operand, operand_dtype
+from myfla.ops.utils.loop_graph import owned, run_loop
+from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, is_nvidia_hopper
 
 # Warp counts of fla's autotuner (kept for API parity; unused by torch code).
@@ -75,13 +78,13 @@ def to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero',
     key = _memo_key(layout, x, dtype)
     if key is not None and key in _grid_memo:
         return _grid_memo[key][1]
-    xd = x.to(dtype) if dtype is not None else x
-    xc = layout.pack(xd, fill=fill)                                 # [N, NC, BT, H, *rest]
+    xc = layout.pack(x, fill=fill)                                  # [N, NC, BT, H, *rest]
     N, NC, BT, H = xc.shape[:4]
     rest = xc.shape[4:]
     perm = (1, 0, 3, 2) + tuple(range(4, xc.dim()))
-    # contiguous: for B == 1 the reshape is a strided view, and every matmul would copy it again
-    out = new_empty((NC, N * H, BT, *rest), xc.dtype, xc.device)
+    # contiguous: for B == 1 the reshape is a strided view, and every matmul would copy it again;
+    # the dtype conversion happens in the same copy
+    out = new_empty((NC, N * H, BT, *rest), dtype or x.dtype, xc.device)
     out.view(NC, N, H, BT, *rest).copy_(xc.permute(perm))
     xc = out
     if key is not None:
@@ -172,6 +175,36 @@ def gate_factors(layout: ChunkLayout, H: int, K: int, g: Optional[torch.Tensor],
     return g_c, decay, k_scale
 
 
+def _fwd_h_steps(x, out, w_dtype: torch.dtype, k_dtype: torch.dtype):
+    """The sequential part of ``chunk_gated_delta_rule_fwd_h`` (port-only helper), on the chunk grid.
+
+    ``x`` holds ``h0`` ``[NH, K, V]``, ``u`` ``[NC, NH, BT, V]`` (accumulation dtype), the dot operands
+    ``w`` ``[NC, NH, BT, K]`` and ``k`` (see ``operand``), ``k_scale`` ``[NC, NH, BT, 1]`` and ``decay``
+    ``[NC, NH, K, 1]`` (or None); fills ``out['states']`` ``[NC + 1, NH, K, V]`` and ``out['v_new']``
+    ``[NC, NH, BT, V]``. ``w_dtype``/``k_dtype`` are the dtypes fla rounds the dots' other operands to.
+    """
+    states, v_news = out['states'], out['v_new']
+    states[0].copy_(x['h0'])
+    u, w, kT = x['u'].unbind(0), x['w'].unbind(0), x['k'].transpose(-1, -2).unbind(0)
+    k_scale, decay = x['k_scale'], x['decay']
+    k_scales = k_scale.unbind(0) if k_scale is not None else None
+    decays = decay.unbind(0) if decay is not None else None
+    s_out, v_out = states.unbind(0), v_news.unbind(0)
+    for c in range(len(u)):
+        state = s_out[c]
+        # v_new = u - w @ h, the state read in w's dtype (fla: tl.dot(b_w, b_h.to(b_w.dtype)))
+        v_new = dot_add(u[c], w[c], operand(state, w_dtype), alpha=-1, out=v_out[c])
+        # the key factors exp(g_last - g) are applied to the (small, per-chunk) new values, which
+        # feed the state update in k's dtype (fla: b_v.to(k.dtype))
+        v_upd = v_new * k_scales[c] if k_scales is not None else v_new
+        nxt = s_out[c + 1]
+        if decays is not None:
+            torch.mul(state, decays[c], out=nxt)
+        else:
+            nxt.copy_(state)
+        dot_add(nxt, kT[c], operand(v_upd, k_dtype), out=nxt)
+
+
 def chunk_gated_delta_rule_fwd_h(
     k: torch.Tensor,
     w: torch.Tensor,
@@ -190,7 +223,8 @@ def chunk_gated_delta_rule_fwd_h(
 
     ``g`` ``[B, T, H]`` (scalar) and/or ``gk`` ``[B, T, H, K]`` (key-wise) are chunk-local
     cumulative log gates. Keys are used as given: with ``gk`` the caller passes keys already scaled
-    by ``exp(gk_last - gk)`` (KDA's ``kg``), as in fla.
+    by ``exp(gk_last - gk)`` (KDA's ``kg``), as in fla. The dots take ``w``, ``k`` and the rounded
+    state / new values in the inputs' dtype with fp32 accumulation; the state stays fp32.
 
     Source: fla/ops/common/chunk_delta_h.py:L435-L481 (fla 0.4.0)
     Source: fla/ops/common/chunk_delta_h.py:L17-L209 (fla 0.4.0)
@@ -203,44 +237,36 @@ def chunk_gated_delta_rule_fwd_h(
     cdt = accumulation_dtype(k, w, u)
 
     _, decay, k_scale = gate_factors(layout, H, K, g, gk, cdt)
-    kT = to_grid(layout, k, dtype=cdt).transpose(-1, -2).unbind(0)     # NC x [NH, K, BT] (transposed views)
-    # the key factors exp(g_last - g) are applied to the (small, per-chunk) new values instead
-    k_scales = k_scale.unbind(0) if k_scale is not None else None
-    w_c = to_grid(layout, w, dtype=cdt).unbind(0)
-    u_c = to_grid(layout, u, dtype=cdt).unbind(0)
-    decays = decay.unbind(0) if decay is not None else [None] * NC
-    # fla feeds the gated new values to the state update in k's dtype (a rounding step for fp16/bf16).
-    round_v = k.dtype if k.dtype != cdt else None
-
-    # Outputs are written straight into preallocated buffers: no autograd graph exists here (the
-    # loop runs under no_grad, as fla's kernels do), so slice writes cost nothing extra, and the
-    # states / new values need no separate stacking pass.
-    states = new_empty((NC + 1, N * H, K, V), cdt, k.device)
-    v_news = new_empty((NC, N * H, BT, V), cdt, k.device)
-    with torch.no_grad():
-        if initial_state is not None:
-            states[0].copy_(initial_state.reshape(N * H, K, V))
-        else:
-            states[0].zero_()
-        s_out, v_out = states.unbind(0), v_news.unbind(0)
-        for c in range(NC):
-            state = s_out[c]
-            v_new = torch.baddbmm(u_c[c], w_c[c], state, alpha=-1, out=v_out[c])     # u - w @ h
-            v_upd = v_new * k_scales[c] if k_scales is not None else v_new
-            if round_v is not None:
-                v_upd = v_upd.to(round_v).to(cdt)
-            nxt = s_out[c + 1]
-            if decays[c] is not None:
-                torch.mul(state, decays[c], out=nxt)
-            else:
-                nxt.copy_(state)
-            nxt.baddbmm_(kT[c], v_upd)
-
-    if NC > 0:
-        h = chunks_from_grid(layout, states[:NC].to(k.dtype), H)
+    if initial_state is not None:
+        h0 = initial_state.reshape(N * H, K, V).to(cdt)
     else:
-        h = k.new_empty(B, 0, H, K, V)
-    final_state = states[NC].reshape(N, H, K, V).clone() if output_final_state else None   # fp32 (fp64)
+        h0 = torch.zeros(N * H, K, V, dtype=cdt, device=k.device)
+    if NC > 0:
+        # Outputs are written straight into preallocated buffers: no autograd graph exists here (the
+        # loop runs under no_grad, as fla's kernels do), so slice writes cost nothing extra.
+        k_c = to_grid(layout, k, dtype=operand_dtype(k.dtype, k.device))     # [NC, NH, BT, K]
+        inputs = {
+            'h0': h0.contiguous(),
+            'u': to_grid(layout, u, dtype=cdt),                                 # [NC, NH, BT, V]
+            'w': to_grid(layout, w, dtype=operand_dtype(w.dtype, w.device)),
+            'k': k_c,
+            'k_scale': k_scale.contiguous() if k_scale is not None else None,
+            'decay': decay,
+        }
+        if k_scale is not None and k.dtype == cdt:
+            # nothing is rounded between the key factors and the dot: scale the keys once, for all
+            # chunks, instead of every chunk's new values in the loop
+            inputs['k'], inputs['k_scale'] = k_c * k_scale, None
+        body = functools.partial(_fwd_h_steps, w_dtype=w.dtype, k_dtype=k.dtype)
+        out = run_loop(f'chunk_gated_delta_rule_fwd_h:{w.dtype}:{k.dtype}', body, inputs,
+                       {'states': ((NC + 1, N * H, K, V), cdt), 'v_new': ((NC, N * H, BT, V), cdt)}, k.device,
+                       recurrences=N * H)
+        states, v_news = out['states'], out['v_new']
+        h = owned(chunks_from_grid(layout, states[:NC].to(k.dtype), H), states)
+        final = states[NC]
+    else:
+        h, v_news, final = k.new_empty(B, 0, H, K, V), None, h0
+    final_state = final.reshape(N, H, K, V).clone() if output_final_state else None   # fp32 (fp64)
     v_new = None
     if save_new_value:
         v_new = from_grid(layout, v_news, H, u.dtype) if NC > 0 else torch.empty_like(u)
@@ -281,49 +307,74 @@ def chunk_gated_delta_rule_bwd_dhu(
     cdt = accumulation_dtype(q, k, w, do, dv)
 
     g_c, decay, k_scale = gate_factors(layout, H, K, g, gk, cdt)
-    q_c = to_grid(layout, q, dtype=cdt)
-    if g_c is not None:
-        q_c = q_c * torch.exp(g_c).unsqueeze(-1)
-    do_c = to_grid(layout, do, dtype=cdt)
-    # the state-independent part of every chunk's dh update, for all chunks at once
-    qdo = torch.matmul(q_c.transpose(-1, -2), do_c,                     # [NC, NH, K, V]
-                       out=out_buffer((NC, N * H, K, V), cdt, q.device))
-    if scale is not None:
-        qdo.mul_(scale)
-    k_c = to_grid(layout, k, dtype=cdt).unbind(0)
-    k_scales = k_scale.unbind(0) if k_scale is not None else None
-    wT = to_grid(layout, w, dtype=cdt).transpose(-1, -2).unbind(0)
-    dv_c = to_grid(layout, dv, dtype=cdt).unbind(0)
-    qdo = qdo.unbind(0)
-    decays = decay.unbind(0) if decay is not None else [None] * NC
-
-    # preallocated outputs written under no_grad (see chunk_gated_delta_rule_fwd_h)
-    dhs = new_empty((NC + 1, N * H, K, V), cdt, q.device)
-    dv2s = new_empty((NC, N * H, BT, V), cdt, q.device)
-    with torch.no_grad():
-        if dht is not None:
-            dhs[NC].copy_(dht.reshape(N * H, K, V))
-        else:
-            dhs[NC].zero_()
-        d_out, dv_out = dhs.unbind(0), dv2s.unbind(0)
-        for c in range(NC - 1, -1, -1):
-            grad = d_out[c + 1]                                         # gradient of the chunk-end state
-            if k_scales is not None:                                    # dv + exp(g_last - g) * (k @ dh)
-                dv2 = torch.addcmul(dv_c[c], k_scales[c], torch.bmm(k_c[c], grad), out=dv_out[c])
-            else:
-                dv2 = torch.baddbmm(dv_c[c], k_c[c], grad, out=dv_out[c])
-            nxt = d_out[c]
-            if decays[c] is not None:
-                torch.addcmul(qdo[c], grad, decays[c], out=nxt)
-            else:
-                torch.add(grad, qdo[c], out=nxt)
-            nxt.baddbmm_(wT[c], dv2, alpha=-1)
-
-    if NC > 0:
-        dh = chunks_from_grid(layout, dhs[1:].to(q.dtype), H)
-        dv2 = from_grid(layout, dv2s, H, dv.dtype)
+    if dht is not None:
+        dh_last = dht.reshape(N * H, K, V).to(cdt)
     else:
-        dh = q.new_empty(B, 0, H, K, V)
-        dv2 = torch.empty_like(dv)
-    dh0 = dhs[0].reshape(N, H, K, V).clone() if h0 is not None else None               # fp32 (fp64)
+        dh_last = torch.zeros(N * H, K, V, dtype=cdt, device=q.device)
+    if NC > 0:
+        # the state-independent part of every chunk's dh update, for all chunks at once. With a scalar
+        # gate fla's kernel multiplies q by exp(g) in fp32 and so takes an fp32 dot with do; otherwise
+        # q and do meet in q's dtype
+        if g_c is not None:
+            q_c = to_grid(layout, q, dtype=cdt) * torch.exp(g_c).unsqueeze(-1)
+            do_c = to_grid(layout, do, dtype=cdt)
+        else:
+            q_c = to_grid(layout, q, dtype=operand_dtype(q.dtype, q.device))
+            do_c = operand(to_grid(layout, do, dtype=operand_dtype(do.dtype, do.device)), q.dtype)
+        qdo = dot(q_c.transpose(-1, -2), do_c)                              # [NC, NH, K, V]
+        if scale is not None:
+            qdo.mul_(scale)
+        inputs = {
+            'dht': dh_last.contiguous(),
+            'qdo': qdo,
+            'dv': to_grid(layout, dv, dtype=cdt),                               # [NC, NH, BT, V]
+            'k': to_grid(layout, k, dtype=operand_dtype(k.dtype, k.device)),   # [NC, NH, BT, K]
+            'w': to_grid(layout, w, dtype=operand_dtype(w.dtype, w.device)),
+            'k_scale': k_scale.contiguous() if k_scale is not None else None,
+            'decay': decay,
+        }
+        if k_scale is not None and k.dtype == cdt:
+            # no rounding of dh in k's dtype: exp(g_last - g) * (k @ dh) = (k * exp(g_last - g)) @ dh
+            inputs['k'], inputs['k_scale'] = inputs['k'] * k_scale, None
+        body = functools.partial(_bwd_dhu_steps, k_dtype=k.dtype, w_dtype=w.dtype)
+        out = run_loop(f'chunk_gated_delta_rule_bwd_dhu:{k.dtype}:{w.dtype}', body, inputs,
+                       {'dh': ((NC + 1, N * H, K, V), cdt), 'dv2': ((NC, N * H, BT, V), cdt)}, q.device,
+                       recurrences=N * H)
+        dhs, dv2s = out['dh'], out['dv2']
+        dh = owned(chunks_from_grid(layout, dhs[1:].to(q.dtype), H), dhs)
+        dv2 = from_grid(layout, dv2s, H, dv.dtype)
+        first = dhs[0]
+    else:
+        dh, dv2, first = q.new_empty(B, 0, H, K, V), torch.empty_like(dv), dh_last
+    dh0 = first.reshape(N, H, K, V).clone() if h0 is not None else None               # fp32 (fp64)
     return dh, dh0, dv2
+
+
+def _bwd_dhu_steps(x, out, k_dtype: torch.dtype, w_dtype: torch.dtype):
+    """The sequential part of ``chunk_gated_delta_rule_bwd_dhu`` (port-only helper), chunks in reverse.
+
+    ``x`` holds ``dht`` ``[NH, K, V]``, ``qdo`` ``[NC, NH, K, V]`` (``scale * q^T do`` with gates),
+    ``dv`` ``[NC, NH, BT, V]``, the dot operands ``k`` and ``w`` ``[NC, NH, BT, K]``, ``k_scale`` and
+    ``decay`` (or None); fills ``out['dh']`` ``[NC + 1, NH, K, V]`` (``dh[c]``: gradient of the state
+    entering chunk ``c``) and ``out['dv2']`` ``[NC, NH, BT, V]``.
+    """
+    dhs, dv2s = out['dh'], out['dv2']
+    dhs[-1].copy_(x['dht'])
+    k, wT, dv, qdo = x['k'].unbind(0), x['w'].transpose(-1, -2).unbind(0), x['dv'].unbind(0), x['qdo'].unbind(0)
+    k_scale, decay = x['k_scale'], x['decay']
+    k_scales = k_scale.unbind(0) if k_scale is not None else None
+    decays = decay.unbind(0) if decay is not None else None
+    d_out, dv_out = dhs.unbind(0), dv2s.unbind(0)
+    for c in range(len(k) - 1, -1, -1):
+        grad = d_out[c + 1]                                             # gradient of the chunk-end state
+        grad_k = operand(grad, k_dtype)                                 # fla: b_dh.to(b_k.dtype)
+        if k_scales is not None:                                        # dv + exp(g_last - g) * (k @ dh)
+            dv2 = torch.addcmul(dv[c], k_scales[c], dot(k[c], grad_k), out=dv_out[c])
+        else:
+            dv2 = dot_add(dv[c], k[c], grad_k, out=dv_out[c])
+        nxt = d_out[c]
+        if decays is not None:
+            torch.addcmul(qdo[c], grad, decays[c], out=nxt)
+        else:
+            torch.add(grad, qdo[c], out=nxt)
+        dot_add(nxt, wT[c], operand(dv2, w_dtype), alpha=-1, out=nxt)   # fla: b_dv.to(b_w.dtype)

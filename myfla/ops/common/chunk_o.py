@@ -17,7 +17,7 @@ import torch
 
 from myfla.ops.common.chunk_delta_h import chunks_to_grid, from_grid, gate_ratio, memo, to_grid
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
-from myfla.ops.utils.workspace import out_buffer
+from myfla.ops.utils.dot import dot, dot_add, operand, operand_dtype, rowdot
 from myfla.utils import accumulation_dtype, check_shared_mem, is_nvidia_hopper
 
 # Block sizes of fla's autotuner (kept for API parity; unused by torch code).
@@ -70,31 +70,35 @@ def chunk_fwd_o(
     if layout.NC == 0:
         return torch.empty_like(v)
     cdt = accumulation_dtype(q, k, v, h)
-    q_c = to_grid(layout, q, dtype=cdt)
-    k_c = to_grid(layout, k, dtype=cdt)
-    v_c = to_grid(layout, v, dtype=cdt)
-    h_c = chunks_to_grid(layout, h, dtype=cdt)
+    q_c, k_c, v_c = (_operand_grid(layout, x) for x in (q, k, v))
+    h_c = chunks_to_grid(layout, h, dtype=operand_dtype(h.dtype, h.device))
 
-    A = torch.matmul(q_c, k_c.transpose(-1, -2))                        # [NC, NH, BT, BT]
+    # fla: o = dot(q, h) and A = dot(q, k^T) on the stored dtypes, gates applied to the fp32 results
+    o_c = dot(q_c, h_c)
+    A = _qk(layout, q, k, cdt)
     G = _gates(layout, g, g_gamma, H, cdt, q.device)
     if G is not None:
         g_c, G = G
-        o_c = torch.matmul(q_c * (torch.exp(g_c) * scale).unsqueeze(-1), h_c)
-        A.mul_(G)
+        o_c.mul_((torch.exp(g_c) * scale).unsqueeze(-1))
+        A = A * G
     else:
-        o_c = torch.matmul(q_c, h_c).mul_(scale)
+        o_c.mul_(scale)
+        A = A.clone()
     A.tril_()                                                           # causal mask
-    if v.dtype != cdt:
-        A = A.to(v.dtype).to(cdt)
-    o_c.flatten(0, 1).baddbmm_(A.flatten(0, 1), v_c.flatten(0, 1), alpha=scale)
+    o_c = dot_add(o_c, operand(A, v.dtype), v_c, alpha=scale, out=o_c)  # fla: dot(b_A.to(b_v.dtype), b_v)
     return from_grid(layout, o_c, H, v.dtype)
+
+
+def _operand_grid(layout: ChunkLayout, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the chunk grid as a dot operand (its own dtype, see ``myfla.ops.utils.dot``)."""
+    return to_grid(layout, x, dtype=operand_dtype(x.dtype, x.device))
 
 
 def _qk(layout: ChunkLayout, q: torch.Tensor, k: torch.Tensor, dtype) -> torch.Tensor:
     """``q @ k^T`` per chunk, ``[NC, N*H, BT, BT]``; computed once per backward pass (``dv_local`` and
     ``dqkwg`` both need it). Never modified in place."""
     def build():
-        return torch.matmul(to_grid(layout, q, dtype=dtype), to_grid(layout, k, dtype=dtype).transpose(-1, -2))
+        return dot(_operand_grid(layout, q), _operand_grid(layout, k).transpose(-1, -2)).to(dtype)
     return memo(('qk', id(layout), dtype), (q, k, layout), build)
 
 
@@ -135,12 +139,10 @@ def chunk_bwd_dv(
     if layout.NC == 0:
         return torch.empty_like(do)
     cdt = accumulation_dtype(q, k, do, dh)
-    k_c = to_grid(layout, k, dtype=cdt)
-    dh_c = chunks_to_grid(layout, dh, dtype=cdt)
-    if k.dtype != cdt:
-        # the kernel's dot takes dh in k's dtype
-        dh_c = dh_c.to(k.dtype).to(cdt)
-    dv_c = torch.matmul(k_c, dh_c)                                      # [NC, NH, BT, V]
+    k_c = _operand_grid(layout, k)
+    # the kernel's dot takes dh in k's dtype
+    dh_c = operand(chunks_to_grid(layout, dh, dtype=operand_dtype(dh.dtype, dh.device)), k.dtype)
+    dv_c = dot(k_c, dh_c)                                               # [NC, NH, BT, V]
     PT = _qk(layout, q, k, cdt).transpose(-1, -2)                       # k_i . q_j
     gates = _gates(layout, g, g_gamma, H, cdt, k.device)
     if gates is not None:
@@ -155,10 +157,7 @@ def chunk_bwd_dv(
     else:
         PT = PT.clone()
     PT.triu_().mul_(scale)
-    if do.dtype != cdt:
-        PT = PT.to(do.dtype).to(cdt)
-    do_c = to_grid(layout, do, dtype=cdt)
-    dv_c.flatten(0, 1).baddbmm_(PT.flatten(0, 1), do_c.flatten(0, 1))
+    dv_c = dot_add(dv_c, operand(PT, do.dtype), _operand_grid(layout, do), out=dv_c)
     return from_grid(layout, dv_c, H, do.dtype)
 
 
@@ -188,20 +187,13 @@ def chunk_bwd_dv_local(
     # P^T keeps its upper triangle (tril_/triu_ are several times faster than a broadcast mask)
     if A is not None:
         PT = to_grid(layout, A, dtype=cdt).transpose(-1, -2).triu()
-        alpha = 1.0
     else:
         PT = _qk(layout, q, k, cdt).transpose(-1, -2)                   # (q k^T)^T
         G = _gates(layout, g, g_gamma, H, cdt, k.device)
         PT = PT * G[1].transpose(-1, -2) if G is not None else PT.clone()
-        PT.triu_()
-        alpha = scale
-    if do.dtype != cdt:
-        PT = (PT * alpha).to(do.dtype).to(cdt)
-        alpha = 1.0
-    do_c = to_grid(layout, do, dtype=cdt)
-    dv_c = torch.matmul(PT, do_c, out=out_buffer(do_c.shape, cdt, do_c.device))
-    if alpha != 1.0:
-        dv_c.mul_(alpha)
+        PT.triu_().mul_(scale)
+    # fla: dot(b_A.to(b_do.dtype), b_do)
+    dv_c = dot(operand(PT, do.dtype), _operand_grid(layout, do))
     return from_grid(layout, dv_c, H, do.dtype)
 
 
@@ -236,24 +228,19 @@ def chunk_bwd_dqkwg(
         return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(w) if w is not None else None,
                 torch.empty(*g.shape, dtype=accumulation_dtype(q, k, g), device=g.device) if g is not None else None)
     cdt = accumulation_dtype(q, k, v, do, h, dh)
-    q_c = to_grid(layout, q, dtype=cdt)
-    k_c = to_grid(layout, k, dtype=cdt)
-    v_c = to_grid(layout, v, dtype=cdt)
-    do_c = to_grid(layout, do, dtype=cdt)
-    h_c = chunks_to_grid(layout, h, dtype=cdt)                          # [NC, NH, K, V]
-    dh_c = chunks_to_grid(layout, dh, dtype=cdt)
-    hT = h_c.transpose(-1, -2)
+    q_c, k_c, v_c, do_c = (_operand_grid(layout, x) for x in (q, k, v, do))
+    h_c = chunks_to_grid(layout, h, dtype=operand_dtype(h.dtype, h.device))       # [NC, NH, K, V]
+    dh_c = chunks_to_grid(layout, dh, dtype=operand_dtype(dh.dtype, dh.device))
 
-    ds = torch.matmul(do_c, v_c.transpose(-1, -2))                      # [NC, NH, BT, BT]
-    dq = torch.matmul(do_c, hT)                                         # [NC, NH, BT, K]
-    dk = torch.matmul(v_c, dh_c.transpose(-1, -2))
+    # the kernel's dots: h and dh are cast to do's / v's dtype
+    ds = dot(do_c, v_c.transpose(-1, -2))                               # [NC, NH, BT, BT]
+    dq = dot(do_c, operand(h_c, do.dtype).transpose(-1, -2))            # [NC, NH, BT, K]
+    dk = dot(v_c, operand(dh_c, v.dtype).transpose(-1, -2))
     dw = None
     if w is not None:
-        dw = torch.matmul(to_grid(layout, dv, dtype=cdt), hT).neg_()
+        dv_c = operand(to_grid(layout, dv, dtype=operand_dtype(dv.dtype, dv.device)), v.dtype)
+        dw = dot(dv_c, operand(h_c, v.dtype).transpose(-1, -2)).neg_()
     valid = _valid_grid(layout, H, k.device)                            # [NC, NH, BT]
-
-    def flat(x):
-        return x.flatten(0, 1)
 
     dg = None
     gates = _gates(layout, g, g_gamma, H, cdt, k.device)
@@ -269,21 +256,22 @@ def chunk_bwd_dqkwg(
         if g is not None:
             NCH = h_c.shape[0] * h_c.shape[1]
             # sum(h * dh) per chunk as one batched dot product
-            hdh = torch.bmm(h_c.reshape(NCH, 1, K * V), dh_c.reshape(NCH, K * V, 1)).view(g_last.shape)
-            kdk = torch.linalg.vecdot(k_c, dk)                          # [NC, NH, BT]
+            hdh = dot(h_c.reshape(NCH, 1, K * V), dh_c.reshape(NCH, K * V, 1)).view(g_last.shape)
+            kdk = rowdot(dk, k_c)                                       # [NC, NH, BT]
             dg_last = hdh * torch.exp(g_last) + kdk.sum(-1)
             ds2 = _qk(layout, q, k, cdt) * ds
-            dg_c = torch.linalg.vecdot(dq, q_c) - kdk + ds2.sum(-1) - ds2.sum(-2)
+            dg_c = rowdot(dq, q_c) - kdk + ds2.sum(-1) - ds2.sum(-2)
             # the chunk's last real token also carries the gradient through the state decay exp(g_last)
             is_last = valid & ~torch.cat([valid[..., 1:], torch.zeros_like(valid[..., :1])], -1)
             dg_c = dg_c + is_last * dg_last.unsqueeze(-1)
             dg = from_grid(layout, dg_c, H, cdt)          # fp32 (fp64 for fp64 inputs)
-        flat(dq).baddbmm_(flat(ds), flat(k_c))
-        flat(dk).baddbmm_(flat(ds).transpose(-1, -2), flat(q_c))
+        ds = operand(ds, k.dtype)                                       # fla: b_ds.to(b_k.dtype)
+        dq = dot_add(dq, ds, k_c, out=dq)
+        dk = dot_add(dk, ds.transpose(-1, -2), q_c, out=dk)
     else:
-        ds.tril_()
-        flat(dq).baddbmm_(flat(ds), flat(k_c)).mul_(scale)
-        flat(dk).baddbmm_(flat(ds).transpose(-1, -2), flat(q_c), alpha=scale)
+        ds = operand(ds.tril_(), k.dtype)
+        dq = dot_add(dq, ds, k_c, out=dq).mul_(scale)
+        dk = dot_add(dk, ds.transpose(-1, -2), q_c, alpha=scale, out=dk)
 
     dq = from_grid(layout, dq, H, q.dtype)
     dk = from_grid(layout, dk, H, k.dtype)

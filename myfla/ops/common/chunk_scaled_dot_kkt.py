@@ -8,6 +8,7 @@ import torch
 
 from myfla.ops.common.chunk_delta_h import from_grid, gate_ratio, to_grid
 from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.dot import dot, operand_dtype
 from myfla.utils import accumulation_dtype
 
 
@@ -34,8 +35,8 @@ def chunk_scaled_dot_kkt_fwd(
     if layout.NC == 0:
         return torch.empty(B, T, H, BT, device=k.device, dtype=output_dtype)
     cdt = accumulation_dtype(k, g, beta)
-    k_c = to_grid(layout, k, dtype=cdt)                                 # [NC, NH, BT, K]
-    A = torch.matmul(k_c, k_c.transpose(-1, -2))
+    k_c = to_grid(layout, k, dtype=operand_dtype(k.dtype, k.device))   # [NC, NH, BT, K]
+    A = dot(k_c, k_c.transpose(-1, -2))                                 # k's dtype, fp32 accumulation
     if g is not None:
         A.mul_(gate_ratio(layout, g, cdt))
     if beta is not None:

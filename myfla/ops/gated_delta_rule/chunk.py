@@ -184,16 +184,22 @@ def _chunk_gated_delta_rule_bwd(q, k, v, g, beta, A, scale, initial_state, do, d
 # Cache blocking (port-only): on a CPU the chunked algorithm is memory-bound once its [T, H, D]
 # operands outgrow the caches, so long equal-length inputs run as consecutive time segments of whole
 # chunks, each through fla's forward/backward functions, with the state carried across segments
-# (exactly the resume invariant: chunk boundaries and results are unchanged). A segment holds about
-# this many bytes per fp32 [T, H, D] operand.
+# (exactly the resume invariant: chunk boundaries and results are unchanged). With up to four
+# threads a segment holds about _SEGMENT_BYTES per fp32 [T, H, D] operand; more threads share a
+# segment, so it grows with them. Every segment repeats the whole sequence of ops, so a segment has
+# at least _MIN_SEGMENT_CHUNKS chunks (wide inputs, B * H large, would otherwise run one or two chunks
+# at a time). GPUs run one segment: there every segment costs the same launches, whatever its size.
 _SEGMENT_BYTES = 4 * 1024 * 1024
+_MIN_SEGMENT_CHUNKS = 4
 
 
-def _time_segments(B: int, T: int, H: int, D: int, cu_seqlens: Optional[torch.LongTensor]):
+def _time_segments(B: int, T: int, H: int, D: int, cu_seqlens: Optional[torch.LongTensor],
+                   device: torch.device = torch.device('cpu')):
     """Token ranges ``[(start, end), ...]`` (multiples of the 64-token chunk) covering ``[0, T)``."""
-    if cu_seqlens is not None or B * H * D == 0:
+    if cu_seqlens is not None or B * H * D == 0 or torch.device(device).type != 'cpu':
         return [(0, T)]
-    seg = max(64, (_SEGMENT_BYTES // (B * H * D * 4)) // 64 * 64)
+    budget = _SEGMENT_BYTES * max(1, torch.get_num_threads() // 4)
+    seg = max(64 * _MIN_SEGMENT_CHUNKS, (budget // (B * H * D * 4)) // 64 * 64)
     if T <= seg:
         return [(0, T)]
     return [(s, min(s + seg, T)) for s in range(0, T, seg)]
@@ -248,7 +254,8 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
             k, k_rstd = l2norm_fwd(k)
         q_v, k_v = repeat_qk_heads(q, groups), repeat_qk_heads(k, groups)   # on the value heads
 
-        segments = _time_segments(q.shape[0], q.shape[1], v.shape[2], max(k.shape[-1], v.shape[-1]), cu_seqlens)
+        segments = _time_segments(q.shape[0], q.shape[1], v.shape[2], max(k.shape[-1], v.shape[-1]), cu_seqlens,
+                                   q.device)
         outs, boundary_states = None, []
         state = initial_state
         for i, (s, e) in enumerate(segments):

@@ -13,6 +13,7 @@ import torch
 
 from myfla.ops.common.chunk_delta_h import from_grid, gate_ratio, to_grid
 from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.dot import dot, dot_add, operand, operand_dtype, rowdot
 from myfla.utils import accumulation_dtype
 
 
@@ -35,15 +36,15 @@ def recompute_w_u_fwd(
     if layout.NC == 0:
         return torch.empty_like(k), torch.empty_like(v)
     cdt = accumulation_dtype(k, v, beta, A)
-    A_c = to_grid(layout, A, dtype=cdt)                                 # [NC, NH, BT, BT]
+    A_c = to_grid(layout, A, dtype=operand_dtype(A.dtype, A.device))    # [NC, NH, BT, BT]
     b_c = to_grid(layout, beta, dtype=cdt).unsqueeze(-1)
-    if v.dtype != cdt or k.dtype != cdt:
-        # low-precision inputs: scale the rows and round them to the input dtype, as the kernel does
-        vb = (to_grid(layout, v, dtype=cdt) * b_c).to(v.dtype).to(cdt)
-        u = torch.matmul(A_c, vb)
+    if A.dtype != cdt:
+        # low-precision inputs: the rows are scaled in fp32 and rounded to the input dtype before the
+        # dot with A (in k's dtype), as the kernel does
+        u = dot(A_c, operand(to_grid(layout, v, dtype=cdt) * b_c, v.dtype))
         if g is not None:
             b_c = b_c * torch.exp(to_grid(layout, g, fill='last', dtype=cdt)).unsqueeze(-1)
-        w = torch.matmul(A_c, (to_grid(layout, k, dtype=cdt) * b_c).to(k.dtype).to(cdt))
+        w = dot(A_c, operand(to_grid(layout, k, dtype=cdt) * b_c, k.dtype))
     else:
         # A (diag(beta) X) = (A diag(beta)) X: scaling A's columns touches a [BT, BT] block instead
         # of a [BT, K] one
@@ -79,48 +80,52 @@ def prepare_wy_repr_bwd(
         return (torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta),
                 torch.empty_like(g) if g is not None else None)
     cdt = accumulation_dtype(k, v, beta, A, dw, du)
+
+    def operand_grid(x):
+        return to_grid(layout, x, dtype=operand_dtype(x.dtype, x.device))
+
     k_c = to_grid(layout, k, dtype=cdt)
     v_c = to_grid(layout, v, dtype=cdt)
     b_c = to_grid(layout, beta, dtype=cdt).unsqueeze(-1)                # [NC, NH, BT, 1]
-    At = to_grid(layout, A, dtype=cdt).transpose(-1, -2)
-    dw_c = to_grid(layout, dw, dtype=cdt)
-    du_c = to_grid(layout, du, dtype=cdt)
+    At = operand_grid(A).transpose(-1, -2)                              # A in its stored dtype
+    dw_c, du_c = operand_grid(dw), operand_grid(du)
     if g is not None:
         g_exp = torch.exp(to_grid(layout, g, fill='last', dtype=cdt)).unsqueeze(-1)
         bg = b_c * g_exp                                                # beta * exp(g), [.., BT, 1]
     else:
         bg = b_c
 
-    def flat(x):
-        return x.flatten(0, 1)
-
-    # through w = A (bg * k) and u = A (b * v): dA = (dw k^T) diag(bg) + (du v^T) diag(b)
-    dA = torch.matmul(dw_c, k_c.transpose(-1, -2)).mul_(bg.transpose(-1, -2))
-    dA.addcmul_(torch.matmul(du_c, v_c.transpose(-1, -2)), b_c.transpose(-1, -2))
-    dkbg = torch.matmul(At, dw_c)
-    dvb = torch.matmul(At, du_c)
-    dkbg_k = torch.linalg.vecdot(dkbg, k_c)                             # sum_k dkbg * k, [.., BT]
+    # through w = A (bg * k) and u = A (b * v): dA = dw (bg k)^T + du (b v)^T, the rows rounded to
+    # the gradients' / v's dtype as in the kernel
+    dA = dot(dw_c, operand(k_c * bg, dw.dtype).transpose(-1, -2))
+    dA = dot_add(dA, du_c, operand(v_c * b_c, v.dtype).transpose(-1, -2), out=dA)
+    dkbg = dot(At, dw_c)
+    dvb = dot(At, du_c)
+    dkbg_k = rowdot(dkbg, k_c)                                          # sum_k dkbg * k, [.., BT]
     db = dkbg_k * g_exp.squeeze(-1) if g is not None else dkbg_k
-    db = db + torch.linalg.vecdot(dvb, v_c)
+    db = db + rowdot(dvb, v_c)
     dg = dkbg_k * bg.squeeze(-1) if g is not None else None
     dk = dkbg.mul_(bg)
     dv = dvb.mul_(b_c)
 
-    # through the inverse: dL = -A^T dA A^T, kept on the strict lower triangle
+    # through the inverse: dL = -A^T dA A^T, kept on the strict lower triangle (each product takes
+    # dA rounded to A's dtype, as the kernel)
     dA.tril_(-1)
-    dA = torch.matmul(At, torch.matmul(dA, At))
+    dA = dot(At, operand(dot(operand(dA, A.dtype), At), A.dtype))
     if g is not None:
         dA.mul_(gate_ratio(layout, g, cdt))
     dA.neg_().tril_(-1)
+    dA = operand(dA, k.dtype)                                           # fla: b_dA.to(k.dtype)
 
     # through L = tril(beta_i k_i . k_j G_ij):  dk_j += sum_i dA_ij beta_i k_i,  dk_i += beta_i dA_i. k
-    dAb = dA * b_c                                                      # rows scaled by beta_i
-    flat(dk).baddbmm_(flat(dAb).transpose(-1, -2), flat(k_c))
-    dkb = torch.matmul(dA, k_c)
-    db = db + torch.linalg.vecdot(dkb, k_c)
+    k_op = operand_grid(k)
+    kb = operand(k_c * b_c, k.dtype)                                    # rows scaled by beta_i
+    dk = dot_add(dk, dA.transpose(-1, -2), kb, out=dk)
+    dkb = dot(dA, k_op)
+    db = db + rowdot(dkb, k_c)
     dk.addcmul_(dkb, b_c)
     if g is not None:
-        AdA = torch.matmul(k_c, k_c.transpose(-1, -2)).mul_(dAb)
+        AdA = dot(kb, k_op.transpose(-1, -2)).mul_(dA)
         dg = dg + AdA.sum(-1) - AdA.sum(-2)
 
     dk = from_grid(layout, dk, H, k.dtype)

@@ -15,46 +15,18 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.common.chunk_h import chunk_bwd_dh, chunk_fwd_h
-from myfla.ops.utils.chunk_layout import ChunkLayout, chunk_slabs, get_chunk_layout
+from myfla.ops.utils.chunk_grid import chunks_to_grid, from_grid, grid_empty, slab, store, to_grid
+from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
+from myfla.ops.utils.dot import dot, dot_add, operand, operand_dtype
 from myfla.ops.utils.gated_tril import GatedTril
-from myfla.ops.utils.workspace import new_empty
-from myfla.utils import check_shared_mem, input_guard
+from myfla.utils import accumulation_dtype, check_shared_mem, input_guard
 
 # Block sizes of fla's autotuner (kept for API parity; unused by torch code).
 # Source: fla/ops/gla/chunk.py:L16-L16 (fla 0.4.0)
 BK_LIST = [32, 64] if check_shared_mem() else [16, 32]
 # Source: fla/ops/gla/chunk.py:L17-L17 (fla 0.4.0)
 BV_LIST = [64, 128] if check_shared_mem('ampere') else [16, 32]
-
-
-def _to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero') -> torch.Tensor:
-    """``[B, T, H, *rest]`` -> ``[N, H, NC, BT, *rest]``, fp32 or wider."""
-    return layout.pack(x.to(torch.promote_types(x.dtype, torch.float32)), fill).movedim(3, 1)
-
-
-def _from_grid(layout: ChunkLayout, xc: torch.Tensor) -> torch.Tensor:
-    """``[N, H, NC, BT, *rest]`` -> contiguous ``[B, T, H, *rest]``."""
-    x = layout.unpack(xc.movedim(1, 3))
-    return x if x.is_contiguous() else x.contiguous()
-
-
-def _grid_empty(ref: torch.Tensor, *rest: int) -> torch.Tensor:
-    """Uninitialised ``[N, H, NC, BT, *rest]`` grid whose memory is in token order, so ``_from_grid``
-    returns it without a copy."""
-    N, H, NC, BT = ref.shape[:4]
-    return new_empty((N, NC, BT, H, *rest), ref.dtype, ref.device).movedim(3, 1)
-
-
-def _chunks_to_grid(layout: ChunkLayout, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """fla's per-chunk ``[B, NT, H, K, V]`` -> ``[N, H, NC, K, V]``."""
-    return layout.pack_chunks(h.to(dtype)).movedim(2, 1)
-
-
-def _slab(xc: torch.Tensor, sl: slice) -> torch.Tensor:
-    """Chunks ``sl`` of a grid view, contiguous (the caller's memory when already contiguous: never
-    modified in place)."""
-    return xc[:, :, sl].contiguous()
 
 
 def _reverse_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -88,11 +60,11 @@ def chunk_gla_fwd_intra_gk(
     B, T, H, K = k.shape
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
-    qc, kc, Gc = _to_grid(layout, q), _to_grid(layout, k), _to_grid(layout, g, 'last')
-    A = _grid_empty(qc, BT)
+    qc, kc, Gc = to_grid(layout, q), to_grid(layout, k), to_grid(layout, g, 'last')
+    A = grid_empty(qc, BT)
     for sl in chunk_slabs(qc):
-        A[:, :, sl] = GatedTril(_slab(Gc, sl)).scores([_slab(qc, sl)], _slab(kc, sl))[0].mul_(scale)
-    return _from_grid(layout, A)
+        store(A, sl, GatedTril(slab(Gc, sl)).scores([slab(qc, sl)], slab(kc, sl))[0].mul_(scale))
+    return from_grid(layout, A)
 
 
 
@@ -115,18 +87,19 @@ def chunk_gla_fwd_o_gk(
     B, T, H, K, V = *q.shape, v.shape[-1]
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=q.device)
-    qc, Gc, Ac, vc = _to_grid(layout, q), _to_grid(layout, g, 'last'), _to_grid(layout, A), _to_grid(layout, v)
-    hc = layout.pack_chunks(h.to(qc.dtype)).movedim(2, 1)               # [N, H, NC, K, V]
-    N, H, NC, BT = qc.shape[:4]
-    o = new_empty((N, NC, BT, H, V), qc.dtype, qc.device).movedim(3, 1)  # token-order memory
+    qc, Gc, Ac = to_grid(layout, q), to_grid(layout, g, 'last'), to_grid(layout, A)
+    vc = to_grid(layout, v, dtype=operand_dtype(v.dtype, v.device))
+    # h is stored in the inputs' dtype; the kernel reads it in q's dtype
+    hc = chunks_to_grid(layout, operand(h, q.dtype), operand_dtype(q.dtype, q.device))   # [N, H, NC, K, V]
+    o = grid_empty(qc, V)
     for sl in chunk_slabs(qc):
-        q_s, G_s, A_s, v_s, h_s = (x[:, :, sl].contiguous() for x in (qc, Gc, Ac, vc, hc))
-        # out of place: a contiguous slice is the caller's own memory
-        qg = G_s.exp().mul_(q_s).mul_(scale)
-        o[:, :, sl] = torch.baddbmm(
-            (A_s.tril() @ v_s).flatten(0, 2), qg.flatten(0, 2), h_s.flatten(0, 2)
-        ).view(q_s.shape[:-1] + v_s.shape[-1:])
-    return _from_grid(layout, o).to(v.dtype)
+        q_s, G_s, A_s, v_s, h_s = (slab(x, sl) for x in (qc, Gc, Ac, vc, hc))
+        # fla rounds q * scale and then q * exp(g) to q's dtype before the dot with h; tril(A) is
+        # rounded to v's dtype (out of place: a contiguous slice is the caller's own memory)
+        qg = operand(operand(q_s * scale, q.dtype) * G_s.exp(), q.dtype)
+        o_s = dot(operand(A_s.tril(), v.dtype), v_s)
+        store(o, sl, dot_add(o_s, qg, h_s, out=o_s))
+    return from_grid(layout, o).to(v.dtype)
 
 
 def chunk_gla_bwd_dA(
@@ -144,14 +117,14 @@ def chunk_gla_bwd_dA(
     B, T, H, V = v.shape
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=v.device)
-    doc, vc = _to_grid(layout, do), _to_grid(layout, v)
-    N, H, NC = doc.shape[:3]
-    # the grid is already fp32 or wider: fp64 stays fp64
-    dA = new_empty((N, NC, BT, H, BT), doc.dtype, doc.device).movedim(3, 1)   # token-order memory
+    doc = to_grid(layout, do, dtype=operand_dtype(do.dtype, do.device))
+    vc = to_grid(layout, v, dtype=operand_dtype(v.dtype, v.device))
+    acc = accumulation_dtype(do, v)                                     # fp32; fp64 for fp64 inputs
+    dA = grid_empty(doc, BT, dtype=acc)
     for sl in chunk_slabs(doc):
-        d_s, v_s = (x[:, :, sl].contiguous() for x in (doc, vc))
-        dA[:, :, sl] = (d_s @ v_s.transpose(-1, -2)).tril_().mul_(scale)
-    return _from_grid(layout, dA)
+        d_s, v_s = (slab(x, sl) for x in (doc, vc))
+        store(dA, sl, dot(d_s, v_s.transpose(-1, -2)).tril_().mul_(scale))
+    return from_grid(layout, dA)
 
 
 def chunk_gla_bwd_dv(
@@ -172,14 +145,14 @@ def chunk_gla_bwd_dv(
     B, T, H, K, V = *k.shape, do.shape[-1]
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
-    kc, Gc, Ac, doc = _to_grid(layout, k), _to_grid(layout, g, 'last'), _to_grid(layout, A), _to_grid(layout, do)
-    dhc = _chunks_to_grid(layout, dh, kc.dtype)                          # [N, H, NC, K, V]
-    dv = _grid_empty(doc, V)
+    kc, Gc, Ac, doc = to_grid(layout, k), to_grid(layout, g, 'last'), to_grid(layout, A), to_grid(layout, do)
+    dhc = chunks_to_grid(layout, dh, kc.dtype)                          # [N, H, NC, K, V]
+    dv = grid_empty(doc, V)
     for sl in chunk_slabs(kc):
-        k_s, G_s, A_s, do_s, dh_s = (_slab(x, sl) for x in (kc, Gc, Ac, doc, dhc))
+        k_s, G_s, A_s, do_s, dh_s = (slab(x, sl) for x in (kc, Gc, Ac, doc, dhc))
         kg = torch.exp(G_s[..., -1:, :] - G_s).mul_(k_s)
-        dv[:, :, sl] = torch.matmul(kg, dh_s).add_(A_s.tril().transpose(-1, -2) @ do_s)
-    return _from_grid(layout, dv).to(do.dtype)
+        store(dv, sl, torch.matmul(kg, dh_s).add_(A_s.tril().transpose(-1, -2) @ do_s))
+    return from_grid(layout, dv).to(do.dtype)
 
 
 def chunk_gla_bwd_dqk_intra(
@@ -200,14 +173,14 @@ def chunk_gla_bwd_dqk_intra(
     B, T, H, K = q.shape
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=q.device)
-    qc, kc, Gc, dAc = _to_grid(layout, q), _to_grid(layout, k), _to_grid(layout, g, 'last'), _to_grid(layout, dA)
-    dq, dk = _grid_empty(qc, K), _grid_empty(qc, K)
+    qc, kc, Gc, dAc = to_grid(layout, q), to_grid(layout, k), to_grid(layout, g, 'last'), to_grid(layout, dA)
+    dq, dk = grid_empty(qc, K), grid_empty(qc, K)
     for sl in chunk_slabs(qc):
-        tri = GatedTril(_slab(Gc, sl))
-        dA_s = _slab(dAc, sl)
-        dq[:, :, sl] = tri.grad_rows([dA_s], _slab(kc, sl))[0]
-        dk[:, :, sl] = tri.grad_cols([dA_s], [_slab(qc, sl)])
-    return _from_grid(layout, dq), _from_grid(layout, dk)
+        tri = GatedTril(slab(Gc, sl))
+        dA_s = slab(dAc, sl)
+        store(dq, sl, tri.grad_rows([dA_s], slab(kc, sl))[0])
+        store(dk, sl, tri.grad_cols([dA_s], [slab(qc, sl)]))
+    return from_grid(layout, dq), from_grid(layout, dk)
 
 
 def chunk_gla_bwd_dqkg(
@@ -237,14 +210,14 @@ def chunk_gla_bwd_dqkg(
     B, T, H, K, V = *k.shape, v.shape[-1]
     BT = chunk_size
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=q.device)
-    qc, kc, vc, Gc, doc = (_to_grid(layout, x) for x in (q, k, v, g, do))
-    Gc = _to_grid(layout, g, 'last')
-    dqc, dkc = _to_grid(layout, dq), _to_grid(layout, dk)
-    hc, dhc = _chunks_to_grid(layout, h, qc.dtype), _chunks_to_grid(layout, dh, qc.dtype)
-    dq2, dk2, dg = _grid_empty(qc, K), _grid_empty(qc, K), _grid_empty(qc, K)
+    qc, kc, vc, Gc, doc = (to_grid(layout, x) for x in (q, k, v, g, do))
+    Gc = to_grid(layout, g, 'last')
+    dqc, dkc = to_grid(layout, dq), to_grid(layout, dk)
+    hc, dhc = chunks_to_grid(layout, h, qc.dtype), chunks_to_grid(layout, dh, qc.dtype)
+    dq2, dk2, dg = grid_empty(qc, K), grid_empty(qc, K), grid_empty(qc, K)
     for sl in chunk_slabs(qc):
         q_s, k_s, v_s, G_s, do_s, dq_s, dk_s, h_s, dh_s = (
-            _slab(x, sl) for x in (qc, kc, vc, Gc, doc, dqc, dkc, hc, dhc))
+            slab(x, sl) for x in (qc, kc, vc, Gc, doc, dqc, dkc, hc, dhc))
         G_last = G_s[..., -1:, :]                                          # [.., 1, K]
         # gradient of the state's dependence on g_last: decay term, then the keys' gates below
         dgk = (h_s * dh_s).sum(-1).unsqueeze(-2).mul_(torch.exp(G_last))   # [.., 1, K]
@@ -254,10 +227,11 @@ def chunk_gla_bwd_dqkg(
         dq_i.add_(dq_s)
         dk_i.add_(dk_s)
         dg_raw = q_s * dq_i - k_s * dk_i
-        dg[:, :, sl] = _reverse_cumsum(dg_raw, -2).add_(dgk)
-        dq2[:, :, sl], dk2[:, :, sl] = dq_i, dk_i
-    return (_from_grid(layout, dq2).to(dq.dtype), _from_grid(layout, dk2).to(dk.dtype),
-            _from_grid(layout, dg).to(g.dtype))
+        store(dg, sl, _reverse_cumsum(dg_raw, -2).add_(dgk))
+        store(dq2, sl, dq_i)
+        store(dk2, sl, dk_i)
+    return (from_grid(layout, dq2).to(dq.dtype), from_grid(layout, dk2).to(dk.dtype),
+            from_grid(layout, dg).to(g.dtype))
 
 
 def chunk_gla_fwd(

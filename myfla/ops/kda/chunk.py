@@ -18,7 +18,11 @@ import contextlib
 import torch
 
 from myfla.modules.l2norm import l2norm_bwd, l2norm_fwd
-from myfla.ops.common.chunk_delta_h import chunk_gated_delta_rule_bwd_dhu, chunk_gated_delta_rule_fwd_h
+from myfla.ops.common.chunk_delta_h import (
+    chunk_gated_delta_rule_bwd_dhu,
+    chunk_gated_delta_rule_fwd_h,
+    grid_cache
+)
 from myfla.ops.common.chunk_o import chunk_bwd_dv_local
 from myfla.ops.gla.chunk import chunk_gla_bwd_dA, chunk_gla_fwd_o_gk
 from myfla.ops.kda.chunk_inter import chunk_kda_bwd_dqkwg
@@ -61,6 +65,13 @@ def chunk_kda_fwd(
 
     Source: fla/ops/kda/chunk.py:L17-L69 (fla 0.4.0)
     """
+    with grid_cache():
+        return _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
+
+
+def _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens):
+    """Body of ``chunk_kda_fwd``, run inside one layout-conversion scope (each tensor's chunk grid is
+    built once)."""
     chunk_size = 64
     g = chunk_local_cumsum(g, chunk_size=chunk_size, cu_seqlens=cu_seqlens)
     # Aqk stays fp32, as in fla (fp64 inputs keep fp64)
@@ -122,6 +133,12 @@ def chunk_kda_bwd(
 
     Source: fla/ops/kda/chunk.py:L72-L176 (fla 0.4.0)
     """
+    with grid_cache():
+        return _chunk_kda_bwd(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu_seqlens)
+
+
+def _chunk_kda_bwd(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu_seqlens):
+    """Body of ``chunk_kda_bwd``, run inside one layout-conversion scope."""
     chunk_size = 64
     w, u, qg, kg = recompute_w_u_fwd(
         q=q,

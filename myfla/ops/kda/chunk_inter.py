@@ -14,8 +14,18 @@ from typing import Optional
 
 import torch
 
-from myfla.ops.kda.chunk_intra import chunk_slabs, chunks_to_grid, from_grid, grid_empty, last_gate, slab, to_grid
-from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.chunk_grid import (
+    chunks_to_grid,
+    from_grid,
+    grid_empty,
+    last_gate,
+    operand_grid,
+    slab,
+    store,
+    to_grid
+)
+from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
+from myfla.ops.utils.dot import LOW_PRECISION, dot, operand, operand_dtype
 from myfla.utils import check_shared_mem
 
 # Source: fla/ops/kda/chunk_inter.py:L14-L14 (fla 0.4.0)
@@ -45,24 +55,30 @@ def chunk_kda_bwd_dqkwg(
     """
     B, T, H, K, V = *k.shape, v.shape[-1]
     layout = get_chunk_layout(B, T, chunk_size, cu_seqlens, device=k.device)
-    hc, dhc = chunks_to_grid(layout, h), chunks_to_grid(layout, dh)     # [N, H, NC, K, V]
+    # h and dh are stored in the inputs' dtype (fla: k.new_empty / q.new_empty)
+    hc = chunks_to_grid(layout, h, dtype=operand_dtype(h.dtype, h.device))       # [N, H, NC, K, V]
+    dhc = chunks_to_grid(layout, dh, dtype=operand_dtype(dh.dtype, dh.device))
     qc, kc, Gc = to_grid(layout, q), to_grid(layout, k), to_grid(layout, g, 'last')
-    doc, vc, dvc = to_grid(layout, do), to_grid(layout, v), to_grid(layout, dv)
+    doc, vc, dvc = operand_grid(layout, do), operand_grid(layout, v), operand_grid(layout, dv)
     dq, dk, dg, dw = (grid_empty(qc, K) for _ in range(4))
     for sl in chunk_slabs(qc):
-        dq[:, :, sl], dk[:, :, sl], dw[:, :, sl], dg[:, :, sl] = _dqkwg_chunks(
-            *(slab(x, sl) for x in (qc, kc, vc, hc, Gc, doc, dhc, dvc)), scale)
+        parts = _dqkwg_chunks(*(slab(x, sl) for x in (qc, kc, vc, hc, Gc, doc, dhc, dvc)), scale, do.dtype, v.dtype)
+        for grid, part in zip((dq, dk, dw, dg), parts):
+            store(grid, sl, part)
     return (from_grid(layout, dq), from_grid(layout, dk), from_grid(layout, dw).to(w.dtype),
             from_grid(layout, dg).to(g.dtype))
 
 
-def _dqkwg_chunks(q, k, v, h, G, do, dh, dv, scale):
-    """``chunk_kda_bwd_dqkwg`` on a slab of the chunk grid (port-only helper)."""
+def _dqkwg_chunks(q, k, v, h, G, do, dh, dv, scale, do_dtype, v_dtype):
+    """``chunk_kda_bwd_dqkwg`` on a slab of the chunk grid (port-only helper); ``v``, ``h``, ``do``,
+    ``dh``, ``dv`` are dot operands, cast as fla's kernel casts them (to ``do_dtype`` / ``v_dtype``)."""
     gn = last_gate(G)                                                   # [..., K]
-    dq = (do @ h.transpose(-1, -2)).mul_(G.exp()).mul_(scale)
-    dk = (v @ dh.transpose(-1, -2)).mul_((gn.unsqueeze(-2) - G).exp_())
-    dw = -(dv @ h.transpose(-1, -2))
-    dgk = (h * dh).sum(-1).mul_(gn.exp()).add_((dk * k).sum(-2))
+    h_do, h_v = operand(h, do_dtype), operand(h, v_dtype)
+    dq = dot(do, h_do.transpose(-1, -2)).mul_(G.exp()).mul_(scale)
+    dk = dot(v, operand(dh, v_dtype).transpose(-1, -2)).mul_((gn.unsqueeze(-2) - G).exp_())
+    dw = dot(operand(dv, v_dtype), h_v.transpose(-1, -2)).neg_()
+    hdh = (h * dh).sum(-1) if h.dtype not in LOW_PRECISION else (h.float() * dh.float()).sum(-1)
+    dgk = hdh.mul_(gn.exp()).add_((dk * k).sum(-2))
     dg = q * dq - k * dk
     # reverse cumsum within the chunk as one batched matmul with an upper-triangular ones matrix
     BT = dg.shape[-2]

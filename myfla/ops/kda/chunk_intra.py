@@ -11,7 +11,7 @@ the first row of the row block): ``exp(G_i - G_j) = exp(G_i - gn) * exp(gn - G_j
 ``exp``. fla does this for 16-token sub-chunks and evaluates the 16x16 diagonal blocks pairwise; here
 the same factorisation is applied by bisection down to single tokens (see ``GatedTril``), which gives
 the same sums without the ``[.., 16, 16, K]`` pairwise tensors. All chunks of all heads are processed
-at once on the padded chunk grid ``[N, H, NC, BT, ...]``.
+at once on the padded chunk grid ``[N, H, NC, BT, ...]`` (see ``myfla.ops.utils.chunk_grid``).
 """
 
 from __future__ import annotations
@@ -20,54 +20,11 @@ from typing import Optional
 
 import torch
 
+from myfla.ops.utils.chunk_grid import from_grid, grid_empty, slab, store, to_grid
 from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
 from myfla.ops.utils.gated_tril import GatedTril
 from myfla.ops.utils.solve_tril import solve_tril
-from myfla.ops.utils.workspace import new_empty
-
-# ---- port-only helpers (fla has no counterpart): token layout <-> chunk grid [N, H, NC, BT, ...] -----
-def to_grid(layout, x: torch.Tensor, fill: str = 'zero') -> torch.Tensor:
-    """``[B, T, H, *rest]`` -> ``[N, H, NC, BT, *rest]`` in fp32 (fp64 stays fp64); a view when no
-    padding or cast is needed."""
-    return layout.pack(x.to(torch.promote_types(x.dtype, torch.float32)), fill).movedim(3, 1)
-
-
-def from_grid(layout, xc: torch.Tensor) -> torch.Tensor:
-    """``[N, H, NC, BT, *rest]`` -> contiguous ``[B, T, H, *rest]`` (no copy when ``xc``'s memory is
-    already in token order, see ``grid_empty``, and no padding is dropped)."""
-    x = layout.unpack(xc.movedim(1, 3))
-    return x if x.is_contiguous() else x.contiguous()
-
-
-def grid_empty(ref: torch.Tensor, *rest: int) -> torch.Tensor:
-    """Uninitialised ``[N, H, NC, BT, *rest]`` grid (shape of ``ref``'s first four dims) whose memory
-    is in token order ``[N, NC, BT, H, *rest]``, so ``from_grid`` returns it without a copy."""
-    N, H, NC, BT = ref.shape[:4]
-    return new_empty((N, NC, BT, H, *rest), ref.dtype, ref.device).movedim(3, 1)
-
-
-def chunks_to_grid(layout, h: torch.Tensor) -> torch.Tensor:
-    """fla's per-chunk ``[B, NT, H, *rest]`` -> ``[N, H, NC, *rest]`` (fp32 or wider)."""
-    return layout.pack_chunks(h.to(torch.promote_types(h.dtype, torch.float32))).movedim(2, 1)
-
-
-def chunks_from_grid(layout, hc: torch.Tensor) -> torch.Tensor:
-    """``[N, H, NC, *rest]`` -> fla's per-chunk ``[B, NT, H, *rest]``."""
-    return layout.unpack_chunks(hc.movedim(1, 2))
-
-
-def slab(xc: torch.Tensor, sl: slice) -> torch.Tensor:
-    """Chunks ``sl`` of a grid view, contiguous: derived temporaries are then contiguous too, so the
-    batched matmuls take them without copying transposed operands. When the slice already is
-    contiguous (H == 1) this is the caller's memory: never modify it in place."""
-    return xc[:, :, sl].contiguous()
-
-
-def last_gate(G: torch.Tensor) -> torch.Tensor:
-    """Gate at each chunk's last valid token (``[..., BT, K]`` -> ``[..., K]``); the grid's 'last' fill
-    repeats that token into the padding, so it is the last row."""
-    return G[..., -1, :]
 
 
 def intra_scores(q, k, beta, G, scale):
@@ -119,7 +76,9 @@ def chunk_kda_fwd_intra(
     qc, kc, bc, Gc = to_grid(layout, q), to_grid(layout, k), to_grid(layout, beta), to_grid(layout, gk, 'last')
     Aqk, Akk = grid_empty(qc, BT), grid_empty(qc, BT)
     for sl in chunk_slabs(qc):
-        Aqk[:, :, sl], Akk[:, :, sl] = intra_scores(slab(qc, sl), slab(kc, sl), slab(bc, sl), slab(Gc, sl), scale)
+        Aqk_s, Akk_s = intra_scores(slab(qc, sl), slab(kc, sl), slab(bc, sl), slab(Gc, sl), scale)
+        store(Aqk, sl, Aqk_s)
+        store(Akk, sl, Akk_s)
     Aqk = from_grid(layout, Aqk).to(output_dtype)
     Akk = from_grid(layout, Akk).to(output_dtype)
     Akk = solve_tril(
@@ -167,12 +126,12 @@ def chunk_kda_bwd_intra(
         tri = GatedTril(slab(Gc, sl))
         # row side: gradients of q and of beta*k; column side: gradient of k
         dq_s, dk_rows = tri.grad_rows([dAqk_s, dAkk_s], k_s)
-        db_intra[:, :, sl] = (dk_rows * k_s).sum(-1)
+        store(db_intra, sl, (dk_rows * k_s).sum(-1))
         dk_rows.mul_(b_s)
         dk_cols = tri.grad_cols([dAqk_s, dAkk_s], [q_s, k_s * b_s])
-        dq_intra[:, :, sl] = dq_s
-        dg_intra[:, :, sl] = torch.addcmul(q_s * dq_s, dk_rows - dk_cols, k_s)
-        dk_intra[:, :, sl] = dk_rows.add_(dk_cols)
+        store(dq_intra, sl, dq_s)
+        store(dg_intra, sl, torch.addcmul(q_s * dq_s, dk_rows - dk_cols, k_s))
+        store(dk_intra, sl, dk_rows.add_(dk_cols))
 
     # the intra buffers are fresh token-order memory: accumulate into them in place
     dq = from_grid(layout, dq_intra).add_(dq)

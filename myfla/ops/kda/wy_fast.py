@@ -12,8 +12,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.kda.chunk_intra import chunk_slabs, from_grid, grid_empty, last_gate, slab, to_grid
-from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.chunk_grid import from_grid, grid_empty, last_gate, operand_grid, slab, store, to_grid
+from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
+from myfla.ops.utils.dot import dot, dot_add, operand, rowdot
 
 
 def recompute_w_u_fwd(
@@ -34,7 +35,7 @@ def recompute_w_u_fwd(
     B, T, H, K, V = *k.shape, v.shape[-1]
     BT = A.shape[-1]
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
-    Ac, bc = to_grid(layout, A), to_grid(layout, beta).unsqueeze(-1)
+    Ac, bc = operand_grid(layout, A), to_grid(layout, beta).unsqueeze(-1)
     kc, vc = to_grid(layout, k), to_grid(layout, v)
     u, w = grid_empty(kc, V), grid_empty(kc, K)
     qc = to_grid(layout, q) if (q is not None and gk is not None) else None
@@ -42,19 +43,18 @@ def recompute_w_u_fwd(
     qg = grid_empty(kc, K) if qc is not None else None
     kg = grid_empty(kc, K) if gk is not None else None
     for sl in chunk_slabs(kc):
-        k_s = slab(kc, sl)
-        # A diag(beta): beta scales columns of the [BT, BT] matrix instead of rows of v and k
-        A_b = slab(Ac, sl) * slab(bc, sl).transpose(-1, -2)
-        u[:, :, sl] = A_b @ slab(vc, sl)
+        k_s, b_s, A_s = slab(kc, sl), slab(bc, sl), slab(Ac, sl)
+        # rows scaled in fp32 and rounded to the input dtype before the dot with A (in k's dtype)
+        store(u, sl, dot(A_s, operand(slab(vc, sl) * b_s, v.dtype)))
+        kb = k_s * b_s
         if Gc is not None:
             G_s = slab(Gc, sl)
             decay = G_s.exp()
             if qg is not None:
-                qg[:, :, sl] = slab(qc, sl) * decay
-            w[:, :, sl] = A_b @ decay.mul_(k_s)
-            kg[:, :, sl] = (last_gate(G_s).unsqueeze(-2) - G_s).exp_().mul_(k_s)
-        else:
-            w[:, :, sl] = A_b @ k_s
+                store(qg, sl, slab(qc, sl) * decay)
+            store(kg, sl, (last_gate(G_s).unsqueeze(-2) - G_s).exp_().mul_(k_s))
+            kb.mul_(decay)
+        store(w, sl, dot(A_s, operand(kb, k.dtype)))
     u = from_grid(layout, u).to(v.dtype)
     w = from_grid(layout, w).to(k.dtype)
     if qg is not None:
@@ -84,31 +84,37 @@ def prepare_wy_repr_bwd(
     B, T, H, K, V = *k.shape, v.shape[-1]
     BT = 64
     layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
-    Ac, bc = to_grid(layout, A), to_grid(layout, beta)
+    Ac, bc = operand_grid(layout, A), to_grid(layout, beta)
     kc, vc, Gc = to_grid(layout, k), to_grid(layout, v), to_grid(layout, gk, 'last')
-    dwc, duc = to_grid(layout, dw), to_grid(layout, du)
+    dwc, duc = operand_grid(layout, dw), operand_grid(layout, du)
     dk, dv, dg = grid_empty(kc, K), grid_empty(kc, V), grid_empty(kc, K)
     db, dA = grid_empty(kc), grid_empty(kc, BT)
     for sl in chunk_slabs(kc):
-        dk[:, :, sl], dv[:, :, sl], db[:, :, sl], dg[:, :, sl], dA[:, :, sl] = _wy_bwd_chunks(
-            *(slab(x, sl) for x in (Ac, bc, kc, vc, Gc, dwc, duc)))
+        parts = _wy_bwd_chunks(*(slab(x, sl) for x in (Ac, bc, kc, vc, Gc, dwc, duc)),
+                               dtypes=(A.dtype, v.dtype, dw.dtype))
+        for grid, part in zip((dk, dv, db, dg, dA), parts):
+            store(grid, sl, part)
     return (from_grid(layout, dk), from_grid(layout, dv).to(v.dtype), from_grid(layout, db),
             from_grid(layout, dg), from_grid(layout, dA))
 
 
-def _wy_bwd_chunks(A, beta, k, v, G, dw, du):
-    """``prepare_wy_repr_bwd`` on a slab of the chunk grid (port-only helper)."""
+def _wy_bwd_chunks(A, beta, k, v, G, dw, du, dtypes):
+    """``prepare_wy_repr_bwd`` on a slab of the chunk grid (port-only helper). ``A``, ``dw``, ``du`` are
+    dot operands; ``dtypes`` are the dtypes of ``A``, ``v`` and ``dw`` that fla's casts round to."""
+    A_dtype, v_dtype, dw_dtype = dtypes
     At = A.transpose(-1, -2)
     b = beta.unsqueeze(-1)
     decay = G.exp()
-    kg = k * decay
-    kbg = kg * b
-    dA_inv = (dw @ kbg.transpose(-1, -2)).add_(du @ (v * b).transpose(-1, -2))
-    dkbg = At @ dw
-    dvb = At @ du
+    kbg = k * b * decay
+    vb = operand(v * b, v_dtype)
+    dA_inv = dot_add(dot(dw, operand(kbg, dw_dtype).transpose(-1, -2)), du, vb.transpose(-1, -2))
+    dkbg = dot(At, dw)
+    dvb = dot(At, du)
     dg = kbg * dkbg
-    db = (dkbg * kg).sum(-1).add_((dvb * v).sum(-1))
+    db = rowdot(dkbg, k * decay).add_(rowdot(dvb, v))
     dk = dkbg.mul_(decay).mul_(b)
     dv = dvb.mul_(b)
-    dA = -(At @ dA_inv.tril(-1) @ At).tril(-1)
+    # through the inverse, each product taking dA rounded to A's dtype (fla: b_dA.to(b_A.dtype))
+    dA = dot(operand(dA_inv.tril_(-1), A_dtype), At)
+    dA = dot(At, operand(dA, A_dtype)).neg_().tril_(-1)
     return dk, dv, db, dg, dA

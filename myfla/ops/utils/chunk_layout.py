@@ -106,16 +106,28 @@ class ChunkLayout:
         return (pos.view(1, -1) < lens.view(-1, 1)).view(self.N, self.NC, self.BT)
 
 
-# Chunk-heads processed together by the slab-wise passes (KDA, GLA helpers): a slab's temporaries
-# stay in cache, which keeps their cost linear in T (whole-grid passes at long T run from DRAM).
+# Chunk-heads processed together by the slab-wise passes (KDA, GLA helpers) on a CPU with up to four
+# threads: a slab's temporaries stay in cache, which keeps their cost linear in T (whole-grid passes
+# at long T run from DRAM). More threads share a slab, so it grows with them (16 chunk-heads per
+# thread); on GPUs the whole grid is one slab (every slab costs the same launches, whatever its size).
 SLAB_CHUNK_HEADS = 64
 
 
+def slab_chunk_heads(device: torch.device) -> int:
+    """Chunk-heads per slab on ``device`` (see ``SLAB_CHUNK_HEADS``); 0 means the whole grid."""
+    if torch.device(device).type != 'cpu':
+        return 0
+    return max(SLAB_CHUNK_HEADS, 16 * torch.get_num_threads())
+
+
 def chunk_slabs(xc: torch.Tensor):
-    """Slices of the chunk axis (dim 2 of ``[N, H, NC, ...]``) of about ``SLAB_CHUNK_HEADS``
-    chunk-heads each."""
+    """Slices of the chunk axis (dim 2 of ``[N, H, NC, ...]``) of about ``slab_chunk_heads`` chunk-heads
+    each (a single slice on GPUs)."""
     N, H, NC = xc.shape[:3]
-    step = max(1, SLAB_CHUNK_HEADS // max(1, N * H))
+    per_slab = slab_chunk_heads(xc.device)
+    if per_slab == 0:
+        return [slice(0, NC)]
+    step = max(1, per_slab // max(1, N * H))
     return [slice(c, min(c + step, NC)) for c in range(0, NC, step)]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from typing import Sequence
+from typing import List, Sequence
 
 import torch
 
@@ -55,7 +55,7 @@ _UNUSED = _calibrate()
 
 class _Pool(threading.local):
     def __init__(self):
-        self.buffers: list[torch.Tensor] = []          # flat buffers, least recently used first
+        self.buffers: List[torch.Tensor] = []          # flat buffers, least recently used first
         self.nbytes = 0
 
 

@@ -307,6 +307,7 @@ def test_time_segments_equal_single_pass(monkeypatch, use_h0, final, use_l2):
     B, T, H, K, V = 2, 300, 2, 32, 16
     xs = [x.float() for x in make_inputs(B, T, H, K, V, normalize_k=not use_l2)]
     results = []
+    monkeypatch.setattr(chunk_mod, "_MIN_SEGMENT_CHUNKS", 1)
     for seg_bytes in (chunk_mod._SEGMENT_BYTES, 128 * B * H * K * 4):
         monkeypatch.setattr(chunk_mod, "_SEGMENT_BYTES", seg_bytes)
         ys = [x.clone().requires_grad_() for x in xs]
@@ -321,6 +322,22 @@ def test_time_segments_equal_single_pass(monkeypatch, use_h0, final, use_l2):
             assert b is None, name
             continue
         assert_rms(name, a, b, 1e-6)
+
+
+def test_time_segment_rule(monkeypatch):
+    """Segments: whole chunks covering [0, T); at least _MIN_SEGMENT_CHUNKS chunks (wide inputs);
+    larger with more threads; one segment on GPUs and for varlen inputs."""
+    import myfla.ops.gated_delta_rule.chunk as chunk_mod
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    segs = chunk_mod._time_segments(4, 4096, 16, 128, None)            # a training shape: 32 KB per token
+    assert segs[0] == (0, 64 * chunk_mod._MIN_SEGMENT_CHUNKS) and segs[-1][1] == 4096
+    assert all(e - s == 256 for s, e in segs) and len(segs) == 16
+    assert chunk_mod._time_segments(1, 8192, 4, 128, None) == [(s, s + 2048) for s in range(0, 8192, 2048)]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    assert len(chunk_mod._time_segments(1, 8192, 4, 128, None)) == 1
+    assert len(chunk_mod._time_segments(4, 4096, 16, 128, None)) == 8
+    assert chunk_mod._time_segments(4, 4096, 16, 128, None, torch.device("cuda")) == [(0, 4096)]
+    assert chunk_mod._time_segments(1, 4096, 16, 128, torch.tensor([0, 4096])) == [(0, 4096)]
 
 
 @pytest.mark.parametrize("T,H,K,V,use_l2,use_h0", [

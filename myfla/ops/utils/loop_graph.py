@@ -1,0 +1,181 @@
+"""Sequential chunk loops replayed as CUDA graphs (port-only helper; fla has no counterpart).
+
+The inter-chunk state recurrence is the one sequential part of the chunked algorithms: its chunk
+``c + 1`` needs the state after chunk ``c``. fla runs it inside one Triton program per (head, value
+block) that walks the chunks; a torch port issues a few small kernels per chunk, so on a GPU the
+launches grow with the sequence length and the host, not the GPU, sets the pace. ``run_loop`` runs
+such a loop eagerly the first time it meets a shape, records it as a CUDA graph, and afterwards
+replays the graph: one launch for the whole loop, whatever the sequence length.
+
+A key is recorded the second time it is met (the first call runs eagerly), so shapes that occur once,
+such as the many lengths of variable-length batches, never pay for a recording. A recorded graph
+reads and writes fixed buffers. Each call copies its inputs into them, replays,
+and returns the output buffers themselves: callers copy what they keep (``owned``), which most do
+anyway while converting the chunk grid back to token layout. Graphs are kept per
+(loop, shapes, dtypes, device) for the ``MAX_GRAPHS`` most recent keys; ``release()`` drops them.
+``MYFLA_CUDA_GRAPHS=0`` turns the graphs off (every call then runs the loop eagerly); so does any
+error while recording, after which that key runs eagerly with a warning. CPU tensors always run
+eagerly.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import warnings
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from myfla.ops.utils.workspace import new_empty
+
+ENABLED = os.environ.get('MYFLA_CUDA_GRAPHS', '1') != '0'
+MAX_GRAPHS = 8
+
+Inputs = Dict[str, Optional[torch.Tensor]]
+Outputs = Dict[str, torch.Tensor]
+Body = Callable[[Inputs, Outputs], None]
+
+_EAGER = object()                      # marks a key whose recording failed
+_SEEN = object()                       # marks a key met once
+_graphs: 'collections.OrderedDict[tuple, object]' = collections.OrderedDict()
+# counts of what happened, for benchmarks and tests: recorded, replayed, eager
+stats = {'recorded': 0, 'replayed': 0, 'eager': 0}
+
+
+class _Recorded:
+    def __init__(self, graph, inputs: Inputs, outputs: Outputs):
+        self.graph, self.inputs, self.outputs = graph, inputs, outputs
+
+
+def _signature(t: Optional[torch.Tensor]):
+    return None if t is None else (tuple(t.shape), t.dtype)
+
+
+def _allocate(specs: Dict[str, Tuple[Sequence[int], torch.dtype]], device) -> Outputs:
+    """Output buffers (CPU: from the workspace pool, see ``myfla.ops.utils.workspace``)."""
+    return {name: new_empty(tuple(shape), dtype, device) for name, (shape, dtype) in specs.items()}
+
+
+def _record(body: Body, inputs: Inputs, outputs: Outputs, device: torch.device):
+    """Run ``body`` once on a side stream (warm-up: cuBLAS handles and workspaces get created, and
+    ``outputs`` receive this call's results), then record it into a graph."""
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        body(inputs, outputs)
+    current.wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        ctx = torch.cuda.graph(graph, capture_error_mode='thread_local')
+    except TypeError:                                   # torch without capture_error_mode
+        ctx = torch.cuda.graph(graph)
+    with ctx:
+        body(inputs, outputs)
+    return graph
+
+
+# CPU threads a loop step may use per independent (sequence, head) recurrence: every step is a batch
+# of small matrix products (one [BT, K] x [K, V] per head), too small to split over many threads, so
+# on a many-core CPU the loop runs on fewer threads than the rest of the op
+# (MYFLA_LOOP_THREADS_PER_HEAD; 0 = no limit).
+LOOP_THREADS_PER_HEAD = int(os.environ.get('MYFLA_LOOP_THREADS_PER_HEAD', '2'))
+
+
+@contextlib.contextmanager
+def _cpu_threads(limit: Optional[int]):
+    """At most ``limit`` intra-op threads inside the block (CPU); the caller's setting after it."""
+    current = torch.get_num_threads()
+    if not limit or limit >= current:
+        yield
+        return
+    torch.set_num_threads(limit)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(current)
+
+
+def run_loop(name: str, body: Body, inputs: Inputs,
+             outputs: Dict[str, Tuple[Sequence[int], torch.dtype]], device, recurrences: int = 0) -> Outputs:
+    """``body(inputs, outs)`` with ``outs`` freshly allocated from ``outputs`` (name -> (shape, dtype)),
+    which ``body`` must fill completely from ``inputs`` alone (no host synchronisation, no
+    allocation that outlives it). Returns ``outs``, valid until the next call with the same shapes
+    (on CUDA they are the recorded graph's buffers: copy what you keep). Runs under ``no_grad``.
+    ``recurrences`` (independent sequence-head recurrences in the loop) sets the CPU thread limit."""
+    device = torch.device(device)
+    for t in inputs.values():
+        if t is not None and not t.is_contiguous():
+            raise ValueError(f"run_loop({name!r}): inputs must be contiguous")
+    with torch.no_grad():
+        if not (ENABLED and device.type == 'cuda'):
+            outs = _allocate(outputs, device)
+            limit = recurrences * LOOP_THREADS_PER_HEAD if device.type == 'cpu' else 0
+            with _cpu_threads(limit):
+                body(inputs, outs)
+            stats['eager'] += 1
+            return outs
+        key = (name, str(device), torch.is_inference_mode_enabled(),
+               tuple(sorted((n, _signature(t)) for n, t in inputs.items())),
+               tuple(sorted((n, tuple(s), d) for n, (s, d) in outputs.items())))
+        entry = _graphs.get(key)
+        if entry is None:
+            _graphs[key] = _SEEN
+            _trim()
+        if entry is None or entry is _EAGER:
+            outs = _allocate(outputs, device)
+            body(inputs, outs)
+            stats['eager'] += 1
+            return outs
+        if entry is _SEEN:
+            static_in = {n: None if t is None else t.clone() for n, t in inputs.items()}
+            static_out = _allocate(outputs, device)
+            try:
+                graph = _record(body, static_in, static_out, device)
+            except Exception as err:                     # recording is an optimisation: fall back
+                warnings.warn(f"myfla: CUDA graph recording of {name!r} failed ({type(err).__name__}: "
+                              f"{err}); this loop runs eagerly")
+                _graphs[key] = _EAGER
+                outs = _allocate(outputs, device)
+                body(inputs, outs)
+                stats['eager'] += 1
+                return outs
+            _graphs[key] = _Recorded(graph, static_in, static_out)
+            _graphs.move_to_end(key)
+            _trim()
+            stats['recorded'] += 1
+            # the warm-up run already left this call's results in the static outputs
+            return static_out
+        _graphs.move_to_end(key)
+        for n, t in inputs.items():
+            if t is not None:
+                entry.inputs[n].copy_(t)
+        entry.graph.replay()
+        stats['replayed'] += 1
+        return entry.outputs
+
+
+def _storage_ptr(t: torch.Tensor) -> int:
+    # untyped_storage arrived in torch 2.0; storage() gives the same pointer on older releases
+    return t.untyped_storage().data_ptr() if hasattr(t, 'untyped_storage') else t.storage().data_ptr()
+
+
+def owned(x: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """``x``, copied if it shares memory with ``buffer``, an output of ``run_loop`` that may be a
+    recorded graph's buffer (overwritten by the next replay). CPU outputs are always fresh."""
+    if buffer.device.type != 'cuda' or not ENABLED or not x.numel():
+        return x
+    return x.clone() if _storage_ptr(x) == _storage_ptr(buffer) else x
+
+
+def _trim():
+    """Keep the ``MAX_GRAPHS`` most recently used keys."""
+    while len(_graphs) > MAX_GRAPHS:
+        _graphs.popitem(last=False)
+
+
+def release():
+    """Drop every recorded graph and its buffers."""
+    _graphs.clear()
