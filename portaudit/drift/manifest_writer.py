@@ -178,7 +178,7 @@ def plan_port_modules(manifest: Manifest, md: ManifestDrift, kept: dict[str, str
             k = stale[0]
             renamed[k] = mod
             modules = {(mod if key == k else key): v for key, v in modules.items()}
-        else:
+        elif mod not in modules:      # an existing key may serve other entries: never re-aim it
             modules[mod] = best
     explicit = {old: p for old, (p, n) in targets.items() if port_name(n, modules, up_pkg, port_pkg) != p}
     return modules, renamed, explicit
@@ -334,7 +334,8 @@ def render_updated_manifest(manifest: Manifest, md: ManifestDrift, distributions
                 continue
             new_sym = kept.get(old_sym, old_sym)
             if comment:
-                ed.insert_before_line(item.start_mark.line, [" " * item.start_mark.column + f"# {comment}"])
+                line = ed.line_text(item.start_mark.line)
+                ed.insert_before_line(item.start_mark.line, [line[:len(line) - len(line.lstrip())] + f"# {comment}"])
             port = explicit.get(old_sym)
             if isinstance(item, yaml.ScalarNode):
                 if port is not None:
