@@ -76,6 +76,9 @@ def _item(md: ManifestDrift, s: SymbolDrift) -> Optional[ChecklistItem]:
     if p.state == PORT_SAME and s.status in (MOVED, RENAMED):
         action = f"re-point the manifest entry to `{new}` (`--write-manifest` does it); the port keeps {where}"
         return ChecklistItem("manifest", md.manifest, s.symbol, action, p.port_symbol, p.port_ref, ref)
+    if p.state == PORT_ALREADY and s.status == REMOVED:
+        action = f"nothing: the port does not define `{p.port_symbol}` either ({up}){note}"
+        return ChecklistItem("already has it", md.manifest, s.symbol, action, p.port_symbol, None, s.old_ref)
     if p.state == PORT_ALREADY:
         action = f"nothing: {where} already has {md.to_label}'s change ({up}){note}"
         return ChecklistItem("already has it", md.manifest, s.symbol, action, p.port_symbol, p.port_ref, ref)
