@@ -268,20 +268,19 @@ def lost_entry_points(manifest: Manifest, roots: Sequence[str], matcher: Matcher
         where = (f"{rel} is shipped by {owner} in the old tree" if owner
                  else f"{rel} is in the old tree")
         why.append(f"{sym} ({where}; the new tree {'has the module but not the name' if present else 'has no ' + rel})")
-    to = ""
+    side, hint = "", ""
     if sides is not None:
         new = sides[1]
-        to = f" {', '.join(new.distributions) or new.label}"
+        side = f" ({', '.join(new.distributions) or new.label})"
         owners = {w.split(" shipped by ")[1].split(" in the old tree")[0].split(" ")[0]
                   for w in why if " shipped by " in w}
         named = {d.partition("==")[0].strip().lower().replace("_", "-") for d in new.distributions}
         missing = sorted(o for o in owners if o.lower() not in named)
         if new.distributions and missing:
-            to += f"; the new side names no {', '.join(missing)}: add it (e.g. --to " \
-                  f"{','.join(list(new.distributions) + [o + '==' + (new.version or 'VERSION') for o in missing])})"
+            pins = list(new.distributions) + [f"{o}=={new.version or 'VERSION'}" for o in missing]
+            hint = f"; the new side names no {', '.join(missing)}: add it (--to {','.join(pins)})"
     return UsageError(f"{manifest.name}: none of the {len(roots)} entry point(s) is defined in the new tree"
-                      f"{to}, so drift would report every symbol removed: " + "; ".join(why))
-
+                      f"{side}, which would read as every symbol removed: " + "; ".join(why) + hint)
 
 # ---------------------------------------------------------------------------------------------
 # citations
