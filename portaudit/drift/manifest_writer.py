@@ -253,8 +253,8 @@ def render_updated_manifest(manifest: Manifest, md: ManifestDrift, distributions
                 rendered = _flow(value) if isinstance(value, list) else _q(str(value))
                 if k is not None:
                     if key in ("path", "git", "archive") and isinstance(v, yaml.ScalarNode) and \
-                            os.path.abspath(old_dir / v.value) == os.path.abspath(str(value)):
-                        if new_dir != old_dir:
+                            os.path.realpath(old_dir / v.value) == os.path.realpath(str(value)):
+                        if _rebase(v.value, old_dir, new_dir) != v.value:
                             ed.replace(v, _q(_rebase(v.value, old_dir, new_dir)))
                         continue
                     if isinstance(v, yaml.ScalarNode) or getattr(v, "flow_style", False):
@@ -272,13 +272,13 @@ def render_updated_manifest(manifest: Manifest, md: ManifestDrift, distributions
     elif new_dir != old_dir:
         for key in ("path", "git", "archive"):
             _, v = _get(up, key)
-            if isinstance(v, yaml.ScalarNode):
+            if isinstance(v, yaml.ScalarNode) and _rebase(v.value, old_dir, new_dir) != v.value:
                 ed.replace(v, _q(_rebase(v.value, old_dir, new_dir)))
 
     # port: its relative path, and the modules keys that follow the entries
     _, port = _get(root, "port")
     _, ppath = _get(port, "path")
-    if isinstance(ppath, yaml.ScalarNode) and new_dir != old_dir:
+    if isinstance(ppath, yaml.ScalarNode) and _rebase(ppath.value, old_dir, new_dir) != ppath.value:
         ed.replace(ppath, _q(_rebase(ppath.value, old_dir, new_dir)))
     _, mods = _get(port, "modules")
     added = [k for k in modules if k not in manifest.port.modules and k not in renamed_keys.values()]
@@ -308,7 +308,7 @@ def render_updated_manifest(manifest: Manifest, md: ManifestDrift, distributions
                 ed.replace(v, _q(_repoint(v.value, mapping)))
     _, num = _get(root, "numerics")
     _, impl = _get(num, "implementation")
-    if isinstance(impl, yaml.ScalarNode) and new_dir != old_dir:
+    if isinstance(impl, yaml.ScalarNode) and _rebase(impl.value, old_dir, new_dir) != impl.value:
         ed.replace(impl, _q(_rebase(impl.value, old_dir, new_dir)))
 
     # stages
