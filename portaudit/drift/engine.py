@@ -15,6 +15,7 @@ from portaudit.drift.model import (BODY_CHANGED, CITE_CHANGED, CITE_RELOCATED, C
                                    ManifestDrift, NewSymbol, SymbolDrift)
 from portaudit.drift.signature import diff_definitions
 from portaudit.drift.threeway import ThreeWay, classify_manifest
+from portaudit.static.fidelity import DOCSTRING
 from portaudit.errors import UsageError
 from portaudit.static.citations import Citation, format_citation
 from portaudit.static.index.model import Definition, ModuleInfo, Resolved
@@ -433,7 +434,11 @@ def run_drift(manifests: list[Manifest], sides: Callable[[Manifest], tuple[Relea
             progress(f"three-way: where {m.port.package} stands")
         classify_manifest(md, m, threeways[tkey])
         cite_version = o.version or m.citation_version   # citations of the from-release only
-        if citations and cite_version:
+        # only `Source:` lines in the port's docstrings drift with it; a sidecar or no citations:
+        # nothing to walk (the port is then read only where the manifest places its entries)
+        in_docstrings = any(p.style == DOCSTRING for p in [m.citations] +
+                            [st.citations for st in m.stages if st.citations is not None])
+        if citations and cite_version and in_docstrings:
             extra = [port[0].split_symbol(p)[0] for e in m.entries for p in m.port_symbols(e)]
             entry = ports.setdefault(tkey, (port, matcher, m.citation_label, cite_version, n, []))
             entry[5].extend(x for x in extra if x)
