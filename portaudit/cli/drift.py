@@ -13,8 +13,9 @@ import typer
 from typing_extensions import Annotated
 
 from portaudit.cli.common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
-                                  cli_errors, console, default_manifests, err_console, write_output)
-from portaudit.errors import EXIT_FINDINGS, EXIT_OK, UsageError
+                                  UpstreamGitOpt, cli_errors, console, default_manifests, err_console,
+                                  write_output)
+from portaudit.errors import EXIT_FINDINGS, EXIT_OK, UpstreamError, UsageError
 from portaudit.safe_io import resolved
 
 
@@ -24,38 +25,65 @@ class DriftFormat(str, Enum):
     markdown = "markdown"
 
 
-_NOT_A_SIDE = ("'{spec}' is neither a local upstream tree (no such directory) nor pinned distributions; "
-               "pass a directory or NAME==VERSION[,NAME==VERSION...]")
+_NOT_A_SIDE = ("'{spec}' is neither a local upstream tree or archive (no such path), pinned distributions "
+               "(NAME==VERSION[,NAME==VERSION...]) nor a git revision (needs 'upstream.git' in the manifest "
+               "or --upstream-git REPO)")
+_ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
 
 
-def _looks_like_path(spec: str) -> bool:
-    return "==" not in spec or Path(spec).expanduser().exists()
+def _form(spec: str) -> str:
+    """'tree', 'archive', 'dists' or 'rev': the forms `check` accepts for an upstream."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        return "tree"
+    if p.is_file() or spec.lower().endswith(_ARCHIVES):
+        return "archive"
+    if "==" in spec:
+        return "dists"
+    if Path(spec).is_absolute() or spec.startswith((".", "~")) or spec.endswith((".py", "/")):
+        return "missing"      # a path that does not exist
+    return "rev"
 
 
-def _side(spec: Optional[str], manifest, session, package: str, cache_dir):
-    """(root, distributions, upstream path) for a --from/--to value, or the manifest's pin."""
+def _side(spec: Optional[str], manifest, session, package: str):
+    """(root, distributions, upstream keys for --write-manifest) for a --from/--to value, or the
+    manifest's own upstream. The keys are those the updated manifest's ``upstream:`` gets."""
+    from portaudit.static.gittree import archive_tree
     from portaudit.static.upstream import parse_distributions, resolve_upstream
 
     if spec is None:
         root = session.upstream_root(manifest)
-        return root, list(manifest.upstream.distributions), None
-    if _looks_like_path(spec):
-        if not Path(spec).expanduser().is_dir():
-            raise UsageError(_NOT_A_SIDE.format(spec=spec))
+        return root, list(manifest.upstream.distributions), {}
+    form = _form(spec)
+    if form == "tree":
         root = resolve_upstream(upstream_path=spec, package=package)
-        return root, [], str(resolved(spec, "upstream tree"))
-    dists = parse_distributions(spec)
-    root = resolve_upstream(distributions=dists, package=package, cache_dir=session.cache_dir,
-                            progress=session.progress)
-    return root, dists, None
+        return root, [], {"path": str(resolved(spec, "upstream tree"))}
+    if form == "archive":
+        if not Path(spec).expanduser().is_file():
+            raise UsageError(_NOT_A_SIDE.format(spec=spec))
+        return archive_tree(Path(spec).expanduser(), package, session.cache_dir), [], \
+            {"archive": str(resolved(spec, "upstream archive"))}
+    if form == "dists":
+        dists = parse_distributions(spec)
+        root = resolve_upstream(distributions=dists, package=package, cache_dir=session.cache_dir,
+                                progress=session.progress)
+        return root, dists, {}
+    if form == "rev" and (session.upstream_git is not None or manifest.upstream.git):
+        repo = session.git_repo(manifest)
+        session.say(f"resolving upstream {package} at {spec} in {repo.path}")
+        root = repo.tree(repo.resolve(spec), package, session.cache_dir)
+        return root, [], {"git": str(repo.path), "rev": spec}
+    raise UsageError(_NOT_A_SIDE.format(spec=spec))
 
 
 def drift(
     to: Annotated[str, typer.Option("--to", help="The new release: pinned distributions "
-                                    "(fla-core==0.6.0,flash-linear-attention==0.6.0) or a local tree.")],
+                                    "(fla-core==0.6.0,flash-linear-attention==0.6.0), a local tree, a "
+                                    "tar/zip archive, or a git commit or tag (of the manifest's upstream.git "
+                                    "or --upstream-git).")],
     manifest: ManifestOpt = None,
     from_: Annotated[Optional[str], typer.Option(
-        "--from", help="The old release (distributions or a local tree). Default: the manifest's "
+        "--from", help="The old release, in the forms --to takes. Default: the manifest's "
         "pinned upstream.")] = None,
     fmt: Annotated[DriftFormat, typer.Option("--format", "-f", help="Report format.")] = DriftFormat.text,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE.")] = None,
@@ -69,6 +97,7 @@ def drift(
         "--rename-threshold", min=0.0, max=1.0, help="Similarity needed to report a rename guess.")] = 0.65,
     no_citations: Annotated[bool, typer.Option("--no-citations", help="Skip the port's citations.")] = False,
     port_path: PortPathOpt = None,
+    upstream_git: UpstreamGitOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List unchanged symbols and "
                                           "citations too.")] = False,
     cache_dir: CacheDirOpt = None,
@@ -92,48 +121,54 @@ def drift(
         for e in entry or []:
             if not is_dotted_name(e):
                 raise UsageError(f"--entry '{e}' is not a dotted Python name")
-        for spec in (from_, to):   # a bad pin or path is refused before anything is fetched
+        from portaudit.static.gittree import validate_rev
+
+        for spec in (from_, to):   # a bad pin, path or revision is refused before anything is fetched
             if spec is None:
                 continue
-            if not _looks_like_path(spec):
+            form = _form(spec)
+            if form == "dists":
                 parse_distributions(spec)
-            elif not Path(spec).expanduser().is_dir():
+            elif form == "missing" or (form == "archive" and not Path(spec).expanduser().is_file()):
                 raise UsageError(_NOT_A_SIDE.format(spec=spec))
+            elif form == "rev":
+                try:
+                    validate_rev(spec)
+                except UpstreamError:
+                    raise UsageError(_NOT_A_SIDE.format(spec=spec)) from None
         paths = default_manifests(manifest)
         manifests = [load_manifest(p) for p in paths]
         if write_manifest is not None and len(manifests) > 1 and write_manifest.suffix in (".yaml", ".yml"):
             raise UsageError(f"--write-manifest {write_manifest}: {len(manifests)} manifests are compared; "
                              "pass a directory to receive one updated manifest each")
-        session = Session(port_path=port_path, cache_dir=cache_dir, progress=progress)
+        session = Session(port_path=port_path, cache_dir=cache_dir, progress=progress, upstream_git=upstream_git)
         sides_memo: dict[str, tuple] = {}
 
         def sides(m):
             if m.name not in sides_memo:
                 pkg = m.upstream.package
-                o_root, o_dists, _ = _side(from_, m, session, pkg, cache_dir)
-                n_root, n_dists, n_path = _side(to, m, session, pkg, cache_dir)
-                o_ver = (release_version(o_root, pkg, o_dists) if from_ is not None
+                o_root, o_dists, o_keys = _side(from_, m, session, pkg)
+                n_root, n_dists, n_keys = _side(to, m, session, pkg)
+                o_ver = (o_keys.get("rev") or release_version(o_root, pkg, o_dists) if from_ is not None
                          else m.citation_version or release_version(o_root, pkg, o_dists))
-                n_ver = release_version(n_root, pkg, n_dists)
+                n_ver = n_keys.get("rev") or release_version(n_root, pkg, n_dists)
                 label = m.citation_label
                 old = Release(o_root, session.index(o_root), f"{label} {o_ver or o_root.name}", o_ver, o_dists)
                 new = Release(n_root, session.index(n_root), f"{label} {n_ver or n_root.name}", n_ver, n_dists)
-                sides_memo[m.name] = (old, new, n_path)
+                sides_memo[m.name] = (old, new, n_keys)
             return sides_memo[m.name][:2]
 
         def port_for(m):
-            if no_citations:
-                return None
             root = locate_port_root(m, port_path)
             top = m.port.package.split(".")[0]
             if root is None or not (root / top).is_dir():
-                err_console.print(f"portaudit: note: port package '{top}' not found; citations skipped",
-                                  markup=False)
+                err_console.print(f"portaudit: note: port package '{top}' not found; the port's state "
+                                  "(three-way) and its citations are skipped (--port-path DIR)", markup=False)
                 return None
             return session.index(root), m.port.package
 
         run = run_drift(manifests, sides, port_for, entries=entry or None, rename_threshold=rename_threshold,
-                        progress=progress)
+                        progress=progress, citations=not no_citations)
         progress.stop()
         if write_manifest is not None:
             for m, md in zip(manifests, run.manifests):
@@ -141,7 +176,8 @@ def drift(
                 target = write_manifest / m.path.name if len(manifests) > 1 or write_manifest.is_dir() \
                     else write_manifest
                 text = render_updated_manifest(m, md, new.distributions, new.version, new.label,
-                                               sides_memo[m.name][2], target_dir=target.parent)
+                                               sides_memo[m.name][2], target_dir=target.parent,
+                                               new_index=new.index, port_index=run.port_indexes.get(m.name))
                 write_updated_manifest(text, target, m.path)
                 err_console.print(f"wrote {target} (updated {m.name} for {new.label})", markup=False)
         if fmt == DriftFormat.text and output is None:

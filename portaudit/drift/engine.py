@@ -8,16 +8,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from portaudit.drift.checklist import checklist
 from portaudit.drift.matching import Located, Matcher
 from portaudit.drift.model import (BODY_CHANGED, CITE_CHANGED, CITE_RELOCATED, CITE_UNCHANGED, CITE_UNKNOWN,
                                    MOVED, NOT_IN_FROM, REMOVED, RENAMED, UNCHANGED, CitationDrift,
                                    ManifestDrift, NewSymbol, SymbolDrift)
 from portaudit.drift.signature import diff_definitions
+from portaudit.drift.threeway import ThreeWay, classify_manifest
+from portaudit.static.fidelity import DOCSTRING
 from portaudit.errors import UsageError
 from portaudit.static.citations import Citation, format_citation
 from portaudit.static.index.model import Definition, ModuleInfo, Resolved
 from portaudit.static.index.tree import TreeIndex
-from portaudit.static.source import read_source
+from portaudit.safe_io import read_regular
+from portaudit.static.source import MAX_SOURCE_BYTES, read_source
 from portaudit.static.manifest import Manifest
 from portaudit.static.scaffold import closure, resolve_use
 
@@ -57,6 +61,7 @@ class DriftRun:
     to_version: Optional[str] = None
     # kept for --write-manifest (not serialised)
     sources: dict[str, Manifest] = field(default_factory=dict, repr=False)
+    port_indexes: dict[str, TreeIndex] = field(default_factory=dict, repr=False)
 
     @property
     def changed_citations(self) -> list[CitationDrift]:
@@ -66,6 +71,10 @@ class DriftRun:
     def changed(self) -> bool:
         return any(m.changed for m in self.manifests) or bool(self.changed_citations)
 
+    @property
+    def three_way(self) -> bool:
+        return any(s.port is not None for m in self.manifests for s in m.symbols)
+
     def citation_counts(self) -> dict[str, int]:
         c = Counter(x.status for x in self.citations)
         return {k: c.get(k, 0) for k in (CITE_CHANGED, CITE_RELOCATED, CITE_UNCHANGED, CITE_UNKNOWN)}
@@ -74,6 +83,7 @@ class DriftRun:
         from dataclasses import asdict
 
         return {"from": self.from_label, "to": self.to_label, "changed": self.changed,
+                "checklist": [asdict(item) for item in checklist(self)],
                 "manifests": [m.to_dict() for m in self.manifests],
                 "citations": {"counts": self.citation_counts(),
                               "items": [asdict(c) for c in self.citations if c.status != CITE_UNCHANGED]}}
@@ -128,7 +138,8 @@ def _stage_for(module: str, by_module: dict[str, Counter], stage_order: list[str
 
 
 def drift_manifest(manifest: Manifest, matcher: Matcher, from_label: str, to_label: str,
-                   entries: Optional[list[str]] = None) -> ManifestDrift:
+                   entries: Optional[list[str]] = None,
+                   sides: Optional[tuple["Release", "Release"]] = None) -> ManifestDrift:
     old_ix, new_ix = matcher.old, matcher.new
     package = manifest.upstream.package
     for e in entries or []:
@@ -141,6 +152,8 @@ def drift_manifest(manifest: Manifest, matcher: Matcher, from_label: str, to_lab
         loc = matcher.locate(sym)
         if loc is not None and loc.new is not None:
             new_roots.append(loc.new.symbol)
+    if roots and not new_roots:
+        raise lost_entry_points(manifest, roots, matcher, sides)
     new_items = closure(new_ix, new_roots, package) if new_roots else []
     in_new = {it.symbol for it in new_items}
     matcher.preferred |= {it.module for it in new_items}
@@ -212,13 +225,63 @@ def drift_manifest(manifest: Manifest, matcher: Matcher, from_label: str, to_lab
                                      f"{new_ix.relpath(info.path)}:L{d.start}-L{d.end}", it.reached_from,
                                      _stage_for(it.module, by_module, order)))
     new_symbols.sort(key=lambda n: (n.module, int(n.ref.rsplit(":L", 1)[1].split("-")[0])))
-    old_size = len(closure(old_ix, [r for r in roots if matcher.resolve_old(r) is not None], package)) \
-        if roots else 0
+    old_items = closure(old_ix, [r for r in roots if matcher.resolve_old(r) is not None], package) \
+        if roots else []
+    listed = {e.symbol for e in manifest.entries}
+    closure_removed = {}
+    for it in old_items:     # helpers the old closure had and the new release dropped
+        if it.symbol not in listed:
+            loc = matcher.locate(it.symbol)
+            if loc is not None and loc.new is None:
+                closure_removed[it.symbol] = it.kind
     return ManifestDrift(manifest=manifest.name, manifest_path=str(manifest.path), from_label=from_label,
                          to_label=to_label, entry_points=list(roots), new_entry_points=new_roots,
-                         symbols=symbols, new_symbols=new_symbols, old_closure_size=old_size,
-                         new_closure_size=len(new_items))
+                         symbols=symbols, new_symbols=new_symbols, old_closure_size=len(old_items),
+                         new_closure_size=len(new_items), closure_removed=closure_removed)
 
+
+def _record_owner(root: Path, relpath: str) -> Optional[str]:
+    """The distribution (``name version``) whose wheel RECORD lists ``relpath`` under ``root``."""
+    for record in sorted(Path(root).glob("*.dist-info/RECORD")):
+        try:
+            text = read_regular(record, MAX_SOURCE_BYTES, "wheel RECORD").decode("utf-8", "replace")
+        except UsageError:
+            continue
+        if any(line.split(",", 1)[0] == relpath for line in text.splitlines()):
+            name, _, version = record.parent.name[:-len(".dist-info")].partition("-")
+            return f"{name.replace('_', '-')} {version}"
+    return None
+
+
+def lost_entry_points(manifest: Manifest, roots: Sequence[str], matcher: Matcher,
+                      sides: Optional[tuple["Release", "Release"]]) -> UsageError:
+    """The usage error for a new tree that has none of the entry points: most often a pin that
+    names only some of the upstream's distributions (fla-core without flash-linear-attention)."""
+    why = []
+    for sym in roots:
+        old = matcher.resolve_old(sym)
+        if old is None:
+            why.append(f"{sym} (not in the old tree either)")
+            continue
+        rel = matcher.old.relpath(old.module.path)
+        owner = _record_owner(matcher.old.root, rel)
+        present = matcher.new.has_module(old.module.module)
+        where = (f"{rel} is shipped by {owner} in the old tree" if owner
+                 else f"{rel} is in the old tree")
+        why.append(f"{sym} ({where}; the new tree {'has the module but not the name' if present else 'has no ' + rel})")
+    side, hint = "", ""
+    if sides is not None:
+        new = sides[1]
+        side = f" ({', '.join(new.distributions) or new.label})"
+        owners = {w.split(" shipped by ")[1].split(" in the old tree")[0].split(" ")[0]
+                  for w in why if " shipped by " in w}
+        named = {d.partition("==")[0].strip().lower().replace("_", "-") for d in new.distributions}
+        missing = sorted(o for o in owners if o.lower() not in named)
+        if new.distributions and missing:
+            pins = list(new.distributions) + [f"{o}=={new.version or 'VERSION'}" for o in missing]
+            hint = f"; the new side names no {', '.join(missing)}: add it (--to {','.join(pins)})"
+    return UsageError(f"{manifest.name}: none of the {len(roots)} entry point(s) is defined in the new tree"
+                      f"{side}, which would read as every symbol removed: " + "; ".join(why) + hint)
 
 # ---------------------------------------------------------------------------------------------
 # citations
@@ -245,24 +308,28 @@ def _covered(info: ModuleInfo, c: Citation) -> list[Definition]:
     return [min(containing, key=lambda d: d.end - d.start)] if containing else []
 
 
-def port_modules(root: Path, package: str) -> list[str]:
-    top = package.split(".")[0]
-    base = Path(root) / top
+def port_modules(root: Path, package: str, extra: Sequence[str] = ()) -> list[str]:
+    """The modules of the port package the manifest names (``vllm.model_executor.layers.fla.ops``,
+    never all of ``vllm``), plus ``extra`` (modules the manifest places symbols in elsewhere)."""
+    base = Path(root).joinpath(*package.split("."))
     out = []
-    for path in sorted(base.rglob("*.py")):
+    paths = sorted(base.rglob("*.py")) if base.is_dir() else []
+    if not paths and base.with_suffix(".py").is_file():
+        paths = [base.with_suffix(".py")]
+    for path in paths:
         parts = list(path.relative_to(root).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
         if all(p.isidentifier() for p in parts):
             out.append(".".join(parts))
-    return out
+    return list(dict.fromkeys(out + [m for m in extra if m]))
 
 
 def drift_citations(port: TreeIndex, port_package: str, label: str, from_version: str, matcher: Matcher,
-                    to_version: Optional[str]) -> list[CitationDrift]:
+                    to_version: Optional[str], extra_modules: Sequence[str] = ()) -> list[CitationDrift]:
     out: list[CitationDrift] = []
     memo: dict[tuple[str, str], Located] = {}
-    for mod in port_modules(port.root, port_package):
+    for mod in port_modules(port.root, port_package, extra_modules):
         info = port.module(mod)
         if info is None:
             continue
@@ -331,15 +398,18 @@ Progress = Callable[[str], None]
 def run_drift(manifests: list[Manifest], sides: Callable[[Manifest], tuple[Release, Release]],
               port_for: Optional[Callable[[Manifest], Optional[tuple[TreeIndex, str]]]] = None,
               entries: Optional[list[str]] = None, rename_threshold: float = 0.65,
-              progress: Optional[Progress] = None) -> DriftRun:
+              progress: Optional[Progress] = None, citations: bool = True) -> DriftRun:
     """Drift of every manifest. ``sides(m)`` gives its (from, to) releases; ``port_for(m)`` the port
-    index and package whose citations to check (None: skip). Matchers and citation results are
-    shared between manifests that compare the same trees."""
+    index and package (None: no port), for the three-way states and, unless ``citations`` is off,
+    the port's citations. Matchers and citation results are shared between manifests that compare
+    the same trees."""
     if not manifests:
         raise UsageError("no manifest to compare")
     results, cites = [], []
     matchers: dict[tuple, Matcher] = {}
+    threeways: dict[tuple, ThreeWay] = {}
     ports: dict[tuple, tuple] = {}
+    port_indexes: dict[str, TreeIndex] = {}
     pair = None
     for m in manifests:
         o, n = sides(m)
@@ -350,16 +420,35 @@ def run_drift(manifests: list[Manifest], sides: Callable[[Manifest], tuple[Relea
         matcher = matchers[key]
         if progress:
             progress(f"drift of {m.name}: {o.label} -> {n.label}")
-        results.append(drift_manifest(m, matcher, o.label, n.label, entries))
+        md = drift_manifest(m, matcher, o.label, n.label, entries, sides=(o, n))
+        results.append(md)
         port = port_for(m) if port_for is not None else None
+        if port is None:
+            continue
+        port_indexes[m.name] = port[0]
+        tkey = (str(port[0].root), key)
+        if tkey not in threeways:
+            cache = port[0].cache_dir.parent if port[0].cache_dir is not None else None
+            threeways[tkey] = ThreeWay(matcher, port[0], n.version, cache)
+        if progress:
+            progress(f"three-way: where {m.port.package} stands")
+        classify_manifest(md, m, threeways[tkey])
         cite_version = o.version or m.citation_version   # citations of the from-release only
-        if port is not None and cite_version:
-            ports.setdefault((str(port[0].root), key), (port, matcher, m.citation_label, cite_version, n))
+        # only `Source:` lines in the port's docstrings drift with it; a sidecar or no citations:
+        # nothing to walk (the port is then read only where the manifest places its entries)
+        in_docstrings = any(p.style == DOCSTRING for p in [m.citations] +
+                            [st.citations for st in m.stages if st.citations is not None])
+        if citations and cite_version and in_docstrings:
+            extra = [port[0].split_symbol(p)[0] for e in m.entries for p in m.port_symbols(e)]
+            entry = ports.setdefault(tkey, (port, matcher, m.citation_label, cite_version, n, []))
+            entry[5].extend(x for x in extra if x)
+    for tw in threeways.values():
+        tw.store.flush()
     # citations last, so that every manifest's new closure guides the search by name
-    for port, matcher, label, version, n in ports.values():
+    for port, matcher, label, version, n, extra in ports.values():
         if progress:
             progress(f"checking the citations of {port[1]}")
-        cites.extend(drift_citations(port[0], port[1], label, version, matcher, n.version))
+        cites.extend(drift_citations(port[0], port[1], label, version, matcher, n.version, extra))
     o, n = pair
     return DriftRun(results, cites, o.label, n.label, o.version, n.version,
-                    sources={m.name: m for m in manifests})
+                    sources={m.name: m for m in manifests}, port_indexes=port_indexes)

@@ -14,6 +14,15 @@ UNCHANGED = "unchanged"
 NOT_IN_FROM = "not in from-tree"
 STATUSES = (REMOVED, RENAMED, MOVED, BODY_CHANGED, UNCHANGED, NOT_IN_FROM)
 
+# Where the port stands (three-way), in the order a maintainer works through them.
+PORT_TODO = "to do"
+PORT_CONFLICT = "conflict"
+PORT_LOCAL = "local change"
+PORT_MISSING = "missing in port"
+PORT_ALREADY = "already has it"
+PORT_SAME = "unchanged"
+PORT_STATES = (PORT_TODO, PORT_CONFLICT, PORT_LOCAL, PORT_MISSING, PORT_ALREADY, PORT_SAME)
+
 # Signature change kinds (stubtest/griffe vocabulary).
 PARAM_ADDED = "parameter added"
 PARAM_ADDED_REQUIRED = "required parameter added"
@@ -69,6 +78,20 @@ class SignatureChange:
 
 
 @dataclass
+class PortState:
+    """Where the port stands on one symbol (three-way drift; see :mod:`.threeway`)."""
+    state: str                          # already has it / to do / conflict / local change / unchanged / missing
+    port_symbol: str                    # where the manifest places it in the port
+    port_module: Optional[str] = None   # the port module that holds (or would hold) it
+    port_ref: Optional[str] = None      # file:line of the port's definition
+    compared: str = "body"              # body (copies), signature or citation (translations), presence
+    similarity_old: Optional[float] = None   # canonical-line similarity of the port to each release
+    similarity_new: Optional[float] = None
+    hunks: Optional[str] = None         # "applied/total" upstream hunks found in the port
+    note: Optional[str] = None
+
+
+@dataclass
 class SymbolDrift:
     symbol: str                         # the manifest's (old) dotted name
     stage: str
@@ -82,6 +105,7 @@ class SymbolDrift:
     signature: list[SignatureChange] = field(default_factory=list)
     reached: Optional[bool] = None      # still in the new closure of the entry points
     note: Optional[str] = None
+    port: Optional[PortState] = None    # three-way: the port's state (None without a port)
 
     @property
     def changed(self) -> bool:
@@ -122,6 +146,10 @@ class ManifestDrift:
     new_symbols: list[NewSymbol] = field(default_factory=list)
     old_closure_size: int = 0
     new_closure_size: int = 0
+    # old-closure definitions the new release no longer has (symbol -> kind), and their three-way
+    # state when the manifest does not list them (helpers a copy dropped or never took)
+    closure_removed: dict[str, str] = field(default_factory=dict)
+    removed_helpers: list[SymbolDrift] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in STATUSES if s != NOT_IN_FROM}
@@ -134,13 +162,24 @@ class ManifestDrift:
         out["new"] = len(self.new_symbols)
         return out
 
+    def port_counts(self) -> dict[str, int]:
+        """Three-way states (empty without a port)."""
+        from collections import Counter
+
+        rows = [s.port.state for s in self.symbols + self.removed_helpers if s.port is not None]
+        if not rows:
+            return {}
+        c = Counter(rows)
+        return {k: c.get(k, 0) for k in PORT_STATES}
+
     @property
     def changed(self) -> bool:
-        return any(s.changed for s in self.symbols) or bool(self.new_symbols)
+        return any(s.changed for s in self.symbols) or bool(self.new_symbols) or bool(self.closure_removed)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["counts"] = self.counts()
+        d["port_counts"] = self.port_counts()
         for s, sd in zip(self.symbols, d["symbols"]):
             for c, cd in zip(s.signature, sd["signature"]):
                 cd["breaking"] = c.breaking

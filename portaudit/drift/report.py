@@ -10,10 +10,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from portaudit.drift.checklist import SECTIONS, checklist
 from portaudit.drift.engine import DriftRun
 from portaudit.drift.model import (BODY_CHANGED, CITE_CHANGED, CITE_RELOCATED, CITE_UNKNOWN, MOVED,
-                                   NOT_IN_FROM, PARAM_MOVED, REMOVED, RENAMED, UNCHANGED, ManifestDrift,
-                                   SignatureChange, SymbolDrift)
+                                   NOT_IN_FROM, PARAM_MOVED, PORT_ALREADY, PORT_CONFLICT, PORT_LOCAL,
+                                   PORT_MISSING, PORT_STATES, PORT_TODO, REMOVED, RENAMED, UNCHANGED,
+                                   ManifestDrift, SignatureChange, SymbolDrift)
 
 STYLE = {REMOVED: "red", RENAMED: "magenta", MOVED: "yellow", BODY_CHANGED: "cyan", UNCHANGED: "green",
          NOT_IN_FROM: "red"}
@@ -56,7 +58,31 @@ def print_run(run: DriftRun, console: Console, verbose: bool = False) -> None:
     for md in run.manifests:
         _print_manifest(md, run, console, verbose)
     _print_citations(run, console, verbose)
+    _print_checklist(run, console, verbose)
     _print_summary(run, console)
+
+
+PORT_STYLE = {PORT_TODO: "red", PORT_CONFLICT: "magenta", PORT_LOCAL: "yellow", PORT_MISSING: "red",
+              PORT_ALREADY: "green", "add": "cyan", "manifest": "blue"}
+
+
+def _print_checklist(run: DriftRun, console: Console, verbose: bool) -> None:
+    if not run.three_way:
+        return
+    items = [it for it in checklist(run) if verbose or it.section != "already has it"]
+    done = sum(1 for it in checklist(run) if it.section == "already has it")
+    table = Table(title=f"Port checklist (three-way: {run.from_label} -> {run.to_label} against the port), "
+                        "in the order to work through it", title_justify="left", header_style="bold",
+                  pad_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("state", no_wrap=True)
+    table.add_column("symbol", overflow="fold")
+    table.add_column("what to do", overflow="fold")
+    for i, it in enumerate(items, 1):
+        table.add_row(str(i), Text(it.section, style=PORT_STYLE.get(it.section, "")), it.symbol, it.action)
+    if done and not verbose:
+        table.caption = f"{done} upstream change(s) the port already has not shown (-v lists them)"
+    console.print(table)
 
 
 def _print_manifest(md: ManifestDrift, run: DriftRun, console: Console, verbose: bool) -> None:
@@ -134,6 +160,11 @@ def _print_summary(run: DriftRun, console: Console) -> None:
     for k in keys:
         table.add_row(k, *[str(md.counts().get(k, 0)) for md in run.manifests])
     console.print(table)
+    if run.three_way:
+        for md in run.manifests:
+            pc = md.port_counts()
+            console.print(f"port ({md.manifest}): " + ", ".join(f"{pc[k]} {k}" for k in PORT_STATES),
+                          markup=False)
     cc = run.citation_counts()
     console.print(f"citations: {cc[CITE_CHANGED]} cited code changed, {cc[CITE_RELOCATED]} relocated, "
                   f"{cc['unchanged']} unchanged, {cc[CITE_UNKNOWN]} cite a file missing from the from-tree",
@@ -152,8 +183,47 @@ def _md(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
+_SECTION_TITLES = {
+    "to do": "To do: the port still has the old version",
+    "conflict": "Conflicts: the port and upstream both changed it",
+    "missing in port": "Missing in port: the manifest places it where the port defines nothing",
+    "local change": "Local changes: the port differs and upstream did not change",
+    "add": "Add: new in the upstream closure, not in the port",
+    "manifest": "Manifest only: upstream moved or renamed it, the port already matches",
+    "already has it": "Already has it: upstream changes the port made before the release",
+}
+
+
+def _port_checklist_md(run: DriftRun) -> list[str]:
+    items = checklist(run)
+    if not run.three_way:
+        return []
+    out = ["## Port checklist (three-way)", ""]
+    if run.manifests:
+        keys = list(PORT_STATES)
+        out += ["| port state | " + " | ".join(m.manifest for m in run.manifests) + " |",
+                "|---|" + "---:|" * len(run.manifests)]
+        for k in keys:
+            out.append(f"| {k} | " + " | ".join(str(m.port_counts().get(k, 0)) for m in run.manifests) + " |")
+        out.append("")
+    for section in SECTIONS:
+        rows = [it for it in items if it.section == section]
+        if not rows:
+            continue
+        out += [f"### {_SECTION_TITLES[section]} ({len(rows)})", ""]
+        many = len(run.manifests) > 1
+        for it in rows:
+            box = "[x]" if section == "already has it" else "[ ]"
+            out.append(f"- {box} `{it.symbol}`{f' ({it.manifest})' if many else ''}: {_md(it.action)}")
+        out.append("")
+    return out
+
+
 def render_markdown(run: DriftRun) -> str:
     out = [f"# Upgrade checklist: {run.from_label} → {run.to_label}", ""]
+    out += _port_checklist_md(run)
+    if run.three_way:
+        out += ["## Upstream changes", ""]
     if run.manifests:
         out += ["| change kind | " + " | ".join(m.manifest for m in run.manifests) + " |",
                 "|---|" + "---:|" * len(run.manifests)]
@@ -167,7 +237,8 @@ def render_markdown(run: DriftRun) -> str:
         sections = [
             (REMOVED, "Removed upstream: drop from the manifest (keep or delete the port)"),
             (RENAMED, "Renamed (best-effort guesses: confirm each)"),
-            (MOVED, "Moved to another module: re-point the manifest, move the port module"),
+            (MOVED, "Moved to another module: re-point the manifest (`--write-manifest`); the port keeps "
+                    "its own layout"),
             (BODY_CHANGED, "Body changed in place: re-read upstream and update the port"),
         ]
         for status, title in sections:
