@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.abc
+import inspect
 import json
 import os
 import platform
@@ -211,22 +212,33 @@ def bench_decode_model(name, pair, args, threads, linear) -> List[dict]:
             for B in args.decode_batches]
 
 
+def _cache_argument(model) -> str:
+    """transformers 5.24 names the cache `cache`; earlier 5.x and 4.x name it `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 @torch.no_grad()
 def decode(ref, ours, B, args) -> dict:
     from transformers import DynamicCache
     ids = torch.randint(3, VOCAB, (B, args.prompt + args.warmup + args.steps))
     state = {}
     for key, model in (("fallback", ref), ("myfla", ours)):
-        out = model(ids[:, :args.prompt], cache=DynamicCache(config=model.config), use_cache=True)
-        state[key] = [model, out.cache, out.logits[:, -1]]
+        out = model(ids[:, :args.prompt], **{_cache_argument(model): DynamicCache(config=model.config)},
+                    use_cache=True)
+        state[key] = [model, _returned_cache(out), out.logits[:, -1]]
     samples = {"fallback": [], "myfla": []}
     for t in range(args.prompt, args.prompt + args.warmup + args.steps):
         for key in ("fallback", "myfla"):
             model, cache, _ = state[key]
             t0 = time.perf_counter()
-            out = model(ids[:, t:t + 1], cache=cache, use_cache=True)
+            out = model(ids[:, t:t + 1], **{_cache_argument(model): cache}, use_cache=True)
             elapsed = time.perf_counter() - t0
-            state[key][1:] = [out.cache, out.logits[:, -1]]
+            state[key][1:] = [_returned_cache(out), out.logits[:, -1]]
             if t >= args.prompt + args.warmup:
                 samples[key].append(elapsed)
     diff = (state["fallback"][2] - state["myfla"][2]).abs().max().item()

@@ -21,6 +21,7 @@ from myfla.ops.common.chunk_delta_h import (
 from myfla.ops.common.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local, chunk_fwd_o
 from myfla.ops.common.chunk_scaled_dot_kkt import chunk_scaled_dot_kkt_fwd
 from myfla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
+from myfla.ops.utils.threads import chunk_work, small_work_single_threaded
 from myfla.ops.utils import chunk_local_cumsum, solve_tril
 from myfla.ops.utils.gva import gva_groups, repeat_qk_heads, sum_qk_heads
 from myfla.ops.utils.validation import check_op_inputs, warn_if_head_first
@@ -43,7 +44,7 @@ def chunk_gated_delta_rule_fwd(
 
     Source: fla/ops/gated_delta_rule/chunk.py:L18-L69 (fla 0.4.0)
     """
-    with grid_cache():
+    with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
         return _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
 
 
@@ -109,7 +110,7 @@ def chunk_gated_delta_rule_bwd(
 
     Source: fla/ops/gated_delta_rule/chunk.py:L72-L148 (fla 0.4.0)
     """
-    with grid_cache():
+    with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
         return _chunk_gated_delta_rule_bwd(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens)
 
 

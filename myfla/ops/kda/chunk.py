@@ -28,6 +28,7 @@ from myfla.ops.gla.chunk import chunk_gla_bwd_dA, chunk_gla_fwd_o_gk
 from myfla.ops.kda.chunk_inter import chunk_kda_bwd_dqkwg
 from myfla.ops.kda.chunk_intra import chunk_kda_bwd_intra, chunk_kda_fwd_intra
 from myfla.ops.kda.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
+from myfla.ops.utils.threads import chunk_work, small_work_single_threaded
 from myfla.ops.utils.cumsum import chunk_local_cumsum
 from myfla.ops.utils.gva import gva_groups, repeat_qk_heads, sum_qk_heads
 from myfla.ops.utils.validation import check_op_inputs, warn_if_head_first
@@ -65,7 +66,7 @@ def chunk_kda_fwd(
 
     Source: fla/ops/kda/chunk.py:L17-L69 (fla 0.4.0)
     """
-    with grid_cache():
+    with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
         return _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
 
 
@@ -133,7 +134,7 @@ def chunk_kda_bwd(
 
     Source: fla/ops/kda/chunk.py:L72-L176 (fla 0.4.0)
     """
-    with grid_cache():
+    with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
         return _chunk_kda_bwd(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu_seqlens)
 
 

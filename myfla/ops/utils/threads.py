@@ -29,7 +29,8 @@ Caveats:
 - Only CPU tensors are affected; work on other devices runs as it is.
 
 Layers apply the policy to their decoding calls with :func:`single_threaded_when_small`, whose work
-counts the layer's largest parameter (a one-token projection reads all of its weight).
+counts the layer's largest parameter (a one-token projection reads all of its weight). The chunked
+GDN and KDA ops apply it to their forward and backward passes, with :func:`chunk_work`.
 
 ``MYFLA_SMALL_WORK`` (environment, read at import) or :func:`set_small_work` sets the threshold;
 ``0`` turns the policy off.
@@ -86,6 +87,13 @@ class small_work_single_threaded:
             _state.depth -= 1
             if _state.depth == 0 and _state.saved > 1:
                 torch.set_num_threads(_state.saved)
+
+
+def chunk_work(k: torch.Tensor, v: torch.Tensor) -> int:
+    """The work of a chunked op's call: its largest tensor, the keys/values ``[B, T, H, K|V]`` or the
+    per-chunk states ``[B, T/64, H, K, V]`` (so a T=300 call at K=V=64 runs on one thread, and a
+    T=8192 one at K=V=128 keeps the caller's threads)."""
+    return max(k.numel(), v.numel(), k.numel() * v.shape[-1] // 64)
 
 
 # the largest parameter of a module, computed once (parameter shapes do not change after construction)
