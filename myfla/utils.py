@@ -17,7 +17,8 @@ from functools import lru_cache
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
-from packaging import version
+
+from myfla._torch_compat import custom_bwd, custom_fwd, version_at_least
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ contiguous = input_guard
 @lru_cache(maxsize=None)
 def check_pytorch_version(version_s: str = '2.4') -> bool:
     """Source: fla/utils.py:L348-L350 (fla 0.4.0)"""
-    return version.parse(torch.__version__) >= version.parse(version_s)
+    return version_at_least(torch.__version__, version_s)
 
 
 def _cpu_device_warning():
@@ -219,9 +220,9 @@ def check_shared_mem(arch: str = "none", tensor_idx: int = 0) -> bool:
 
 
 # Source: fla/utils.py:L456-L463 (fla 0.4.0)
-autocast_custom_fwd = functools.partial(torch.amp.custom_fwd, device_type=device)
+autocast_custom_fwd = functools.partial(custom_fwd, device_type=device)
 # Source: fla/utils.py:L457-L464 (fla 0.4.0)
-autocast_custom_bwd = functools.partial(torch.amp.custom_bwd, device_type=device)
+autocast_custom_bwd = functools.partial(custom_bwd, device_type=device)
 
 
 def custom_device_ctx(index: int):

@@ -15,10 +15,11 @@ and keeps the same semantics.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
-from packaging import version
+
+from myfla._torch_compat import compiler_disable, version_at_least
 
 try:
     import transformers
@@ -34,7 +35,7 @@ _NEED_NEW = "4.53.3"
 
 # FLACache semantics (fla 0.4.0 with any recent transformers) apply unless an old transformers is
 # installed, in which case fla 0.4.0 falls back to LegacyFLACache.
-_USE_FLA_CACHE = _TF_VERSION is None or version.parse(_TF_VERSION) > version.parse(_NEED_NEW)
+_USE_FLA_CACHE = _TF_VERSION is None or not version_at_least(_NEED_NEW, _TF_VERSION)
 
 
 class _LayerListCache:
@@ -80,8 +81,8 @@ class FLALayer(CacheLayerMixin):
     def update(
         self,
         *,
-        recurrent_state: Optional[Union[torch.Tensor, tuple[torch.Tensor, ...]]] = None,
-        attn_state: Optional[tuple[torch.Tensor, ...]] = None,
+        recurrent_state: Optional[Union[torch.Tensor, Tuple[torch.Tensor, ...]]] = None,
+        attn_state: Optional[Tuple[torch.Tensor, ...]] = None,
         conv_state: Optional[Any] = None,
         ffn_state: Optional[Any] = None,
         cache_kwargs: Optional[Dict[str, Any]] = None,
@@ -158,7 +159,7 @@ class FLALayer(CacheLayerMixin):
         """
         return -1
 
-    def get_mask_sizes(self, cache_position: torch.Tensor) -> tuple[int, int]:
+    def get_mask_sizes(self, cache_position: torch.Tensor) -> Tuple[int, int]:
         return 0, 0
 
     def _map_state(self, fn) -> None:
@@ -217,10 +218,10 @@ class LegacyFLACache(HFCacheBase):
 
     def update(
         self,
-        recurrent_state: Optional[tuple[torch.Tensor]] = None,
-        attn_state: Optional[tuple[torch.Tensor]] = None,
-        conv_state: Optional[tuple[torch.Tensor]] = None,
-        ffn_state: Optional[tuple[torch.Tensor]] = None,
+        recurrent_state: Optional[Tuple[torch.Tensor]] = None,
+        attn_state: Optional[Tuple[torch.Tensor]] = None,
+        conv_state: Optional[Tuple[torch.Tensor]] = None,
+        ffn_state: Optional[Tuple[torch.Tensor]] = None,
         layer_idx: int = 0,
         offset: Optional[int] = 1,
         cache_kwargs: Optional[Dict[str, Any]] = None,
@@ -289,7 +290,7 @@ class LegacyFLACache(HFCacheBase):
         return tuple(self.states)
 
     @classmethod
-    @torch.compiler.disable
+    @compiler_disable
     def from_legacy_cache(
         cls,
         past_key_values: Optional[tuple] = None,
@@ -330,10 +331,10 @@ class FLACache(HFCacheBase):
 
     def update(
         self,
-        recurrent_state: Optional[tuple[torch.Tensor]] = None,
-        attn_state: Optional[tuple[torch.Tensor]] = None,
-        conv_state: Optional[tuple[torch.Tensor]] = None,
-        ffn_state: Optional[tuple[torch.Tensor]] = None,
+        recurrent_state: Optional[Tuple[torch.Tensor]] = None,
+        attn_state: Optional[Tuple[torch.Tensor]] = None,
+        conv_state: Optional[Tuple[torch.Tensor]] = None,
+        ffn_state: Optional[Tuple[torch.Tensor]] = None,
         layer_idx: int = 0,
         offset: Optional[int] = 1,
         cache_kwargs: Optional[Dict[str, Any]] = None,
@@ -376,19 +377,19 @@ class FLACache(HFCacheBase):
     def get_max_cache_shape(self, layer_idx: int = 0) -> int:
         return -1
 
-    def get_mask_sizes(self, cache_position: torch.Tensor, layer_idx: int) -> tuple[int, int]:
+    def get_mask_sizes(self, cache_position: torch.Tensor, layer_idx: int) -> Tuple[int, int]:
         """``(kv_length, kv_offset)`` = ``(seen tokens + query length, 0)``."""
         query_len = int(cache_position.shape[0]) if cache_position is not None else 0
         return int(self._seen_tokens) + query_len, 0
 
-    def to_legacy_cache(self) -> tuple[Dict[str, Any], ...]:
+    def to_legacy_cache(self) -> Tuple[Dict[str, Any], ...]:
         return tuple(self[i] for i in range(len(self.layers)))
 
     @classmethod
-    @torch.compiler.disable
+    @compiler_disable
     def from_legacy_cache(
         cls,
-        past_key_values: Optional[tuple[Dict[str, Any], ...]] = None,
+        past_key_values: Optional[Tuple[Dict[str, Any], ...]] = None,
         seen_tokens: int = 0,
         **kwargs,
     ) -> FLACache:

@@ -16,7 +16,7 @@ at once on the padded chunk grid ``[N, H, NC, BT, ...]``.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -121,7 +121,7 @@ class GatedTril:
         Av = A.view(*A.shape[:-2], M, 2, s, M, 2, s)
         return Av.diagonal(0, -6, -3)[..., 1, :, 0, :, :]
 
-    def scores(self, Xs: list[torch.Tensor], Y: torch.Tensor, diagonals=None) -> list[torch.Tensor]:
+    def scores(self, Xs: List[torch.Tensor], Y: torch.Tensor, diagonals=None) -> List[torch.Tensor]:
         """For each ``X`` in ``Xs``: ``A[i, j] = sum_d X[i,d] Y[j,d] exp(G[i,d] - G[j,d])`` for
         ``j <= i``, ``[..., BT, BT]`` (the gated ``Y`` columns are shared by all ``Xs``); where
         ``diagonals`` says False for an ``X``, its diagonal is left 0 (strictly lower result)."""
@@ -139,7 +139,7 @@ class GatedTril:
                 self._blocks(A, s).copy_((Xr @ Yc.transpose(-1, -2)).movedim(-3, -1))
         return As
 
-    def grad_rows(self, dAs: list[torch.Tensor], Y: torch.Tensor) -> list[torch.Tensor]:
+    def grad_rows(self, dAs: List[torch.Tensor], Y: torch.Tensor) -> List[torch.Tensor]:
         """For each ``dA``: ``dX[i] = sum_{j<=i} dA[i,j] Y[j] exp(G_i - G_j)`` (``dA`` masked to its
         triangle)."""
         dXs = [dA.diagonal(0, -2, -1).unsqueeze(-1) * Y for dA in dAs]
@@ -153,7 +153,7 @@ class GatedTril:
                     self._pairs(dX, s)[..., 1, :, :].addcmul_(dAb @ Yc, row)
         return dXs
 
-    def grad_cols(self, dAs: list[torch.Tensor], Xs: list[torch.Tensor]) -> torch.Tensor:
+    def grad_cols(self, dAs: List[torch.Tensor], Xs: List[torch.Tensor]) -> torch.Tensor:
         """``dY[j] = sum over pairs (dA, X) of sum_{i>=j} dA[i,j] X[i] exp(G_i - G_j)``."""
         dY = sum(dA.diagonal(0, -2, -1).unsqueeze(-1) * X for dA, X in zip(dAs, Xs))
         for s, row, col in self.levels:
@@ -200,7 +200,7 @@ def chunk_kda_fwd_intra(
     cu_seqlens: Optional[torch.LongTensor] = None,
     chunk_size: int = 64,
     output_dtype: torch.dtype = torch.float32
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Intra-chunk ``Aqk`` (``output_dtype``) and ``Akk`` (``(I + Akk)^-1`` in ``k.dtype``), both
     ``[B, T, H, BT]``; ``gk`` is the chunk-local cumulative gate.
 

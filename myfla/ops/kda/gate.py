@@ -9,6 +9,8 @@ may be ``[H]`` or ``[1, 1, H, 1]``.
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -89,7 +91,7 @@ def kda_gate_bwd(
     g_bias: torch.Tensor | None = None,
     beta: float = 1.0,
     threshold: float = 20.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Backward of the KDA gate; returns ``(dg, dA, dg_bias)``.
 
     As fla's kernel, ``dg = dy * (-exp(A)) * sigmoid(beta * (g + g_bias))`` (the sigmoid is used on
@@ -145,7 +147,7 @@ class KDAGateFunction(torch.autograd.Function):
 
     @input_guard
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None, None]:
+    def backward(ctx, grad_output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, None, None, None]:
         g, A = ctx.saved_tensors
         grad_g, grad_A, grad_gbias = kda_gate_bwd(
             grad_output, g, A, ctx.head_k_dim, ctx.g_bias, ctx.beta, ctx.threshold)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from portaudit.static.checks.annotation import same_annotation
 from portaudit.static.checks.site import Site
 from portaudit.static.findings import Finding
 from portaudit.static.index.model import VAR_KEYWORD, VAR_POSITIONAL, Definition, Param
@@ -16,7 +17,8 @@ def _fmt(p: Param) -> str:
 
 def check_signature(site: Site, up: Definition, port: Definition, upstream_ref: str,
                     annotations: bool = True) -> list[Finding]:
-    """Compare two signatures the way mypy's stubtest does: names, order, kinds, defaults."""
+    """Compare two signatures the way mypy's stubtest does: names, order, kinds, defaults; annotations
+    that differ only in spelling (``tuple[int]`` / ``Tuple[int]``, ``X | None`` / ``Optional[X]``) agree."""
     if up.params is None or port.params is None:
         return []
     out: list[Finding] = []
@@ -70,10 +72,10 @@ def check_signature(site: Site, up: Definition, port: Definition, upstream_ref: 
     if annotations:
         for name in shared_up:
             u, q = up_by_name[name], port_by_name[name]
-            if u.annotation != q.annotation:
+            if not same_annotation(u.annotation, q.annotation):
                 out.append(site.finding("PA207", f"annotation of '{name}' differs: upstream "
                                                  f"{u.annotation or '(none)'}, port {q.annotation or '(none)'}", param=name, **ref))
-        if up.returns != port.returns:
+        if not same_annotation(up.returns, port.returns):
             out.append(site.finding("PA207", f"return annotation differs: upstream {up.returns or '(none)'}, "
                                              f"port {port.returns or '(none)'}", param="return", **ref))
     return out
