@@ -1,5 +1,9 @@
 """myfla: a pure-PyTorch port of flash-linear-attention (fla) 0.4.0's KimiDeltaAttention and
 GatedDeltaNet layers and everything they use. ``myfla.X.Y`` mirrors ``fla.X.Y``."""
 
-__version__ = "0.4.0"
+# Version scheme: X.Y.Z is the fla release whose API and numerics this port reproduces, .postN the
+# N-th release of the port of that fla release. The ``myfla`` distribution's version is read from
+# here (distributions/myfla/pyproject.toml), so the two never disagree.
+__version__ = "0.4.0.post1"
+# The fla release ported (the one every ``Source:`` citation names).
 UPSTREAM_VERSION = "0.4.0"

@@ -13,6 +13,8 @@ consoles and error handling are in :mod:`portaudit.cli.common`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from portaudit import __version__
@@ -29,9 +31,25 @@ app = typer.Typer(name="portaudit", add_completion=False, no_args_is_help=True,
                        "YAML manifest, numeric invariants, golden fixtures and upstream drift.")
 
 
+def version_text() -> str:
+    """``portaudit --version``. The distribution's version is read from ``portaudit.__version__`` when
+    it is built, so the two agree; an installed distribution of another version (shadowed by the
+    ``portaudit`` package actually imported, e.g. a source checkout) is named."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    text = f"portaudit {__version__}"
+    try:
+        installed = version("portaudit")
+    except PackageNotFoundError:
+        return text
+    if installed != __version__:
+        text += f" (imported from {Path(__file__).parents[1]}; the installed distribution 'portaudit' is {installed})"
+    return text
+
+
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"portaudit {__version__}")
+        typer.echo(version_text())
         raise typer.Exit()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from pathlib import Path
 from typing import List, Optional
@@ -9,7 +10,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from portaudit.cli.common import cli_errors, console, err_console, write_output
+from portaudit.cli.common import cli_errors, console, default_manifests, err_console, write_output
 from portaudit.errors import UsageError
 
 FORMATS = ("table", "json", "markdown", "junit")
@@ -23,6 +24,31 @@ OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write
 UpstreamOpt = Annotated[str, typer.Option("--upstream", help="Pinned upstream distributions (the oracles' source).")]
 UpstreamPathOpt = Annotated[Optional[Path], typer.Option("--upstream-path",
                                                          help="A local upstream tree instead of --upstream.")]
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _require_torch(command: str) -> None:
+    """The numeric commands compute with tensors; without torch say what to install (exit 2)."""
+    if not _installed("torch"):
+        raise UsageError(f"portaudit {command} computes with tensors and needs torch, which is not installed "
+                         "here: pip install 'portaudit[numerics]' (plus myfla for --impl myfla). The static "
+                         "commands (check, gate, fix-citations, scaffold, drift, codes) need no torch.")
+
+
+def _fixtures_dir(fixtures: Optional[Path]) -> Path:
+    """--fixtures: a folder or PACKAGE:golden; by default ./tests/fixtures/golden (a checkout) or the
+    fixtures the installed myfla ships."""
+    from portaudit.static.bundled import is_reference, resolve_fixtures_reference
+    if fixtures is None:
+        local = Path("tests/fixtures/golden")
+        return local if local.is_dir() else resolve_fixtures_reference("myfla:golden")
+    return resolve_fixtures_reference(str(fixtures)) if is_reference(str(fixtures)) else fixtures
 
 
 def _device(name: str):
@@ -41,6 +67,9 @@ def _check_format(fmt: str) -> None:
 
 def _impl(name: str, device, upstream_root):
     from portaudit.numerics.registry import get_implementation
+    if name in ("myfla", "fla") and not _installed(name):
+        what = "pip install myfla" if name == "myfla" else "fla-core and flash-linear-attention with CUDA and Triton"
+        raise UsageError(f"--impl {name}: the package '{name}' is not installed here ({what})")
     if name == "fla":
         if device.type != "cuda":
             raise UsageError("--impl fla runs fla's Triton kernels: pass --device cuda on a GPU machine")
@@ -60,15 +89,10 @@ def _manifest_numerics(paths: Optional[List[Path]]):
     import yaml
     from portaudit.numerics.tolerances import overrides_from_manifest
     symbols, overrides = set(), []
-    files: List[Path] = []
-    for p in paths or []:
-        if p.is_dir():
-            files += sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml"))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise UsageError(f"manifest {p} does not exist")
+    files = default_manifests(paths)
     for f in files:
+        if not f.is_file():
+            raise UsageError(f"manifest {f} does not exist")
         try:
             data = yaml.safe_load(f.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -139,6 +163,7 @@ def invariants(
 ) -> None:
     """Run named numeric invariants of fla's API against an implementation."""
     with cli_errors():
+        _require_torch("invariants")
         from portaudit.numerics import invariants as engine
         from portaudit.numerics.registry import get_implementation  # noqa: F401  (import errors surface here)
         from portaudit.numerics.results import summary
@@ -207,6 +232,7 @@ def golden_record(
 ) -> None:
     """Run the upstream (real fla: CUDA + Triton) on the declared cases and write fixtures."""
     with cli_errors():
+        _require_torch("golden record")
         from portaudit.numerics.golden_cases import find_cases
         from portaudit.numerics.record import record
 
@@ -227,7 +253,9 @@ def golden_record(
 
 @golden_app.command("check")
 def golden_check(
-    fixtures: Annotated[Path, typer.Option("--fixtures", help="Fixture directory.")] = Path("tests/fixtures/golden"),
+    fixtures: Annotated[Optional[Path], typer.Option("--fixtures", help="Fixture directory, or PACKAGE:golden "
+                        "for the fixtures an installed port ships. Default: ./tests/fixtures/golden, else "
+                        "myfla:golden.")] = None,
     impl: ImplOpt = "myfla",
     device: DeviceOpt = "cpu",
     cases: Annotated[Optional[str], typer.Option("--cases", help="Comma-separated substrings of case names.")] = None,
@@ -238,6 +266,8 @@ def golden_check(
 ) -> None:
     """Run an implementation on recorded inputs and compare with the recorded upstream outputs."""
     with cli_errors():
+        _require_torch("golden check")
+        fixtures = _fixtures_dir(fixtures)
         from portaudit.numerics.fixtures import read_fixtures
         from portaudit.numerics.golden import check_golden
         from portaudit.numerics.results import summary

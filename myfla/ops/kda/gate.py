@@ -131,8 +131,9 @@ class KDAGateFunction(torch.autograd.Function):
     Source: fla/ops/kda/gate.py:L293-L326 (fla 0.4.0)
     """
 
-    @input_guard
+    # fla stacks these the other way round; a staticmethod object is callable only from Python 3.10 on
     @staticmethod
+    @input_guard
     def forward(ctx, g: torch.Tensor, A: torch.Tensor, head_k_dim: int,
                 g_bias: torch.Tensor | None = None,
                 beta: float = 1.0,
@@ -145,8 +146,8 @@ class KDAGateFunction(torch.autograd.Function):
 
         return kda_gate_fwd(g, A, head_k_dim, g_bias, beta, threshold)
 
-    @input_guard
     @staticmethod
+    @input_guard
     def backward(ctx, grad_output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, None, None, None]:
         g, A = ctx.saved_tensors
         grad_g, grad_A, grad_gbias = kda_gate_bwd(
