@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The two distributions, built and used the way a user gets them (issue 13):
+#
+#   1. build both wheels from this checkout (pip wheel --no-deps distributions/myfla distributions/portaudit);
+#   2. a fresh virtual environment without torch: the portaudit wheel with its dependencies and the
+#      myfla wheel without its own (it only provides the files to audit and the audit data), then
+#      from another directory: `portaudit --version` matches the wheel, `codes`, `check` and `gate`
+#      on the manifests myfla ships (myfla:), and `invariants` exits 2 naming the extra to install;
+#   3. the myfla wheel's content under the torch-1.13 floor environment (tools/check_runtime_floor.sh):
+#      unpacked and put first on PYTHONPATH, `python -m myfla.selftest` passes.
+#
+# Usage: tools/check_distributions.sh      (DEV_PYTHON: a Python with pip; default .venv/bin/python)
+# Needs the package registry (build requirements, portaudit's dependencies, fla 0.4.0 unless cached).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+DEV_PYTHON=${DEV_PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+
+say() { echo "dists: $*"; }
+fail() { echo "dists: FAIL: $*" >&2; exit 1; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/myfla-dists.XXXXXX")
+trap 'rm -rf "$WORK"; rm -rf "$REPO"/distributions/*/build' EXIT
+
+start=$SECONDS
+say "building the wheels into $WORK/wheelhouse"
+"$DEV_PYTHON" -m pip wheel -q --no-deps distributions/myfla distributions/portaudit -w "$WORK/wheelhouse"
+MYFLA_WHEEL=$(ls "$WORK"/wheelhouse/myfla-*.whl)
+PORTAUDIT_WHEEL=$(ls "$WORK"/wheelhouse/portaudit-*.whl)
+MYFLA_VERSION=$("$DEV_PYTHON" -c "import myfla; print(myfla.__version__)")
+PORTAUDIT_VERSION=$("$DEV_PYTHON" -c "import portaudit; print(portaudit.__version__)")
+[ "$(basename "$MYFLA_WHEEL")" = "myfla-$MYFLA_VERSION-py3-none-any.whl" ] \
+    || fail "$(basename "$MYFLA_WHEEL") does not carry myfla.__version__ $MYFLA_VERSION"
+[ "$(basename "$PORTAUDIT_WHEEL")" = "portaudit-$PORTAUDIT_VERSION-py3-none-any.whl" ] \
+    || fail "$(basename "$PORTAUDIT_WHEEL") does not carry portaudit.__version__ $PORTAUDIT_VERSION"
+say "built $(basename "$MYFLA_WHEEL") ($(du -h "$MYFLA_WHEEL" | cut -f1)) and $(basename "$PORTAUDIT_WHEEL") ($(du -h "$PORTAUDIT_WHEEL" | cut -f1)) in $((SECONDS - start)) s"
+
+start=$SECONDS
+"$DEV_PYTHON" -m venv "$WORK/audit-venv"
+"$WORK/audit-venv/bin/python" -m pip install -q "$PORTAUDIT_WHEEL"
+"$WORK/audit-venv/bin/python" -m pip install -q --no-deps "$MYFLA_WHEEL"
+say "torch-less environment (portaudit + myfla --no-deps) installed in $((SECONDS - start)) s, $(du -sh "$WORK/audit-venv" | cut -f1)"
+
+cd "$WORK"    # away from the checkout: only the installed wheels can be found
+PA="$WORK/audit-venv/bin/portaudit"
+if "$WORK/audit-venv/bin/python" -c "import torch" 2>/dev/null; then fail "torch is installed in the audit environment"; fi
+[ "$("$PA" --version)" = "portaudit $PORTAUDIT_VERSION" ] || fail "portaudit --version says '$("$PA" --version)'"
+"$PA" codes > /dev/null
+say "portaudit check --manifest myfla: (the manifests the myfla wheel ships)"
+"$PA" check --manifest myfla: --no-progress | tail -n 1
+say "portaudit gate --manifest myfla: (against the baselines shipped beside them)"
+"$PA" gate --manifest myfla: --no-progress | tail -n 1
+set +e
+msg=$("$PA" invariants --op chunk_kda --quick 2>&1)
+rc=$?
+set -e
+[ "$rc" -eq 2 ] && grep -q "pip install 'portaudit\[numerics\]'" <<<"$msg" \
+    || fail "portaudit invariants without torch: exit $rc, '$msg'"
+say "without torch, portaudit invariants exits 2: $msg"
+
+FLOOR_VENV=$("$REPO/tools/check_runtime_floor.sh" --print-venv)
+if [ -x "$FLOOR_VENV/bin/python" ]; then
+    mkdir "$WORK/unpacked"
+    "$DEV_PYTHON" -m zipfile -e "$MYFLA_WHEEL" "$WORK/unpacked"
+    where=$(PYTHONPATH="$WORK/unpacked" "$FLOOR_VENV/bin/python" -W ignore -c "import myfla; print(myfla.__file__)")
+    [ "$where" = "$WORK/unpacked/myfla/__init__.py" ] || fail "imported myfla from $where"
+    say "the myfla wheel's content under $("$FLOOR_VENV/bin/python" --version) and torch 1.13.1: python -m myfla.selftest"
+    PYTHONPATH="$WORK/unpacked" "$FLOOR_VENV/bin/python" -W ignore::UserWarning -m myfla.selftest --quiet
+else
+    say "no floor environment at $FLOOR_VENV (tools/check_runtime_floor.sh builds it): the wheel's selftest under torch 1.13 was not run"
+fi
+say "OK"
