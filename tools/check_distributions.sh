@@ -22,7 +22,8 @@ say() { echo "dists: $*"; }
 fail() { echo "dists: FAIL: $*" >&2; exit 1; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/myfla-dists.XXXXXX")
-trap 'rm -rf "$WORK"; rm -rf "$REPO"/distributions/*/build' EXIT
+# the in-tree builds leave build/ folders and egg-info beside the sources
+trap 'rm -rf "$WORK" "$REPO"/distributions/*/build "$REPO"/myfla.egg-info "$REPO"/portaudit.egg-info' EXIT
 
 start=$SECONDS
 say "building the wheels into $WORK/wheelhouse"

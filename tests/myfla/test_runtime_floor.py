@@ -27,8 +27,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "myfla"
 
 REQUIRED = {"torch", "einops", "myfla"}
-OPTIONAL = {"transformers", "packaging"}          # only under `except ImportError`
+OPTIONAL = {"transformers", "packaging"}          # only conditionally
 FORBIDDEN = {"portaudit", "typer", "rich", "libcst", "yaml"}
+
+
+def needs_transformers(module: str) -> bool:
+    """fla's HF model classes (fla.models.kda, fla.models.gated_deltanet, ...) import transformers, and
+    so may myfla's mirrors of them, in the subpackages of myfla.models; myfla.models itself and
+    myfla.models.utils (the Cache the layers use) must import without it, like everything else."""
+    parts = module.split(".")
+    return len(parts) >= 3 and parts[:2] == ["myfla", "models"] and parts[2] != "utils"
 STDLIB: Set[str] = set(getattr(sys, "stdlib_module_names", ()))   # Python >= 3.10
 
 
@@ -82,7 +90,10 @@ def test_myfla_imports_only_torch_einops_and_the_standard_library():
     bad = []
     for path in _sources():
         rel = path.relative_to(ROOT)
+        module = ".".join(rel.with_suffix("").parts[:-1] if rel.name == "__init__.py" else rel.with_suffix("").parts)
         for top, line, guarded in _imports(ast.parse(path.read_text(), filename=str(path))):
+            if top == "transformers" and needs_transformers(module):
+                continue
             if top in FORBIDDEN:
                 bad.append(f"{rel}:{line}: imports {top} (the auditing tool's side; myfla must not need it)")
             elif top in OPTIONAL and not guarded:
@@ -105,15 +116,15 @@ class Block(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Block())
 import myfla
-failed = []
-for info in pkgutil.walk_packages(myfla.__path__, "myfla."):
+for info in pkgutil.walk_packages(myfla.__path__, "myfla.", onerror=lambda name: None):
     try:
         importlib.import_module(info.name)
+    except ModuleNotFoundError as exc:
+        print(f"{info.name}\\t{(exc.name or '').split('.')[0]}\\t{exc}")
     except Exception as exc:
-        failed.append(f"{info.name}: {type(exc).__name__}: {exc}")
-leaked = sorted({m.split(".")[0] for m in sys.modules} & BLOCKED)
-print("\\n".join(failed + [f"imported anyway: {m}" for m in leaked]))
-sys.exit(1 if failed or leaked else 0)
+        print(f"{info.name}\\t\\t{type(exc).__name__}: {exc}")
+for m in sorted({m.split(".")[0] for m in sys.modules} & BLOCKED):
+    print(f"(imported anyway)\\t\\t{m}")
 """
 
 
@@ -121,7 +132,11 @@ def test_every_module_imports_without_optional_packages():
     blocked = ",".join(sorted(FORBIDDEN | OPTIONAL))
     proc = subprocess.run([sys.executable, "-c", BLOCKER, blocked], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    failures = [line.split("\t", 2) for line in proc.stdout.splitlines() if line.strip()]
+    bad = [f"{module}: {message}" for module, missing, message in failures
+           if not (missing == "transformers" and needs_transformers(module))]
+    assert not bad, "\n".join(bad)
 
 
 def test_python38_syntax_and_standard_library():
