@@ -17,6 +17,7 @@ REPO=$(pwd)
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 DEV_PYTHON=${DEV_PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+case "$DEV_PYTHON" in /*) ;; */*) DEV_PYTHON="$REPO/$DEV_PYTHON" ;; esac   # the script changes directory
 
 say() { echo "dists: $*"; }
 fail() { echo "dists: FAIL: $*" >&2; exit 1; }

@@ -81,6 +81,7 @@ if [ "$mode" = --prepare-only ]; then exit 0; fi
 
 # 1. Python 3.8 syntax and standard library
 DEV_PYTHON=${DEV_PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+case "$DEV_PYTHON" in /*) ;; */*) DEV_PYTHON="$REPO/$DEV_PYTHON" ;; esac   # the script changes directory
 if ! "$DEV_PYTHON" -c "import vermin" 2>/dev/null; then
     echo "floor: $DEV_PYTHON has no vermin; install the test extra (pip install -e '.[test]') or set DEV_PYTHON" >&2
     exit 2
