@@ -1,5 +1,8 @@
 """myfla: a pure-PyTorch port of flash-linear-attention (fla) 0.4.0's KimiDeltaAttention and
-GatedDeltaNet layers and everything they use. ``myfla.X.Y`` mirrors ``fla.X.Y``."""
+GatedDeltaNet layers and everything they use. ``myfla.X.Y`` mirrors ``fla.X.Y``.
+
+``myfla.install_as_fla()`` makes ``import fla`` give myfla in this process (see ``myfla.alias``).
+"""
 
 # Version scheme: X.Y.Z is the fla release whose API and numerics this port reproduces, .postN the
 # N-th release of the port of that fla release. The ``myfla`` distribution's version is read from
@@ -7,3 +10,14 @@ GatedDeltaNet layers and everything they use. ``myfla.X.Y`` mirrors ``fla.X.Y``.
 __version__ = "0.4.0.post1"
 # The fla release ported (the one every ``Source:`` citation names).
 UPSTREAM_VERSION = "0.4.0"
+
+_ALIAS_API = ("active_fla", "install_as_fla", "uninstall_as_fla")
+__all__ = list(_ALIAS_API)
+
+
+def __getattr__(name):
+    # imported on first use, so that `python -m myfla.alias` runs the module once
+    if name in _ALIAS_API:
+        from myfla import alias
+        return getattr(alias, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import inspect
 import os
+import sys
 import warnings
 from enum import Enum
 from functools import lru_cache
@@ -20,8 +22,10 @@ import torch
 
 from myfla._torch_compat import custom_bwd, custom_fwd, version_at_least
 
+# Source: fla/utils.py:L18-L18 (fla 0.4.0)
 logger = logging.getLogger(__name__)
 
+# Source: fla/utils.py:L23-L23 (fla 0.4.0)
 FLA_CI_ENV = os.getenv("FLA_CI_ENV") == "1"
 # Source: fla/utils.py:L24-L24 (fla 0.4.0)
 FLA_CACHE_RESULTS = os.getenv('FLA_CACHE_RESULTS', '1') == '1'
@@ -31,6 +35,29 @@ FLA_CACHE_RESULTS = os.getenv('FLA_CACHE_RESULTS', '1') == '1'
 supports_autotune_cache = False
 # Source: fla/utils.py:L28-L28 (fla 0.4.0)
 autotune_cache_kwargs: Dict[str, Any] = {}
+
+
+@lru_cache(maxsize=1)
+def check_environments():
+    """Warn once when the interpreter is older than fla's recommended Python 3.11.
+
+    fla also warns on Windows and on Triton older than 3.2.0; both checks concern Triton, which a
+    pure-PyTorch port does not use, so only the Python check applies here.
+
+    Source: fla/utils.py:L31-L66 (fla 0.4.0)
+    """
+    py_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+    if not version_at_least(py_version, "3.11"):
+        logger.warning(
+            f"Current Python version {py_version} is below the recommended 3.11 version. "
+            "It is recommended to upgrade to Python 3.11 or higher for the best experience."
+        )
+
+    return None
+
+
+check_environments()
 
 
 def accumulation_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
@@ -54,6 +81,26 @@ def get_err_ratio(x, y):
     err = (x.detach()-y.detach()).flatten().square().mean().sqrt().item()
     base = (x.detach()).flatten().square().mean().sqrt().item()
     return err / (base + 1e-8)
+
+
+def assert_close(prefix, ref, tri, ratio, warning=False, err_atol=1e-6):
+    """fla's test assertion: pass when ``max|ref - tri| <= err_atol``, else require the RMS error
+    ratio below ``ratio`` (only warn with ``warning``, or under ``FLA_CI_ENV`` when the error is
+    small in absolute or relative terms).
+
+    Source: fla/utils.py:L82-L93 (fla 0.4.0)
+    """
+    abs_atol = get_abs_err(ref, tri)
+    msg = f"{prefix:>16} diff: {abs_atol:.6f} ratio: {get_err_ratio(ref, tri):.6f}"
+    logger.info(msg)
+    error_rate = get_err_ratio(ref, tri)
+    if abs_atol <= err_atol:
+        return
+    if warning or (FLA_CI_ENV and (error_rate < 0.01 or abs_atol <= 0.3)):
+        if error_rate > ratio:
+            warnings.warn(msg)
+    else:
+        assert error_rate < ratio, msg
 
 
 def tensor_cache(
@@ -119,7 +166,142 @@ def input_guard(
     return wrapper
 
 
+# Source: fla/utils.py:L169-L169 (fla 0.4.0)
 contiguous = input_guard
+
+
+def require_version(version, hint):
+    """Decorator for autograd ``forward``/``backward`` methods: check a dependency version with pip's
+    syntax (transformers' ``require_version``) at call time, and make tensor arguments contiguous.
+
+    Source: fla/utils.py:L172-L185 (fla 0.4.0)
+    """
+    def decorator(fn):
+        @functools.wraps(fn)
+        def wrapper(ctx, *args, **kwargs):
+            from transformers.utils.versions import require_version
+            require_version(version, hint)
+            return fn(ctx,
+                      *(i if not isinstance(i, torch.Tensor) else i.contiguous() for i in args),
+                      **{k: (v if not isinstance(v, torch.Tensor) else v.contiguous()) for k, v in kwargs.items()})
+        return wrapper
+    return decorator
+
+
+class Action(Enum):
+    """What :func:`deprecate_kwarg` does about a deprecated keyword.
+
+    Source: fla/utils.py:L188-L192 (fla 0.4.0)
+    """
+    NONE = "none"
+    NOTIFY = "notify"
+    NOTIFY_ALWAYS = "notify_always"
+    RAISE = "raise"
+
+
+def deprecate_kwarg(
+    old_name: str,
+    version: str,
+    new_name: Optional[str] = None,
+    warn_if_greater_or_equal_version: bool = False,
+    raise_if_greater_or_equal_version: bool = False,
+    raise_if_both_names: bool = False,
+    additional_message: Optional[str] = None,
+):
+    """Decorator that renames (``new_name``) or flags a deprecated keyword argument, with a
+    ``FutureWarning`` or a ``ValueError`` depending on the flags and on whether the library version
+    (fla's, ``myfla.UPSTREAM_VERSION``) has reached ``version``.
+
+    fla 0.4.0 cannot run this decorator: ``__version__`` is imported only under ``TYPE_CHECKING`` and
+    the ``version`` parameter shadows ``packaging.version``. The port reads the package version at
+    decoration time, as fla 0.6.0 does; the version it compares is fla's (``myfla.UPSTREAM_VERSION``,
+    the release ported), with ``packaging``'s order (without ``packaging`` installed, the same order
+    for final releases: ``myfla._torch_compat.version_at_least``).
+
+    Source: fla/utils.py:L195-L339 (fla 0.4.0)
+    """
+    from myfla import UPSTREAM_VERSION
+
+    is_greater_or_equal_version = version_at_least(UPSTREAM_VERSION, version)
+
+    if is_greater_or_equal_version:
+        version_message = f"and removed starting from version {version}"
+    else:
+        version_message = f"and will be removed in version {version}"
+
+    def wrapper(func):
+        # the signature tells a method (self/cls) apart, for the warning text
+        sig = inspect.signature(func)
+        function_named_args = set(sig.parameters.keys())
+        is_instance_method = "self" in function_named_args
+        is_class_method = "cls" in function_named_args
+
+        @functools.wraps(func)
+        def wrapped_func(*args, **kwargs):
+            func_name = func.__name__
+            if is_instance_method:
+                func_name = f"{args[0].__class__.__name__}.{func_name}"
+            elif is_class_method:
+                func_name = f"{args[0].__name__}.{func_name}"
+
+            minimum_action = Action.NONE
+            message = None
+
+            # both names given: keep the new one
+            if old_name in kwargs and new_name in kwargs:
+                minimum_action = Action.RAISE if raise_if_both_names else Action.NOTIFY_ALWAYS
+                message = (
+                    f"Both `{old_name}` and `{new_name}` are set for `{func_name}`. "
+                    f"Using `{new_name}={kwargs[new_name]}` and ignoring deprecated `{old_name}={kwargs[old_name]}`."
+                )
+                kwargs.pop(old_name)
+
+            # only the old name given: rename it
+            elif old_name in kwargs and new_name is not None and new_name not in kwargs:
+                minimum_action = Action.NOTIFY
+                message = (
+                    f"`{old_name}` is deprecated {version_message} for `{func_name}`. "
+                    f"Use `{new_name}` instead."
+                )
+                kwargs[new_name] = kwargs.pop(old_name)
+
+            # the old name with no replacement: notify only
+            elif old_name in kwargs:
+                minimum_action = Action.NOTIFY
+                message = f"`{old_name}` is deprecated {version_message} for `{func_name}`."
+
+            if message is not None and additional_message is not None:
+                message = f"{message} {additional_message}"
+
+            # once the deprecation version is reached: raise if asked, or drop plain notifications
+            if is_greater_or_equal_version:
+                if raise_if_greater_or_equal_version and minimum_action != Action.NONE:
+                    minimum_action = Action.RAISE
+                elif not warn_if_greater_or_equal_version and minimum_action == Action.NOTIFY:
+                    minimum_action = Action.NONE
+
+            if minimum_action == Action.RAISE:
+                raise ValueError(message)
+            elif minimum_action in (Action.NOTIFY, Action.NOTIFY_ALWAYS):
+                # DeprecationWarning is hidden by default, FutureWarning is not
+                warnings.warn(message, FutureWarning, stacklevel=2)
+
+            return func(*args, **kwargs)
+
+        return wrapped_func
+
+    return wrapper
+
+
+def checkpoint(fn):
+    """Decorator running ``fn`` under ``torch.utils.checkpoint.checkpoint`` (activations recomputed
+    in the backward pass).
+
+    Source: fla/utils.py:L342-L345 (fla 0.4.0)
+    """
+    def wrapper(*args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(fn, *args, **kwargs)
+    return wrapper
 
 
 @lru_cache(maxsize=None)
@@ -156,17 +338,32 @@ def get_available_device() -> str:
     return 'cpu'
 
 
+def map_triton_backend_to_torch_device() -> str:
+    """The torch device type of the backend (fla maps Triton's 'hip' to 'cuda').
+
+    Source: fla/utils.py:L378-L380 (fla 0.4.0)
+    """
+    backend = get_available_device()
+    return {'cuda': 'cuda', 'hip': 'cuda', 'xpu': 'xpu'}.get(backend, backend)
+
+
 # Source: fla/utils.py:L386-L455 (fla 0.4.0)
 device = get_available_device()
 # Source: fla/utils.py:L387-L387 (fla 0.4.0)
 device_torch_lib = getattr(torch, device)
 # Source: fla/utils.py:L388-L388 (fla 0.4.0)
 device_platform = get_available_device()
+# Source: fla/utils.py:L389-L389 (fla 0.4.0)
+device_name = map_triton_backend_to_torch_device()
 
 # Source: fla/utils.py:L391-L391 (fla 0.4.0)
 is_amd = (device_platform == 'cuda' and torch.version.hip is not None)
+# Source: fla/utils.py:L392-L392 (fla 0.4.0)
+is_intel = (device_platform == 'xpu')
 # Source: fla/utils.py:L393-L393 (fla 0.4.0)
 is_nvidia = (device_platform == 'cuda' and torch.version.hip is None)
+# Source: fla/utils.py:L394-L394 (fla 0.4.0)
+is_intel_alchemist = (is_intel and 'Intel(R) Arc(TM) A' in torch.xpu.get_device_name(0))
 # Source: fla/utils.py:L395-L395 (fla 0.4.0)
 is_nvidia_hopper = (is_nvidia and ('NVIDIA H' in torch.cuda.get_device_name(0) or torch.cuda.get_device_capability()[0] >= 9))
 # CUDA graphs capture Triton launches in fla; the torch port runs eagerly.
@@ -174,6 +371,10 @@ is_nvidia_hopper = (is_nvidia and ('NVIDIA H' in torch.cuda.get_device_name(0) o
 use_cuda_graph = False
 # Source: fla/utils.py:L399-L399 (fla 0.4.0)
 is_tf32_supported = (is_nvidia and torch.cuda.get_device_capability(0)[0] >= 8)
+# fla asks whether Triton has tl.gather; the port's gather (myfla.ops.utils.op.gather) is torch.gather,
+# which every supported torch has.
+# Source: fla/utils.py:L400-L400 (fla 0.4.0)
+is_gather_supported = True
 # TMA descriptors are a Triton/Hopper feature with no meaning for torch code.
 # Source: fla/utils.py:L401-L403 (fla 0.4.0)
 is_tma_supported = False

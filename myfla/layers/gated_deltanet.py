@@ -22,6 +22,23 @@ if TYPE_CHECKING:
     from myfla.models.utils import Cache
 
 
+def elu_p1(x):
+    """``elu(x) + 1``, a positive feature map, in ``x``'s dtype (fla compiles it with torch.compile).
+
+    Source: fla/layers/gated_deltanet.py:L25-L27 (fla 0.4.0)
+    """
+    return (F.elu(x, 1., False) + 1.).to(x)
+
+
+def sum_norm(x):
+    """``x`` divided by its sum over the last dimension, in ``x``'s dtype (fla compiles it with
+    torch.compile).
+
+    Source: fla/layers/gated_deltanet.py:L30-L32 (fla 0.4.0)
+    """
+    return (x / x.sum(-1, keepdim=True)).to(x)
+
+
 class GatedDeltaNet(nn.Module):
     """Gated DeltaNet token mixer (about ``6 * hidden_size**2`` parameters, like Mamba2).
 

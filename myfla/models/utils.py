@@ -24,14 +24,20 @@ from myfla._torch_compat import compiler_disable, version_at_least
 try:
     import transformers
     from transformers.cache_utils import Cache as HFCacheBase
+    from transformers.generation import GenerationMixin
+    from transformers.utils.deprecation import deprecate_kwarg
 except ImportError:
     transformers = None
     HFCacheBase = None
+    GenerationMixin = None
+    deprecate_kwarg = None
 
 # Source: fla/models/utils.py:L15-L15 (fla 0.4.0)
 _TF_VERSION = transformers.__version__ if transformers is not None else None
 # Source: fla/models/utils.py:L16-L16 (fla 0.4.0)
 _NEED_NEW = "4.53.3"
+# Source: fla/models/utils.py:L17-L17 (fla 0.4.0)
+_IS_TRANSFORMERS_4_56_PLUS = _TF_VERSION is not None and version_at_least(_TF_VERSION, "4.56.0")
 
 # FLACache semantics (fla 0.4.0 with any recent transformers) apply unless an old transformers is
 # installed, in which case fla 0.4.0 falls back to LegacyFLACache.
@@ -74,6 +80,7 @@ class FLALayer(CacheLayerMixin):
     def __init__(self):
         super().__init__()
         self.state = None
+        self._seen_tokens = 0
 
     def lazy_initialization(self, key_states: torch.Tensor):
         self.state = None
@@ -89,7 +96,9 @@ class FLALayer(CacheLayerMixin):
         **_: Any,
     ) -> Dict[str, Any]:
         """Overwrite the given (non-None) states; attention key/values are appended (or rolled
-        inside a full sliding window of ``cache_kwargs['window_size']``). Returns the state dict."""
+        inside a full sliding window of ``cache_kwargs['window_size']``). The layer counts its own
+        tokens: the attention states' length, else ``offset`` (passed through ``**_``, default 1).
+        Returns the state dict."""
         if cache_kwargs is None:
             cache_kwargs = {}
         window_size = cache_kwargs.get("window_size")
@@ -108,6 +117,7 @@ class FLALayer(CacheLayerMixin):
         if recurrent_state is not None:
             self.state["recurrent_state"] = recurrent_state
 
+        input_size = 0
         if attn_state is not None:
             input_size = attn_state[0].shape[1]
             old = self.state["attn_state"]
@@ -141,11 +151,19 @@ class FLALayer(CacheLayerMixin):
                 self.device = state.device if isinstance(state, torch.Tensor) else state[0].device
                 break
 
+        self._seen_tokens += input_size if attn_state is not None else _.get("offset", 1)
         return self.state
 
     def get_seq_length(self, cache_position=None) -> int:
-        # the token count lives in the cache (`_seen_tokens`), not in its layers
-        return 0
+        """Tokens this layer has seen.
+
+        Deviation: fla 0.4.0 returns 0 here and counts tokens once per cache, when layer 0 updates.
+        In a hybrid model whose first layer is recurrent, an attention layer then reads the count
+        after layer 0 has added the current step, so every decoded token is rotated one position
+        too far per new token (cached decoding no longer equals a full recomputation). fla 0.4.2
+        counts per layer (fla PR #748); so does myfla.
+        """
+        return self._seen_tokens
 
     def get_max_cache_shape(self) -> int:
         return -1
@@ -306,7 +324,8 @@ class LegacyFLACache(HFCacheBase):
 
 class FLACache(HFCacheBase):
     """Cache of :class:`FLALayer` objects (fla's choice for transformers > 4.53.3, and the port's
-    without transformers). The token count grows by ``offset`` on every update of layer 0.
+    without transformers). Each layer counts its own tokens (a deviation: fla 0.4.0 counts them on
+    the updates of layer 0; see :meth:`FLALayer.get_seq_length`).
 
     Source: fla/models/utils.py:L285-L383 (fla 0.4.0)
     """
@@ -345,14 +364,13 @@ class FLACache(HFCacheBase):
         else:
             while len(self.layers) <= layer_idx:
                 self.layers.append(self.layer_class_to_replicate())
-        if layer_idx == 0:
-            self._seen_tokens += int(offset)
-
+        # each layer counts its own tokens (fla 0.4.2)
         return self.layers[layer_idx].update(
             recurrent_state=recurrent_state,
             attn_state=attn_state,
             conv_state=conv_state,
             ffn_state=ffn_state,
+            offset=offset if offset is not None else 1,
             cache_kwargs=cache_kwargs,
         )
 
@@ -369,18 +387,27 @@ class FLACache(HFCacheBase):
         return super().__len__()
 
     def get_seq_length(self, layer_idx: Optional[int] = 0, cache_position=None) -> int:
-        """Tokens seen so far (0 when layer ``layer_idx`` does not exist yet)."""
+        """Tokens layer ``layer_idx`` has seen (0 when it does not exist yet)."""
         if len(self.layers) <= (layer_idx or 0):
             return 0
-        return self._seen_tokens
+        return self.layers[layer_idx or 0].get_seq_length()
 
     def get_max_cache_shape(self, layer_idx: int = 0) -> int:
         return -1
 
     def get_mask_sizes(self, cache_position: torch.Tensor, layer_idx: int) -> Tuple[int, int]:
-        """``(kv_length, kv_offset)`` = ``(seen tokens + query length, 0)``."""
-        query_len = int(cache_position.shape[0]) if cache_position is not None else 0
-        return int(self._seen_tokens) + query_len, 0
+        """``(kv_length, kv_offset)`` = ``(layer's seen tokens + query length, 0)``.
+
+        Deviation: transformers >= 5 passes the query length as an int where 4.x passed the
+        ``cache_position`` tensor; fla 0.4.0 reads ``cache_position.shape[0]`` and fails on the int
+        (``'int' object has no attribute 'shape'``, e.g. in ``generate`` of a model built on plain
+        ``GenerationMixin``). Both are accepted here, as fla 0.6.0 takes ``query_length``.
+        """
+        if isinstance(cache_position, torch.Tensor):
+            query_len = int(cache_position.shape[0])
+        else:
+            query_len = int(cache_position or 0)
+        return int(self.get_seq_length(layer_idx)) + query_len, 0
 
     def to_legacy_cache(self) -> Tuple[Dict[str, Any], ...]:
         return tuple(self[i] for i in range(len(self.layers)))
@@ -393,14 +420,126 @@ class FLACache(HFCacheBase):
         seen_tokens: int = 0,
         **kwargs,
     ) -> FLACache:
-        """Build a cache from a tuple/list of per-layer state dicts (each copied into an FLALayer)."""
+        """Build a cache from a tuple/list of per-layer state dicts (each copied into an FLALayer
+        that has seen ``seen_tokens`` tokens, as fla 0.6.0 restores per-layer counts)."""
         cache = cls(seen_tokens=seen_tokens, **kwargs)
         if isinstance(past_key_values, (list, tuple)):
             for i, layer_state in enumerate(past_key_values):
                 while len(cache.layers) <= i:
                     cache.layers.append(cache.layer_class_to_replicate())
                 cache.layers[i].state = dict(layer_state)
+                cache.layers[i]._seen_tokens = int(seen_tokens)
         return cache
+
+
+def _generation_kwarg_rename(fn):
+    """transformers' ``deprecate_kwarg("num_logits_to_keep", version="4.50", new_name="logits_to_keep")``,
+    as fla applies it; without transformers there is no generation to serve (the mixin refuses to
+    be built), so the method stays as written."""
+    if deprecate_kwarg is None:
+        return fn
+    return deprecate_kwarg("num_logits_to_keep", version="4.50", new_name="logits_to_keep")(fn)
+
+
+class FLAGenerationMixin(GenerationMixin if GenerationMixin is not None else object):
+    """``GenerationMixin`` whose ``prepare_inputs_for_generation`` feeds the models only what they
+    take: the new tokens (sliced by ``cache_position`` with transformers >= 4.56, else the last
+    one once the cache holds something), the 2-D padding mask as is (no 4-D causal mask is
+    built: the recurrent layers do not use one) and the cache.
+
+    Deviations, for transformers 5: ``generate`` must not start from transformers' own
+    ``DynamicCache`` (``_supports_default_dynamic_cache`` is False, as in fla 0.6.0); and newer
+    transformers 5 releases hand the cache over as ``cache`` (with ``next_sequence_length`` and
+    ``is_first_iteration``) instead of ``past_key_values``. fla 0.4.0's mixin drops it, so every
+    step re-runs the whole sequence without a cache; here it is read under either name, the new
+    tokens are sliced by ``next_sequence_length`` and ``inputs_embeds`` feed the first step only.
+
+    It builds on ``transformers.generation.GenerationMixin``; without transformers, creating an
+    instance raises ImportError.
+
+    Source: fla/models/utils.py:L386-L463 (fla 0.4.0)
+    """
+
+    def __init__(self, *args, **kwargs):
+        if GenerationMixin is None:
+            raise ImportError("FLAGenerationMixin needs transformers (its GenerationMixin): pip install transformers")
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # the layers read and write myfla's Cache (per-layer state dicts), never a DynamicCache
+        return False
+
+    @_generation_kwarg_rename
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor = None,
+        past_key_values: Optional[HFCacheBase] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        use_cache: bool = True,
+        logits_to_keep: Optional[int] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+        **kwargs
+    ):
+        # transformers 5 names the cache `cache` and says how many tokens are new
+        if past_key_values is None:
+            past_key_values = kwargs.pop("cache", None)
+        next_sequence_length = kwargs.pop("next_sequence_length", None)
+        is_first_iteration = kwargs.pop("is_first_iteration", None)
+        if _IS_TRANSFORMERS_4_56_PLUS:
+            model_inputs = {}
+            if past_key_values is not None:
+                model_inputs["past_key_values"] = past_key_values
+                if hasattr(self, '_cache_dependant_input_preparation') and cache_position is not None:
+                    inputs_embeds, input_ids = self._cache_dependant_input_preparation(
+                        input_ids, inputs_embeds, cache_position
+                    )
+                elif cache_position is not None:
+                    # keep only the positions not yet in the cache
+                    if input_ids is not None and input_ids.shape[1] != cache_position.shape[0]:
+                        input_ids = input_ids[:, cache_position]
+                elif next_sequence_length is not None:
+                    input_ids = input_ids[:, -next_sequence_length:] if input_ids is not None else None
+                elif hasattr(past_key_values, '__len__') and len(past_key_values) > 0:
+                    input_ids = input_ids[:, -1:]
+
+            # inputs_embeds only on the step that covers all of them (the prompt)
+            if is_first_iteration is not None or next_sequence_length is not None:
+                # transformers 5 flags the prompt step (and only that one)
+                embeds_step = bool(is_first_iteration)
+            else:
+                embeds_step = cache_position is None or len(cache_position) == getattr(inputs_embeds, 'shape', (0, 0))[1]
+            if inputs_embeds is not None and embeds_step:
+                model_inputs['inputs_embeds'] = inputs_embeds
+                model_inputs['input_ids'] = None
+            else:
+                model_inputs['input_ids'] = input_ids.contiguous() if input_ids is not None else None
+                model_inputs['inputs_embeds'] = None
+
+            model_inputs['cache_position'] = cache_position
+
+        else:
+            model_inputs = {}
+            # only the last token once the cache holds the prompt
+            if past_key_values is not None and hasattr(past_key_values, '__len__') and len(past_key_values) > 0:
+                input_ids = input_ids[:, -1:]
+            # inputs_embeds only on the first step
+            if inputs_embeds is not None and hasattr(past_key_values, '__len__') and len(past_key_values) == 0:
+                model_inputs = {'inputs_embeds': inputs_embeds}
+            else:
+                # contiguous: a static stride keeps torch.compile from recompiling
+                model_inputs = {'input_ids': input_ids.contiguous()}
+
+        if logits_to_keep is not None:
+            model_inputs['logits_to_keep'] = logits_to_keep
+
+        model_inputs.update({
+            'past_key_values': past_key_values,
+            'use_cache': use_cache,
+            'attention_mask': attention_mask,
+        })
+        return model_inputs
 
 
 if _USE_FLA_CACHE:

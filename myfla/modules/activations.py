@@ -18,6 +18,7 @@ from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom
 try:
     from torch.distributed.tensor import DTensor
 except (ImportError, AttributeError):
+    # Source: fla/modules/activations.py:L15-L15 (fla 0.4.0)
     DTensor = None
 
 # Triton autotuning space of the elementwise kernels (fla keeps it as a module constant).

@@ -1,4 +1,5 @@
-"""Depthwise causal 1-D convolution (the "short convolution" in front of q/k/v of KDA and GDN).
+"""Depthwise causal 1-D convolution (the "short convolution" in front of q/k/v of KDA and GDN), and
+fla's FFT long convolutions (``fft_conv``, ``LongConvolution``, ``ImplicitLongConvolution``).
 
 fla implements it with four Triton kernels (forward, backward, final-state extraction, one-token
 update). Here each kernel's math is batched torch code over all tokens of all sequences at once; the
@@ -16,12 +17,14 @@ Conventions shared with fla 0.4.0:
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import rearrange
 
 from myfla.modules import causal_conv1d_package
@@ -678,3 +681,157 @@ class ShortConvolution(nn.Conv1d):
         # Deviation: fla 0.4.0 multiplies by the tuple `kernel_size` (a repeated tuple, not an int);
         # later fla uses kernel_size[0].
         return self.hidden_size * self.kernel_size[0]
+
+
+def fft_conv(u, k, dropout_mask, gelu=True, k_rev=None):
+    """Long convolution by FFT: ``y = causal_conv(u, k) (+ anticausal_conv(u, k_rev)) + u``, then an
+    optional GeLU and a per-(batch, channel) dropout mask. ``u`` is ``[B, H, L]`` (or ``[B, *, H, L]``),
+    ``k`` ``[H, L]``; the FFT runs in ``k``'s dtype over ``2 L`` points, so the circular convolution
+    equals the linear one on the first ``L`` outputs.
+
+    Source: fla/modules/convolution.py:L1012-L1031 (fla 0.4.0)
+    """
+    seqlen = u.shape[-1]
+    fft_size = 2 * seqlen
+    k_f = torch.fft.rfft(k, n=fft_size) / fft_size
+    if k_rev is not None:
+        k_rev_f = torch.fft.rfft(k_rev, n=fft_size) / fft_size
+        k_f = k_f + k_rev_f.conj()
+    u_f = torch.fft.rfft(u.to(dtype=k.dtype), n=fft_size)
+
+    if len(u.shape) > 3:
+        k_f = k_f.unsqueeze(1)
+    y = torch.fft.irfft(u_f * k_f, n=fft_size, norm="forward")[..., :seqlen]
+
+    out = y + u
+    if gelu:
+        out = F.gelu(out)
+    if dropout_mask is not None:
+        return (out * rearrange(dropout_mask, "b H -> b H 1")).to(dtype=u.dtype)
+    else:
+        return out.to(dtype=u.dtype)
+
+
+class LongConvolution(nn.Module):
+    """
+    LongConvolution applies a convolution operation on the input tensor using a fixed
+    filter of length max_len.
+    The filter is learned during training and is applied using FFT convolution.
+
+    Args:
+        hidden_size (int): The number of expected features in the input and output.
+        max_len (int): The maximum sequence length.
+
+    Returns:
+        y: [batch_size, seq_len, hidden_size] tensor
+
+    Source: fla/modules/convolution.py:L1034-L1075 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        max_len: int,
+        **kwargs,
+    ):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.filter = nn.Parameter(torch.randn(self.hidden_size, max_len), requires_grad=True)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        """``x``: ``[batch_size, seq_len, hidden_size]`` -> the same shape."""
+        x = x.transpose(1, 2)
+        y = fft_conv(x, self.filter, dropout_mask=None, gelu=False)
+        y = y.transpose(1, 2)
+        return y.to(dtype=x.dtype)
+
+
+class PositionalEmbedding(nn.Module):
+    """Complex exponential positional embeddings for implicit long convolution filters:
+    ``z[0, t] = [t / (L-1), cos(f_j w_t)..., -sin(f_j w_t)...]`` with ``w_t = 2 pi t / L`` and
+    ``(emb_dim - 1) // 2`` frequencies ``f_j`` from 1e-4 to ``bands - 1``, stored as the frozen
+    parameter ``z`` ``[1, seq_len, emb_dim]``.
+
+    Source: fla/modules/convolution.py:L1078-L1099 (fla 0.4.0)
+    """
+
+    def __init__(self, emb_dim: int, seq_len: int, **kwargs):
+        super().__init__()
+
+        self.seq_len = seq_len
+        # the time channel is normalised to [0, 1]
+        t = torch.linspace(0, 1, self.seq_len)[None, :, None]  # 1, L, 1
+
+        # (as fla 0.4.0: emb_dim <= 1 leaves `bands` unbound and fails below)
+        if emb_dim > 1:
+            bands = (emb_dim - 1) // 2
+        # the frequencies use the unnormalised positions 0 .. L-1
+        t_rescaled = torch.linspace(0, seq_len - 1, seq_len)[None, :, None]
+        w = 2 * math.pi * t_rescaled / seq_len  # 1, L, 1
+
+        f = torch.linspace(1e-4, bands - 1, bands)[None, None]
+        z = torch.exp(-1j * f * w)
+        z = torch.cat([t, z.real, z.imag], dim=-1)
+        self.z = nn.Parameter(z, requires_grad=False)
+
+    def forward(self, L):
+        return self.z[:, :L]
+
+
+class ImplicitLongConvolution(nn.Module):
+    """
+    Long convolution with implicit filter parameterized by an MLP.
+
+    Args:
+        hidden_size (int):
+            The number of expected features in the input and output.
+        max_len (int):
+            The maximum sequence length.
+        d_emb (Optional[int]):
+            The dimension of the positional embeddings. Must be odd and greater or equal to 3 (time, sine and cosine).
+            Defaults to 3.
+        d_hidden (Optional[int]):
+            The number of features in the hidden layer of the MLP. Defaults to 16.
+
+    Attributes:
+        pos_emb (`PositionalEmbedding`): The positional embedding layer.
+        mlp (`nn.Sequential`): The MLP that parameterizes the implicit filter.
+
+    Source: fla/modules/convolution.py:L1102-L1168 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        max_len: int,
+        d_emb: int = 3,
+        d_hidden: int = 16,
+        **kwargs,
+    ):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.d_emb = d_emb
+
+        assert (
+            d_emb % 2 != 0 and d_emb >= 3
+        ), "d_emb must be odd and greater or equal to 3 (time, sine and cosine)"
+        self.pos_emb = PositionalEmbedding(d_emb, max_len)
+
+        # the MLP maps each position's embedding to one filter tap per channel
+        self.mlp = nn.Sequential(
+            nn.Linear(d_emb, d_hidden),
+            torch.nn.ReLU(),
+            nn.Linear(d_hidden, hidden_size),
+        )
+
+    def filter(self, seq_len: int, *args, **kwargs):
+        return self.mlp(self.pos_emb(seq_len)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        """``x``: ``[batch_size, seq_len, hidden_size]`` -> the same shape."""
+        x = x.transpose(1, 2)
+        k = self.filter(x.shape[-1])
+        y = fft_conv(x, k, dropout_mask=None, gelu=False)
+
+        y = y.transpose(1, 2)
+        return y.to(dtype=x.dtype)

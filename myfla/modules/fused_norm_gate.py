@@ -1,5 +1,6 @@
 """Layer/RMS normalisation fused with an output gate: ``y = norm(x [+ residual]) * w + b``, then
-``y * g * sigmoid(g)`` (``'swish'``/``'silu'``) or ``y * sigmoid(g)`` (``'sigmoid'``).
+``y * g * sigmoid(g)`` (``'swish'``/``'silu'``) or ``y * sigmoid(g)`` (``'sigmoid'``), alone or
+followed by a linear layer given at call time (the ``*Linear`` modules, always swish-gated).
 
 KDA's output norm uses the sigmoid gate, GatedDeltaNet's the swish gate. fla's four Triton kernels
 (row-blocked for ``D <= 512``, one row per program above) share one per-row formula; here it is one
@@ -12,8 +13,9 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from myfla.modules.layernorm import _check_feature_dim
+from myfla.modules.layernorm import _autocast_gpu_dtype, _check_feature_dim
 from myfla.utils import accumulation_dtype, input_guard
 
 _GATE_ACTIVATIONS = ('swish', 'silu', 'sigmoid')
@@ -260,6 +262,172 @@ class LayerNormGatedFunction(torch.autograd.Function):
         )
 
 
+def _gated_output(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    mean: Optional[torch.Tensor],
+    rstd: torch.Tensor,
+    activation: str,
+    is_rms_norm: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The gated norm output ``(x_hat * w + b) * act(g)`` recomputed from the saved statistics, in the
+    accumulation dtype and rounded once to ``dtype``: the input of the linear layer that follows."""
+    acc = accumulation_dtype(x)
+    b_x = x.to(acc)
+    b_xhat = (b_x - mean[:, None]) * rstd[:, None] if not is_rms_norm else b_x * rstd[:, None]
+    b_y = b_xhat * weight.to(acc) if weight is not None else b_xhat
+    if bias is not None:
+        b_y = b_y + bias.to(acc)
+    b_g = g.to(acc)
+    if activation in ('swish', 'silu'):
+        b_y = b_y * b_g * torch.sigmoid(b_g)
+    elif activation == 'sigmoid':
+        b_y = b_y * torch.sigmoid(b_g)
+    return b_y.to(dtype)
+
+
+class LayerNormGatedLinearFunction(torch.autograd.Function):
+    """Swish-gated norm followed by ``F.linear``. The forward keeps only the norm statistics; the
+    backward recomputes the gated output for the linear weight gradient.
+
+    fla 0.4.0 recomputes the pre-gate ``norm(x) * w + b`` here (``layer_norm_gated_bwd`` with
+    ``recompute_output=True``) and so computes the linear weight gradient against the wrong input
+    (off by the factor ``swish(g)``); the port uses the gated output the forward fed to the linear
+    layer, as fla 0.6.0 does. Every other gradient is 0.4.0's.
+
+    Source: fla/modules/fused_norm_gate.py:L722-L822 (fla 0.4.0)
+    """
+
+    @staticmethod
+    @input_guard
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        g: torch.Tensor,
+        norm_weight: torch.Tensor,
+        norm_bias: torch.Tensor,
+        linear_weight: torch.Tensor,
+        linear_bias: torch.Tensor,
+        residual: Optional[torch.Tensor] = None,
+        eps: float = 1e-6,
+        prenorm: bool = False,
+        residual_in_fp32: bool = False,
+        is_rms_norm: bool = False,
+    ):
+        x_shape_og = x.shape
+        g_shape_og = g.shape
+        x = x.reshape(-1, x.shape[-1])
+        g = g.reshape(-1, g.shape[-1])
+        if residual is not None:
+            assert residual.shape == x_shape_og
+            residual = residual.reshape(-1, residual.shape[-1])
+        if residual is not None:
+            residual_dtype = residual.dtype
+        else:
+            residual_dtype = torch.float if residual_in_fp32 else None
+        y, mean, rstd, residual_out = layer_norm_gated_fwd(
+            x=x,
+            g=g,
+            weight=norm_weight,
+            bias=norm_bias,
+            eps=eps,
+            residual=residual,
+            residual_dtype=residual_dtype,
+            is_rms_norm=is_rms_norm
+        )
+        y = y.reshape(x_shape_og)
+        dtype = _autocast_gpu_dtype() if torch.is_autocast_enabled() else y.dtype
+        linear_weight = linear_weight.to(dtype)
+        linear_bias = linear_bias.to(dtype) if linear_bias is not None else None
+        out = F.linear(y.to(linear_weight.dtype), linear_weight, linear_bias)
+        # y is not saved: the backward recomputes it from the statistics
+        ctx.save_for_backward(residual_out, g, norm_weight, norm_bias, linear_weight, mean, rstd)
+        ctx.x_shape_og = x_shape_og
+        ctx.g_shape_og = g_shape_og
+        ctx.eps = eps
+        ctx.is_rms_norm = is_rms_norm
+        ctx.has_residual = residual is not None
+        ctx.prenorm = prenorm
+        ctx.x_dtype = x.dtype
+        ctx.linear_bias_is_none = linear_bias is None
+        return out if not prenorm else (out, residual_out.reshape(x_shape_og))
+
+    @staticmethod
+    @input_guard
+    def backward(ctx, dout, *args):
+        x, g, norm_weight, norm_bias, linear_weight, mean, rstd = ctx.saved_tensors
+        dout = dout.reshape(-1, dout.shape[-1])
+        dy = F.linear(dout, linear_weight.t())
+        dlinear_bias = None if ctx.linear_bias_is_none else dout.sum(0)
+        assert dy.shape == x.shape
+        dresidual = None
+        if ctx.prenorm:
+            dresidual = args[0].reshape(-1, args[0].shape[-1])
+            assert dresidual.shape == x.shape
+        dx, dg, dnorm_weight, dnorm_bias, dres_in = layer_norm_gated_bwd(
+            dy=dy,
+            x=x,
+            g=g,
+            weight=norm_weight,
+            bias=norm_bias,
+            eps=ctx.eps,
+            mean=mean,
+            rstd=rstd,
+            dresidual=dresidual,
+            has_residual=ctx.has_residual,
+            is_rms_norm=ctx.is_rms_norm,
+            x_dtype=ctx.x_dtype,
+        )
+        # the linear layer's input: the gated output (the forward's default activation, swish)
+        y = _gated_output(x, g, norm_weight, norm_bias, mean, rstd, 'swish', ctx.is_rms_norm, dy.dtype)
+        dlinear_weight = torch.einsum("bo,bi->oi", dout, y)
+        return (
+            dx.reshape(ctx.x_shape_og),
+            dg.reshape(ctx.g_shape_og),
+            dnorm_weight,
+            dnorm_bias,
+            dlinear_weight,
+            dlinear_bias,
+            dres_in.reshape(ctx.x_shape_og) if ctx.has_residual else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def layer_norm_gated(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    activation: str = 'swish',
+    residual: Optional[torch.Tensor] = None,
+    prenorm: bool = False,
+    residual_in_fp32: bool = False,
+    eps: float = 1e-6
+):
+    """Gated layer norm over the last dimension (``prenorm`` also returns the residual stream).
+
+    Source: fla/modules/fused_norm_gate.py:L825-L847 (fla 0.4.0)
+    """
+    return LayerNormGatedFunction.apply(
+        x,
+        g,
+        weight,
+        bias,
+        activation,
+        residual,
+        eps,
+        prenorm,
+        residual_in_fp32,
+        False
+    )
+
+
 def rms_norm_gated(
     x: torch.Tensor,
     g: torch.Tensor,
@@ -287,6 +455,135 @@ def rms_norm_gated(
         residual_in_fp32,
         True
     )
+
+
+def layer_norm_swish_gate_linear(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    linear_weight: torch.Tensor,
+    linear_bias: torch.Tensor,
+    residual: Optional[torch.Tensor] = None,
+    prenorm: bool = False,
+    residual_in_fp32: bool = False,
+    eps: float = 1e-6
+):
+    """Swish-gated layer norm followed by a linear layer.
+
+    Source: fla/modules/fused_norm_gate.py:L875-L899 (fla 0.4.0)
+    """
+    return LayerNormGatedLinearFunction.apply(
+        x,
+        g,
+        norm_weight,
+        norm_bias,
+        linear_weight,
+        linear_bias,
+        residual,
+        eps,
+        prenorm,
+        residual_in_fp32,
+        False
+    )
+
+
+def rms_norm_swish_gate_linear(
+    x,
+    g: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    linear_weight: torch.Tensor,
+    linear_bias: torch.Tensor,
+    residual: Optional[torch.Tensor] = None,
+    prenorm: bool = False,
+    residual_in_fp32: bool = False,
+    eps: float = 1e-6
+):
+    """Swish-gated RMS norm followed by a linear layer.
+
+    Source: fla/modules/fused_norm_gate.py:L902-L926 (fla 0.4.0)
+    """
+    return LayerNormGatedLinearFunction.apply(
+        x,
+        g,
+        norm_weight,
+        norm_bias,
+        linear_weight,
+        linear_bias,
+        residual,
+        eps,
+        prenorm,
+        residual_in_fp32,
+        True
+    )
+
+
+class FusedLayerNormGated(nn.Module):
+    """Layer norm with a learnable scale (and bias) and a swish/silu/sigmoid output gate.
+
+    Source: fla/modules/fused_norm_gate.py:L929-L994 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        elementwise_affine: bool = True,
+        bias: bool = False,
+        activation: str = 'swish',
+        eps: float = 1e-5,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> FusedLayerNormGated:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+
+        self.hidden_size = hidden_size
+        self.elementwise_affine = elementwise_affine
+        self.eps = eps
+        self.activation = activation
+
+        if self.activation not in _GATE_ACTIVATIONS:
+            raise ValueError(f"Unsupported activation: {self.activation}")
+
+        self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(hidden_size, **factory_kwargs))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(hidden_size, **factory_kwargs))
+
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        if self.elementwise_affine:
+            nn.init.ones_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    def __repr__(self) -> str:
+        extra = "" if self.elementwise_affine else f", elementwise_affine={self.elementwise_affine}"
+        return f"{self.__class__.__name__}({self.hidden_size}{extra}, eps={self.eps}, activation={self.activation})"
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        g: torch.Tensor,
+        residual: Optional[torch.Tensor] = None,
+        prenorm: bool = False,
+        residual_in_fp32: bool = False
+    ) -> torch.Tensor:
+        return layer_norm_gated(
+            x,
+            g,
+            self.weight,
+            self.bias,
+            self.activation,
+            residual=residual,
+            eps=self.eps,
+            prenorm=prenorm,
+            residual_in_fp32=residual_in_fp32
+        )
 
 
 class FusedRMSNormGated(nn.Module):
@@ -349,4 +646,220 @@ class FusedRMSNormGated(nn.Module):
             eps=self.eps,
             prenorm=prenorm,
             residual_in_fp32=residual_in_fp32
+        )
+
+
+class FusedLayerNormSwishGate(FusedLayerNormGated):
+    """:class:`FusedLayerNormGated` with the swish gate.
+
+    Source: fla/modules/fused_norm_gate.py:L1061-L1079 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        elementwise_affine: bool = True,
+        bias: bool = False,
+        eps: float = 1e-5,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> FusedLayerNormSwishGate:
+        super().__init__(
+            hidden_size=hidden_size,
+            elementwise_affine=elementwise_affine,
+            bias=bias,
+            eps=eps,
+            device=device,
+            dtype=dtype
+        )
+
+
+class FusedRMSNormSwishGate(FusedRMSNormGated):
+    """:class:`FusedRMSNormGated` with the swish gate.
+
+    Source: fla/modules/fused_norm_gate.py:L1082-L1098 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        elementwise_affine: bool = True,
+        eps: float = 1e-5,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> FusedRMSNormSwishGate:
+        super().__init__(
+            hidden_size=hidden_size,
+            elementwise_affine=elementwise_affine,
+            eps=eps,
+            device=device,
+            dtype=dtype
+        )
+
+
+class FusedLayerNormGatedLinear(nn.Module):
+    """Swish-gated layer norm (learnable scale, no bias) whose output feeds a linear layer given at
+    call time (``forward(x, g, weight, bias)``).
+
+    Source: fla/modules/fused_norm_gate.py:L1101-L1159 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        elementwise_affine: bool = True,
+        eps: float = 1e-5,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> FusedLayerNormGatedLinear:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+
+        self.hidden_size = hidden_size
+        self.elementwise_affine = elementwise_affine
+        self.eps = eps
+
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(hidden_size, **factory_kwargs))
+        else:
+            self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
+
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        if self.elementwise_affine:
+            nn.init.ones_(self.weight)
+
+    def __repr__(self) -> str:
+        extra = "" if self.elementwise_affine else f", elementwise_affine={self.elementwise_affine}"
+        return f"{self.__class__.__name__}({self.hidden_size}{extra}, eps={self.eps})"
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        g: torch.Tensor,
+        weight: Optional[torch.Tensor] = None,
+        bias: Optional[torch.Tensor] = None,
+        residual: Optional[torch.Tensor] = None,
+        prenorm: bool = False,
+        residual_in_fp32: bool = False
+    ) -> torch.Tensor:
+        return layer_norm_swish_gate_linear(
+            x,
+            g,
+            self.weight,
+            self.bias,
+            weight,
+            bias,
+            residual=residual,
+            eps=self.eps,
+            prenorm=prenorm,
+            residual_in_fp32=residual_in_fp32
+        )
+
+
+class FusedLayerNormSwishGateLinear(FusedLayerNormGatedLinear):
+    """Alias class of :class:`FusedLayerNormGatedLinear` (the gate is always swish).
+
+    Source: fla/modules/fused_norm_gate.py:L1162-L1178 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        elementwise_affine: bool = True,
+        eps: float = 1e-5,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> FusedLayerNormSwishGateLinear:
+        super().__init__(
+            hidden_size=hidden_size,
+            elementwise_affine=elementwise_affine,
+            eps=eps,
+            device=device,
+            dtype=dtype
+        )
+
+
+class FusedRMSNormGatedLinear(nn.Module):
+    """Swish-gated RMS norm whose output feeds a linear layer given at call time.
+
+    Source: fla/modules/fused_norm_gate.py:L1181-L1238 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        hidden_size,
+        elementwise_affine: bool = True,
+        eps: float = 1e-5,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> FusedRMSNormGatedLinear:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+
+        self.hidden_size = hidden_size
+        self.elementwise_affine = elementwise_affine
+        self.eps = eps
+
+        self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(hidden_size, **factory_kwargs))
+
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        if self.elementwise_affine:
+            nn.init.ones_(self.weight)
+
+    def __repr__(self) -> str:
+        extra = "" if self.elementwise_affine else f", elementwise_affine={self.elementwise_affine}"
+        return f"{self.__class__.__name__}({self.hidden_size}{extra}, eps={self.eps})"
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        g: torch.Tensor,
+        weight: Optional[torch.Tensor] = None,
+        bias: Optional[torch.Tensor] = None,
+        residual: Optional[torch.Tensor] = None,
+        prenorm: bool = False,
+        residual_in_fp32: bool = False
+    ) -> torch.Tensor:
+        return rms_norm_swish_gate_linear(
+            x,
+            g,
+            self.weight,
+            self.bias,
+            weight,
+            bias,
+            residual=residual,
+            eps=self.eps,
+            prenorm=prenorm,
+            residual_in_fp32=residual_in_fp32
+        )
+
+
+class FusedRMSNormSwishGateLinear(FusedRMSNormGatedLinear):
+    """Alias class of :class:`FusedRMSNormGatedLinear` (the gate is always swish).
+
+    Source: fla/modules/fused_norm_gate.py:L1241-L1257 (fla 0.4.0)
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        elementwise_affine: bool = True,
+        eps: float = 1e-5,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> FusedRMSNormSwishGateLinear:
+        super().__init__(
+            hidden_size=hidden_size,
+            elementwise_affine=elementwise_affine,
+            eps=eps,
+            device=device,
+            dtype=dtype
         )

@@ -33,6 +33,7 @@ except (ImportError, AttributeError):
 try:
     from torch.distributed.tensor import DTensor
 except (ImportError, AttributeError):
+    # Source: fla/modules/layernorm.py:L32-L32 (fla 0.4.0)
     DTensor = None
 
 

@@ -11,8 +11,8 @@ import typer
 from typing_extensions import Annotated
 
 from portaudit.cli.common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
-                                  UpstreamPathOpt, cli_errors, console, default_manifests, err_console,
-                                  write_output)
+                                  UpstreamGitOpt, UpstreamPathOpt, UpstreamRevOpt, cli_errors, console,
+                                  default_manifests, err_console, register_inputs, write_output)
 from portaudit.errors import EXIT_FINDINGS, EXIT_OK, UsageError
 from portaudit.static.baseline import apply_gate, load_baseline, write_baseline
 from portaudit.static.manifest import load_manifest
@@ -47,27 +47,35 @@ UpdateOpt = Annotated[bool, typer.Option("--update-baseline", help="Record the c
                                          "the new baseline (refuses regressions unless --force).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="With --update-baseline: accept regressions.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-index-cache", help="Re-parse every file.")]
+BodiesOpt = Annotated[bool, typer.Option(
+    "--bodies", help="Also measure how close each translated definition's body is to the upstream's "
+    "(normalised; a figure, not a gate) and print the per-entry table.")]
 
 
 def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], port_path: Optional[Path],
               cache_dir: Optional[Path], fmt: Format, output: Optional[Path], verbose: bool,
               fail_under: Optional[float], baseline: Optional[Path], update_baseline: bool, force: bool,
-              no_index_cache: bool, no_progress: bool, gate_mode: bool = False) -> int:
+              no_index_cache: bool, no_progress: bool, upstream_git: Optional[Path] = None,
+              bodies: bool = False, upstream_rev: Optional[str] = None, gate_mode: bool = False) -> int:
     progress = ProgressDisplay(enabled=not no_progress)
     with cli_errors(progress):
         if update_baseline and baseline is None and not gate_mode:
             raise UsageError("--update-baseline needs --baseline DIR (e.g. manifests/baseline)")
         paths = default_manifests(manifest)
         manifests = [load_manifest(p) for p in paths]
+        if baseline is not None and baseline.suffix == ".json" and len(manifests) > 1:
+            raise UsageError(f"--baseline {baseline} is one baseline file but {len(manifests)} manifests are "
+                             "checked; pass a directory (one <name>.json per manifest)")
         names = [m.name for m in manifests]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise UsageError(f"two manifests are named '{sorted(dup)[0]}'; give them distinct 'name:' keys")
         session = Session(upstream_path=upstream_path, port_path=port_path, cache_dir=cache_dir,
-                          progress=progress, use_index_cache=not no_index_cache)
+                          progress=progress, use_index_cache=not no_index_cache, upstream_git=upstream_git,
+                          body_figures=bodies, upstream_rev=upstream_rev)
         results = [session.audit(m) for m in manifests]
         progress.stop()
-        report = Report(results, fail_under=fail_under, verbose=verbose)
+        report = Report(results, fail_under=fail_under, verbose=verbose, bodies=bodies)
 
         def baseline_of(r) -> Path:
             return baseline if baseline is not None else r.manifest.path.parent / BASELINE_BESIDE_MANIFEST
@@ -80,7 +88,9 @@ def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], por
                                       f"{sum(1 for f in r.findings if f.status != 'waived')} finding(s) accepted"
                                       + (f", {len(notes)} fixed" if notes else "") + ")", markup=False)
             for r in results:
-                report.gates[r.manifest.name] = apply_gate(r, load_baseline(baseline_of(r), r.manifest.name))
+                gate_baseline = load_baseline(baseline_of(r), r.manifest.name)
+                register_inputs(gate_baseline.path)
+                report.gates[r.manifest.name] = apply_gate(r, gate_baseline)
         if fmt == Format.text and output is None:
             from portaudit.static.reporters.text import print_report
 
@@ -99,14 +109,17 @@ def check(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
           port_path: PortPathOpt = None, cache_dir: CacheDirOpt = None, fmt: FormatOpt = Format.text,
           output: OutputOpt = None, verbose: VerboseOpt = False, fail_under: FailUnderOpt = None,
           baseline: BaselineOpt = None, update_baseline: UpdateOpt = False, force: ForceOpt = False,
-          no_index_cache: NoCacheOpt = False, no_progress: NoProgressOpt = False) -> None:
+          no_index_cache: NoCacheOpt = False, no_progress: NoProgressOpt = False,
+          upstream_git: UpstreamGitOpt = None, bodies: BodiesOpt = False,
+          upstream_rev: UpstreamRevOpt = None) -> None:
     """Audit the port against one or more manifests (static checks; nothing is imported).
 
     Exit codes: 0 clean, 1 findings over the gate, 2 usage or manifest error, 3 upstream or
     internal error. Without --baseline/--fail-under any open error finding fails.
     """
     raise typer.Exit(run_check(manifest, upstream_path, port_path, cache_dir, fmt, output, verbose,
-                               fail_under, baseline, update_baseline, force, no_index_cache, no_progress))
+                               fail_under, baseline, update_baseline, force, no_index_cache, no_progress,
+                               upstream_git, bodies, upstream_rev))
 
 
 def gate(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
@@ -116,7 +129,9 @@ def gate(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
              "--baseline", help="Baseline directory or file. Default: the baseline/ folder beside each "
              "manifest (manifests/baseline/, or the one an installed port ships with its manifests).")] = None,
          update_baseline: UpdateOpt = False, force: ForceOpt = False,
-         no_index_cache: NoCacheOpt = False, no_progress: NoProgressOpt = False) -> None:
+         no_index_cache: NoCacheOpt = False, no_progress: NoProgressOpt = False,
+         upstream_git: UpstreamGitOpt = None, bodies: BodiesOpt = False,
+         upstream_rev: UpstreamRevOpt = None) -> None:
     """The CI ratchet: `check` against the baseline beside each manifest, failing only on regressions.
 
     A regression is a finding not accepted by the baseline or completeness below it. Tighten the
@@ -125,4 +140,4 @@ def gate(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
     """
     raise typer.Exit(run_check(manifest, upstream_path, port_path, cache_dir, fmt, output, verbose,
                                fail_under, baseline, update_baseline, force, no_index_cache, no_progress,
-                               gate_mode=True))
+                               upstream_git, bodies, upstream_rev, gate_mode=True))

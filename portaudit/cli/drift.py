@@ -15,12 +15,17 @@ from typing_extensions import Annotated
 from portaudit.cli.common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
                                   cli_errors, console, default_manifests, err_console, write_output)
 from portaudit.errors import EXIT_FINDINGS, EXIT_OK, UsageError
+from portaudit.safe_io import resolved
 
 
 class DriftFormat(str, Enum):
     text = "text"
     json = "json"
     markdown = "markdown"
+
+
+_NOT_A_SIDE = ("'{spec}' is neither a local upstream tree (no such directory) nor pinned distributions; "
+               "pass a directory or NAME==VERSION[,NAME==VERSION...]")
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -36,10 +41,9 @@ def _side(spec: Optional[str], manifest, session, package: str, cache_dir):
         return root, list(manifest.upstream.distributions), None
     if _looks_like_path(spec):
         if not Path(spec).expanduser().is_dir():
-            raise UsageError(f"'{spec}' is neither a local upstream tree (no such directory) nor pinned "
-                             "distributions; pass a directory or NAME==VERSION[,NAME==VERSION...]")
+            raise UsageError(_NOT_A_SIDE.format(spec=spec))
         root = resolve_upstream(upstream_path=spec, package=package)
-        return root, [], str(Path(spec).expanduser().resolve())
+        return root, [], str(resolved(spec, "upstream tree"))
     dists = parse_distributions(spec)
     root = resolve_upstream(distributions=dists, package=package, cache_dir=session.cache_dir,
                             progress=session.progress)
@@ -81,10 +85,20 @@ def drift(
         from portaudit.drift.engine import Release, release_version, run_drift
         from portaudit.drift.manifest_writer import render_updated_manifest, write_updated_manifest
         from portaudit.drift.report import print_run, render_json, render_markdown
-        from portaudit.static.manifest import load_manifest
+        from portaudit.static.manifest import is_dotted_name, load_manifest
         from portaudit.static.session import Session
-        from portaudit.static.upstream import locate_port_root
+        from portaudit.static.upstream import locate_port_root, parse_distributions
 
+        for e in entry or []:
+            if not is_dotted_name(e):
+                raise UsageError(f"--entry '{e}' is not a dotted Python name")
+        for spec in (from_, to):   # a bad pin or path is refused before anything is fetched
+            if spec is None:
+                continue
+            if not _looks_like_path(spec):
+                parse_distributions(spec)
+            elif not Path(spec).expanduser().is_dir():
+                raise UsageError(_NOT_A_SIDE.format(spec=spec))
         paths = default_manifests(manifest)
         manifests = [load_manifest(p) for p in paths]
         if write_manifest is not None and len(manifests) > 1 and write_manifest.suffix in (".yaml", ".yml"):
@@ -124,10 +138,10 @@ def drift(
         if write_manifest is not None:
             for m, md in zip(manifests, run.manifests):
                 new = sides_memo[m.name][1]
-                text = render_updated_manifest(m, md, new.distributions, new.version, new.label,
-                                               sides_memo[m.name][2])
                 target = write_manifest / m.path.name if len(manifests) > 1 or write_manifest.is_dir() \
                     else write_manifest
+                text = render_updated_manifest(m, md, new.distributions, new.version, new.label,
+                                               sides_memo[m.name][2], target_dir=target.parent)
                 write_updated_manifest(text, target, m.path)
                 err_console.print(f"wrote {target} (updated {m.name} for {new.label})", markup=False)
         if fmt == DriftFormat.text and output is None:

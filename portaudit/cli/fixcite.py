@@ -11,9 +11,10 @@ from typing_extensions import Annotated
 from portaudit.cli.common import (CacheDirOpt, ManifestOpt, NoProgressOpt, PortPathOpt, ProgressDisplay,
                                   UpstreamPathOpt, cli_errors, console, default_manifests, err_console)
 from portaudit.errors import EXIT_FINDINGS, EXIT_OK
-from portaudit.static.fixcite import FixPlan, apply_edits, plan_fixes, unified_diff, write_changes
+from portaudit.static.fixcite import Edit, FileChange, FixPlan, apply_edits, plan_fixes, unified_diff, write_changes
 from portaudit.static.manifest import load_manifest
 from portaudit.static.session import Session
+from portaudit.static.sidecar import planned_sidecars
 
 
 def fix_citations(
@@ -26,20 +27,28 @@ def fix_citations(
     """Rewrite citation line ranges from the upstream index and add missing citations.
 
     Shows a unified diff and changes nothing unless --write is given; with --write every edited
-    file is compiled before any is replaced (atomically).
+    file is compiled before any is replaced (atomically). Manifests with
+    'citations: {style: sidecar, file: F}' get F (re)written instead of the port's files.
     """
     progress = ProgressDisplay(enabled=not no_progress)
     with cli_errors(progress):
         session = Session(upstream_path=upstream_path, port_path=port_path, cache_dir=cache_dir,
                           progress=progress)
         plan = FixPlan()
+        sidecars: dict = {}
         for path in default_manifests(manifest):
             m = load_manifest(path)
             up = session.index(session.upstream_root(m))
             port = session.index(session.port_root(m))
             plan_fixes(m, up, port, plan)
+            sidecars.update(planned_sidecars(m, up, port))
         progress.stop()
         changes = apply_edits(plan.edits)
+        for car_path, text in sidecars.items():
+            old = car_path.read_text(encoding="utf-8") if car_path.is_file() else ""
+            if old != text:
+                changes[str(car_path)] = FileChange(str(car_path), old, text, text.encode("utf-8"))
+                plan.edits.append(Edit(str(car_path), 1, "sidecar", [], car_path.name, "write the citation sidecar"))
         for note in plan.notes:
             err_console.print(f"note: {note}", markup=False)
         if not changes:

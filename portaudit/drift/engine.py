@@ -17,6 +17,7 @@ from portaudit.errors import UsageError
 from portaudit.static.citations import Citation, format_citation
 from portaudit.static.index.model import Definition, ModuleInfo, Resolved
 from portaudit.static.index.tree import TreeIndex
+from portaudit.static.source import read_source
 from portaudit.static.manifest import Manifest
 from portaudit.static.scaffold import closure, resolve_use
 
@@ -39,8 +40,8 @@ def release_version(root: Path, package: str, distributions: Sequence[str] = ())
         return versions.pop()
     init = Path(root) / package / "__init__.py"
     try:
-        m = _VERSION_RE.search(init.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
+        m = _VERSION_RE.search(read_source(init).text)
+    except UsageError:
         m = None
     return m.group(1) if m else None
 

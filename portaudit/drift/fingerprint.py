@@ -13,9 +13,10 @@ import difflib
 import hashlib
 import re
 from collections import Counter
-from pathlib import Path
 
+from portaudit.errors import UsageError
 from portaudit.static.index.model import Definition
+from portaudit.static.source import read_source, split_lines
 
 _TOKEN_RE = re.compile(r"[A-Za-z_]\w*|\d[\w.]*|\S")
 _WS_RE = re.compile(r"\s+")
@@ -30,8 +31,8 @@ class SourceCache:
     def lines(self, path: str) -> list[str]:
         if path not in self._lines:
             try:
-                self._lines[path] = Path(path).read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError):
+                self._lines[path] = split_lines(read_source(path).text)
+            except UsageError:
                 self._lines[path] = []
         return self._lines[path]
 

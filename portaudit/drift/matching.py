@@ -16,8 +16,10 @@ from typing import Iterable, Optional
 
 from portaudit.drift.fingerprint import SourceCache, bag_ratio, fingerprint, similarity, tokens
 from portaudit.drift.signature import kind_group
+from portaudit.errors import UsageError
 from portaudit.static.index.model import Definition, Resolved
 from portaudit.static.index.tree import TreeIndex
+from portaudit.static.source import read_source
 
 _DEF_RE = re.compile(r"^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]+(\w+)|^[ \t]*(\w+)[ \t]*(?::[^=\n]*)?=[^=]", re.M)
 
@@ -102,8 +104,8 @@ class Matcher:
                     continue
                 module = ".".join(parts)
                 try:
-                    text = path.read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError):
+                    text = read_source(path).text
+                except UsageError:   # not a readable regular source file: the index reports it if used
                     continue
                 for m in _DEF_RE.finditer(text):
                     name = m.group(1) or m.group(2)

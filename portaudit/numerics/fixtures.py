@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from portaudit.errors import UsageError
+from portaudit.safe_io import read_regular
 
 FORMAT = "portaudit-golden"
 FORMAT_VERSION = 1
@@ -186,13 +187,17 @@ def read_fixtures(root: str | Path) -> FixtureSet:
     if not root.is_dir():
         raise UsageError(f"fixture path {root} is not a directory")
     index = root / INDEX
-    if not index.is_file():
+    if not os.path.lexists(index):
         raise UsageError(f"{root} is not a golden fixture directory: {INDEX} is missing "
                          f"(record one with `portaudit golden record --out {root}`)")
+    raw = read_regular(index, MAX_INDEX_BYTES, "fixture index")
     try:
-        doc = json.loads(index.read_text())
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"{index}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from exc
+        raise UsageError(f"{index}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise UsageError(f"{index}: invalid JSON: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise UsageError(f"{index}: not a portaudit golden index (expected \"format\": \"{FORMAT}\")")
     if doc.get("version") != FORMAT_VERSION:
@@ -201,13 +206,51 @@ def read_fixtures(root: str | Path) -> FixtureSet:
     raw_cases = doc.get("cases")
     if not isinstance(raw_cases, dict):
         raise UsageError(f"{index}: \"cases\" must be a mapping of case name to record")
+    if not isinstance(doc.get("environment", {}), dict):
+        raise UsageError(f"{index}: \"environment\" must be a mapping")
     cases = {}
     for name, r in raw_cases.items():
-        try:
-            cases[name] = CaseRecord(name, r["api"], r["kind"], r.get("params", {}), r.get("file"),
-                                     r.get("status", "ok"), r.get("error", ""), r.get("seconds", 0.0),
-                                     r.get("tensors", {}), r.get("note", ""))
-        except (KeyError, TypeError) as exc:
-            raise UsageError(f"{index}: case {name!r} is malformed (missing {exc})") from exc
+        problem = _record_problem(r)
+        if problem:
+            raise UsageError(f"{index}: case {name!r} is malformed ({problem})")
+        cases[name] = CaseRecord(name, r["api"], r["kind"], r.get("params", {}), r.get("file"),
+                                 r.get("status", "ok"), r.get("error", ""), r.get("seconds", 0.0),
+                                 r.get("tensors", {}), r.get("note", ""))
     meta = {k: v for k, v in doc.items() if k != "cases"}
     return FixtureSet(root, meta, cases)
+
+
+MAX_INDEX_BYTES = 64 << 20
+_RECORD_TYPES = {"api": str, "kind": str, "params": dict, "status": str, "error": str, "tensors": dict,
+                 "note": str}
+
+
+def _unique_keys(pairs: list) -> dict:
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice")
+        out[k] = v
+    return out
+
+
+def _record_problem(r) -> Optional[str]:
+    """Why a case record of index.json cannot be used (None when it can)."""
+    if not isinstance(r, dict):
+        return f"expected a mapping, got {type(r).__name__}"
+    for key in ("api", "kind"):
+        if key not in r:
+            return f"missing '{key}'"
+    for key, typ in _RECORD_TYPES.items():
+        if key in r and not isinstance(r[key], typ):
+            return f"'{key}' must be a {typ.__name__}"
+    if r.get("status", "ok") not in ("ok", "error"):
+        return "'status' must be 'ok' or 'error'"
+    seconds = r.get("seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return "'seconds' must be a number"
+    f = r.get("file")
+    if f is not None and (not isinstance(f, str) or not f or f in (".", "..") or "/" in f or "\\" in f
+                          or "\0" in f):
+        return "'file' must be the plain name of a file in the fixture directory"
+    return None

@@ -1,21 +1,26 @@
-"""``golden check``: run an implementation on recorded inputs and compare with recorded outputs."""
+"""``golden check``: run an implementation on recorded inputs and compare with recorded outputs.
+
+The recorded cases are looked up by name in a case registry (:mod:`.case_registry`), whose
+``run`` feeds the recorded inputs to the implementation."""
 
 from __future__ import annotations
 
 import math
 import traceback
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 import torch
 
 from portaudit.errors import UsageError
 from portaudit.numerics.fixtures import read_fixtures
-from portaudit.numerics.golden_cases import golden_cases
-from portaudit.numerics.impl import Implementation, MissingSymbol
+from portaudit.numerics.impl import Implementation, MissingSymbol, NotApplicable
 from portaudit.numerics.metrics import compare
-from portaudit.numerics.results import ERROR, FAIL, MISSING, PASS, SKIP, ResultRow
-from portaudit.numerics.tolerances import GOLDEN_RULES, ToleranceTable
+from portaudit.numerics.results import ERROR, FAIL, MISSING, NA, PASS, SKIP, ResultRow
+from portaudit.numerics.tolerances import ToleranceTable
+
+if TYPE_CHECKING:
+    from portaudit.numerics.case_registry import CaseRegistry
 
 
 def _label(params: dict) -> str:
@@ -33,14 +38,18 @@ def _label(params: dict) -> str:
 def check_golden(
     impl: Implementation,
     fixtures: str | Path,
+    registry: "CaseRegistry",
     device: torch.device = torch.device("cpu"),
     pattern: Optional[str] = None,
     table: Optional[ToleranceTable] = None,
     progress: Optional[Callable[[str], None]] = None,
+    left_out: Optional[Dict[str, int]] = None,
 ) -> List[ResultRow]:
+    """Rows for every recorded case; a case needing an API the implementation does not claim
+    (``impl.provides``) is not run and counted in ``left_out`` (API -> cases) instead."""
     fs = read_fixtures(fixtures)
-    declared = {c.name: c for c in golden_cases()}
-    table = table or ToleranceTable(GOLDEN_RULES)
+    declared = {c.name: c for c in registry.golden_cases()}
+    table = table or ToleranceTable(registry.golden_rules())
     names = [n for n in fs.cases if pattern is None or any(p.strip() in n for p in pattern.split(","))]
     if pattern is not None and not names:
         raise UsageError(f"no golden case in {fs.root} matches '{pattern}'")
@@ -59,6 +68,12 @@ def check_golden(
             rows.append(ResultRow(op, "golden", name, "*", math.nan, math.nan, math.nan, ERROR,
                                   "fixture case is not declared by this portaudit (re-record the fixtures)"))
             continue
+        unclaimed = [a for a in case.required_apis() if not impl.provides(a)]
+        if unclaimed:
+            for a in unclaimed:
+                if left_out is not None:
+                    left_out[a] = left_out.get(a, 0) + 1
+            continue
         missing = [a for a in case.required_apis() if not impl.has(a)]
         if missing:
             detail = []
@@ -73,6 +88,9 @@ def check_golden(
         inputs, expected = fs.load_case(name)
         try:
             actual = case.run(case, impl, inputs, device)
+        except NotApplicable as exc:
+            rows.append(ResultRow(op, "golden", name, "*", math.nan, math.nan, math.nan, NA, str(exc)))
+            continue
         except Exception as exc:
             tb = traceback.extract_tb(exc.__traceback__)
             where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""

@@ -3,23 +3,48 @@
 ``ModuleImplementation('myfla', {'fla': 'myfla'})`` maps ``fla.ops.kda.chunk.chunk_kda`` to
 ``myfla.ops.kda.chunk.chunk_kda`` (the port mirrors the upstream module tree); with an identity
 mapping it resolves the real upstream. ``MappingImplementation`` serves a fixed table of
-callables (the CPU reference, planted-error variants in tests). :mod:`.registry` picks one by name.
+callables (the CPU reference, planted-error variants in tests). An implementation described by
+a YAML file (renamed callables, argument adapters) is built by :mod:`.impl_spec`; :mod:`.registry`
+picks one by name or file.
+
+Besides resolving names, an implementation states what it cannot do, so that a check needing it
+is reported ``n/a`` instead of failing: ``float64_gap(api)`` (it does not compute in float64),
+and the :class:`NotApplicable` its adapters raise for an argument value it has no counterpart for.
+``precision`` names the tolerance profile its fp32 arithmetic needs (``fp32``, or ``tf32`` for
+GPU kernels whose dots round to TF32).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 
 class MissingSymbol(LookupError):
     """The implementation has no object for an upstream API path."""
 
 
+class NotApplicable(Exception):
+    """A check asked for a capability the implementation declares it does not have (no varlen, no
+    float64, no backward...). Reported as status ``n/a`` with this message, never as a failure."""
+
+
 class Implementation:
     """Base: ``resolve(api_path)`` returns the object or raises :class:`MissingSymbol`."""
 
     name = "impl"
+    precision = "fp32"
+    # False: the implementation provides only the API paths it declares (a third-party library
+    # seen through fla's API); checks of other paths are left out and listed, not failed.
+    mirrors_upstream = True
+
+    def float64_gap(self, api_path: str) -> Optional[str]:
+        """Why ``api_path`` does not compute in float64, or None when it does."""
+        return None
+
+    def provides(self, api_path: str) -> bool:
+        """Whether the implementation claims ``api_path`` at all (see ``mirrors_upstream``)."""
+        return True
 
     def resolve(self, api_path: str) -> Any:  # pragma: no cover - interface
         raise MissingSymbol(api_path)
@@ -38,10 +63,19 @@ class Implementation:
 class ModuleImplementation(Implementation):
     """Resolve API paths by importing a package whose module tree mirrors the upstream's."""
 
-    def __init__(self, name: str, prefix_map: Optional[Mapping[str, str]] = None):
+    def __init__(self, name: str, prefix_map: Optional[Mapping[str, str]] = None, precision: str = "fp32",
+                 no_float64: Optional[str] = None, float64_paths: Iterable[str] = ()):
         self.name = name
         self.prefix_map = dict(prefix_map or {})
+        self.precision = precision
+        self._no_float64 = no_float64            # reason, when the implementation takes no float64
+        self._float64_paths = set(float64_paths)  # ...except these paths (implemented in torch)
         self._cache: Dict[str, Any] = {}
+
+    def float64_gap(self, api_path: str) -> Optional[str]:
+        if self._no_float64 and api_path not in self._float64_paths:
+            return self._no_float64
+        return None
 
     def translate(self, api_path: str) -> str:
         head, _, rest = api_path.partition(".")

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from portaudit.numerics.case_registry import DEFAULT_REGISTRY, load_case_registry
 from portaudit.numerics.fixtures import FixtureWriter
 from portaudit.numerics.golden_cases import GoldenCase, find_cases
 from portaudit.numerics.impl import Implementation
@@ -81,13 +82,12 @@ def record(
     impl: Implementation,
     out: Path,
     device: torch.device,
-    cases: Optional[List[GoldenCase]] = None,
+    cases: List[GoldenCase],
     upstream: Optional[List[str]] = None,
     archive: Optional[Path] = None,
     log: Callable[[str], None] = print,
     use_safetensors: bool = False,
 ) -> FixtureWriter:
-    cases = cases if cases is not None else find_cases()
     meta = environment_meta(device, "inputs drawn on CPU from torch.Generator seeded with zlib.crc32(case name)")
     meta["implementation"] = impl.describe()
     meta["upstream"] = list(upstream or [])
@@ -118,6 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--impl", default="fla", help="fla (default), myfla or ref")
     ap.add_argument("--device", default=None, help="cuda when available, else cpu")
     ap.add_argument("--cases", default=None, help="substring filter on case names")
+    ap.add_argument("--registry", default=DEFAULT_REGISTRY, help="case registry (built-in name or module path)")
     ap.add_argument("--upstream", default="fla-core==0.4.0,flash-linear-attention==0.4.0")
     ap.add_argument("--upstream-path", default=None, help="upstream tree for --impl ref")
     ap.add_argument("--archive", default=None, type=Path, help="rewrite this .tar of --out after each case")
@@ -126,8 +127,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.impl == "fla":
         limit_triton_autotune()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    impl = get_implementation(args.impl, upstream_root=args.upstream_path)
-    cases = find_cases(args.cases)
+    registry = load_case_registry(args.registry)
+    impl = get_implementation(args.impl, registry, upstream_root=args.upstream_path)
+    cases = find_cases(registry.golden_cases(), args.cases)
     print(f"recording {len(cases)} cases with {impl.describe()} on {device}", flush=True)
     writer = record(impl, args.out, device, cases, args.upstream.split(","), args.archive,
                     log=lambda m: print(m, flush=True), use_safetensors=args.safetensors)

@@ -9,6 +9,9 @@ from typing import Dict, Iterable, List, Optional
 from xml.sax.saxutils import escape, quoteattr
 
 PASS, FAIL, ERROR, MISSING, SKIP = "pass", "fail", "error", "missing", "skip"
+# n/a: the implementation declares it lacks what the check needs (no varlen, no float64, ...).
+# Neither a failure nor a pass; always shown with its reason.
+NA = "n/a"
 FAILING = {FAIL, ERROR, MISSING}
 
 
@@ -35,11 +38,17 @@ def _num(x: float) -> Optional[float]:
 
 
 def summary(rows: Iterable[ResultRow]) -> Dict[str, int]:
-    s = {PASS: 0, FAIL: 0, ERROR: 0, MISSING: 0, SKIP: 0}
+    s = {PASS: 0, FAIL: 0, ERROR: 0, MISSING: 0, SKIP: 0, NA: 0}
     for r in rows:
         s[r.status] = s.get(r.status, 0) + 1
     s["total"] = sum(v for k, v in s.items() if k != "total")
     return s
+
+
+def summary_line(s: Dict[str, int]) -> str:
+    """``12 passed, 0 failed, 0 errors, 0 missing, 0 skipped[, 3 n/a]``."""
+    line = f"{s[PASS]} passed, {s[FAIL]} failed, {s[ERROR]} errors, {s[MISSING]} missing, {s[SKIP]} skipped"
+    return line + (f", {s[NA]} n/a" if s.get(NA) else "")
 
 
 def to_json(rows: List[ResultRow], meta: Optional[dict] = None, notes: Optional[List[str]] = None) -> str:
@@ -58,8 +67,7 @@ def _fmt(x: float) -> str:
 
 def to_markdown(rows: List[ResultRow], title: str = "Numerics", notes: Optional[List[str]] = None) -> str:
     s = summary(rows)
-    lines = [f"## {title}", "",
-             f"{s[PASS]} passed, {s[FAIL]} failed, {s[ERROR]} errors, {s[MISSING]} missing, {s[SKIP]} skipped", ""]
+    lines = [f"## {title}", "", summary_line(s), ""]
     lines.append("| op | invariant | case | output | max-abs | RMS ratio | tolerance | status |")
     lines.append("|---|---|---|---|---:|---:|---:|---|")
     for r in rows:
@@ -76,7 +84,7 @@ def to_junit(rows: List[ResultRow], suite: str = "portaudit.numerics") -> str:
     s = summary(rows)
     out = ['<?xml version="1.0" encoding="UTF-8"?>',
            f'<testsuite name={quoteattr(suite)} tests="{s["total"]}" failures="{s[FAIL] + s[MISSING]}" '
-           f'errors="{s[ERROR]}" skipped="{s[SKIP]}">']
+           f'errors="{s[ERROR]}" skipped="{s[SKIP] + s[NA]}">']
     for r in rows:
         name = quoteattr(f"{r.check}[{r.case}].{r.output}")
         out.append(f'  <testcase classname={quoteattr(r.group)} name={name}>')
@@ -85,7 +93,7 @@ def to_junit(rows: List[ResultRow], suite: str = "portaudit.numerics") -> str:
             out.append(f'    <failure message={quoteattr(r.message or r.status)}>{escape(detail)}</failure>')
         elif r.status == ERROR:
             out.append(f'    <error message={quoteattr(r.message or "error")}>{escape(detail)}</error>')
-        elif r.status == SKIP:
+        elif r.status in (SKIP, NA):
             out.append(f'    <skipped message={quoteattr(r.message)}/>')
         out.append("  </testcase>")
     out.append("</testsuite>")
@@ -102,12 +110,14 @@ def print_rich(rows: List[ResultRow], console=None, title: str = "numerics", not
     groups: Dict[str, List[ResultRow]] = {}
     for r in rows:
         groups.setdefault(r.group, []).append(r)
-    style = {PASS: "green", FAIL: "bold red", ERROR: "bold red", MISSING: "bold red", SKIP: "yellow"}
+    style = {PASS: "green", FAIL: "bold red", ERROR: "bold red", MISSING: "bold red", SKIP: "yellow", NA: "cyan"}
     for group, grows in groups.items():
         shown = [r for r in grows if r.failed] if failures_only else grows
         n_bad = sum(r.failed for r in grows)
-        table = Table(title=f"{group}  ({len(grows) - n_bad}/{len(grows)} ok)", title_justify="left",
-                      show_lines=False)
+        n_na = sum(r.status == NA for r in grows)
+        na_note = f", {n_na} n/a" if n_na else ""
+        table = Table(title=f"{group}  ({len(grows) - n_bad - n_na}/{len(grows)} ok{na_note})",
+                      title_justify="left", show_lines=False)
         for col, just in (("invariant", "left"), ("case", "left"), ("output", "left"), ("max-abs", "right"),
                           ("RMS ratio", "right"), ("tolerance", "right"), ("status", "left")):
             table.add_column(col, justify=just, overflow="fold")
@@ -120,8 +130,7 @@ def print_rich(rows: List[ResultRow], console=None, title: str = "numerics", not
             console.print(table)
     s = summary(rows)
     color = "red" if s[FAIL] + s[ERROR] + s[MISSING] else "green"
-    console.print(f"[bold {color}]{title}: {s[PASS]} passed, {s[FAIL]} failed, {s[ERROR]} errors, "
-                  f"{s[MISSING]} missing, {s[SKIP]} skipped ({s['total']} checks)[/]")
+    console.print(f"[bold {color}]{title}: {summary_line(s)} ({s['total']} checks)[/]")
     for n in notes or []:
         console.print(f"[yellow]note:[/] {escape_markup(n)}")
 

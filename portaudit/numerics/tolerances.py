@@ -2,7 +2,8 @@
 
 Keys are fnmatch patterns; the most specific matching rule wins (fewest wildcards, then the
 first declared). ``op`` is the API's last name (``chunk_kda``, ``KimiDeltaAttention``); outputs
-are the names a case returns (``o``, ``ht``, ``dq``, ``dparam.q_proj.weight``...).
+are the names a case returns (``o``, ``ht``, ``dq``, ``dparam.q_proj.weight``...). The rules
+themselves come with a case registry (fla 0.4.0's: :mod:`.fla040.tolerances`).
 
 Manifest overrides (``numerics.tolerances`` entries with a required ``reason``) are applied on
 top; an override whose rule is never looser than what the run needed is reported as unneeded.
@@ -11,6 +12,7 @@ top; an override whose rule is never looser than what the run needed is reported
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass
 from typing import Iterable, List, Optional
 
@@ -39,54 +41,8 @@ class Tolerance:
         return (literal, chars)
 
 
+# The fallback when no rule matches: fp32 against an fp64 oracle.
 STRICT = "fp32 against an fp64 oracle: DESIGN.md/common brief bound (1e-5 outputs)"
-
-# CPU-vs-CPU invariants: an fp32 implementation against fp64 references or against itself.
-INVARIANT_RULES: List[Tolerance] = [
-    Tolerance("*", "*", "fp32", 1e-5, STRICT),
-    Tolerance("*", "d*", "fp32", 1e-4, "gradients of an fp32 implementation vs fp64 autograd (brief: 1e-4)"),
-    Tolerance("*", "*", "fp64", 1e-10, "fp64 against fp64: only summation-order differences"),
-    Tolerance("*", "*", "bf16", 2e-2, "bf16 inputs carry an 8-bit mantissa (fla's tests use 5e-3..2e-2)"),
-    Tolerance("*", "*", "fp16", 5e-3, "fp16 inputs (fla's own tests: 5e-3 outputs, 8e-3 grads)"),
-    Tolerance("*", "d*", "fp16", 8e-3, "fp16 inputs (fla's own tests: 8e-3 gradients)"),
-    Tolerance("*Attention", "*", "fp32", 2e-5,
-              "layers chain projections, conv, norm and the recurrence in fp32 (several rounding steps)"),
-    Tolerance("GatedDeltaNet", "*", "fp32", 2e-5,
-              "layers chain projections, conv, norm and the recurrence in fp32 (several rounding steps)"),
-    Tolerance("*Attention", "d*", "fp32", 1e-4, "layer gradients of an fp32 implementation vs fp64 autograd"),
-    Tolerance("GatedDeltaNet", "d*", "fp32", 1e-4, "layer gradients of an fp32 implementation vs fp64 autograd"),
-]
-
-# Golden fixtures: real fla on a GPU. Triton dots take TF32 for fp32 inputs (GPU.md).
-TF32 = "fla's Triton dots use TF32 for fp32 inputs (GPU.md: ~1.5e-4 outputs, ~7e-4 states, ~1e-3 gradients)"
-GOLDEN_RULES: List[Tolerance] = [
-    Tolerance("*", "*", "fp32", 1e-5, "elementwise/recurrent fp32 kernels: rounding-order differences only"),
-    Tolerance("chunk_*", "*", "fp32", 1e-3, TF32),
-    Tolerance("chunk_*", "ht", "fp32", 3e-3, TF32),
-    Tolerance("chunk_gated_delta_rule", "o", "fp32", 3e-3,
-              TF32 + "; GDN's outputs are small next to their TF32 error (fla vs fp32 CPU reference: 1.4e-3)"),
-    Tolerance("chunk_*", "d*", "fp32", 5e-3, TF32),
-    Tolerance("chunk_*", "*", "bf16", 2e-2, "bf16 inputs on top of TF32 dots (fla's own tests: up to 2e-2)"),
-    Tolerance("solve_tril", "*", "fp32", 1e-3, "fla inverts 16x16 blocks and merges them with TF32 dots"),
-    Tolerance("chunk_local_cumsum", "*", "fp32", 1e-5, "fp32 prefix sums; summation order differs"),
-    Tolerance("*Attention", "*", "fp32", 3e-3, TF32 + "; the layer runs the chunk kernels"),
-    Tolerance("*Attention", "d*", "fp32", 1e-2, TF32 + "; layer gradients pass through the chunk backward"),
-    Tolerance("*Attention", "dparam.A_log", "fp32", 5e-2,
-              "an H-element gradient summing TF32-rounded terms over every token and channel with "
-              "cancellation (fla vs the fp32 CPU reference: 1.1e-2..1.8e-2)"),
-    Tolerance("GatedDeltaNet", "*", "fp32", 3e-3, TF32 + "; the layer runs the chunk kernels"),
-    Tolerance("GatedDeltaNet", "d*", "fp32", 1e-2, TF32 + "; layer gradients pass through the chunk backward"),
-]
-
-
-def invariant_rules(impl: str) -> List[Tolerance]:
-    """Built-in rules of ``invariants`` for an implementation. Real fla (``--impl fla``, on a GPU)
-    runs its chunk kernels with TF32 dots, so its chunk ops, ``solve_tril`` and the layers get the
-    golden fixtures' TF32 bounds (measured on an H100: chunk outputs <= 1.5e-3, gradients <= 1.5e-3,
-    KDA's ``dparam.A_log`` 4.6e-3); its recurrent and elementwise kernels keep the fp32 bounds."""
-    if impl == "fla":
-        return [r for r in GOLDEN_RULES if r.op != "*"] + INVARIANT_RULES
-    return list(INVARIANT_RULES)
 
 
 class ToleranceTable:
@@ -132,10 +88,13 @@ def overrides_from_manifest(data: Optional[dict], where: str = "manifest") -> Li
         if not reason:
             raise UsageError(f"{where}: numerics.tolerances[{i}] ({e.get('op', '*')}/{e.get('output', '*')}) "
                              f"needs a reason")
-        try:
-            value = float(e.get("rtol", e.get("value")))
-        except (TypeError, ValueError):
-            raise UsageError(f"{where}: numerics.tolerances[{i}] needs a numeric rtol") from None
-        out.append(Tolerance(str(e.get("op", "*")), str(e.get("output", "*")), str(e.get("dtype", "*")), value,
-                             reason, source=where))
+        value = e.get("rtol", e.get("value"))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise UsageError(f"{where}: numerics.tolerances[{i}] needs rtol, a finite positive number "
+                             f"(got {value!r})")
+        fields = {k: e.get(k, "*") for k in ("op", "output", "dtype")}
+        bad = [k for k, x in fields.items() if not isinstance(x, str) or not x]
+        if bad:
+            raise UsageError(f"{where}: numerics.tolerances[{i}].{bad[0]} must be a non-empty string (a pattern)")
+        out.append(Tolerance(fields["op"], fields["output"], fields["dtype"], float(value), reason, source=where))
     return out

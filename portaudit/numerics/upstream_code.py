@@ -5,12 +5,15 @@ that import GPU-only packages at module level (``fla/ops/kda/gate.py`` imports t
 ``load_function`` executes only the named top-level definition plus the module's imports that are
 importable here, so the oracle runs on a CPU-only machine. The code executed is the upstream's own
 text, read from the fetched tree at run time; nothing is copied into this repository.
+``upstream_signature`` reads a definition's parameters from the source without executing it (the
+argument adapters of :mod:`.adapters` bind calls made through the upstream's API with it).
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -90,3 +93,66 @@ def load_function(
     if isinstance(names, str):
         return namespace[names]
     return {n: namespace[n] for n in wanted}
+
+
+class SourceDefault:
+    """A default that is not a plain literal (``torch.float``): known only by its source text."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _default_value(node: ast.expr) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return SourceDefault(ast.unparse(node))
+
+
+def _module_file(root: Path, module: str) -> Optional[Path]:
+    base = Path(root).joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def upstream_signature(root: Path, api_path: str, method: Optional[str] = None) -> inspect.Signature:
+    """The signature of an upstream function (or of ``method`` of an upstream class), read from its
+    source with ``ast``: parameter names, kinds and defaults (literals as values, anything else as
+    :class:`SourceDefault`). ``self`` is left out of methods. Nothing is executed."""
+    module, _, name = api_path.rpartition(".")
+    path = _module_file(root, module)
+    if path is None:
+        raise UsageError(f"{api_path}: upstream module {module} is not in {root}")
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    node = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == name), None)
+    if node is None:
+        raise UsageError(f"{api_path}: {path} defines no top-level {name}")
+    if method is not None:
+        if not isinstance(node, ast.ClassDef):
+            raise UsageError(f"{api_path} is not a class (it has no {method} to adapt)")
+        node = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == method), None)
+        if node is None:
+            raise UsageError(f"{api_path}: the class defines no {method} of its own")
+    elif not isinstance(node, ast.FunctionDef):
+        raise UsageError(f"{api_path} is a class: adapt its init and forward")
+    args = node.args
+    P = inspect.Parameter
+    params = []
+    positional = [(a, P.POSITIONAL_ONLY) for a in args.posonlyargs] + [(a, P.POSITIONAL_OR_KEYWORD) for a in args.args]
+    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    for (arg, kind), default in zip(positional, defaults):
+        params.append(P(arg.arg, kind, default=P.empty if default is None else _default_value(default)))
+    if args.vararg:
+        params.append(P(args.vararg.arg, P.VAR_POSITIONAL))
+    for arg, default in zip(args.kwonlyargs, args.kw_defaults):
+        params.append(P(arg.arg, P.KEYWORD_ONLY, default=P.empty if default is None else _default_value(default)))
+    if args.kwarg:
+        params.append(P(args.kwarg.arg, P.VAR_KEYWORD))
+    if method is not None and params:
+        params = params[1:]
+    return inspect.Signature(params)

@@ -23,12 +23,15 @@ from pathlib import Path
 from typing import Optional
 
 from portaudit.errors import UsageError
+from portaudit.safe_io import read_regular, write_file
 from portaudit.static.findings import BASELINE, OPEN
+from portaudit.static.manifest import manifest_name_problem
 from portaudit.static.results import ManifestResult
 
 SCHEMA = "portaudit.baseline/1"
 MISSING_CODES = ("PA101", "PA102", "PA105")
 EPS = 1e-9
+MAX_BASELINE_BYTES = 16 << 20
 
 
 @dataclass
@@ -76,24 +79,71 @@ def baseline_path(location: Path, manifest_name: str) -> Path:
     location = Path(location)
     if location.suffix == ".json":
         return location
+    if manifest_name_problem(manifest_name):   # the loader refuses such names; never build a path from one
+        raise UsageError(f"manifest name '{manifest_name}' {manifest_name_problem(manifest_name)}")
     return location / f"{manifest_name}.json"
 
 
+_KEYS = {"schema", "manifest", "min_percent", "passed", "total", "accepted"}
+
+
+def _unique(pairs: list) -> dict:
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key '{k}' appears twice")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number a baseline can hold")
+
+
+def _count(data: dict, key: str) -> int:
+    value = data.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"'{key}' must be a whole number >= 0, got {value!r}")
+    return value
+
+
 def load_baseline(location: Path, manifest_name: str) -> Baseline:
+    """The committed baseline; a missing file is gated strictly. Every value is checked: a NaN
+    ``min_percent`` would make the gate unfailable, a string ``accepted`` would accept its letters."""
     path = baseline_path(location, manifest_name)
-    if not path.is_file():
+    if not os.path.exists(path):
         return Baseline(manifest_name, path=path, exists=False)
+    raw = read_regular(path, MAX_BASELINE_BYTES, "baseline")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique, parse_constant=_no_constant)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - _KEYS)
+        if unknown:
+            raise ValueError(f"unknown key '{unknown[0]}'")
         if data.get("schema") != SCHEMA:
             raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
-        return Baseline(manifest=data.get("manifest", manifest_name),
-                        min_percent=float(data["min_percent"]), accepted=list(data["accepted"]),
-                        passed=int(data.get("passed", 0)), total=int(data.get("total", 0)),
-                        path=path, exists=True)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"{path}: invalid baseline ({exc}); regenerate it with "
-                         "`portaudit check --baseline DIR --update-baseline`")
+        owner = data.get("manifest", manifest_name)
+        if owner != manifest_name:
+            raise ValueError(f"it is the baseline of manifest {owner!r}, not {manifest_name!r}")
+        pct = data["min_percent"]
+        if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not math.isfinite(pct) \
+                or not 0 <= pct <= 100:
+            raise ValueError(f"'min_percent' must be a number from 0 to 100, got {pct!r}")
+        accepted = data["accepted"]
+        if not isinstance(accepted, list) or not all(isinstance(k, str) and k for k in accepted):
+            raise ValueError("'accepted' must be a list of finding keys (strings)")
+        passed, total = _count(data, "passed"), _count(data, "total")
+        if passed > total:
+            raise ValueError(f"'passed' ({passed}) exceeds 'total' ({total})")
+        return Baseline(manifest=manifest_name, min_percent=float(pct), accepted=list(accepted),
+                        passed=passed, total=total, path=path, exists=True)
+    except KeyError as exc:
+        problem = f"missing key {exc}"
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    raise UsageError(f"{path}: invalid baseline ({problem}); regenerate it with "
+                     "`portaudit gate --update-baseline --force` or fix it by hand")
 
 
 def apply_gate(result: ManifestResult, baseline: Baseline) -> GateResult:
@@ -147,8 +197,5 @@ def write_baseline(result: ManifestResult, location: Path, force: bool = False) 
             "passed": result.passed, "total": result.total,
             "accepted": keys}
     path = baseline_path(location, result.manifest.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_file(path, json.dumps(data, indent=1) + "\n", what="baseline")
     return path, notes

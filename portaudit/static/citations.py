@@ -11,8 +11,10 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from portaudit.static.source import split_lines
+
 CITATION_RE = re.compile(
-    r"Source:\s*(?P<path>[\w./-]+\.py):L(?P<start>\d+)(?:-L(?P<end>\d+))?"
+    r"Source:\s*(?P<path>[\w./-]+\.py):L(?P<start>\d{1,9})(?:-L(?P<end>\d{1,9}))?\b"
     r"\s*\((?P<label>[\w.-]+)\s+(?P<version>[^\s)]+)\)")
 # Anything that looks like an attempt at a citation, to report malformed ones.
 LOOSE_RE = re.compile(r"\bSource:\s*\S")
@@ -43,7 +45,7 @@ def format_citation(path: str, start: int, end: int, label: str, version: str) -
 def parse_citations(text: str, first_line: int = 0) -> list[Citation]:
     """All citations in ``text``; ``first_line`` is the file line of the text's first line."""
     out = []
-    for offset, line in enumerate(text.splitlines()):
+    for offset, line in enumerate(split_lines(text)):
         for m in CITATION_RE.finditer(line):
             start = int(m.group("start"))
             end = int(m.group("end") or start)
@@ -54,7 +56,7 @@ def parse_citations(text: str, first_line: int = 0) -> list[Citation]:
 
 def malformed_lines(text: str) -> list[str]:
     """Lines that start a ``Source:`` citation the parser cannot read."""
-    return [ln.strip() for ln in text.splitlines() if LOOSE_RE.search(ln) and not CITATION_RE.search(ln)]
+    return [ln.strip() for ln in split_lines(text) if LOOSE_RE.search(ln) and not CITATION_RE.search(ln)]
 
 
 def parse_one(text: str) -> Optional[Citation]:

@@ -40,6 +40,9 @@ _TABLE = [
     Code("PA105", "presence", ERROR, "kernel not accounted for",
          "no port citation covers the @triton.jit kernel's lines and no same-named torch function "
          "exists in the mirrored module"),
+    Code("PA106", "presence", WARNING, "unresolved base",
+         "the upstream class is an nn.Module / autograd.Function; the port class derives from a base "
+         "defined outside the trees, so its kind cannot be checked statically"),
     # signatures (stubtest's taxonomy)
     Code("PA201", "signature", ERROR, "parameter missing",
          "an upstream parameter (or *args/**kwargs) is absent from the port signature"),
@@ -96,10 +99,20 @@ _TABLE = [
          "a deviation names a symbol that is not in the manifest (nor a method of one)"),
     Code("PA506", "manifest", WARNING, "declared kind differs",
          "the entry's 'kind:' option disagrees with the upstream index"),
+    Code("PA507", "manifest", WARNING, "unused rename",
+         "a declared rename (port.renames or an entry's renames) changed nothing: remove it"),
+    # bodies of copies
+    Code("PA601", "body", ERROR, "body differs",
+         "a copy's definition (decorators and body, normalised: comments, docstrings, formatting and "
+         "import spelling ignored, declared renames applied) differs from the upstream's; the "
+         "finding carries the unified diff, and its key the pair of fingerprints, so the baseline "
+         "accepts exactly this difference"),
+    Code("PA602", "body", WARNING, "body not compared",
+         "a copy's body could not be normalised on one side (source this Python cannot parse)"),
 ]
 
 CODES: dict[str, Code] = {c.code: c for c in _TABLE}
-FAMILIES = ("presence", "signature", "citation", "simplification", "manifest")
+FAMILIES = ("presence", "signature", "citation", "simplification", "body", "manifest")
 
 
 @dataclass
@@ -118,6 +131,8 @@ class Finding:
     status: str = OPEN
     reason: Optional[str] = None            # waiver reason
     deviation: Optional[str] = None         # deviation reason when the symbol is a deviation
+    location: Optional[str] = None          # the port location, when an entry has several
+    diff: Optional[str] = None              # PA601: unified diff of the normalised bodies
     extra: dict = field(default_factory=dict)
 
     @property
@@ -131,7 +146,7 @@ class Finding:
     @property
     def key(self) -> str:
         """Line-independent identity used by the ratchet baseline."""
-        parts = [self.code, self.symbol]
+        parts = [self.code, self.symbol + (f"@{self.location}" if self.location else "")]
         if self.param:
             parts.append(self.param)
         if self.detail:

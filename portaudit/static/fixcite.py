@@ -15,6 +15,11 @@ definition. This module plans line edits that make it so:
 
 Edits are planned for all files first, every edited file must still compile, and only then are
 files replaced atomically: never half-written. Without ``write`` nothing is changed.
+
+Only the bytes of the citations change: a file keeps its encoding (PEP 263, BOM), its line endings
+(CRLF, CR, mixed: inserted lines take their neighbour's ending), its form feeds and U+2028/U+0085
+inside strings (lines are counted as Python counts them, :mod:`portaudit.static.source`), its
+permission bits, its symbolic link (the target is rewritten) and its hard links.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ from pathlib import Path
 from typing import Optional
 
 from portaudit.errors import UsageError
+from portaudit.safe_io import read_regular, write_file
 from portaudit.static.citations import Citation, format_citation
+from portaudit.static.fidelity import DOCSTRING
 from portaudit.static.index.model import CONSTANT, KERNEL, Definition, ModuleInfo
 from portaudit.static.index.tree import TreeIndex
 from portaudit.static.manifest import Manifest
+from portaudit.static.source import MAX_SOURCE_BYTES, line_ending, read_source, split_lines
 
 
 @dataclass
@@ -71,7 +79,7 @@ class _Planner:
 
     def lines(self, path: str) -> list[str]:
         if path not in self._lines:
-            self._lines[path] = Path(path).read_text(encoding="utf-8").splitlines()
+            self._lines[path] = split_lines(read_source(path).text)
         return self._lines[path]
 
     def add(self, edit: Edit) -> None:
@@ -105,9 +113,9 @@ class _Planner:
 
     def in_file(self, c: Citation) -> bool:
         p = self.up.root / c.path
-        if not p.is_file():
+        if not p.is_file() or ".." in Path(c.path).parts:
             return False
-        n = p.read_bytes().count(b"\n")
+        n = read_regular(p, MAX_SOURCE_BYTES, "cited upstream file").count(b"\n")
         return 1 <= c.start <= c.end <= n
 
     def first_ok(self, cits: list[Citation], target: str, d: Definition) -> bool:
@@ -233,8 +241,8 @@ def plan_fixes(manifest: Manifest, up: TreeIndex, port: TreeIndex, plan: Optiona
     seen = set()
     kernels = []
     for entry in manifest.entries:
-        if entry.symbol in seen:
-            continue
+        if entry.symbol in seen or manifest.citation_policy(entry).style != DOCSTRING:
+            continue     # a sidecar is written by sidecar.planned_sidecars; "off" needs nothing
         seen.add(entry.symbol)
         p.entry(entry.symbol, manifest.port_symbol(entry))
         if entry.kind == KERNEL:
@@ -247,51 +255,67 @@ def plan_fixes(manifest: Manifest, up: TreeIndex, port: TreeIndex, plan: Optiona
     return plan
 
 
-def apply_edits(edits: list[Edit]) -> dict[str, tuple[str, str]]:
-    """New text per file: {path: (old, new)}; edits never overlap (one per line)."""
-    out: dict[str, tuple[str, str]] = {}
+@dataclass
+class FileChange:
+    path: str
+    old: str          # decoded text before and after (for the diff)
+    new: str
+    data: bytes       # the new bytes, in the file's own encoding
+
+
+def _with_endings(bodies: list[str], last_ending: str, newline: str) -> list[str]:
+    return [b + newline for b in bodies[:-1]] + [bodies[-1] + last_ending] if bodies else []
+
+
+def apply_edits(edits: list[Edit]) -> dict[str, FileChange]:
+    """The new content of every edited file; edits never overlap (one per line).
+
+    A replaced line keeps its own ending; inserted lines take the ending of the line they are
+    inserted before (or the file's first ending). Every new file must compile.
+    """
+    out: dict[str, FileChange] = {}
     by_file: dict[str, list[Edit]] = {}
     for e in edits:
         by_file.setdefault(e.file, []).append(e)
     for path, es in by_file.items():
-        old = Path(path).read_text(encoding="utf-8")
-        lines = old.splitlines()
+        src = read_source(path)
+        lines = split_lines(src.text, keepends=True)
+        first_nl = next((line_ending(ln) for ln in lines if line_ending(ln)), "\n")
         for e in sorted(es, key=lambda x: (x.line, x.action == "replace"), reverse=True):
             i = e.line - 1
             if e.action == "replace":
-                lines[i:i + 1] = e.new
+                ending = line_ending(lines[i])
+                lines[i:i + 1] = _with_endings(e.new, ending, ending or first_nl)
             else:
-                lines[i:i] = e.new
-        new = "\n".join(lines) + ("\n" if old.endswith("\n") else "")
+                if i == len(lines) and lines and not line_ending(lines[-1]):
+                    lines[-1] += first_nl   # appending after an unterminated last line
+                nl = line_ending(lines[i]) if i < len(lines) and line_ending(lines[i]) else first_nl
+                lines[i:i] = [b + nl for b in e.new]
+        new = "".join(lines)
+        data = src.encode(new)
         try:
-            compile(new, path, "exec")
+            compile(data, path, "exec", dont_inherit=True)
         except SyntaxError as exc:
             raise UsageError(f"{path}: the planned citation edits would not compile ({exc.msg} at line "
                              f"{exc.lineno}); nothing was written")
-        out[path] = (old, new)
+        except (ValueError, RecursionError, MemoryError) as exc:
+            raise UsageError(f"{path}: the planned citation edits cannot be checked ({type(exc).__name__}); "
+                             "nothing was written")
+        out[path] = FileChange(path, src.text, new, data)
     return out
 
 
-def unified_diff(changes: dict[str, tuple[str, str]]) -> str:
+def unified_diff(changes: dict[str, FileChange]) -> str:
     chunks = []
-    for path, (old, new) in sorted(changes.items()):
+    for path, ch in sorted(changes.items()):
         rel = os.path.relpath(path)
-        chunks.extend(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+        chunks.extend(difflib.unified_diff(split_lines(ch.old, keepends=True), split_lines(ch.new, keepends=True),
                                            fromfile=f"a/{rel}", tofile=f"b/{rel}"))
     return "".join(chunks)
 
 
-def write_changes(changes: dict[str, tuple[str, str]]) -> None:
-    """Replace every file atomically, after all new contents were built and compiled."""
-    tmps = []
-    try:
-        for path, (_, new) in changes.items():
-            tmp = f"{path}.{os.getpid()}.portaudit.tmp"
-            Path(tmp).write_text(new, encoding="utf-8")
-            tmps.append((tmp, path))
-        for tmp, path in tmps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in tmps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+def write_changes(changes: dict[str, FileChange]) -> None:
+    """Write every file (each atomically, through links, keeping its mode), after all new contents
+    were built and compiled."""
+    for path, ch in changes.items():
+        write_file(path, ch.data, what="port module")

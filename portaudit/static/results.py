@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from portaudit.static.findings import BASELINE, ERROR, OPEN, WAIVED, Finding
 from portaudit.static.manifest import Manifest
@@ -28,7 +28,7 @@ def display_path(path: str | Path) -> str:
     p = Path(path)
     try:
         return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except (ValueError, OSError):
+    except (ValueError, OSError, RuntimeError):   # RuntimeError: a link loop (Python < 3.13)
         return str(p)
 
 
@@ -46,6 +46,7 @@ class SymbolResult:
     findings: list[Finding] = field(default_factory=list)
     accounted_by: Optional[str] = None
     deviation: Optional[str] = None
+    body: Optional[Any] = None     # checks.comparer.BodyFigure: how close the body is (copies, --bodies)
 
     @property
     def status(self) -> str:

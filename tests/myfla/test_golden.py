@@ -2,7 +2,7 @@
 
 One test per recorded case: the port runs on the recorded inputs (layers load the recorded
 state_dict) and every output, final state and gradient must match fla within the TF32-aware
-tolerances of portaudit.numerics.tolerances.GOLDEN_RULES. A case whose myfla API is missing
+tolerances of portaudit.numerics.fla040.tolerances.GOLDEN_RULES. A case whose myfla API is missing
 fails (status "missing"); it is never skipped.
 """
 
@@ -13,23 +13,25 @@ from pathlib import Path
 import pytest
 import torch
 
+from portaudit.numerics.case_registry import load_case_registry
 from portaudit.numerics.fixtures import read_fixtures
 from portaudit.numerics.golden import check_golden
 from portaudit.numerics.registry import get_implementation
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 CASES = sorted(read_fixtures(GOLDEN).cases)
+FLA040 = load_case_registry("fla-0.4.0")
 
 
 @pytest.fixture(scope="module")
 def myfla_impl():
-    return get_implementation("myfla")
+    return get_implementation("myfla", FLA040)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_golden(myfla_impl, case):
     torch.set_num_threads(2)
-    rows = check_golden(myfla_impl, GOLDEN, pattern=case)
+    rows = check_golden(myfla_impl, GOLDEN, FLA040, pattern=case)
     rows = [r for r in rows if r.case.split(" [")[0] == case]
     assert rows, f"no result for {case}"
     bad = [f"{r.output}: {r.status} rms={r.rms_ratio:.2e} tol={r.tol:.1e} {r.message}" for r in rows if r.failed]

@@ -50,8 +50,17 @@ def test_unittest_entry_has_one_test_per_check():
 
 def test_every_autograd_function_has_a_gradcheck():
     functions = set()
-    for info in pkgutil.walk_packages(myfla.__path__, "myfla."):
-        module = importlib.import_module(info.name)
+    for info in pkgutil.walk_packages(myfla.__path__, "myfla.", onerror=lambda name: None):
+        if info.name.startswith("myfla._fla_shim."):
+            continue   # the top-level `fla` of myfla.alias' PYTHONPATH shim, not a module of myfla
+        try:
+            module = importlib.import_module(info.name)
+        except ModuleNotFoundError as exc:
+            # fla's HF model classes need transformers (absent in the torch-1.13 floor run); the main
+            # environment has it and checks their modules
+            if (exc.name or "").split(".")[0] != "transformers":
+                raise
+            continue
         for name, obj in vars(module).items():
             if (inspect.isclass(obj) and issubclass(obj, torch.autograd.Function) and obj.__module__ == info.name):
                 functions.add(name)

@@ -112,7 +112,14 @@ def test_entry_points_and_numerics_tolerances_load(tmp_path):
 
 @pytest.mark.parametrize("entry, why", [
     ("{op: f, rtol: 1.0e-5}", "missing required key 'reason'"),
-    ("{op: f, rtol: -1, reason: x}", "expected a positive number"),
+    ("{op: f, rtol: -1, reason: x}", "expected a finite positive number"),
+    ("{op: f, rtol: .nan, reason: x}", "expected a finite positive number"),
+    ("{op: f, rtol: .inf, reason: x}", "expected a finite positive number"),
+    ("{op: f, rtol: 0, reason: x}", "expected a finite positive number"),
+    ("{op: f, rtol: true, reason: x}", "expected a finite positive number"),
+    ("{op: f, rtol: '1e-5', reason: x}", "expected a finite positive number"),
+    ("{op: [f], rtol: 1.0e-5, reason: x}", "expected a string"),
+    ("{op: f, dtype: {a: 1}, rtol: 1.0e-5, reason: x}", "expected a string"),
     ("{op: f, rtol: 1.0e-5, reason: x, tol: 2}", "unknown key"),
 ])
 def test_numerics_tolerance_errors_name_the_key(tmp_path, entry, why):

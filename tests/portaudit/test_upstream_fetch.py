@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from portaudit.cli import app
-from portaudit.errors import UpstreamError
+from portaudit.errors import UpstreamError, UsageError
 from portaudit.static.manifest import load_manifest
 from portaudit.static.upstream import fetch_distributions, resolve_upstream
 
@@ -73,7 +73,7 @@ def test_corrupt_wheel_and_missing_version(tmp_path):
         fetch_distributions(["up-core==1.0"], cache_dir=tmp_path / "c", wheel_dir=wheels)
     with pytest.raises(UpstreamError, match="no wheel for 'up-core==2.0'"):
         fetch_distributions(["up-core==2.0"], cache_dir=tmp_path / "c", wheel_dir=wheels)
-    with pytest.raises(UpstreamError, match="not pinned"):
+    with pytest.raises(UsageError, match="not pinned"):   # a bad specifier is bad input (exit 2)
         fetch_distributions(["up-core>=1"], cache_dir=tmp_path / "c", wheel_dir=wheels)
     with pytest.raises(UpstreamError, match="does not contain the package 'up'"):
         resolve_upstream(upstream_path=tmp_path, package="up")

@@ -4,7 +4,7 @@ Within a chunk, with ``h`` the state entering it and ``G_ij = exp(g_i - g_j)`` t
 
     o = scale * (exp(g) * (q @ h) + tril(q @ k^T * G) @ v)
 
-The backward pieces (``chunk_bwd_dv_local``, ``chunk_bwd_dqkwg``) differentiate the intra-chunk and
+The backward pieces (``chunk_bwd_dv``, ``chunk_bwd_dv_local``, ``chunk_bwd_dqkwg``) differentiate the intra-chunk and
 the state-readout parts; the state recurrence itself is in ``chunk_delta_h``. All chunks of all
 heads are handled by single batched matmuls on the chunk grid.
 """
@@ -18,8 +18,11 @@ import torch
 from myfla.ops.common.chunk_delta_h import chunks_to_grid, from_grid, gate_ratio, memo, to_grid
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 from myfla.ops.utils.workspace import out_buffer
-from myfla.utils import accumulation_dtype, is_nvidia_hopper
+from myfla.utils import accumulation_dtype, check_shared_mem, is_nvidia_hopper
 
+# Block sizes of fla's autotuner (kept for API parity; unused by torch code).
+# Source: fla/ops/common/chunk_o.py:L14-L14 (fla 0.4.0)
+BKV_LIST = [64, 128] if check_shared_mem() else [32, 64]
 # Warp counts of fla's autotuner (kept for API parity; unused by torch code).
 # Source: fla/ops/common/chunk_o.py:L15-L15 (fla 0.4.0)
 NUM_WARPS = [2, 4] if is_nvidia_hopper else [2, 4, 8]
@@ -104,6 +107,59 @@ def _gates(layout: ChunkLayout, g, g_gamma, H: int, dtype, device):
         g_c, _ = _gamma_gates(layout, g_gamma, H, dtype, device)
         return g_c, torch.exp(g_c.unsqueeze(-1) - g_c.unsqueeze(-2))
     return None
+
+
+def chunk_bwd_dv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    do: torch.Tensor,
+    dh: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    g_gamma: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64
+) -> torch.Tensor:
+    """Full ``dv`` of ``o = scale * (exp(g) q h + tril(q k^T G) v)`` with the state recurrence of
+    ``chunk_fwd_h``: ``dv = scale * triu(k q^T G^T) do + exp(g_last - g) * (k dh)`` per chunk, with
+    ``dh`` ``[B, NT, H, K, V]`` the gradient of the state at the end of every chunk; ``do.dtype``.
+
+    Source: fla/ops/common/chunk_o.py:L530-L579 (fla 0.4.0)
+    Source: fla/ops/common/chunk_o.py:L305-L397 (fla 0.4.0)
+    """
+    B, T, H, K, V = *k.shape, do.shape[-1]
+    BT = chunk_size
+    if scale is None:
+        scale = k.shape[-1] ** -0.5
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
+    if layout.NC == 0:
+        return torch.empty_like(do)
+    cdt = accumulation_dtype(q, k, do, dh)
+    k_c = to_grid(layout, k, dtype=cdt)
+    dh_c = chunks_to_grid(layout, dh, dtype=cdt)
+    if k.dtype != cdt:
+        # the kernel's dot takes dh in k's dtype
+        dh_c = dh_c.to(k.dtype).to(cdt)
+    dv_c = torch.matmul(k_c, dh_c)                                      # [NC, NH, BT, V]
+    PT = _qk(layout, q, k, cdt).transpose(-1, -2)                       # k_i . q_j
+    gates = _gates(layout, g, g_gamma, H, cdt, k.device)
+    if gates is not None:
+        g_c, G = gates
+        if g is not None:
+            g_last = g_c[:, :, -1]
+        else:
+            _, g_last = _gamma_gates(layout, g_gamma, H, cdt, k.device)
+        valid = _valid_grid(layout, H, k.device)
+        dv_c.mul_(torch.where(valid, torch.exp(g_last.unsqueeze(-1) - g_c), 0).unsqueeze(-1))
+        PT = PT * G.transpose(-1, -2)                                   # exp(g_j - g_i), bounded for j >= i
+    else:
+        PT = PT.clone()
+    PT.triu_().mul_(scale)
+    if do.dtype != cdt:
+        PT = PT.to(do.dtype).to(cdt)
+    do_c = to_grid(layout, do, dtype=cdt)
+    dv_c.flatten(0, 1).baddbmm_(PT.flatten(0, 1), do_c.flatten(0, 1))
+    return from_grid(layout, dv_c, H, do.dtype)
 
 
 def chunk_bwd_dv_local(

@@ -23,6 +23,7 @@ from myfla.ops.common.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local, chunk_
 from myfla.ops.common.chunk_scaled_dot_kkt import chunk_scaled_dot_kkt_fwd
 from myfla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
 from myfla.ops.utils import chunk_local_cumsum, solve_tril
+from myfla.ops.utils.gva import gva_groups, repeat_qk_heads, sum_qk_heads
 from myfla.ops.utils.validation import check_op_inputs, warn_if_head_first
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
@@ -218,6 +219,10 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
     state of every segment after the first is kept for the backward, which walks the segments in
     reverse and hands each segment's ``dh0`` to the previous one as its ``dht``.
 
+    Grouped value heads (q/k with ``H`` heads, v/g/beta/state with ``HV``) as fla 0.5.0: the passes
+    run on ``HV`` heads with q/k repeated per group (after the in-kernel L2 norm, which is per head),
+    and the backward sums the repeated heads' gradients (see ``myfla.ops.utils.gva``).
+
     Source: fla/ops/gated_delta_rule/chunk.py:L151-L215 (fla 0.4.0)
     """
 
@@ -237,12 +242,14 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
         cu_seqlens: Optional[torch.LongTensor] = None,
         use_qk_l2norm_in_kernel: bool = False,
     ):
+        groups = gva_groups(q, k, v)
         q_rstd, k_rstd = None, None
         if use_qk_l2norm_in_kernel:
             q, q_rstd = l2norm_fwd(q)
             k, k_rstd = l2norm_fwd(k)
+        q_v, k_v = repeat_qk_heads(q, groups), repeat_qk_heads(k, groups)   # on the value heads
 
-        segments = _time_segments(q.shape[0], q.shape[1], q.shape[2], max(k.shape[-1], v.shape[-1]), cu_seqlens)
+        segments = _time_segments(q.shape[0], q.shape[1], v.shape[2], max(k.shape[-1], v.shape[-1]), cu_seqlens)
         outs, boundary_states = None, []
         state = initial_state
         for i, (s, e) in enumerate(segments):
@@ -250,8 +257,8 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
             if i > 0:
                 boundary_states.append(state)
             g_i, o_i, A_i, state = chunk_gated_delta_rule_fwd(
-                q=q[:, s:e],
-                k=k[:, s:e],
+                q=q_v[:, s:e],
+                k=k_v[:, s:e],
                 v=v[:, s:e],
                 g=g[:, s:e],
                 beta=beta[:, s:e],
@@ -262,10 +269,12 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
             )
             outs = _gather_segment(outs, (g_i, o_i, A_i), s, e, q.shape[1], len(segments))
             del g_i, o_i, A_i
+        del q_v, k_v
         final_state = state
         g, o, A = outs
         ctx.save_for_backward(q, q_rstd, k, k_rstd, v, g, beta, A, initial_state, cu_seqlens, *boundary_states)
         ctx.scale = scale
+        ctx.groups = groups
         ctx.segments = segments
         ctx.use_qk_l2norm_in_kernel = use_qk_l2norm_in_kernel
         return o.to(q.dtype), final_state
@@ -280,13 +289,15 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
     ):
         q, q_rstd, k, k_rstd, v, g, beta, A, initial_state, cu_seqlens, *boundary_states = ctx.saved_tensors
         segments = ctx.segments
+        groups = ctx.groups
+        q_v, k_v = repeat_qk_heads(q, groups), repeat_qk_heads(k, groups)
         starts = [initial_state] + boundary_states
         grads = None
         for i in range(len(segments) - 1, -1, -1):
             s, e = segments[i]
             grads_i = chunk_gated_delta_rule_bwd(
-                q=q[:, s:e],
-                k=k[:, s:e],
+                q=q_v[:, s:e],
+                k=k_v[:, s:e],
                 v=v[:, s:e],
                 g=g[:, s:e],
                 beta=beta[:, s:e],
@@ -300,7 +311,9 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
             dht = grads_i[5]                                        # dh0 of this segment
             grads = _gather_segment(grads, grads_i[:5], s, e, q.shape[1], len(segments))
             del grads_i
+        del q_v, k_v
         dq, dk, dv, db, dg = grads
+        dq, dk = sum_qk_heads(dq, groups), sum_qk_heads(dk, groups)
         dh0 = dht
         if ctx.use_qk_l2norm_in_kernel:
             dq = l2norm_bwd(q, q_rstd, dq)
@@ -330,20 +343,22 @@ def chunk_gated_delta_rule(
         k (torch.Tensor):
             keys of shape `[B, T, H, K]`.
         v (torch.Tensor):
-            values of shape `[B, T, H, V]`.
+            values of shape `[B, T, HV, V]`.
+            GVA (Grouped Value Attention) is applied if `HV > H`, where `HV` must be divisible by `H`
+            (as fla 0.5.0; fla 0.4.0 requires `HV == H`).
         g (torch.Tensor):
-            (forget) gating tensor (in log space!) of shape `[B, T, H]`.
+            (forget) gating tensor (in log space!) of shape `[B, T, HV]`.
         beta (torch.Tensor):
-            betas of shape `[B, T, H]`.
+            betas of shape `[B, T, HV]`.
         scale (Optional[float]):
             Scale factor for the attention scores.
             If not provided, it will default to `1 / sqrt(K)`. Default: `None`.
         initial_state (Optional[torch.Tensor]):
-            Initial state of shape `[N, H, K, V]` for `N` input sequences.
+            Initial state of shape `[N, HV, K, V]` for `N` input sequences.
             For equal-length input sequences, `N` equals the batch size `B`.
             Default: `None`.
         output_final_state (Optional[bool]):
-            Whether to output the final state of shape `[N, H, K, V]`. Default: `False`.
+            Whether to output the final state of shape `[N, HV, K, V]`. Default: `False`.
         use_qk_l2norm_in_kernel (bool):
             Whether to apply L2norm to the q/k tensor internally. Default: `False`.
         cu_seqlens (torch.LongTensor):
@@ -352,9 +367,9 @@ def chunk_gated_delta_rule(
 
     Returns:
         o (torch.Tensor):
-            Outputs of shape `[B, T, H, V]`.
+            Outputs of shape `[B, T, HV, V]`.
         final_state (torch.Tensor):
-            Final state of shape `[N, H, K, V]` if `output_final_state=True` else `None`.
+            Final state of shape `[N, HV, K, V]` if `output_final_state=True` else `None`.
 
     Source: fla/ops/gated_delta_rule/chunk.py:L218-L325 (fla 0.4.0)
     """

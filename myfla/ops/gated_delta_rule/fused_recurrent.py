@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.gva import gva_groups
 from myfla.ops.utils.validation import check_op_inputs
 from myfla.utils import input_guard
 
@@ -57,6 +58,7 @@ def fused_recurrent_gated_delta_rule_fwd(
     """
     B, T, H, K, V = *k.shape, v.shape[-1]
     HV = v.shape[2]
+    rep = gva_groups(q, k, v)                                            # fla 0.5.0's GVA checks
     N = B if cu_seqlens is None else len(cu_seqlens) - 1
     o = torch.empty_like(v)
     final_state = q.new_empty(N, HV, K, V, dtype=torch.float32) if output_final_state else None
@@ -76,7 +78,6 @@ def fused_recurrent_gated_delta_rule_fwd(
             final_state.copy_(state.view(N, HV, K, V))
         return o, final_state
     layout = get_chunk_layout(B, T, L, cu_seqlens, device=v.device)
-    rep = HV // H
 
     q_t = _time_major(layout, q, cdt, HV, rep)
     k_t = _time_major(layout, k, cdt, HV, rep)

@@ -1,18 +1,31 @@
-"""The two GLA chunk helpers KDA uses: the chunked output and the gradient of the intra scores.
+"""Chunked gated linear attention (GLA), as ``fla.ops.gla.chunk``: ``chunk_gla`` with its forward
+and backward passes, and the chunk helpers KDA reuses.
 
-Per chunk with cumulative key gates ``G`` and the chunk's starting state ``h``:
-``o = scale * (q exp(G)) h + tril(A) v`` and ``dA = scale * tril(do v^T)``. fla runs one kernel per
-(chunk, head); here both are batched matmuls over the padded chunk grid.
+Per chunk with chunk-local cumulative key gates ``G`` and the state ``h`` entering the chunk:
+``o = scale * (q exp(G)) h + tril(A) v`` with ``A[i, j] = scale * sum_d q[i,d] k[j,d] exp(G[i,d] - G[j,d])``
+(``j <= i``); the state then becomes ``diag(exp(G_last)) h + (k exp(G_last - G))^T v``
+(``myfla.ops.common.chunk_h``). fla runs one kernel per (chunk, head) for each piece; here each piece
+is batched matmuls over the padded chunk grid, processed in slabs of chunks.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
+from myfla.ops.common.chunk_h import chunk_bwd_dh, chunk_fwd_h
 from myfla.ops.utils.chunk_layout import ChunkLayout, chunk_slabs, get_chunk_layout
+from myfla.ops.utils.cumsum import chunk_local_cumsum
+from myfla.ops.utils.gated_tril import GatedTril
 from myfla.ops.utils.workspace import new_empty
+from myfla.utils import check_shared_mem, input_guard
+
+# Block sizes of fla's autotuner (kept for API parity; unused by torch code).
+# Source: fla/ops/gla/chunk.py:L16-L16 (fla 0.4.0)
+BK_LIST = [32, 64] if check_shared_mem() else [16, 32]
+# Source: fla/ops/gla/chunk.py:L17-L17 (fla 0.4.0)
+BV_LIST = [64, 128] if check_shared_mem('ampere') else [16, 32]
 
 
 def _to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero') -> torch.Tensor:
@@ -24,6 +37,63 @@ def _from_grid(layout: ChunkLayout, xc: torch.Tensor) -> torch.Tensor:
     """``[N, H, NC, BT, *rest]`` -> contiguous ``[B, T, H, *rest]``."""
     x = layout.unpack(xc.movedim(1, 3))
     return x if x.is_contiguous() else x.contiguous()
+
+
+def _grid_empty(ref: torch.Tensor, *rest: int) -> torch.Tensor:
+    """Uninitialised ``[N, H, NC, BT, *rest]`` grid whose memory is in token order, so ``_from_grid``
+    returns it without a copy."""
+    N, H, NC, BT = ref.shape[:4]
+    return new_empty((N, NC, BT, H, *rest), ref.dtype, ref.device).movedim(3, 1)
+
+
+def _chunks_to_grid(layout: ChunkLayout, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fla's per-chunk ``[B, NT, H, K, V]`` -> ``[N, H, NC, K, V]``."""
+    return layout.pack_chunks(h.to(dtype)).movedim(2, 1)
+
+
+def _slab(xc: torch.Tensor, sl: slice) -> torch.Tensor:
+    """Chunks ``sl`` of a grid view, contiguous (the caller's memory when already contiguous: never
+    modified in place)."""
+    return xc[:, :, sl].contiguous()
+
+
+def _reverse_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``sum_{s >= t} x[s]`` along ``dim`` (fla's ``x - cumsum(x) + sum(x)``)."""
+    return x - x.cumsum(dim) + x.sum(dim, keepdim=True)
+
+
+def chunk_gla_fwd_intra_gk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    g: torch.Tensor,
+    scale: float,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64
+):
+    """Intra-chunk scores ``A[i, j] = scale * sum_d q[i,d] k[j,d] exp(g[i,d] - g[j,d])`` for ``j <= i``
+    (``g`` the chunk-local cumulative gate), fp32 ``[B, T, H, BT]`` (fp64 for fp64 inputs); entries
+    above the diagonal are 0 (fla leaves them unwritten and reads only the lower triangle).
+
+    fla splits each chunk into 16-token sub-chunks: blocks below the diagonal factorise through the
+    gate at the first row of their row block (``..._sub_inter``), the 16x16 diagonal blocks are
+    evaluated pairwise (``..._sub_intra``, or split over K and merged for ``K > 256``). The same
+    factorisation, applied by bisection down to single tokens, gives these sums here.
+
+    Source: fla/ops/gla/chunk.py:L748-L839 (fla 0.4.0)
+    Source: fla/ops/gla/chunk.py:L20-L93 (fla 0.4.0)
+    Source: fla/ops/gla/chunk.py:L95-L159 (fla 0.4.0)
+    Source: fla/ops/gla/chunk.py:L162-L232 (fla 0.4.0)
+    Source: fla/ops/gla/chunk.py:L233-L279 (fla 0.4.0)
+    """
+    B, T, H, K = k.shape
+    BT = chunk_size
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
+    qc, kc, Gc = _to_grid(layout, q), _to_grid(layout, k), _to_grid(layout, g, 'last')
+    A = _grid_empty(qc, BT)
+    for sl in chunk_slabs(qc):
+        A[:, :, sl] = GatedTril(_slab(Gc, sl)).scores([_slab(qc, sl)], _slab(kc, sl))[0].mul_(scale)
+    return _from_grid(layout, A)
+
 
 
 def chunk_gla_fwd_o_gk(
@@ -82,3 +152,428 @@ def chunk_gla_bwd_dA(
         d_s, v_s = (x[:, :, sl].contiguous() for x in (doc, vc))
         dA[:, :, sl] = (d_s @ v_s.transpose(-1, -2)).tril_().mul_(scale)
     return _from_grid(layout, dA)
+
+
+def chunk_gla_bwd_dv(
+    k: torch.Tensor,
+    g: torch.Tensor,
+    A: torch.Tensor,
+    do: torch.Tensor,
+    dh: torch.Tensor,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64
+):
+    """``dv = tril(A)^T do + (k exp(g_last - g)) dh[chunk]`` in ``do.dtype``; ``dh`` ``[B, NT, H, K, V]``
+    is the gradient of the state at the end of every chunk.
+
+    Source: fla/ops/gla/chunk.py:L911-L943 (fla 0.4.0)
+    Source: fla/ops/gla/chunk.py:L549-L625 (fla 0.4.0)
+    """
+    B, T, H, K, V = *k.shape, do.shape[-1]
+    BT = chunk_size
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=k.device)
+    kc, Gc, Ac, doc = _to_grid(layout, k), _to_grid(layout, g, 'last'), _to_grid(layout, A), _to_grid(layout, do)
+    dhc = _chunks_to_grid(layout, dh, kc.dtype)                          # [N, H, NC, K, V]
+    dv = _grid_empty(doc, V)
+    for sl in chunk_slabs(kc):
+        k_s, G_s, A_s, do_s, dh_s = (_slab(x, sl) for x in (kc, Gc, Ac, doc, dhc))
+        kg = torch.exp(G_s[..., -1:, :] - G_s).mul_(k_s)
+        dv[:, :, sl] = torch.matmul(kg, dh_s).add_(A_s.tril().transpose(-1, -2) @ do_s)
+    return _from_grid(layout, dv).to(do.dtype)
+
+
+def chunk_gla_bwd_dqk_intra(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    g: torch.Tensor,
+    dA: torch.Tensor,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64
+):
+    """Intra-chunk gradients from ``dA`` (the gradient of the unscaled scores, lower triangle read):
+    ``dq[i] = sum_{j<=i} dA[i,j] k[j] exp(g[i] - g[j])`` and ``dk[j] = sum_{i>=j} dA[i,j] q[i] exp(g[i] - g[j])``,
+    both fp32 (fp64 for fp64 inputs).
+
+    Source: fla/ops/gla/chunk.py:L946-L984 (fla 0.4.0)
+    Source: fla/ops/gla/chunk.py:L362-L495 (fla 0.4.0)
+    """
+    B, T, H, K = q.shape
+    BT = chunk_size
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=q.device)
+    qc, kc, Gc, dAc = _to_grid(layout, q), _to_grid(layout, k), _to_grid(layout, g, 'last'), _to_grid(layout, dA)
+    dq, dk = _grid_empty(qc, K), _grid_empty(qc, K)
+    for sl in chunk_slabs(qc):
+        tri = GatedTril(_slab(Gc, sl))
+        dA_s = _slab(dAc, sl)
+        dq[:, :, sl] = tri.grad_rows([dA_s], _slab(kc, sl))[0]
+        dk[:, :, sl] = tri.grad_cols([dA_s], [_slab(qc, sl)])
+    return _from_grid(layout, dq), _from_grid(layout, dk)
+
+
+def chunk_gla_bwd_dqkg(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    h: torch.Tensor,
+    g: torch.Tensor,
+    do: torch.Tensor,
+    dh: torch.Tensor,
+    dq: torch.Tensor,
+    dk: torch.Tensor,
+    scale: Optional[float] = None,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64
+):
+    """Adds the inter-chunk gradients to the intra ones and forms the gate gradient:
+    ``dq2 = dq + scale exp(g) (do h^T)``, ``dk2 = dk + exp(g_last - g) (v dh^T)`` (both in ``dq``'s
+    dtype) and ``dg`` (``g``'s dtype), the reverse chunk-local cumsum of ``q dq2 - k dk2`` plus, on
+    every row, the gradient reaching ``g_last`` through the state
+    (``exp(g_last) sum_v h dh + sum_t k exp(g_last - g) (v dh^T)``). ``dg`` is the gradient of the raw
+    gate, not of its cumulative sum.
+
+    Source: fla/ops/gla/chunk.py:L987-L1033 (fla 0.4.0)
+    Source: fla/ops/gla/chunk.py:L627-L745 (fla 0.4.0)
+    """
+    B, T, H, K, V = *k.shape, v.shape[-1]
+    BT = chunk_size
+    layout = get_chunk_layout(B, T, BT, cu_seqlens, device=q.device)
+    qc, kc, vc, Gc, doc = (_to_grid(layout, x) for x in (q, k, v, g, do))
+    Gc = _to_grid(layout, g, 'last')
+    dqc, dkc = _to_grid(layout, dq), _to_grid(layout, dk)
+    hc, dhc = _chunks_to_grid(layout, h, qc.dtype), _chunks_to_grid(layout, dh, qc.dtype)
+    dq2, dk2, dg = _grid_empty(qc, K), _grid_empty(qc, K), _grid_empty(qc, K)
+    for sl in chunk_slabs(qc):
+        q_s, k_s, v_s, G_s, do_s, dq_s, dk_s, h_s, dh_s = (
+            _slab(x, sl) for x in (qc, kc, vc, Gc, doc, dqc, dkc, hc, dhc))
+        G_last = G_s[..., -1:, :]                                          # [.., 1, K]
+        # gradient of the state's dependence on g_last: decay term, then the keys' gates below
+        dgk = (h_s * dh_s).sum(-1).unsqueeze(-2).mul_(torch.exp(G_last))   # [.., 1, K]
+        dq_i = torch.matmul(do_s, h_s.transpose(-1, -2)).mul_(torch.exp(G_s)).mul_(scale)
+        dk_i = torch.matmul(v_s, dh_s.transpose(-1, -2)).mul_(torch.exp(G_last - G_s))
+        dgk.add_((dk_i * k_s).sum(-2, keepdim=True))
+        dq_i.add_(dq_s)
+        dk_i.add_(dk_s)
+        dg_raw = q_s * dq_i - k_s * dk_i
+        dg[:, :, sl] = _reverse_cumsum(dg_raw, -2).add_(dgk)
+        dq2[:, :, sl], dk2[:, :, sl] = dq_i, dk_i
+    return (_from_grid(layout, dq2).to(dq.dtype), _from_grid(layout, dk2).to(dk.dtype),
+            _from_grid(layout, dg).to(g.dtype))
+
+
+def chunk_gla_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    g_cumsum: Optional[torch.Tensor],
+    scale: float,
+    initial_state: torch.Tensor,
+    output_final_state: bool,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GLA forward: returns ``(g_cumsum, A, h, ht, o)`` (five values, as fla's despite its
+    annotation): the chunk-local cumulative gate (fp32), the intra scores (fp32), the chunk-start
+    states (``k.dtype``), the fp32 final state (or None) and the output (``v.dtype``).
+
+    Source: fla/ops/gla/chunk.py:L1036-L1084 (fla 0.4.0)
+    """
+    if g_cumsum is None:
+        g_cumsum = chunk_local_cumsum(g, chunk_size, cu_seqlens=cu_seqlens)
+
+    h, ht = chunk_fwd_h(
+        k=k,
+        v=v,
+        g=None,
+        gk=g_cumsum,
+        gv=None,
+        h0=initial_state,
+        output_final_state=output_final_state,
+        states_in_fp32=False,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size
+    )
+
+    # the intra scores are kept in fp32
+    A = chunk_gla_fwd_intra_gk(
+        q=q,
+        k=k,
+        g=g_cumsum,
+        scale=scale,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size
+    )
+    o = chunk_gla_fwd_o_gk(
+        q=q,
+        v=v,
+        g=g_cumsum,
+        A=A,
+        h=h,
+        scale=scale,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size
+    )
+    return g_cumsum, A, h, ht, o
+
+
+def chunk_gla_bwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    g_cumsum: Optional[torch.Tensor],
+    scale: float,
+    initial_state: torch.Tensor,
+    h: torch.Tensor,
+    A: torch.Tensor,
+    do: torch.Tensor,
+    dht: torch.Tensor,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64
+):
+    """GLA backward: ``(dq, dk, dv, dg, dh0)``; the states are recomputed in fp32 when ``h`` is None
+    and the cumulative gate when ``g_cumsum`` is None.
+
+    Source: fla/ops/gla/chunk.py:L1087-L1174 (fla 0.4.0)
+    """
+    if g_cumsum is None:
+        g_cumsum = chunk_local_cumsum(g, chunk_size, cu_seqlens=cu_seqlens)
+
+    if h is None:
+        h, _ = chunk_fwd_h(
+            k=k,
+            v=v,
+            g=None,
+            gk=g_cumsum,
+            gv=None,
+            h0=initial_state,
+            output_final_state=False,
+            cu_seqlens=cu_seqlens,
+            chunk_size=chunk_size,
+            states_in_fp32=True
+        )
+    dh, dh0 = chunk_bwd_dh(
+        q=q,
+        k=k,
+        v=v,
+        g=None,
+        gk=g_cumsum,
+        gv=None,
+        do=do,
+        h0=initial_state,
+        dht=dht,
+        scale=scale,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size,
+        states_in_fp32=True
+    )
+
+    dv = chunk_gla_bwd_dv(
+        k=k,
+        g=g_cumsum,
+        A=A,
+        do=do,
+        dh=dh,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size
+    )
+
+    # dq, dk in fp32
+    dA = chunk_gla_bwd_dA(
+        v=v,
+        do=do,
+        scale=scale,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size
+    )
+    dq, dk = chunk_gla_bwd_dqk_intra(
+        q=q,
+        k=k,
+        g=g_cumsum,
+        dA=dA,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size
+    )
+    dq, dk, dg = chunk_gla_bwd_dqkg(
+        q=q,
+        k=k,
+        v=v,
+        h=h,
+        g=g_cumsum,
+        do=do,
+        dh=dh,
+        dq=dq,
+        dk=dk,
+        scale=scale,
+        cu_seqlens=cu_seqlens,
+        chunk_size=chunk_size
+    )
+    return dq, dk, dv, dg, dh0
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+class ChunkGLAFunction(torch.autograd.Function):
+    """Autograd wrapper of :func:`chunk_gla_fwd` / :func:`chunk_gla_bwd`. The chunk size is
+    ``min(64, max(16, next_power_of_2(T)))``; the backward recomputes the states, and the cumulative
+    gate too unless ``g`` is fp32.
+
+    Source: fla/ops/gla/chunk.py:L1177-L1238 (fla 0.4.0)
+    """
+
+    @staticmethod
+    @input_guard
+    def forward(
+        ctx,
+        q,
+        k,
+        v,
+        g,
+        scale,
+        initial_state,
+        output_final_state,
+        cu_seqlens,
+    ):
+        chunk_size = min(64, max(16, _next_power_of_2(q.shape[1])))
+
+        g_cumsum, A, _, ht, o = chunk_gla_fwd(
+            q=q,
+            k=k,
+            v=v,
+            g=g,
+            g_cumsum=None,
+            scale=scale,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            cu_seqlens=cu_seqlens,
+            chunk_size=chunk_size
+        )
+        # keep whichever of g / g_cumsum is cheaper to hold: the cumulative gate is fp32
+        if g.dtype != torch.float:
+            g_cumsum = None
+        else:
+            g = None
+        ctx.save_for_backward(q, k, v, g, g_cumsum, initial_state, A)
+        ctx.chunk_size = chunk_size
+        ctx.scale = scale
+        ctx.cu_seqlens = cu_seqlens
+        return o, ht
+
+    @staticmethod
+    @input_guard
+    def backward(ctx, do, dht):
+        q, k, v, g, g_cumsum, initial_state, A = ctx.saved_tensors
+        chunk_size, scale, cu_seqlens = ctx.chunk_size, ctx.scale, ctx.cu_seqlens
+        dq, dk, dv, dg, dh0 = chunk_gla_bwd(
+            q=q,
+            k=k,
+            v=v,
+            g=g,
+            g_cumsum=g_cumsum,
+            scale=scale,
+            h=None,
+            A=A,
+            initial_state=initial_state,
+            do=do,
+            dht=dht,
+            cu_seqlens=cu_seqlens,
+            chunk_size=chunk_size
+        )
+        return dq.to(q), dk.to(k), dv.to(v), dg, None, dh0, None, None
+
+
+def _compiler_disable(fn):
+    """``torch.compiler.disable`` (torch >= 2.1) where it exists; older torch has no compiler to
+    keep out."""
+    compiler = getattr(torch, 'compiler', None)
+    disable = getattr(compiler, 'disable', None)
+    return disable(fn) if disable is not None else fn
+
+
+@_compiler_disable
+def chunk_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    scale: Optional[int] = None,
+    initial_state: torch.Tensor = None,
+    output_final_state: bool = False,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    r"""
+    Args:
+        q (torch.Tensor):
+            queries of shape `[B, T, H, K]`.
+        k (torch.Tensor):
+            keys of shape `[B, T, H, K]`.
+        v (torch.Tensor):
+            values of shape `[B, T, H, V]`.
+        g (torch.Tensor):
+            Forget gates of shape `[B, T, H, K]`.
+        scale (Optional[float]):
+            Scale factor for the attention scores.
+            If not provided, it will default to `1 / sqrt(K)`. Default: `None`.
+        initial_state (Optional[torch.Tensor]):
+            Initial state of shape `[N, H, K, V]` for `N` input sequences.
+            For equal-length input sequences, `N` equals the batch size `B`.
+            Default: `None`.
+        output_final_state (Optional[bool]):
+            Whether to output the final state of shape `[N, H, K, V]`. Default: `False`.
+        cu_seqlens (torch.LongTensor):
+            Cumulative sequence lengths of shape `[N+1]` used for variable-length training,
+            consistent with the FlashAttention API.
+
+    Returns:
+        o (torch.Tensor):
+            Outputs of shape `[B, T, H, V]`.
+        final_state (torch.Tensor):
+            Final state of shape `[N, H, K, V]` if `output_final_state=True` else `None`.
+
+    Examples::
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from einops import rearrange
+        >>> from myfla.ops.gla import chunk_gla
+        # inputs with equal lengths
+        >>> B, T, H, K, V = 4, 2048, 4, 512, 512
+        >>> q = torch.randn(B, T, H, K)
+        >>> k = torch.randn(B, T, H, K)
+        >>> v = torch.randn(B, T, H, V)
+        >>> g = F.logsigmoid(torch.randn(B, T, H, K))
+        >>> h0 = torch.randn(B, H, K, V)
+        >>> o, ht = chunk_gla(
+            q, k, v, g,
+            initial_state=h0,
+            output_final_state=True
+        )
+        # for variable-length inputs, the batch size `B` is expected to be 1 and `cu_seqlens` is required
+        >>> q, k, v, g = map(lambda x: rearrange(x, 'b t h d -> 1 (b t) h d'), (q, k, v, g))
+        # for a batch with 4 sequences, `cu_seqlens` with 5 start/end positions are expected
+        >>> cu_seqlens = q.new_tensor([0, 2048, 4096, 6144, 8192], dtype=torch.long)
+        >>> o, ht = chunk_gla(
+            q, k, v, g,
+            initial_state=h0,
+            output_final_state=True,
+            cu_seqlens=cu_seqlens
+        )
+
+    Source: fla/ops/gla/chunk.py:L1240-L1322 (fla 0.4.0)
+    """
+    if cu_seqlens is not None:
+        if q.shape[0] != 1:
+            raise ValueError(
+                f"The batch size is expected to be 1 rather than {q.shape[0]} when using `cu_seqlens`."
+                f"Please flatten variable-length inputs before processing."
+            )
+        if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
+            raise ValueError(
+                f"The number of initial states is expected to be equal to the number of input sequences, "
+                f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}."
+            )
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    o, final_state = ChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
+    return o, final_state

@@ -26,6 +26,7 @@ from myfla.ops.kda.chunk_inter import chunk_kda_bwd_dqkwg
 from myfla.ops.kda.chunk_intra import chunk_kda_bwd_intra, chunk_kda_fwd_intra
 from myfla.ops.kda.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
 from myfla.ops.utils.cumsum import chunk_local_cumsum
+from myfla.ops.utils.gva import gva_groups, repeat_qk_heads, sum_qk_heads
 from myfla.ops.utils.validation import check_op_inputs, warn_if_head_first
 from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
 
@@ -216,6 +217,10 @@ def chunk_kda_bwd(
 class ChunkKDAFunction(torch.autograd.Function):
     """Autograd function of ``chunk_kda`` (optional in-kernel q/k L2 norm).
 
+    Grouped value heads (q/k with ``H`` heads, v/g/beta/state with ``HV``) as fla 0.5.0: the passes
+    run on ``HV`` heads with q/k repeated per group, and the backward sums the repeated heads'
+    gradients (see ``myfla.ops.utils.gva``).
+
     Source: fla/ops/kda/chunk.py:L179-L244 (fla 0.4.0)
     """
 
@@ -235,6 +240,7 @@ class ChunkKDAFunction(torch.autograd.Function):
         use_qk_l2norm_in_kernel: bool = False,
         cu_seqlens: torch.LongTensor | None = None,
     ):
+        groups = gva_groups(q, k, v)
         q_rstd, k_rstd = None, None
         if use_qk_l2norm_in_kernel:
             q, q_rstd = l2norm_fwd(q)
@@ -242,8 +248,8 @@ class ChunkKDAFunction(torch.autograd.Function):
 
         with _flush_denormal():
             g, o, Aqk, Akk, final_state = chunk_kda_fwd(
-                q=q,
-                k=k,
+                q=repeat_qk_heads(q, groups),
+                k=repeat_qk_heads(k, groups),
                 v=v,
                 g=g,
                 beta=beta,
@@ -254,6 +260,7 @@ class ChunkKDAFunction(torch.autograd.Function):
             )
         ctx.save_for_backward(q, q_rstd, k, k_rstd, v, g, beta, Aqk, Akk, initial_state, cu_seqlens)
         ctx.scale = scale
+        ctx.groups = groups
         ctx.use_qk_l2norm_in_kernel = use_qk_l2norm_in_kernel
         return o.to(q.dtype), final_state
 
@@ -266,10 +273,11 @@ class ChunkKDAFunction(torch.autograd.Function):
         dht: torch.Tensor,
     ):
         q, q_rstd, k, k_rstd, v, g, beta, Aqk, Akk, initial_state, cu_seqlens = ctx.saved_tensors
+        groups = ctx.groups
         with _flush_denormal():
             dq, dk, dv, db, dg, dh0 = chunk_kda_bwd(
-                q=q,
-                k=k,
+                q=repeat_qk_heads(q, groups),
+                k=repeat_qk_heads(k, groups),
                 v=v,
                 g=g,
                 beta=beta,
@@ -281,6 +289,7 @@ class ChunkKDAFunction(torch.autograd.Function):
                 dht=dht,
                 cu_seqlens=cu_seqlens,
             )
+        dq, dk = sum_qk_heads(dq, groups), sum_qk_heads(dk, groups)
         if ctx.use_qk_l2norm_in_kernel:
             dq = l2norm_bwd(q, q_rstd, dq)
             dk = l2norm_bwd(k, k_rstd, dk)
@@ -306,20 +315,21 @@ def chunk_kda(
     Args:
         q (torch.Tensor): queries of shape `[B, T, H, K]`.
         k (torch.Tensor): keys of shape `[B, T, H, K]`.
-        v (torch.Tensor): values of shape `[B, T, H, V]`.
-        g (torch.Tensor): (forget) gating tensor (in log space!) of shape `[B, T, H, K]`.
-        beta (torch.Tensor): betas of shape `[B, T, H]`.
+        v (torch.Tensor): values of shape `[B, T, HV, V]`; GVA (Grouped Value Attention) is applied if
+            `HV > H`, where `HV` must be divisible by `H` (as fla 0.5.0; fla 0.4.0 requires `HV == H`).
+        g (torch.Tensor): (forget) gating tensor (in log space!) of shape `[B, T, HV, K]`.
+        beta (torch.Tensor): betas of shape `[B, T, HV]`.
         scale (Optional[float]): scale of the attention scores; `1 / sqrt(K)` when `None`.
-        initial_state (Optional[torch.Tensor]): initial state of shape `[N, H, K, V]` for `N` input
+        initial_state (Optional[torch.Tensor]): initial state of shape `[N, HV, K, V]` for `N` input
             sequences (`N == B` for equal lengths).
-        output_final_state (Optional[bool]): whether to return the final state `[N, H, K, V]`.
+        output_final_state (Optional[bool]): whether to return the final state `[N, HV, K, V]`.
         use_qk_l2norm_in_kernel (bool): L2-normalise q and k inside the op.
         cu_seqlens (torch.LongTensor): cumulative sequence lengths `[N+1]` for variable-length inputs
             (then `B` must be 1).
 
     Returns:
-        o (torch.Tensor): outputs of shape `[B, T, H, V]`.
-        final_state (torch.Tensor): `[N, H, K, V]` (fp32) if `output_final_state` else `None`.
+        o (torch.Tensor): outputs of shape `[B, T, HV, V]`.
+        final_state (torch.Tensor): `[N, HV, K, V]` (fp32) if `output_final_state` else `None`.
 
     Source: fla/ops/kda/chunk.py:L247-L351 (fla 0.4.0)
     """

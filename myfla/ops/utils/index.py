@@ -1,7 +1,8 @@
 """Sequence-index helpers for variable-length batches (``cu_seqlens``), as ``fla.ops.utils.index``.
 
-fla fills position ids with a small Triton kernel in some code paths; the helpers the KDA/GDN
-closure uses are plain tensor code, cached on argument identity with ``tensor_cache`` exactly as fla.
+fla also ships a small Triton kernel that fills position ids (``prepare_position_ids_kernel``, which
+0.4.0 itself never launches); its math is :func:`prepare_position_ids`. All helpers are plain tensor
+code, cached on argument identity with ``tensor_cache`` exactly as fla.
 """
 
 from __future__ import annotations
@@ -62,10 +63,52 @@ def prepare_cu_seqlens_from_mask(
 
 
 @tensor_cache
+def prepare_lens_from_cu_seqlens(
+    cu_seqlens: torch.LongTensor,
+) -> torch.LongTensor:
+    """Length of every sequence (the same as :func:`prepare_lens`).
+
+    Source: fla/ops/utils/index.py:L64-L68 (fla 0.4.0)
+    """
+    return cu_seqlens[1:] - cu_seqlens[:-1]
+
+
+@tensor_cache
+def prepare_split_cu_seqlens(
+    batch_size: int,
+    seq_len: int,
+    split_size: int,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    dtype: Optional[torch.dtype] = torch.int32,
+    device: Optional[torch.device] = torch.device('cpu')
+) -> torch.LongTensor:
+    """Boundaries that cut every sequence (``cu_seqlens``, or ``batch_size`` sequences of
+    ``seq_len``) into pieces of at most ``split_size`` tokens.
+
+    Source: fla/ops/utils/index.py:L71-L93 (fla 0.4.0)
+    """
+    if cu_seqlens is None:
+        total_tokens = batch_size * seq_len
+        cu_seqlens = list(range(0, total_tokens, seq_len)) + [total_tokens]
+    else:
+        cu_seqlens = cu_seqlens.tolist()
+    return torch.tensor(
+        [
+            i
+            for bos, eos in zip(cu_seqlens[:-1], cu_seqlens[1:])
+            for i in range(bos, eos, split_size)
+        ] + [cu_seqlens[-1]],
+        dtype=dtype,
+        device=device
+    )
+
+
+@tensor_cache
 def prepare_position_ids(cu_seqlens: torch.LongTensor) -> torch.LongTensor:
     """Position of every token inside its own sequence, ``[T]``.
 
     Source: fla/ops/utils/index.py:L96-L101 (fla 0.4.0)
+    Source: fla/ops/utils/index.py:L14-L35 (fla 0.4.0)
     """
     total = int(cu_seqlens[-1].item()) if cu_seqlens.numel() > 0 else 0
     # position = global index - start of the token's sequence (one batched op, no per-sequence
@@ -83,6 +126,16 @@ def prepare_sequence_ids(cu_seqlens: torch.LongTensor) -> torch.LongTensor:
     Source: fla/ops/utils/index.py:L104-L106 (fla 0.4.0)
     """
     return prepare_position_ids(cu_seqlens).eq(0).cumsum(0) - 1
+
+
+@tensor_cache
+def prepare_token_indices(cu_seqlens: torch.LongTensor) -> torch.LongTensor:
+    """``[T, 2]`` pairs (sequence index, position within the sequence) for every token.
+
+    Source: fla/ops/utils/index.py:L109-L112 (fla 0.4.0)
+    """
+    position_ids = prepare_position_ids(cu_seqlens)
+    return torch.stack([prepare_sequence_ids(cu_seqlens), position_ids], 1).to(cu_seqlens)
 
 
 @tensor_cache
@@ -109,6 +162,15 @@ def prepare_chunk_offsets(
     Source: fla/ops/utils/index.py:L124-L129 (fla 0.4.0)
     """
     return torch.cat([cu_seqlens.new_tensor([0]), _cdiv(prepare_lens(cu_seqlens), chunk_size)]).cumsum(-1)
+
+
+@tensor_cache
+def get_max_num_splits(cu_seqlens: torch.LongTensor, chunk_size: int) -> int:
+    """Chunks of ``chunk_size`` in the longest sequence.
+
+    Source: fla/ops/utils/index.py:L132-L134 (fla 0.4.0)
+    """
+    return _cdiv(int(max(prepare_lens(cu_seqlens))), chunk_size)
 
 
 def check_varlen_inputs(q: torch.Tensor, initial_state: Optional[torch.Tensor],

@@ -2,17 +2,18 @@
 
 A ``@triton.jit`` kernel is present when a port citation covers its lines or a same-named torch
 function exists (:func:`kernel_accounted`). Codes PA103-PA105 (PA101/PA102, a missing module or
-symbol, are decided by the runner, which knows where the port was expected).
+symbol, are decided by the runner, which knows where the port was expected). PA106: a port class's
+kind could not be resolved because a base lies outside the trees (:mod:`portaudit.static.kinds`).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from portaudit.static.checks.site import Site
 from portaudit.static.citations import Citation
 from portaudit.static.findings import Finding
-from portaudit.static.index.model import CLASS_KINDS, CONSTANT, FUNCTION, KERNEL, METHOD, Definition
+from portaudit.static.index.model import CLASS, CLASS_KINDS, CONSTANT, FUNCTION, KERNEL, METHOD, Definition
 
 
 def kinds_compatible(upstream: str, port: str) -> bool:
@@ -27,10 +28,20 @@ def kinds_compatible(upstream: str, port: str) -> bool:
     return upstream == port
 
 
-def check_kind(site: Site, up: Definition, port: Definition, upstream_ref: str) -> list[Finding]:
-    if kinds_compatible(up.kind, port.kind):
+def check_kind(site: Site, up: Definition, port: Definition, upstream_ref: str,
+               up_kind: Optional[str] = None, port_kind: Optional[str] = None,
+               unresolved: Sequence[str] = ()) -> list[Finding]:
+    """PA103 on a kind mismatch; PA106 instead when the port class's bases leave the trees (its kind
+    is then unknown, not wrong). ``up_kind``/``port_kind``: kinds resolved through base classes."""
+    up_kind = up_kind or up.kind
+    port_kind = port_kind or port.kind
+    if kinds_compatible(up_kind, port_kind):
         return []
-    return [site.finding("PA103", f"upstream {up.name} is a {up.kind}, the port defines a {port.kind}",
+    if unresolved and port_kind == CLASS:
+        return [site.finding("PA106", f"upstream {up.name} is a {up_kind}; the port class derives from "
+                                      f"{', '.join(unresolved)}, defined outside the trees, so its kind is "
+                                      "unresolved", upstream_ref=upstream_ref, detail=unresolved[0].split(" ")[0])]
+    return [site.finding("PA103", f"upstream {up.name} is a {up_kind}, the port defines a {port_kind}",
                          upstream_ref=upstream_ref)]
 
 
@@ -51,7 +62,8 @@ def kernel_accounted(kernel_path: str, kernel: Definition, port_citations: Itera
                      same_named: Optional[Definition]) -> Optional[str]:
     """How an upstream kernel is accounted for in the port, or None."""
     if same_named is not None:
-        return f"same-named torch function {same_named.name}"
+        what = "kernel" if same_named.kind == KERNEL else "torch function"
+        return f"same-named {what} {same_named.name}"
     for c in port_citations:
         if c.covers(kernel_path, kernel.start, kernel.end):
             return f"cited by {c.ref}"

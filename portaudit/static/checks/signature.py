@@ -1,8 +1,15 @@
-"""Signatures: parameter names, order, kinds, defaults and annotations (codes PA201-PA207)."""
+"""Signatures: parameter names, order, kinds, defaults and annotations (codes PA201-PA207).
+
+Declared parameter renames (``q -> query``) are applied to the upstream signature first, so a
+renamed parameter is neither missing nor extra. Through :class:`Readers`, annotations are compared
+as types and defaults as values (:mod:`portaudit.static.signature_normal`).
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
 
 from portaudit.static.checks.annotation import same_annotation
 from portaudit.static.checks.site import Site
@@ -15,14 +22,32 @@ def _fmt(p: Param) -> str:
     return prefix + p.name + (f"={p.default}" if p.default is not None else "")
 
 
+def _same(text: Optional[str]) -> Optional[str]:
+    return text
+
+
+@dataclass
+class Readers:
+    """How each side's annotation and default texts are read before comparing (default: as text)."""
+    up_annotation: Callable[[Optional[str]], Optional[str]] = _same
+    port_annotation: Callable[[Optional[str]], Optional[str]] = _same
+    up_default: Callable[[Optional[str]], Optional[str]] = _same
+    port_default: Callable[[Optional[str]], Optional[str]] = _same
+
+
 def check_signature(site: Site, up: Definition, port: Definition, upstream_ref: str,
-                    annotations: bool = True) -> list[Finding]:
+                    annotations: bool = True, renames: Optional[Mapping[str, str]] = None,
+                    readers: Optional[Readers] = None) -> list[Finding]:
     """Compare two signatures the way mypy's stubtest does: names, order, kinds, defaults; annotations
     that differ only in spelling (``tuple[int]`` / ``Tuple[int]``, ``X | None`` / ``Optional[X]``) agree."""
     if up.params is None or port.params is None:
         return []
     out: list[Finding] = []
     ref = dict(upstream_ref=upstream_ref)
+    rd = readers or Readers()
+    if renames:
+        up = dataclasses.replace(up, params=[dataclasses.replace(p, name=renames.get(p.name, p.name))
+                                             for p in up.params])
 
     def var(params: list[Param], kind: str) -> Optional[Param]:
         return next((p for p in params if p.kind == kind), None)
@@ -66,16 +91,32 @@ def check_signature(site: Site, up: Definition, port: Definition, upstream_ref: 
             out.append(site.finding("PA205", f"parameter '{name}' {has} a default in the port "
                                              f"(upstream: {u.default if u.default is not None else 'none'})",
                                     param=name, **ref))
-        elif u.default is not None and u.default != q.default:
-            out.append(site.finding("PA206", f"default of '{name}' differs: upstream {u.default}, "
-                                             f"port {q.default}", param=name, **ref))
+        elif u.default is not None and u.default != q.default \
+                and rd.up_default(u.default) != rd.port_default(q.default):
+            out.append(site.finding("PA206", f"default of '{name}' differs: upstream {_shown(u.default, rd.up_default)}, "
+                                             f"port {_shown(q.default, rd.port_default)}", param=name, **ref))
     if annotations:
         for name in shared_up:
             u, q = up_by_name[name], port_by_name[name]
-            if not same_annotation(u.annotation, q.annotation):
+            if not same_annotation(u.annotation, q.annotation) and \
+                    rd.up_annotation(_as_typed(u)) != rd.port_annotation(_as_typed(q)):
                 out.append(site.finding("PA207", f"annotation of '{name}' differs: upstream "
                                                  f"{u.annotation or '(none)'}, port {q.annotation or '(none)'}", param=name, **ref))
-        if not same_annotation(up.returns, port.returns):
+        if not same_annotation(up.returns, port.returns) and \
+                rd.up_annotation(up.returns) != rd.port_annotation(port.returns):
             out.append(site.finding("PA207", f"return annotation differs: upstream {up.returns or '(none)'}, "
                                              f"port {port.returns or '(none)'}", param="return", **ref))
     return out
+
+
+def _as_typed(p: Param) -> Optional[str]:
+    """The annotation as a type checker reads it: ``x: T = None`` is ``Optional[T]`` (PEP 484's
+    implicit Optional, which fla's signatures rely on)."""
+    if p.annotation is not None and p.default == "None":
+        return f"Optional[{p.annotation}]"
+    return p.annotation
+
+
+def _shown(text: str, read: Callable[[Optional[str]], Optional[str]]) -> str:
+    value = read(text)
+    return text if value == text else f"{text} (= {value})"

@@ -2,7 +2,7 @@
 
 Plain dataclasses and the kind constants, shared by the parser that builds them
 (:mod:`.parse`), the lazily parsed tree that caches them (:mod:`.tree`) and everything that reads
-them (checks, drift, scaffold). The pickled index cache stores these classes.
+them (checks, drift, scaffold). The index cache (:mod:`.cache`) stores these classes as checked JSON.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Definition:
     body_start: int = 0                               # first body statement line (functions/classes)
     body_indent: int = 0                              # its column (0-based)
     doc_span: Optional[tuple[int, int]] = None        # lines of the docstring statement
+    body_src: Optional[str] = None                    # normalised body (index/body_source.py); None if unparsable
 
     @property
     def short(self) -> str:

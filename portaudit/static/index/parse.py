@@ -10,6 +10,8 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from portaudit.static.citations import parse_citations
+from portaudit.static.index.body_source import definition_bodies
+from portaudit.static.source import SourceError, check_parse_limits, decode_source, split_lines
 from portaudit.static.index.model import (AUTOGRAD, CLASS, CONSTANT, FUNCTION, KERNEL, KEYWORD_ONLY, METHOD,
                                           NN_MODULE, POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD,
                                           VAR_POSITIONAL, BodyFacts, Definition, ImportRef, ModuleInfo, Param)
@@ -18,6 +20,43 @@ MARKER_RE = re.compile(
     r"\b(TODO|FIXME|XXX|HACK|placeholder|simplified|simplification|MVP|stub|not implemented)\b",
     re.IGNORECASE)
 _NIE_RE = re.compile(r"^\s*raise\s+NotImplementedError\b")
+# A comment on a line of code that says what that value stands for ("mean = 0.0  # placeholder
+# for RMS norm", "Akk=k,  # unused placeholder when ...") describes the value, it is no stub.
+_STAND_IN_WORDS = ("placeholder", "stub")
+_STAND_IN_AFTER = re.compile(r"^\s+(for|when|if|until|while)\b", re.IGNORECASE)
+_STAND_IN_BEFORE = re.compile(r"\b(unused|dummy)\s+$", re.IGNORECASE)
+
+
+def _comment_start(line: str) -> int:
+    """Index of the ``#`` that starts a comment on this line (quotes respected), or -1."""
+    quote = None
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif line.startswith(quote, i):
+                i += len(quote) - 1
+                quote = None
+        elif c == "#":
+            return i
+        elif c in "'\"":
+            quote = line[i:i + 3] if line[i:i + 3] in ("'''", '"""') else c
+            i += len(quote) - 1
+        i += 1
+    return -1
+
+
+def describes_a_value(line: str, match: "re.Match") -> bool:
+    """True for a stand-in word in a trailing comment that names what the line's value stands for."""
+    if match.group(1).lower() not in _STAND_IN_WORDS:
+        return False
+    hash_at = _comment_start(line)
+    if hash_at <= 0 or match.start() < hash_at or not line[:hash_at].strip():
+        return False
+    return bool(_STAND_IN_AFTER.match(line[match.end():])
+                or _STAND_IN_BEFORE.search(line[hash_at + 1:match.start()]))
 
 
 def normalize_source(src: str) -> str:
@@ -179,7 +218,7 @@ def _collect_uses(nodes: Sequence[cst.CSTNode], bound: Sequence[str] = ()) -> li
 class _ModuleParser:
     def __init__(self, source: str, module: str, path: str, sha: str, is_package: bool):
         self.source = source
-        self.lines = source.splitlines()
+        self.lines = split_lines(source)
         self.tree = cst.parse_module(source)
         self.wrapper = MetadataWrapper(self.tree, unsafe_skip_copy=True)
         self.pos = self.wrapper.resolve(PositionProvider)
@@ -215,8 +254,10 @@ class _ModuleParser:
     def markers(self, start: int, end: int) -> list[tuple[int, str]]:
         out = []
         for ln in range(start, end + 1):
-            for m in MARKER_RE.finditer(self.lines[ln - 1]):
-                out.append((ln, m.group(1)))
+            line = self.lines[ln - 1]
+            for m in MARKER_RE.finditer(line):
+                if not describes_a_value(line, m):
+                    out.append((ln, m.group(1)))
         return out
 
     def nie_lines(self, start: int, end: int) -> list[int]:
@@ -227,7 +268,10 @@ class _ModuleParser:
         if isinstance(body, cst.IndentedBlock) and body.body:
             first = body.body[0]
             r = self.pos[first]
-            d.body_start, d.body_indent = r.start.line, r.start.column
+            # a decorated first statement starts at its first decorator (libcst starts it at `def`)
+            decorators = getattr(first, "decorators", ())
+            head = self.pos[decorators[0]] if decorators else r
+            d.body_start, d.body_indent = head.start.line, head.start.column
             if (isinstance(first, cst.SimpleStatementLine) and first.body
                     and isinstance(first.body[0], cst.Expr)
                     and isinstance(first.body[0].value, (cst.SimpleString, cst.ConcatenatedString))):
@@ -452,12 +496,14 @@ class _ModuleParser:
                     literal = src
                 except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                     literal = None
+            # computed once per statement: `a = b = ... = 1` names many constants on one line
+            citations = parse_citations(comments, c_start) if comments else []
+            markers = self.markers(c_start, end)
+            uses = _collect_uses([value]) if value is not None else []
             for name in names:
                 self.add(Definition(
-                    name=name, kind=CONSTANT, start=start, end=end, decorators=[],
-                    citations=parse_citations(comments, c_start) if comments else [],
-                    facts=BodyFacts(markers=self.markers(c_start, end), literal_value=literal),
-                    uses=_collect_uses([value]) if value is not None else []))
+                    name=name, kind=CONSTANT, start=start, end=end, decorators=[], citations=list(citations),
+                    facts=BodyFacts(markers=list(markers), literal_value=literal), uses=list(uses)))
 
     def imports(self, node: cst.CSTNode) -> None:
         info = self.info
@@ -481,6 +527,14 @@ class _ModuleParser:
                 local = alias.asname.name.value if alias.asname is not None else name
                 info.imports[local] = ImportRef(absolute, name)
 
+    def attach_bodies(self) -> None:
+        try:
+            bodies = definition_bodies(self.source)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return    # a syntax this interpreter cannot read: bodies are not compared (PA602)
+        for name, d in self.info.definitions.items():
+            d.body_src = bodies.get(name)
+
     def run(self) -> ModuleInfo:
         for stmt, guards in self._walk_block(cst.IndentedBlock(body=self.tree.body)):
             self._touched: list[str] = []
@@ -496,6 +550,7 @@ class _ModuleParser:
                 for k in self._touched:
                     d = self.info.definitions[k]
                     d.uses.extend(u for u in guard_uses if u not in d.uses)
+        self.attach_bodies()
         # a class deriving from a local nn.Module / autograd.Function is one too
         defs = self.info.definitions
         for _ in range(3):
@@ -509,3 +564,20 @@ class _ModuleParser:
 
 def parse_module_source(source: str, module: str, path: str, sha: str, is_package: bool) -> ModuleInfo:
     return _ModuleParser(source, module, path, sha, is_package).run()
+
+
+def parse_module_bytes(data: bytes, module: str, path: str, sha: str, is_package: bool) -> ModuleInfo:
+    """Decode (PEP 263), check the parser's limits, parse; every failure is one SourceError line
+    naming the file (exit 2), never a crash of the interpreter."""
+    text = decode_source(data, path).text
+    check_parse_limits(text, path)
+    try:
+        return parse_module_source(text, module, path, sha, is_package)
+    except cst.ParserSyntaxError as exc:
+        detail = exc.message.split(": error at ", 1)[-1] if exc.message else "syntax error"
+        raise SourceError(f"{path}:{exc.editor_line}:{exc.editor_column}: cannot parse the module "
+                          f"({detail.splitlines()[0][:200]}); fix the syntax error") from None
+    except RecursionError:
+        raise SourceError(f"{path}: nested too deeply for the parser; refusing it") from None
+    except MemoryError:
+        raise SourceError(f"{path}: too large for the parser; refusing it") from None

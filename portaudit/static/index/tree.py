@@ -7,27 +7,34 @@ methods, autograd.Functions, nn.Modules, ``@triton.jit`` kernels, module constan
 signatures, decorators, 1-based line ranges (decorators included), docstrings, citations, body
 facts, and the names each definition uses (for the scaffold's closure), plus its imports so that
 re-exports through ``__init__.py`` chains and relative imports resolve. Nothing is imported or
-executed. Parse results are pickled under ``<cache>/index/`` keyed by the file's content hash.
+executed. Parse results are cached under ``<cache>/index/`` keyed by the file's content hash, as
+checked JSON (:mod:`.cache`): a cache entry is data, never code.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
-import pickle
+import stat
 from pathlib import Path
 from typing import Callable, Optional
 
+from portaudit.errors import UsageError
+from portaudit.safe_io import describe_mode, make_private_dir, read_regular, replace_entry
+from portaudit.static.index import cache as index_cache
 from portaudit.static.index.model import ModuleInfo, Resolved
+from portaudit.static.source import MAX_SOURCE_BYTES
 
-INDEX_FORMAT = 5  # bump when the pickled shape (the classes in model.py) changes
+INDEX_FORMAT = 7  # bump when the cached shape (the classes in model.py) changes
 
 
 def _parser_key() -> str:
     """Cache entries are tied to the parser's own source, so a changed parser never reads stale data."""
     h = hashlib.sha256(str(INDEX_FORMAT).encode())
     here = Path(__file__).resolve().parent
-    for path in (here / "model.py", here / "tree.py", here / "parse.py", here.parent / "citations.py"):
+    for path in (here / "model.py", here / "tree.py", here / "parse.py", here / "cache.py",
+                 here / "body_source.py", here.parent / "citations.py", here.parent / "source.py"):
         try:
             h.update(path.read_bytes())
         except OSError:
@@ -36,6 +43,31 @@ def _parser_key() -> str:
 
 
 _PARSER_KEY: Optional[str] = None
+
+
+def parser_key() -> str:
+    global _PARSER_KEY
+    if _PARSER_KEY is None:
+        _PARSER_KEY = _parser_key()
+    return _PARSER_KEY
+
+
+def _is_source_file(path: Path) -> bool:
+    """Whether a module file is there. A link loop, an unreadable folder or a FIFO/device where a
+    module belongs is a UsageError naming it (it is not silently "missing")."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return False
+        raise UsageError(f"{path}: cannot read the module: {exc.strerror or exc}") from None
+    if stat.S_ISREG(st.st_mode):
+        return True
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    raise UsageError(f"{path}: the module is {describe_mode(st.st_mode)}, not a regular file")
 
 
 class TreeIndex:
@@ -47,17 +79,22 @@ class TreeIndex:
         self.on_parse = on_parse          # told about each file parsed (a cache miss)
         self.cache_dir = Path(cache_dir) / "index" if cache_dir else None
         self._modules: dict[str, Optional[ModuleInfo]] = {}
+        self._paths: dict[str, Optional[Path]] = {}
         self.parsed_files: list[str] = []     # files parsed by libcst in this process
         self.loaded_files: list[str] = []     # files read (parsed or from the cache)
 
     # -- modules -------------------------------------------------------------------------
     def module_path(self, module: str) -> Optional[Path]:
+        if module in self._paths:          # asked for again and again while resolving symbols
+            return self._paths[module]
         base = self.root.joinpath(*module.split("."))
-        if base.with_suffix(".py").is_file():
-            return base.with_suffix(".py")
-        if (base / "__init__.py").is_file():
-            return base / "__init__.py"
-        return None
+        found = None
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if _is_source_file(candidate):
+                found = candidate
+                break
+        self._paths[module] = found
+        return found
 
     def module(self, module: str) -> Optional[ModuleInfo]:
         if module in self._modules:
@@ -70,42 +107,40 @@ class TreeIndex:
     def loaded_modules(self) -> list[ModuleInfo]:
         return [m for m in self._modules.values() if m is not None]
 
+    def cache_file(self, module: str, is_pkg: bool, sha: str) -> Optional[Path]:
+        """Where the parse of this content of this module is cached (None without a cache)."""
+        if self.cache_dir is None:
+            return None
+        key = hashlib.sha256(f"{parser_key()}:{module}:{is_pkg}:{sha}".encode()).hexdigest()
+        return self.cache_dir / key[:2] / f"{key}.json"
+
     def _load(self, module: str, path: Path) -> ModuleInfo:
-        data = path.read_bytes()
+        data = read_regular(path, MAX_SOURCE_BYTES, "source file")
         sha = hashlib.sha256(data).hexdigest()
         self.loaded_files.append(str(path))
         is_pkg = path.name == "__init__.py"
-        cache_file = None
-        if self.cache_dir is not None:
-            global _PARSER_KEY
-            if _PARSER_KEY is None:
-                _PARSER_KEY = _parser_key()
-            key = hashlib.sha256(f"{_PARSER_KEY}:{module}:{is_pkg}:{sha}".encode()).hexdigest()
-            cache_file = self.cache_dir / key[:2] / f"{key}.pkl"
-            if cache_file.is_file():
-                try:
-                    with open(cache_file, "rb") as fh:
-                        info = pickle.load(fh)
-                    info.path = str(path)
-                    return info
-                except Exception:  # a corrupt cache entry is rebuilt
-                    pass
-        from portaudit.static.index.parse import parse_module_source  # libcst is imported only on a miss
+        cache_file = self.cache_file(module, is_pkg, sha)
+        if cache_file is not None:
+            try:
+                entry = read_regular(cache_file, index_cache.MAX_ENTRY_BYTES, "cache entry")
+                info = index_cache.decode(entry, parser_key(), module, sha)
+                info.path = str(path)
+                return info
+            except (UsageError, index_cache.CacheEntryError):
+                pass   # absent, or not what this version wrote for this file: parse again
+        from portaudit.static.index.parse import parse_module_bytes  # libcst is imported only on a miss
 
         if self.on_parse is not None:
             self.on_parse(f"parsing {self.relpath(str(path))}")
 
-        info = parse_module_source(data.decode("utf-8"), module, str(path), sha, is_pkg)
+        info = parse_module_bytes(data, module, str(path), sha, is_pkg)
         self.parsed_files.append(str(path))
         if cache_file is not None:
             try:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-                with open(tmp, "wb") as fh:
-                    pickle.dump(info, fh, protocol=pickle.HIGHEST_PROTOCOL)
-                os.replace(tmp, cache_file)
-            except OSError:
-                pass
+                make_private_dir(cache_file.parent)
+                replace_entry(cache_file, index_cache.encode(info, parser_key()))
+            except (OSError, ValueError):
+                pass   # a read-only or full cache only costs the next run a parse
         return info
 
     # -- symbols -------------------------------------------------------------------------

@@ -53,4 +53,10 @@ def render(report: Report) -> str:
                 msg = _esc(f.message) + (f" — waived: {_esc(f.reason or '')}" if f.status == WAIVED else "")
                 out.append(f"| {f.code} | {f.severity} | `{f.symbol}` | `{f.file}:{f.line}` | {msg} |")
             out += ["", "</details>", ""]
+            diffs = [f for f in fs if f.diff]
+            if diffs:
+                out += [f"<details><summary>{label}: body diffs ({len(diffs)})</summary>", ""]
+                for f in diffs:
+                    out += [f"`{f.symbol}` ({f.code})", "", "```diff", f.diff, "```", ""]
+                out += ["</details>", ""]
     return "\n".join(out) + "\n"

@@ -16,6 +16,7 @@ class Report:
     gates: dict[str, GateResult] = field(default_factory=dict)   # manifest name -> gate outcome
     fail_under: Optional[float] = None
     verbose: bool = False
+    bodies: bool = False          # print the per-entry body-similarity table (--bodies)
 
     def manifest_failed(self, r: ManifestResult) -> list[str]:
         """Why this manifest fails (empty when it passes)."""

@@ -40,6 +40,9 @@ def render(report: Report) -> str:
                    "partialFingerprints": {"portauditKey/v1": f.key},
                    "properties": {"symbol": f.symbol, "manifest": f.manifest, "stage": f.stage,
                                   "status": f.status, "upstreamRef": f.upstream_ref}}
+            if f.diff:
+                res["message"]["markdown"] = f"{f.symbol}: {f.message}\n\n```diff\n{f.diff}\n```"
+                res["properties"]["diff"] = f.diff
             if f.status == WAIVED:
                 res["suppressions"] = [{"kind": "external", "justification": f.reason or ""}]
             elif f.status == BASELINE:

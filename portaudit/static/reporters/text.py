@@ -17,7 +17,7 @@ from portaudit.static.results import (FAIL, INCOMPLETE, MISSING, OK, PASS, WAIVE
 
 ICON = {OK: ("✓", "green"), WAIVED_STATUS: ("✓", "yellow"), INCOMPLETE: ("✗", "red"),
         MISSING: ("✗", "red")}
-RULE_STYLE = {PASS: "green", FAIL: "red", "waived": "yellow", "n/a": "dim"}
+RULE_STYLE = {PASS: "green", FAIL: "red", "waived": "yellow", "n/a": "dim", "off": "dim"}
 
 
 def _pct(passed: int, total: int) -> str:
@@ -124,6 +124,47 @@ def drill_down(r: ManifestResult) -> Iterable[RenderableType]:
             elif f.status == BASELINE:
                 line.append("  [baseline]", style="dim")
             yield line
+            if f.diff:
+                yield diff_text(f.diff)
+
+
+def diff_text(diff: str) -> Text:
+    t = Text()
+    for ln in diff.splitlines():
+        style = "bold" if ln.startswith(("---", "+++")) else "red" if ln.startswith("-") else \
+            "green" if ln.startswith("+") else "cyan" if ln.startswith("@@") else "dim"
+        t.append(f"      {ln}\n", style=style)
+    t.rstrip()
+    return t
+
+
+def body_summary(r: ManifestResult, per_entry: bool) -> list[RenderableType]:
+    """How close the port's bodies are to the upstream's: a figure, never a gate."""
+    figs = [(s, s.body) for s in r.symbols if s.body is not None]
+    if not figs:
+        return []
+    out: list[RenderableType] = []
+    for label, sel in (("plain-Python definitions", [x for x in figs if x[1].plain_python]),
+                       ("kernel-launching definitions", [x for x in figs if not x[1].plain_python])):
+        if not sel:
+            continue
+        sims = sorted(b.similarity for _, b in sel)
+        same = sum(1 for _, b in sel if b.identical)
+        median = sims[len(sims) // 2] if len(sims) % 2 else (sims[len(sims) // 2 - 1] + sims[len(sims) // 2]) / 2
+        out.append(Text(f"Bodies ({label}): {same} of {len(sel)} identical to the upstream's after "
+                        f"normalisation · median similarity {median:.2f} · mean {sum(sims) / len(sims):.2f}",
+                        style="bold"))
+    if per_entry:
+        table = Table(header_style="bold", pad_edge=False)
+        table.add_column("symbol", overflow="fold")
+        table.add_column("kind")
+        table.add_column("plain", justify="center")
+        table.add_column("similarity", justify="right")
+        for s, b in sorted(figs, key=lambda x: (-x[1].similarity, x[0].symbol)):
+            table.add_row(s.symbol, s.kind, "yes" if b.plain_python else "no",
+                          "identical" if b.identical else f"{b.similarity:.2f}")
+        out.append(table)
+    return out
 
 
 def renderables(report: Report) -> list[RenderableType]:
@@ -131,7 +172,8 @@ def renderables(report: Report) -> list[RenderableType]:
     for r in report.results:
         m = r.manifest
         head = Text(f"{m.name}", style="bold")
-        source = ", ".join(m.upstream.distributions) or str(r.upstream_root)
+        source = ", ".join(m.upstream.distributions) or (
+            f"{m.upstream.package} at {m.upstream.rev} ({m.upstream.git})" if m.upstream.git else str(r.upstream_root))
         port_at = display_path(r.port_root) or "."
         head.append(f"  {m.path} · upstream {source} · port {m.port.package} ({port_at})", style="dim")
         out.append(head)
@@ -143,6 +185,13 @@ def renderables(report: Report) -> list[RenderableType]:
             for f in r.hygiene:
                 style = "yellow" if f.status != OPEN else "red"
                 out.append(Text(f"  {f.code} {f.message} ({f.file}:{f.line})", style=style))
+        out.extend(body_summary(r, report.bodies))
+        offs = sorted({(s.id, s.citations.reason) for s in m.stages
+                       if s.citations is not None and s.citations.off})
+        if m.citations.off:
+            out.append(Text(f"Citations: off for this manifest: {m.citations.reason}", style="yellow"))
+        for sid, reason in offs:
+            out.append(Text(f"Citations: off for stage {sid}: {reason}", style="yellow"))
         if m.deviations:
             out.append(Text("Deviations (intentional, documented differences):", style="bold"))
             for d in m.deviations:

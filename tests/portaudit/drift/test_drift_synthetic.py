@@ -156,3 +156,23 @@ def test_bad_input_exits_without_traceback(toy, args, code):
     res = drift(*[a.format(**toy) for a in args])
     assert res.exit_code == code, res.output
     assert "Traceback" not in res.output
+
+
+def test_write_manifest_keeps_entry_points_numerics_and_relative_paths(toy, tmp_path):
+    """Item 6 of issue 15: nothing of the manifest is lost, and relative paths still resolve."""
+    from portaudit.static.upstream import locate_port_root
+
+    text = toy["manifest"].read_text().replace("port:\n", "entry_points: [pkg.layer.Layer]\nport:\n")
+    text += ("numerics:\n  cases: fla-0.4.0\n  tolerances:\n"
+             "    - {op: chunk_kda, output: dq, dtype: fp32, rtol: 1.0e-05, reason: \"TF32 dots\"}\n")
+    toy["manifest"].write_text(text)
+    original = load_manifest(toy["manifest"])
+    target = tmp_path / "elsewhere" / "deeper" / "toy-2.0.yaml"
+    res = drift("--manifest", toy["manifest"], "--to", toy["v2"], "--write-manifest", target)
+    assert res.exit_code == 1, res.output
+    m = load_manifest(target)
+    assert m.entry_points == ["pkg.layer.Layer"]
+    assert m.tolerances == original.tolerances and m.numerics == original.numerics
+    assert isinstance(m.tolerances[0]["rtol"], float)
+    assert locate_port_root(m) == locate_port_root(original) == toy["port"].resolve()
+    assert m.port.path == "../../portroot"

@@ -12,11 +12,14 @@ from typer.testing import CliRunner
 from portaudit.cli import app
 from portaudit.errors import UsageError
 from portaudit.numerics.fixtures import FixtureWriter, merge_fixtures, read_fixtures
+from portaudit.numerics.fla040 import REGISTRY as FLA040
+from portaudit.numerics.fla040.apis import KDA_CHUNK, SHORT_CONV
+from portaudit.numerics.fla040.reference import reference_implementation
+from portaudit.numerics.fla040.tolerances import GOLDEN_RULES
 from portaudit.numerics.golden import check_golden
-from portaudit.numerics.golden_cases import SHORT_CONV, find_cases
+from portaudit.numerics.golden_cases import find_cases
 from portaudit.numerics.record import record
-from portaudit.numerics.reference import reference_implementation
-from portaudit.numerics.tolerances import GOLDEN_RULES, Tolerance, ToleranceTable, overrides_from_manifest
+from portaudit.numerics.tolerances import ToleranceTable, overrides_from_manifest
 
 GOLDEN = Path(__file__).resolve().parents[2] / "fixtures" / "golden"
 runner = CliRunner()
@@ -99,11 +102,13 @@ def test_cli_invariants_json_for_the_reference(fla040_root, tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
     assert doc["summary"]["fail"] == 0 and doc["summary"]["pass"] > 10
-    missing = runner.invoke(app, ["invariants", "--op", "ShortConvolution", "--impl", "ref",
-                                  "--upstream-path", str(fla040_root), "--format", "json"])
-    assert missing.exit_code == 1   # the reference has no causal_conv1d wrapper to gradcheck: "missing"
-    assert '"missing": 1' in missing.output
     assert {row["group"] for row in doc["results"]} == {"l2norm", "solve_tril"}
+    conv = runner.invoke(app, ["invariants", "--op", "causal_conv1d", "--impl", "ref",
+                               "--upstream-path", str(fla040_root), "--format", "json"])
+    assert conv.exit_code == 0, conv.output   # the reference's causal_conv1d: formula and fp64 gradcheck
+    conv_doc = json.loads(conv.output)
+    assert conv_doc["summary"]["pass"] > 10 and conv_doc["summary"]["fail"] == 0
+    assert "gradcheck fp64" in {row["check"] for row in conv_doc["results"]}
 
 
 def test_manifest_tolerance_overrides_need_a_reason_and_unneeded_ones_are_reported():
@@ -132,7 +137,7 @@ def test_recorded_fixtures_are_small_and_complete():
     fs = read_fixtures(GOLDEN)
     size = sum(p.stat().st_size for p in GOLDEN.iterdir())
     assert size < 20e6
-    assert set(fs.cases) == {c.name for c in find_cases()}
+    assert set(fs.cases) == {c.name for c in FLA040.golden_cases()}
     assert all(r.status == "ok" for r in fs.cases.values())
     env = fs.meta["environment"]
     assert env["fla-core"] == "0.4.0" and env["flash-linear-attention"] == "0.4.0" and "H100" in env["gpu"]
@@ -141,7 +146,7 @@ def test_recorded_fixtures_are_small_and_complete():
 def test_reference_matches_the_golden_fixtures(fla040_root):
     """fla's CPU references agree with real fla on the GPU within the TF32 tolerances."""
     ref = reference_implementation(fla040_root)
-    rows = check_golden(ref, GOLDEN, pattern="conv/,norm_gated/,l2norm/,cumsum/,solve_tril/,kda/fused_recurrent/"
+    rows = check_golden(ref, GOLDEN, FLA040, pattern="conv/,norm_gated/,l2norm/,cumsum/,solve_tril/,kda/fused_recurrent/"
                                               "base,gdn/chunk/T37_H1,kda/gate/bias")
     assert rows and not [r for r in rows if r.failed], [(r.case, r.output, r.rms_ratio) for r in rows if r.failed]
 
@@ -156,21 +161,20 @@ def test_golden_check_catches_a_planted_conv_error(fla040_root):
                 self.weight.copy_(self.weight.flip(-1))
             return super().forward(x, *a, **k)
     bad = ref.with_overrides("flipped-conv", {SHORT_CONV: ShiftedConv})
-    rows = check_golden(bad, GOLDEN, pattern="conv/plain")
+    rows = check_golden(bad, GOLDEN, FLA040, pattern="conv/plain")
     assert {r.output: r.status for r in rows}["y"] == "fail"
 
 
 def test_record_then_check_round_trip_on_cpu(fla040_root, tmp_path):
     ref = reference_implementation(fla040_root)
-    cases = find_cases("l2norm/D64,conv/decode,cumsum/scalar")
+    cases = find_cases(FLA040.golden_cases(), "l2norm/D64,conv/decode,cumsum/scalar")
     record(ref, tmp_path, torch.device("cpu"), cases, log=lambda m: None, use_safetensors=False)
-    rows = check_golden(ref, tmp_path)
+    rows = check_golden(ref, tmp_path, FLA040)
     assert rows and all(r.status == "pass" and r.rms_ratio == 0.0 for r in rows)
 
 
 def test_tf32_tolerances_still_catch_a_state_not_carried_across_chunks(fla040_root):
     """The golden chunk tolerances (TF32-aware) are far below what a real chunk bug produces."""
-    from portaudit.numerics.golden_cases import KDA_CHUNK
     ref = reference_implementation(fla040_root)
     base = ref.resolve(KDA_CHUNK)
 
@@ -180,8 +184,9 @@ def test_tf32_tolerances_still_catch_a_state_not_carried_across_chunks(fla040_ro
         o2, h2 = base(q[:, 64:], k[:, 64:], v[:, 64:], g[:, 64:], beta[:, 64:], scale=scale,
                       initial_state=None, output_final_state=True, **kw)
         return torch.cat([o1, o2], 1), h2
-    good_rows = check_golden(ref, GOLDEN, pattern="kda/chunk/base")
-    bad_rows = check_golden(ref.with_overrides("no-carry", {KDA_CHUNK: chunk_kda}), GOLDEN, pattern="kda/chunk/base")
+    good_rows = check_golden(ref, GOLDEN, FLA040, pattern="kda/chunk/base")
+    bad_rows = check_golden(ref.with_overrides("no-carry", {KDA_CHUNK: chunk_kda}), GOLDEN, FLA040,
+                            pattern="kda/chunk/base")
     assert not [r for r in good_rows if r.failed]
     bad = {r.output: r for r in bad_rows}
     # fla's test gates (logsigmoid(randn), ~-0.8 a step) forget fast, yet the error is 40x the tolerance

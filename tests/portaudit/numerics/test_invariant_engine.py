@@ -10,9 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from portaudit.numerics import invariants as inv
-from portaudit.numerics.golden_cases import KDA_CHUNK
-from portaudit.numerics.reference import l2n, reference_implementation
+from portaudit.numerics import invariants as engine
+from portaudit.numerics.fla040 import REGISTRY as FLA040
+from portaudit.numerics.fla040 import invariants as inv
+from portaudit.numerics.fla040.apis import KDA_CHUNK
+from portaudit.numerics.fla040.reference import l2n, reference_implementation
 from portaudit.numerics.results import FAIL, PASS
 
 LONG = dict(B=1, T=100, H=1, K=16, V=16, h0=True)      # crosses a 64-token chunk boundary
@@ -27,19 +29,19 @@ def good(fla040_root):
 
 def _invariants():
     return {
-        "naive": inv.Invariant("naive", "chunk_kda", [KDA_CHUNK], [LONG], inv.inv_naive("kda", "chunk", False)),
-        "chunk==fused_recurrent": inv.Invariant("chunk==fused_recurrent", "chunk_kda",
+        "naive": engine.Invariant("naive", "chunk_kda", [KDA_CHUNK], [LONG], inv.inv_naive("kda", "chunk", False)),
+        "chunk==fused_recurrent": engine.Invariant("chunk==fused_recurrent", "chunk_kda",
                                                 [KDA_CHUNK, inv.FAMILIES["kda"]["fused"]], [LONG],
                                                 inv.inv_chunk_vs_fused("kda")),
-        "varlen==slices": inv.Invariant("varlen==slices", "chunk_kda", [KDA_CHUNK], [VARLEN],
+        "varlen==slices": engine.Invariant("varlen==slices", "chunk_kda", [KDA_CHUNK], [VARLEN],
                                         inv.inv_varlen("kda", "chunk", False)),
-        "l2norm_in_kernel==explicit": inv.Invariant("l2norm_in_kernel==explicit", "chunk_kda", [KDA_CHUNK], [L2],
+        "l2norm_in_kernel==explicit": engine.Invariant("l2norm_in_kernel==explicit", "chunk_kda", [KDA_CHUNK], [L2],
                                                     inv.inv_l2_in_kernel("kda")),
     }
 
 
 def _status(impl, root):
-    rows = inv.run_invariants(impl, root, list(_invariants().values()))
+    rows = engine.run_invariants(impl, root, list(_invariants().values()), FLA040)
     out = {}
     for r in rows:
         out[r.check] = FAIL if (r.failed or out.get(r.check) == FAIL) else PASS
@@ -122,7 +124,7 @@ def test_missing_l2norm_backward_fails_l2_invariant_on_gradients_only(good, fla0
 def test_missing_api_is_reported_not_skipped(fla040_root):
     from portaudit.numerics.impl import MappingImplementation
     empty = MappingImplementation("empty", {})
-    rows = inv.run_invariants(empty, fla040_root, [_invariants()["naive"]])
+    rows = engine.run_invariants(empty, fla040_root, [_invariants()["naive"]], FLA040)
     assert [r.status for r in rows] == ["missing"]
     assert "fla.ops.kda.chunk.chunk_kda" in rows[0].message
 
@@ -130,7 +132,8 @@ def test_missing_api_is_reported_not_skipped(fla040_root):
 def test_an_exception_is_an_error_row(good, fla040_root):
     def chunk_kda(*a, **k):
         raise RuntimeError("boom")
-    rows = inv.run_invariants(_planted(good, "raises", chunk_kda), fla040_root, [_invariants()["naive"]])
+    rows = engine.run_invariants(_planted(good, "raises", chunk_kda), fla040_root, [_invariants()["naive"]],
+                                 FLA040)
     assert rows[0].status == "error" and "boom" in rows[0].message
 
 
@@ -155,10 +158,10 @@ def test_select_rejects_unknown_op_and_layer():
     from portaudit.errors import UsageError
     invs = inv.declared_invariants()
     with pytest.raises(UsageError, match="unknown op"):
-        inv.select(invs, ["chunk_nope"])
+        engine.select(invs, ["chunk_nope"])
     with pytest.raises(UsageError, match="unknown layer"):
-        inv.select(invs, None, "Mamba")
-    kda = inv.select(invs, None, "KimiDeltaAttention")
+        engine.select(invs, None, "Mamba")
+    kda = engine.select(invs, None, "KimiDeltaAttention")
     assert {i.group for i in kda} >= {"chunk_kda", "fused_kda_gate", "KimiDeltaAttention", "ShortConvolution",
                                       "l2norm", "solve_tril"}
     assert not {i.group for i in kda} & {"GatedDeltaNet", "chunk_gated_delta_rule", "RMSNorm"}
@@ -166,15 +169,15 @@ def test_select_rejects_unknown_op_and_layer():
 
 def _layer_invariants(path):
     return {
-        "masked==unpadded": inv.Invariant("masked==unpadded", "L", [path], [dict(B=2, T=20, pad=[0, 6])],
+        "masked==unpadded": engine.Invariant("masked==unpadded", "L", [path], [dict(B=2, T=20, pad=[0, 6])],
                                           inv.inv_layer_masked(path)),
-        "prefill+decode==full": inv.Invariant("prefill+decode==full", "L", [path], [dict(B=1, T=9, prefill=4)],
+        "prefill+decode==full": engine.Invariant("prefill+decode==full", "L", [path], [dict(B=1, T=9, prefill=4)],
                                               inv.inv_layer_decode(path)),
     }
 
 
 def _layer_status(impl, root, path):
-    rows = inv.run_invariants(impl, root, list(_layer_invariants(path).values()))
+    rows = engine.run_invariants(impl, root, list(_layer_invariants(path).values()), FLA040)
     out = {}
     for r in rows:
         out[r.check] = FAIL if (r.failed or out.get(r.check) == FAIL) else PASS
@@ -202,9 +205,14 @@ def test_layer_invariants_pass_for_fla_layer_code_and_catch_planted_errors(good,
 
 
 def test_real_fla_gets_tf32_bounds_only_where_its_kernels_use_tf32_dots():
-    from portaudit.numerics.tolerances import ToleranceTable, invariant_rules
+    from portaudit.numerics.fla040.tolerances import invariant_rules
+    from portaudit.numerics.registry import get_implementation
+    from portaudit.numerics.tolerances import ToleranceTable
 
-    fla, ours = ToleranceTable(invariant_rules("fla")), ToleranceTable(invariant_rules("myfla"))
+    fla_precision = get_implementation("fla", FLA040).precision
+    ours_precision = get_implementation("myfla", FLA040).precision
+    assert (fla_precision, ours_precision) == ("tf32", "fp32")
+    fla, ours = ToleranceTable(invariant_rules(fla_precision)), ToleranceTable(invariant_rules(ours_precision))
     # chunk kernels and the layers built on them: TF32 bounds for fla, fp32 bounds for the port
     assert fla.lookup("chunk_kda", "o", "fp32").value == 1e-3
     assert fla.lookup("chunk_gated_delta_rule", "dq", "fp32").value == 5e-3
@@ -219,7 +227,7 @@ def test_real_fla_gets_tf32_bounds_only_where_its_kernels_use_tf32_dots():
 @pytest.mark.parametrize("path", ["fla.layers.utils.index_first_axis", "fla.layers.utils.pad_input"])
 def test_index_gradcheck_cases_build_their_indices_on_the_inputs_device(path):
     # a CUDA run once failed here: indices on the CPU, inputs on the GPU ('meta' stands in for cuda)
-    from portaudit.numerics.invariants import GRADCHECK_FUNCTIONS
+    from portaudit.numerics.fla040.invariants import GRADCHECK_FUNCTIONS
     spec, call = GRADCHECK_FUNCTIONS[path]
     seen = []
 
@@ -229,3 +237,19 @@ def test_index_gradcheck_cases_build_their_indices_on_the_inputs_device(path):
 
     call(recorder, *[torch.empty(*shape, device="meta") for shape, _, _ in spec])
     assert seen == [torch.device("meta")]
+
+
+@pytest.mark.parametrize("path, method", [("fla.modules.fused_norm_gate.FusedRMSNormGated", "__init__"),
+                                          ("fla.modules.layernorm.RMSNorm", "__init__"),
+                                          ("fla.modules.convolution.causal_conv1d", None)])
+def test_reference_defaults_are_fla_s(fla040_root, path, method):
+    """The eps=default norm cases compare against the reference's defaults: they must be fla's own."""
+    import inspect
+
+    from portaudit.numerics.upstream_code import upstream_signature
+    ours = reference_implementation(fla040_root).resolve(path)
+    ours_sig = inspect.signature(ours)
+    fla_sig = upstream_signature(fla040_root, path, method)
+    for name, p in fla_sig.parameters.items():
+        if p.default is not inspect.Parameter.empty and not hasattr(p.default, "text"):
+            assert ours_sig.parameters[name].default == p.default, name

@@ -2,7 +2,7 @@
 
 The delta-rule ops run fla's own oracle ``naive_recurrent_kda`` and the gate runs fla's
 ``kda_gate_ref``, both executed from the fetched upstream tree by file path. Modules that fla
-ships no torch reference for (short convolution, gated RMSNorm, RMSNorm, l2norm, chunk-local
+ships no torch reference for (short convolution and causal_conv1d, gated RMSNorm, RMSNorm, l2norm, chunk-local
 cumsum, solve_tril) are written here from their defining formulas. The two layers are fla's own
 layer code (``fla/layers/kda.py``, ``fla/layers/gated_deltanet.py``) executed with these
 references standing in for the Triton-backed ops, so layer glue (padding, GVA, caches) is
@@ -165,6 +165,36 @@ def _act(y: torch.Tensor, activation: Optional[str]) -> torch.Tensor:
     return F.silu(y) if activation in ("silu", "swish") else y
 
 
+def causal_conv1d(x, weight=None, bias=None, residual=None, initial_state=None, output_final_state=False,
+                  activation=None, backend='triton', cu_seqlens=None, **kwargs):
+    """fla's ``causal_conv1d`` from its formula: ``x [B, T, D]``, ``weight [D, W]``, the state ``[N, D, W]``
+    holds the last ``W`` inputs (a given initial state is read from its last ``W-1`` columns);
+    returns ``(y, final_state or None)``."""
+    B, T, D = x.shape
+    W = weight.shape[-1]
+    w = _up(weight)
+    if cu_seqlens is None:
+        seqs = list(x.unbind(0))
+    else:
+        b = [int(t) for t in cu_seqlens.tolist()]
+        seqs = [x[0, s:e] for s, e in zip(b[:-1], b[1:])]
+    ys, finals = [], []
+    for i, xs in enumerate(seqs):
+        init = _up(initial_state[i]) if initial_state is not None else _up(x.new_zeros(D, W))
+        ext = torch.cat([init.transpose(0, 1), _up(xs)], 0)              # [W + L, D]
+        win = ext.unfold(0, W, 1)[1:]                                      # [L, D, W]
+        y = (win * w).sum(-1)
+        if bias is not None:
+            y = y + _up(bias)
+        ys.append(_act(y, activation))
+        finals.append(ext[-W:].transpose(0, 1))
+    y = torch.stack(ys, 0) if cu_seqlens is None else torch.cat(ys, 0).unsqueeze(0)
+    if residual is not None:
+        y = y + _up(residual)
+    final = torch.stack(finals, 0).to(x.dtype) if output_final_state else None
+    return y.to(x.dtype), final
+
+
 class ShortConvolution(nn.Conv1d):
     """Depthwise causal conv with fla's cache convention: the cache is ``[N, D, W]`` and holds
     the last ``W`` inputs (prefill reads only its last ``W-1`` columns)."""
@@ -185,28 +215,9 @@ class ShortConvolution(nn.Conv1d):
             x = x.mul_(mask.unsqueeze(-1))
         if B * T == N:
             return self.step(x, residual, cache, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-        W = self.kernel_size[0]
-        w = _up(self.weight[:, 0, :])
-        if cu_seqlens is None:
-            seqs = list(x.unbind(0))
-        else:
-            b = [int(t) for t in cu_seqlens.tolist()]
-            seqs = [x[0, s:e] for s, e in zip(b[:-1], b[1:])]
-        ys, finals = [], []
-        for i, xs in enumerate(seqs):
-            init = _up(cache[i]) if cache is not None else _up(x.new_zeros(D, W))
-            ext = torch.cat([init.transpose(0, 1), _up(xs)], 0)              # [W + L, D]
-            win = ext.unfold(0, W, 1)[1:]                                      # [L, D, W]
-            y = (win * w).sum(-1)
-            if self.bias is not None:
-                y = y + _up(self.bias)
-            ys.append(_act(y, self.activation))
-            finals.append(ext[-W:].transpose(0, 1))
-        y = torch.stack(ys, 0) if cu_seqlens is None else torch.cat(ys, 0).unsqueeze(0)
-        if residual is not None:
-            y = y + _up(residual)
-        final = torch.stack(finals, 0).to(x.dtype) if output_final_state else None
-        return y.to(x.dtype), final
+        return causal_conv1d(x, self.weight[:, 0, :], self.bias, residual=residual, initial_state=cache,
+                             output_final_state=output_final_state, activation=self.activation,
+                             cu_seqlens=cu_seqlens)
 
     def step(self, x, residual, cache, output_final_state=False, cu_seqlens=None):
         B, _, D = x.shape
@@ -408,6 +419,7 @@ def reference_implementation(root: Path, fp64: bool = False) -> MappingImplement
         "fla.ops.gated_delta_rule.fused_recurrent.fused_recurrent_gated_delta_rule":
             ops.fused_recurrent_gated_delta_rule,
         "fla.modules.convolution.ShortConvolution": ShortConvolution,
+        "fla.modules.convolution.causal_conv1d": causal_conv1d,
         "fla.modules.fused_norm_gate.FusedRMSNormGated": FusedRMSNormGated,
         "fla.modules.layernorm.RMSNorm": RMSNorm,
         "fla.modules.l2norm.l2norm_fwd": l2norm_fwd,

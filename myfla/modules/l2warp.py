@@ -1,0 +1,36 @@
+"""L2Wrap: a logit penalty that keeps a model from becoming over-confident (helps bf16 training).
+
+The loss value passes through unchanged; backward adds ``l2_penalty_factor / (B * T) * max(logits)``
+to the gradient of each row's largest logit (the gradient of ``factor / 2 * max^2``), without saving
+the logits themselves.
+"""
+
+import torch
+
+
+class L2Wrap(torch.autograd.Function):
+    """Identity on ``loss``; a gradient for ``logits`` ``[B, T, V]`` at each row's argmax.
+
+    Source: fla/modules/l2warp.py:L6-L35 (fla 0.4.0)
+    """
+
+    @staticmethod
+    def forward(ctx, loss, logits, l2_penalty_factor=1e-4):
+        maxx, ids = torch.max(logits, dim=-1, keepdim=True)
+        ctx.logits_shape = logits.shape
+        factor = l2_penalty_factor / (logits.shape[0] * logits.shape[1])
+        maxx = maxx * factor
+        ctx.save_for_backward(maxx, ids)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        maxx, ids = ctx.saved_tensors
+        glogits = torch.zeros(ctx.logits_shape, device=grad_output.device,
+                              dtype=grad_output.dtype)
+        glogits.scatter_(-1, ids, maxx)
+        return grad_output, glogits, None
+
+
+# Source: fla/modules/l2warp.py:L38-L38 (fla 0.4.0)
+l2_warp = L2Wrap.apply

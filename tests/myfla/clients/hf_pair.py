@@ -1,0 +1,164 @@
+"""Two copies of a transformers modeling module in one process: one bound to transformers' own torch
+fallback, one bound to myfla through ``myfla.install_as_fla``.
+
+transformers' ``use_kernel_func_from_hub_with_fallback(name, "fla")`` decides between fla and its
+fallback when the modeling module is imported, so the first copy is imported while ``import fla``
+is blocked, the second after the alias is installed. Both copies are taken out of ``sys.modules``
+again and the alias is removed on exit, so nothing leaks into other tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.abc
+import sys
+from typing import Iterator, Tuple
+
+import torch
+
+from myfla.alias import install_as_fla, uninstall_as_fla
+
+
+class _BlockFla(importlib.abc.MetaPathFinder):
+    """``import fla`` fails (as on a machine without fla), whatever is installed."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "fla" or fullname.startswith("fla."):
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return None
+
+
+def _import_fresh(modname: str):
+    sys.modules.pop(modname, None)
+    module = importlib.import_module(modname)
+    sys.modules.pop(modname, None)
+    return module
+
+
+@contextlib.contextmanager
+def _restored_import_state(modname: str):
+    """Put ``sys.modules`` (the modeling module, ``fla.*``) and ``sys.meta_path`` back on exit;
+    inside, no alias is installed and no ``fla`` is imported."""
+    parent_name, _, child = modname.rpartition(".")
+    saved_module = sys.modules.get(modname)
+    saved_fla = {n: m for n, m in sys.modules.items() if n == "fla" or n.startswith("fla.")}
+    saved_meta_path = list(sys.meta_path)
+    try:
+        for name in saved_fla:
+            del sys.modules[name]
+        uninstall_as_fla()
+        yield
+    finally:
+        uninstall_as_fla()
+        sys.meta_path[:] = saved_meta_path
+        for name in [n for n in sys.modules if n == "fla" or n.startswith("fla.")]:
+            del sys.modules[name]
+        sys.modules.update(saved_fla)
+        parent = sys.modules.get(parent_name)
+        if saved_module is not None:
+            sys.modules[modname] = saved_module
+            if parent is not None:
+                setattr(parent, child, saved_module)
+        else:
+            sys.modules.pop(modname, None)
+            if parent is not None and child in vars(parent):
+                delattr(parent, child)
+
+
+def _import_without_fla(modname: str):
+    blocker = _BlockFla()
+    sys.meta_path.insert(0, blocker)
+    try:
+        return _import_fresh(modname)
+    finally:
+        sys.meta_path.remove(blocker)
+
+
+@contextlib.contextmanager
+def fallback_and_myfla(modname: str) -> Iterator[Tuple[object, object]]:
+    """Yield ``(fallback_module, myfla_module)`` for ``transformers.models.X.modeling_X``."""
+    with _restored_import_state(modname):
+        fallback = _import_without_fla(modname)
+        assert install_as_fla(force=True) == "myfla"
+        served = _import_fresh(modname)
+        yield fallback, served
+
+
+@contextlib.contextmanager
+def imported_before_the_alias(modname: str):
+    """Yield the modeling module imported (bound to the fallback) and left in ``sys.modules``, with
+    no alias installed yet: the import-order mistake ``install_as_fla`` warns about."""
+    with _restored_import_state(modname):
+        module = _import_without_fla(modname)
+        sys.modules[modname] = module
+        yield module
+
+
+def bound_implementation(wrapper):
+    """What a transformers ``use_kernel_func_from_hub_with_fallback`` wrapper calls (its closure)."""
+    cells = dict(zip(wrapper.__code__.co_freevars, (c.cell_contents for c in wrapper.__closure__)))
+    return cells["implementation"]
+
+
+def rms_ratio(ref: torch.Tensor, x: torch.Tensor) -> float:
+    ref, x = ref.detach().double(), x.detach().double()
+    return ((x - ref).square().mean().sqrt() / (ref.square().mean().sqrt() + 1e-12)).item()
+
+
+def copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:
+    missing, unexpected = dst.load_state_dict(src.state_dict(), strict=True)
+    assert not missing and not unexpected
+
+
+def forward_backward(model: torch.nn.Module, input_ids: torch.Tensor, **kwargs):
+    """Logits, loss and every parameter's gradient of one training step (loss on the inputs)."""
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids, labels=input_ids, use_cache=False, **kwargs)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.logits.detach(), out.loss.detach(), grads
+
+
+def packed_inputs(seqs):
+    """One packed row of the sequences, with the keyword arguments a packing collator gives
+    (transformers' DataCollatorWithFlattening with return_flash_attn_kwargs=True)."""
+    lens = [s.shape[1] for s in seqs]
+    cu = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    kwargs = dict(position_ids=torch.cat([torch.arange(n) for n in lens])[None],
+                  cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lens), max_length_k=max(lens))
+    return torch.cat(seqs, 1), lens, kwargs
+
+
+@contextlib.contextmanager
+def recorded_keywords(module, names):
+    """Record the keyword names a modeling module passes to its fla-backed functions (before
+    transformers' wrapper filters them by the target's signature)."""
+    seen = {name: set() for name in names}
+    originals = {name: getattr(module, name) for name in names}
+
+    def recorder(name):
+        def call(*args, **kwargs):
+            seen[name].update(kwargs)
+            return originals[name](*args, **kwargs)
+        return call
+
+    try:
+        for name in names:
+            setattr(module, name, recorder(name))
+        yield seen
+    finally:
+        for name, original in originals.items():
+            setattr(module, name, original)
+
+
+def upstream_parameters(root, relpath: str, function: str):
+    """Parameter names of an upstream function, read statically (fla is never imported)."""
+    import ast
+    from pathlib import Path
+    tree = ast.parse(Path(root, relpath).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            a = node.args
+            return {p.arg for p in a.posonlyargs + a.args + a.kwonlyargs}
+    raise LookupError(f"{relpath} defines no {function}")

@@ -1,0 +1,215 @@
+"""``import fla`` served by myfla: ``myfla.install_as_fla()`` and the PYTHONPATH shim.
+
+Every case runs in a fresh interpreter (the alias changes ``sys.modules`` and ``sys.meta_path``).
+A "real fla" is a stand-in package named ``fla`` on ``sys.path``. Whether it "can run" is
+``myfla.alias.real_fla_can_run()`` (a ``triton`` package and a GPU), tested on its own in this process;
+the children that need a runnable fla set it to answer True (no child needs torch for that).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from myfla.alias import SHIM_DIR
+
+REPO = Path(__file__).resolve().parents[3]
+FAKE_GPU = "import myfla.alias\nmyfla.alias.real_fla_can_run = lambda: True\n"
+
+
+def run_child(code: str, *paths, env=None, check=True, fake_gpu=False) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter with ``paths`` (then the repository) as PYTHONPATH."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYFLA_AS_FLA")}
+    environ.update(env or {})
+    environ["PYTHONPATH"] = os.pathsep.join([str(p) for p in paths] + [str(REPO)])
+    code = (FAKE_GPU if fake_gpu else "") + textwrap.dedent(code)
+    proc = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
+                          text=True, cwd=str(REPO), timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture
+def real_fla(tmp_path):
+    """A directory holding a package ``fla`` that is not myfla."""
+    root = tmp_path / "real"
+    (root / "fla" / "ops").mkdir(parents=True)
+    (root / "fla" / "__init__.py").write_text("REAL = True\n__version__ = '0.4.0'\n")
+    (root / "fla" / "ops" / "__init__.py").write_text("REAL_OPS = True\n")
+    return root
+
+
+def test_install_as_fla_serves_myfla_modules_lazily_under_both_names():
+    out = run_child("""
+        import importlib, pickle, sys
+        import myfla
+        assert myfla.active_fla() is None
+        assert myfla.install_as_fla() == "myfla"
+        assert "fla.ops" not in sys.modules and "myfla.ops" not in sys.modules      # nothing eager
+        import fla.ops.kda.chunk
+        import myfla.ops.kda.chunk
+        assert sys.modules["fla"] is myfla
+        assert sys.modules["fla.ops.kda"] is myfla.ops.kda
+        assert sys.modules["fla.ops.kda.chunk"] is myfla.ops.kda.chunk
+        assert "fla.layers" not in sys.modules and "myfla.layers" not in sys.modules
+        from fla.layers.kda import KimiDeltaAttention          # from fla.X import Y
+        from fla.ops import gated_delta_rule                    # a submodule through from-import
+        import fla.modules.convolution as conv                  # import fla.X.Y as Z
+        assert KimiDeltaAttention is sys.modules["myfla.layers.kda"].KimiDeltaAttention
+        assert KimiDeltaAttention.__module__ == "myfla.layers.kda"
+        assert gated_delta_rule is sys.modules["myfla.ops.gated_delta_rule"]
+        assert conv is sys.modules["myfla.modules.convolution"]
+        assert fla.ops.kda.__spec__.name == "myfla.ops.kda"   # the module keeps its own spec
+        importlib.reload(fla.ops.kda.chunk)
+        # a pickle that names fla.* (as one made with real fla) loads into myfla
+        assert pickle.loads(b"cfla.ops.kda.chunk\\nchunk_kda\\n.") is fla.ops.kda.chunk.chunk_kda
+        try:
+            import fla.ops.gsa
+        except ModuleNotFoundError as error:
+            assert error.name == "fla.ops.gsa" and "myfla has no 'myfla.ops.gsa'" in str(error), error
+        else:
+            raise AssertionError("fla.ops.gsa imported")
+        assert myfla.active_fla() == "myfla"
+        print(pickle.dumps(conv.ShortConvolution(8, 4)).hex())
+        myfla.uninstall_as_fla()
+        assert not [n for n in sys.modules if n == "fla" or n.startswith("fla.")]
+        try:
+            import fla
+        except ModuleNotFoundError:
+            pass
+        else:
+            raise AssertionError("fla still importable after uninstall_as_fla()")
+        """)
+    # what the aliased process pickled names myfla, so it loads here without the alias
+    module = pickle.loads(bytes.fromhex(out.stdout.strip().splitlines()[-1]))
+    assert type(module).__module__ == "myfla.modules.convolution"
+    assert "fla" not in sys.modules
+
+
+def test_real_fla_can_run_needs_triton_and_a_gpu(monkeypatch):
+    import importlib.machinery
+    import importlib.util
+
+    import torch
+    from myfla.alias import real_fla_can_run
+    find_spec = importlib.util.find_spec
+    installed = {"triton": None}
+
+    def fake_find_spec(name, *args):
+        if name == "triton":
+            return installed["triton"]
+        return find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec)
+    if getattr(torch, "xpu", None) is not None:
+        monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert not real_fla_can_run()                                  # a GPU but no Triton
+    installed["triton"] = importlib.machinery.ModuleSpec("triton", None)
+    assert real_fla_can_run()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not real_fla_can_run()                                  # Triton but no GPU
+
+
+def test_real_fla_that_can_run_is_not_shadowed_unless_forced(real_fla):
+    run_child("""
+        import sys, myfla
+        assert myfla.active_fla() == "fla"
+        assert myfla.install_as_fla() == "fla"
+        assert myfla.active_fla() == "fla"
+        import fla, fla.ops
+        assert fla.REAL and fla.ops.REAL_OPS
+        try:
+            myfla.install_as_fla(force=True)
+        except RuntimeError as error:
+            assert "already imported" in str(error)
+        else:
+            raise AssertionError("replaced an imported fla")
+        """, real_fla, fake_gpu=True)
+    run_child("""
+        import sys, myfla
+        assert myfla.install_as_fla(force=True) == "myfla"
+        import fla
+        assert fla is myfla
+        assert "is shadowed (forced)" in myfla.alias.describe(), myfla.alias.describe()
+        """, real_fla, fake_gpu=True)
+
+
+def test_real_fla_that_cannot_run_is_shadowed(real_fla):
+    run_child("""
+        import myfla
+        assert myfla.install_as_fla() == "myfla"          # no Triton here: that fla cannot run
+        import fla
+        assert fla is myfla
+        from myfla.alias import describe
+        assert "is shadowed (it cannot run here)" in describe(), describe()
+        """, real_fla)
+
+
+def test_install_after_a_real_fla_was_imported_is_refused(real_fla):
+    proc = run_child("""
+        import fla, myfla
+        myfla.install_as_fla()
+        """, real_fla, check=False)
+    assert proc.returncode != 0
+    assert "RuntimeError: a real fla is already imported from" in proc.stderr
+    assert "call myfla.install_as_fla() before anything imports fla" in proc.stderr
+
+
+def test_pythonpath_shim_serves_myfla_without_code_changes():
+    run_child("""
+        import sys
+        import fla.ops.gated_delta_rule
+        import myfla.ops.gated_delta_rule
+        assert sys.modules["fla"] is sys.modules["myfla"]
+        assert fla.ops.gated_delta_rule is myfla.ops.gated_delta_rule
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        assert chunk_gated_delta_rule.__module__ == "myfla.ops.gated_delta_rule.chunk"
+        """, SHIM_DIR)
+    status = subprocess.run([sys.executable, "-m", "myfla.alias"], capture_output=True, text=True, cwd=str(REPO),
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join([SHIM_DIR, str(REPO)])))
+    assert status.returncode == 0 and status.stdout.startswith("fla -> myfla 0.4.0"), status
+    shim_dir = subprocess.run([sys.executable, "-m", "myfla.alias", "--shim-dir"], capture_output=True, text=True,
+                              cwd=str(REPO))
+    assert shim_dir.stdout.strip() == SHIM_DIR and Path(SHIM_DIR, "fla", "__init__.py").is_file()
+
+
+def test_pythonpath_shim_modes(real_fla):
+    check_real = "import fla\nassert getattr(fla, 'REAL', False), fla\n"
+    check_myfla = "import fla, myfla\nassert fla is myfla\n"
+    run_child(check_real, SHIM_DIR, real_fla, fake_gpu=True)                       # auto: fla can run
+    run_child(check_myfla, SHIM_DIR, real_fla, env={"MYFLA_AS_FLA": "force"}, fake_gpu=True)
+    run_child(check_myfla, SHIM_DIR, real_fla)                                     # auto: fla cannot run
+    run_child(check_real, SHIM_DIR, real_fla, env={"MYFLA_AS_FLA": "off"})
+    off = run_child("import fla", SHIM_DIR, env={"MYFLA_AS_FLA": "off"}, check=False)
+    assert "ModuleNotFoundError: No module named 'fla' (MYFLA_AS_FLA=off" in off.stderr
+    bad = run_child("import fla", SHIM_DIR, env={"MYFLA_AS_FLA": "maybe"}, check=False)
+    assert "MYFLA_AS_FLA='maybe': expected one of auto, force, off" in bad.stderr
+
+
+def test_pythonpath_shim_binds_transformers_to_myfla():
+    """The environment-level switch with the real client: transformers' Kimi Linear and Qwen3-Next
+    modeling modules bind their fla ops to myfla, no client code changed."""
+    hub = pytest.importorskip("transformers.integrations.hub_kernels")
+    pytest.importorskip("transformers.models.kimi_linear")
+    if not hasattr(hub, "use_kernel_func_from_hub_with_fallback"):
+        pytest.skip("transformers < 5 binds fla only when CUDA is available")
+    out = run_child("""
+        import transformers.models.kimi_linear.modeling_kimi_linear as kimi
+        import transformers.models.qwen3_next.modeling_qwen3_next as qwen
+        for fn in (kimi.chunk_kimi_delta_attention, kimi.recurrent_kimi_delta_attention,
+                   qwen.torch_chunk_gated_delta_rule, qwen.torch_recurrent_gated_delta_rule):
+            cells = dict(zip(fn.__code__.co_freevars, (c.cell_contents for c in fn.__closure__)))
+            print(cells["implementation"].__module__, cells["implementation"].__name__)
+        """, SHIM_DIR)
+    assert out.stdout.split("\n")[:4] == [
+        "myfla.ops.kda.chunk chunk_kda", "myfla.ops.kda.fused_recurrent fused_recurrent_kda",
+        "myfla.ops.gated_delta_rule.chunk chunk_gated_delta_rule",
+        "myfla.ops.gated_delta_rule.fused_recurrent fused_recurrent_gated_delta_rule"]

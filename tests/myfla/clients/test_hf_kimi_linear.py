@@ -1,0 +1,163 @@
+"""transformers' Kimi Linear as a client of myfla (served as ``fla``), against transformers' own torch
+fallback in the same process: forward, loss and gradients, greedy generation (chunk_kda prefill,
+then fused_recurrent_kda decode steps), and packed sequences at the op call transformers makes.
+
+Kimi Linear's layer passes ``**kwargs`` to ``chunk_kda`` without mapping ``cu_seq_lens_q`` to
+``cu_seqlens`` (Qwen3-Next does), and transformers drops keyword arguments the target's signature
+does not name, so a packed row never reaches the varlen path from the model (with real fla either);
+passing ``cu_seqlens`` to the model instead trips transformers' torch conv fallback
+("can't keep packed sequences apart without causal_conv1d"). The op-level test below is what
+transformers' wrapper does with ``cu_seqlens`` when it gets it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+_hub = pytest.importorskip("transformers.integrations.hub_kernels")
+if not hasattr(_hub, "use_kernel_func_from_hub_with_fallback"):
+    pytest.skip("transformers < 5 binds fla only when CUDA is available (tools/probe_transformers_457.py)",
+                allow_module_level=True)
+pytest.importorskip("transformers.models.kimi_linear")
+
+import myfla.ops.kda as kda_ops  # noqa: E402
+from tests.myfla.clients.hf_pair import (  # noqa: E402
+    bound_implementation,
+    copy_weights,
+    fallback_and_myfla,
+    forward_backward,
+    imported_before_the_alias,
+    packed_inputs,
+    recorded_keywords,
+    rms_ratio,
+    upstream_parameters,
+)
+from tests.numerics import assert_rms  # noqa: E402
+
+MODELING = "transformers.models.kimi_linear.modeling_kimi_linear"
+VOCAB = 97
+
+
+@pytest.fixture(scope="module")
+def modeling():
+    with fallback_and_myfla(MODELING) as pair:
+        yield pair
+
+
+def make_pair(modeling):
+    from transformers import KimiLinearConfig
+    fallback, served = modeling
+    config = KimiLinearConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=64, moe_intermediate_size=32, num_hidden_layers=2,
+        layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "sparse"],
+        num_attention_heads=4, num_key_value_heads=4, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+        kv_lora_rank=16, linear_head_dim=16, linear_num_heads=4, num_local_experts=4, num_experts_per_tok=2,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    ref = fallback.KimiLinearForCausalLM(config)
+    ours = served.KimiLinearForCausalLM(config)
+    copy_weights(ref, ours)
+    return ref, ours
+
+
+def test_modules_bind_to_fallback_and_to_myfla(modeling):
+    fallback, served = modeling
+    for name, ours in [("chunk_kimi_delta_attention", kda_ops.chunk_kda),
+                       ("recurrent_kimi_delta_attention", kda_ops.fused_recurrent_kda)]:
+        assert bound_implementation(getattr(fallback, name)) is getattr(fallback, name).__wrapped__
+        assert bound_implementation(getattr(served, name)) is ours
+
+
+def test_no_argument_transformers_passes_is_dropped(modeling, fla060_root):
+    """transformers keeps only the keyword arguments the target's signature names, so a parameter
+    myfla lacked would vanish silently. Every keyword Kimi Linear passes (training forward with a
+    packed row, prefill and decode) that a current fla (0.6.0) accepts must be a myfla parameter.
+    (``cu_seq_lens_q`` is passed and dropped: no fla release names it.)"""
+    import inspect
+    _, served = modeling
+    ops = {"chunk_kimi_delta_attention": ("fla/ops/kda/chunk.py", "chunk_kda", kda_ops.chunk_kda),
+           "recurrent_kimi_delta_attention": ("fla/ops/kda/fused_recurrent.py", "fused_recurrent_kda",
+                                              kda_ops.fused_recurrent_kda)}
+    _, ours = make_pair(modeling)
+    ids, _, packing = packed_inputs([torch.randint(3, VOCAB, (1, n)) for n in (30, 50)])
+    with recorded_keywords(served, list(ops)) as seen, torch.no_grad():
+        ours(ids, use_cache=False, **packing)
+        ours.generate(ids[:, :20], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    for name, (relpath, function, ours_fn) in ops.items():
+        assert seen[name], f"{name} was not called"
+        upstream = upstream_parameters(fla060_root, relpath, function)
+        dropped = (seen[name] & upstream) - set(inspect.signature(ours_fn).parameters)
+        assert not dropped, f"{function}: transformers passes {sorted(dropped)}, myfla would drop them"
+    assert "cu_seq_lens_q" in seen["chunk_kimi_delta_attention"]
+
+
+def test_install_after_the_modeling_import_warns_and_the_fallback_stays():
+    """The import-order trap: transformers binds fla or its fallback when the modeling module is
+    imported, so installing the alias afterwards cannot help; install_as_fla says so."""
+    from myfla.alias import install_as_fla, uninstall_as_fla
+    with imported_before_the_alias(MODELING) as late:
+        with pytest.warns(RuntimeWarning, match=r"modeling_kimi_linear imported before myfla.install_as_fla\(\)"):
+            assert install_as_fla(force=True) == "myfla"
+        fn = late.chunk_kimi_delta_attention
+        assert bound_implementation(fn) is fn.__wrapped__
+        uninstall_as_fla()
+
+
+def test_forward_loss_and_gradients_match_fallback(modeling):
+    ref, ours = make_pair(modeling)
+    ref.train(), ours.train()
+    ids = torch.randint(3, VOCAB, (2, 150))                 # 150: three chunks, the last one partial
+    logits_ref, loss_ref, grads_ref = forward_backward(ref, ids)
+    logits, loss, grads = forward_backward(ours, ids)
+    assert rms_ratio(logits_ref, logits) < 1e-5
+    assert abs(loss.item() - loss_ref.item()) < 1e-5 * abs(loss_ref.item())
+    assert grads.keys() == grads_ref.keys()
+    for name, g_ref in grads_ref.items():
+        assert_rms(name, g_ref, grads[name], 1e-4)
+    assert any(".self_attn.forget_gate.A_log" in n for n in grads)
+
+
+def test_greedy_generation_matches_fallback(modeling):
+    ref, ours = make_pair(modeling)
+    ref.eval(), ours.eval()
+    prompt = torch.randint(3, VOCAB, (2, 70))
+    kwargs = dict(max_new_tokens=40, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                  pad_token_id=0)
+    with torch.no_grad():
+        out_ref = ref.generate(prompt, **kwargs)
+        out = ours.generate(prompt, **kwargs)
+    assert torch.equal(out.sequences, out_ref.sequences)
+    for s_ref, s in zip(out_ref.scores, out.scores):
+        assert rms_ratio(s_ref, s) < 1e-5
+
+
+def test_packed_op_call_through_transformers_equals_separate_fallback_runs(modeling):
+    """transformers' wrapper forwards ``cu_seqlens`` to myfla's chunk_kda; per-sequence initial
+    states, final states and all gradients equal the fallback run on each sequence alone."""
+    fallback, served = modeling
+    H, K = 4, 16
+    lens = [37, 70, 1, 20]
+    T, N = sum(lens), len(lens)
+    cu = torch.tensor([0] + lens).cumsum(0)
+    leaves = [torch.randn(1, T, H, K), torch.randn(1, T, H, K), torch.randn(1, T, H, K),
+              torch.nn.functional.logsigmoid(torch.randn(1, T, H, K)), torch.rand(1, T, H), torch.randn(N, H, K, K)]
+    ours = [x.clone().requires_grad_() for x in leaves]
+    o, ht = served.chunk_kimi_delta_attention(
+        *ours[:3], g=ours[3], beta=ours[4], initial_state=ours[5], output_final_state=True,
+        use_qk_l2norm_in_kernel=True, cu_seqlens=cu)
+    refs = [x.clone().requires_grad_() for x in leaves]
+    outs, states = [], []
+    for i in range(N):
+        s, e = cu[i].item(), cu[i + 1].item()
+        o_i, h_i = fallback.chunk_kimi_delta_attention(
+            *(x[:, s:e] for x in refs[:3]), g=refs[3][:, s:e], beta=refs[4][:, s:e],
+            initial_state=refs[5][i:i + 1], output_final_state=True, use_qk_l2norm_in_kernel=True)
+        outs.append(o_i)
+        states.append(h_i)
+    o_ref, ht_ref = torch.cat(outs, 1), torch.cat(states, 0)
+    assert rms_ratio(o_ref, o) < 1e-5 and rms_ratio(ht_ref, ht) < 1e-5
+    do, dht = torch.randn_like(o), torch.randn_like(ht)
+    ((o * do).sum() + (ht * dht).sum()).backward()
+    ((o_ref * do).sum() + (ht_ref * dht).sum()).backward()
+    for name, a, b in zip(["dq", "dk", "dv", "dg", "dbeta", "dh0"], refs, ours):
+        assert_rms(name, a.grad, b.grad, 1e-4)

@@ -1,0 +1,174 @@
+"""transformers' Qwen3-Next as a client of myfla (served as ``fla``), against transformers' own torch
+fallback in the same process: forward, loss and gradients, greedy generation (chunk prefill, then
+fused_recurrent decode steps), packed sequences. Tiny random models, with equal key/value head
+counts and with grouped value heads (``linear_num_value_heads > linear_num_key_heads``, as every
+published Qwen3-Next config has), which transformers passes to ``chunk_gated_delta_rule``
+un-repeated (fla 0.5.0's GVA API)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+_hub = pytest.importorskip("transformers.integrations.hub_kernels")
+if not hasattr(_hub, "use_kernel_func_from_hub_with_fallback"):
+    pytest.skip("transformers < 5 binds fla only when CUDA is available (tools/probe_transformers_457.py)",
+                allow_module_level=True)
+
+import myfla.ops.gated_delta_rule as gdn_ops  # noqa: E402
+from tests.myfla.clients.hf_pair import (  # noqa: E402
+    bound_implementation,
+    copy_weights,
+    fallback_and_myfla,
+    forward_backward,
+    packed_inputs,
+    recorded_keywords,
+    rms_ratio,
+    upstream_parameters,
+)
+from tests.numerics import assert_rms  # noqa: E402
+
+MODELING = "transformers.models.qwen3_next.modeling_qwen3_next"
+VOCAB = 97
+
+
+@pytest.fixture(scope="module")
+def modeling():
+    with fallback_and_myfla(MODELING) as pair:
+        yield pair
+
+
+def make_config(gva: bool, conv: int = 4):
+    from transformers import Qwen3NextConfig
+    return Qwen3NextConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+        layer_types=["linear_attention", "full_attention"], num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4 if gva else 2,
+        linear_key_head_dim=16, linear_value_head_dim=8, linear_conv_kernel_dim=conv,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def make_pair(modeling, gva: bool, conv: int = 4):
+    fallback, served = modeling
+    config = make_config(gva, conv)
+    torch.manual_seed(0)
+    ref = fallback.Qwen3NextForCausalLM(config)
+    ours = served.Qwen3NextForCausalLM(config)
+    copy_weights(ref, ours)
+    return ref, ours
+
+
+def test_modules_bind_to_fallback_and_to_myfla(modeling):
+    fallback, served = modeling
+    for name, ours in [("torch_chunk_gated_delta_rule", gdn_ops.chunk_gated_delta_rule),
+                       ("torch_recurrent_gated_delta_rule", gdn_ops.fused_recurrent_gated_delta_rule)]:
+        assert bound_implementation(getattr(fallback, name)) is getattr(fallback, name).__wrapped__
+        assert bound_implementation(getattr(served, name)) is ours
+
+
+def test_no_argument_transformers_passes_is_dropped(modeling, fla060_root):
+    """transformers keeps only the keyword arguments the target's signature names, so a parameter
+    myfla lacked would vanish silently. Every keyword Qwen3-Next passes (training forward with a
+    packed row, prefill and decode) that a current fla (0.6.0) accepts must be a myfla parameter."""
+    import inspect
+    _, served = modeling
+    ops = {"torch_chunk_gated_delta_rule": ("fla/ops/gated_delta_rule/chunk.py", "chunk_gated_delta_rule",
+                                            gdn_ops.chunk_gated_delta_rule),
+           "torch_recurrent_gated_delta_rule": ("fla/ops/gated_delta_rule/fused_recurrent.py",
+                                                "fused_recurrent_gated_delta_rule",
+                                                gdn_ops.fused_recurrent_gated_delta_rule)}
+    _, ours = make_pair(modeling, gva=True, conv=1)
+    ids, _, packing = packed_inputs([torch.randint(3, VOCAB, (1, n)) for n in (30, 50)])
+    with recorded_keywords(served, list(ops)) as seen, torch.no_grad():
+        ours(ids, use_cache=False, **packing)
+        ours.generate(ids[:, :20], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    for name, (relpath, function, ours_fn) in ops.items():
+        assert seen[name], f"{name} was not called"
+        upstream = upstream_parameters(fla060_root, relpath, function)
+        dropped = (seen[name] & upstream) - set(inspect.signature(ours_fn).parameters)
+        assert not dropped, f"{function}: transformers passes {sorted(dropped)}, myfla would drop them"
+    assert "cu_seqlens" in seen["torch_chunk_gated_delta_rule"]
+
+
+@pytest.mark.parametrize("gva", [False, True], ids=["equal-heads", "gva"])
+def test_forward_loss_and_gradients_match_fallback(modeling, gva):
+    ref, ours = make_pair(modeling, gva)
+    ref.train(), ours.train()
+    ids = torch.randint(3, VOCAB, (2, 150))                 # 150: three chunks, the last one partial
+    logits_ref, loss_ref, grads_ref = forward_backward(ref, ids)
+    logits, loss, grads = forward_backward(ours, ids)
+    assert rms_ratio(logits_ref, logits) < 1e-5
+    assert abs(loss.item() - loss_ref.item()) < 1e-5 * abs(loss_ref.item())
+    assert grads.keys() == grads_ref.keys()
+    for name, g_ref in grads_ref.items():
+        assert_rms(name, g_ref, grads[name], 1e-4)
+    # the gated delta net's own parameters got gradients through myfla's backward
+    assert any(".linear_attn.A_log" in n for n in grads)
+
+
+@pytest.mark.parametrize("gva", [False, True], ids=["equal-heads", "gva"])
+def test_greedy_generation_matches_fallback(modeling, gva):
+    ref, ours = make_pair(modeling, gva)
+    ref.eval(), ours.eval()
+    prompt = torch.randint(3, VOCAB, (2, 70))
+    kwargs = dict(max_new_tokens=40, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                  pad_token_id=0)
+    with torch.no_grad():
+        out_ref = ref.generate(prompt, **kwargs)
+        out = ours.generate(prompt, **kwargs)
+    assert torch.equal(out.sequences, out_ref.sequences)
+    for s_ref, s in zip(out_ref.scores, out.scores):
+        assert rms_ratio(s_ref, s) < 1e-5
+
+
+@pytest.mark.parametrize("gva", [False, True], ids=["equal-heads", "gva"])
+def test_packed_sequences_equal_separate_runs(modeling, gva):
+    """A packed row (position_ids, cu_seq_lens_q/k as transformers' packing collator gives them)
+    reaches chunk_gated_delta_rule's varlen path. The model uses a width-1 short convolution:
+    transformers' own torch conv (causal_conv1d_fn without the causal_conv1d package) does not
+    keep packed sequences apart, so a wider one mixes the sequences before the op sees them."""
+    ref, ours = make_pair(modeling, gva, conv=1)
+    ref.eval(), ours.eval()
+    seqs = [torch.randint(3, VOCAB, (1, n)) for n in (37, 70, 1, 20)]
+    ids, lens, packing = packed_inputs(seqs)
+    with torch.no_grad():
+        packed = ours(ids, use_cache=False, **packing).logits
+        for part, seq in zip(packed.split(lens, 1), seqs):
+            alone = ours(seq, use_cache=False).logits
+            alone_ref = ref(seq, use_cache=False).logits
+            assert rms_ratio(alone, part) < 1e-6
+            assert rms_ratio(alone_ref, part) < 1e-5
+
+
+@pytest.mark.parametrize("gva", [False, True], ids=["equal-heads", "gva"])
+def test_packed_op_call_through_transformers_equals_separate_fallback_runs(modeling, gva):
+    """transformers' wrapper forwards ``cu_seqlens`` to myfla; per-sequence initial states, final
+    states and all gradients equal the fallback run on each sequence alone."""
+    fallback, served = modeling
+    H, HV, K, V = 2, 4 if gva else 2, 16, 8
+    lens = [37, 70, 1, 20]
+    T, N = sum(lens), len(lens)
+    cu = torch.tensor([0] + lens).cumsum(0)
+    leaves = [torch.randn(1, T, H, K), torch.randn(1, T, H, K), torch.randn(1, T, HV, V),
+              torch.nn.functional.logsigmoid(torch.randn(1, T, HV)), torch.rand(1, T, HV), torch.randn(N, HV, K, V)]
+    ours = [x.clone().requires_grad_() for x in leaves]
+    o, ht = served.torch_chunk_gated_delta_rule(
+        *ours[:3], g=ours[3], beta=ours[4], initial_state=ours[5], output_final_state=True,
+        use_qk_l2norm_in_kernel=True, cu_seqlens=cu)
+    refs = [x.clone().requires_grad_() for x in leaves]
+    outs, states = [], []
+    for i in range(N):
+        s, e = cu[i].item(), cu[i + 1].item()
+        o_i, h_i = fallback.torch_chunk_gated_delta_rule(
+            *(x[:, s:e] for x in refs[:3]), g=refs[3][:, s:e], beta=refs[4][:, s:e],
+            initial_state=refs[5][i:i + 1], output_final_state=True, use_qk_l2norm_in_kernel=True)
+        outs.append(o_i)
+        states.append(h_i)
+    o_ref, ht_ref = torch.cat(outs, 1), torch.cat(states, 0)
+    assert rms_ratio(o_ref, o) < 1e-5 and rms_ratio(ht_ref, ht) < 1e-5
+    do, dht = torch.randn_like(o), torch.randn_like(ht)
+    ((o * do).sum() + (ht * dht).sum()).backward()
+    ((o_ref * do).sum() + (ht_ref * dht).sum()).backward()
+    for name, a, b in zip(["dq", "dk", "dv", "dg", "dbeta", "dh0"], refs, ours):
+        assert_rms(name, a.grad, b.grad, 1e-4)

@@ -1,0 +1,24 @@
+"""Fixtures of the model-level tests: fla 0.4.0's own model and attention code on CPU references
+(tests/myfla/models/fla_oracle.py), loaded once per session. Tests that use them need transformers
+(as fla's models do) and skip without it."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def fla_ref(fla040_root):
+    """fla's models with fla's layer code on fla's naive references (fp64 oracles for fp64 inputs)."""
+    pytest.importorskip("transformers", reason="fla's model code needs transformers")
+    from tests.myfla.models.fla_oracle import load_fla_models
+    return load_fla_models(fla040_root, layers='ref', fp64=True)
+
+
+@pytest.fixture(scope="session")
+def fla_glue(fla040_root):
+    """fla's model code around myfla's layers: the oracle for model-level glue (losses, caches,
+    generation) where the layers themselves are not under test."""
+    pytest.importorskip("transformers", reason="fla's model code needs transformers")
+    from tests.myfla.models.fla_oracle import load_fla_models
+    return load_fla_models(fla040_root, layers='myfla')
