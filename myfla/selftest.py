@@ -9,7 +9,8 @@ invariants the port rests on, each against an oracle that does not share its cod
 - variable-length batches (``cu_seqlens``) against each sequence run alone;
 - a run resumed from its final state against one full run;
 - ``torch.autograd.gradcheck`` in float64 of every ``torch.autograd.Function`` in myfla (the fused
-  recurrent op of fla 0.4.0 has no backward: it must raise fla's ``NotImplementedError``);
+  recurrent op of fla 0.4.0 has no backward: it must raise fla's ``NotImplementedError``; ``L2Wrap``'s
+  backward is by design not its forward's derivative: it must equal autograd of its penalty);
 - both layers: prefill then token-by-token decoding with the Cache against one full forward.
 
 It prints one row per check (name, error, tolerance, status) and exits 0 when every check passes,
@@ -37,13 +38,20 @@ from myfla.layers.utils import index_first_axis, index_put_first_axis
 from myfla.models.utils import Cache
 from myfla.modules import activations
 from myfla.modules.convolution import causal_conv1d
-from myfla.modules.fused_norm_gate import rms_norm_gated
+from myfla.modules.fused_cross_entropy import cross_entropy_loss
+from myfla.modules.fused_linear_cross_entropy import fused_linear_cross_entropy_loss
+from myfla.modules.fused_norm_gate import rms_norm_gated, rms_norm_swish_gate_linear
+from myfla.modules.l2warp import l2_warp
 from myfla.modules.l2norm import l2norm
 from myfla.modules.layernorm import layer_norm, layer_norm_linear
+from myfla.modules.rotary import rotary_embedding
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+from myfla.ops.gla import chunk_gla
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda
 from myfla.ops.kda import naive as kda_naive
 from myfla.ops.kda.gate import fused_kda_gate
+from myfla.ops.utils.pack import pack_sequence, unpack_sequence
+from myfla.ops.utils.pooling import mean_pooling
 
 FP64_TOL = 1e-10     # max |difference| between two float64 evaluations of the same math
 FP32_TOL = 2e-5      # RMS error ratio between two float32 evaluations (fla's test tolerance is 1e-3..5e-3)
@@ -270,6 +278,71 @@ def _gc_activations():
     _gradcheck(activations.SquaredReLUFunction.apply, [(x.detach() + 0.05 * x.detach().sign()).requires_grad_()])
     _gradcheck(activations.swiglu, [x, y])
     return _gradcheck(activations.swiglu_linear, [x, y, w, b])
+
+
+@gradcheck_of("LayerNormGatedLinearFunction")
+def _gc_norm_gated_linear():
+    x, g, w, lw, lb, r = _leaves((2, 3, 8), (2, 3, 8), (8,), (5, 8), (5,), (2, 3, 8))
+    return _gradcheck(lambda x, g, w, lw, lb, r: rms_norm_swish_gate_linear(x, g, w, None, lw, lb, residual=r),
+                      [x, g, w, lw, lb, r])
+
+
+@gradcheck_of("ChunkGLAFunction")
+def _gc_chunk_gla():
+    q, k, v, g_raw, h0 = _leaves((1, 70, 1, 4), (1, 70, 1, 4), (1, 70, 1, 4), (1, 70, 1, 4), (1, 1, 4, 4))
+    g = F.logsigmoid(g_raw.detach()).requires_grad_()     # log forget gates, as GLA's layer feeds them
+    return _gradcheck(lambda q, k, v, g, h0: chunk_gla(q, k, v, g, initial_state=h0, output_final_state=True),
+                      [q, k, v, g, h0])
+
+
+@gradcheck_of("RotaryEmbeddingFunction")
+def _gc_rotary():
+    x, = _leaves((1, 5, 2, 6))
+    cos, sin = (t.detach() for t in _leaves((12, 2), (12, 2), seed=1))   # rotary on 4 of 6 channels
+    cu = torch.tensor([0, 2, 5])
+    return _gradcheck(lambda x: rotary_embedding(x, cos, sin, False, False, torch.tensor([3, 1]), cu), [x])
+
+
+@gradcheck_of("PackSequenceFunction", "UnpackSequenceFunction")
+def _gc_pack():
+    x, = _leaves((3, 5, 2, 2))
+    cu = torch.tensor([0, 2, 7, 10])
+    _gradcheck(lambda x: pack_sequence(x, cu, 'left'), [x])
+    return _gradcheck(lambda y: unpack_sequence(y, cu, 'right'), [pack_sequence(x, cu, 'right').detach().requires_grad_()])
+
+
+@gradcheck_of("MeanPoolingFunction")
+def _gc_mean_pooling():
+    x, = _leaves((1, 11, 2, 3))
+    return _gradcheck(lambda x: mean_pooling(x, 4, torch.tensor([0, 5, 11])), [x])
+
+
+@gradcheck_of("CrossEntropyLossFunction")
+def _gc_cross_entropy():
+    logits, = _leaves((6, 9))
+    target = torch.tensor([1, 8, -100, 0, 4, 4])
+    return _gradcheck(lambda z: cross_entropy_loss(z, target, label_smoothing=0.1, logit_scale=0.7,
+                                                   lse_square_scale=1e-2)[0], [logits])
+
+
+@gradcheck_of("FusedLinearCrossEntropyFunction")
+def _gc_fused_linear_cross_entropy():
+    x, w, b = _leaves((7, 5), (9, 5), (9,))
+    target = torch.tensor([1, 8, -100, 0, 4, 4, 2])
+    return _gradcheck(lambda x, w, b: fused_linear_cross_entropy_loss(x, target, w, b, label_smoothing=0.1,
+                                                                      num_chunks=3), [x, w, b])
+
+
+@gradcheck_of("L2Wrap")
+def _l2_warp_gradient():
+    """L2Wrap's backward is, by design, not the derivative of its forward (the identity on the loss):
+    it adds the gradient of ``factor / 2 * max^2`` per row, ``factor = l2_penalty_factor / (B * T)``.
+    Checked against autograd of that penalty (float64)."""
+    logits, = _leaves((2, 3, 7))
+    grad, = torch.autograd.grad(l2_warp((logits * 0.5).sum(), logits, 1e-2), logits)
+    penalty = 1e-2 / (2 * 3) / 2 * logits.max(-1).values.pow(2).sum()
+    expected, = torch.autograd.grad((logits * 0.5).sum() + penalty, logits)
+    return _max_abs(grad, expected), FP64_TOL
 
 
 @gradcheck_of("FusedRecurrentFunction")
