@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 
 __all__ = ['custom_fwd', 'custom_bwd', 'compiler_disable', 'dtype_itemsize', 'version_at_least',
-           'HAS_TORCH_AMP_CUSTOM_FWD', 'HAS_TORCH_COMPILER']
+           'all_gather_into_tensor', 'HAS_TORCH_AMP_CUSTOM_FWD', 'HAS_TORCH_COMPILER']
 
 HAS_TORCH_AMP_CUSTOM_FWD = hasattr(torch, 'amp') and hasattr(torch.amp, 'custom_fwd')
 HAS_TORCH_COMPILER = hasattr(torch, 'compiler') and hasattr(torch.compiler, 'disable')
@@ -116,6 +116,20 @@ def dtype_itemsize(dtype: torch.dtype) -> int:
     if size is None:
         size = torch.empty(0, dtype=dtype).element_size()
     return size
+
+
+def all_gather_into_tensor(output: torch.Tensor, input: torch.Tensor, group: Any = None) -> None:
+    """``torch.distributed.all_gather_into_tensor`` (``_all_gather_base`` before torch 2.0): every rank's
+    ``input`` laid end to end in ``output``. Gloo process groups of older torch (1.13) have no
+    ``_allgather_base``; with gloo the same bytes are gathered by ``all_gather`` into views of ``output``
+    (what gloo's own implementation does where it has one), so the result is identical."""
+    dist = torch.distributed
+    if dist.get_backend(group) == 'gloo':
+        world_size = dist.get_world_size(group)
+        dist.all_gather(list(output.view(world_size, -1).unbind(0)), input.reshape(-1), group=group)
+        return
+    gather = getattr(dist, 'all_gather_into_tensor', None) or dist._all_gather_base
+    gather(output, input, group=group)
 
 
 _RELEASE = re.compile(r'\s*v?(\d+(?:\.\d+)*)(.*)$', re.IGNORECASE)

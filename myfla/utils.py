@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
+import torch.utils.checkpoint   # torch < 2 does not import this submodule with torch
 
 from myfla._torch_compat import custom_bwd, custom_fwd, version_at_least
 

@@ -7,7 +7,10 @@
 #      from another directory: `portaudit --version` matches the wheel, `codes`, `check` and `gate`
 #      on the manifests myfla ships (myfla:), and `invariants` exits 2 naming the extra to install;
 #   3. the myfla wheel's content under the torch-1.13 floor environment (tools/check_runtime_floor.sh):
-#      unpacked and put first on PYTHONPATH, `python -m myfla.selftest` passes.
+#      unpacked and put first on PYTHONPATH, `python -m myfla.selftest` passes and the wheel's `fla`
+#      shim (python -m myfla.alias --shim-dir) serves `import fla` from myfla.
+# Between 1 and 2 the wheels' content is compared with the checkout: every .py of myfla/ and
+# portaudit/, every manifest (manifests/*.yaml), baseline and golden fixture in the myfla wheel.
 #
 # Usage: tools/check_distributions.sh      (DEV_PYTHON: a Python with pip; default .venv/bin/python)
 # Needs the package registry (build requirements, portaudit's dependencies, fla 0.4.0 unless cached).
@@ -38,6 +41,34 @@ PORTAUDIT_VERSION=$("$DEV_PYTHON" -c "import portaudit; print(portaudit.__versio
 [ "$(basename "$PORTAUDIT_WHEEL")" = "portaudit-$PORTAUDIT_VERSION-py3-none-any.whl" ] \
     || fail "$(basename "$PORTAUDIT_WHEEL") does not carry portaudit.__version__ $PORTAUDIT_VERSION"
 say "built $(basename "$MYFLA_WHEEL") ($(du -h "$MYFLA_WHEEL" | cut -f1)) and $(basename "$PORTAUDIT_WHEEL") ($(du -h "$PORTAUDIT_WHEEL" | cut -f1)) in $((SECONDS - start)) s"
+
+# Every source file of each package is in its wheel, and the myfla wheel carries every manifest,
+# baseline and golden fixture of the checkout (new modules, manifests and fixtures of later merges
+# are caught here rather than by a user).
+"$DEV_PYTHON" - "$MYFLA_WHEEL" "$PORTAUDIT_WHEEL" <<'PYEOF' || fail "a wheel lacks files (listed above)"
+import sys, zipfile
+from pathlib import Path
+
+def wanted(package, patterns=("*.py", "py.typed")):
+    return {p.as_posix() for pat in patterns for p in Path(package).rglob(pat) if "__pycache__" not in p.parts}
+
+myfla_whl, portaudit_whl = (set(zipfile.ZipFile(w).namelist()) for w in sys.argv[1:3])
+audit = {f"myfla/audit/{p.name}" for p in Path("manifests").glob("*.yaml")}
+audit |= {f"myfla/audit/baseline/{p.name}" for p in Path("manifests/baseline").glob("*.json")}
+audit |= {f"myfla/audit/golden/{p.name}" for p in Path("tests/fixtures/golden").iterdir()
+          if p.name == "index.json" or p.suffix in (".pt", ".safetensors")}
+missing = sorted((wanted("myfla") | {"myfla/NOTICE"} | audit) - myfla_whl)
+missing += sorted(wanted("portaudit") - portaudit_whl)
+for name in missing:
+    print(f"dists: not in its wheel: {name}")
+stray = sorted(n for n in myfla_whl | portaudit_whl if n.split("/")[0] not in ("myfla", "portaudit")
+               and ".dist-info/" not in n)
+for name in stray:
+    print(f"dists: unexpected file in a wheel: {name}")
+print(f"dists: wheel content complete: myfla {len(wanted('myfla'))} source files + {len(audit)} audit files, "
+      f"portaudit {len(wanted('portaudit'))} source files")
+sys.exit(1 if missing or stray else 0)
+PYEOF
 
 start=$SECONDS
 "$DEV_PYTHON" -m venv "$WORK/audit-venv"
@@ -70,6 +101,12 @@ if [ -x "$FLOOR_VENV/bin/python" ]; then
     [ "$where" = "$WORK/unpacked/myfla/__init__.py" ] || fail "imported myfla from $where"
     say "the myfla wheel's content under $("$FLOOR_VENV/bin/python" --version) and torch 1.13.1: python -m myfla.selftest"
     PYTHONPATH="$WORK/unpacked" "$FLOOR_VENV/bin/python" -W ignore::UserWarning -m myfla.selftest --quiet
+    shim=$(PYTHONPATH="$WORK/unpacked" "$FLOOR_VENV/bin/python" -W ignore -m myfla.alias --shim-dir)
+    [ "$shim" = "$WORK/unpacked/myfla/_fla_shim" ] || fail "python -m myfla.alias --shim-dir says '$shim'"
+    PYTHONPATH="$shim:$WORK/unpacked" "$FLOOR_VENV/bin/python" -W ignore -c \
+        "import fla, fla.ops.kda, myfla; assert fla is myfla and fla.ops.kda.__name__ == 'myfla.ops.kda'" \
+        || fail "the wheel's fla shim does not serve myfla"
+    say "the wheel's fla shim (python -m myfla.alias --shim-dir on PYTHONPATH) serves import fla from myfla"
 else
     say "no floor environment at $FLOOR_VENV (tools/check_runtime_floor.sh builds it): the wheel's selftest under torch 1.13 was not run"
 fi
