@@ -20,7 +20,8 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 
 __all__ = ['custom_fwd', 'custom_bwd', 'compiler_disable', 'dtype_itemsize', 'version_at_least',
-           'all_gather_into_tensor', 'HAS_TORCH_AMP_CUSTOM_FWD', 'HAS_TORCH_COMPILER']
+           'all_gather_into_tensor', 'scaled_dot_product_attention', 'softmax_attention',
+           'HAS_TORCH_AMP_CUSTOM_FWD', 'HAS_TORCH_COMPILER', 'HAS_SDPA']
 
 HAS_TORCH_AMP_CUSTOM_FWD = hasattr(torch, 'amp') and hasattr(torch.amp, 'custom_fwd')
 HAS_TORCH_COMPILER = hasattr(torch, 'compiler') and hasattr(torch.compiler, 'disable')
@@ -158,3 +159,35 @@ def version_at_least(installed: str, required: str) -> bool:
     except ImportError:
         return _release_key(installed) >= _release_key(required)
     return version.parse(installed) >= version.parse(required)
+
+
+# torch 2.0 added scaled_dot_product_attention, torch 2.1 its ``scale`` argument.
+HAS_SDPA = hasattr(torch.nn.functional, 'scaled_dot_product_attention') and version_at_least(torch.__version__, '2.1')
+
+
+def softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                      scale: Optional[float] = None) -> torch.Tensor:
+    """``softmax(query key^T * scale + mask) value`` written out, as torch documents
+    ``scaled_dot_product_attention`` (a boolean ``attn_mask`` says which keys each query sees; a float
+    one is added to the scores; ``scale`` defaults to ``1 / sqrt(E)``)."""
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float('-inf')) if attn_mask.dtype == torch.bool else scores + attn_mask
+    p = torch.softmax(scores, dim=-1)
+    if dropout_p > 0.0:
+        p = torch.nn.functional.dropout(p, p=dropout_p)
+    return torch.matmul(p, value)
+
+
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                                 scale: Optional[float] = None) -> torch.Tensor:
+    """``torch.nn.functional.scaled_dot_product_attention`` (torch >= 2.1, with ``scale``), else
+    :func:`softmax_attention`, the formula it computes (the same numbers up to rounding order)."""
+    if HAS_SDPA:
+        return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
+                                                                dropout_p=dropout_p, scale=scale)
+    return softmax_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)

@@ -12,9 +12,11 @@
 #      and packaging only conditionally) is tests/myfla/test_runtime_floor.py, run in both
 #      environments.
 #
-# Usage: tools/check_runtime_floor.sh [--prepare-only | --print-venv]
-#   --prepare-only  build (or reuse) the torch-1.13 environment and stop (CI runs it in the background)
+# Usage: tools/check_runtime_floor.sh [--prepare-only | --print-venv | --skip-vermin]
+#   --prepare-only  build (or reuse) the torch-1.13 environment and stop
 #   --print-venv    print the environment's folder and stop
+#   --skip-vermin   steps 2 and 3 only (CI: its test suite runs the same vermin check,
+#                   tests/myfla/test_runtime_floor.py, so this runs in the background beside it)
 # Environment: FLOOR_PYTHON  interpreter of the floor environment (default: a Python 3.8 if found,
 #                            else python3)
 #              FLOOR_VENV    where the environment lives (default ~/.cache/myfla-floor/<python>-torch1.13.1);
@@ -33,8 +35,8 @@ TORCH_FLOOR=1.13.1
 FLOOR_REQUIREMENTS=("torch==$TORCH_FLOOR" "numpy<2" "einops>=0.6" "pytest>=7")
 mode=${1:-all}
 case "$mode" in
-    all|--prepare-only|--print-venv) ;;
-    *) echo "usage: $0 [--prepare-only | --print-venv]" >&2; exit 2 ;;
+    all|--prepare-only|--print-venv|--skip-vermin) ;;
+    *) echo "usage: $0 [--prepare-only | --print-venv | --skip-vermin]" >&2; exit 2 ;;
 esac
 
 say() { echo "floor: $*"; }
@@ -80,6 +82,7 @@ prepare
 if [ "$mode" = --prepare-only ]; then exit 0; fi
 
 # 1. Python 3.8 syntax and standard library
+if [ "$mode" != --skip-vermin ]; then
 DEV_PYTHON=${DEV_PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 case "$DEV_PYTHON" in /*) ;; */*) DEV_PYTHON="$REPO/$DEV_PYTHON" ;; esac   # the script changes directory
 if ! "$DEV_PYTHON" -c "import vermin" 2>/dev/null; then
@@ -89,6 +92,7 @@ fi
 say "vermin -t=3.8- --eval-annotations --violations myfla"
 "$DEV_PYTHON" -c "import sys; from vermin import main; sys.argv[0] = 'vermin'; sys.exit(main())" \
     -t=3.8- --eval-annotations --violations --no-tips --no-parse-comments myfla
+fi
 
 # 2. myfla's self-test and own tests under torch 1.13, on a staged copy
 STAGE=$(mktemp -d "${TMPDIR:-/tmp}/myfla-floor.XXXXXX")

@@ -99,3 +99,24 @@ def test_version_order_without_packaging_matches_packaging(installed, required):
     expected = version.parse(installed) >= version.parse(required)
     assert (compat._release_key(installed) >= compat._release_key(required)) == expected
     assert compat.version_at_least(installed, required) == expected
+
+
+@pytest.mark.parametrize("mask", ["none", "bool", "float"])
+def test_softmax_attention_is_what_sdpa_computes(mask):
+    """The fallback of ``scaled_dot_product_attention`` for torch < 2.1 against torch's own (fp64)."""
+    if not compat.HAS_SDPA:
+        pytest.skip(f"torch {torch.__version__} has no scaled_dot_product_attention with scale to compare with")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=gen, dtype=torch.float64) for n in (5, 7, 7))
+    attn_mask = None
+    if mask == "bool":
+        attn_mask = torch.rand(2, 1, 5, 7, generator=gen) > 0.3
+        attn_mask[..., 0] = True       # every query sees a key (SDPA gives NaN rows otherwise)
+    elif mask == "float":
+        attn_mask = torch.randn(2, 1, 5, 7, generator=gen, dtype=torch.float64)
+    for scale in (None, 0.3):
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+        got = compat.softmax_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(compat.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale),
+                                   expected, rtol=0, atol=0)
