@@ -12,30 +12,42 @@
 # Between 1 and 2 the wheels' content is compared with the checkout: every .py of myfla/ and
 # portaudit/, every manifest (manifests/*.yaml), baseline and golden fixture in the myfla wheel.
 #
-# Usage: tools/check_distributions.sh      (DEV_PYTHON: a Python with pip; default .venv/bin/python)
+# Usage: tools/check_distributions.sh
+#   DIST_PYTHON  a Python >= 3.10 with venv (default python3): the environment that builds the wheels
+#                and audits from them is made from it
 # Needs the package registry (build requirements, portaudit's dependencies, fla 0.4.0 unless cached).
+# Nothing is written into the checkout: the wheels are built from a copy of the sources they take
+# (so CI runs this in the background beside the test suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-DEV_PYTHON=${DEV_PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-case "$DEV_PYTHON" in /*) ;; */*) DEV_PYTHON="$REPO/$DEV_PYTHON" ;; esac   # the script changes directory
+DIST_PYTHON=${DIST_PYTHON:-python3}
 
 say() { echo "dists: $*"; }
 fail() { echo "dists: FAIL: $*" >&2; exit 1; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/myfla-dists.XXXXXX")
-# the in-tree builds leave build/ folders and egg-info beside the sources
-trap 'rm -rf "$WORK" "$REPO"/distributions/*/build "$REPO"/myfla.egg-info "$REPO"/portaudit.egg-info' EXIT
+trap 'rm -rf "$WORK"' EXIT
+
+# what distributions/*/ build from (two folders up): the packages, the audit data, the license
+SRC="$WORK/src"
+mkdir -p "$SRC/tests/fixtures"
+cp -r distributions myfla portaudit manifests LICENSE "$SRC/"
+cp -r tests/fixtures/golden "$SRC/tests/fixtures/"
+find "$SRC" -name __pycache__ -prune -exec rm -rf {} +
 
 start=$SECONDS
+"$DIST_PYTHON" -m venv "$WORK/audit-venv"
+VPY="$WORK/audit-venv/bin/python"
 say "building the wheels into $WORK/wheelhouse"
-"$DEV_PYTHON" -m pip wheel -q --no-deps distributions/myfla distributions/portaudit -w "$WORK/wheelhouse"
+"$VPY" -m pip wheel -q --no-deps "$SRC/distributions/myfla" "$SRC/distributions/portaudit" -w "$WORK/wheelhouse"
 MYFLA_WHEEL=$(ls "$WORK"/wheelhouse/myfla-*.whl)
 PORTAUDIT_WHEEL=$(ls "$WORK"/wheelhouse/portaudit-*.whl)
-MYFLA_VERSION=$("$DEV_PYTHON" -c "import myfla; print(myfla.__version__)")
-PORTAUDIT_VERSION=$("$DEV_PYTHON" -c "import portaudit; print(portaudit.__version__)")
+package_version() { sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$1/__init__.py"; }
+MYFLA_VERSION=$(package_version myfla)
+PORTAUDIT_VERSION=$(package_version portaudit)
 [ "$(basename "$MYFLA_WHEEL")" = "myfla-$MYFLA_VERSION-py3-none-any.whl" ] \
     || fail "$(basename "$MYFLA_WHEEL") does not carry myfla.__version__ $MYFLA_VERSION"
 [ "$(basename "$PORTAUDIT_WHEEL")" = "portaudit-$PORTAUDIT_VERSION-py3-none-any.whl" ] \
@@ -45,7 +57,7 @@ say "built $(basename "$MYFLA_WHEEL") ($(du -h "$MYFLA_WHEEL" | cut -f1)) and $(
 # Every source file of each package is in its wheel, and the myfla wheel carries every manifest,
 # baseline and golden fixture of the checkout (new modules, manifests and fixtures of later merges
 # are caught here rather than by a user).
-"$DEV_PYTHON" - "$MYFLA_WHEEL" "$PORTAUDIT_WHEEL" <<'PYEOF' || fail "a wheel lacks files (listed above)"
+"$VPY" - "$MYFLA_WHEEL" "$PORTAUDIT_WHEEL" <<'PYEOF' || fail "a wheel lacks files (listed above)"
 import sys, zipfile
 from pathlib import Path
 
@@ -71,9 +83,8 @@ sys.exit(1 if missing or stray else 0)
 PYEOF
 
 start=$SECONDS
-"$DEV_PYTHON" -m venv "$WORK/audit-venv"
-"$WORK/audit-venv/bin/python" -m pip install -q "$PORTAUDIT_WHEEL"
-"$WORK/audit-venv/bin/python" -m pip install -q --no-deps "$MYFLA_WHEEL"
+"$VPY" -m pip install -q "$PORTAUDIT_WHEEL"
+"$VPY" -m pip install -q --no-deps "$MYFLA_WHEEL"
 say "torch-less environment (portaudit + myfla --no-deps) installed in $((SECONDS - start)) s, $(du -sh "$WORK/audit-venv" | cut -f1)"
 
 cd "$WORK"    # away from the checkout: only the installed wheels can be found
@@ -100,7 +111,7 @@ say "without torch, portaudit invariants exits 2: $msg"
 FLOOR_VENV=$("$REPO/tools/check_runtime_floor.sh" --print-venv)
 if [ -x "$FLOOR_VENV/bin/python" ]; then
     mkdir "$WORK/unpacked"
-    "$DEV_PYTHON" -m zipfile -e "$MYFLA_WHEEL" "$WORK/unpacked"
+    "$VPY" -m zipfile -e "$MYFLA_WHEEL" "$WORK/unpacked"
     where=$(PYTHONPATH="$WORK/unpacked" "$FLOOR_VENV/bin/python" -W ignore -c "import myfla; print(myfla.__file__)")
     [ "$where" = "$WORK/unpacked/myfla/__init__.py" ] || fail "imported myfla from $where"
     start=$SECONDS
