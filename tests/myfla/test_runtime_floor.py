@@ -148,3 +148,17 @@ def test_python38_syntax_and_standard_library():
                            "--no-tips", "--no-parse-comments", str(PACKAGE)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_staticmethod_and_classmethod_are_outermost():
+    """On Python < 3.10 a staticmethod object is not callable: a decorator above ``@staticmethod`` that
+    wraps it (fla's ``@input_guard`` over ``@staticmethod`` order) fails when the method is called."""
+    bad = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names = [d.id if isinstance(d, ast.Name) else None for d in node.decorator_list]
+                for kind in ("staticmethod", "classmethod"):
+                    if kind in names and names.index(kind) != 0:
+                        bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: @{kind} below another decorator")
+    assert not bad, "\n".join(bad)
