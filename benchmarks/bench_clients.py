@@ -19,6 +19,7 @@ Heads as published: Qwen3-Next 16 key / 32 value heads, Kimi Linear 16 heads, K 
 
     python benchmarks/bench_clients.py --threads 2                 # the full run (long: see --help)
     python benchmarks/bench_clients.py --quick --threads 1 2       # a smoke run at small sizes
+    python benchmarks/bench_clients.py --decode-only --threads 1 2 4   # decode rows only (model and op)
 
 Prints a table and writes benchmarks/results/bench_clients.json (or ``--out``). Timings taken on a
 loaded machine are not results.
@@ -163,6 +164,8 @@ def fits(name, B, T, H, K, train) -> Optional[str]:
 def bench_model(name, pair, args, threads) -> List[dict]:
     rows = []
     linear = ["linear_attention"] * args.layers
+    if not (args.prefill_lengths or args.train_lengths):
+        return bench_decode_model(name, pair, args, threads, linear)
     ref, ours = model_pair(name, pair, CONFIGS[name](args, linear))
     value_heads = 2 * args.heads if name == "qwen3_next" else args.heads
     for T in args.prefill_lengths:
@@ -194,13 +197,18 @@ def bench_model(name, pair, args, threads) -> List[dict]:
         times = alternate({"fallback": lambda: step(ref), "myfla": lambda: step(ours)}, args.repeats, args.budget)
         rows.append({**row, **summary(times)})
     del ref, ours
+    return rows + bench_decode_model(name, pair, args, threads, linear)
+
+
+def bench_decode_model(name, pair, args, threads, linear) -> List[dict]:
+    """Decode per token on the linear-attention layers plus one full-attention layer (transformers'
+    hybrid cache needs one)."""
     hybrid = linear + ["full_attention"]
     ref, ours = model_pair(name, pair, CONFIGS[name](args, hybrid))
     ref.eval(), ours.eval()
-    for B in args.decode_batches:
-        rows.append({"model": name, "section": "model", "what": "decode per token", "batch": B, "T": args.prompt,
-                     "threads": threads, "layers": len(hybrid), **decode(ref, ours, B, args)})
-    return rows
+    return [{"model": name, "section": "model", "what": "decode per token", "batch": B, "T": args.prompt,
+             "threads": threads, "layers": len(hybrid), **decode(ref, ours, B, args)}
+            for B in args.decode_batches]
 
 
 @torch.no_grad()
@@ -332,12 +340,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timings per path (within --budget)")
     parser.add_argument("--budget", type=float, default=120.0,
                         help="seconds per measurement after which fewer repeats are taken (at least one)")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="only the decode-per-token rows (no prefill or forward+backward)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.quick:
         args.prefill_lengths, args.train_lengths = [512], [256]
         args.layers, args.heads, args.hidden, args.intermediate = 1, 4, 256, 256
         args.prompt, args.steps, args.warmup, args.repeats, args.budget = 64, 8, 2, 1, 10.0
+    if args.decode_only:
+        args.prefill_lengths, args.train_lengths = [], []
     out = args.out or RESULTS
 
     import transformers

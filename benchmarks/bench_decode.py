@@ -1,33 +1,74 @@
-"""Per-token decode latency of one GatedDeltaNet and one KimiDeltaAttention layer (hidden_size 1024)
-with a Cache, on CPU (fp32, 2 threads, eval mode, no grad). Each run prefills a prompt (chunk
-path, > 64 tokens), then decodes tokens one at a time through the cache (fused_recurrent path and
-ShortConvolution.step); the per-step wall times give a median and a 10th/90th percentile.
-Prints a table and writes benchmarks/results/bench_decode.json.
+"""One-token decoding with myfla: the recurrent ops against transformers' torch fallbacks and the
+memory bound of the state, the GatedDeltaNet / KimiDeltaAttention layers through a Cache, and the
+intra-op thread policy (``myfla/ops/utils/threads.py``), at several thread counts with and without
+an artificial load, side by side in one run. Prints a table and writes
+benchmarks/results/bench_decode.json (rewritten after every section, so a run cut short keeps what it
+measured; ``--time-limit`` skips the rows not yet started).
 
-    python benchmarks/bench_decode.py            # batch 1 and 8, prompt 128, 64 decode steps
-    python benchmarks/bench_decode.py --quick    # fewer steps, for a smoke run
+Sections (``--sections``):
+- ``op``: one decoding step (T = 1, with an initial state and the final state returned) of
+  ``fused_recurrent_gated_delta_rule`` (scalar gate; Qwen3-Next's 16 key / 32 value heads among the
+  shapes) and ``fused_recurrent_kda``, next to transformers' ``torch_recurrent_gated_delta_rule`` /
+  ``recurrent_kimi_delta_attention`` (their plain per-token loops, unwrapped from the hub-kernel
+  decorator so that an installed fla is not picked up), with the policy off (``myfla/all-threads``)
+  where more than one thread is set, and fla's Triton ``fused_recurrent_*`` on CUDA where real fla
+  imports (an implementation that fails is left out of its row, with a note). The bound, from the
+  same run: ``copy`` (read the state and write it once into a kept buffer: the least a step that
+  returns a new final state must move), at the set thread count and on one thread, whichever is
+  faster; ``read`` (one reduction over the state) is shown too.
+- ``layer``: per-token latency of one layer (hidden 1024, 8 heads of 128) after a 128-token prefill,
+  policy on (the layers apply it to decoding calls) and off.
+- ``chunk``: a short chunked call (``chunk_kda`` / ``chunk_gated_delta_rule``, B=2 T=300 H=4
+  K=V=64) run inside ``small_work_single_threaded`` and as it is: what the policy does for the
+  chunked ops, which do not apply it themselves.
+
+Load (``--loads``): ``none``, or ``busy``: ``--busy-procs`` Python busy loops (default 1: the other
+core of a 2-core machine) run while the figures are taken. Timings are medians of interleaved runs
+(every implementation of a row runs in turn, so load changes hit them alike); ``p90`` shows stalls.
+
+    python benchmarks/bench_decode.py                          # CPU: threads 1 2, loads none busy
+    python benchmarks/bench_decode.py --quick                  # a smoke run
+    python benchmarks/bench_decode.py --device cuda --out decode_gpu.json   # GPU: fla side by side, <= 240 s
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import inspect
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
 import torch
-
-from myfla.layers import GatedDeltaNet, KimiDeltaAttention
-from myfla.models.utils import Cache
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from myfla.layers import GatedDeltaNet, KimiDeltaAttention  # noqa: E402
+from myfla.models.utils import Cache  # noqa: E402
+from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule  # noqa: E402
+from myfla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: E402
+from myfla.ops.utils import threads  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "bench_decode.json"
 HIDDEN = 1024
 
-# layer shapes at hidden_size 1024 (fla's configs scaled down: 8 heads of 128)
+# (op, B, H, HV, K = V): head sizes 64 / 128 / 256, Qwen3-Next's GVA heads, batch 1 and 8
+OP_SHAPES = [
+    ("gdn", 1, 4, 4, 64), ("gdn", 1, 16, 32, 128), ("gdn", 8, 16, 32, 128), ("gdn", 1, 4, 4, 256),
+    ("kda", 1, 4, 4, 64), ("kda", 1, 16, 16, 128), ("kda", 8, 16, 16, 128), ("kda", 1, 4, 4, 256),
+]
+QUICK_OP_SHAPES = [("gdn", 1, 4, 4, 64), ("gdn", 1, 4, 8, 128), ("kda", 1, 4, 4, 64), ("kda", 1, 4, 4, 128)]
+
 LAYERS = {
     "GatedDeltaNet": lambda: GatedDeltaNet(hidden_size=HIDDEN, head_dim=128, num_heads=8, expand_v=2, layer_idx=0),
     "KimiDeltaAttention": lambda: KimiDeltaAttention(hidden_size=HIDDEN, head_dim=128, num_heads=8, expand_v=1,
@@ -35,87 +76,351 @@ LAYERS = {
 }
 
 
-def percentile(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+# -- timing --------------------------------------------------------------------------------------------
+
+def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]) -> Dict[str, dict]:
+    """Each path once untimed, then ``repeats`` rounds running every path in turn; wall times."""
+    for fn in fns.values():
+        fn()
+    sync()
+    samples = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            samples[key].append(time.perf_counter() - t0)
+    return {k: summary(s) for k, s in samples.items()}
+
+
+def summary(s: List[float]) -> dict:
+    s = sorted(s)
+    return {"median_ms": 1e3 * statistics.median(s), "p10_ms": 1e3 * s[len(s) // 10],
+            "p90_ms": 1e3 * s[min(len(s) - 1, (9 * len(s)) // 10)], "n": len(s)}
+
+
+def out_of_time(args) -> bool:
+    """Past ``--time-limit``: the rows not yet started are skipped (and the record says so)."""
+    if args.time_limit is None or time.perf_counter() - args.started < args.time_limit:
+        return False
+    args.skipped = True
+    return True
+
+
+@contextlib.contextmanager
+def policy(enabled: bool):
+    """The thread policy as shipped (``enabled``) or off for the block."""
+    previous = threads.set_small_work(threads.SMALL_WORK if enabled else 0)
+    try:
+        yield
+    finally:
+        threads.set_small_work(previous)
+
+
+@contextlib.contextmanager
+def load(kind: str, procs: int):
+    """``busy``: ``procs`` Python busy loops running for the block."""
+    children = []
+    if kind == "busy":
+        children = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(procs)]
+        time.sleep(0.5)
+    try:
+        yield
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait()
+
+
+# -- the implementations ----------------------------------------------------------------------------------
+
+def transformers_fallbacks() -> Dict[str, Callable]:
+    """transformers' plain torch decode loops, by op (missing where transformers or the model is).
+    The hub-kernel decorator is unwrapped, so that an installed fla is not picked up; a function
+    that does not unwrap to the modeling file's own definition is left out rather than mislabelled."""
+    found = {}
+    for op, module_name, fn_name in (("gdn", "qwen3_next", "torch_recurrent_gated_delta_rule"),
+                                     ("kda", "kimi_linear", "recurrent_kimi_delta_attention")):
+        try:
+            module = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}")
+        except Exception as error:          # no transformers, an older one without the model, or its imports fail
+            print(f"transformers' {fn_name} not timed: {type(error).__name__}: {error}")
+            continue
+        fn = inspect.unwrap(getattr(module, fn_name, None) or (lambda: None))
+        if getattr(fn, "__code__", None) is not None and fn.__code__.co_filename == module.__file__:
+            found[op] = fn
+    return found
+
+
+def real_fla_ops() -> Dict[str, Callable]:
+    """fla's Triton fused_recurrent ops where the real fla imports (not myfla serving ``fla``)."""
+    try:
+        import fla
+        if fla.__name__ != "fla" or not hasattr(fla, "__file__") or "myfla" in str(fla.__file__):
+            return {}
+        from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fla_gdn
+        from fla.ops.kda import fused_recurrent_kda as fla_kda
+    except Exception as error:              # no fla, or one that cannot run here (no Triton, no GPU)
+        print(f"fla not timed: {type(error).__name__}: {error}")
+        return {}
+    return {"gdn": fla_gdn, "kda": fla_kda}
+
+
+def op_inputs(op, B, H, HV, K, device):
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(B, 1, H, K, generator=gen), torch.randn(B, 1, H, K, generator=gen)
+    v = torch.randn(B, 1, HV, K, generator=gen)
+    gshape = (B, 1, HV, K) if op == "kda" else (B, 1, HV)
+    g = F.logsigmoid(torch.randn(*gshape, generator=gen) + 2.0)
+    beta = torch.rand(B, 1, HV, generator=gen)
+    h0 = torch.randn(B, HV, K, K, generator=gen) * 0.1
+    return [x.to(device) for x in (q, k, v, g, beta, h0)]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One intra-op thread for the block (for the single-threaded copy bound)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def max_diff(a, b) -> float:
+    return max((a[0] - b[0]).abs().max().item(), (a[1] - b[1]).abs().max().item())
+
+
+def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
+    fallbacks = transformers_fallbacks()
+    fla_ops = real_fla_ops() if device.type == "cuda" else {}
+    rows = []
+    for op, B, H, HV, K in (QUICK_OP_SHAPES if args.quick else OP_SHAPES):
+        if out_of_time(args):
+            break
+        q, k, v, g, beta, h0 = op_inputs(op, B, H, HV, K, device)
+        kw = dict(beta=beta, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True)
+        if op == "gdn":
+            def ours():
+                return fused_recurrent_gated_delta_rule(q, k, v, g=g, **kw)
+        else:
+            def ours():
+                return fused_recurrent_kda(q, k, v, g, **kw)
+        fns = {"myfla": ours}
+        multi = n_threads > 1 and device.type == "cpu"
+        if multi:
+            def all_threads(fn=ours):
+                with policy(False):
+                    return fn()
+            fns["myfla/all-threads"] = all_threads
+        if op in fallbacks:
+            fns["transformers"] = lambda fb=fallbacks[op]: fb(q, k, v, g=g, **kw)
+        if op in fla_ops:
+            fns["fla"] = (lambda f=fla_ops[op]: f(q, k, v, g=g, **kw)) if op == "gdn" else \
+                (lambda f=fla_ops[op]: f(q, k, v, g, **kw))
+        # the memory bound: read the state and write a new one (what a step returning a new final
+        # state must move), at the set thread count and, where that is more, on one thread
+        buffer = torch.empty_like(h0)
+        fns["copy"] = lambda: buffer.copy_(h0)
+        if multi:
+            def copy_one_thread():
+                with one_thread():
+                    buffer.copy_(h0)
+            fns["copy/1-thread"] = copy_one_thread
+        fns["read"] = lambda: h0.sum()
+        diffs, notes = {}, []
+        with torch.no_grad():
+            reference = ours()
+            for key in ("transformers", "fla"):
+                if key not in fns:
+                    continue
+                try:
+                    diffs[key] = max_diff(reference, fns[key]())
+                except Exception as error:      # an implementation that fails here is left out, noted
+                    notes.append(f"{key} failed: {type(error).__name__}: {str(error)[:200]}")
+                    del fns[key]
+            times = interleaved(fns, args.op_repeats, sync)
+        state_bytes = h0.numel() * h0.element_size()
+        bound_ms = min(times[key]["median_ms"] for key in ("copy", "copy/1-thread") if key in times)
+        rows.append({"section": "op", "op": op, "B": B, "H": H, "HV": HV, "K": K, "V": K,
+                     "state_MB": state_bytes / 2 ** 20, "threads": n_threads, "load": load_kind, "device": str(device),
+                     "bound_ms": bound_ms, "copy_GBps": 2 * state_bytes / bound_ms / 1e6,
+                     "myfla_over_bound": times["myfla"]["median_ms"] / bound_ms,
+                     "max_abs_diff": diffs, "notes": notes, "times": times})
+    return rows
 
 
 @torch.no_grad()
-def measure(layer, batch: int, prompt: int, steps: int, warmup: int) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, prompt + warmup + steps, HIDDEN, generator=gen)
-    layer(x[:, :prompt], past_key_values=Cache(), use_cache=True)   # one-time costs out of the timing
-    cache = Cache()
-    t0 = time.perf_counter()
-    _, _, cache = layer(x[:, :prompt], past_key_values=cache, use_cache=True)
-    prefill = time.perf_counter() - t0
-    times = []
-    for t in range(prompt, prompt + warmup + steps):
-        t0 = time.perf_counter()
-        _, _, cache = layer(x[:, t:t + 1], past_key_values=cache, use_cache=True)
-        if t >= prompt + warmup:
-            times.append(time.perf_counter() - t0)
-    assert cache.get_seq_length() == prompt + warmup + steps
-    return {
-        "batch": batch,
-        "prompt": prompt,
-        "steps": steps,
-        "prefill_s": prefill,
-        "decode_median_ms": 1e3 * statistics.median(times),
-        "decode_p10_ms": 1e3 * percentile(times, 0.1),
-        "decode_p90_ms": 1e3 * percentile(times, 0.9),
-        "tokens_per_s": batch / statistics.median(times),
-    }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer decode steps")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--prompt", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    steps, warmup = (8, 2) if args.quick else (args.steps, 8)
-
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
+def bench_layers(args, n_threads, load_kind, device, sync) -> List[dict]:
     rows = []
+    steps, prompt = (8, 64) if args.quick else (args.steps, args.prompt)
     for name, make in LAYERS.items():
-        layer = make().eval()
-        params = sum(p.numel() for p in layer.parameters())
+        if out_of_time(args):
+            break
+        torch.manual_seed(0)
+        layer = make().eval().to(device)
         for batch in args.batches:
-            row = {"layer": name, "params": params, **measure(layer, batch, args.prompt, steps, warmup)}
-            rows.append(row)
+            x = torch.randn(batch, prompt + steps + 2, HIDDEN, device=device)
+            caches = {}
+            for key in ("myfla", "myfla/all-threads"):
+                caches[key] = Cache()
+                layer(x[:, :prompt], past_key_values=caches[key], use_cache=True)
+            samples = {"myfla": [], "myfla/all-threads": []}
+            for t in range(prompt, prompt + steps + 2):
+                for key in samples:
+                    with policy(key == "myfla"):
+                        t0 = time.perf_counter()
+                        layer(x[:, t:t + 1], past_key_values=caches[key], use_cache=True)
+                        sync()
+                        if t >= prompt + 2:                     # two untimed steps
+                            samples[key].append(time.perf_counter() - t0)
+            keys = ["myfla"] + (["myfla/all-threads"] if n_threads > 1 and device.type == "cpu" else [])
+            rows.append({"section": "layer", "layer": name, "B": batch, "prompt": prompt, "threads": n_threads,
+                         "load": load_kind, "device": str(device),
+                         "times": {k: summary(samples[k]) for k in keys}})
+    return rows
 
-    header = f"{'layer':<20} {'params':>9} {'batch':>5} {'prefill':>9} {'median':>9} {'p10':>8} {'p90':>8} {'tok/s':>8}"
-    print(header)
-    print("-" * len(header))
+
+def bench_chunk(args, n_threads, load_kind, device, sync) -> List[dict]:
+    rows = []
+    B, T, H, K = 2, 300, 4, 64
+    gen = torch.Generator().manual_seed(0)
+    q, v = torch.randn(B, T, H, K, generator=gen), torch.randn(B, T, H, K, generator=gen)
+    k = F.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1)
+    beta = torch.rand(B, T, H, generator=gen).sigmoid()
+    gates = {"chunk_kda": F.logsigmoid(torch.randn(B, T, H, K, generator=gen)),
+             "chunk_gated_delta_rule": F.logsigmoid(torch.randn(B, T, H, generator=gen))}
+    ops = {"chunk_kda": chunk_kda, "chunk_gated_delta_rule": chunk_gated_delta_rule}
+    work = B * (T + 63) // 64 * H * K * K            # the largest per-op tensors: per-chunk states
+    for name, fn in ops.items():
+        if out_of_time(args):
+            break
+        xs = [x.to(device) for x in (q, k, v, gates[name], beta)]
+
+        def plain(fn=fn, xs=xs):
+            return fn(*xs)
+
+        def small(fn=fn, xs=xs):
+            with threads.small_work_single_threaded(work, device):
+                return fn(*xs)
+
+        fns = {"as it is": plain}
+        if n_threads > 1 and device.type == "cpu":
+            fns["single-threaded when small"] = small
+        with torch.no_grad():
+            times = interleaved(fns, args.chunk_repeats, sync)
+        rows.append({"section": "chunk", "op": name, "B": B, "T": T, "H": H, "K": K, "V": K, "threads": n_threads,
+                     "load": load_kind, "device": str(device), "work": work, "times": times})
+    return rows
+
+
+# -- output ---------------------------------------------------------------------------------------------
+
+def print_rows(rows: List[dict]) -> None:
     for r in rows:
-        print(f"{r['layer']:<20} {r['params']:>9,} {r['batch']:>5} {r['prefill_s'] * 1e3:>7.1f}ms "
-              f"{r['decode_median_ms']:>7.2f}ms {r['decode_p10_ms']:>6.2f}ms {r['decode_p90_ms']:>6.2f}ms "
-              f"{r['tokens_per_s']:>8.1f}")
+        t = r["times"]
+        if r["section"] == "op":
+            head = (f"op    {r['op']:<5} B={r['B']:<2} H={r['H']:<2} HV={r['HV']:<2} K=V={r['K']:<3} "
+                    f"thr={r['threads']} load={r['load']:<4}")
+            cells = "  ".join(f"{k} {v['median_ms']:.3f} (p90 {v['p90_ms']:.2f})" for k, v in t.items())
+            ours = t["myfla"]["median_ms"]
+            ratio = f"  | myfla/bound {r['myfla_over_bound']:.1f}x ({r['copy_GBps']:.1f} GB/s)"
+            if "transformers" in t:
+                ratio += f", transformers/myfla {t['transformers']['median_ms'] / ours:.2f}x"
+            if "fla" in t:
+                ratio += f", myfla/fla {ours / t['fla']['median_ms']:.2f}x"
+            print(head + "  " + cells + ratio + "".join(f"\n      note: {n}" for n in r["notes"]))
+        elif r["section"] == "layer":
+            head = f"layer {r['layer']:<18} B={r['B']:<2} thr={r['threads']} load={r['load']:<4}"
+            print(head + "  " + "  ".join(f"{k} {v['median_ms']:.3f} ms (p90 {v['p90_ms']:.2f})" for k, v in t.items()))
+        else:
+            head = f"chunk {r['op']:<22} B={r['B']} T={r['T']} H={r['H']} K=V={r['K']} thr={r['threads']} load={r['load']:<4}"
+            print(head + "  " + "  ".join(f"{k} {v['median_ms']:.2f} ms (p90 {v['p90_ms']:.1f})" for k, v in t.items()))
 
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--sections", nargs="+", choices=["op", "layer", "chunk"], default=None,
+                        help="default: op layer chunk (CPU), op layer (CUDA)")
+    parser.add_argument("--threads", type=int, nargs="+", default=None, help="default: 1 2 (CPU), 1 (CUDA)")
+    parser.add_argument("--loads", nargs="+", choices=["none", "busy"], default=None,
+                        help="default: none busy (CPU), none (CUDA)")
+    parser.add_argument("--busy-procs", type=int, default=1, help="busy loops for --loads busy")
+    parser.add_argument("--quick", action="store_true", help="small shapes and few repeats (smoke run)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="layer section batches")
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=48, help="timed decode steps per layer")
+    parser.add_argument("--op-repeats", type=int, default=100)
+    parser.add_argument("--chunk-repeats", type=int, default=10)
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="seconds after which rows not yet started are skipped (default: none on CPU, "
+                             "240 on CUDA); the record is written after every section either way")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("--device cuda: torch sees no CUDA device", file=sys.stderr)
+        return 2
+    args.sections = args.sections or (["op", "layer"] if cuda else ["op", "layer", "chunk"])
+    args.threads = args.threads or ([1] if cuda else [1, 2])
+    args.loads = args.loads or (["none"] if cuda else ["none", "busy"])
+    if args.time_limit is None and cuda:
+        args.time_limit = 240.0
+    if args.quick:
+        args.op_repeats, args.chunk_repeats, args.batches = 10, 3, [1]
+    args.started, args.skipped = time.perf_counter(), False
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+    sections = {"op": bench_ops, "layer": bench_layers, "chunk": bench_chunk}
+    rows = []
+    for load_kind in args.loads:
+        with load(load_kind, args.busy_procs):
+            for n_threads in args.threads:
+                torch.set_num_threads(n_threads)
+                for name in args.sections:
+                    new = sections[name](args, n_threads, load_kind, device, sync)
+                    print_rows(new)
+                    rows += new
+                    write_record(args, device, rows, complete=False)
+    write_record(args, device, rows, complete=True)
+    print(f"wrote {args.out}" + (" (time limit reached: rows skipped)" if args.skipped else ""))
+    return 0
+
+
+def write_record(args, device, rows, complete: bool) -> None:
     record = {
         "benchmark": "bench_decode",
-        "what": "per-token decode latency of one layer with a Cache (prefill, then 1 token per step)",
-        "hidden_size": HIDDEN,
+        "what": "one-token decoding: myfla ops vs transformers' fallbacks, fla's Triton ops (CUDA) and the "
+                "state's memory bound; layers through a Cache; the intra-op thread policy; threads x load",
+        "complete": complete and not args.skipped,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "started"},
+        "seconds": time.perf_counter() - args.started,
+        "small_work_threshold": threads.SMALL_WORK,
         "dtype": "float32",
-        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cuda_visible": torch.cuda.is_available(),
         "processor": platform.processor(),
-        "quick": args.quick,
-        # other processes on this 2-core machine distort 2-thread timings badly (OpenMP spinning)
-        "loadavg_after": os.getloadavg(),
+        "cpu_count": os.cpu_count(),
+        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        # other processes distort multi-threaded timings badly (OpenMP regions wait for descheduled threads)
+        "loadavg": os.getloadavg(),
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(args.out)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

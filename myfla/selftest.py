@@ -45,11 +45,16 @@ from myfla.modules.l2warp import l2_warp
 from myfla.modules.l2norm import l2norm
 from myfla.modules.layernorm import layer_norm, layer_norm_linear
 from myfla.modules.rotary import rotary_embedding
+from myfla.modules.token_shift import token_shift
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+from myfla.ops.generalized_delta_rule import chunk_dplr_delta_rule, fused_recurrent_dplr_delta_rule
 from myfla.ops.gla import chunk_gla
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda
 from myfla.ops.kda import naive as kda_naive
 from myfla.ops.kda.gate import fused_kda_gate
+from myfla.ops.rwkv7.fused_addcmul import Rwkv7FusedAddcmul
+from myfla.ops.rwkv7.fused_k_update import KUpdateFunction
+from myfla.ops.rwkv7.gate_output_correction import GateOutputCorrection
 from myfla.ops.utils.pack import pack_sequence, unpack_sequence
 from myfla.ops.utils.pooling import mean_pooling
 
@@ -343,6 +348,51 @@ def _l2_warp_gradient():
     penalty = 1e-2 / (2 * 3) / 2 * logits.max(-1).values.pow(2).sum()
     expected, = torch.autograd.grad((logits * 0.5).sum() + penalty, logits)
     return _max_abs(grad, expected), FP64_TOL
+
+
+def _dplr_leaves(T: int, H: int, K: int, V: int) -> List[torch.Tensor]:
+    """q, k, v, a = -kk, b = kk * r (kk unit rows: a contracting transition, as RWKV-7 feeds it), gk, h0."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, T, H, d, generator=gen, dtype=torch.float64) for d in (K, K, V))
+    kk = F.normalize(torch.randn(1, T, H, K, generator=gen, dtype=torch.float64), dim=-1)
+    a, b = -kk, kk * torch.rand(1, T, H, K, generator=gen, dtype=torch.float64)
+    gk = F.logsigmoid(torch.randn(1, T, H, K, generator=gen, dtype=torch.float64))
+    h0 = torch.randn(1, H, K, V, generator=gen, dtype=torch.float64)
+    return [x.requires_grad_() for x in (q, k, v, a, b, gk, h0)]
+
+
+@gradcheck_of("ChunkDPLRDeltaRuleFunction")
+def _gc_chunk_dplr():
+    return _gradcheck(lambda q, k, v, a, b, gk, h0: chunk_dplr_delta_rule(
+        q, k, v, a, b, gk, scale=0.5, initial_state=h0, output_final_state=True), _dplr_leaves(70, 1, 4, 4))
+
+
+@gradcheck_of("Rwkv7FusedAddcmul", "KUpdateFunction", "GateOutputCorrection", "TokenShift",
+              label="RWKV-7: Rwkv7FusedAddcmul, KUpdateFunction, GateOutputCorrection, TokenShift")
+def _gc_rwkv7_helpers():
+    h, delta = _leaves((2, 4, 6), (2, 4, 6))
+    mus = _leaves(*[(1, 1, 6)] * 6, seed=1)
+    _gradcheck(lambda h, d, *ms: Rwkv7FusedAddcmul.apply(h, d, *ms), [h, delta] + mus)
+    k, ka = _leaves((2, 3, 5), (5,), seed=2)
+    a = torch.rand(2, 3, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64).requires_grad_()
+    _gradcheck(lambda k, a, ka: KUpdateFunction.apply(k, a, ka), [k, a, ka])
+    _gradcheck(GateOutputCorrection.apply, _leaves((2, 3, 8), (2, 3, 2, 4), (2, 3, 2, 4), (2, 4), (2, 3, 2, 4),
+                                                   (2, 3, 8), seed=4))
+    x, cache = _leaves((1, 9, 5), (4, 5), seed=5)
+    cu = torch.tensor([0, 1, 4, 4, 9])
+    return _gradcheck(lambda x, c: token_shift(x, cu, cache=c, output_cache=True), [x, cache])
+
+
+@gradcheck_of("FusedRecurrentDPLRDeltaRuleFunction")
+def _fused_recurrent_dplr_has_no_backward():
+    """fla 0.4.0's fused_recurrent_dplr_delta_rule is inference-only; the port raises fla's error."""
+    q, k, v, a, b, gk, h0 = _dplr_leaves(3, 1, 4, 4)
+    o, _ = fused_recurrent_dplr_delta_rule(q, k, v, a, b, gk, initial_state=h0)
+    try:
+        o.sum().backward()
+    except NotImplementedError:
+        return None, None
+    raise AssertionError("fused_recurrent_dplr_delta_rule has a backward; fla 0.4.0's raises NotImplementedError")
 
 
 @gradcheck_of("FusedRecurrentFunction")

@@ -1,4 +1,4 @@
-"""Record golden fixtures of fla 0.4.0's KDA and GatedDeltaNet language models (real fla, a CUDA GPU).
+"""Record golden fixtures of fla 0.4.0's KDA, GatedDeltaNet and RWKV-7 language models (real fla, a CUDA GPU).
 
 Run from the repository root on the GPU machine through ``tools/record_models_golden.sh`` (which
 installs the fla wheels and trims Triton's autotuning), or directly:
@@ -41,6 +41,11 @@ import torch
 # tiny models: 64 wide, one 64-dim head (fla's kernels' block size), 2 blocks, vocab 64
 BASE = dict(hidden_size=64, num_hidden_layers=2, num_heads=1, head_dim=64, intermediate_size=64,
             vocab_size=64, conv_size=4, max_position_embeddings=256)
+# RWKV-7 has no short convolution; small LoRA ranks keep its fixtures near the others' size
+RWKV7_BASE = dict(hidden_size=64, num_hidden_layers=2, num_heads=1, head_dim=64, intermediate_size=64,
+                  vocab_size=64, max_position_embeddings=256, decay_low_rank_dim=16, gate_low_rank_dim=16,
+                  a_low_rank_dim=16, v_low_rank_dim=16)
+FAMILY_BASE = {"kda": BASE, "gated_deltanet": BASE, "rwkv7": RWKV7_BASE}
 CASES = {
     # name: (family, config overrides, save a checkpoint)
     "kda": ("kda", dict(), True),
@@ -50,6 +55,11 @@ CASES = {
     "kda_hybrid": ("kda", dict(attn=dict(layers=[0], num_heads=2, num_kv_heads=1, window_size=48)), False),
     "gated_deltanet_gva": ("gated_deltanet", dict(expand_v=1.0, num_v_heads=2, use_gate=False,
                                                   fuse_cross_entropy=False, fuse_norm=False), False),
+    # v_first through the blocks, fla's LayerNorm (fused prenorm), sqrelu channel mixing, L2Wrap
+    "rwkv7": ("rwkv7", dict(), True),
+    # two 32-dim heads, torch LayerNorms, no norm on the embeddings, plain cross entropy
+    "rwkv7_plain": ("rwkv7", dict(num_heads=2, head_dim=32, norm_first=False, fuse_norm=False,
+                                  fuse_cross_entropy=False, use_l2warp=False), False),
 }
 
 
@@ -90,6 +100,9 @@ def family_classes(family: str):
     if family == "kda":
         from fla.models.kda import KDAConfig, KDAForCausalLM
         return KDAConfig, KDAForCausalLM
+    if family == "rwkv7":
+        from fla.models.rwkv7 import RWKV7Config, RWKV7ForCausalLM
+        return RWKV7Config, RWKV7ForCausalLM
     from fla.models.gated_deltanet import GatedDeltaNetConfig, GatedDeltaNetForCausalLM
     return GatedDeltaNetConfig, GatedDeltaNetForCausalLM
 
@@ -108,7 +121,7 @@ def run_case(name: str, family: str, overrides: dict, out: Path, device: torch.d
     from fla.models.utils import Cache
     Config, CausalLM = family_classes(family)
     seed = zlib.crc32(name.encode())
-    kwargs = dict(BASE, **overrides)
+    kwargs = dict(FAMILY_BASE[family], **overrides)
     torch.manual_seed(seed)
     model = CausalLM(Config(**kwargs))
     tensors = {f"sd.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
@@ -133,9 +146,7 @@ def run_case(name: str, family: str, overrides: dict, out: Path, device: torch.d
 
     model.eval()
     record: dict = {"family": family, "config": kwargs, "seed": seed, "length": args.length, "pad": args.pad,
-                    "new_tokens": args.new_tokens, "train_loss": ("fused linear cross entropy" if family == "kda"
-                    and kwargs.get("fuse_cross_entropy", True) else "fused cross entropy"
-                    if kwargs.get("fuse_cross_entropy", True) else "nn.CrossEntropyLoss")}
+                    "new_tokens": args.new_tokens, "train_loss": train_loss(family, kwargs)}
     with torch.no_grad():
         cache = Cache()
         step = model(ids, attention_mask=mask, past_key_values=cache, use_cache=True)
@@ -186,6 +197,20 @@ def run_case(name: str, family: str, overrides: dict, out: Path, device: torch.d
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"{name}.safetensors"))
     record["file"] = f"{name}.safetensors"
     return record
+
+
+def train_loss(family: str, config: dict) -> str:
+    """The loss the causal LM trains with under ``config`` (each family's defaults)."""
+    fused = config.get("fuse_cross_entropy", True)
+    if family == "kda" and fused:
+        loss = "fused linear cross entropy"
+    elif config.get("fuse_linear_cross_entropy", False):
+        loss = "fused linear cross entropy"
+    else:
+        loss = "fused cross entropy" if fused else "nn.CrossEntropyLoss"
+    if family == "rwkv7" and config.get("use_l2warp", True):
+        loss += " + L2Wrap"
+    return loss
 
 
 def out_dir_checkpoint(out: Path, family: str) -> Path:

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from myfla.layers.utils import get_unpad_data, index_first_axis, pad_input
 from myfla.modules import FusedRMSNormGated, RMSNorm, ShortConvolution
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+from myfla.ops.utils.threads import layer_decoding_work, single_threaded_when_small
 from myfla.ops.utils.validation import check_layer_inputs
 
 if TYPE_CHECKING:
@@ -167,6 +168,8 @@ class GatedDeltaNet(nn.Module):
             self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
 
+    # decoding calls of a small layer run on one intra-op thread (myfla/ops/utils/threads.py)
+    @single_threaded_when_small(layer_decoding_work)
     def forward(
         self,
         hidden_states: torch.Tensor,

@@ -16,6 +16,7 @@ from myfla.layers.utils import get_unpad_data, index_first_axis, pad_input
 from myfla.modules import FusedRMSNormGated, ShortConvolution
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda
 from myfla.ops.kda.gate import fused_kda_gate
+from myfla.ops.utils.threads import layer_decoding_work, single_threaded_when_small
 from myfla.ops.utils.validation import check_layer_inputs
 
 if TYPE_CHECKING:
@@ -140,6 +141,8 @@ class KimiDeltaAttention(nn.Module):
         self.o_norm = FusedRMSNormGated(self.head_v_dim, activation='sigmoid', eps=norm_eps)
         self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
 
+    # decoding calls of a small layer run on one intra-op thread (myfla/ops/utils/threads.py)
+    @single_threaded_when_small(layer_decoding_work)
     def forward(
         self,
         hidden_states: torch.Tensor,

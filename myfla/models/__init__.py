@@ -1,4 +1,4 @@
-"""The language models of the port (mirrors ``fla.models`` for the KDA and GatedDeltaNet families)
+"""The language models of the port (mirrors ``fla.models`` for the KDA, GatedDeltaNet and RWKV-7 families)
 and the ``Cache`` the layers use through ``past_key_values`` (:mod:`myfla.models.utils`).
 
 As in fla, the models need ``transformers`` (``pip install 'portaudit-myfla[hf]'``) and importing
@@ -18,10 +18,12 @@ else:
     _MODELS_ERROR = None
     from myfla.models.gated_deltanet import GatedDeltaNetConfig, GatedDeltaNetForCausalLM, GatedDeltaNetModel
     from myfla.models.kda import KDAConfig, KDAForCausalLM, KDAModel
+    from myfla.models.rwkv7 import RWKV7Config, RWKV7ForCausalLM, RWKV7Model
 
 __all__ = [
     'GatedDeltaNetConfig', 'GatedDeltaNetForCausalLM', 'GatedDeltaNetModel',
     'KDAConfig', 'KDAForCausalLM', 'KDAModel',
+    'RWKV7Config', 'RWKV7ForCausalLM', 'RWKV7Model',
 ]
 
 

@@ -2,7 +2,7 @@
 
 Re-exports what fla 0.4.0's ``fla/modules/__init__.py`` exports from the modules this port carries.
 Not re-exported here because the module is not in this port: ``BitLinear``/``FusedBitLinear``
-(fused_bitlinear), ``FusedKLDivLoss`` (fused_kl_div) and ``TokenShift`` (token_shift).
+(fused_bitlinear) and ``FusedKLDivLoss`` (fused_kl_div).
 """
 
 from myfla.modules.convolution import ImplicitLongConvolution, LongConvolution, ShortConvolution
@@ -20,6 +20,7 @@ from myfla.modules.l2norm import L2Norm
 from myfla.modules.layernorm import GroupNorm, GroupNormLinear, LayerNorm, LayerNormLinear, RMSNorm, RMSNormLinear
 from myfla.modules.mlp import GatedMLP
 from myfla.modules.rotary import RotaryEmbedding
+from myfla.modules.token_shift import TokenShift
 
 __all__ = [
     'ImplicitLongConvolution', 'LongConvolution', 'ShortConvolution',
@@ -30,4 +31,5 @@ __all__ = [
     'FusedRMSNormGated', 'FusedRMSNormSwishGate', 'FusedRMSNormSwishGateLinear',
     'GatedMLP',
     'RotaryEmbedding',
+    'TokenShift',
 ]

@@ -29,6 +29,7 @@ from einops import rearrange
 
 from myfla.modules import causal_conv1d_package
 from myfla.ops.utils import prepare_sequence_ids
+from myfla.ops.utils.threads import small_work_single_threaded
 from myfla.ops.utils.validation import check_conv_inputs
 from myfla.utils import accumulation_dtype, input_guard, is_amd
 
@@ -324,26 +325,27 @@ def causal_conv1d_update(
     W = weight.shape[1] if weight is not None else cache.shape[-1]
 
     acc = accumulation_dtype(x)
-    b_x = x.reshape(N, D).to(acc)
-    if cache is not None:
-        # [N, D, W]: drop the oldest column, the new token becomes the last one
-        b_cache = torch.cat([cache[:, :, 1:].to(acc), b_x.unsqueeze(-1)], -1)
-    else:
-        b_cache = b_x.new_zeros(N, D, W)
-    if weight is not None:
-        b_y = (b_cache * weight.to(acc)).sum(-1)
-    else:
-        b_y = b_cache.sum(-1)
-    if bias is not None:
-        b_y = b_y + bias.to(acc)
-    if activation in ('swish', 'silu'):
-        b_y = b_y * torch.sigmoid(b_y)
-    if residual is not None:
-        b_y = b_y + residual.reshape(N, D)
-    y = b_y.to(x.dtype)
+    with small_work_single_threaded(N * D * W, x.device):
+        b_x = x.reshape(N, D).to(acc)
+        if cache is not None:
+            # [N, D, W]: drop the oldest column, the new token becomes the last one
+            b_cache = torch.cat([cache[:, :, 1:].to(acc), b_x.unsqueeze(-1)], -1)
+        else:
+            b_cache = b_x.new_zeros(N, D, W)
+        if weight is not None:
+            b_y = (b_cache * weight.to(acc)).sum(-1)
+        else:
+            b_y = b_cache.sum(-1)
+        if bias is not None:
+            b_y = b_y + bias.to(acc)
+        if activation in ('swish', 'silu'):
+            b_y = b_y * torch.sigmoid(b_y)
+        if residual is not None:
+            b_y = b_y + residual.reshape(N, D)
+        y = b_y.to(x.dtype)
 
-    if cache is not None:
-        cache.copy_(b_cache.to(cache.dtype))
+        if cache is not None:
+            cache.copy_(b_cache.to(cache.dtype))
     return y.view(shape), cache
 
 

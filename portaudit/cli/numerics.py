@@ -205,8 +205,8 @@ class _Bar:
 def invariants(
     op: Annotated[Optional[List[str]], typer.Option("--op", help="Op/module/layer group to check "
                                                     "(repeatable; 'all' for every group).")] = None,
-    layer: Annotated[Optional[str], typer.Option("--layer", help="Only the invariants of this layer's "
-                                                 "closure (KimiDeltaAttention or GatedDeltaNet).")] = None,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="Only the invariants of this layer's closure "
+                                                 "(KimiDeltaAttention, GatedDeltaNet, RWKV7Attention...).")] = None,
     manifest: NumericsManifestOpt = None,
     impl: ImplOpt = None,
     device: DeviceOpt = "cpu",

@@ -50,18 +50,35 @@ def _import_ok(node: ast.stmt, skip_roots: set[str]) -> bool:
     return False
 
 
+class _Fp64Casts(ast.NodeTransformer):
+    """``x.float()`` -> ``x.double()`` and ``torch.float`` -> ``torch.float64``."""
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.Attribute:
+        self.generic_visit(node)
+        if node.attr == "float":
+            is_torch = isinstance(node.value, ast.Name) and node.value.id == "torch"
+            node.attr = "float64" if is_torch else "double"
+        return node
+
+
 def load_function(
     root: Path,
     relpath: str,
     names: str | Iterable[str],
     skip_import_roots: Iterable[str] = (),
     extra_globals: Optional[dict[str, Any]] = None,
+    fp64_casts: bool = False,
 ) -> Callable[..., Any] | dict[str, Callable[..., Any]]:
     """Execute only the named top-level definitions of an upstream file.
 
     Module-level imports are executed first, except those of ``triton``, the upstream package
     itself (``skip_import_roots``) and relative ones; an import that fails here is skipped too.
     Returns the function for one name, or a dict name -> function for several.
+
+    ``fp64_casts`` compiles the definitions with their fp32 casts read as float64 (``.float()`` as
+    ``.double()``, ``torch.float`` as ``torch.float64``): an fp64 oracle from references that cast
+    their inputs to fp32 (fla's DPLR naive code calls ``.float()``, which no module-level proxy can
+    redirect). The upstream text is transformed in memory only.
     """
     path = Path(root) / relpath
     if not path.is_file():
@@ -89,6 +106,8 @@ def load_function(
         node = defs[n]
         # Upstream decorators (e.g. @torch.compile, @triton.jit) are not part of the math.
         node.decorator_list = []
+        if fp64_casts:
+            node = ast.fix_missing_locations(_Fp64Casts().visit(node))
         exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), namespace)
     if isinstance(names, str):
         return namespace[names]

@@ -112,3 +112,21 @@ def test_committed_manifests_cover_the_closure(fla040_root):
         assert listed == {c.symbol for c in closure(index, [layer, "fla.models.utils.Cache"], "fla")}
         kernels = {e.symbol for e in m.entries if e.kind == "kernel"}
         assert kernels == {s for s in listed if index.resolve(s).definition.kind == "kernel"}
+
+
+def test_rwkv7_manifest_covers_the_closure_of_its_entry_points(fla040_root):
+    """manifests/rwkv7.yaml lists the whole static closure of its entry points (the layer, the Cache and
+    the RWKV-7 models) plus the public DPLR / RWKV-7 op API its header names; kernels are marked."""
+    from portaudit.static.index.tree import TreeIndex
+    from portaudit.static.scaffold import closure
+    from portaudit.static.upstream import default_cache_dir
+
+    index = TreeIndex(fla040_root, default_cache_dir())
+    m = load_manifest("manifests/rwkv7.yaml")
+    listed = {e.symbol for e in m.entries}
+    assert len(listed) == len(m.entries) == 235
+    reached = {c.symbol for c in closure(index, list(m.entry_points), "fla")}
+    assert len(reached) == 223 and reached <= listed
+    assert {"fla.models.rwkv7.modeling_rwkv7.RWKV7ForCausalLM", "fla.layers.rwkv7.RWKV7Attention"} <= reached
+    kernels = {e.symbol for e in m.entries if e.kind == "kernel"}
+    assert kernels == {s for s in listed if index.resolve(s).definition.kind == "kernel"}

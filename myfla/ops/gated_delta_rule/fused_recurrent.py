@@ -7,8 +7,16 @@ Per token, with state ``h`` ``[K, V]`` (fp32):
 
 (with ``gv`` the correction goes to the key instead: ``k' = beta * (k - h v)``). The recurrence is
 sequential by nature, as in fla's kernel: one step per token, vectorised over sequences, heads and
-the ``K x V`` state; inputs are split once along time and outputs stacked once. Variable-length
-batches are laid out as ``[N, max_len]`` with zero padding, which leaves a state unchanged.
+the ``K x V`` state; inputs are prepared for all tokens at once and outputs written into one buffer.
+Variable-length batches are laid out as ``[N, max_len]`` with zero padding, which leaves a state
+unchanged.
+
+A step reads and writes the state as few times as torch ops allow, because that traffic is what a
+decoding step costs: the decays write the decayed state into the state buffer (for the first token
+that is also the copy out of ``initial_state``, which is never modified); one batched matmul reads
+``k^T h`` and ``q^T h`` together; the rank-1 update is one in-place ``addcmul``. The output then
+follows without reading the updated state: ``(h + k v'^T)^T q = h^T q + (k . q) v'``. Small calls
+(one-token decoding) run on one intra-op thread (``myfla.ops.utils.threads``).
 """
 
 from __future__ import annotations
@@ -19,17 +27,67 @@ import torch
 
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.gva import gva_groups
+from myfla.ops.utils.threads import small_work_single_threaded
 from myfla.ops.utils.validation import check_op_inputs
 from myfla.utils import input_guard
 
-
-def _time_major(layout, x: torch.Tensor, dtype: torch.dtype, heads: int, rep: int = 1) -> torch.Tensor:
-    """``[B, T, h, *rest]`` -> ``[L, N*heads, *rest]`` (heads repeated ``rep`` times for GVA)."""
-    xc = layout.pack(x.to(dtype), fill='zero')[:, 0]                    # [N, L, h, *rest]
+def _time_major(layout, x: torch.Tensor, dtype: torch.dtype, heads: int, rep: int, *rest: int) -> torch.Tensor:
+    """``[B, T, h, ...]`` -> ``[L, N*heads, *rest]``, or ``[N*heads, *rest]`` for one token per
+    sequence (``L == 1``, the decoding step); heads repeated ``rep`` times for GVA. ``layout`` None
+    means equal-length sequences (``L = T``, ``N = B``). One token per sequence gives a view where no
+    conversion or repeat is needed: callers never write into the result."""
+    if x.dtype != dtype:
+        x = x.to(dtype)
+    if layout is not None:
+        x = layout.pack(x, fill='zero')[:, 0]                           # [N, L, h, ...]
     if rep > 1:
-        xc = xc.repeat_interleave(rep, dim=2)
-    N, L = xc.shape[:2]
-    return xc.transpose(0, 1).reshape(L, N * heads, *xc.shape[3:])
+        x = x.repeat_interleave(rep, dim=2)
+    N, L = x.shape[:2]
+    if L == 1:
+        return x.reshape(N * heads, *rest)
+    return x.transpose(0, 1).reshape(L, N * heads, *rest)
+
+
+def _recurrent_step(
+    state_in: torch.Tensor,
+    state: torch.Tensor,
+    kq: torch.Tensor,
+    k_col: torch.Tensor,
+    kdotq: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    decay_k: Optional[torch.Tensor],
+    decay_v: Optional[torch.Tensor],
+    out: torch.Tensor,
+) -> None:
+    """One token for ``R`` (sequence, head) rows: ``state`` ``[R, K, V]`` becomes the state after the
+    token, computed from ``state_in`` (``state`` itself after the first token). ``kq`` ``[R, 2, K]``
+    holds k and q, ``k_col`` ``[R, K, 1]`` is k again and ``kdotq`` ``[R, 1]`` is ``k . q``;
+    ``v`` ``[R, V]``; ``beta`` ``[R, 1]`` or ``[R, V]``; ``decay_k`` ``[R, K or 1, 1]`` and
+    ``decay_v`` ``[R, 1, V]`` are exponentiated decays (or None). The output ``h^T q`` ``[R, V]``
+    (unscaled) goes to ``out``.
+
+    Source: fla/ops/gated_delta_rule/fused_recurrent.py:L93-L122 (fla 0.4.0)
+    """
+    if decay_k is not None:
+        torch.mul(state_in, decay_k, out=state)
+    elif state_in is not state:
+        state.copy_(state_in)
+    if decay_v is None:
+        # k^T h and q^T h in one pass over the state
+        kh, qh = torch.bmm(kq, state).unbind(1)
+        b_v = beta * (v - kh)
+        # o = (h + k v'^T)^T q = h^T q + (k . q) v'
+        torch.addcmul(qh, b_v, kdotq, out=out)
+        state.addcmul_(k_col, b_v.unsqueeze(1))
+    else:
+        state.mul_(decay_v)
+        # the correction goes to the key: k' = beta * (k - h v), beta per key channel as fla pairs them
+        b_k = beta.unsqueeze(-1) * (k_col - torch.bmm(state, v.unsqueeze(-1)))
+        q_row = kq[:, 1:]
+        # o = (h + k' v^T)^T q = h^T q + (k' . q) v
+        torch.addcmul(torch.bmm(q_row, state).squeeze(1), v, torch.bmm(q_row, b_k).squeeze(1), out=out)
+        state.addcmul_(b_k, v.unsqueeze(1))
 
 
 def fused_recurrent_gated_delta_rule_fwd(
@@ -60,64 +118,70 @@ def fused_recurrent_gated_delta_rule_fwd(
     HV = v.shape[2]
     rep = gva_groups(q, k, v)                                            # fla 0.5.0's GVA checks
     N = B if cu_seqlens is None else len(cu_seqlens) - 1
-    o = torch.empty_like(v)
-    final_state = q.new_empty(N, HV, K, V, dtype=torch.float32) if output_final_state else None
-
     # one "chunk" as long as the longest sequence: [N, L, ...] with zero padding
     if cu_seqlens is None:
         L = T
     else:
         L = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item()) if N > 0 else 0
-    cdt = torch.promote_types(torch.float32, v.dtype)
+    R = N * HV
+    cdt = torch.float64 if v.dtype == torch.float64 else torch.float32
+    final_state = q.new_empty(N, HV, K, V, dtype=torch.float32) if output_final_state else None
+    # the state lives in the final-state buffer where their dtypes agree, else in a buffer of its own
+    state_is_final = final_state is not None and cdt == torch.float32
+    state = final_state.view(R, K, V) if state_is_final else v.new_empty(R, K, V, dtype=cdt)
     if initial_state is not None:
-        state = initial_state.to(cdt).reshape(N * HV, K, V)
+        state_in = initial_state.reshape(R, K, V)                       # read, never written
     else:
-        state = torch.zeros(N * HV, K, V, dtype=cdt, device=v.device)
+        state_in = state.zero_()
     if L == 0 or N == 0:
-        if output_final_state:
-            final_state.copy_(state.view(N, HV, K, V))
-        return o, final_state
-    layout = get_chunk_layout(B, T, L, cu_seqlens, device=v.device)
+        if final_state is not None:
+            final_state.copy_(state_in.view(N, HV, K, V))
+        return torch.empty_like(v), final_state
 
-    q_t = _time_major(layout, q, cdt, HV, rep)
-    k_t = _time_major(layout, k, cdt, HV, rep)
-    if use_qk_l2norm_in_kernel:
-        q_t = q_t / torch.sqrt((q_t * q_t).sum(-1, keepdim=True) + 1e-6)
-        k_t = k_t / torch.sqrt((k_t * k_t).sum(-1, keepdim=True) + 1e-6)
-    q_t = q_t * scale
-    v_t = _time_major(layout, v, cdt, HV)
-    beta_headwise = beta.ndim != v.ndim
-    beta_t = _time_major(layout, beta, cdt, HV)
-    if beta_headwise:
-        beta_t = beta_t.unsqueeze(-1)                                    # [L, NHV, 1]
-    # state decays of every step, computed for all steps at once
-    decay_g = torch.exp(_time_major(layout, g, cdt, HV)).view(L, N * HV, 1, 1) if g is not None else None
-    decay_k = torch.exp(_time_major(layout, gk, cdt, HV)).unsqueeze(-1) if gk is not None else None
-    decay_v = torch.exp(_time_major(layout, gv, cdt, HV)).unsqueeze(-2) if gv is not None else None
+    # every op of a step touches the [R, K, V] state; the preparation touches [L, R, 2, max(K, V)]
+    with small_work_single_threaded(max(R * K * V, 2 * L * R * max(K, V)), v.device):
+        layout = get_chunk_layout(B, T, L, cu_seqlens, device=v.device) if cu_seqlens is not None else None
+        # per token (a leading L axis unless L == 1): k and q side by side [R, 2, K], normalised
+        # together; k as a column [R, K, 1]; k . q [R, 1]. The scale multiplies the outputs.
+        kq = _time_major(layout, torch.stack((k, q), dim=-2), cdt, HV, rep, 2, K)
+        if use_qk_l2norm_in_kernel:
+            # in place: kq is a fresh tensor (torch.stack)
+            kq.div_((kq * kq).sum(-1, keepdim=True).add_(1e-6).sqrt_())
+        k_row, q_row = kq.unbind(-2)
+        k_col = k_row.unsqueeze(-1)
+        kdotq = (k_row * q_row).sum(-1, keepdim=True)
+        v_t = _time_major(layout, v, cdt, HV, 1, V)
+        beta_t = _time_major(layout, beta, cdt, HV, 1, 1 if beta.ndim != v.ndim else V)
+        # state decays of every step, computed for all steps at once: row decays [R, K or 1, 1]
+        decay_k = None
+        if g is not None:
+            decay_k = torch.exp(_time_major(layout, g, cdt, HV, 1, 1, 1))
+        if gk is not None:
+            decay_gk = torch.exp(_time_major(layout, gk, cdt, HV, 1, K, 1))
+            decay_k = decay_gk if decay_k is None else decay_k * decay_gk
+        decay_v = torch.exp(_time_major(layout, gv, cdt, HV, 1, 1, V)) if gv is not None else None
 
-    qs, ks, vs, bs = q_t.unbind(0), k_t.unbind(0), v_t.unbind(0), beta_t.unbind(0)
-    dgs = decay_g.unbind(0) if decay_g is not None else None
-    dks = decay_k.unbind(0) if decay_k is not None else None
-    dvs = decay_v.unbind(0) if decay_v is not None else None
-    outs = []
-    for t in range(L):
-        if dgs is not None:
-            state = state * dgs[t]
-        if dks is not None:
-            state = state * dks[t]
-        b_k, b_v = ks[t], vs[t]
-        if dvs is not None:
-            state = state * dvs[t]
-            b_k = bs[t] * (b_k - torch.bmm(state, b_v.unsqueeze(-1)).squeeze(-1))
+        if L == 1:
+            o_t = v.new_empty(R, V, dtype=cdt)
+            _recurrent_step(state_in, state, kq, k_col, kdotq, v_t, beta_t, decay_k, decay_v, o_t)
         else:
-            b_v = bs[t] * (b_v - torch.bmm(b_k.unsqueeze(1), state).squeeze(1))
-        state = torch.baddbmm(state, b_k.unsqueeze(-1), b_v.unsqueeze(1))
-        outs.append(torch.bmm(qs[t].unsqueeze(1), state).squeeze(1))
+            o_t = v.new_empty(L, R, V, dtype=cdt)
+            per_token = [x.unbind(0) if x is not None else (None,) * L
+                         for x in (kq, k_col, kdotq, v_t, beta_t, decay_k, decay_v, o_t)]
+            for t, token in enumerate(zip(*per_token)):
+                _recurrent_step(state_in if t == 0 else state, state, *token)
+        o_t.mul_(scale)
 
-    o_t = torch.stack(outs, 0).view(L, N, HV, V).transpose(0, 1)         # [N, L, HV, V]
-    o.copy_(layout.unpack(o_t.unsqueeze(1)))
-    if output_final_state:
-        final_state.copy_(state.view(N, HV, K, V))
+        if layout is not None:
+            o = layout.unpack(o_t.view(L, N, HV, V).transpose(0, 1).unsqueeze(1))
+        elif L == 1:
+            o = o_t.view(B, 1, HV, V)
+        else:
+            o = o_t.view(L, B, HV, V).transpose(0, 1).contiguous()
+        if o.dtype != v.dtype:
+            o = o.to(v.dtype)
+        if final_state is not None and not state_is_final:
+            final_state.copy_(state.view(N, HV, K, V))
     return o, final_state
 
 
@@ -232,18 +296,38 @@ def fused_recurrent_gated_delta_rule(
     if beta is None:
         beta = torch.ones_like(q[..., 0])
 
-    o, final_state = FusedRecurrentFunction.apply(
-        q,
-        k,
-        v,
-        g,
-        gk,
-        gv,
-        beta,
-        scale,
-        initial_state,
-        output_final_state,
-        use_qk_l2norm_in_kernel,
-        cu_seqlens,
-    )
+    if torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (q, k, v, g, gk, gv, beta, initial_state)
+    ):
+        o, final_state = FusedRecurrentFunction.apply(
+            q,
+            k,
+            v,
+            g,
+            gk,
+            gv,
+            beta,
+            scale,
+            initial_state,
+            output_final_state,
+            use_qk_l2norm_in_kernel,
+            cu_seqlens,
+        )
+    else:
+        # nothing for autograd to record: the same forward without the Function's per-call cost
+        # (a sizeable part of a one-token step); it takes any strides, as input_guard's copies do
+        o, final_state = fused_recurrent_gated_delta_rule_fwd(
+            q=q,
+            k=k,
+            v=v,
+            g=g,
+            gk=gk,
+            gv=gv,
+            beta=beta,
+            scale=scale,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+            cu_seqlens=cu_seqlens,
+        )
     return o, final_state

@@ -6,7 +6,8 @@ ships no torch reference for (short convolution and causal_conv1d, gated RMSNorm
 cumsum, solve_tril) are written here from their defining formulas. The two layers are fla's own
 layer code (``fla/layers/kda.py``, ``fla/layers/gated_deltanet.py``) executed with these
 references standing in for the Triton-backed ops, so layer glue (padding, GVA, caches) is
-upstream's. The reference is slow (token loops) and meant for small shapes.
+upstream's. RWKV-7's closure (the DPLR delta rule, its ops and layer) comes from
+:mod:`.reference_rwkv7`. The reference is slow (token loops) and meant for small shapes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from portaudit.numerics.impl import MappingImplementation, factory
+from portaudit.numerics.fla040.reference_rwkv7 import rwkv7_reference
 from portaudit.numerics.upstream_code import load_function, load_module
 
 L2_EPS = 1e-6
@@ -431,6 +433,8 @@ def reference_implementation(root: Path, fp64: bool = False) -> MappingImplement
         "fla.layers.gated_deltanet.GatedDeltaNet":
             factory(lambda: load_reference_layer(ops, "fla/layers/gated_deltanet.py", "GatedDeltaNet")),
     }
+    # RWKV-7's closure: fla's DPLR naive code, RWKV-7 op references and layer code
+    table.update(rwkv7_reference(root, fp64=fp64).table())
     impl = MappingImplementation("ref64" if fp64 else "ref", table, lazy=True)
     impl.ops = ops  # type: ignore[attr-defined]
     return impl

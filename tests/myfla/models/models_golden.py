@@ -1,7 +1,7 @@
 """Comparing myfla's models with the fixtures ``tools/record_models_golden.py`` records from real fla.
 
-The fixture directory (default ``tests/fixtures/models_golden``; ``$MYFLA_MODELS_GOLDEN`` moves it)
-holds ``index.json`` and one safetensors file per case (weights ``sd.*``, inputs ``input.*``, eval
+The fixture directory (default ``tests/fixtures/models_golden``; ``$MYFLA_MODELS_GOLDEN`` moves it;
+the RWKV-7 cases are a run of their own in ``tests/fixtures/models_golden_rwkv7``) holds ``index.json`` and one safetensors file per case (weights ``sd.*``, inputs ``input.*``, eval
 logits, training loss and parameter gradients, a greedy decode with the cache) and
 ``checkpoints/<family>/`` written by fla's ``save_pretrained``.
 
@@ -20,7 +20,13 @@ from typing import Dict, List, Optional
 import torch
 
 FIXTURES = Path(os.environ.get("MYFLA_MODELS_GOLDEN", Path(__file__).resolve().parents[2] / "fixtures" / "models_golden"))
+# the RWKV-7 models' cases (rwkv7, rwkv7_plain), recorded in a run of their own
+FIXTURES_RWKV7 = Path(os.environ.get("MYFLA_MODELS_GOLDEN_RWKV7",
+                                     Path(__file__).resolve().parents[2] / "fixtures" / "models_golden_rwkv7"))
 RECORD_COMMAND = "bash tools/record_models_golden.sh   # on the GPU machine, from the repo root, fla wheels in .whl/"
+RECORD_COMMAND_RWKV7 = ("bash tools/record_models_golden.sh tests/fixtures/models_golden_rwkv7 --cases rwkv7,rwkv7_plain"
+                        "   # on the GPU machine, from the repo root, fla wheels in .whl/")
+RWKV7_CASES = ("rwkv7", "rwkv7_plain")
 
 TOL_LOGITS = 5e-3
 TOL_LOSS = 1e-3
@@ -50,6 +56,8 @@ def myfla_classes(family: str):
     import myfla.models as M
     if family == "kda":
         return M.KDAConfig, M.KDAForCausalLM
+    if family == "rwkv7":
+        return M.RWKV7Config, M.RWKV7ForCausalLM
     return M.GatedDeltaNetConfig, M.GatedDeltaNetForCausalLM
 
 

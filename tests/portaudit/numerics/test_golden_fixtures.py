@@ -22,6 +22,7 @@ from portaudit.numerics.record import record
 from portaudit.numerics.tolerances import ToleranceTable, overrides_from_manifest
 
 GOLDEN = Path(__file__).resolve().parents[2] / "fixtures" / "golden"
+GOLDEN_RWKV7 = GOLDEN.with_name("golden_rwkv7")
 runner = CliRunner()
 
 
@@ -137,10 +138,23 @@ def test_recorded_fixtures_are_small_and_complete():
     fs = read_fixtures(GOLDEN)
     size = sum(p.stat().st_size for p in GOLDEN.iterdir())
     assert size < 20e6
-    assert set(fs.cases) == {c.name for c in FLA040.golden_cases()}
+    # the RWKV-7 cases (rwkv7/...) are recorded in a run of their own, tests/fixtures/golden_rwkv7
+    assert set(fs.cases) == {c.name for c in FLA040.golden_cases() if not c.name.startswith("rwkv7/")}
     assert all(r.status == "ok" for r in fs.cases.values())
     env = fs.meta["environment"]
     assert env["fla-core"] == "0.4.0" and env["flash-linear-attention"] == "0.4.0" and "H100" in env["gpu"]
+
+
+@pytest.mark.xfail(not (GOLDEN_RWKV7 / "index.json").is_file(), strict=True,
+                   reason="the RWKV-7 golden cases are not recorded yet: on a GPU machine run "
+                          "`bash tools/record_golden.sh DIR --cases rwkv7/` and commit DIR as tests/fixtures/golden_rwkv7")
+def test_rwkv7_fixtures_are_small_and_complete():
+    fs = read_fixtures(GOLDEN_RWKV7)
+    assert sum(p.stat().st_size for p in GOLDEN_RWKV7.iterdir()) < 4e6
+    assert set(fs.cases) == {c.name for c in FLA040.golden_cases() if c.name.startswith("rwkv7/")}
+    assert all(r.status == "ok" for r in fs.cases.values())
+    env = fs.meta["environment"]
+    assert env["fla-core"] == "0.4.0" and env["flash-linear-attention"] == "0.4.0" and env["device"].startswith("cuda")
 
 
 def test_reference_matches_the_golden_fixtures(fla040_root):

@@ -1,0 +1,214 @@
+"""Speed of myfla's chunk_rwkv7 on CPU (fp32, explicit thread count) against a FLOP lower bound
+measured in the same run and fla 0.4.0's naive DPLR references (``dplr_recurrence``,
+``dplr_chunkwise``, loaded by file path from the fetched upstream tree) side by side. Prints a table
+and writes benchmarks/results/bench_rwkv7.json and .md.
+
+    python benchmarks/bench_rwkv7.py                   # B=1 T=8192 H=4, K=V=64 and 128, 2 threads
+    python benchmarks/bench_rwkv7.py --threads 1       # another thread count
+    python benchmarks/bench_rwkv7.py --quick           # T=1024, for a smoke run
+
+Inputs are what RWKV7Attention feeds the op: r, k, v ~ N(0, 1), log decay w = -exp(-1/2) sigmoid(.),
+a = -kk, b = kk * sigmoid(.) with kk L2-normalised, an initial state, scale 1.
+
+FLOP lower bound: the multiply-adds (x2) of fla's chunked DPLR algorithm at its 16-token chunks
+(``flop_counts``: intra-chunk matrices, WY representation, state recurrence and output; the backward
+recomputes the forward and runs fla's six backward functions), divided by the best fp32 matmul rate
+measured in the same run (chunk-shaped batched matmul or one large GEMM). The port runs 32-token
+chunks (more FLOPs than the bound counts); the bound is not adjusted for that.
+
+fla's references are token or chunk loops whose backward is superlinear in T; they are timed at a
+smaller T (``--ref-T``) and scaled linearly to T, which underestimates them, so the speedups reported
+are lower bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from myfla.ops.generalized_delta_rule.dplr import chunk as dplr_chunk  # noqa: E402
+from myfla.ops.rwkv7 import chunk_rwkv7  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "bench_rwkv7.json"
+FLA_BT = 16           # fla's chunk size for the DPLR delta rule
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_inputs(B, T, H, K, V, requires_grad=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.randn(B, T, H, K, generator=gen)
+    k = torch.randn(B, T, H, K, generator=gen)
+    v = torch.randn(B, T, H, V, generator=gen)
+    w = -0.6065306597126334 * torch.randn(B, T, H, K, generator=gen).sigmoid()
+    kk = F.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1)
+    a = -kk
+    b = kk * torch.randn(B, T, H, K, generator=gen).sigmoid()
+    h0 = torch.randn(B, H, K, V, generator=gen)
+    xs = [r, w, k, v, a, b, h0]
+    return [x.requires_grad_() for x in xs] if requires_grad else xs
+
+
+def ours(r, w, k, v, a, b, h0):
+    return chunk_rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=h0, output_final_state=True)
+
+
+def run_fwd(fn, xs):
+    with torch.no_grad():
+        return fn(*[x.detach() for x in xs])
+
+
+def run_fwd_bwd(fn, xs):
+    for x in xs:
+        x.grad = None
+    o, ht = fn(*xs)
+    (o.sum() + ht.sum()).backward()
+
+
+def flop_counts(B, T, H, K, V, BT):
+    """FLOPs (2 x multiply-adds) of the chunked DPLR algorithm at chunk size BT, forward and
+    forward+backward. Per chunk and head:
+      forward  5 BT^2 K + 3 BT^2 V + 4/3 BT^3 + 4 BT K V
+               (4 intra score matrices, WY: inverse, A_ab^-1 A_ak, w, u; state: w h, kg^T v, bg^T v_new;
+                output: qg h, A_qk v, A_qb v_new)
+      backward 15 BT^2 K + 7 BT^2 V + 19/3 BT^3 + 11 BT K V
+               (recomputed forward without the output; dAu, dhu, dv, bwd_o, bwd_wy, dqk_intra)"""
+    NT = -(-T // BT)
+    n = B * H * NT
+    fwd = 5 * BT * BT * K + 3 * BT * BT * V + 4 * BT ** 3 / 3 + 4 * BT * K * V
+    bwd = 15 * BT * BT * K + 7 * BT * BT * V + 19 * BT ** 3 / 3 + 11 * BT * K * V
+    return 2 * n * fwd, 2 * n * (fwd + bwd)
+
+
+def matmul_rates(BT, K, V, repeats):
+    """fp32 FLOP/s on chunk-shaped batched matmuls ([BT, K] @ [K, V]) and on one large GEMM."""
+    a = torch.randn(256, BT, K)
+    b = torch.randn(256, K, V)
+    t = median_time(lambda: torch.bmm(a, b), repeats=max(repeats, 5), warmup=2)
+    chunked = 2 * 256 * BT * K * V / t
+    n = 1024
+    x, y = torch.randn(n, n), torch.randn(n, n)
+    t = median_time(lambda: x @ y, repeats=max(repeats, 5), warmup=2)
+    return chunked, 2 * n ** 3 / t
+
+
+def load_fla_references():
+    """fla 0.4.0's naive DPLR recurrence and chunkwise form, behind the [B, T, H, ...] API."""
+    from portaudit.numerics.upstream_code import load_module
+    from portaudit.static.upstream import resolve_upstream
+    local = os.environ.get("PORTAUDIT_FLA040")
+    if local:
+        root = resolve_upstream(upstream_path=local, package="fla")
+    else:
+        root = resolve_upstream(["fla-core==0.4.0", "flash-linear-attention==0.4.0"], package="fla")
+    mod = load_module(root, "fla/ops/generalized_delta_rule/dplr/naive.py")
+
+    def wrap(fn, **kw):
+        def call(r, w, k, v, a, b, h0):
+            K = r.shape[-1]
+            # the naive code is head-first and scales q by K ** -0.5 itself (our scale is 1)
+            hf = [x.transpose(1, 2) for x in (r * K ** 0.5, k, v, a, b, w)]
+            o, S = fn(*hf, initial_state=h0, output_final_state=True, **kw)
+            return o.transpose(1, 2), S
+        return call
+    return {"fla dplr_recurrence": wrap(mod.dplr_recurrence),
+            "fla dplr_chunkwise": wrap(mod.dplr_chunkwise, chunk_size=32)}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--T", type=int, default=8192)
+    parser.add_argument("--H", type=int, default=4)
+    parser.add_argument("--K", type=str, default="64,128", help="head sizes (V = K), comma-separated")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ref-T", type=int, default=1024,
+                        help="T at which fla's references are timed (scaled linearly to T)")
+    parser.add_argument("--skip-refs", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.quick:
+        args.T, args.repeats, args.ref_T = 1024, 3, 256
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore")          # fla's fp32 RuntimeWarning of chunk_dplr_delta_rule
+    B, H, T = 1, args.H, args.T
+    record = {"B": B, "T": T, "H": H, "dtype": "float32", "threads": args.threads, "torch": torch.__version__,
+              "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+              "port_chunk_size": dplr_chunk.CHUNK_SIZE, "fla_chunk_size": FLA_BT,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "shapes": []}
+    refs = {} if args.skip_refs else load_fla_references()
+    rows = []
+    for K in [int(x) for x in args.K.split(",")]:
+        V = K
+        entry = {"K": K, "V": V}
+        x0 = make_inputs(B, T, H, K, V)
+        fwd = median_time(lambda: run_fwd(ours, x0), args.repeats)
+        xs = make_inputs(B, T, H, K, V, requires_grad=True)
+        fwd_bwd = median_time(lambda: run_fwd_bwd(ours, xs), args.repeats)
+        entry["chunk_rwkv7"] = {"fwd_s": fwd, "fwd_bwd_s": fwd_bwd}
+        rows.append((f"myfla chunk_rwkv7 K={K}", T, fwd, fwd_bwd, ""))
+
+        rate_chunked, rate_gemm = matmul_rates(dplr_chunk.CHUNK_SIZE, K, V, args.repeats)
+        rate = max(rate_chunked, rate_gemm)
+        f_fwd, f_all = flop_counts(B, T, H, K, V, FLA_BT)
+        p_fwd, p_all = flop_counts(B, T, H, K, V, dplr_chunk.CHUNK_SIZE)
+        lb_fwd, lb_all = f_fwd / rate, f_all / rate
+        entry["flop_lower_bound"] = {
+            "matmul_flops_per_s": rate, "chunk_shaped_bmm_flops_per_s": rate_chunked,
+            "square_gemm_flops_per_s": rate_gemm, "fwd_flops": f_fwd, "fwd_bwd_flops": f_all,
+            "port_chunk_fwd_flops": p_fwd, "port_chunk_fwd_bwd_flops": p_all,
+            "fwd_s": lb_fwd, "fwd_bwd_s": lb_all, "ratio_fwd": fwd / lb_fwd, "ratio_fwd_bwd": fwd_bwd / lb_all,
+            "within_5x": fwd / lb_fwd <= 5 and fwd_bwd / lb_all <= 5}
+        rows.append((f"FLOP lower bound K={K}", T, lb_fwd, lb_all,
+                     f"{rate / 1e9:.0f} GFLOP/s; ours/bound: fwd {fwd / lb_fwd:.1f}x, fwd+bwd {fwd_bwd / lb_all:.1f}x"))
+
+        for name, fn in refs.items():
+            Tr = min(args.ref_T, T)
+            xr0 = make_inputs(B, Tr, H, K, V)
+            r_fwd = median_time(lambda: run_fwd(fn, xr0), 1, warmup=0) * T / Tr
+            xr = make_inputs(B, Tr, H, K, V, requires_grad=True)
+            r_fb = median_time(lambda: run_fwd_bwd(fn, xr), 1, warmup=0) * T / Tr
+            entry[name] = {"measured_T": Tr, "fwd_s_scaled": r_fwd, "fwd_bwd_s_scaled": r_fb,
+                           "speedup_fwd": r_fwd / fwd, "speedup_fwd_bwd": r_fb / fwd_bwd,
+                           "at_least_20x": r_fwd / fwd >= 20 and r_fb / fwd_bwd >= 20}
+            rows.append((f"{name} K={K}", T, r_fwd, r_fb,
+                         f"measured at T={Tr}, scaled x{T / Tr:g}; ours is {r_fwd / fwd:.0f}x / {r_fb / fwd_bwd:.0f}x faster"))
+        record["shapes"].append(entry)
+
+    header = (f"B={B} T={T} H={H} V=K fp32, {args.threads} threads, medians of {args.repeats}; "
+              f"port chunk size {dplr_chunk.CHUNK_SIZE}, bound at fla's {FLA_BT}")
+    lines = [header, "", "| implementation | T | forward | fwd+bwd | note |", "|---|---:|---:|---:|---|"]
+    for name, t, a, b, note in rows:
+        lines.append(f"| {name} | {t} | {a * 1e3:.1f} ms | {b * 1e3:.1f} ms | {note} |")
+    print("\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""Chunked DPLR delta rule: ``chunk_dplr_delta_rule`` and its autograd function, following fla's
+call graph.
+
+The recurrence, per sequence and head (state ``S`` ``[K, V]``):
+
+    S_t = (diag(exp(gk_t)) + b_t a_t^T) S_{t-1} + k_t v_t^T,    o_t = S_t^T (scale q_t)
+
+Forward: chunk-local cumsum of the log decay (``chunk_rwkv6_fwd_cumsum``), intra-chunk matrices
+and gated inputs (``chunk_dplr_fwd_intra``), the WY representation (``prepare_wy_repr_fwd``), the
+inter-chunk state recurrence (``chunk_dplr_fwd_h``) and the output (``chunk_dplr_fwd_o``). Backward
+recomputes the forward and runs fla's backward functions in fla's order (``chunk_dplr_bwd_dAu``,
+``_dhu``, ``_dv``, ``_o``, ``_wy``, ``_dqk_intra``). The autograd function chains their grid-level
+cores (see ``chunk_grid``), so tensors cross between token layout and chunk grid once per pass.
+
+Chunk size: fla's kernels use 16-token chunks, the natural tile of a GPU. On a CPU each chunk costs
+one step of a sequential Python loop plus small batched matmuls, so ``ChunkDPLRDeltaRuleFunction``
+runs the same chunked algorithm on ``CHUNK_SIZE`` (32)-token chunks; the result is the same recurrence
+(differences are fp32 rounding, checked against fla's references and 16-token runs in the tests).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+
+from myfla.ops.generalized_delta_rule.dplr.chunk_A_bwd import bwd_intra_grid
+from myfla.ops.generalized_delta_rule.dplr.chunk_A_fwd import intra_fwd_grid
+from myfla.ops.generalized_delta_rule.dplr.chunk_grid import flush_denormal, from_grid, get_chunk_layout, rounding, to_grid
+from myfla.ops.generalized_delta_rule.dplr.chunk_h_bwd import bwd_dhu_grid
+from myfla.ops.generalized_delta_rule.dplr.chunk_h_fwd import fwd_h_grid
+from myfla.ops.generalized_delta_rule.dplr.chunk_o_bwd import bwd_o_grid, dAu_grid, dv_grid
+from myfla.ops.generalized_delta_rule.dplr.chunk_o_fwd import fwd_o_grid
+from myfla.ops.generalized_delta_rule.dplr.wy_fast_bwd import bwd_wy_grid
+from myfla.ops.generalized_delta_rule.dplr.wy_fast_fwd import unit_lower_inverse_grid, wu_grid
+from myfla.ops.rwkv6.chunk import cumsum_grid
+from myfla.ops.utils.chunk_layout import SLAB_CHUNK_HEADS
+from myfla.ops.utils.workspace import new_empty
+from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
+
+# Chunk size of ChunkDPLRDeltaRuleFunction on this port (fla: 16; see the module docstring).
+CHUNK_SIZE = 32
+
+
+# ---- fla's forward and backward call sequences on the chunk grid (port-only drivers) ---------------
+def _low_precision(dtype: torch.dtype, compute_dtype: torch.dtype):
+    return None if dtype == compute_dtype else rounding(dtype, compute_dtype)
+
+
+def _slabs(NC: int, NH: int):
+    """Slices of the chunk axis with about ``SLAB_CHUNK_HEADS`` chunk-heads each: the chunk-local
+    work runs slab by slab so its temporaries stay in cache (whole-grid passes run from DRAM)."""
+    step = max(1, SLAB_CHUNK_HEADS // max(1, NH))
+    return [slice(c, min(c + step, NC)) for c in range(0, NC, step)]
+
+
+def _buffer(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    return new_empty(shape, like.dtype, like.device)
+
+
+def dplr_fwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], rnd=None):
+    """``chunk_dplr_fwd`` on the chunk grid ``[NC, NH, BT, ...]`` (``gk`` the raw log decay,
+    zero-padded): returns ``(o, final_state)`` with ``final_state`` ``[NH, K, V]``.
+
+    fla's functions run in fla's order; the chunk-local ones (cumsum, intra, WY) slab by slab. The
+    gated inputs live stacked per chunk, ``QA = [qg; ag]`` and ``KB = [kg; bg]``, next to
+    ``VV = [v; v_new]`` and ``A_q = [A_qk | A_qb]``, so the output takes one matmul for what fla
+    computes as two (and the backward likewise, see ``dplr_bwd_grid``)."""
+    NC, NH, BT, K = q.shape
+    V = v.shape[-1]
+    QA, KB = _buffer(q, NC, NH, 2 * BT, K), _buffer(q, NC, NH, 2 * BT, K)
+    VV = _buffer(v, NC, NH, 2 * BT, V)
+    A_q = _buffer(q, NC, NH, BT, 2 * BT)
+    w, u = _buffer(q, NC, NH, BT, K), _buffer(v, NC, NH, BT, V)
+    g_last = _buffer(q, NC, NH, K)
+    for sl in _slabs(NC, NH):
+        gi, ge = cumsum_grid(gk[sl])
+        _, A_q[sl], A_ak, A_ab, _, _ = intra_fwd_grid(q[sl], k[sl], a[sl], b[sl], gi, ge, scale, rnd,
+                                                      out=(QA[sl], KB[sl]))
+        wu_grid(QA[sl, :, BT:], v[sl], A_ak, unit_lower_inverse_grid(A_ab), rnd, out=(w[sl], u[sl]))
+        g_last[sl] = gi[..., -1, :]
+        VV[sl, :, :BT] = v[sl]
+    states, VV[:, :, BT:] = fwd_h_grid(KB[:, :, :BT], v, w, u, KB[:, :, BT:], g_last, h0, rnd)
+    del w, u, KB
+    h = states[:-1] if rnd is None else rnd(states[:-1])
+    o = _buffer(v, NC, NH, BT, V)
+    for sl in _slabs(NC, NH):
+        o[sl] = fwd_o_grid(QA[sl, :, :BT], VV[sl], A_q[sl], h[sl])
+    return o, states[-1]
+
+
+def dplr_bwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], do, dht: Optional[torch.Tensor],
+                  rnd=None):
+    """``ChunkDPLRDeltaRuleFunction.backward`` on the chunk grid: recomputes the forward, then runs
+    the backward cores in fla's order (chunk-local ones slab by slab), on the stacked layout of
+    ``dplr_fwd_grid``; the score gradients are assembled in place as ``dP = [[dA_qk, dA_qb],
+    [dA_ak, dA_ab]]``, what ``chunk_dplr_bwd_dqk_intra`` reads. Returns ``(dq, dk, dv, da, db, dgk,
+    dh0)`` (``dh0`` ``[NH, K, V]``)."""
+    NC, NH, BT, K = q.shape
+    V = v.shape[-1]
+    slabs = _slabs(NC, NH)
+    # ******* recompute the forward (and the state-independent reads of do) *******
+    QA, KB = _buffer(q, NC, NH, 2 * BT, K), _buffer(q, NC, NH, 2 * BT, K)
+    VV, AqT_do = _buffer(v, NC, NH, 2 * BT, V), _buffer(v, NC, NH, 2 * BT, V)
+    w, u = _buffer(q, NC, NH, BT, K), _buffer(v, NC, NH, BT, V)
+    A_q = _buffer(q, NC, NH, BT, 2 * BT)
+    A_ak, A_ab_inv, A_tmp = (_buffer(q, NC, NH, BT, BT) for _ in range(3))
+    g_last = _buffer(q, NC, NH, K)
+    blocks = []
+    for sl in slabs:
+        gi, ge = cumsum_grid(gk[sl])
+        blk, A_q[sl], A_ak[sl], A_ab, _, _ = intra_fwd_grid(q[sl], k[sl], a[sl], b[sl], gi, ge, scale, rnd,
+                                                            out=(QA[sl], KB[sl]))
+        blocks.append(blk)
+        A_ab_inv[sl] = unit_lower_inverse_grid(A_ab)
+        _, _, A_tmp[sl] = wu_grid(QA[sl, :, BT:], v[sl], A_ak[sl], A_ab_inv[sl], rnd, out=(w[sl], u[sl]))
+        g_last[sl] = gi[..., -1, :]
+        VV[sl, :, :BT] = v[sl]
+        # [A_qk^T do; A_qb^T do]: chunk_dplr_bwd_dv's intra part and chunk_dplr_bwd_dAu's dv_new
+        torch.matmul(A_q[sl].transpose(-1, -2), do[sl], out=AqT_do[sl])
+    states, VV[:, :, BT:] = fwd_h_grid(KB[:, :, :BT], v, w, u, KB[:, :, BT:], g_last, h0, rnd)
+    del u
+    h = states[:-1] if rnd is None else rnd(states[:-1])
+    # ******* backward *******
+    dstates, dv_new = bwd_dhu_grid(QA[:, :, :BT], KB[:, :, BT:], w, g_last, dht, do, AqT_do[:, :, BT:])
+    dh = dstates[1:] if rnd is None else rnd(dstates[1:])
+    grads = [_buffer(q, NC, NH, BT, K) for _ in range(5)] + [_buffer(v, NC, NH, BT, V)]
+    dq, dk, da, db, dgk, dv = grads
+    dP = None
+    for sl, blk in zip(slabs, blocks):
+        n = sl.stop - sl.start
+        if dP is None or dP.shape[0] != n:
+            dP = _buffer(q, n, NH, 2 * BT, 2 * BT)
+        _, dP[:, :, :BT] = dAu_grid(VV[sl], do[sl], A_q[sl, ..., BT:], scale, need_dv_new=False)
+        dv_s = dv_grid(A_q[sl, ..., :BT], KB[sl, :, :BT], do[sl], dh[sl], intra=AqT_do[sl, :, :BT])
+        dqg, dKB, dw, dgk_last = bwd_o_grid(KB[sl], VV[sl], g_last[sl], do[sl], h[sl], dh[sl], dv_new[sl], w[sl])
+        dP[:, :, BT:, BT:], dP[:, :, BT:, :BT], dv[sl], dag = bwd_wy_grid(
+            A_ab_inv[sl], A_ak[sl], v[sl], QA[sl, :, BT:], dw, dv_new[sl], dv_s, A_tmp[sl])
+        gi, ge = cumsum_grid(gk[sl])
+        dq[sl], dk[sl], da[sl], db[sl], dgk[sl] = bwd_intra_grid(
+            q[sl], k[sl], a[sl], b[sl], gi, ge, dP, dqg, dKB, dag, dgk_last, scale, blk)
+    return dq, dk, dv, da, db, dgk, dstates[0]
+
+
+def _grids(layout, tensors, dtype):
+    return [to_grid(layout, x, dtype=dtype) for x in tensors]
+
+
+def chunk_dplr_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    gk: torch.Tensor,
+    scale: float,
+    initial_state: torch.Tensor,
+    output_final_state: bool,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64
+):
+    """``(o, final_state)``: ``o`` ``[B, T, H, V]`` in ``v.dtype``, the fp32 final state ``[N, H, K, V]``
+    (None unless ``output_final_state``).
+
+    Source: fla/ops/generalized_delta_rule/dplr/chunk.py:L21-L86 (fla 0.4.0)
+    """
+    B, T, H, K, V = *q.shape, v.shape[-1]
+    layout = get_chunk_layout(B, T, chunk_size, cu_seqlens, device=q.device)
+    cdt = accumulation_dtype(q, k, v, a, b, gk)
+    h0 = initial_state.to(cdt).reshape(layout.N * H, K, V) if initial_state is not None else None
+    if layout.NC == 0:
+        o = torch.empty_like(v)
+        final = h0 if h0 is not None else q.new_zeros(layout.N * H, K, V, dtype=cdt)
+    else:
+        o_c, final = dplr_fwd_grid(*_grids(layout, (q, k, v, a, b, gk), cdt), scale, h0,
+                                   _low_precision(q.dtype, cdt))
+        o = from_grid(layout, o_c, H, v.dtype)
+    final_state = final.reshape(layout.N, H, K, V).clone() if output_final_state else None
+    return o, final_state
+
+
+class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
+    """Autograd function of ``chunk_dplr_delta_rule``.
+
+    Source: fla/ops/generalized_delta_rule/dplr/chunk.py:L89-L263 (fla 0.4.0)
+    """
+
+    @staticmethod
+    @input_guard
+    @autocast_custom_fwd
+    def forward(
+        ctx,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        gk: torch.Tensor,
+        scale: float,
+        initial_state: torch.Tensor,
+        output_final_state: bool,
+        cu_seqlens: Optional[torch.LongTensor] = None,
+    ):
+        chunk_size = CHUNK_SIZE
+        with flush_denormal():
+            o, final_state = chunk_dplr_fwd(
+                q=q,
+                k=k,
+                v=v,
+                a=a,
+                b=b,
+                gk=gk,
+                scale=scale,
+                initial_state=initial_state,
+                output_final_state=output_final_state,
+                cu_seqlens=cu_seqlens,
+                chunk_size=chunk_size
+            )
+        ctx.save_for_backward(q, k, v, a, b, gk, initial_state)
+        ctx.cu_seqlens = cu_seqlens
+        ctx.scale = scale
+        ctx.chunk_size = chunk_size
+        return o.to(q.dtype), final_state
+
+    @staticmethod
+    @input_guard
+    @autocast_custom_bwd
+    def backward(
+        ctx,
+        do: torch.Tensor,
+        dht: torch.Tensor
+    ):
+        q, k, v, a, b, gk, initial_state = ctx.saved_tensors
+        chunk_size = ctx.chunk_size
+        cu_seqlens = ctx.cu_seqlens
+        scale = ctx.scale
+        B, T, H, K, V = *q.shape, v.shape[-1]
+        layout = get_chunk_layout(B, T, chunk_size, cu_seqlens, device=q.device)
+        cdt = accumulation_dtype(q, k, v, a, b, gk, do)
+        NH = layout.N * H
+        h0 = initial_state.to(cdt).reshape(NH, K, V) if initial_state is not None else None
+        dht_c = dht.to(cdt).reshape(NH, K, V) if dht is not None else None
+        if layout.NC == 0:
+            dh0 = None
+            if initial_state is not None:
+                dh0 = (dht_c if dht_c is not None else torch.zeros_like(h0)).reshape(initial_state.shape)
+            return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(a),
+                    torch.zeros_like(b), torch.zeros_like(gk), None, dh0, None, None)
+        with flush_denormal():
+            grads = dplr_bwd_grid(*_grids(layout, (q, k, v, a, b, gk), cdt), scale, h0,
+                                  to_grid(layout, do, dtype=cdt), dht_c, _low_precision(q.dtype, cdt))
+        dq, dk, dv, da, db, dgk = (from_grid(layout, x, H) for x in grads[:6])
+        dh0 = grads[6].reshape(initial_state.shape).clone() if initial_state is not None else None
+        return dq.to(q), dk.to(k), dv.to(v), da.to(a), db.to(b), dgk.to(gk), None, dh0, None, None
+
+
+@torch.compiler.disable
+def chunk_dplr_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    gk: torch.Tensor,
+    scale: Optional[float] = None,
+    initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    head_first: bool = False,
+):
+    r"""Chunked delta rule with a diagonal-plus-low-rank transition,
+    ``S_t = (diag(exp(gk_t)) + b_t a_t^T) S_{t-1} + k_t v_t^T``, ``o_t = S_t^T (scale q_t)``.
+
+    Args:
+        q (torch.Tensor): queries of shape `[B, T, H, K]`.
+        k (torch.Tensor): keys of shape `[B, T, H, K]`.
+        v (torch.Tensor): values of shape `[B, T, H, V]`.
+        a (torch.Tensor): activations of shape `[B, T, H, K]`.
+        b (torch.Tensor): betas of shape `[B, T, H, K]`.
+        gk (torch.Tensor): gk of shape `[B, T, H, K]`. decay term in log space!
+        scale (Optional[float]): scale of the attention scores; `1 / sqrt(K)` when `None`.
+        initial_state (Optional[torch.Tensor]): initial state of shape `[N, H, K, V]` for `N` input
+            sequences (`N == B` for equal lengths).
+        output_final_state (Optional[bool]): whether to return the final state `[N, H, K, V]`.
+        cu_seqlens (torch.LongTensor): cumulative sequence lengths `[N+1]` for variable-length inputs
+            (then `B` must be 1).
+        head_first (Optional[bool]): deprecated; `True` raises.
+
+    Returns:
+        o (torch.Tensor): outputs of shape `[B, T, H, V]`.
+        final_state (torch.Tensor): `[N, H, K, V]` (fp32) if `output_final_state` else `None`.
+
+    Source: fla/ops/generalized_delta_rule/dplr/chunk.py:L266-L359 (fla 0.4.0)
+    """
+    if head_first:
+        raise DeprecationWarning(
+            "head_first is deprecated and will be removed in a future version. "
+            "Please use head_first=False for now instead."
+        )
+    if not head_first and q.shape[1] < q.shape[2]:
+        warnings.warn(
+            f"Input tensor shape suggests potential format mismatch: seq_len ({q.shape[1]}) < num_heads ({q.shape[2]}). "
+            "This may indicate the inputs were passed in head-first format [B, H, T, ...] "
+            "when head_first=False was specified. "
+            "Please verify your input tensor format matches the expected shape [B, T, H, ...]."
+        )
+    if q.dtype == torch.float32:
+        warnings.warn(
+            """ChunkDeltaRuleFunction does not support float32 on some platforms. Please use bfloat16/float16.
+            If you want to use float32, please solve the issue by yourself.""",
+            category=RuntimeWarning,
+            stacklevel=2
+        )
+    if cu_seqlens is not None:
+        if q.shape[0] != 1:
+            raise ValueError(
+                f"The batch size is expected to be 1 rather than {q.shape[0]} when using `cu_seqlens`."
+                f"Please flatten variable-length inputs before processing."
+            )
+        if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
+            raise ValueError(
+                f"The number of initial states is expected to be equal to the number of input sequences, "
+                f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}."
+            )
+    scale = k.shape[-1] ** -0.5 if scale is None else scale
+    o, final_state = ChunkDPLRDeltaRuleFunction.apply(
+        q,
+        k,
+        v,
+        a,
+        b,
+        gk,
+        scale,
+        initial_state,
+        output_final_state,
+        cu_seqlens,
+    )
+    return o, final_state

@@ -1,0 +1,125 @@
+"""Backward of the DPLR intra-chunk matrices and gated inputs, as
+``fla.ops.generalized_delta_rule.dplr.chunk_A_bwd``.
+
+Adds to the gradients of the gated inputs (``dqg, dkg, dag, dbg``, turned into gradients of
+``q, k, a, b``) those of the four score matrices (``DPLRIntraBlocks.grads``), then forms the gate
+gradient: ``dgi = dq q + da a - dk k - db b`` is the gradient of the inclusive cumulative gate (the
+exclusive one, ``ge = gi - g``, is counted there and its direct ``-da a`` taken back as the
+offset), so the raw gate's gradient is the reverse chunk-local cumsum of ``dgi`` plus the chunk's
+``dg_last`` minus ``da a``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from myfla.ops.generalized_delta_rule.dplr.chunk_grid import (
+    chunks_to_grid,
+    from_grid,
+    grid_layout,
+    strict_tril,
+    to_grid,
+    tril
+)
+from myfla.ops.generalized_delta_rule.dplr.intra_blocks import DPLRIntraBlocks
+from myfla.utils import accumulation_dtype, is_amd
+
+# Warp counts of fla's autotuner (kept for API parity; unused by torch code).
+# Source: fla/ops/generalized_delta_rule/dplr/chunk_A_bwd.py:L14-L14 (fla 0.4.0)
+NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [2, 4, 8, 16, 32]
+
+
+def reverse_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Port-only: ``sum_{s >= t} x_s`` along ``dim`` (``tl.cumsum(..., reverse=True)``)."""
+    return torch.flip(torch.cumsum(torch.flip(x, (dim,)), dim), (dim,))
+
+
+def bwd_intra_grid(q, k, a, b, gi, ge, dP, dqg, dKB, dag, dg_last, scale: float,
+                   blocks: Optional[DPLRIntraBlocks] = None):
+    """Port-only core on the chunk grid: ``(dq, dk, da, db, dg)`` with ``dg`` the gradient of the raw
+    gate. ``dP = [[dA_qk, dA_qb], [dA_ak, dA_ab]]`` ``[..., 2BT, 2BT]`` holds the score gradients
+    (each zero outside its triangle), ``dKB = [dkg; dbg]`` ``[..., 2BT, K]``; ``dg_last`` ``[..., K]``
+    per chunk; ``blocks`` may be passed from the forward recompute."""
+    if blocks is None:
+        blocks = DPLRIntraBlocks(gi, ge)
+    BT, K = q.shape[-2:]
+    g_last = gi[..., -1:, :]
+    key_decay = torch.exp(g_last - gi)
+    e_gi, e_ge = torch.exp(gi), torch.exp(ge)
+    if blocks.single:
+        # intra parts from one product per chunk around g_last, inter parts folded into the factors
+        inv = torch.exp(-g_last)
+        QAe = q.new_empty(*q.shape[:-2], 2 * BT, K)
+        KB = q.new_empty(*q.shape[:-2], 2 * BT, K)
+        torch.mul(q, e_gi, out=QAe[..., :BT, :]).mul_(inv)
+        torch.mul(a, e_ge, out=QAe[..., BT:, :]).mul_(inv)
+        torch.mul(k, key_decay, out=KB[..., :BT, :])
+        torch.mul(b, key_decay, out=KB[..., BT:, :])
+        drows, dcols = blocks.direct_grads(QAe, KB, dP)
+        dq = torch.addcmul(dqg * scale, drows[..., :BT, :], inv).mul_(e_gi)
+        da = torch.addcmul(dag, drows[..., BT:, :], inv).mul_(e_ge)
+        dcols.add_(dKB)
+        dk = dcols[..., :BT, :].mul_(key_decay)
+        db = dcols[..., BT:, :].mul_(key_decay)
+    else:
+        dq, dk, da, db = blocks.grads(q, k, a, b, dP[..., :BT, :BT], dP[..., :BT, BT:], dP[..., BT:, :BT],
+                                      dP[..., BT:, BT:])
+        dq = dq.addcmul(dqg, e_gi.mul_(scale))
+        da = da.addcmul(dag, e_ge)
+        dk = dk.addcmul(dKB[..., :BT, :], key_decay)
+        db = db.addcmul(dKB[..., BT:, :], key_decay)
+    offset = da * a
+    dgi = (dq * q).add_(offset).sub_(dk * k).sub_(db * b)
+    dg = reverse_cumsum(dgi, -2).add_(dg_last.unsqueeze(-2)).sub_(offset)
+    return dq, dk, da, db, dg
+
+
+def chunk_dplr_bwd_dqk_intra(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    gi: torch.Tensor,
+    ge: torch.Tensor,
+    dAqk: torch.Tensor,
+    dAqb: torch.Tensor,
+    dAak: torch.Tensor,
+    dAab: torch.Tensor,
+    dqg: torch.Tensor,
+    dkg: torch.Tensor,
+    dag: torch.Tensor,
+    dbg: torch.Tensor,
+    dgk_last: torch.Tensor,
+    scale: float = 1.0,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    chunk_size: int = 64,
+):
+    """``(dq, dk, da, db, dgk)``: gradients of ``q, k, a, b`` (their dtypes) and the fp32 gradient of
+    the raw log decay ``gk`` ``[B, T, H, K]``. ``dAqk``/``dAqb`` are gradients of the unscaled scores
+    (``chunk_dplr_bwd_dAu``), ``dAak``/``dAab`` those of ``chunk_dplr_bwd_wy``, ``dgk_last``
+    ``[B, NT, H, K]`` that of ``chunk_dplr_bwd_o``.
+
+    Source: fla/ops/generalized_delta_rule/dplr/chunk_A_bwd.py:L285-L369 (fla 0.4.0)
+    Source: fla/ops/generalized_delta_rule/dplr/chunk_A_bwd.py:L17-L219 (fla 0.4.0)
+    Source: fla/ops/generalized_delta_rule/dplr/chunk_A_bwd.py:L222-L282 (fla 0.4.0)
+    """
+    B, T, H, K = q.shape
+    BT = chunk_size
+    layout = grid_layout(q, BT, cu_seqlens)
+    cdt = accumulation_dtype(q, k, a, b, gi, ge, dAqk, dAqb, dAak, dAab, dqg, dkg, dag, dbg, dgk_last)
+    if layout.NC == 0:
+        return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(a), torch.empty_like(b),
+                torch.empty_like(gi, dtype=cdt))
+    grids = [to_grid(layout, x, dtype=cdt) for x in (q, k, a, b)]
+    gi_c, ge_c = (to_grid(layout, x, fill='last', dtype=cdt) for x in (gi, ge))
+    dA_qk, dA_qb, dA_ak, dA_ab, dqg_c, dkg_c, dag_c, dbg_c = [
+        to_grid(layout, x, dtype=cdt) for x in (dAqk, dAqb, dAak, dAab, dqg, dkg, dag, dbg)]
+    dP = torch.cat((torch.cat((tril(dA_qk), tril(dA_qb)), -1), torch.cat((strict_tril(dA_ak), strict_tril(dA_ab)), -1)),
+                   -2)
+    dg_last = chunks_to_grid(layout, dgk_last, dtype=cdt)
+    dq, dk, da, db, dg = bwd_intra_grid(*grids, gi_c, ge_c, dP, dqg_c, torch.cat((dkg_c, dbg_c), -2), dag_c, dg_last,
+                                        scale)
+    return (from_grid(layout, dq, H, q.dtype), from_grid(layout, dk, H, k.dtype),
+            from_grid(layout, da, H, a.dtype), from_grid(layout, db, H, b.dtype), from_grid(layout, dg, H))

@@ -1,0 +1,91 @@
+"""Port-only plumbing of the DPLR chunk ops (fla has no counterpart).
+
+fla's kernels hand each other token-layout tensors ``[B, T, H, ...]`` and per-chunk states
+``[B, NT, H, K, V]``. The torch port computes on the chunk grid ``[NC, N*H, BT, ...]`` of
+``myfla.ops.common.chunk_delta_h`` (chunk-major, so the state recurrence reads contiguous
+per-chunk slices and everything else is one batched op over all chunks of all heads). Each fla
+function of ``fla.ops.generalized_delta_rule.dplr`` is ported as a grid-level core (``*_grid``)
+plus the token-layout function with fla's name and signature that converts around it;
+``ChunkDPLRDeltaRuleFunction`` chains the cores in fla's order without leaving the grid.
+
+Padding: token tensors enter the grid zero-filled, cumulative gates 'last'-filled (a chunk's
+last valid gate is repeated into its padding), so pads contribute nothing and ``g_last`` is the
+grid's last row, as the kernels' masked loads and ``last_idx`` make it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional
+
+import torch
+
+from myfla.ops.common.chunk_delta_h import chunks_from_grid, chunks_to_grid, from_grid, to_grid
+from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
+
+__all__ = [
+    'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
+    'flush_denormal', 'grid_layout', 'keep_lower_', 'rounding', 'strict_tril', 'tril',
+]
+
+
+def rounding(dtype: torch.dtype, compute_dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> x`` rounded to ``dtype`` and back to ``compute_dtype``: the rounding fla's kernels
+    apply where they store an intermediate in the inputs' (half) precision; the identity when
+    nothing is lost."""
+    if torch.promote_types(dtype, compute_dtype) == dtype:
+        return lambda x: x
+    return lambda x: x.to(dtype).to(compute_dtype)
+
+
+def tril(x: torch.Tensor) -> torch.Tensor:
+    """Lower triangle with the diagonal (the kernels' ``i >= j`` masks)."""
+    return torch.tril(x)
+
+
+def strict_tril(x: torch.Tensor) -> torch.Tensor:
+    """Strictly lower triangle (the kernels' ``i > j`` masks)."""
+    return torch.tril(x, -1)
+
+
+_LOWER_MASKS: dict = {}
+
+
+def keep_lower_(x: torch.Tensor, strict: bool = False, scale: float = 1.0) -> torch.Tensor:
+    """``x`` ``[..., n, m * n]`` times ``scale``, each of its ``m`` side-by-side ``[n, n]`` blocks kept
+    on its lower triangle (strictly lower if ``strict``), in place. A multiply by a cached 0/1 mask:
+    on CPU an order of magnitude faster than ``tril_`` of a batch of small blocks or a broadcast
+    ``masked_fill_``, and equal to them for the finite entries it is used on."""
+    n, width = x.shape[-2:]
+    key = (n, width, strict, x.dtype, str(x.device))
+    mask = _LOWER_MASKS.get(key)
+    if mask is None:
+        i = torch.arange(n, device=x.device)
+        block = (i.view(-1, 1) > i.view(1, -1)) if strict else (i.view(-1, 1) >= i.view(1, -1))
+        mask = _LOWER_MASKS[key] = block.repeat(1, width // n).to(x.dtype)
+    return x.mul_(mask if scale == 1.0 else mask * scale)
+
+
+def grid_layout(x: torch.Tensor, chunk_size: int, cu_seqlens: Optional[torch.LongTensor]) -> ChunkLayout:
+    """The chunk layout of a ``[B, T, H, ...]`` tensor."""
+    B, T = x.shape[:2]
+    return get_chunk_layout(B, T, chunk_size, cu_seqlens, device=x.device)
+
+
+def _flushes_denormals() -> bool:
+    """Whether the CPU currently flushes subnormal floats to zero (torch has no getter)."""
+    return torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item() == 0.0
+
+
+@contextlib.contextmanager
+def flush_denormal():
+    """Flush subnormals to zero on CPU inside the block and restore the caller's mode on exit (as
+    ``myfla.ops.kda.chunk`` does): decayed states and their gradients pass through the subnormal
+    range, where x86 arithmetic is one to two orders of magnitude slower; values below 1.2e-38 are
+    far under fp32 rounding of the outputs. GPU code is unaffected."""
+    previous = _flushes_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(previous)

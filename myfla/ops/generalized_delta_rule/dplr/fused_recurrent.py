@@ -1,0 +1,200 @@
+"""Token-by-token DPLR delta rule, as ``fla.ops.generalized_delta_rule.dplr.fused_recurrent``.
+
+Per token, with state ``h`` ``[K, V]`` (fp32):
+
+    h = exp(gk)[:, None] * h + b[:, None] * (a^T h)[None, :] + k[:, None] * v[None, :]
+    o = h^T (scale * q)
+
+The recurrence is sequential by nature, as in fla's kernel: one step per token, vectorised over
+sequences, heads and the ``K x V`` state (the two rank-one updates are one ``[K, 2] @ [2, V]``
+product); inputs are laid out time-major once and outputs written in place. Variable-length
+batches are padded to ``[N, max_len]`` with zeros, which leave a state unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
+
+
+def _time_major(layout, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, T, H, *rest]`` -> ``[L, N*H, *rest]`` (zero-padded to the longest sequence)."""
+    xc = layout.pack(x.to(dtype), fill='zero')[:, 0]                    # [N, L, H, *rest]
+    N, L, H = xc.shape[:3]
+    return xc.transpose(0, 1).reshape(L, N * H, *xc.shape[3:])
+
+
+def dplr_recurrence(q, k, v, a, b, gk, scale: float, initial_state: Optional[torch.Tensor],
+                    output_final_state: bool, reverse: bool, cu_seqlens: Optional[torch.LongTensor]):
+    """Port-only core shared with ``fused_recurrent_rwkv7_fwd``: ``(o, ht)`` with ``o`` in ``v.dtype``
+    and ``ht`` fp32 (fp64 for fp64 inputs) or None."""
+    B, T, H, K, V = *k.shape, v.shape[-1]
+    dtype = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)
+    layout = get_chunk_layout(B, T, max(T, 1), cu_seqlens, device=q.device) if cu_seqlens is None else None
+    if cu_seqlens is not None:
+        lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+        layout = get_chunk_layout(B, T, max(max(lens, default=1), 1), cu_seqlens, device=q.device)
+    N = layout.N
+    NH = N * H
+    h = torch.zeros(NH, K, V, dtype=dtype, device=q.device)
+    if initial_state is not None:
+        with torch.no_grad():
+            h.copy_(initial_state.reshape(NH, K, V))
+    o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
+    if T == 0 or layout.NC == 0:
+        return o, (h.view(N, H, K, V) if output_final_state else None)
+    with torch.no_grad():
+        # out of place: the time-major layout may be a view of the caller's tensor
+        qs = (_time_major(layout, q, dtype) * scale).unsqueeze(-2)       # [L, NH, 1, K]
+        at = _time_major(layout, a, dtype).unsqueeze(-2)                 # [L, NH, 1, K]
+        decay = torch.exp(_time_major(layout, gk, dtype)).unsqueeze(-1)  # [L, NH, K, 1]
+        bk = torch.stack((_time_major(layout, b, dtype), _time_major(layout, k, dtype)), -1)  # [L, NH, K, 2]
+        vt = _time_major(layout, v, dtype).unsqueeze(-2)                 # [L, NH, 1, V]
+        L = qs.shape[0]
+        upd = torch.empty(L, NH, 2, V, dtype=dtype, device=q.device)     # rows: a^T h, v
+        upd[:, :, 1:].copy_(vt)
+        out = torch.empty(L, NH, 1, V, dtype=dtype, device=q.device)
+        qs, at, decay, bk, ups, outs = qs.unbind(0), at.unbind(0), decay.unbind(0), bk.unbind(0), upd.unbind(0), out.unbind(0)
+        steps = range(L - 1, -1, -1) if reverse else range(L)
+        for t in steps:
+            torch.bmm(at[t], h, out=ups[t][:, :1])                       # a^T h (before the decay)
+            h.mul_(decay[t]).baddbmm_(bk[t], ups[t])
+            torch.bmm(qs[t], h, out=outs[t])
+        o_tm = out.squeeze(-2).view(L, N, H, V).transpose(0, 1)          # [N, L, H, V]
+        o.copy_(layout.unpack(o_tm.unsqueeze(1).reshape(N, 1, L, H, V)))
+    return o, (h.view(N, H, K, V) if output_final_state else None)
+
+
+def fused_recurrent_dplr_delta_rule_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    gk: torch.Tensor,
+    scale: Optional[float] = 1.0,
+    initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
+    reverse: bool = False,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+):
+    """``(o, ht)``: outputs ``[B, T, H, V]`` in ``v.dtype`` and the fp32 final state ``[N, H, K, V]``
+    (None unless ``output_final_state``); ``reverse`` runs every sequence from its last token.
+
+    Source: fla/ops/generalized_delta_rule/dplr/fused_recurrent.py:L109-L151 (fla 0.4.0)
+    Source: fla/ops/generalized_delta_rule/dplr/fused_recurrent.py:L14-L106 (fla 0.4.0)
+    """
+    return dplr_recurrence(q, k, v, a, b, gk, scale, initial_state, output_final_state, reverse, cu_seqlens)
+
+
+class FusedRecurrentDPLRDeltaRuleFunction(torch.autograd.Function):
+    """Autograd function of ``fused_recurrent_dplr_delta_rule`` (inference only, as in fla).
+
+    Source: fla/ops/generalized_delta_rule/dplr/fused_recurrent.py:L154-L196 (fla 0.4.0)
+    """
+
+    @staticmethod
+    @input_guard
+    @autocast_custom_fwd
+    def forward(
+        ctx,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        gk: torch.Tensor,
+        scale: Optional[float] = None,
+        initial_state: Optional[torch.Tensor] = None,
+        output_final_state: bool = False,
+        reverse: bool = False,
+        cu_seqlens: Optional[torch.LongTensor] = None,
+    ):
+        o, ht = fused_recurrent_dplr_delta_rule_fwd(
+            q=q,
+            k=k,
+            v=v,
+            a=a,
+            b=b,
+            gk=gk,
+            scale=scale,
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            reverse=reverse,
+            cu_seqlens=cu_seqlens,
+        )
+        return o, ht
+
+    @staticmethod
+    @input_guard
+    @autocast_custom_bwd
+    def backward(ctx, do, dht):
+        raise NotImplementedError(
+            "Backward pass for fused_recurrent_dplr_delta_rule is not implemented and will not be supported. "
+            "This kernel is only for inference. "
+            "For training, please use `chunk_dplr_delta_rule`."
+        )
+
+
+def fused_recurrent_dplr_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    gk: torch.Tensor,
+    scale: Optional[float] = None,
+    initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
+    reverse: bool = False,
+    cu_seqlens: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    r"""The DPLR recurrence token by token (inference only: the backward raises, as in fla),
+    ``S_t = (diag(exp(gk_t)) + b_t a_t^T) S_{t-1} + k_t v_t^T``, ``o_t = S_t^T (scale q_t)``.
+
+    Args:
+        q (torch.Tensor): queries of shape `[B, T, H, K]`.
+        k (torch.Tensor): keys of shape `[B, T, H, K]`.
+        v (torch.Tensor): values of shape `[B, T, H, V]`.
+        a (torch.Tensor): a of shape `[B, T, H, K]`.
+        b (torch.Tensor): b of shape `[B, T, H, K]`.
+        gk (torch.Tensor): gk of shape `[B, T, H, K]`. decay term in log space!
+        scale (Optional[float]): scale of the attention scores; `1 / sqrt(K)` when `None`.
+        initial_state (Optional[torch.Tensor]): initial state of shape `[N, H, K, V]`.
+        output_final_state (Optional[bool]): whether to return the final state `[N, H, K, V]`.
+        reverse (Optional[bool]): process every sequence from its last token. Default: `False`.
+        cu_seqlens (Optional[torch.Tensor]): cumulative sequence lengths `[N + 1]` (then `B` must be 1).
+
+    Source: fla/ops/generalized_delta_rule/dplr/fused_recurrent.py:L199-L269 (fla 0.4.0)
+    """
+    if cu_seqlens is not None:
+        if q.shape[0] != 1:
+            raise ValueError(
+                f"The batch size is expected to be 1 rather than {q.shape[0]} when using `cu_seqlens`."
+                f"Please flatten variable-length inputs before processing."
+            )
+        if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
+            raise ValueError(
+                f"The number of initial states is expected to be equal to the number of input sequences, "
+                f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}."
+            )
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    o, final_state = FusedRecurrentDPLRDeltaRuleFunction.apply(
+        q,
+        k,
+        v,
+        a,
+        b,
+        gk,
+        scale,
+        initial_state,
+        output_final_state,
+        reverse,
+        cu_seqlens,
+    )
+    return o, final_state

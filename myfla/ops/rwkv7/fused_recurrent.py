@@ -1,0 +1,177 @@
+"""Token-by-token RWKV-7 time mixing, as ``fla.ops.rwkv7.fused_recurrent``.
+
+``fused_recurrent_rwkv7`` is the DPLR recurrence with ``r`` as the query and ``w`` as the log decay;
+``fused_mul_recurrent_rwkv7`` is RWKV-7's own kernel, which takes the normalised key ``kk`` and the
+in-context learning rate ``a`` and forms the DPLR vectors itself (``-kk`` and ``kk * a``):
+
+    S_t = diag(exp(w_t)) S_{t-1} + (kk_t * a_t) (-kk_t)^T S_{t-1} + k_t v_t^T,   o_t = S_t^T (scale r_t)
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Tuple
+
+import torch
+
+from myfla.ops.generalized_delta_rule import fused_recurrent_dplr_delta_rule
+from myfla.ops.generalized_delta_rule.dplr.fused_recurrent import dplr_recurrence
+from myfla.utils import input_guard
+
+
+@input_guard
+def fused_recurrent_rwkv7_fwd(
+    r: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kk: torch.Tensor,
+    a: torch.Tensor,
+    scale: Optional[float] = 1.0,
+    initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
+    reverse: bool = False,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+):
+    """``(o, ht)``: outputs in ``v.dtype`` and the fp32 final state (None unless
+    ``output_final_state``). The DPLR vectors ``-kk`` and ``kk * a`` are formed in fp32, as the kernel
+    does; a single step (``T == 1``, fla's decode branch) is the same recurrence.
+
+    Source: fla/ops/rwkv7/fused_recurrent.py:L131-L179 (fla 0.4.0)
+    Source: fla/ops/rwkv7/fused_recurrent.py:L16-L128 (fla 0.4.0)
+    """
+    dtype = torch.promote_types(torch.promote_types(kk.dtype, a.dtype), torch.float32)
+    kk32 = kk.to(dtype)
+    return dplr_recurrence(r, k, v, -kk32, kk32 * a.to(dtype), w, scale, initial_state, output_final_state,
+                           reverse, cu_seqlens)
+
+
+def fused_recurrent_rwkv7(
+    r: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: Optional[float] = None,
+    initial_state: torch.Tensor = None,
+    output_final_state: bool = True,
+    cu_seqlens: Optional[torch.LongTensor] = None,
+    head_first: bool = False,
+):
+    """
+    Args:
+        r (torch.Tensor): r of shape `[B, T, H, K]`.
+        w (torch.Tensor): log decay of shape `[B, T, H, K]`.
+        k (torch.Tensor): k of shape `[B, T, H, K]`.
+        v (torch.Tensor): v of shape `[B, T, H, V]`.
+        a (torch.Tensor): a of shape `[B, T, H, K]`.
+        b (torch.Tensor): b of shape `[B, T, H, K]`.
+        scale (float): scale of the attention; `1 / sqrt(K)` when `None`.
+        initial_state (torch.Tensor): initial state of shape `[B, H, K, V]` if cu_seqlens is None
+            else `[N, H, K, V]` where N = len(cu_seqlens) - 1.
+        output_final_state (bool): whether to output the final state.
+        cu_seqlens (torch.LongTensor): cumulative sequence lengths `[N+1]` for variable-length inputs.
+        head_first (Optional[bool]): deprecated; `True` raises.
+
+    Source: fla/ops/rwkv7/fused_recurrent.py:L182-L246 (fla 0.4.0)
+    """
+    if head_first:
+        raise DeprecationWarning(
+            "head_first is deprecated and will be removed in a future version. "
+            "Please use head_first=False for now instead."
+        )
+    elif r.shape[1] < r.shape[2]:
+        warnings.warn(
+            f"Input tensor shape suggests potential format mismatch: seq_len ({r.shape[1]}) < num_heads ({r.shape[2]}). "
+            "This may indicate the inputs were passed in head-first format [B, H, T, ...] "
+            "when head_first=False was specified. "
+            "Please verify your input tensor format matches the expected shape [B, T, H, ...]."
+        )
+    return fused_recurrent_dplr_delta_rule(
+        q=r,
+        k=k,
+        v=v,
+        a=a,
+        b=b,
+        gk=w,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens,
+    )
+
+
+def fused_mul_recurrent_rwkv7(
+    r: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kk: torch.Tensor,
+    a: torch.Tensor,
+    scale: Optional[float] = 1.0,
+    initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
+    reverse: bool = False,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    head_first: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    r"""
+    This function computes the recurrence S_t = S_t @ (I + a_t b_t^T) + v_t k_t^T in a recurrent manner.
+    Inference only: like fla's kernel it records no autograd graph.
+
+    Args:
+        r (torch.Tensor): queries of shape `[B, T, H, K]`.
+        w (torch.Tensor): log decay of shape `[B, T, H, K]`.
+        k (torch.Tensor): keys of shape `[B, T, H, K]`.
+        v (torch.Tensor): values of shape `[B, T, H, V]`.
+        kk (torch.Tensor): normalised keys of shape `[B, T, H, K]`.
+        a (torch.Tensor): in-context learning rates of shape `[B, T, H, K]`.
+        scale (Optional[float]): scale of the scores; `1 / sqrt(K)` when `None`. Default: 1.
+        initial_state (Optional[torch.Tensor]): initial state of shape `[N, H, K, V]`.
+        output_final_state (Optional[bool]): whether to output the final state `[N, H, K, V]`.
+        reverse (Optional[bool]): process the state passing in reverse order. Default: `False`.
+        cu_seqlens (Optional[torch.Tensor]): cumulative sequence lengths `[N + 1]`.
+        head_first (Optional[bool]): deprecated; `True` raises.
+
+    Source: fla/ops/rwkv7/fused_recurrent.py:L249-L335 (fla 0.4.0)
+    """
+    if head_first:
+        raise DeprecationWarning(
+            "head_first is deprecated and will be removed in a future version. "
+            "Please use head_first=False for now instead."
+        )
+    elif r.shape[1] < r.shape[2]:
+        warnings.warn(
+            f"Input tensor shape suggests potential format mismatch: seq_len ({r.shape[1]}) < num_heads ({r.shape[2]}). "
+            "This may indicate the inputs were passed in head-first format [B, H, T, ...] "
+            "when head_first=False was specified. "
+            "Please verify your input tensor format matches the expected shape [B, T, H, ...]."
+        )
+    if cu_seqlens is not None:
+        if r.shape[0] != 1:
+            raise ValueError(
+                f"The batch size is expected to be 1 rather than {r.shape[0]} when using `cu_seqlens`."
+                f"Please flatten variable-length inputs before processing."
+            )
+        if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
+            raise ValueError(
+                f"The number of initial states is expected to be equal to the number of input sequences, "
+                f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}."
+            )
+    if scale is None:
+        scale = r.shape[-1] ** -0.5
+    o, final_state = fused_recurrent_rwkv7_fwd(
+        r,
+        w,
+        k,
+        v,
+        kk,
+        a,
+        scale,
+        initial_state,
+        output_final_state,
+        reverse,
+        cu_seqlens,
+    )
+    return o, final_state

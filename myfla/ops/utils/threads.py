@@ -1,0 +1,136 @@
+"""Intra-op thread policy for small work on CPU (port-only; fla has no counterpart).
+
+PyTorch runs an elementwise op, a reduction or a batched matmul on several threads once it is
+larger than a fixed grain (32768 elements for elementwise ops). For the tensors of a one-token
+decode step, or of a short chunked call, that parallel region gains little, and on a machine whose
+cores are busy with other processes it stalls: the region ends at a barrier that waits for a thread
+the OS has not scheduled, so a 50 us op can take 10-20 ms (benchmarks/bench_decode.py measures it).
+One thread never waits. ``small_work_single_threaded(work, device)`` therefore runs a block on one
+intra-op thread when its work is below :data:`SMALL_WORK` and torch is set to more than one thread,
+and restores the thread count afterwards; larger work keeps the caller's setting, where threads pay.
+
+``work`` is the number of elements of the largest tensor one op of the block reads or writes (a
+recurrent state ``[N, HV, K, V]``, a projection weight, a ``[B, T, D]`` activation): what decides
+whether one op's parallel region can pay for itself. Below the default, 2^21 elements (8 MB of
+fp32), an op takes well under a millisecond on one core, so a second thread saves at most a few
+hundred microseconds on a quiet machine, while one stalled region on a busy machine costs
+milliseconds.
+
+Caveats:
+- ``torch.set_num_threads`` sets the calling thread's OpenMP team size (which is what a parallel
+  region started from that thread uses), and also process-wide settings: the default a thread
+  takes when it first runs a torch op, and MKL's thread count. So while a block runs, a Python
+  thread that starts using torch settles on one thread, and MKL calls of other threads run on one
+  thread. Blocks are counted per thread (nested blocks restore once, the outermost on leaving).
+- A ``torch.set_num_threads`` call made inside a block (by the same thread) is undone when the
+  block ends.
+- Switching costs well under a microsecond; the first parallel region after a switch back wakes
+  the pool's threads again (microseconds on a quiet machine).
+- Only CPU tensors are affected; work on other devices runs as it is.
+
+Layers apply the policy to their decoding calls with :func:`single_threaded_when_small`, whose work
+counts the layer's largest parameter (a one-token projection reads all of its weight).
+
+``MYFLA_SMALL_WORK`` (environment, read at import) or :func:`set_small_work` sets the threshold;
+``0`` turns the policy off.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import weakref
+from typing import Callable, Optional
+
+import torch
+
+# Blocks whose largest tensor has fewer elements run on one intra-op thread (see the module notes).
+SMALL_WORK = int(float(os.environ.get('MYFLA_SMALL_WORK', str(2 ** 21))))
+
+# per thread: blocks open and the thread count the outermost one found
+_state = threading.local()
+
+
+def set_small_work(work: int) -> int:
+    """Set the threshold (elements) under which blocks run on one thread; ``0`` turns the policy
+    off. Returns the previous value."""
+    global SMALL_WORK
+    if work < 0:
+        raise ValueError(f"`work` must be >= 0, got {work}.")
+    previous, SMALL_WORK = SMALL_WORK, int(work)
+    return previous
+
+
+class small_work_single_threaded:
+    """Context manager: one intra-op thread for the block when ``work < SMALL_WORK`` and ``device``
+    (a ``torch.device``; None means CPU) is a CPU; otherwise nothing changes."""
+
+    __slots__ = ('active',)
+
+    def __init__(self, work: int, device: Optional[torch.device] = None):
+        self.active = work < SMALL_WORK and (device is None or device.type == 'cpu')
+
+    def __enter__(self) -> 'small_work_single_threaded':
+        if self.active:
+            depth = getattr(_state, 'depth', 0)
+            if depth == 0:
+                _state.saved = torch.get_num_threads()
+                if _state.saved > 1:
+                    torch.set_num_threads(1)
+            _state.depth = depth + 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            _state.depth -= 1
+            if _state.depth == 0 and _state.saved > 1:
+                torch.set_num_threads(_state.saved)
+
+
+# the largest parameter of a module, computed once (parameter shapes do not change after construction)
+_largest_parameter = weakref.WeakKeyDictionary()
+
+
+def largest_parameter(module: torch.nn.Module) -> int:
+    """Elements of ``module``'s largest parameter (0 without parameters)."""
+    size = _largest_parameter.get(module)
+    if size is None:
+        size = max((p.numel() for p in module.parameters()), default=0)
+        _largest_parameter[module] = size
+    return size
+
+
+def single_threaded_when_small(work_of: Callable[..., Optional[int]]) -> Callable:
+    """Decorator for a method whose arguments start with a tensor: ``work_of`` gets the method's
+    arguments and returns the work of the call (None: leave the threads alone), and the method runs
+    inside :class:`small_work_single_threaded` for that work and the tensor's device."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            work = work_of(self, *args, **kwargs)
+            if work is None or work >= SMALL_WORK:
+                return fn(self, *args, **kwargs)
+            x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+            with small_work_single_threaded(work, x.device):
+                return fn(self, *args, **kwargs)
+        return wrapper
+
+    return decorate
+
+
+def layer_decoding_work(layer: torch.nn.Module, hidden_states=None, *args, **kwargs) -> Optional[int]:
+    """Work of a linear-attention layer's call (``GatedDeltaNet``, ``KimiDeltaAttention``) on
+    ``hidden_states`` ``[B, T, D]`` when it takes the recurrent path (``T <= 64``): the largest of
+    its parameters (a projection weight), the recurrent state ``[B, HV, K, V]`` and the widest
+    activation ``[B, T, max(D, key_dim, value_dim)]``. None for longer inputs, and for anything the
+    layer's own input checks should report."""
+    if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 3:
+        return None
+    batch_size, q_len, width = hidden_states.shape
+    if q_len > 64:
+        return None
+    state = batch_size * layer.num_v_heads * layer.head_k_dim * layer.head_v_dim
+    activation = batch_size * q_len * max(width, layer.key_dim, layer.value_dim)
+    return max(largest_parameter(layer), state, activation)
