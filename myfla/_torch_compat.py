@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 
 __all__ = ['custom_fwd', 'custom_bwd', 'compiler_disable', 'dtype_itemsize', 'version_at_least',
-           'all_gather_into_tensor', 'scaled_dot_product_attention', 'softmax_attention',
+           'all_gather_into_tensor', 'scaled_dot_product_attention', 'Version', 'softmax_attention',
            'HAS_TORCH_AMP_CUSTOM_FWD', 'HAS_TORCH_COMPILER', 'HAS_SDPA']
 
 HAS_TORCH_AMP_CUSTOM_FWD = hasattr(torch, 'amp') and hasattr(torch.amp, 'custom_fwd')
@@ -148,6 +148,34 @@ def _release_key(v: str) -> Tuple[Tuple[int, ...], int]:
         numbers.pop()
     rest = match.group(2).split('+', 1)[0]
     return tuple(numbers), 0 if _PRE.match(rest) else 1
+
+
+try:
+    from packaging.version import Version
+except ImportError:
+    @functools.total_ordering
+    class Version:
+        """``packaging.version.Version`` without the ``packaging`` distribution, for the final
+        releases myfla compares (Python and torch versions): ordered as packaging orders them."""
+
+        def __init__(self, version: str):
+            self._key = _release_key(version)
+            self._text = str(version)
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Version) and self._key == other._key
+
+        def __lt__(self, other: 'Version') -> bool:
+            return self._key < other._key
+
+        def __hash__(self) -> int:
+            return hash(self._key)
+
+        def __str__(self) -> str:
+            return self._text
+
+        def __repr__(self) -> str:
+            return f"<Version('{self._text}')>"
 
 
 def version_at_least(installed: str, required: str) -> bool:

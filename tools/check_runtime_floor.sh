@@ -101,6 +101,7 @@ mkdir -p "$STAGE/tests"
 cp -r myfla pyproject.toml "$STAGE/"
 cp tests/*.py "$STAGE/tests/"
 cp -r tests/myfla "$STAGE/tests/"
+cp -r tests/fixtures "$STAGE/tests/"   # recorded fla behaviour some myfla tests compare with (bad_input, ...)
 find "$STAGE" -name __pycache__ -prune -exec rm -rf {} +
 cd "$STAGE"
 say "python -m myfla.selftest (Python $PY_VERSION, torch $TORCH_FLOOR, staged copy in $STAGE)"

@@ -120,3 +120,30 @@ def test_softmax_attention_is_what_sdpa_computes(mask):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(compat.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale),
                                    expected, rtol=0, atol=0)
+
+
+def test_version_without_packaging_orders_as_packaging(monkeypatch):
+    """``myfla._torch_compat.Version`` reloaded with ``packaging`` hidden: the fallback class orders the
+    final releases it is used for (Python, torch) as packaging's Version does."""
+    import builtins
+    import importlib
+    version = pytest.importorskip("packaging.version")
+    real_import = builtins.__import__
+
+    def no_packaging(name, *args, **kwargs):
+        if name.split(".")[0] == "packaging":
+            raise ImportError("packaging hidden")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_packaging)
+    try:
+        fallback = importlib.reload(compat)
+        assert fallback.Version is not version.Version
+        pairs = [("3.8.18", "3.11"), ("3.11", "3.11.0"), ("3.12.1", "3.11"), ("2.4", "2.4.0"), ("1.13.1", "2.4")]
+        for a, b in pairs:
+            assert (fallback.Version(a) >= fallback.Version(b)) == (version.Version(a) >= version.Version(b))
+            assert (fallback.Version(a) < fallback.Version(b)) == (version.Version(a) < version.Version(b))
+            assert (fallback.Version(a) == fallback.Version(b)) == (version.Version(a) == version.Version(b))
+    finally:
+        monkeypatch.setattr(builtins, "__import__", real_import)
+        importlib.reload(compat)
