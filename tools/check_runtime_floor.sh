@@ -102,6 +102,8 @@ cp -r myfla pyproject.toml "$STAGE/"
 cp tests/*.py "$STAGE/tests/"
 cp -r tests/myfla "$STAGE/tests/"
 cp -r tests/fixtures "$STAGE/tests/"   # recorded fla behaviour some myfla tests compare with (bad_input, ...)
+mkdir -p "$STAGE/tools"
+cp tools/*.py "$STAGE/tools/"          # scripts some tests run on myfla (e.g. probe_bad_input.py)
 find "$STAGE" -name __pycache__ -prune -exec rm -rf {} +
 cd "$STAGE"
 say "python -m myfla.selftest (Python $PY_VERSION, torch $TORCH_FLOOR, staged copy in $STAGE)"
