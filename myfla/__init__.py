@@ -4,7 +4,11 @@ GatedDeltaNet layers and everything they use. ``myfla.X.Y`` mirrors ``fla.X.Y``.
 ``myfla.install_as_fla()`` makes ``import fla`` give myfla in this process (see ``myfla.alias``).
 """
 
-__version__ = "0.4.0"
+# Version scheme: X.Y.Z is the fla release whose API and numerics this port reproduces, .postN the
+# N-th release of the port of that fla release. The ``myfla`` distribution's version is read from
+# here (distributions/myfla/pyproject.toml), so the two never disagree.
+__version__ = "0.4.0.post1"
+# The fla release ported (the one every ``Source:`` citation names).
 UPSTREAM_VERSION = "0.4.0"
 
 _ALIAS_API = ("active_fla", "install_as_fla", "uninstall_as_fla")

@@ -19,8 +19,9 @@ from functools import lru_cache
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
-from packaging import version
-from packaging import version as package_version
+import torch.utils.checkpoint   # torch < 2 does not import this submodule with torch
+
+from myfla._torch_compat import custom_bwd, custom_fwd, version_at_least
 
 # Source: fla/utils.py:L18-L18 (fla 0.4.0)
 logger = logging.getLogger(__name__)
@@ -46,10 +47,9 @@ def check_environments():
 
     Source: fla/utils.py:L31-L66 (fla 0.4.0)
     """
-    py_version = package_version.parse(f"{sys.version_info.major}.{sys.version_info.minor}")
-    required_py_version = package_version.parse("3.11")
+    py_version = f"{sys.version_info.major}.{sys.version_info.minor}"
 
-    if py_version < required_py_version:
+    if not version_at_least(py_version, "3.11"):
         logger.warning(
             f"Current Python version {py_version} is below the recommended 3.11 version. "
             "It is recommended to upgrade to Python 3.11 or higher for the best experience."
@@ -211,19 +211,19 @@ def deprecate_kwarg(
 ):
     """Decorator that renames (``new_name``) or flags a deprecated keyword argument, with a
     ``FutureWarning`` or a ``ValueError`` depending on the flags and on whether the library version
-    (``myfla.__version__``, fla's version) has reached ``version``.
+    (fla's, ``myfla.UPSTREAM_VERSION``) has reached ``version``.
 
     fla 0.4.0 cannot run this decorator: ``__version__`` is imported only under ``TYPE_CHECKING`` and
     the ``version`` parameter shadows ``packaging.version``. The port reads the package version at
-    decoration time and parses with ``packaging.version`` under another name, as fla 0.6.0 does.
+    decoration time, as fla 0.6.0 does; the version it compares is fla's (``myfla.UPSTREAM_VERSION``,
+    the release ported), with ``packaging``'s order (without ``packaging`` installed, the same order
+    for final releases: ``myfla._torch_compat.version_at_least``).
 
     Source: fla/utils.py:L195-L339 (fla 0.4.0)
     """
-    from myfla import __version__
+    from myfla import UPSTREAM_VERSION
 
-    deprecated_version = package_version.parse(version)
-    current_version = package_version.parse(__version__)
-    is_greater_or_equal_version = current_version >= deprecated_version
+    is_greater_or_equal_version = version_at_least(UPSTREAM_VERSION, version)
 
     if is_greater_or_equal_version:
         version_message = f"and removed starting from version {version}"
@@ -308,7 +308,7 @@ def checkpoint(fn):
 @lru_cache(maxsize=None)
 def check_pytorch_version(version_s: str = '2.4') -> bool:
     """Source: fla/utils.py:L348-L350 (fla 0.4.0)"""
-    return version.parse(torch.__version__) >= version.parse(version_s)
+    return version_at_least(torch.__version__, version_s)
 
 
 def _cpu_device_warning():
@@ -422,9 +422,9 @@ def check_shared_mem(arch: str = "none", tensor_idx: int = 0) -> bool:
 
 
 # Source: fla/utils.py:L456-L463 (fla 0.4.0)
-autocast_custom_fwd = functools.partial(torch.amp.custom_fwd, device_type=device)
+autocast_custom_fwd = functools.partial(custom_fwd, device_type=device)
 # Source: fla/utils.py:L457-L464 (fla 0.4.0)
-autocast_custom_bwd = functools.partial(torch.amp.custom_bwd, device_type=device)
+autocast_custom_bwd = functools.partial(custom_bwd, device_type=device)
 
 
 def custom_device_ctx(index: int):

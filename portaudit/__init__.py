@@ -5,4 +5,5 @@ symbols, signatures, citations and "no simplification" rules, runs numeric invar
 against golden fixtures and reports upstream drift.
 """
 
-__version__ = "0.1.0"
+# The version of the ``portaudit`` distribution (distributions/portaudit/pyproject.toml reads it from here).
+__version__ = "0.2.0"

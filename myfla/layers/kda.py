@@ -5,7 +5,7 @@ RMS output norm."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Tuple
 
 import torch
 import torch.nn as nn
@@ -151,7 +151,7 @@ class KimiDeltaAttention(nn.Module):
         use_cache: bool | None = False,
         output_attentions: bool | None = False,
         **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, Cache | None]:
+    ) -> Tuple[torch.Tensor, torch.Tensor | None, Cache | None]:
         """Mix ``hidden_states`` ``[B, T, hidden_size]``; returns ``(o, None, past_key_values)``.
 
         ``attention_mask`` ``[B, T]`` (0 = padding) unpads the batch into one varlen sequence;

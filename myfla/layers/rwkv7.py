@@ -15,6 +15,7 @@ import torch.nn as nn
 from einops import rearrange
 from torch.nn import functional as F
 
+from myfla._torch_compat import compiler_disable
 from myfla.layers.rwkv6 import LoRA
 from myfla.modules import GroupNorm
 from myfla.modules.l2norm import l2_norm
@@ -169,7 +170,7 @@ class RWKV7Attention(nn.Module):
         )
 
     @torch.no_grad()
-    @torch.compiler.disable
+    @compiler_disable
     def _initialize_weights(self, module: nn.Module):
         if getattr(module, "_is_hf_initialized", False):
             return

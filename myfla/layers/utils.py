@@ -71,7 +71,7 @@ index_put_first_axis = IndexPutFirstAxis.apply
 @tensor_cache
 def get_unpad_data(
     attention_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """Indexing data to unpad and repad a masked batch.
 
     Args:

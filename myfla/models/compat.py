@@ -17,9 +17,10 @@ from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import transformers
-from packaging import version
 
-TRANSFORMERS_5 = version.parse(transformers.__version__) >= version.parse("5.0.0")
+from myfla._torch_compat import version_at_least
+
+TRANSFORMERS_5 = version_at_least(transformers.__version__, "5.0.0")
 
 
 def tied_lm_head_keys() -> Union[List[str], dict]:

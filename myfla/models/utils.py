@@ -15,10 +15,11 @@ and keeps the same semantics.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
-from packaging import version
+
+from myfla._torch_compat import compiler_disable, version_at_least
 
 try:
     import transformers
@@ -36,11 +37,11 @@ _TF_VERSION = transformers.__version__ if transformers is not None else None
 # Source: fla/models/utils.py:L16-L16 (fla 0.4.0)
 _NEED_NEW = "4.53.3"
 # Source: fla/models/utils.py:L17-L17 (fla 0.4.0)
-_IS_TRANSFORMERS_4_56_PLUS = _TF_VERSION is not None and version.parse(_TF_VERSION) >= version.parse("4.56.0")
+_IS_TRANSFORMERS_4_56_PLUS = _TF_VERSION is not None and version_at_least(_TF_VERSION, "4.56.0")
 
 # FLACache semantics (fla 0.4.0 with any recent transformers) apply unless an old transformers is
 # installed, in which case fla 0.4.0 falls back to LegacyFLACache.
-_USE_FLA_CACHE = _TF_VERSION is None or version.parse(_TF_VERSION) > version.parse(_NEED_NEW)
+_USE_FLA_CACHE = _TF_VERSION is None or not version_at_least(_NEED_NEW, _TF_VERSION)
 
 
 class _LayerListCache:
@@ -87,8 +88,8 @@ class FLALayer(CacheLayerMixin):
     def update(
         self,
         *,
-        recurrent_state: Optional[Union[torch.Tensor, tuple[torch.Tensor, ...]]] = None,
-        attn_state: Optional[tuple[torch.Tensor, ...]] = None,
+        recurrent_state: Optional[Union[torch.Tensor, Tuple[torch.Tensor, ...]]] = None,
+        attn_state: Optional[Tuple[torch.Tensor, ...]] = None,
         conv_state: Optional[Any] = None,
         ffn_state: Optional[Any] = None,
         cache_kwargs: Optional[Dict[str, Any]] = None,
@@ -176,7 +177,7 @@ class FLALayer(CacheLayerMixin):
         """
         return -1
 
-    def get_mask_sizes(self, cache_position: torch.Tensor) -> tuple[int, int]:
+    def get_mask_sizes(self, cache_position: torch.Tensor) -> Tuple[int, int]:
         return 0, 0
 
     def _map_state(self, fn) -> None:
@@ -235,10 +236,10 @@ class LegacyFLACache(HFCacheBase):
 
     def update(
         self,
-        recurrent_state: Optional[tuple[torch.Tensor]] = None,
-        attn_state: Optional[tuple[torch.Tensor]] = None,
-        conv_state: Optional[tuple[torch.Tensor]] = None,
-        ffn_state: Optional[tuple[torch.Tensor]] = None,
+        recurrent_state: Optional[Tuple[torch.Tensor]] = None,
+        attn_state: Optional[Tuple[torch.Tensor]] = None,
+        conv_state: Optional[Tuple[torch.Tensor]] = None,
+        ffn_state: Optional[Tuple[torch.Tensor]] = None,
         layer_idx: int = 0,
         offset: Optional[int] = 1,
         cache_kwargs: Optional[Dict[str, Any]] = None,
@@ -307,7 +308,7 @@ class LegacyFLACache(HFCacheBase):
         return tuple(self.states)
 
     @classmethod
-    @torch.compiler.disable
+    @compiler_disable
     def from_legacy_cache(
         cls,
         past_key_values: Optional[tuple] = None,
@@ -349,10 +350,10 @@ class FLACache(HFCacheBase):
 
     def update(
         self,
-        recurrent_state: Optional[tuple[torch.Tensor]] = None,
-        attn_state: Optional[tuple[torch.Tensor]] = None,
-        conv_state: Optional[tuple[torch.Tensor]] = None,
-        ffn_state: Optional[tuple[torch.Tensor]] = None,
+        recurrent_state: Optional[Tuple[torch.Tensor]] = None,
+        attn_state: Optional[Tuple[torch.Tensor]] = None,
+        conv_state: Optional[Tuple[torch.Tensor]] = None,
+        ffn_state: Optional[Tuple[torch.Tensor]] = None,
         layer_idx: int = 0,
         offset: Optional[int] = 1,
         cache_kwargs: Optional[Dict[str, Any]] = None,
@@ -394,7 +395,7 @@ class FLACache(HFCacheBase):
     def get_max_cache_shape(self, layer_idx: int = 0) -> int:
         return -1
 
-    def get_mask_sizes(self, cache_position: torch.Tensor, layer_idx: int) -> tuple[int, int]:
+    def get_mask_sizes(self, cache_position: torch.Tensor, layer_idx: int) -> Tuple[int, int]:
         """``(kv_length, kv_offset)`` = ``(layer's seen tokens + query length, 0)``.
 
         Deviation: transformers >= 5 passes the query length as an int where 4.x passed the
@@ -408,14 +409,14 @@ class FLACache(HFCacheBase):
             query_len = int(cache_position or 0)
         return int(self.get_seq_length(layer_idx)) + query_len, 0
 
-    def to_legacy_cache(self) -> tuple[Dict[str, Any], ...]:
+    def to_legacy_cache(self) -> Tuple[Dict[str, Any], ...]:
         return tuple(self[i] for i in range(len(self.layers)))
 
     @classmethod
-    @torch.compiler.disable
+    @compiler_disable
     def from_legacy_cache(
         cls,
-        past_key_values: Optional[tuple[Dict[str, Any], ...]] = None,
+        past_key_values: Optional[Tuple[Dict[str, Any], ...]] = None,
         seen_tokens: int = 0,
         **kwargs,
     ) -> FLACache:

@@ -16,6 +16,7 @@ from typing import Any, Tuple
 import torch
 import torch.nn as nn
 
+from myfla._torch_compat import all_gather_into_tensor
 from myfla.utils import input_guard
 
 
@@ -93,11 +94,9 @@ def fused_cross_entropy_forward(
     if split:
         if world_size > 1:
             lse_allgather = torch.empty(world_size, n_rows, dtype=lse.dtype, device=lse.device)
-            all_gather = getattr(torch.distributed, "all_gather_into_tensor", None) or \
-                torch.distributed._all_gather_base
             # gathered through a flat view of the same memory: gloo (CPU) splits the output along
             # dim 0, NCCL takes either layout
-            all_gather(lse_allgather.view(world_size * n_rows), lse, group=process_group)
+            all_gather_into_tensor(lse_allgather.view(world_size * n_rows), lse, group=process_group)
             handle_losses = torch.distributed.all_reduce(
                 losses, op=torch.distributed.ReduceOp.SUM, group=process_group, async_op=True
             )

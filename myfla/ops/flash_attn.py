@@ -17,9 +17,9 @@ it. myfla gives the same semantics with torch (port-only module; a manifest devi
 - the varlen form takes packed ``[total, H, D]`` tensors and ``cu_seqlens`` for queries and keys
   and applies all of the above within each sequence.
 
-``torch.nn.functional.scaled_dot_product_attention`` (torch >= 2.0) computes it where available;
-an explicit softmax computes the same numbers on older torch (and is what ``use_sdpa=False``
-selects, e.g. to compare the two).
+``torch.nn.functional.scaled_dot_product_attention`` (torch >= 2.1) computes it where available;
+an explicit softmax computes the same numbers on older torch (``myfla._torch_compat``; it is also
+what ``use_sdpa=False`` selects, e.g. to compare the two).
 """
 
 from __future__ import annotations
@@ -27,18 +27,9 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
+from myfla._torch_compat import scaled_dot_product_attention, softmax_attention
 from myfla.utils import accumulation_dtype
-
-
-def _torch_version() -> Tuple[int, int]:
-    major, minor = torch.__version__.split('+')[0].split('.')[:2]
-    return int(major), int(''.join(c for c in minor if c.isdigit()) or 0)
-
-
-# torch 2.0 added scaled_dot_product_attention, torch 2.1 its ``scale`` argument.
-HAS_SDPA = hasattr(F, 'scaled_dot_product_attention') and _torch_version() >= (2, 1)
 
 
 def _visibility(
@@ -85,16 +76,8 @@ def _attend(
         else:
             empty_rows = None
         visible = visible.unsqueeze(1)
-    if use_sdpa and HAS_SDPA:
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout_p, scale=softmax_scale)
-    else:
-        scores = torch.matmul(q, k.transpose(-1, -2)) * softmax_scale
-        if visible is not None:
-            scores = scores.masked_fill(~visible, float('-inf'))
-        p = torch.softmax(scores, dim=-1)
-        if dropout_p > 0.0:
-            p = F.dropout(p, p=dropout_p)
-        o = torch.matmul(p, v)
+    attend = scaled_dot_product_attention if use_sdpa else softmax_attention
+    o = attend(q, k, v, attn_mask=visible, dropout_p=dropout_p, scale=softmax_scale)
     if empty_rows is not None:
         o = o.masked_fill(empty_rows.unsqueeze(1).unsqueeze(-1), 0.0)
     return o

@@ -18,6 +18,7 @@ import importlib
 import os
 import sys
 from typing import List, Optional
+from pathlib import Path
 
 import typer
 
@@ -38,9 +39,25 @@ app = typer.Typer(name="portaudit", add_completion=False, no_args_is_help=True,
                        "YAML manifest, numeric invariants, golden fixtures and upstream drift.")
 
 
+def version_text() -> str:
+    """``portaudit --version``. The distribution's version is read from ``portaudit.__version__`` when
+    it is built, so the two agree; an installed distribution of another version (shadowed by the
+    ``portaudit`` package actually imported, e.g. a source checkout) is named."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    text = f"portaudit {__version__}"
+    try:
+        installed = version("portaudit")
+    except PackageNotFoundError:
+        return text
+    if installed != __version__:
+        text += f" (imported from {Path(__file__).parents[1]}; the installed distribution 'portaudit' is {installed})"
+    return text
+
+
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"portaudit {__version__}")
+        typer.echo(version_text())
         raise typer.Exit()
 
 

@@ -20,7 +20,9 @@ from portaudit.static.reporters import render
 from portaudit.static.reporters.report import Report
 from portaudit.static.session import Session
 
-DEFAULT_BASELINE = Path("manifests/baseline")
+# gate's default: the baseline folder beside each manifest (manifests/baseline/ for manifests/*.yaml,
+# <package>/audit/baseline/ for the manifests an installed port ships)
+BASELINE_BESIDE_MANIFEST = "baseline"
 
 
 class Format(str, Enum):
@@ -54,10 +56,10 @@ def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], por
               cache_dir: Optional[Path], fmt: Format, output: Optional[Path], verbose: bool,
               fail_under: Optional[float], baseline: Optional[Path], update_baseline: bool, force: bool,
               no_index_cache: bool, no_progress: bool, upstream_git: Optional[Path] = None,
-              bodies: bool = False, upstream_rev: Optional[str] = None) -> int:
+              bodies: bool = False, upstream_rev: Optional[str] = None, gate_mode: bool = False) -> int:
     progress = ProgressDisplay(enabled=not no_progress)
     with cli_errors(progress):
-        if update_baseline and baseline is None:
+        if update_baseline and baseline is None and not gate_mode:
             raise UsageError("--update-baseline needs --baseline DIR (e.g. manifests/baseline)")
         paths = default_manifests(manifest)
         manifests = [load_manifest(p) for p in paths]
@@ -74,15 +76,19 @@ def run_check(manifest: Optional[List[Path]], upstream_path: Optional[Path], por
         results = [session.audit(m) for m in manifests]
         progress.stop()
         report = Report(results, fail_under=fail_under, verbose=verbose, bodies=bodies)
-        if baseline is not None:
+
+        def baseline_of(r) -> Path:
+            return baseline if baseline is not None else r.manifest.path.parent / BASELINE_BESIDE_MANIFEST
+
+        if baseline is not None or gate_mode:
             if update_baseline:
                 for r in results:
-                    path, notes = write_baseline(r, baseline, force=force)
+                    path, notes = write_baseline(r, baseline_of(r), force=force)
                     err_console.print(f"baseline for {r.manifest.name}: {path} ({r.percent:.1f}%, "
                                       f"{sum(1 for f in r.findings if f.status != 'waived')} finding(s) accepted"
                                       + (f", {len(notes)} fixed" if notes else "") + ")", markup=False)
             for r in results:
-                gate_baseline = load_baseline(baseline, r.manifest.name)
+                gate_baseline = load_baseline(baseline_of(r), r.manifest.name)
                 register_inputs(gate_baseline.path)
                 report.gates[r.manifest.name] = apply_gate(r, gate_baseline)
         if fmt == Format.text and output is None:
@@ -119,13 +125,14 @@ def check(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
 def gate(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
          port_path: PortPathOpt = None, cache_dir: CacheDirOpt = None, fmt: FormatOpt = Format.text,
          output: OutputOpt = None, verbose: VerboseOpt = False, fail_under: FailUnderOpt = None,
-         baseline: Annotated[Path, typer.Option("--baseline", help="Baseline directory or file.")]
-         = DEFAULT_BASELINE,
+         baseline: Annotated[Optional[Path], typer.Option(
+             "--baseline", help="Baseline directory or file. Default: the baseline/ folder beside each "
+             "manifest (manifests/baseline/, or the one an installed port ships with its manifests).")] = None,
          update_baseline: UpdateOpt = False, force: ForceOpt = False,
          no_index_cache: NoCacheOpt = False, no_progress: NoProgressOpt = False,
          upstream_git: UpstreamGitOpt = None, bodies: BodiesOpt = False,
          upstream_rev: UpstreamRevOpt = None) -> None:
-    """The CI ratchet: `check` against manifests/baseline/, failing only on regressions.
+    """The CI ratchet: `check` against the baseline beside each manifest, failing only on regressions.
 
     A regression is a finding not accepted by the baseline or completeness below it. Tighten the
     ratchet after progress with --update-baseline. With an empty baseline at 100% (or none) the
@@ -133,4 +140,4 @@ def gate(manifest: ManifestOpt = None, upstream_path: UpstreamPathOpt = None,
     """
     raise typer.Exit(run_check(manifest, upstream_path, port_path, cache_dir, fmt, output, verbose,
                                fail_under, baseline, update_baseline, force, no_index_cache, no_progress,
-                               upstream_git, bodies, upstream_rev))
+                               upstream_git, bodies, upstream_rev, gate_mode=True))

@@ -35,8 +35,8 @@ console = _Console(highlight=False, width=None if sys.stdout.isatty() or os.envi
 err_console = _Console(stderr=True, highlight=False)
 
 ManifestOpt = Annotated[Optional[List[Path]], typer.Option(
-    "--manifest", "-m", help="Manifest YAML file or a directory of them (repeatable). "
-    "Default: ./manifests/")]
+    "--manifest", "-m", help="Manifest YAML file, a directory of them, or PACKAGE:NAME / PACKAGE: for "
+    "the manifests an installed port ships (e.g. myfla:kda); repeatable. Default: ./manifests/")]
 UpstreamPathOpt = Annotated[Optional[Path], typer.Option(
     "--upstream-path", help="Audit against this local upstream tree (the folder that holds the "
     "package, e.g. a vendored libs/) instead of fetching the manifest's distributions.")]
@@ -56,14 +56,20 @@ NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Never show t
 
 
 def default_manifests(paths: Optional[List[Path]]) -> List[Path]:
+    """The manifest files named by --manifest: files, directories of them, or PACKAGE:NAME references
+    to the manifests an installed port ships (:mod:`portaudit.static.bundled`)."""
+    from portaudit.static.bundled import is_reference, resolve_manifest_reference
     from portaudit.static.manifest import discover_manifests
 
     if not paths:
         if Path("manifests").is_dir():
             paths = [Path("manifests")]
         else:
-            raise UsageError("no manifest given and no ./manifests/ directory; pass --manifest FILE")
-    found = discover_manifests(list(paths))
+            raise UsageError("no manifest given and no ./manifests/ directory; pass --manifest FILE, or "
+                             "PACKAGE:NAME for a manifest an installed port ships (e.g. myfla:kda)")
+    found: List[Path] = []
+    for p in paths:
+        found.extend(resolve_manifest_reference(str(p)) if is_reference(str(p)) else discover_manifests([p]))
     register_inputs(*found)
     return found
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from pathlib import Path
 from typing import List, Optional
@@ -33,6 +34,31 @@ NumericsManifestOpt = Annotated[Optional[List[Path]], typer.Option(
     "case registry, numerics.tolerances loosens tolerances (with reasons).")]
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _require_torch(command: str) -> None:
+    """The numeric commands compute with tensors; without torch say what to install (exit 2)."""
+    if not _installed("torch"):
+        raise UsageError(f"portaudit {command} computes with tensors and needs torch, which is not installed "
+                         "here: pip install 'portaudit[numerics]' (plus myfla for --impl myfla). The static "
+                         "commands (check, gate, fix-citations, scaffold, drift, codes) need no torch.")
+
+
+def _fixtures_dir(fixtures: Optional[Path]) -> Path:
+    """--fixtures: a folder or PACKAGE:golden; by default ./tests/fixtures/golden (a checkout) or the
+    fixtures the installed myfla ships."""
+    from portaudit.static.bundled import is_reference, resolve_fixtures_reference
+    if fixtures is None:
+        local = Path("tests/fixtures/golden")
+        return local if local.is_dir() else resolve_fixtures_reference("myfla:golden")
+    return resolve_fixtures_reference(str(fixtures)) if is_reference(str(fixtures)) else fixtures
+
+
 def _device(name: str):
     import torch
     if name not in ("cpu", "cuda"):
@@ -48,9 +74,12 @@ def _check_format(fmt: str) -> None:
 
 
 def _manifest_files(paths: Optional[List[Path]]) -> List[Path]:
+    from portaudit.static.bundled import is_reference, resolve_manifest_reference
     files: List[Path] = []
     for p in paths or []:
-        if p.is_dir():
+        if is_reference(str(p)):
+            files += resolve_manifest_reference(str(p))
+        elif p.is_dir():
             found = sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml"))
             if not found:
                 raise UsageError(f"{p}: no *.yaml manifests in this directory")
@@ -89,6 +118,10 @@ class _Setup:
 
     def implementation(self, name: Optional[str], device, upstream_root):
         from portaudit.numerics.registry import build_implementation, get_implementation
+        preset = name if name is not None else (None if self.configs else "myfla")
+        if preset in ("myfla", "fla") and not _installed(preset):
+            what = "pip install myfla" if preset == "myfla" else "fla-core and flash-linear-attention with CUDA and Triton"
+            raise UsageError(f"--impl {preset}: the package '{preset}' is not installed here ({what})")
         if name == "fla":
             if device.type != "cuda":
                 raise UsageError("--impl fla runs fla's Triton kernels: pass --device cuda on a GPU machine")
@@ -189,6 +222,7 @@ def invariants(
 ) -> None:
     """Run named numeric invariants of the upstream's API against an implementation."""
     with cli_errors():
+        _require_torch("invariants")
         from portaudit.numerics import invariants as engine
         from portaudit.numerics.results import summary
         from portaudit.numerics.tolerances import ToleranceTable
@@ -259,6 +293,7 @@ def golden_record(
 ) -> None:
     """Run the upstream (real fla: CUDA + Triton) on the declared cases and write fixtures."""
     with cli_errors():
+        _require_torch("golden record")
         from portaudit.numerics.golden_cases import find_cases
         from portaudit.numerics.record import record
 
@@ -282,7 +317,9 @@ def golden_record(
 
 @golden_app.command("check")
 def golden_check(
-    fixtures: Annotated[Path, typer.Option("--fixtures", help="Fixture directory.")] = Path("tests/fixtures/golden"),
+    fixtures: Annotated[Optional[Path], typer.Option("--fixtures", help="Fixture directory, or PACKAGE:golden "
+                        "for the fixtures an installed port ships. Default: ./tests/fixtures/golden, else "
+                        "myfla:golden.")] = None,
     impl: ImplOpt = None,
     device: DeviceOpt = "cpu",
     cases: Annotated[Optional[str], typer.Option("--cases", help="Comma-separated substrings of case names.")] = None,
@@ -295,6 +332,8 @@ def golden_check(
 ) -> None:
     """Run an implementation on recorded inputs and compare with the recorded upstream outputs."""
     with cli_errors():
+        _require_torch("golden check")
+        fixtures = _fixtures_dir(fixtures)
         from portaudit.numerics.fixtures import read_fixtures
         from portaudit.numerics.golden import check_golden
         from portaudit.numerics.results import summary

@@ -57,7 +57,8 @@ _TABLE = [
     Code("PA206", "signature", ERROR, "default value differs",
          "both have defaults but their normalised source differs"),
     Code("PA207", "signature", WARNING, "annotation differs",
-         "a parameter or return annotation differs (normalised source); lower severity"),
+         "a parameter or return annotation differs in meaning (PEP 585/604 spellings such as "
+         "tuple[int] for Tuple[int] agree); lower severity"),
     # citations
     Code("PA301", "citation", ERROR, "citation missing",
          "the port definition has no 'Source: path:Lx-Ly (pkg version)' line"),

@@ -245,24 +245,29 @@ def iter_python_files(root: Path, package: str) -> Iterable[Path]:
 
 
 def locate_port_root(manifest: Manifest, override: Optional[str | Path] = None) -> Optional[Path]:
-    """The directory holding the manifest's port package, found without importing the port."""
+    """The directory holding the manifest's port package, found without importing the port: the
+    override; else ``port.path`` (relative to the manifest) when the package is there; else the
+    package the manifest is shipped in; else the installed package; else ``port.path`` as given."""
     if override is not None:
         p = resolved(override, "port path")
         if (p / "__init__.py").is_file() and p.name == manifest.port.package.split(".")[0]:
             return p.parent
         return p
-    if manifest.port.path:
-        return resolved(manifest.path.parent / manifest.port.path, "port path")
-    import importlib.util
+    from portaudit.static.bundled import AUDIT_DIR, package_dir
 
     top = manifest.port.package.split(".")[0]
-    try:
-        spec = importlib.util.find_spec(top)  # a top-level find_spec executes nothing
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]).parent
+    declared = resolved(manifest.path.parent / manifest.port.path, "port path") if manifest.port.path else None
+    if declared is not None and (declared / top).is_dir():
+        return declared
+    # a manifest a port ships inside itself (<package>/audit/NAME.yaml) audits that very package
+    shipped_in = resolved(manifest.path, "manifest path").parent
+    if shipped_in.name == AUDIT_DIR and shipped_in.parent.name == top and (shipped_in.parent / "__init__.py").is_file():
+        return shipped_in.parent.parent
+    # a manifest copied away from its port: port.path no longer leads to the package, the installed one does
+    installed = package_dir(top)
+    if installed is not None:
+        return installed.parent
+    return declared
 
 
 def locate_tree(path: str | Path, package: str) -> Path:

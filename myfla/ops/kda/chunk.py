@@ -17,6 +17,7 @@ import contextlib
 
 import torch
 
+from myfla._torch_compat import compiler_disable
 from myfla.modules.l2norm import l2norm_bwd, l2norm_fwd
 from myfla.ops.common.chunk_delta_h import (
     chunk_gated_delta_rule_bwd_dhu,
@@ -313,7 +314,7 @@ class ChunkKDAFunction(torch.autograd.Function):
         return dq.to(q), dk.to(k), dv.to(v), dg.to(g), db.to(beta), None, dh0, None, None, None
 
 
-@torch.compiler.disable
+@compiler_disable
 def chunk_kda(
     q: torch.Tensor,
     k: torch.Tensor,

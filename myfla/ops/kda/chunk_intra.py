@@ -16,7 +16,7 @@ at once on the padded chunk grid ``[N, H, NC, BT, ...]`` (see ``myfla.ops.utils.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -61,7 +61,7 @@ def chunk_kda_fwd_intra(
     cu_seqlens: Optional[torch.LongTensor] = None,
     chunk_size: int = 64,
     output_dtype: torch.dtype = torch.float32
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Intra-chunk ``Aqk`` (``output_dtype``) and ``Akk`` (``(I + Akk)^-1`` in ``k.dtype``), both
     ``[B, T, H, BT]``; ``gk`` is the chunk-local cumulative gate.
 

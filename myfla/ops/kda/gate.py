@@ -9,6 +9,8 @@ may be ``[H]`` or ``[1, 1, H, 1]``.
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -89,7 +91,7 @@ def kda_gate_bwd(
     g_bias: torch.Tensor | None = None,
     beta: float = 1.0,
     threshold: float = 20.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Backward of the KDA gate; returns ``(dg, dA, dg_bias)``.
 
     As fla's kernel, ``dg = dy * (-exp(A)) * sigmoid(beta * (g + g_bias))`` (the sigmoid is used on
@@ -129,8 +131,9 @@ class KDAGateFunction(torch.autograd.Function):
     Source: fla/ops/kda/gate.py:L293-L326 (fla 0.4.0)
     """
 
-    @input_guard
+    # fla stacks these the other way round; a staticmethod object is callable only from Python 3.10 on
     @staticmethod
+    @input_guard
     def forward(ctx, g: torch.Tensor, A: torch.Tensor, head_k_dim: int,
                 g_bias: torch.Tensor | None = None,
                 beta: float = 1.0,
@@ -143,9 +146,9 @@ class KDAGateFunction(torch.autograd.Function):
 
         return kda_gate_fwd(g, A, head_k_dim, g_bias, beta, threshold)
 
-    @input_guard
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None, None]:
+    @input_guard
+    def backward(ctx, grad_output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, None, None, None]:
         g, A = ctx.saved_tensors
         grad_g, grad_A, grad_gbias = kda_gate_bwd(
             grad_output, g, A, ctx.head_k_dim, ctx.g_bias, ctx.beta, ctx.threshold)

@@ -14,8 +14,8 @@ import sys
 from typing import Optional
 
 import torch
-from packaging.version import Version
 
+from myfla._torch_compat import Version   # packaging's, else the same order without packaging
 from myfla.utils import check_pytorch_version, device, input_guard, is_amd
 
 logger = logging.getLogger(__name__)

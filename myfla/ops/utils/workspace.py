@@ -24,6 +24,8 @@ from typing import List, Sequence
 
 import torch
 
+from myfla._torch_compat import dtype_itemsize
+
 # Upper bound on the bytes one thread's pool keeps alive between calls (environment variable
 # MYFLA_WORKSPACE_MB; 0 turns the pool off). A forward+backward at B=1 H=4 K=V=128 T=8192 keeps
 # about 180 MB (GatedDeltaNet) or 400 MB (KDA); larger inputs bypass the pool past this bound.
@@ -70,7 +72,7 @@ def new_empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) ->
     """``torch.empty(shape, dtype=dtype, device=device)``, from the pool where that is safe."""
     device = torch.device(device)
     numel = math.prod(shape)
-    nbytes = numel * dtype.itemsize
+    nbytes = numel * dtype_itemsize(dtype)
     if nbytes < MIN_BYTES or nbytes > MAX_BYTES or not _enabled(device):
         return torch.empty(shape, dtype=dtype, device=device)
     buffers = _pool.buffers

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
+from portaudit.static.checks.annotation import same_annotation
 from portaudit.static.checks.site import Site
 from portaudit.static.findings import Finding
 from portaudit.static.index.model import VAR_KEYWORD, VAR_POSITIONAL, Definition, Param
@@ -37,7 +38,8 @@ class Readers:
 def check_signature(site: Site, up: Definition, port: Definition, upstream_ref: str,
                     annotations: bool = True, renames: Optional[Mapping[str, str]] = None,
                     readers: Optional[Readers] = None) -> list[Finding]:
-    """Compare two signatures the way mypy's stubtest does: names, order, kinds, defaults."""
+    """Compare two signatures the way mypy's stubtest does: names, order, kinds, defaults; annotations
+    that differ only in spelling (``tuple[int]`` / ``Tuple[int]``, ``X | None`` / ``Optional[X]``) agree."""
     if up.params is None or port.params is None:
         return []
     out: list[Finding] = []
@@ -96,11 +98,12 @@ def check_signature(site: Site, up: Definition, port: Definition, upstream_ref: 
     if annotations:
         for name in shared_up:
             u, q = up_by_name[name], port_by_name[name]
-            if u.annotation != q.annotation and \
+            if not same_annotation(u.annotation, q.annotation) and \
                     rd.up_annotation(_as_typed(u)) != rd.port_annotation(_as_typed(q)):
                 out.append(site.finding("PA207", f"annotation of '{name}' differs: upstream "
                                                  f"{u.annotation or '(none)'}, port {q.annotation or '(none)'}", param=name, **ref))
-        if up.returns != port.returns and rd.up_annotation(up.returns) != rd.port_annotation(port.returns):
+        if not same_annotation(up.returns, port.returns) and \
+                rd.up_annotation(up.returns) != rd.port_annotation(port.returns):
             out.append(site.finding("PA207", f"return annotation differs: upstream {up.returns or '(none)'}, "
                                              f"port {port.returns or '(none)'}", param="return", **ref))
     return out

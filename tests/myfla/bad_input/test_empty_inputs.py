@@ -21,7 +21,7 @@ from myfla.modules import ShortConvolution
 from myfla.modules.convolution import causal_conv1d
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda
-from portaudit.numerics.upstream_code import load_function
+from tests.fla_refs import load_function
 from tests.myfla.bad_input.corpus import OPS, H, K, V, op_inputs
 from tests.numerics import assert_rms
 

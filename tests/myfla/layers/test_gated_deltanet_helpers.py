@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from myfla.layers.gated_deltanet import elu_p1, sum_norm
-from portaudit.numerics.upstream_code import load_function
+from tests.fla_refs import load_function
 
 
 def test_elu_p1_and_sum_norm(fla040_root):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from myfla.layers import GatedDeltaNet, KimiDeltaAttention
 from myfla.models.utils import Cache
-from portaudit.numerics.upstream_code import load_function
+from tests.fla_refs import load_function
 from tests.numerics import assert_rms
 
 C, HK, H = 64, 16, 2   # hidden size, head_dim, num_heads used throughout

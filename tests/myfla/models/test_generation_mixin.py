@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from myfla.models import utils as mu  # noqa: E402
 from myfla.models.utils import Cache, FLAGenerationMixin  # noqa: E402
-from portaudit.numerics.upstream_code import load_function  # noqa: E402
+from tests.fla_refs import load_function  # noqa: E402
 
 
 def _fla_mixin(root, new_transformers):

@@ -19,7 +19,7 @@ from myfla.modules.convolution import (CausalConv1dFunction, causal_conv1d_fwd, 
 from myfla.modules.fused_norm_gate import LayerNormGatedFunction, layer_norm_gated_fwd
 from myfla.modules.l2norm import L2NormFunction, l2norm_fwd
 from myfla.modules.layernorm import LayerNormFunction, layer_norm_fwd
-from portaudit.numerics.upstream_code import load_function
+from tests.fla_refs import load_function
 from tests.numerics import assert_rms
 
 F64 = torch.float64

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from myfla.modules import layernorm as ln
-from portaudit.numerics.upstream_code import load_function
+from tests.fla_refs import load_function
 from tests.numerics import assert_rms
 
 F64 = torch.float64

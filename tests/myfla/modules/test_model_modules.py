@@ -14,7 +14,7 @@ from myfla.modules.fused_cross_entropy import cross_entropy_loss
 from myfla.modules.fused_linear_cross_entropy import fused_linear_cross_entropy_loss
 from myfla.modules.l2warp import l2_warp
 from myfla.modules.mlp import SwiGLULinearParallel
-from portaudit.numerics.upstream_code import load_module
+from tests.fla_refs import load_module
 
 
 def _targets(n, classes, ignore=(1, 4)):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from myfla.modules import FusedRMSNormGated, RMSNorm
 from myfla.modules.fused_norm_gate import layer_norm_gated_bwd, layer_norm_gated_fwd, rms_norm_gated
 from myfla.modules.layernorm import LayerNormFunction, layer_norm_bwd, layer_norm_fwd, rms_norm
-from portaudit.numerics.upstream_code import load_function
+from tests.fla_refs import load_function
 from tests.numerics import assert_rms
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from myfla.modules.rotary import RotaryEmbedding, rotary_embedding, rotary_embedding_ref, rotate_half
-from portaudit.numerics.upstream_code import load_function
+from tests.fla_refs import load_function
 from tests.myfla.models.fla_oracle import make_ref_rotary_embedding
 
 

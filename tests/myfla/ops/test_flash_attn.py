@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from myfla.ops import flash_attn as FA
+from myfla import _torch_compat as compat
 from myfla.ops.flash_attn import flash_attn_func, flash_attn_varlen_func
 from tests.myfla.models.attention_reference import ref_attention, ref_flash_attn_func, ref_flash_attn_varlen_func
 from tests.numerics import assert_rms
@@ -108,6 +108,6 @@ def test_fallback_is_used_without_sdpa(monkeypatch):
     """torch < 2.1 has no usable SDPA: the explicit softmax computes the same numbers."""
     q, k, v = _qkv(2, 7, 7, 2, 1, 4)
     expected = flash_attn_func(q, k, v, causal=True)
-    monkeypatch.setattr(FA, "HAS_SDPA", False)
-    monkeypatch.setattr(FA.F, "scaled_dot_product_attention", None, raising=False)
+    monkeypatch.setattr(compat, "HAS_SDPA", False)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", None, raising=False)
     torch.testing.assert_close(flash_attn_func(q, k, v, causal=True), expected, rtol=1e-12, atol=1e-12)

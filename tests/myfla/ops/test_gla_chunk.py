@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from myfla.ops.common.chunk_h import chunk_bwd_dh, chunk_fwd_h
 from myfla.ops.gla import chunk_gla
 from myfla.ops.gla import chunk as gla
-from portaudit.numerics.upstream_code import load_function
+from tests.fla_refs import load_function
 from tests.numerics import assert_rms
 
 F64 = torch.float64

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda
-from portaudit.numerics.upstream_code import load_module
+from tests.fla_refs import load_module
 from tests.myfla.ops.test_gated_delta_rule import as_fp64
 from tests.numerics import assert_rms
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda
 from myfla.ops.kda.naive import naive_chunk_kda, naive_recurrent_kda
-from portaudit.numerics.upstream_code import load_module
+from tests.fla_refs import load_module
 from tests.numerics import assert_rms
 
 # fp32 outputs/states within 1e-5 of the fp64 oracle, gradients within 1e-4 (common brief)

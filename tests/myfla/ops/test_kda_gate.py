@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from myfla.ops.kda.gate import fused_kda_gate, kda_gate_bwd, kda_gate_fwd, kda_gate_ref
-from portaudit.numerics.upstream_code import load_function
+from tests.fla_refs import load_function
 from tests.numerics import assert_rms
 
 

@@ -8,6 +8,12 @@ from myfla.ops.utils.workspace import new_empty
 
 SHAPE = (64, 1024)          # 256 KiB of fp32: pooled
 
+# torch 1.13 (myfla's floor) cannot report a storage's use count: there the pool is off (every
+# buffer comes from torch.empty, the numbers are the same) and only the tests of reuse are skipped.
+HAS_USE_COUNTS = hasattr(torch._C, '_storage_Use_Count')
+reuses = pytest.mark.skipif(not HAS_USE_COUNTS, reason=f"torch {torch.__version__} has no "
+                            "torch._C._storage_Use_Count: the pool is off, buffers are never reused")
+
 
 @pytest.fixture(autouse=True)
 def fresh_pool():
@@ -17,10 +23,20 @@ def fresh_pool():
 
 
 def test_pool_can_report_storage_use_counts():
-    # without use counts the pool silently degrades to torch.empty; this torch build must support it
-    assert workspace._UNUSED is not None
+    # without use counts the pool degrades to torch.empty; a torch that has them must enable it
+    assert (workspace._UNUSED is not None) == HAS_USE_COUNTS
 
 
+def test_without_use_counts_the_pool_stays_off(monkeypatch):
+    monkeypatch.setattr(workspace, '_UNUSED', None)
+    with torch.no_grad():
+        a = new_empty(SHAPE, torch.float32, torch.device('cpu'))
+        del a
+        b = new_empty(SHAPE, torch.float32, torch.device('cpu'))
+    assert workspace._pool.buffers == [] and b.shape == SHAPE and b.dtype == torch.float32
+
+
+@reuses
 def test_idle_buffer_is_reused_without_grad():
     with torch.no_grad():
         a = new_empty(SHAPE, torch.float32, torch.device('cpu'))
@@ -67,6 +83,7 @@ def test_grad_mode_and_small_tensors_bypass_the_pool():
     del a
 
 
+@reuses
 def test_inference_buffers_are_kept_apart():
     with torch.inference_mode():
         a = new_empty(SHAPE, torch.float32, torch.device('cpu'))
@@ -79,6 +96,7 @@ def test_inference_buffers_are_kept_apart():
     assert not b.is_inference() and b.data_ptr() != ptr
 
 
+@reuses
 def test_dtype_and_size_must_match():
     with torch.no_grad():
         a = new_empty(SHAPE, torch.float32, torch.device('cpu'))
@@ -89,6 +107,7 @@ def test_dtype_and_size_must_match():
     assert b.dtype == torch.float64 and b.data_ptr() != ptr and c.data_ptr() != ptr
 
 
+@reuses
 def test_pool_is_bounded(monkeypatch):
     monkeypatch.setattr(workspace, 'MAX_BYTES', 3 * 256 * 1024)
     with torch.no_grad():
@@ -106,6 +125,7 @@ def test_oversized_requests_bypass_the_pool(monkeypatch):
     assert workspace._pool.buffers == [] and a.shape == (1024, 64)
 
 
+@reuses
 def test_chunk_ops_give_the_same_results_with_and_without_the_pool(monkeypatch):
     # a second call reuses the first call's buffers; outputs held from the first call stay intact
     from myfla.ops.gated_delta_rule import chunk_gated_delta_rule

@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 
+from myfla._torch_compat import compiler_disable
 from myfla.ops.generalized_delta_rule.dplr.chunk_A_bwd import bwd_intra_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_A_fwd import intra_fwd_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_grid import flush_denormal, from_grid, get_chunk_layout, rounding, to_grid
@@ -255,7 +256,7 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
         return dq.to(q), dk.to(k), dv.to(v), da.to(a), db.to(b), dgk.to(gk), None, dh0, None, None
 
 
-@torch.compiler.disable
+@compiler_disable
 def chunk_dplr_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
