@@ -39,8 +39,13 @@ def test_dot_rounds_operands_and_accumulates_in_fp32(native, dtype):
     assert out.dtype == torch.float32
     exact = a.to(dtype).double() @ b.to(dtype).double()
     assert rel(out, exact) < 1e-6                                       # fp32 accumulation of exact products
-    # torch's plain low-precision product rounds its result: much further from the exact value
-    assert rel((a.to(dtype) @ b.to(dtype)), exact) > 20 * rel(out, exact)
+    # a plain low-precision product rounds its result: much further from the exact value (torch 1.13
+    # has no fp16 matmul on CPU; there the rounding of the exact product stands for it)
+    try:
+        plain = a.to(dtype) @ b.to(dtype)
+    except RuntimeError:
+        plain = exact.to(dtype)
+    assert rel(plain, exact) > 20 * rel(out, exact)
     c = torch.randn(3, 64, 32, generator=gen)
     assert rel(dot_add(c, a_op, b_op, alpha=-0.5), c.double() - 0.5 * exact) < 1e-6
     buf = c.clone()
