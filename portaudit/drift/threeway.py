@@ -37,7 +37,7 @@ from portaudit.drift.signature import diff_params
 from portaudit.static.body import Canonical, Scope, joined, similarity
 from portaudit.static.canonical_store import CanonicalStore
 from portaudit.static.fidelity import COPY
-from portaudit.static.index.model import CLASS_KINDS, Resolved
+from portaudit.static.index.model import CLASS_KINDS, KERNEL, Resolved
 from portaudit.static.index.tree import TreeIndex
 from portaudit.static.manifest import Entry, Manifest
 
@@ -95,6 +95,14 @@ class ThreeWay:
             ps.state = TODO if pres is not None else ALREADY
             ps.note = (f"still defined in the port: remove it from {ps.port_ref or ps.port_module}"
                        if pres is not None else "the port no longer defines it either")
+            return ps
+        if pres is None and not copy and (old or new) is not None and (old or new).definition.kind == KERNEL:
+            # A translation re-expresses a kernel inside the torch function that cites it (as `check`'s
+            # PA105 accepts), so the port has no definition of that name to compare.
+            ps.compared = "citation"
+            ps.state = TODO if sd.changed else SAME
+            ps.note = ("a kernel the port re-expresses inside the function that cites it: "
+                       + ("update that function to the new release's kernel" if sd.changed else "unchanged upstream"))
             return ps
         if pres is None:
             ps.state = PORT_MISSING
