@@ -35,7 +35,7 @@ trap 'rm -rf "$WORK"' EXIT
 SRC="$WORK/src"
 mkdir -p "$SRC/tests/fixtures"
 cp -r distributions myfla portaudit manifests LICENSE "$SRC/"
-cp -r tests/fixtures/golden "$SRC/tests/fixtures/"
+cp -r tests/fixtures/golden tests/fixtures/golden_rwkv7 "$SRC/tests/fixtures/"
 find "$SRC" -name __pycache__ -prune -exec rm -rf {} +
 
 start=$SECONDS
@@ -67,8 +67,9 @@ def wanted(package, patterns=("*.py", "py.typed")):
 myfla_whl, portaudit_whl = (set(zipfile.ZipFile(w).namelist()) for w in sys.argv[1:3])
 audit = {f"myfla/audit/{p.name}" for p in Path("manifests").glob("*.yaml")}
 audit |= {f"myfla/audit/baseline/{p.name}" for p in Path("manifests/baseline").glob("*.json")}
-audit |= {f"myfla/audit/golden/{p.name}" for p in Path("tests/fixtures/golden").iterdir()
-          if p.name == "index.json" or p.suffix in (".pt", ".safetensors")}
+for fixture_set in ("golden", "golden_rwkv7"):
+    audit |= {f"myfla/audit/{fixture_set}/{p.name}" for p in Path("tests/fixtures", fixture_set).iterdir()
+              if p.name == "index.json" or p.suffix in (".pt", ".safetensors")}
 missing = sorted((wanted("myfla") | {"myfla/NOTICE"} | audit) - myfla_whl)
 missing += sorted(wanted("portaudit") - portaudit_whl)
 for name in missing:

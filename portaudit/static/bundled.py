@@ -26,8 +26,10 @@ from portaudit.errors import UsageError
 AUDIT_DIR = "audit"
 # where a source checkout keeps what the wheel ships as <package>/audit/ (relative to the checkout root)
 CHECKOUT_MANIFESTS = Path("manifests")
-CHECKOUT_GOLDEN = Path("tests/fixtures/golden")
+CHECKOUT_FIXTURES = Path("tests/fixtures")
 GOLDEN = "golden"
+# the golden fixture sets a port may ship (each <package>/audit/<name>/, tests/fixtures/<name>/ in a checkout)
+FIXTURE_SETS = (GOLDEN, "golden_rwkv7")
 GOLDEN_INDEX = "index.json"   # portaudit.numerics.fixtures.INDEX (that half imports torch)
 
 _REFERENCE = re.compile(r"^(?P<package>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):(?P<name>[A-Za-z0-9_.-]*)$")
@@ -87,13 +89,16 @@ def resolve_manifest_reference(text: str) -> List[Path]:
 
 
 def resolve_fixtures_reference(text: str) -> Path:
-    """``PACKAGE:golden`` -> the golden fixtures the package ships (or keeps beside it, checkout)."""
+    """``PACKAGE:golden`` (or another of :data:`FIXTURE_SETS`) -> the golden fixtures the package
+    ships (or keeps beside it, checkout)."""
     match = _REFERENCE.match(text)
-    if match is None or match["name"] != GOLDEN:
-        raise UsageError(f"'{text}' is not a fixture reference; write PACKAGE:{GOLDEN}, e.g. myfla:{GOLDEN}")
+    if match is None or match["name"] not in FIXTURE_SETS:
+        raise UsageError(f"'{text}' is not a fixture reference; write PACKAGE:NAME with NAME one of "
+                         f"{', '.join(FIXTURE_SETS)}, e.g. myfla:{GOLDEN}")
     pkg = _locate(match["package"], text)
-    for candidate in (pkg / AUDIT_DIR / GOLDEN, pkg.parent / CHECKOUT_GOLDEN):
+    name = match["name"]
+    for candidate in (pkg / AUDIT_DIR / name, pkg.parent / CHECKOUT_FIXTURES / name):
         if (candidate / GOLDEN_INDEX).is_file():
             return candidate
-    raise UsageError(f"{text}: the package at {pkg} ships no golden fixtures (looked in "
-                     f"{pkg / AUDIT_DIR / GOLDEN} and {pkg.parent / CHECKOUT_GOLDEN})")
+    raise UsageError(f"{text}: the package at {pkg} ships no golden fixtures '{name}' (looked in "
+                     f"{pkg / AUDIT_DIR / name} and {pkg.parent / CHECKOUT_FIXTURES / name})")

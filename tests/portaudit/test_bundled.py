@@ -95,5 +95,11 @@ def test_fixture_reference(installed):
     golden.mkdir()
     (golden / "index.json").write_text("{}")
     assert resolve_fixtures_reference("po:golden") == golden.resolve()
-    with pytest.raises(UsageError, match="PACKAGE:golden"):
+    with pytest.raises(UsageError, match="PACKAGE:NAME"):
         resolve_fixtures_reference("po:kda")
+    with pytest.raises(UsageError, match="ships no golden fixtures 'golden_rwkv7'"):
+        resolve_fixtures_reference("po:golden_rwkv7")
+    rwkv7 = installed.port / "po" / "audit" / "golden_rwkv7"
+    rwkv7.mkdir()
+    (rwkv7 / "index.json").write_text("{}")
+    assert resolve_fixtures_reference("po:golden_rwkv7") == rwkv7.resolve()
