@@ -46,7 +46,7 @@ def _check_width(width: int) -> None:
 
 def _check_activation(activation: Optional[str]) -> None:
     if activation not in [None, "silu", "swish"]:
-        raise NotImplementedError("activation must be None, silu, or swish")
+        raise NotImplementedError("activation must be None, silu, or swish")   # the package's own type and text
 
 
 def _activate(y: torch.Tensor, activation: Optional[str]) -> torch.Tensor:

@@ -36,6 +36,7 @@ from portaudit.drift.model import (NOT_IN_FROM, PORT_ALREADY, PORT_CONFLICT, POR
 from portaudit.drift.signature import diff_params
 from portaudit.static.body import Canonical, Scope, joined, similarity
 from portaudit.static.canonical_store import CanonicalStore
+from portaudit.static.checks.presence import kernel_accounted, manifest_port_citations
 from portaudit.static.fidelity import COPY
 from portaudit.static.index.model import CLASS_KINDS, KERNEL, Resolved
 from portaudit.static.index.tree import TreeIndex
@@ -50,6 +51,7 @@ class ThreeWay:
     def __init__(self, matcher: Matcher, port: TreeIndex, to_version: Optional[str] = None, cache_dir=None):
         self.m = matcher
         self.port = port
+        self._citations: dict = {}
         self.to_version = to_version      # the release a translation's citation names once updated
         self.store = CanonicalStore(cache_dir)
         self._scopes: dict[tuple[int, str], Scope] = {}
@@ -75,6 +77,13 @@ class ThreeWay:
             return None
         return joined(parts)
 
+    def port_citations(self, manifest: Manifest) -> list:
+        """The citations of the port modules the manifest maps, read once per manifest."""
+        key = id(manifest)
+        if key not in self._citations:
+            self._citations[key] = manifest_port_citations(manifest, manifest.entries, self.port)
+        return self._citations[key]
+
     # -- one symbol ------------------------------------------------------------------------
     def classify(self, manifest: Manifest, entry: Entry, sd: SymbolDrift) -> PortState:
         psym = manifest.port_symbol(entry)
@@ -96,14 +105,17 @@ class ThreeWay:
             ps.note = (f"still defined in the port: remove it from {ps.port_ref or ps.port_module}"
                        if pres is not None else "the port no longer defines it either")
             return ps
-        if pres is None and not copy and (old or new) is not None and (old or new).definition.kind == KERNEL:
-            # A translation re-expresses a kernel inside the torch function that cites it (as `check`'s
-            # PA105 accepts), so the port has no definition of that name to compare.
-            ps.compared = "citation"
-            ps.state = TODO if sd.changed else SAME
-            ps.note = ("a kernel the port re-expresses inside the function that cites it: "
-                       + ("update that function to the new release's kernel" if sd.changed else "unchanged upstream"))
-            return ps
+        if pres is None and not copy and old is not None and old.definition.kind == KERNEL:
+            # A translation re-expresses a kernel inside the torch function that cites it: accounted
+            # for exactly as `check` accounts for it (PA105), it follows the upstream change.
+            how = kernel_accounted(self.m.old.relpath(old.module.path), old.definition,
+                                   self.port_citations(manifest), None)
+            if how is not None:
+                ps.compared = "citation"
+                ps.state = TODO if sd.changed else SAME
+                ps.note = f"a kernel the port re-expresses ({how}): " + \
+                    ("update it to the new release's kernel" if sd.changed else "unchanged upstream")
+                return ps
         if pres is None:
             ps.state = PORT_MISSING
             ps.note = f"{psym} is not defined in the port"

@@ -68,3 +68,15 @@ def kernel_accounted(kernel_path: str, kernel: Definition, port_citations: Itera
         if c.covers(kernel_path, kernel.start, kernel.end):
             return f"cited by {c.ref}"
     return None
+
+
+def manifest_port_citations(manifest, entries: Iterable, port) -> list[Citation]:
+    """Every citation in the port modules the manifest places ``entries`` in: a kernel a translation
+    re-expresses may be cited from any of them (see :func:`kernel_accounted`)."""
+    modules: dict = {}
+    for entry in entries:
+        for psym in manifest.port_symbols(entry):
+            mod, _ = port.split_symbol(psym)
+            if mod is not None and mod not in modules:
+                modules[mod] = port.module(mod)
+    return [c for m in modules.values() if m is not None for d in m.definitions.values() for c in d.citations]

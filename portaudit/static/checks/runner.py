@@ -18,7 +18,7 @@ from portaudit.safe_io import read_regular
 from portaudit.static.checks import hygiene
 from portaudit.static.checks.citation import UpstreamFile, check_citations
 from portaudit.static.checks.comparer import BodyComparer
-from portaudit.static.checks.presence import check_kind, check_methods, kernel_accounted
+from portaudit.static.checks.presence import check_kind, check_methods, kernel_accounted, manifest_port_citations
 from portaudit.static.checks.signature import check_signature
 from portaudit.static.checks.simplification import check_simplification
 from portaudit.static.checks.site import Site
@@ -80,14 +80,7 @@ class Auditor:
         result.hygiene += repeats
         todo: list[tuple[Entry, Optional[Resolved]]] = [(e, self.up.resolve(e.symbol)) for e in entries]
         # every port module mirrored by the manifest is loaded first: kernels may be cited anywhere
-        port_mods: dict[str, Optional[ModuleInfo]] = {}
-        for entry, up in todo:
-            for psym in manifest.port_symbols(entry):
-                mod, _ = self.port.split_symbol(psym)
-                if mod is not None and mod not in port_mods:
-                    port_mods[mod] = self.port.module(mod)
-        port_citations = [c for m in port_mods.values() if m is not None
-                          for d in m.definitions.values() for c in d.citations]
+        port_citations = manifest_port_citations(manifest, (entry for entry, _ in todo), self.port)
         self._used_renames = set()
         for entry, up in todo:
             locations = manifest.port_symbols(entry)

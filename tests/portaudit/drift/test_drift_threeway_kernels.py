@@ -1,6 +1,6 @@
 """Three-way drift of a translation: an upstream Triton kernel has no same-named port definition
-(the port re-expresses it inside the function that cites it), so it is classified by the upstream
-change, never as "missing in port"."""
+(the port re-expresses it inside the function that cites it), so a cited kernel is classified by the
+upstream change, as `check` accounts for it; an uncited one is missing in the port."""
 
 from __future__ import annotations
 
@@ -26,9 +26,24 @@ def knl_same(x):
     y = x + 2
 
 
+@triton.jit
+def knl_uncited(x):
+    y = x + 4
+
+
 def wrapper(x):
     knl_changed[(1,)](x)
     knl_same[(1,)](x)
+    knl_uncited[(1,)](x)
+    return x
+'''
+
+PORT = '''
+def wrapper(x):
+    """The kernels in torch.
+
+    Source: pkg/k.py:L4-L11 (pkg 1.0)
+    """
     return x
 '''
 
@@ -42,7 +57,6 @@ port:
   package: port
   path: portroot
   fidelity: translation
-citations: {style: "off", reason: "the test port carries no citations"}
 entry_points: [pkg.k.wrapper]
 stages:
   - id: "1"
@@ -50,6 +64,7 @@ stages:
     symbols:
       - pkg.k.knl_changed
       - pkg.k.knl_same
+      - pkg.k.knl_uncited
       - pkg.k.wrapper
 waivers: []
 deviations: []
@@ -60,7 +75,7 @@ def test_translated_kernels_follow_the_upstream_change(tmp_path, monkeypatch):
     monkeypatch.setenv("PORTAUDIT_CACHE", str(tmp_path / "cache"))
     write(tmp_path / "v1", {"pkg/__init__.py": "", "pkg/k.py": KERNEL_V1})
     write(tmp_path / "v2", {"pkg/__init__.py": "", "pkg/k.py": KERNEL_V1.replace("x + 1", "x * 3 + 1")})
-    write(tmp_path / "portroot", {"port/__init__.py": "", "port/k.py": "def wrapper(x):\n    return x\n"})
+    write(tmp_path / "portroot", {"port/__init__.py": "", "port/k.py": PORT})
     manifest = tmp_path / "translated.yaml"
     manifest.write_text(MANIFEST.lstrip("\n"))
     res = CliRunner().invoke(app, ["drift", "--manifest", str(manifest), "--to", str(tmp_path / "v2"),
@@ -70,4 +85,4 @@ def test_translated_kernels_follow_the_upstream_change(tmp_path, monkeypatch):
     by = {s["symbol"]: s["port"] for s in m["symbols"]}
     assert by["pkg.k.knl_changed"]["state"] == "to do" and by["pkg.k.knl_changed"]["compared"] == "citation"
     assert by["pkg.k.knl_same"]["state"] == "unchanged"
-    assert "missing in port" not in {p["state"] for p in by.values()}
+    assert by["pkg.k.knl_uncited"]["state"] == "missing in port"
