@@ -228,17 +228,17 @@ def decode(ref, ours, B, args) -> dict:
     ids = torch.randint(3, VOCAB, (B, args.prompt + args.warmup + args.steps))
     state = {}
     for key, model in (("fallback", ref), ("myfla", ours)):
-        out = model(ids[:, :args.prompt], **{_cache_argument(model): DynamicCache(config=model.config)},
-                    use_cache=True)
-        state[key] = [model, _returned_cache(out), out.logits[:, -1]]
+        name = _cache_argument(model)
+        out = model(ids[:, :args.prompt], **{name: DynamicCache(config=model.config)}, use_cache=True)
+        state[key] = [model, _returned_cache(out), out.logits[:, -1], name]
     samples = {"fallback": [], "myfla": []}
     for t in range(args.prompt, args.prompt + args.warmup + args.steps):
         for key in ("fallback", "myfla"):
-            model, cache, _ = state[key]
+            model, cache, _, name = state[key]
             t0 = time.perf_counter()
-            out = model(ids[:, t:t + 1], **{_cache_argument(model): cache}, use_cache=True)
+            out = model(ids[:, t:t + 1], **{name: cache}, use_cache=True)
             elapsed = time.perf_counter() - t0
-            state[key][1:] = [_returned_cache(out), out.logits[:, -1]]
+            state[key][1:3] = [_returned_cache(out), out.logits[:, -1]]
             if t >= args.prompt + args.warmup:
                 samples[key].append(elapsed)
     diff = (state["fallback"][2] - state["myfla"][2]).abs().max().item()
