@@ -204,6 +204,8 @@ def bench_model(name, pair, args, threads) -> List[dict]:
 def bench_decode_model(name, pair, args, threads, linear) -> List[dict]:
     """Decode per token on the linear-attention layers plus one full-attention layer (transformers'
     hybrid cache needs one)."""
+    if not args.decode_batches:
+        return []
     hybrid = linear + ["full_attention"]
     ref, ours = model_pair(name, pair, CONFIGS[name](args, hybrid))
     ref.eval(), ours.eval()
@@ -343,9 +345,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and one timing each (smoke run)")
     parser.add_argument("--models", nargs="+", choices=list(MODELING), default=list(MODELING))
     parser.add_argument("--sections", nargs="+", choices=["model", "op"], default=["model", "op"])
-    parser.add_argument("--prefill-lengths", type=int, nargs="+", default=[2048, 8192])
-    parser.add_argument("--train-lengths", type=int, nargs="+", default=[2048])
-    parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--prefill-lengths", type=int, nargs="*", default=[2048, 8192])
+    parser.add_argument("--train-lengths", type=int, nargs="*", default=[2048])
+    parser.add_argument("--decode-batches", type=int, nargs="*", default=[1, 8])
     parser.add_argument("--layers", type=int, default=3, help="linear-attention layers (default 3)")
     parser.add_argument("--heads", type=int, default=16, help="key heads (Qwen3-Next has twice as many value heads)")
     parser.add_argument("--head-dim", type=int, default=128)
@@ -379,9 +381,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name in args.models:
             if "model" in args.sections:
                 rows += bench_model(name, pairs[name], args, threads)
+                write_record(out, args, rows)     # a run cut short keeps what it measured
             if "op" in args.sections:
                 rows += bench_ops(name, pairs[name], args, threads)
+                write_record(out, args, rows)
     print_table(rows)
+    print(f"wrote {out}")
+    return 0
+
+
+def write_record(out: Path, args, rows: List[dict]) -> None:
+    import transformers
     import myfla
     record = {
         "benchmark": "bench_clients",
@@ -399,8 +409,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":
