@@ -136,14 +136,62 @@ def forward_backward(model: torch.nn.Module, input_ids: torch.Tensor, **kwargs):
     return out.logits.detach(), out.loss.detach(), grads
 
 
+def collate_packed(seqs):
+    """One packed row of the sequences (``[1, n]`` each) as transformers' packing collator gives it:
+    ``DataCollatorWithFlattening(return_flash_attn_kwargs=True, return_seq_idx=True)`` (input_ids,
+    labels with -100 at each sequence start, position_ids, seq_idx, cu_seq_lens_q/k, max_length_q/k)."""
+    from transformers import DataCollatorWithFlattening
+    collator = DataCollatorWithFlattening(return_flash_attn_kwargs=True, return_seq_idx=True)
+    return collator([{"input_ids": s[0].tolist()} for s in seqs])
+
+
 def packed_inputs(seqs):
-    """One packed row of the sequences, with the keyword arguments a packing collator gives
-    (transformers' DataCollatorWithFlattening with return_flash_attn_kwargs=True)."""
+    """``(input_ids, lengths, keyword arguments)`` of one packed row: the collator's batch without
+    input_ids and labels."""
+    batch = collate_packed(seqs)
+    kwargs = {k: v for k, v in batch.items() if k not in ("input_ids", "labels")}
+    return batch["input_ids"], [s.shape[1] for s in seqs], kwargs
+
+
+def _gradients(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def packed_and_separate_steps(model, seqs, rename=(), drop=()):
+    """One training step on the packed row (the collator's batch, ``use_cache=False``) and the same
+    sequences run one by one. ``rename`` adds batch entries under other names (``(("cu_seq_lens_q",
+    "cu_seqlens"),)``), ``drop`` leaves some out. Returns ``(packed, separate)``, each ``(logits per
+    sequence, loss, gradients)``; the separate losses are weighted by their label counts, as the
+    packed loss (a mean over every label that is not -100) weighs them, so both steps are equal
+    when the sequences are kept apart."""
+    batch = collate_packed(seqs)
+    for old, new in rename:
+        batch[new] = batch[old]
+    for name in drop:
+        batch.pop(name)
     lens = [s.shape[1] for s in seqs]
-    cu = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    kwargs = dict(position_ids=torch.cat([torch.arange(n) for n in lens])[None],
-                  cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lens), max_length_k=max(lens))
-    return torch.cat(seqs, 1), lens, kwargs
+    model.zero_grad(set_to_none=True)
+    out = model(**batch, use_cache=False)
+    out.loss.backward()
+    packed = (out.logits.detach().split(lens, 1), out.loss.detach(), _gradients(model))
+    model.zero_grad(set_to_none=True)
+    labels = sum(n - 1 for n in lens)
+    logits, loss = [], torch.zeros(())
+    for seq, n in zip(seqs, lens):
+        if n == 1:                            # no label: logits only
+            with torch.no_grad():
+                logits.append(model(seq, use_cache=False).logits)
+            continue
+        alone = model(seq, labels=seq, use_cache=False)
+        part = alone.loss * (n - 1) / labels
+        part.backward()
+        logits.append(alone.logits.detach())
+        loss = loss + part.detach()
+    return packed, (logits, loss, _gradients(model))
+
+
+def max_abs_diff(a, b) -> float:
+    return (a.detach().double() - b.detach().double()).abs().max().item()
 
 
 @contextlib.contextmanager
