@@ -106,6 +106,18 @@ def test_install_after_the_modeling_import_warns_and_the_fallback_stays():
         uninstall_as_fla()
 
 
+def test_causal_conv1d_install_after_the_modeling_import_warns_and_the_fallback_stays():
+    """The same trap for the conv: transformers bound ``causal_conv1d_fn`` at import."""
+    from myfla.alias import install_as_causal_conv1d, uninstall_as_causal_conv1d
+    with imported_before_the_alias(MODELING) as late:
+        with pytest.warns(RuntimeWarning, match=r"modeling_kimi_linear imported before "
+                                                r"myfla.install_as_causal_conv1d\(\): their causal_conv1d functions"):
+            assert install_as_causal_conv1d(force=True) == "myfla"
+        fn = late.causal_conv1d_fn
+        assert bound_implementation(fn) is fn.__wrapped__
+        uninstall_as_causal_conv1d()
+
+
 def test_forward_loss_and_gradients_match_fallback(modeling):
     ref, ours = make_pair(modeling)
     ref.train(), ours.train()
