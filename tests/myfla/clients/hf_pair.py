@@ -195,6 +195,26 @@ def max_abs_diff(a, b) -> float:
 
 
 @contextlib.contextmanager
+
+def assert_packed_step_equals_separate_runs(ref, ours, seqs, conv_weight: str, rename=()) -> None:
+    """One training step of ``ours`` on the packed row of ``seqs`` equals the sequences run one by one:
+    logits (also against transformers' fallback ``ref`` run per sequence), loss and every gradient,
+    the short convolution's weight (``conv_weight``, a parameter-name fragment) among them."""
+    from tests.numerics import assert_rms
+    ref.train(), ours.train()
+    (logits, loss, grads), (logits_alone, loss_alone, grads_alone) = packed_and_separate_steps(
+        ours, seqs, rename=rename)
+    for i, (part, alone, seq) in enumerate(zip(logits, logits_alone, seqs)):
+        assert max_abs_diff(alone, part) < 1e-5, f"sequence {i}: {max_abs_diff(alone, part):.2e}"
+        with torch.no_grad():
+            alone_ref = ref(seq, use_cache=False).logits
+        assert rms_ratio(alone_ref, part) < 1e-5 and max_abs_diff(alone_ref, part) < 1e-5
+    assert abs(loss.item() - loss_alone.item()) < 1e-6 * abs(loss_alone.item()) + 1e-7
+    assert grads.keys() == grads_alone.keys()
+    for name, g_alone in grads_alone.items():
+        assert_rms(name, g_alone, grads[name], 1e-4)
+    assert any(conv_weight in n for n in grads)
+
 def recorded_keywords(module, names):
     """Record the keyword names a modeling module passes to its fla-backed functions (before
     transformers' wrapper filters them by the target's signature)."""

@@ -22,6 +22,7 @@ pytest.importorskip("transformers.models.kimi_linear")
 
 import myfla.ops.kda as kda_ops  # noqa: E402
 from tests.myfla.clients.hf_pair import (  # noqa: E402
+    assert_packed_step_equals_separate_runs,
     bound_implementation,
     copy_weights,
     fallback_and_myfla,
@@ -29,7 +30,6 @@ from tests.myfla.clients.hf_pair import (  # noqa: E402
     forward_backward,
     imported_before_the_alias,
     max_abs_diff,
-    packed_and_separate_steps,
     packed_inputs,
     recorded_keywords,
     rms_ratio,
@@ -185,20 +185,9 @@ def test_packed_sequences_with_cu_seqlens_equal_separate_runs(modeling):
     ``position_ids``. Logits, loss and every gradient equal the sequences run one by one (and the
     logits equal transformers' fallback run one by one)."""
     ref, ours = make_pair(modeling)
-    ref.train(), ours.train()
     seqs = [torch.randint(3, VOCAB, (1, n)) for n in (37, 70, 1, 20)]
-    (logits, loss, grads), (logits_alone, loss_alone, grads_alone) = packed_and_separate_steps(
-        ours, seqs, rename=(("cu_seq_lens_q", "cu_seqlens"),))
-    for i, (part, alone, seq) in enumerate(zip(logits, logits_alone, seqs)):
-        assert max_abs_diff(alone, part) < 1e-5, f"sequence {i}: {max_abs_diff(alone, part):.2e}"
-        with torch.no_grad():
-            alone_ref = ref(seq, use_cache=False).logits
-        assert rms_ratio(alone_ref, part) < 1e-5 and max_abs_diff(alone_ref, part) < 1e-5
-    assert abs(loss.item() - loss_alone.item()) < 1e-6 * abs(loss_alone.item()) + 1e-7
-    assert grads.keys() == grads_alone.keys()
-    for name, g_alone in grads_alone.items():
-        assert_rms(name, g_alone, grads[name], 1e-4)
-    assert any(".self_attn.conv1d.weight" in n for n in grads)
+    assert_packed_step_equals_separate_runs(ref, ours, seqs, ".self_attn.conv1d.weight",
+                                            rename=(("cu_seq_lens_q", "cu_seqlens"),))
 
 
 def test_collated_row_alone_reaches_chunk_kda_as_one_sequence(modeling):

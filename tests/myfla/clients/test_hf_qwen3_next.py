@@ -17,13 +17,13 @@ if not hasattr(_hub, "use_kernel_func_from_hub_with_fallback"):
 
 import myfla.ops.gated_delta_rule as gdn_ops  # noqa: E402
 from tests.myfla.clients.hf_pair import (  # noqa: E402
+    assert_packed_step_equals_separate_runs,
     bound_implementation,
     copy_weights,
     fallback_and_myfla,
     collate_packed,
     forward_backward,
     max_abs_diff,
-    packed_and_separate_steps,
     packed_inputs,
     recorded_keywords,
     rms_ratio,
@@ -134,19 +134,8 @@ def test_packed_sequences_equal_separate_runs(modeling, gva):
     from ``position_ids``. Logits, loss and every gradient equal the sequences run one by one (and
     the logits equal transformers' fallback run one by one)."""
     ref, ours = make_pair(modeling, gva)
-    ref.train(), ours.train()
     seqs = [torch.randint(3, VOCAB, (1, n)) for n in (37, 70, 1, 20)]
-    (logits, loss, grads), (logits_alone, loss_alone, grads_alone) = packed_and_separate_steps(ours, seqs)
-    for i, (part, alone, seq) in enumerate(zip(logits, logits_alone, seqs)):
-        assert max_abs_diff(alone, part) < 1e-5, f"sequence {i}: {max_abs_diff(alone, part):.2e}"
-        with torch.no_grad():
-            alone_ref = ref(seq, use_cache=False).logits
-        assert rms_ratio(alone_ref, part) < 1e-5 and max_abs_diff(alone_ref, part) < 1e-5
-    assert abs(loss.item() - loss_alone.item()) < 1e-6 * abs(loss_alone.item()) + 1e-7
-    assert grads.keys() == grads_alone.keys()
-    for name, g_alone in grads_alone.items():
-        assert_rms(name, g_alone, grads[name], 1e-4)
-    assert any(".linear_attn.conv1d.weight" in n for n in grads)
+    assert_packed_step_equals_separate_runs(ref, ours, seqs, ".linear_attn.conv1d.weight")
 
 
 def test_packed_row_without_seq_idx_mixes_sequences_in_the_conv(modeling):
