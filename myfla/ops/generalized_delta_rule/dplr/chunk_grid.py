@@ -24,7 +24,7 @@ from myfla.ops.common.chunk_delta_h import chunks_from_grid, chunks_to_grid, fro
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 
 __all__ = [
-    'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
+    'chunk_cumsum', 'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
     'flush_denormal', 'grid_layout', 'keep_lower_', 'rounding', 'strict_tril', 'tril',
 ]
 
@@ -64,6 +64,23 @@ def keep_lower_(x: torch.Tensor, strict: bool = False, scale: float = 1.0) -> to
         block = (i.view(-1, 1) > i.view(1, -1)) if strict else (i.view(-1, 1) >= i.view(1, -1))
         mask = _LOWER_MASKS[key] = block.repeat(1, width // n).to(x.dtype)
     return x.mul_(mask if scale == 1.0 else mask * scale)
+
+
+_ONES_TRIANGLES: dict = {}
+
+
+def chunk_cumsum(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Chunk-local cumulative sum of ``x`` ``[..., BT, K]`` along the chunk (``reverse``: from the
+    chunk's end, ``tl.cumsum(..., reverse=True)``), as one batched product with a triangle of ones:
+    on CPU as fast as ``torch.cumsum`` along a middle dim at small ``K`` and faster with fast matmul
+    units, and the reverse sum needs no flipped copies."""
+    n = x.shape[-2]
+    key = (n, reverse, x.dtype, str(x.device))
+    ones = _ONES_TRIANGLES.get(key)
+    if ones is None:
+        ones = torch.ones(n, n, dtype=x.dtype, device=x.device)
+        ones = _ONES_TRIANGLES[key] = torch.triu(ones) if reverse else torch.tril(ones)
+    return torch.matmul(ones, x)
 
 
 def grid_layout(x: torch.Tensor, chunk_size: int, cu_seqlens: Optional[torch.LongTensor]) -> ChunkLayout:
