@@ -20,6 +20,7 @@ runs the same chunked algorithm on ``CHUNK_SIZE`` (32)-token chunks; the result 
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from typing import Optional
@@ -35,7 +36,8 @@ from myfla.ops.generalized_delta_rule.dplr.chunk_grid import (
     from_grid,
     get_chunk_layout,
     rounding,
-    to_grid
+    to_grid,
+    to_grid_into
 )
 from myfla.ops.generalized_delta_rule.dplr.chunk_h_bwd import bwd_dhu_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_h_fwd import fwd_h_grid
@@ -81,12 +83,17 @@ class ForwardParts:
     gates ``g_last`` ``[NC, NH, K]``, the states entering every chunk and the final one
     ``[NC + 1, NH, K, V]``, and the intra-chunk blocks of every slab."""
 
-    def __init__(self, q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], rnd=None):
+    def __init__(self, q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], rnd=None,
+                 VV: Optional[torch.Tensor] = None):
+        """``v`` is a grid, or None with ``VV`` given, whose first ``BT`` rows per chunk hold ``v``."""
         NC, NH, BT, K = q.shape
-        V = v.shape[-1]
+        if VV is None:
+            VV = _buffer(v, NC, NH, 2 * BT, v.shape[-1])
+            VV[:, :, :BT] = v
+        v = VV[:, :, :BT]
         self.slabs = _slabs(NC, NH)
         self.QA, self.KB = _buffer(q, NC, NH, 2 * BT, K), _buffer(q, NC, NH, 2 * BT, K)
-        self.VV = _buffer(v, NC, NH, 2 * BT, V)
+        self.VV = VV
         self.P = _buffer(q, NC, NH, 2 * BT, 2 * BT)
         self.g_last = _buffer(q, NC, NH, K)
         self.blocks = []
@@ -96,14 +103,13 @@ class ForwardParts:
                                                 out=(self.QA[sl], self.KB[sl]), scores_out=self.P[sl])
             self.blocks.append(blk)
             self.g_last[sl] = gi[..., -1, :]
-            self.VV[sl, :, :BT] = v[sl]
         P = self.P
         self.A_q, self.A_ak = P[:, :, :BT], P[:, :, BT:, :BT]
         # the WY representation and the state recurrence over the whole grid (few, larger ops)
         self.A_ab_inv = unit_lower_inverse_grid(P[:, :, BT:, BT:])
         self.w, u, self.A_tmp = wu_grid(self.QA[:, :, BT:], v, self.A_ak, self.A_ab_inv, rnd)
-        self.states, self.VV[:, :, BT:] = fwd_h_grid(self.KB[:, :, :BT], v, self.w, u, self.KB[:, :, BT:],
-                                                     self.g_last, h0, rnd)
+        self.states, _ = fwd_h_grid(self.KB[:, :, :BT], v, self.w, u, self.KB[:, :, BT:], self.g_last, h0, rnd,
+                                    v_new_out=self.VV[:, :, BT:])
         self.rnd = rnd
 
     def chunk_states(self) -> torch.Tensor:
@@ -120,7 +126,8 @@ class ForwardParts:
         return (NC * per_chunk + K * V) * NH * q.element_size()
 
 
-def dplr_fwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], rnd=None, keep: bool = False):
+def dplr_fwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], rnd=None, keep: bool = False,
+                  VV: Optional[torch.Tensor] = None):
     """``chunk_dplr_fwd`` on the chunk grid ``[NC, NH, BT, ...]`` (``gk`` the raw log decay,
     zero-padded): returns ``(o, final_state, parts)`` with ``final_state`` ``[NH, K, V]`` and
     ``parts`` the ``ForwardParts`` when ``keep`` (else None), which spare the backward its recompute.
@@ -128,24 +135,33 @@ def dplr_fwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], r
     fla's functions run in fla's order; the chunk-local ones (cumsum, intra) slab by slab. The gated
     inputs live stacked per chunk, ``QA = [qg; ag]`` and ``KB = [kg; bg]``, next to ``VV = [v; v_new]``
     and ``A_q = [A_qk | A_qb]``, so the output takes one matmul for what fla computes as two (and the
-    backward likewise, see ``dplr_bwd_grid``)."""
-    parts = ForwardParts(q, k, v, a, b, gk, scale, h0, rnd)
+    backward likewise, see ``dplr_bwd_grid``; ``v`` may be None with ``VV`` holding it)."""
+    parts = ForwardParts(q, k, v, a, b, gk, scale, h0, rnd, VV=VV)
     BT = q.shape[-2]
     o = fwd_o_grid(parts.QA[:, :, :BT], parts.VV, parts.A_q, parts.chunk_states())
     return o, parts.states[-1], (parts if keep else None)
 
 
-def dplr_bwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], do, dht: Optional[torch.Tensor],
+def dplr_bwd_grid(grids, scale: float, h0: Optional[torch.Tensor], do, dht: Optional[torch.Tensor],
                   rnd=None, parts: Optional[ForwardParts] = None):
     """``ChunkDPLRDeltaRuleFunction.backward`` on the chunk grid: recomputes the forward (unless its
     ``parts`` are given), then runs the backward cores in fla's order (chunk-local ones slab by slab),
     on the stacked layout of ``dplr_fwd_grid``; the score gradients are assembled in place as
-    ``dP = [[dA_qk, dA_qb], [dA_ak, dA_ab]]``, what ``chunk_dplr_bwd_dqk_intra`` reads. Returns
-    ``(dq, dk, dv, da, db, dgk, dh0)`` (``dh0`` ``[NH, K, V]``)."""
-    NC, NH, BT, K = q.shape
-    V = v.shape[-1]
+    ``dP = [[dA_qk, dA_qb], [dA_ak, dA_ab]]``, what ``chunk_dplr_bwd_dqk_intra`` reads. ``grids()``
+    gives the inputs ``(q, k, v, a, b, gk)`` on the grid, called only where they are read (with the
+    parts and decaying gates, never). Returns ``(dq, dk, dv, da, db, dgk, dh0)`` (``dh0`` ``[NH, K, V]``)."""
+    converted = []
+
+    def inputs():
+        if not converted:
+            converted.extend(grids())
+        return converted
+
     if parts is None:
-        parts = ForwardParts(q, k, v, a, b, gk, scale, h0, rnd)
+        parts = ForwardParts(*inputs(), scale, h0, rnd)
+    NC, NH, twoBT, K = parts.QA.shape
+    BT, V = twoBT // 2, parts.VV.shape[-1]
+    q, v = parts.QA, parts.VV[:, :, :BT]                                # (q: dtype and device of the grads)
     QA, KB, VV, A_q, g_last, w = parts.QA, parts.KB, parts.VV, parts.A_q, parts.g_last, parts.w
     h = parts.chunk_states()
     # [A_qk^T do; A_qb^T do]: chunk_dplr_bwd_dv's intra part and chunk_dplr_bwd_dAu's dv_new
@@ -164,10 +180,9 @@ def dplr_bwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], d
         dqg, dKB, dw, dgk_last = bwd_o_grid(KB[sl], VV[sl], g_last[sl], do[sl], h[sl], dh[sl], dv_new[sl], w[sl])
         dP[:, :, BT:, BT:], dP[:, :, BT:, :BT], dv[sl], dag = bwd_wy_grid(
             parts.A_ab_inv[sl], parts.A_ak[sl], v[sl], QA[sl, :, BT:], dw, dv_new[sl], dv_s, parts.A_tmp[sl])
-        gi = blk._gates[0]
-        dq[sl], dk[sl], da[sl], db[sl], dgk[sl] = bwd_intra_grid(
-            q[sl], k[sl], a[sl], b[sl], gi, blk._gates[1], dP, dqg, dKB, dag, dgk_last, scale, blk,
-            QA=QA[sl], KB=KB[sl])
+        xs = [None] * 4 if blk.decay else [inputs()[i][sl] for i in (0, 1, 3, 4)]
+        bwd_intra_grid(*xs, blk._gates[0], blk._gates[1], dP, dqg, dKB, dag, dgk_last, scale, blk,
+                       QA=QA[sl], KB=KB[sl], out=(dq[sl], dk[sl], da[sl], db[sl], dgk[sl]))
     return dq, dk, dv, da, db, dgk, dstates[0]
 
 
@@ -211,9 +226,12 @@ def _chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state, output_final_state,
         o = torch.empty_like(v)
         final = h0 if h0 is not None else q.new_zeros(layout.N * H, K, V, dtype=cdt)
     else:
-        grids = _grids(layout, (q, k, v, a, b, gk), cdt)
-        keep = keep and ForwardParts.nbytes(grids[0], grids[2]) <= SAVE_BYTES
-        o_c, final, parts = dplr_fwd_grid(*grids, scale, h0, _low_precision(q.dtype, cdt), keep=keep)
+        q_c, k_c, a_c, b_c, gk_c = _grids(layout, (q, k, a, b, gk), cdt)
+        VV = new_empty((layout.NC, layout.N * H, 2 * chunk_size, V), cdt, q.device)
+        to_grid_into(layout, v, VV[:, :, :chunk_size])
+        keep = keep and ForwardParts.nbytes(q_c, VV[:, :, :chunk_size]) <= SAVE_BYTES
+        o_c, final, parts = dplr_fwd_grid(q_c, k_c, None, a_c, b_c, gk_c, scale, h0, _low_precision(q.dtype, cdt),
+                                          keep=keep, VV=VV)
         o = from_grid(layout, o_c, H, v.dtype)
     final_state = final.reshape(layout.N, H, K, V).clone() if output_final_state else None
     return o, final_state, parts
@@ -279,7 +297,7 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
                     torch.zeros_like(b), torch.zeros_like(gk), None, dh0, None, None)
         with flush_denormal():
             parts, ctx.parts = ctx.parts, None
-            grads = dplr_bwd_grid(*_grids(layout, (q, k, v, a, b, gk), cdt), scale, h0,
+            grads = dplr_bwd_grid(functools.partial(_grids, layout, (q, k, v, a, b, gk), cdt), scale, h0,
                                   to_grid(layout, do, dtype=cdt), dht_c, _low_precision(q.dtype, cdt), parts=parts)
             del parts
         dq, dk, dv, da, db, dgk = (from_grid(layout, x, H) for x in grads[:6])

@@ -24,7 +24,7 @@ from myfla.ops.common.chunk_delta_h import chunks_from_grid, chunks_to_grid, fro
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 
 __all__ = [
-    'chunk_cumsum', 'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
+    'chunk_cumsum', 'to_grid_into', 'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
     'flush_denormal', 'grid_layout', 'keep_lower_', 'rounding', 'strict_tril', 'tril',
 ]
 
@@ -64,6 +64,16 @@ def keep_lower_(x: torch.Tensor, strict: bool = False, scale: float = 1.0) -> to
         block = (i.view(-1, 1) > i.view(1, -1)) if strict else (i.view(-1, 1) >= i.view(1, -1))
         mask = _LOWER_MASKS[key] = block.repeat(1, width // n).to(x.dtype)
     return x.mul_(mask if scale == 1.0 else mask * scale)
+
+
+def to_grid_into(layout: ChunkLayout, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``to_grid`` (zero fill) written into ``out`` ``[NC, N*H, BT, *rest]``, which may be a slice of
+    a larger buffer (the values half of ``[v; v_new]``): one copy instead of two."""
+    xc = layout.pack(x)                                             # [N, NC, BT, H, *rest]
+    N, NC, BT, H = xc.shape[:4]
+    perm = (1, 0, 3, 2) + tuple(range(4, xc.dim()))
+    out.view(NC, N, H, BT, *xc.shape[4:]).copy_(xc.permute(perm))
+    return out
 
 
 _ONES_TRIANGLES: dict = {}
