@@ -35,6 +35,7 @@ from myfla.ops.generalized_delta_rule.dplr.chunk_grid import (
     flush_denormal,
     from_grid,
     get_chunk_layout,
+    grid_view,
     rounding,
     to_grid,
     to_grid_into
@@ -108,8 +109,9 @@ class ForwardParts:
         # the WY representation and the state recurrence over the whole grid (few, larger ops)
         self.A_ab_inv = unit_lower_inverse_grid(P[:, :, BT:, BT:])
         self.w, u, self.A_tmp = wu_grid(self.QA[:, :, BT:], v, self.A_ak, self.A_ab_inv, rnd)
-        self.states, _ = fwd_h_grid(self.KB[:, :, :BT], v, self.w, u, self.KB[:, :, BT:], self.g_last, h0, rnd,
-                                    v_new_out=self.VV[:, :, BT:])
+        # (v_new goes through a contiguous buffer: the loop's batched products want contiguous outputs)
+        self.states, self.VV[:, :, BT:] = fwd_h_grid(self.KB[:, :, :BT], v, self.w, u, self.KB[:, :, BT:],
+                                                     self.g_last, h0, rnd)
         self.rnd = rnd
 
     def chunk_states(self) -> torch.Tensor:
@@ -143,13 +145,14 @@ def dplr_fwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], r
 
 
 def dplr_bwd_grid(grids, scale: float, h0: Optional[torch.Tensor], do, dht: Optional[torch.Tensor],
-                  rnd=None, parts: Optional[ForwardParts] = None):
+                  rnd=None, parts: Optional[ForwardParts] = None, out=None):
     """``ChunkDPLRDeltaRuleFunction.backward`` on the chunk grid: recomputes the forward (unless its
     ``parts`` are given), then runs the backward cores in fla's order (chunk-local ones slab by slab),
     on the stacked layout of ``dplr_fwd_grid``; the score gradients are assembled in place as
     ``dP = [[dA_qk, dA_qb], [dA_ak, dA_ab]]``, what ``chunk_dplr_bwd_dqk_intra`` reads. ``grids()``
     gives the inputs ``(q, k, v, a, b, gk)`` on the grid, called only where they are read (with the
-    parts and decaying gates, never). Returns ``(dq, dk, dv, da, db, dgk, dh0)`` (``dh0`` ``[NH, K, V]``)."""
+    parts and decaying gates, never). Returns ``(dq, dk, dv, da, db, dgk, dh0)`` (``dh0`` ``[NH, K, V]``),
+    the first six written into ``out`` (grid-shaped, possibly strided views) when given."""
     converted = []
 
     def inputs():
@@ -168,8 +171,10 @@ def dplr_bwd_grid(grids, scale: float, h0: Optional[torch.Tensor], do, dht: Opti
     AqT_do = torch.matmul(A_q.transpose(-1, -2), do)
     dstates, dv_new = bwd_dhu_grid(QA[:, :, :BT], KB[:, :, BT:], w, g_last, dht, do, AqT_do[:, :, BT:])
     dh = dstates[1:] if rnd is None else rnd(dstates[1:])
-    grads = [_buffer(q, NC, NH, BT, K) for _ in range(5)] + [_buffer(v, NC, NH, BT, V)]
-    dq, dk, da, db, dgk, dv = grads
+    if out is None:
+        out = [_buffer(q, NC, NH, BT, K) for _ in range(2)] + [_buffer(v, NC, NH, BT, V)] + \
+            [_buffer(q, NC, NH, BT, K) for _ in range(3)]
+    dq, dk, dv, da, db, dgk = out
     dP = None
     for sl, blk in zip(parts.slabs, parts.blocks):
         n = sl.stop - sl.start
@@ -188,6 +193,11 @@ def dplr_bwd_grid(grids, scale: float, h0: Optional[torch.Tensor], do, dht: Opti
 
 def _grids(layout, tensors, dtype):
     return [to_grid(layout, x, dtype=dtype) for x in tensors]
+
+
+def _grid_or_view(layout, x, dtype):
+    view = grid_view(layout, x, dtype)
+    return view if view is not None else to_grid(layout, x, dtype=dtype)
 
 
 def chunk_dplr_fwd(
@@ -226,7 +236,8 @@ def _chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state, output_final_state,
         o = torch.empty_like(v)
         final = h0 if h0 is not None else q.new_zeros(layout.N * H, K, V, dtype=cdt)
     else:
-        q_c, k_c, a_c, b_c, gk_c = _grids(layout, (q, k, a, b, gk), cdt)
+        # the chunk-local work reads q, k, a, b, gk in place where the grid is a view of them
+        q_c, k_c, a_c, b_c, gk_c = (_grid_or_view(layout, x, cdt) for x in (q, k, a, b, gk))
         VV = new_empty((layout.NC, layout.N * H, 2 * chunk_size, V), cdt, q.device)
         to_grid_into(layout, v, VV[:, :, :chunk_size])
         keep = keep and ForwardParts.nbytes(q_c, VV[:, :, :chunk_size]) <= SAVE_BYTES
@@ -297,10 +308,19 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
                     torch.zeros_like(b), torch.zeros_like(gk), None, dh0, None, None)
         with flush_denormal():
             parts, ctx.parts = ctx.parts, None
+            # gradients written straight into token layout where the grid is a view of it
+            views = None
+            if not layout.varlen and not layout.pad and layout.B == 1:
+                outs = [torch.empty(x.shape, dtype=cdt, device=x.device) for x in (q, k, v, a, b, gk)]
+                views = [grid_view(layout, x, cdt) for x in outs]
             grads = dplr_bwd_grid(functools.partial(_grids, layout, (q, k, v, a, b, gk), cdt), scale, h0,
-                                  to_grid(layout, do, dtype=cdt), dht_c, _low_precision(q.dtype, cdt), parts=parts)
+                                  to_grid(layout, do, dtype=cdt), dht_c, _low_precision(q.dtype, cdt), parts=parts,
+                                  out=views)
             del parts
-        dq, dk, dv, da, db, dgk = (from_grid(layout, x, H) for x in grads[:6])
+        if views is not None:
+            dq, dk, dv, da, db, dgk = outs
+        else:
+            dq, dk, dv, da, db, dgk = (from_grid(layout, x, H) for x in grads[:6])
         dh0 = grads[6].reshape(initial_state.shape).clone() if initial_state is not None else None
         return dq.to(q), dk.to(k), dv.to(v), da.to(a), db.to(b), dgk.to(gk), None, dh0, None, None
 

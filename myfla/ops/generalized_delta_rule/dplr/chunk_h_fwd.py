@@ -25,19 +25,19 @@ from myfla.utils import accumulation_dtype, is_amd
 NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [2, 4, 8, 16, 32]
 
 
-def fwd_h_grid(kg, v, w, u, bg, g_last, h0: Optional[torch.Tensor], rnd=None, v_new_out: Optional[torch.Tensor] = None):
+def fwd_h_grid(kg, v, w, u, bg, g_last, h0: Optional[torch.Tensor], rnd=None):
     """Port-only core on the chunk grid: ``kg, bg, w`` ``[NC, NH, BT, K]``, ``v, u`` ``[NC, NH, BT, V]``,
     ``g_last`` ``[NC, NH, K]``, ``h0`` ``[NH, K, V]`` or None. Returns ``(states, v_new)``:
     ``states[c]`` ``[NC + 1, NH, K, V]`` is the state entering chunk ``c`` (``states[NC]`` the final
     one), all in the compute dtype; ``rnd`` rounds where fla's kernel does (the state fed to
-    ``w @ h`` and the stored ``v_new``). ``v_new`` is written into ``v_new_out`` when given."""
+    ``w @ h`` and the stored ``v_new``)."""
     NC, NH, BT, K = kg.shape
     V = v.shape[-1]
     cdt = kg.dtype
     decay = torch.exp(g_last).unsqueeze(-1)                               # [NC, NH, K, 1]
     kv = torch.matmul(kg.transpose(-1, -2), v)                            # [NC, NH, K, V]
     states = new_empty((NC + 1, NH, K, V), cdt, kg.device)
-    v_new = new_empty((NC, NH, BT, V), cdt, kg.device) if v_new_out is None else v_new_out
+    v_new = new_empty((NC, NH, BT, V), cdt, kg.device)
     with torch.no_grad():
         if h0 is not None:
             states[0].copy_(h0.reshape(NH, K, V))
