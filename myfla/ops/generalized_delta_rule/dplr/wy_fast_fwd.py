@@ -26,6 +26,7 @@ def unit_lower_inverse_grid(A: torch.Tensor) -> torch.Tensor:
     """
     n = A.shape[-1]
     batch = A.shape[:-2]
+    A = A.contiguous()                  # (a view of the score matrices: every level reshapes it)
     X = torch.zeros(*batch, n, n, dtype=A.dtype, device=A.device)
     X.diagonal(0, -2, -1).fill_(1)
     s = 1
