@@ -129,7 +129,7 @@ class ForwardParts:
 
 
 def dplr_fwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], rnd=None, keep: bool = False,
-                  VV: Optional[torch.Tensor] = None):
+                  VV: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None):
     """``chunk_dplr_fwd`` on the chunk grid ``[NC, NH, BT, ...]`` (``gk`` the raw log decay,
     zero-padded): returns ``(o, final_state, parts)`` with ``final_state`` ``[NH, K, V]`` and
     ``parts`` the ``ForwardParts`` when ``keep`` (else None), which spare the backward its recompute.
@@ -137,10 +137,11 @@ def dplr_fwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], r
     fla's functions run in fla's order; the chunk-local ones (cumsum, intra) slab by slab. The gated
     inputs live stacked per chunk, ``QA = [qg; ag]`` and ``KB = [kg; bg]``, next to ``VV = [v; v_new]``
     and ``A_q = [A_qk | A_qb]``, so the output takes one matmul for what fla computes as two (and the
-    backward likewise, see ``dplr_bwd_grid``; ``v`` may be None with ``VV`` holding it)."""
+    backward likewise, see ``dplr_bwd_grid``; ``v`` may be None with ``VV`` holding it; ``o`` is
+    written into ``out`` when given)."""
     parts = ForwardParts(q, k, v, a, b, gk, scale, h0, rnd, VV=VV)
     BT = q.shape[-2]
-    o = fwd_o_grid(parts.QA[:, :, :BT], parts.VV, parts.A_q, parts.chunk_states())
+    o = fwd_o_grid(parts.QA[:, :, :BT], parts.VV, parts.A_q, parts.chunk_states(), out=out)
     return o, parts.states[-1], (parts if keep else None)
 
 
@@ -241,9 +242,12 @@ def _chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state, output_final_state,
         VV = new_empty((layout.NC, layout.N * H, 2 * chunk_size, V), cdt, q.device)
         to_grid_into(layout, v, VV[:, :, :chunk_size])
         keep = keep and ForwardParts.nbytes(q_c, VV[:, :, :chunk_size]) <= SAVE_BYTES
+        # the output goes straight into token layout where the grid is a view of it
+        o = torch.empty(v.shape, dtype=cdt, device=v.device)
+        o_view = grid_view(layout, o, cdt)
         o_c, final, parts = dplr_fwd_grid(q_c, k_c, None, a_c, b_c, gk_c, scale, h0, _low_precision(q.dtype, cdt),
-                                          keep=keep, VV=VV)
-        o = from_grid(layout, o_c, H, v.dtype)
+                                          keep=keep, VV=VV, out=o_view)
+        o = o.to(v.dtype) if o_view is not None else from_grid(layout, o_c, H, v.dtype)
     final_state = final.reshape(layout.N, H, K, V).clone() if output_final_state else None
     return o, final_state, parts
 
