@@ -8,9 +8,12 @@ The recurrence, per sequence and head (state ``S`` ``[K, V]``):
 Forward: chunk-local cumsum of the log decay (``chunk_rwkv6_fwd_cumsum``), intra-chunk matrices
 and gated inputs (``chunk_dplr_fwd_intra``), the WY representation (``prepare_wy_repr_fwd``), the
 inter-chunk state recurrence (``chunk_dplr_fwd_h``) and the output (``chunk_dplr_fwd_o``). Backward
-recomputes the forward and runs fla's backward functions in fla's order (``chunk_dplr_bwd_dAu``,
-``_dhu``, ``_dv``, ``_o``, ``_wy``, ``_dqk_intra``). The autograd function chains their grid-level
-cores (see ``chunk_grid``), so tensors cross between token layout and chunk grid once per pass.
+runs fla's backward functions in fla's order (``chunk_dplr_bwd_dAu``, ``_dhu``, ``_dv``, ``_o``,
+``_wy``, ``_dqk_intra``) on the forward's intermediates: fla recomputes them (GPU memory is scarce,
+its kernels fast); here the forward keeps them (``ForwardParts``, about 2.5x the inputs) up to
+``SAVE_BYTES`` and recomputes beyond. The autograd function chains the grid-level cores (see
+``chunk_grid``), so tensors cross between token layout and chunk grid once per pass, and not at all
+for one unpadded sequence in fp32 (the grid is then a strided view of the token layout).
 
 Chunk size: fla's kernels use 16-token chunks, the natural tile of a GPU. On a CPU each chunk costs
 one step of a sequential Python loop plus small batched matmuls, so ``ChunkDPLRDeltaRuleFunction``
