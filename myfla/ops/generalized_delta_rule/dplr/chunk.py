@@ -127,7 +127,8 @@ class ForwardParts:
         """Bytes of the parts for grids shaped like ``q`` ``[NC, NH, BT, K]`` and ``v``."""
         NC, NH, BT, K = q.shape
         V = v.shape[-1]
-        per_chunk = 2 * BT * K * 2 + 2 * BT * V + 4 * BT * BT + 2 * BT * BT + BT * K + K + K * V + 2 * BT * K
+        # QA, KB, VV, P, A_ab_inv and A_tmp, w, g_last, a state, the gates gi, exp(gi) and 1 / exp(gi)
+        per_chunk = 4 * BT * K + 2 * BT * V + 4 * BT * BT + 2 * BT * BT + BT * K + K + K * V + 3 * BT * K
         return (NC * per_chunk + K * V) * NH * q.element_size()
 
 
