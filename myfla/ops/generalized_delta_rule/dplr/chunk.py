@@ -108,7 +108,8 @@ class ForwardParts:
             self.blocks.append(blk)
             self.g_last[sl] = gi[..., -1, :]
         P = self.P
-        self.A_q, self.A_ak = P[:, :, :BT], P[:, :, BT:, :BT]
+        # (A_ak contiguous: batched matmuls of strided [BT, BT] views take a slow path on CPU)
+        self.A_q, self.A_ak = P[:, :, :BT], new_empty((NC, NH, BT, BT), P.dtype, P.device).copy_(P[:, :, BT:, :BT])
         # the WY representation and the state recurrence over the whole grid (few, larger ops)
         self.A_ab_inv = unit_lower_inverse_grid(P[:, :, BT:, BT:])
         self.w, u, self.A_tmp = wu_grid(self.QA[:, :, BT:], v, self.A_ak, self.A_ab_inv, rnd)
