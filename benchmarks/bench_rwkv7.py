@@ -6,6 +6,10 @@ and writes benchmarks/results/bench_rwkv7.json and .md.
     python benchmarks/bench_rwkv7.py                   # B=1 T=8192 H=4, K=V=64 and 128, 2 threads
     python benchmarks/bench_rwkv7.py --threads 1       # another thread count
     python benchmarks/bench_rwkv7.py --quick           # T=1024, for a smoke run
+    python benchmarks/bench_rwkv7.py --recompute       # backward recomputes the forward, as fla does
+
+The backward reads the forward's intermediates by default (``ForwardParts``, kept up to
+``MYFLA_DPLR_SAVE_MB``); ``--recompute`` times fla's recompute instead (``SAVE_BYTES = 0``).
 
 Inputs are what RWKV7Attention feeds the op: r, k, v ~ N(0, 1), log decay w = -exp(-1/2) sigmoid(.),
 a = -kk, b = kk * sigmoid(.) with kk L2-normalised, an initial state, scale 1.
@@ -148,16 +152,21 @@ def main():
                         help="T at which fla's references are timed (scaled linearly to T)")
     parser.add_argument("--skip-refs", action="store_true")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--recompute", action="store_true",
+                        help="the backward recomputes the forward (as fla) instead of reading its saved parts")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.quick:
         args.T, args.repeats, args.ref_T = 1024, 3, 256
     torch.set_num_threads(args.threads)
+    if args.recompute:
+        dplr_chunk.SAVE_BYTES = 0
     warnings.simplefilter("ignore")          # fla's fp32 RuntimeWarning of chunk_dplr_delta_rule
     B, H, T = 1, args.H, args.T
     record = {"B": B, "T": T, "H": H, "dtype": "float32", "threads": args.threads, "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
               "port_chunk_size": dplr_chunk.CHUNK_SIZE, "fla_chunk_size": FLA_BT,
+              "backward": "recompute" if args.recompute else "saved forward parts",
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "shapes": []}
     refs = {} if args.skip_refs else load_fla_references()
     rows = []
@@ -199,7 +208,8 @@ def main():
         record["shapes"].append(entry)
 
     header = (f"B={B} T={T} H={H} V=K fp32, {args.threads} threads, medians of {args.repeats}; "
-              f"port chunk size {dplr_chunk.CHUNK_SIZE}, bound at fla's {FLA_BT}")
+              f"port chunk size {dplr_chunk.CHUNK_SIZE}, bound at fla's {FLA_BT}; backward "
+              f"{'recomputes the forward' if args.recompute else 'reads the saved forward parts'}")
     lines = [header, "", "| implementation | T | forward | fwd+bwd | note |", "|---|---:|---:|---:|---|"]
     for name, t, a, b, note in rows:
         lines.append(f"| {name} | {t} | {a * 1e3:.1f} ms | {b * 1e3:.1f} ms | {note} |")

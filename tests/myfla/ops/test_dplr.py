@@ -292,3 +292,69 @@ def test_input_checks():
     messages = [str(w.message) for w in caught]
     assert any("format mismatch" in m for m in messages)
     assert any("does not support float32" in m for m in messages)
+
+
+def _gate_modes(gk, chunk_size=dplr_chunk.CHUNK_SIZE):
+    """The intra-block modes ('decay', 'single', 'split') of the chunks of ``gk`` [B, T, H, K]."""
+    gi, ge = chunk_rwkv6_fwd_cumsum(gk, chunk_size)
+    B, T, H, K = gk.shape
+    blocks = DPLRIntraBlocks(gi[:, :T - T % chunk_size].reshape(-1, chunk_size, H, K).transpose(1, 2),
+                             ge[:, :T - T % chunk_size].reshape(-1, chunk_size, H, K).transpose(1, 2))
+    return 'decay' if blocks.decay else ('single' if blocks.single else 'split')
+
+
+@pytest.mark.parametrize("case,scale", [("rwkv", 0.7), ("positive", 0.5), ("strong", None)])
+def test_every_gate_mode_matches_fla_naive(ref, case, scale):
+    """Decaying gates within range take the exp(gi) / reciprocal factorisation ('decay'), also with a
+    scale; gates with positive entries the g_last factorisation ('single'); strong decays the bisected
+    blocks ('split'): each against fla's naive recurrence (fp64 oracle, fp64 autograd gradients)."""
+    B, T, H, K, V = 1, 96, 2, 32, 32
+    if case == "rwkv":
+        xs = make_inputs(B, T, H, K, V, rwkv=True)
+        expected = 'decay'
+    elif case == "positive":
+        xs = list(make_inputs(B, T, H, K, V))
+        xs[5] = 0.05 * torch.randn(B, T, H, K, generator=torch.Generator().manual_seed(3))
+        expected = 'single'
+    else:
+        xs = make_inputs(B, T, H, K, V, normalizer=0.05)
+        expected = 'split'
+    assert _gate_modes(xs[5]) == expected
+    do, dht = torch.randn(B, T, H, V), torch.randn(B, H, K, V)
+    o_ref, S_ref, g_ref = oracle(ref, xs, scale, do, dht)
+    o, S, grads = run_chunk(xs, do, dht, scale=scale)
+    assert_rms("o", o_ref, o, O_TOL)
+    assert_rms("ht", S_ref, S, O_TOL)
+    for name, r, g in zip(NAMES, g_ref, grads):
+        assert_rms(name, r, g, G_TOL)
+
+
+@pytest.mark.parametrize("shape", [(1, 96, 2), (2, 70, 1)])
+def test_saved_forward_parts_equal_the_recompute(monkeypatch, shape):
+    """The backward from the forward's saved intermediates (default) and from fla's recompute
+    (MYFLA_DPLR_SAVE_MB=0) give the same gradients; a second backward through a retained graph
+    recomputes and agrees too. One unpadded sequence reads the inputs as grid views, the other shape
+    converts them."""
+    B, T, H = shape
+    xs = make_inputs(B, T, H, 32, 32, rwkv=True)
+    do, dht = torch.randn(B, T, H, 32), torch.randn(B, H, 32, 32)
+    _, _, saved = run_chunk(xs, do, dht)
+    monkeypatch.setattr(dplr_chunk, "SAVE_BYTES", 0)
+    _, _, recomputed = run_chunk(xs, do, dht)
+    for name, g, g2 in zip(NAMES, saved, recomputed):
+        assert_rms(name, g, g2, 1e-6)
+    monkeypatch.setattr(dplr_chunk, "SAVE_BYTES", 1 << 40)
+    leaves = [x.detach().clone().requires_grad_() for x in xs]
+    o, S = chunk_dplr_delta_rule(*leaves[:6], initial_state=leaves[6], output_final_state=True)
+    loss = (o * do).sum() + (S * dht).sum()
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    second = torch.autograd.grad(loss, leaves)
+    for name, g, g2 in zip(NAMES, first, second):
+        assert_rms(name, g, g2, 1e-6)
+
+
+def test_chunk_cumsum_matches_torch_cumsum():
+    from myfla.ops.generalized_delta_rule.dplr.chunk_grid import chunk_cumsum
+    x = torch.randn(3, 2, 32, 5, dtype=torch.float64)
+    torch.testing.assert_close(chunk_cumsum(x), x.cumsum(-2))
+    torch.testing.assert_close(chunk_cumsum(x, reverse=True), x.flip(-2).cumsum(-2).flip(-2))

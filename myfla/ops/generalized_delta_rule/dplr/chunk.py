@@ -8,9 +8,12 @@ The recurrence, per sequence and head (state ``S`` ``[K, V]``):
 Forward: chunk-local cumsum of the log decay (``chunk_rwkv6_fwd_cumsum``), intra-chunk matrices
 and gated inputs (``chunk_dplr_fwd_intra``), the WY representation (``prepare_wy_repr_fwd``), the
 inter-chunk state recurrence (``chunk_dplr_fwd_h``) and the output (``chunk_dplr_fwd_o``). Backward
-recomputes the forward and runs fla's backward functions in fla's order (``chunk_dplr_bwd_dAu``,
-``_dhu``, ``_dv``, ``_o``, ``_wy``, ``_dqk_intra``). The autograd function chains their grid-level
-cores (see ``chunk_grid``), so tensors cross between token layout and chunk grid once per pass.
+runs fla's backward functions in fla's order (``chunk_dplr_bwd_dAu``, ``_dhu``, ``_dv``, ``_o``,
+``_wy``, ``_dqk_intra``) on the forward's intermediates: fla recomputes them (GPU memory is scarce,
+its kernels fast); here the forward keeps them (``ForwardParts``, about 2.5x the inputs) up to
+``SAVE_BYTES`` and recomputes beyond. The autograd function chains the grid-level cores (see
+``chunk_grid``), so tensors cross between token layout and chunk grid once per pass, and not at all
+for one unpadded sequence in fp32 (the grid is then a strided view of the token layout).
 
 Chunk size: fla's kernels use 16-token chunks, the natural tile of a GPU. On a CPU each chunk costs
 one step of a sequential Python loop plus small batched matmuls, so ``ChunkDPLRDeltaRuleFunction``
@@ -20,6 +23,8 @@ runs the same chunked algorithm on ``CHUNK_SIZE`` (32)-token chunks; the result 
 
 from __future__ import annotations
 
+import functools
+import os
 import warnings
 from typing import Optional
 
@@ -28,20 +33,33 @@ import torch
 from myfla._torch_compat import compiler_disable
 from myfla.ops.generalized_delta_rule.dplr.chunk_A_bwd import bwd_intra_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_A_fwd import intra_fwd_grid
-from myfla.ops.generalized_delta_rule.dplr.chunk_grid import flush_denormal, from_grid, get_chunk_layout, rounding, to_grid
+from myfla.ops.generalized_delta_rule.dplr.chunk_grid import (
+    chunk_cumsum,
+    flush_denormal,
+    from_grid,
+    get_chunk_layout,
+    grid_view,
+    rounding,
+    to_grid,
+    to_grid_into
+)
 from myfla.ops.generalized_delta_rule.dplr.chunk_h_bwd import bwd_dhu_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_h_fwd import fwd_h_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_o_bwd import bwd_o_grid, dAu_grid, dv_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_o_fwd import fwd_o_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_bwd import bwd_wy_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_fwd import unit_lower_inverse_grid, wu_grid
-from myfla.ops.rwkv6.chunk import cumsum_grid
 from myfla.ops.utils.chunk_layout import SLAB_CHUNK_HEADS
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 # Chunk size of ChunkDPLRDeltaRuleFunction on this port (fla: 16; see the module docstring).
 CHUNK_SIZE = 32
+
+# Most bytes of forward intermediates (``ForwardParts``, about 2.5x the inputs at K = V = 64 or 128)
+# the autograd function keeps for its backward instead of recomputing them as fla does
+# (MYFLA_DPLR_SAVE_MB; 0 = always recompute).
+SAVE_BYTES = int(float(os.environ.get('MYFLA_DPLR_SAVE_MB', '2048')) * 1024 * 1024)
 
 
 # ---- fla's forward and backward call sequences on the chunk grid (port-only drivers) ---------------
@@ -51,7 +69,8 @@ def _low_precision(dtype: torch.dtype, compute_dtype: torch.dtype):
 
 def _slabs(NC: int, NH: int):
     """Slices of the chunk axis with about ``SLAB_CHUNK_HEADS`` chunk-heads each: the chunk-local
-    work runs slab by slab so its temporaries stay in cache (whole-grid passes run from DRAM)."""
+    elementwise work runs slab by slab so its temporaries stay in cache (whole-grid passes run from
+    DRAM), while every slab costs the same number of op calls."""
     step = max(1, SLAB_CHUNK_HEADS // max(1, NH))
     return [slice(c, min(c + step, NC)) for c in range(0, NC, step)]
 
@@ -60,76 +79,110 @@ def _buffer(like: torch.Tensor, *shape: int) -> torch.Tensor:
     return new_empty(shape, like.dtype, like.device)
 
 
-def dplr_fwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], rnd=None):
+class ForwardParts:
+    """What the forward computes on the chunk grid and the backward reads: the gated inputs stacked
+    per chunk, ``QA = [qg; ag]``, ``KB = [kg; bg]`` ``[NC, NH, 2BT, K]``, ``VV = [v; v_new]``, the score
+    matrices ``P = [[A_qk, A_qb], [A_ak, A_ab]]`` ``[NC, NH, 2BT, 2BT]`` (``A_q = [A_qk | A_qb]`` its
+    top rows), the WY factors ``A_ab_inv``, ``A_tmp = A_ab_inv A_ak`` and ``w``, the last cumulative
+    gates ``g_last`` ``[NC, NH, K]``, the states entering every chunk and the final one
+    ``[NC + 1, NH, K, V]``, and the intra-chunk blocks of every slab."""
+
+    def __init__(self, q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], rnd=None,
+                 VV: Optional[torch.Tensor] = None):
+        """``v`` is a grid, or None with ``VV`` given, whose first ``BT`` rows per chunk hold ``v``."""
+        NC, NH, BT, K = q.shape
+        if VV is None:
+            VV = _buffer(v, NC, NH, 2 * BT, v.shape[-1])
+            VV[:, :, :BT] = v
+        v = VV[:, :, :BT]
+        self.slabs = _slabs(NC, NH)
+        self.QA, self.KB = _buffer(q, NC, NH, 2 * BT, K), _buffer(q, NC, NH, 2 * BT, K)
+        self.VV = VV
+        self.P = _buffer(q, NC, NH, 2 * BT, 2 * BT)
+        self.g_last = _buffer(q, NC, NH, K)
+        self.blocks = []
+        for sl in self.slabs:
+            gi = chunk_cumsum(gk[sl])
+            blk, _, _, _, _, _ = intra_fwd_grid(q[sl], k[sl], a[sl], b[sl], gi, None, scale, rnd,
+                                                out=(self.QA[sl], self.KB[sl]), scores_out=self.P[sl])
+            self.blocks.append(blk)
+            self.g_last[sl] = gi[..., -1, :]
+        P = self.P
+        # (A_ak contiguous: batched matmuls of strided [BT, BT] views take a slow path on CPU)
+        self.A_q, self.A_ak = P[:, :, :BT], new_empty((NC, NH, BT, BT), P.dtype, P.device).copy_(P[:, :, BT:, :BT])
+        # the WY representation and the state recurrence over the whole grid (few, larger ops)
+        self.A_ab_inv = unit_lower_inverse_grid(P[:, :, BT:, BT:])
+        self.w, u, self.A_tmp = wu_grid(self.QA[:, :, BT:], v, self.A_ak, self.A_ab_inv, rnd)
+        # (v_new goes through a contiguous buffer: the loop's batched products want contiguous outputs)
+        self.states, self.VV[:, :, BT:] = fwd_h_grid(self.KB[:, :, :BT], v, self.w, u, self.KB[:, :, BT:],
+                                                     self.g_last, h0, rnd)
+        self.rnd = rnd
+
+    def chunk_states(self) -> torch.Tensor:
+        """The states entering every chunk (rounded where fla stores them in the inputs' precision)."""
+        h = self.states[:-1]
+        return h if self.rnd is None else self.rnd(h)
+
+    @staticmethod
+    def nbytes(q: torch.Tensor, v: torch.Tensor) -> int:
+        """Bytes of the parts for grids shaped like ``q`` ``[NC, NH, BT, K]`` and ``v``."""
+        NC, NH, BT, K = q.shape
+        V = v.shape[-1]
+        # QA, KB, VV, P, A_ab_inv and A_tmp, w, g_last, a state, the gates gi, exp(gi) and 1 / exp(gi)
+        per_chunk = 4 * BT * K + 2 * BT * V + 4 * BT * BT + 2 * BT * BT + BT * K + K + K * V + 3 * BT * K
+        return (NC * per_chunk + K * V) * NH * q.element_size()
+
+
+def dplr_fwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], rnd=None, keep: bool = False,
+                  VV: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None):
     """``chunk_dplr_fwd`` on the chunk grid ``[NC, NH, BT, ...]`` (``gk`` the raw log decay,
-    zero-padded): returns ``(o, final_state)`` with ``final_state`` ``[NH, K, V]``.
+    zero-padded): returns ``(o, final_state, parts)`` with ``final_state`` ``[NH, K, V]`` and
+    ``parts`` the ``ForwardParts`` when ``keep`` (else None), which spare the backward its recompute.
 
-    fla's functions run in fla's order; the chunk-local ones (cumsum, intra, WY) slab by slab. The
-    gated inputs live stacked per chunk, ``QA = [qg; ag]`` and ``KB = [kg; bg]``, next to
-    ``VV = [v; v_new]`` and ``A_q = [A_qk | A_qb]``, so the output takes one matmul for what fla
-    computes as two (and the backward likewise, see ``dplr_bwd_grid``)."""
-    NC, NH, BT, K = q.shape
-    V = v.shape[-1]
-    QA, KB = _buffer(q, NC, NH, 2 * BT, K), _buffer(q, NC, NH, 2 * BT, K)
-    VV = _buffer(v, NC, NH, 2 * BT, V)
-    A_q = _buffer(q, NC, NH, BT, 2 * BT)
-    w, u = _buffer(q, NC, NH, BT, K), _buffer(v, NC, NH, BT, V)
-    g_last = _buffer(q, NC, NH, K)
-    for sl in _slabs(NC, NH):
-        gi, ge = cumsum_grid(gk[sl])
-        _, A_q[sl], A_ak, A_ab, _, _ = intra_fwd_grid(q[sl], k[sl], a[sl], b[sl], gi, ge, scale, rnd,
-                                                      out=(QA[sl], KB[sl]))
-        wu_grid(QA[sl, :, BT:], v[sl], A_ak, unit_lower_inverse_grid(A_ab), rnd, out=(w[sl], u[sl]))
-        g_last[sl] = gi[..., -1, :]
-        VV[sl, :, :BT] = v[sl]
-    states, VV[:, :, BT:] = fwd_h_grid(KB[:, :, :BT], v, w, u, KB[:, :, BT:], g_last, h0, rnd)
-    del w, u, KB
-    h = states[:-1] if rnd is None else rnd(states[:-1])
-    o = _buffer(v, NC, NH, BT, V)
-    for sl in _slabs(NC, NH):
-        o[sl] = fwd_o_grid(QA[sl, :, :BT], VV[sl], A_q[sl], h[sl])
-    return o, states[-1]
+    fla's functions run in fla's order; the chunk-local ones (cumsum, intra) slab by slab. The gated
+    inputs live stacked per chunk, ``QA = [qg; ag]`` and ``KB = [kg; bg]``, next to ``VV = [v; v_new]``
+    and ``A_q = [A_qk | A_qb]``, so the output takes one matmul for what fla computes as two (and the
+    backward likewise, see ``dplr_bwd_grid``; ``v`` may be None with ``VV`` holding it; ``o`` is
+    written into ``out`` when given)."""
+    parts = ForwardParts(q, k, v, a, b, gk, scale, h0, rnd, VV=VV)
+    BT = q.shape[-2]
+    o = fwd_o_grid(parts.QA[:, :, :BT], parts.VV, parts.A_q, parts.chunk_states(), out=out)
+    return o, parts.states[-1], (parts if keep else None)
 
 
-def dplr_bwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], do, dht: Optional[torch.Tensor],
-                  rnd=None):
-    """``ChunkDPLRDeltaRuleFunction.backward`` on the chunk grid: recomputes the forward, then runs
-    the backward cores in fla's order (chunk-local ones slab by slab), on the stacked layout of
-    ``dplr_fwd_grid``; the score gradients are assembled in place as ``dP = [[dA_qk, dA_qb],
-    [dA_ak, dA_ab]]``, what ``chunk_dplr_bwd_dqk_intra`` reads. Returns ``(dq, dk, dv, da, db, dgk,
-    dh0)`` (``dh0`` ``[NH, K, V]``)."""
-    NC, NH, BT, K = q.shape
-    V = v.shape[-1]
-    slabs = _slabs(NC, NH)
-    # ******* recompute the forward (and the state-independent reads of do) *******
-    QA, KB = _buffer(q, NC, NH, 2 * BT, K), _buffer(q, NC, NH, 2 * BT, K)
-    VV, AqT_do = _buffer(v, NC, NH, 2 * BT, V), _buffer(v, NC, NH, 2 * BT, V)
-    w, u = _buffer(q, NC, NH, BT, K), _buffer(v, NC, NH, BT, V)
-    A_q = _buffer(q, NC, NH, BT, 2 * BT)
-    A_ak, A_ab_inv, A_tmp = (_buffer(q, NC, NH, BT, BT) for _ in range(3))
-    g_last = _buffer(q, NC, NH, K)
-    blocks = []
-    for sl in slabs:
-        gi, ge = cumsum_grid(gk[sl])
-        blk, A_q[sl], A_ak[sl], A_ab, _, _ = intra_fwd_grid(q[sl], k[sl], a[sl], b[sl], gi, ge, scale, rnd,
-                                                            out=(QA[sl], KB[sl]))
-        blocks.append(blk)
-        A_ab_inv[sl] = unit_lower_inverse_grid(A_ab)
-        _, _, A_tmp[sl] = wu_grid(QA[sl, :, BT:], v[sl], A_ak[sl], A_ab_inv[sl], rnd, out=(w[sl], u[sl]))
-        g_last[sl] = gi[..., -1, :]
-        VV[sl, :, :BT] = v[sl]
-        # [A_qk^T do; A_qb^T do]: chunk_dplr_bwd_dv's intra part and chunk_dplr_bwd_dAu's dv_new
-        torch.matmul(A_q[sl].transpose(-1, -2), do[sl], out=AqT_do[sl])
-    states, VV[:, :, BT:] = fwd_h_grid(KB[:, :, :BT], v, w, u, KB[:, :, BT:], g_last, h0, rnd)
-    del u
-    h = states[:-1] if rnd is None else rnd(states[:-1])
-    # ******* backward *******
+def dplr_bwd_grid(grids, scale: float, h0: Optional[torch.Tensor], do, dht: Optional[torch.Tensor],
+                  rnd=None, parts: Optional[ForwardParts] = None, out=None):
+    """``ChunkDPLRDeltaRuleFunction.backward`` on the chunk grid: recomputes the forward (unless its
+    ``parts`` are given), then runs the backward cores in fla's order (chunk-local ones slab by slab),
+    on the stacked layout of ``dplr_fwd_grid``; the score gradients are assembled in place as
+    ``dP = [[dA_qk, dA_qb], [dA_ak, dA_ab]]``, what ``chunk_dplr_bwd_dqk_intra`` reads. ``grids()``
+    gives the inputs ``(q, k, v, a, b, gk)`` on the grid, called only where they are read (with the
+    parts and decaying gates, never). Returns ``(dq, dk, dv, da, db, dgk, dh0)`` (``dh0`` ``[NH, K, V]``),
+    the first six written into ``out`` (grid-shaped, possibly strided views) when given."""
+    converted = []
+
+    def inputs():
+        if not converted:
+            converted.extend(grids())
+        return converted
+
+    if parts is None:
+        parts = ForwardParts(*inputs(), scale, h0, rnd)
+    NC, NH, twoBT, K = parts.QA.shape
+    BT, V = twoBT // 2, parts.VV.shape[-1]
+    q, v = parts.QA, parts.VV[:, :, :BT]                                # (q: dtype and device of the grads)
+    QA, KB, VV, A_q, g_last, w = parts.QA, parts.KB, parts.VV, parts.A_q, parts.g_last, parts.w
+    h = parts.chunk_states()
+    # [A_qk^T do; A_qb^T do]: chunk_dplr_bwd_dv's intra part and chunk_dplr_bwd_dAu's dv_new
+    AqT_do = torch.matmul(A_q.transpose(-1, -2), do)
     dstates, dv_new = bwd_dhu_grid(QA[:, :, :BT], KB[:, :, BT:], w, g_last, dht, do, AqT_do[:, :, BT:])
     dh = dstates[1:] if rnd is None else rnd(dstates[1:])
-    grads = [_buffer(q, NC, NH, BT, K) for _ in range(5)] + [_buffer(v, NC, NH, BT, V)]
-    dq, dk, da, db, dgk, dv = grads
+    if out is None:
+        out = [_buffer(q, NC, NH, BT, K) for _ in range(2)] + [_buffer(v, NC, NH, BT, V)] + \
+            [_buffer(q, NC, NH, BT, K) for _ in range(3)]
+    dq, dk, dv, da, db, dgk = out
     dP = None
-    for sl, blk in zip(slabs, blocks):
+    for sl, blk in zip(parts.slabs, parts.blocks):
         n = sl.stop - sl.start
         if dP is None or dP.shape[0] != n:
             dP = _buffer(q, n, NH, 2 * BT, 2 * BT)
@@ -137,15 +190,20 @@ def dplr_bwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], d
         dv_s = dv_grid(A_q[sl, ..., :BT], KB[sl, :, :BT], do[sl], dh[sl], intra=AqT_do[sl, :, :BT])
         dqg, dKB, dw, dgk_last = bwd_o_grid(KB[sl], VV[sl], g_last[sl], do[sl], h[sl], dh[sl], dv_new[sl], w[sl])
         dP[:, :, BT:, BT:], dP[:, :, BT:, :BT], dv[sl], dag = bwd_wy_grid(
-            A_ab_inv[sl], A_ak[sl], v[sl], QA[sl, :, BT:], dw, dv_new[sl], dv_s, A_tmp[sl])
-        gi, ge = cumsum_grid(gk[sl])
-        dq[sl], dk[sl], da[sl], db[sl], dgk[sl] = bwd_intra_grid(
-            q[sl], k[sl], a[sl], b[sl], gi, ge, dP, dqg, dKB, dag, dgk_last, scale, blk)
+            parts.A_ab_inv[sl], parts.A_ak[sl], v[sl], QA[sl, :, BT:], dw, dv_new[sl], dv_s, parts.A_tmp[sl])
+        xs = [None] * 4 if blk.decay else [inputs()[i][sl] for i in (0, 1, 3, 4)]
+        bwd_intra_grid(*xs, blk._gates[0], blk._gates[1], dP, dqg, dKB, dag, dgk_last, scale, blk,
+                       QA=QA[sl], KB=KB[sl], out=(dq[sl], dk[sl], da[sl], db[sl], dgk[sl]))
     return dq, dk, dv, da, db, dgk, dstates[0]
 
 
 def _grids(layout, tensors, dtype):
     return [to_grid(layout, x, dtype=dtype) for x in tensors]
+
+
+def _grid_or_view(layout, x, dtype):
+    view = grid_view(layout, x, dtype)
+    return view if view is not None else to_grid(layout, x, dtype=dtype)
 
 
 def chunk_dplr_fwd(
@@ -166,19 +224,37 @@ def chunk_dplr_fwd(
 
     Source: fla/ops/generalized_delta_rule/dplr/chunk.py:L21-L86 (fla 0.4.0)
     """
+    o, final_state, _ = _chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens,
+                                        chunk_size)
+    return o, final_state
+
+
+def _chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens, chunk_size,
+                    keep: bool = False):
+    """``chunk_dplr_fwd`` plus the grid's ``ForwardParts`` when ``keep`` and they fit in
+    ``SAVE_BYTES`` (else None)."""
     B, T, H, K, V = *q.shape, v.shape[-1]
     layout = get_chunk_layout(B, T, chunk_size, cu_seqlens, device=q.device)
     cdt = accumulation_dtype(q, k, v, a, b, gk)
     h0 = initial_state.to(cdt).reshape(layout.N * H, K, V) if initial_state is not None else None
+    parts = None
     if layout.NC == 0:
         o = torch.empty_like(v)
         final = h0 if h0 is not None else q.new_zeros(layout.N * H, K, V, dtype=cdt)
     else:
-        o_c, final = dplr_fwd_grid(*_grids(layout, (q, k, v, a, b, gk), cdt), scale, h0,
-                                   _low_precision(q.dtype, cdt))
-        o = from_grid(layout, o_c, H, v.dtype)
+        # the chunk-local work reads q, k, a, b, gk in place where the grid is a view of them
+        q_c, k_c, a_c, b_c, gk_c = (_grid_or_view(layout, x, cdt) for x in (q, k, a, b, gk))
+        VV = new_empty((layout.NC, layout.N * H, 2 * chunk_size, V), cdt, q.device)
+        to_grid_into(layout, v, VV[:, :, :chunk_size])
+        keep = keep and ForwardParts.nbytes(q_c, VV[:, :, :chunk_size]) <= SAVE_BYTES
+        # the output goes straight into token layout where the grid is a view of it
+        o = torch.empty(v.shape, dtype=cdt, device=v.device)
+        o_view = grid_view(layout, o, cdt)
+        o_c, final, parts = dplr_fwd_grid(q_c, k_c, None, a_c, b_c, gk_c, scale, h0, _low_precision(q.dtype, cdt),
+                                          keep=keep, VV=VV, out=o_view)
+        o = o.to(v.dtype) if o_view is not None else from_grid(layout, o_c, H, v.dtype)
     final_state = final.reshape(layout.N, H, K, V).clone() if output_final_state else None
-    return o, final_state
+    return o, final_state, parts
 
 
 class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
@@ -205,19 +281,10 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
     ):
         chunk_size = CHUNK_SIZE
         with flush_denormal():
-            o, final_state = chunk_dplr_fwd(
-                q=q,
-                k=k,
-                v=v,
-                a=a,
-                b=b,
-                gk=gk,
-                scale=scale,
-                initial_state=initial_state,
-                output_final_state=output_final_state,
-                cu_seqlens=cu_seqlens,
-                chunk_size=chunk_size
-            )
+            # the forward's intermediates spare the backward its recompute where they fit (SAVE_BYTES)
+            o, final_state, ctx.parts = _chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state,
+                                                        output_final_state, cu_seqlens, chunk_size,
+                                                        keep=any(ctx.needs_input_grad))
         ctx.save_for_backward(q, k, v, a, b, gk, initial_state)
         ctx.cu_seqlens = cu_seqlens
         ctx.scale = scale
@@ -249,9 +316,20 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
             return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(a),
                     torch.zeros_like(b), torch.zeros_like(gk), None, dh0, None, None)
         with flush_denormal():
-            grads = dplr_bwd_grid(*_grids(layout, (q, k, v, a, b, gk), cdt), scale, h0,
-                                  to_grid(layout, do, dtype=cdt), dht_c, _low_precision(q.dtype, cdt))
-        dq, dk, dv, da, db, dgk = (from_grid(layout, x, H) for x in grads[:6])
+            parts, ctx.parts = ctx.parts, None
+            # gradients written straight into token layout where the grid is a view of it
+            views = None
+            if not layout.varlen and not layout.pad and layout.B == 1:
+                outs = [torch.empty(x.shape, dtype=cdt, device=x.device) for x in (q, k, v, a, b, gk)]
+                views = [grid_view(layout, x, cdt) for x in outs]
+            grads = dplr_bwd_grid(functools.partial(_grids, layout, (q, k, v, a, b, gk), cdt), scale, h0,
+                                  to_grid(layout, do, dtype=cdt), dht_c, _low_precision(q.dtype, cdt), parts=parts,
+                                  out=views)
+            del parts
+        if views is not None:
+            dq, dk, dv, da, db, dgk = outs
+        else:
+            dq, dk, dv, da, db, dgk = (from_grid(layout, x, H) for x in grads[:6])
         dh0 = grads[6].reshape(initial_state.shape).clone() if initial_state is not None else None
         return dq.to(q), dk.to(k), dv.to(v), da.to(a), db.to(b), dgk.to(gk), None, dh0, None, None
 

@@ -24,12 +24,15 @@ NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [2, 4, 8, 16, 32]
 
 
 def intra_fwd_grid(q, k, a, b, gi, ge, scale: float, rnd: Callable = None,
-                   blocks: Optional[DPLRIntraBlocks] = None, out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+                   blocks: Optional[DPLRIntraBlocks] = None, out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                   scores_out: Optional[torch.Tensor] = None):
     """Port-only core on the chunk grid ``[..., BT, K]``: ``(blocks, A_q, A_ak, A_ab, QA, KB)`` with
     ``A_q = [A_qk | A_qb]`` ``[..., BT, 2BT]`` (scaled), and the gated inputs stacked per chunk,
     ``QA = [qg; ag]``, ``KB = [kg; bg]`` ``[..., 2BT, K]`` (written into ``out`` when given). ``rnd``
     rounds what fla stores in the inputs' precision (``A_qk``, ``A_qb`` and the gated inputs;
-    ``A_ak``, ``A_ab`` stay fp32)."""
+    ``A_ak``, ``A_ab`` stay fp32). ``ge`` may be None (formed from ``gi`` when needed); with one
+    block per chunk the four matrices are views of one ``[..., 2BT, 2BT]`` tensor (``scores_out``
+    when given), ``[[A_q], [A_ak | A_ab]]``."""
     if blocks is None:
         blocks = DPLRIntraBlocks(gi, ge)
     BT, K = q.shape[-2:]
@@ -37,18 +40,27 @@ def intra_fwd_grid(q, k, a, b, gi, ge, scale: float, rnd: Callable = None,
     if out is None:
         out = (q.new_empty(*q.shape[:-2], 2 * BT, K), q.new_empty(*q.shape[:-2], 2 * BT, K))
     QA, KB = out
-    qg, ag, kg, bg = QA[..., :BT, :], QA[..., BT:, :], KB[..., :BT, :], KB[..., BT:, :]
-    torch.exp(gi, out=qg).mul_(q).mul_(scale)
-    torch.exp(ge, out=ag).mul_(a)
-    torch.exp(g_last - gi, out=kg)                                      # exp(g_last - gi)
-    torch.mul(b, kg, out=bg)
-    kg.mul_(k)
-    if blocks.single:
-        P = blocks.direct_scores(QA, KB, g_last)
-        A_q, A_ak, A_ab = P[..., :BT, :], P[..., BT:, :BT], P[..., BT:, BT:]
+    if blocks.decay:
+        # gated rows and key columns from E = exp(gi), R = 1 / E; the gated keys are R E_last
+        blocks.decay_inputs(q, k, a, b, scale, QA, KB)
+        P = blocks.decay_scores(QA, KB, out=scores_out)
+        KB.mul_(blocks.exp_gates[0][..., -1:, :])
     else:
-        A_qk, A_qb, A_ak, A_ab = blocks.scores(q, k, a, b)
-        A_q = torch.cat((A_qk, A_qb), -1).mul_(scale)
+        ge = blocks._gates[1]
+        qg, ag, kg, bg = QA[..., :BT, :], QA[..., BT:, :], KB[..., :BT, :], KB[..., BT:, :]
+        torch.exp(gi, out=qg).mul_(q).mul_(scale)
+        torch.exp(ge, out=ag).mul_(a)
+        torch.exp(g_last - gi, out=kg)                                  # exp(g_last - gi)
+        torch.mul(b, kg, out=bg)
+        kg.mul_(k)
+        if blocks.single:
+            P = blocks.direct_scores(QA, KB, g_last)
+        else:
+            A_qk, A_qb, A_ak, A_ab = blocks.scores(q, k, a, b)
+            P = torch.cat((torch.cat((A_qk * scale, A_qb * scale), -1), torch.cat((A_ak, A_ab), -1)), -2)
+        if scores_out is not None:
+            P = scores_out.copy_(P)
+    A_q, A_ak, A_ab = P[..., :BT, :], P[..., BT:, :BT], P[..., BT:, BT:]
     if rnd is not None:
         for x in (A_q, QA, KB):
             x.copy_(rnd(x))

@@ -24,7 +24,7 @@ from myfla.ops.common.chunk_delta_h import chunks_from_grid, chunks_to_grid, fro
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 
 __all__ = [
-    'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
+    'chunk_cumsum', 'grid_view', 'to_grid_into', 'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
     'flush_denormal', 'grid_layout', 'keep_lower_', 'rounding', 'strict_tril', 'tril',
 ]
 
@@ -64,6 +64,43 @@ def keep_lower_(x: torch.Tensor, strict: bool = False, scale: float = 1.0) -> to
         block = (i.view(-1, 1) > i.view(1, -1)) if strict else (i.view(-1, 1) >= i.view(1, -1))
         mask = _LOWER_MASKS[key] = block.repeat(1, width // n).to(x.dtype)
     return x.mul_(mask if scale == 1.0 else mask * scale)
+
+
+def grid_view(layout: ChunkLayout, x: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """``x`` ``[1, T, H, *rest]`` seen as the chunk grid ``[NC, H, BT, *rest]`` without a copy (a strided
+    view: elementwise ops read and write it directly), where the grid is a pure relabelling: one
+    sequence, no padding, ``x`` contiguous and already in ``dtype``. None otherwise (``to_grid``)."""
+    if layout.varlen or layout.pad or layout.B != 1 or x.dtype != dtype or not x.is_contiguous():
+        return None
+    H, rest = x.shape[2], x.shape[3:]
+    return x.view(layout.NC, layout.BT, H, *rest).transpose(1, 2)
+
+
+def to_grid_into(layout: ChunkLayout, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``to_grid`` (zero fill) written into ``out`` ``[NC, N*H, BT, *rest]``, which may be a slice of
+    a larger buffer (the values half of ``[v; v_new]``): one copy instead of two."""
+    xc = layout.pack(x)                                             # [N, NC, BT, H, *rest]
+    N, NC, BT, H = xc.shape[:4]
+    perm = (1, 0, 3, 2) + tuple(range(4, xc.dim()))
+    out.view(NC, N, H, BT, *xc.shape[4:]).copy_(xc.permute(perm))
+    return out
+
+
+_ONES_TRIANGLES: dict = {}
+
+
+def chunk_cumsum(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Chunk-local cumulative sum of ``x`` ``[..., BT, K]`` along the chunk (``reverse``: from the
+    chunk's end, ``tl.cumsum(..., reverse=True)``), as one batched product with a triangle of ones:
+    on CPU as fast as ``torch.cumsum`` along a middle dim at small ``K`` and faster with fast matmul
+    units, and the reverse sum needs no flipped copies."""
+    n = x.shape[-2]
+    key = (n, reverse, x.dtype, str(x.device))
+    ones = _ONES_TRIANGLES.get(key)
+    if ones is None:
+        ones = torch.ones(n, n, dtype=x.dtype, device=x.device)
+        ones = _ONES_TRIANGLES[key] = torch.triu(ones) if reverse else torch.tril(ones)
+    return torch.matmul(ones, x)
 
 
 def grid_layout(x: torch.Tensor, chunk_size: int, cu_seqlens: Optional[torch.LongTensor]) -> ChunkLayout:

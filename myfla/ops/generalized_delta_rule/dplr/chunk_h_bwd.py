@@ -41,15 +41,15 @@ def bwd_dhu_grid(qg, bg, w, g_last, dht: Optional[torch.Tensor], do, dv):
             dstates[NC].copy_(dht.reshape(NH, K, V))
         else:
             dstates[NC].zero_()
-        ds, dvs = dstates.unbind(0), dv2.unbind(0)
-        bgs, dv_in, bases, decays = bg.unbind(0), dv.unbind(0), base.unbind(0), decay.unbind(0)
+        ds, xs = dstates.unbind(0), dv2.unbind(0)
+        bgs, bases, decays = bg.unbind(0), base.unbind(0), decay.unbind(0)
         wT = w.transpose(-1, -2).unbind(0)
         for c in range(NC - 1, -1, -1):
             dh = ds[c + 1]
-            x = torch.bmm(bgs[c], dh)                                     # bg @ dh
-            torch.add(dv_in[c], x, out=dvs[c])
+            x = torch.bmm(bgs[c], dh, out=xs[c])                          # bg @ dh
             nxt = torch.addcmul(bases[c], dh, decays[c], out=ds[c])
             nxt.baddbmm_(wT[c], x)
+        dv2.add_(dv)                                                    # dv2 = dv + bg @ dh, all chunks at once
     return dstates, dv2
 
 

@@ -19,11 +19,14 @@ NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [2, 4, 8, 16, 32]
 BK_LIST = [32, 64, 128] if check_shared_mem() else [16, 32]
 
 
-def fwd_o_grid(qg, VV, A_q, h):
+def fwd_o_grid(qg, VV, A_q, h, out: Optional[torch.Tensor] = None):
     """Port-only core on the chunk grid: ``o = qg @ h + A_q @ VV`` with ``A_q = [A_qk | A_qb]``
     ``[..., BT, 2BT]`` (each zero above its diagonal), ``VV = [v; v_new]`` ``[..., 2BT, V]`` and ``h``
-    ``[NC, NH, K, V]`` the chunk-start states."""
-    return torch.matmul(qg, h).add_(torch.matmul(A_q, VV))
+    ``[NC, NH, K, V]`` the chunk-start states; the sum is written into ``out`` (grid-shaped, possibly
+    a strided view of a token-layout tensor) when given."""
+    if out is None:
+        return torch.matmul(qg, h).add_(torch.matmul(A_q, VV))
+    return torch.add(torch.matmul(qg, h), torch.matmul(A_q, VV), out=out)
 
 
 def chunk_dplr_fwd_o(

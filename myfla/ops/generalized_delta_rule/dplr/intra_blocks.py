@@ -29,6 +29,13 @@ the rounding of one pairwise term), so the split only changes speed: RWKV-7's de
 single-block case the reference is the chunk's last gate ``g_last``: the columns are then exactly the
 gated inputs ``kg = k exp(g_last - gi)``, ``bg = b exp(g_last - gi)`` that the inter-chunk recurrence
 uses, and the rows are ``[qg; ag] * exp(-g_last)`` (``direct_scores`` / ``direct_grads``).
+
+Decaying gates (every ``gi`` of the grid in ``[-SAFE_GATE_RANGE, 0]``, the RWKV-7 case) take the
+cheapest form of that single block: the reference is the chunk start, every factor comes from one
+exponential ``E = exp(gi)`` and its reciprocal ``R = 1 / E`` (``exp(ge)`` is ``E`` one row down,
+``exp(g_last - gi) = E_last R``), so the chunk's gated rows ``[q E; a exp(ge)]`` times the columns
+``[k R; b R]`` give all four score matrices in one matmul (``decay_scores`` / ``decay_grads``).
+Both factors stay within ``[exp(-SAFE_GATE_RANGE), exp(SAFE_GATE_RANGE)]``.
 """
 
 from __future__ import annotations
@@ -71,6 +78,24 @@ def _base_block_size(gi: torch.Tensor, ge: torch.Tensor) -> int:
     return BT
 
 
+def _decays_in_range(gi: torch.Tensor) -> bool:
+    """Whether every chunk-local cumulative gate lies in ``[-SAFE_GATE_RANGE, 0]`` (then so do the
+    exclusive ones, ``ge[i] = gi[i-1]`` and ``0``)."""
+    if gi.numel() == 0:
+        return False
+    lo, hi = torch.aminmax(gi)
+    return bool(hi.item() <= 0.0) and bool(lo.item() >= -SAFE_GATE_RANGE)
+
+
+def exclusive_gates(gi: torch.Tensor) -> torch.Tensor:
+    """``ge`` from ``gi`` ``[..., BT, K]``: the chunk-local sums before each token (``gi`` one row
+    down, zero at the chunk's first token)."""
+    ge = torch.empty_like(gi)
+    ge[..., :1, :] = 0
+    ge[..., 1:, :] = gi[..., :-1, :]
+    return ge
+
+
 def _pairs(x: torch.Tensor, s: int) -> torch.Tensor:
     """``[..., BT, *rest]`` viewed as ``[..., M, 2, s, *rest]`` (pairs of blocks of ``s`` rows)."""
     lead = x.shape[:-3]
@@ -82,14 +107,27 @@ class DPLRIntraBlocks:
     """Gate factors of every block product of one chunk grid, built once from ``gi``/``ge``
     ``[..., BT, K]`` (fp32 or fp64) and reused for the scores and their gradients."""
 
-    def __init__(self, gi: torch.Tensor, ge: torch.Tensor, base: Optional[int] = None):
+    def __init__(self, gi: torch.Tensor, ge: Optional[torch.Tensor] = None, base: Optional[int] = None):
         BT = gi.shape[-2]
         assert BT & (BT - 1) == 0, "chunk size must be a power of two"
         self.BT = BT
-        self.base = _base_block_size(gi, ge) if base is None else base
+        # decaying gates: one block per chunk from exp(gi) alone (see the module notes)
+        self.decay = base is None and _decays_in_range(gi)
+        if ge is None and not self.decay:
+            ge = exclusive_gates(gi)
+        self.base = BT if self.decay else (_base_block_size(gi, ge) if base is None else base)
         self._gates = (gi, ge)
         self._levels: Optional[List[Tuple[int, torch.Tensor, torch.Tensor]]] = None
         self._diag = None
+        self._exp: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    @property
+    def exp_gates(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(E, R)`` = ``(exp(gi), 1 / exp(gi))`` ``[..., BT, K]`` (``decay`` mode), built once."""
+        if self._exp is None:
+            E = torch.exp(self._gates[0])
+            self._exp = (E, torch.reciprocal(E))
+        return self._exp
 
     def _factors(self):
         """The block factors, built on first use (``direct_scores`` / ``direct_grads`` need none)."""
@@ -121,6 +159,32 @@ class DPLRIntraBlocks:
     def single(self) -> bool:
         """Whether every chunk is one block (no split needed)."""
         return self.base == self.BT
+
+    # ---- one block per chunk from exp(gi) (``decay``) -------------------------------------------
+    def decay_inputs(self, q, k, a, b, scale: float, QA: torch.Tensor, KBr: torch.Tensor):
+        """Writes the gated rows ``QA = [scale q E; a exp(ge)]`` and the columns ``KBr = [k R; b R]``
+        ``[..., 2BT, K]`` (``decay`` mode); ``KBr * E_last`` are the gated keys ``[kg; bg]``."""
+        BT = self.BT
+        E, R = self.exp_gates
+        qg, ag = QA[..., :BT, :], QA[..., BT:, :]
+        torch.mul(q, E, out=qg)
+        if scale != 1.0:
+            qg.mul_(scale)
+        ag[..., :1, :] = a[..., :1, :]                                   # exp(ge) = 1 at a chunk start
+        torch.mul(a[..., 1:, :], E[..., :-1, :], out=ag[..., 1:, :])
+        torch.mul(k, R, out=KBr[..., :BT, :])
+        torch.mul(b, R, out=KBr[..., BT:, :])
+
+    @staticmethod
+    def decay_scores(QA, KBr, out: Optional[torch.Tensor] = None):
+        """``P = QA @ KBr^T`` ``[..., 2BT, 2BT]`` kept on the four triangles,
+        ``[[A_qk, A_qb], [A_ak, A_ab]]`` (``A_qk``, ``A_qb`` scaled as ``QA``); entries above the
+        diagonals (up to ``exp(SAFE_GATE_RANGE)`` times the inputs, finite) are zeroed by the masks."""
+        BT = QA.shape[-2] // 2
+        P = torch.matmul(QA, KBr.transpose(-1, -2), out=out)
+        keep_lower_(P[..., :BT, :])
+        keep_lower_(P[..., BT:, :], strict=True)
+        return P
 
     # ---- one block per chunk, around g_last ---------------------------------------------------
     @staticmethod

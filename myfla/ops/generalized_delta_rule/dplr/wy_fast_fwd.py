@@ -10,8 +10,31 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.generalized_delta_rule.dplr.chunk_grid import from_grid, grid_layout, strict_tril, to_grid, tril
+from myfla.ops.generalized_delta_rule.dplr.chunk_grid import from_grid, grid_layout, keep_lower_, strict_tril, to_grid, tril
+from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype
+
+
+# Size of the diagonal blocks that ``unit_lower_inverse_grid`` inverts by a product of powers.
+POWER_BLOCK = 16
+
+
+def _unit_lower_inverse_by_powers(L: torch.Tensor) -> torch.Tensor:
+    """``(I - L)^-1`` for strictly lower ``L`` ``[B, n, n]`` (contiguous, ``n`` a power of two):
+    ``L`` is nilpotent, so ``(I - L)^-1 = I + L + ... + L^(n-1) = (I + L)(I + L^2)(I + L^4)...``,
+    two batched matmuls per doubling (into reused buffers: fresh large CPU tensors page-fault)."""
+    n = L.shape[-1]
+    X = new_empty(L.shape, L.dtype, L.device).copy_(L)
+    X.diagonal(0, -2, -1).add_(1)
+    P, s = L, 2
+    spare_P, spare_X = new_empty(L.shape, L.dtype, L.device), new_empty(L.shape, L.dtype, L.device)
+    while s < n:
+        P, spare_P = torch.bmm(P, P, out=spare_P), (P if P is not L else None)      # L^s
+        X, spare_X = torch.baddbmm(X, X, P, out=spare_X), X                         # X (I + L^s)
+        if spare_P is None:
+            spare_P = new_empty(L.shape, L.dtype, L.device)
+        s *= 2
+    return X
 
 
 def unit_lower_inverse_grid(A: torch.Tensor) -> torch.Tensor:
@@ -20,26 +43,33 @@ def unit_lower_inverse_grid(A: torch.Tensor) -> torch.Tensor:
     triangle of ``A`` are not read).
 
     fla substitutes row by row inside 16/32-row blocks and merges two blocks with
-    ``[[X1, 0], [L21, L22]] -> [[X1, 0], [X2 L21 X1, X2]]`` (``X = (I - L)^-1``); here the same merge
-    runs from 1x1 blocks up, in place in the result: every level is one pair of batched matmuls over
-    all diagonal blocks of all chunks (the first level, with 1x1 inverses, is a copy).
+    ``[[X1, 0], [L21, L22]] -> [[X1, 0], [X2 L21 X1, X2]]`` (``X = (I - L)^-1``). Here the diagonal
+    ``POWER_BLOCK``-row blocks are inverted by a product of powers (``_unit_lower_inverse_by_powers``,
+    batched over every block of every chunk: on CPU, row substitution or merges of tiny strided
+    blocks cost far more than the few extra flops), then merged up to the whole matrix, one pair of
+    batched matmuls per level, every operand contiguous.
     """
     n = A.shape[-1]
     batch = A.shape[:-2]
-    X = torch.zeros(*batch, n, n, dtype=A.dtype, device=A.device)
-    X.diagonal(0, -2, -1).fill_(1)
-    s = 1
+    A = A.reshape(-1, n, n)
+    B = A.shape[0]
+    s = min(n, POWER_BLOCK)
+    m = n // s
+    # the strictly lower diagonal [s, s] blocks, [B * m, s, s], and their inverses
+    L = A.view(B, m, s, m, s).diagonal(0, 1, 3).permute(0, 3, 1, 2).reshape(B * m, s, s)
+    X = _unit_lower_inverse_by_powers(keep_lower_(L.contiguous(), strict=True)).view(B, m, s, s)
     while s < n:
         nb = n // (2 * s)
-        # the [2s, 2s] diagonal blocks of X and A: [..., nb, 2s, 2s] views
-        Xd = X.view(*batch, nb, 2 * s, nb, 2 * s).diagonal(0, -4, -2).movedim(-1, -3)
-        L21 = A.reshape(*batch, nb, 2 * s, nb, 2 * s).diagonal(0, -4, -2).movedim(-1, -3)[..., s:, :s]
-        if s == 1:
-            Xd[..., 1:, :1] = L21
-        else:
-            Xd[..., s:, :s] = torch.matmul(Xd[..., s:, s:], torch.matmul(L21, Xd[..., :s, :s]))
+        X11, X22 = X[:, 0::2], X[:, 1::2]
+        L21 = A.view(B, nb, 2 * s, nb, 2 * s).diagonal(0, 1, 3)[:, s:, :s].permute(0, 3, 1, 2)
+        merged = new_empty((B, nb, 2 * s, 2 * s), A.dtype, A.device)
+        merged[..., :s, s:] = 0
+        merged[..., :s, :s] = X11
+        merged[..., s:, s:] = X22
+        merged[..., s:, :s] = torch.matmul(X22, torch.matmul(L21.contiguous(), X11))
+        X = merged
         s *= 2
-    return X
+    return X.view(*batch, n, n)
 
 
 def wu_grid(ag: torch.Tensor, v: torch.Tensor, A_ak: torch.Tensor, A_ab_inv: torch.Tensor, rnd=None,
