@@ -150,8 +150,9 @@ def _decode_step(
     A step's cost is its number of torch ops where the state is small (each op is a kernel launch
     on a GPU, a few microseconds of dispatch on a CPU) and its passes over the state where it is
     large, so it is written with as few of both as torch ops allow: 14 kernels for GDN / KDA with
-    the L2 norm and without GVA (the general path below takes 19), and three passes over the
-    state's memory. k and q are stacked once; one ``bmm`` of ``[k; q]`` with itself gives both
+    the L2 norm and without GVA (16 before this path existed), and a large state goes through
+    memory three times (read by the ``bmm``; read and written once by the update, block by block),
+    against five before. k and q are stacked once; one ``bmm`` of ``[k; q]`` with itself gives both
     squared norms, whose reciprocal square roots (with the output scale folded into q's,
     :func:`_scale_folds`) normalise both rows in one multiply; the decay moves onto k and q, so one
     ``bmm`` reads ``k^T h`` and ``q^T h`` of the decayed state from ``initial_state``; one
@@ -173,7 +174,7 @@ def _decode_step(
     else:
         kq = kq * s                                                       # [k, scale * q]
     k_row, q_row = kq.unbind(1)
-    kdotq = (k_row * q_row).sum(-1, keepdim=True)                        # k . (scale q) [R, 1]
+    kdotq = torch.bmm(k_row.unsqueeze(1), q_row.unsqueeze(2)).view(R, 1)  # k . (scale q), one kernel
 
     # row decays [R, K or 1, 1], exponentiated in cdt
     decay = None
@@ -190,7 +191,7 @@ def _decode_step(
     # k^T h and q^T h of the decayed state, read from state_in with the decay moved onto k and q
     # ((d * k)^T h = k^T (d h) for a row decay d), so that the decay and the update below go
     # through the state together, block by block
-    kq_d = kq if decay is None else kq * decay.transpose(1, 2)
+    kq_d = kq if decay is None else kq * (decay if decay.shape[1] == 1 else decay.transpose(1, 2))
     kh, qh = torch.bmm(kq_d, state_in).unbind(1)                          # [R, V] each
     b_v = torch.sub(_as(v.reshape(R, V), cdt), kh).mul_(_as(beta.reshape(R, -1), cdt))
     out = torch.addcmul(qh, b_v, kdotq)                                   # (h + k v'^T)^T q = h^T q + (k.q) v'
