@@ -110,7 +110,9 @@ def _scale_folds(scale: float, dtype: torch.dtype, device: torch.device) -> Tupl
     return folds
 
 
-# elements of the state blocks the one-token update goes through at a time (1 MB of fp32)
+# elements of the state blocks the one-token update goes through at a time on a CPU (1 MB of fp32,
+# twice the L2 cache of the 2-core development machine's cores; benchmarks/bench_decode.py times
+# the update in one piece beside it, as ``myfla/one-block``)
 _STATE_BLOCK = 2 ** 18
 
 
@@ -199,7 +201,8 @@ def _decode_step(
     # h = d h_in + k v'^T, in blocks of rows small enough to stay in cache between the two ops, so
     # that a large state goes through memory as a copy does (read once, written once)
     k_col, b_v_row = k_row.unsqueeze(-1), b_v.unsqueeze(1)
-    rows = max(1, _STATE_BLOCK // (K * V))
+    # (on a CPU: a GPU step is bound by its launches, and each block would add two)
+    rows = max(1, _STATE_BLOCK // (K * V)) if state.device.type == 'cpu' else R
     if rows >= R:
         _decay_update(state_in, state, decay, k_col, b_v_row)
     else:
