@@ -242,7 +242,7 @@ def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
             def ours():
                 return fused_recurrent_kda(q, k, v, g, **kw)
         fns = {"myfla": ours}
-        if h0.numel() > fused_recurrent_module._STATE_BLOCK:
+        if device.type == "cpu" and h0.numel() > fused_recurrent_module._STATE_BLOCK:
             # the state update in one piece instead of cache-sized blocks: whether blocking pays here
             def one_block(fn=ours):
                 saved, fused_recurrent_module._STATE_BLOCK = fused_recurrent_module._STATE_BLOCK, h0.numel()
