@@ -418,7 +418,7 @@ def _layer_norm_gated_no_grad(x, g, weight, bias, activation, residual, eps, pre
     computation on the same contiguous rows, without the Function's per-call cost (most of a
     one-token call's, as in decoding).
 
-    Source: fla/modules/fused_norm_gate.py:L628-L683 (fla 0.4.0)
+    Source: fla/modules/fused_norm_gate.py:L628-L679 (fla 0.4.0)
     """
     x_shape_og = x.shape
     x = x.contiguous().view(-1, x.shape[-1])

@@ -445,7 +445,7 @@ def _layer_norm_no_grad(x, weight, bias, residual, eps, prenorm, residual_in_fp3
     on the same contiguous rows, without the Function's per-call cost (most of a one-token call's, as
     in decoding).
 
-    Source: fla/modules/layernorm.py:L716-L760 (fla 0.4.0)
+    Source: fla/modules/layernorm.py:L716-L765 (fla 0.4.0)
     """
     x_shape_og = x.shape
     if x.shape[-1] % num_groups != 0:
