@@ -98,7 +98,10 @@ def _scale_folds(scale: float, dtype: torch.dtype, device: torch.device) -> Tupl
     """``(w, e, s)``: ``w``, ``e`` ``[2]`` such that ``rsqrt(w * [|k|^2, |q|^2] + e)`` is
     ``[1 / sqrt(|k|^2 + 1e-6), scale / sqrt(|q|^2 + 1e-6)]`` (fla's in-kernel L2 norm of k, and of
     q with the output scale, in one op), and ``s`` ``[2, 1]`` = ``[1, scale]`` (the scale alone, for
-    calls without the L2 norm). Made once per scale, dtype and device."""
+    calls without the L2 norm). Made once per scale, dtype and device.
+
+    Source: fla/ops/gated_delta_rule/fused_recurrent.py:L94-L97 (fla 0.4.0)
+    """
     key = (scale, dtype, device)
     folds = _SCALE_FOLDS.get(key)
     if folds is None:
@@ -122,7 +125,10 @@ def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _decay_update(state_in, state, decay, k_col, b_v_row) -> None:
-    """``state = decay * state_in + k_col b_v_row`` (``state_in`` may be ``state``)."""
+    """``state = decay * state_in + k_col b_v_row`` (``state_in`` may be ``state``).
+
+    Source: fla/ops/gated_delta_rule/fused_recurrent.py:L104-L118 (fla 0.4.0)
+    """
     if decay is not None:
         torch.mul(state_in, decay, out=state)
     elif state_in is not state:
