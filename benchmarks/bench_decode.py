@@ -23,6 +23,12 @@ Sections (``--sections``):
   K=V=64) run inside ``small_work_single_threaded`` and as it is: what the policy does for the
   chunked ops, which do not apply it themselves.
 
+Every op and layer row also records ``ops_per_call`` from the torch profiler: the top-level aten
+ops one call dispatches, those that compute (not a view or an allocation), and on CUDA the kernels it
+launches (``cuda_kernels``): a one-token step is bound by dispatch on a CPU and by launches on a GPU.
+Layer rows time the step with the whole call on one thread beside it (``myfla/1-thread``, where
+several threads are set): on a busy machine the shipped policy should cost about that.
+
 Load (``--loads``): ``none``, or ``busy``: ``--busy-procs`` Python busy loops (default 1: the other
 core of a 2-core machine) run while the figures are taken. Timings are medians of interleaved runs
 (every implementation of a row runs in turn, so load changes hit them alike); ``p90`` shows stalls.
