@@ -135,6 +135,40 @@ def alternate(fns: Dict[str, Callable[[], None]], repeats: int, budget_s: float)
     return {k: {"median_s": statistics.median(s), "samples_s": s} for k, s in samples.items()}
 
 
+class OpClock:
+    """Wall time spent inside the chunked linear-attention op calls of one modeling module copy.
+
+    The layers look the op up among their module's globals at call time, so replacing that global with
+    a timed wrapper measures every call. A prefill row then splits into the op and everything else
+    (projections, convolution, norms, MLPs, which both paths share): the op speedup is myfla's own, and
+    fallback total / fallback outside the op bounds the model-level speedup (Amdahl)."""
+
+    OPS = {"qwen3_next": "torch_chunk_gated_delta_rule", "kimi_linear": "chunk_kimi_delta_attention"}
+
+    def __init__(self, module, model_name: str):
+        self.seconds = 0.0
+        name = self.OPS[model_name]
+        op = getattr(module, name)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return op(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        setattr(module, name, timed)
+
+
+def timed_with_op(fn: Callable[[], None], clock: OpClock, into: List[float]) -> Callable[[], None]:
+    """``fn`` that appends the op seconds of each run to ``into``."""
+    def run():
+        clock.seconds = 0.0
+        fn()
+        into.append(clock.seconds)
+    return run
+
+
 def fallback_peak_bytes(name: str, B: int, T: int, H: int, K: int, train: bool) -> int:
     """Rough peak of transformers' fallback for one layer: Kimi Linear's chunk_kimi_delta_attention
     materialises [B, H, T/64, 64, 64, K] fp32 tensors (the decay mask and products with it), a few
@@ -168,6 +202,7 @@ def bench_model(name, pair, args, threads) -> List[dict]:
     if not (args.prefill_lengths or args.train_lengths):
         return bench_decode_model(name, pair, args, threads, linear)
     ref, ours = model_pair(name, pair, CONFIGS[name](args, linear))
+    clocks = (OpClock(pair[0], name), OpClock(pair[1], name)) if args.prefill_lengths else None
     value_heads = 2 * args.heads if name == "qwen3_next" else args.heads
     for T in args.prefill_lengths:
         ref.eval(), ours.eval()
@@ -179,9 +214,12 @@ def bench_model(name, pair, args, threads) -> List[dict]:
             continue
         with torch.no_grad():
             check = (ref(ids[:, :200], use_cache=False).logits, ours(ids[:, :200], use_cache=False).logits)
-            times = alternate({"fallback": lambda: ref(ids, use_cache=False),
-                               "myfla": lambda: ours(ids, use_cache=False)}, args.repeats, args.budget)
-        rows.append({**row, **summary(times), "max_abs_logit_diff": (check[0] - check[1]).abs().max().item()})
+            op_s = {"fallback": [], "myfla": []}
+            times = alternate({"fallback": timed_with_op(lambda: ref(ids, use_cache=False), clocks[0], op_s["fallback"]),
+                               "myfla": timed_with_op(lambda: ours(ids, use_cache=False), clocks[1], op_s["myfla"])},
+                              args.repeats, args.budget)
+        rows.append({**row, **summary(times), **op_split(times, op_s),
+                     "max_abs_logit_diff": (check[0] - check[1]).abs().max().item()})
     for T in args.train_lengths:
         ref.train(), ours.train()
         ids = torch.randint(3, VOCAB, (1, T))
@@ -204,6 +242,8 @@ def bench_model(name, pair, args, threads) -> List[dict]:
 def bench_decode_model(name, pair, args, threads, linear) -> List[dict]:
     """Decode per token on the linear-attention layers plus one full-attention layer (transformers'
     hybrid cache needs one)."""
+    if not args.decode_batches:
+        return []
     hybrid = linear + ["full_attention"]
     ref, ours = model_pair(name, pair, CONFIGS[name](args, hybrid))
     ref.eval(), ours.eval()
@@ -318,6 +358,16 @@ def summary(times: Dict[str, dict]) -> dict:
             "samples_s": {k: v["samples_s"] for k, v in times.items()}}
 
 
+def op_split(times: Dict[str, dict], op_s: Dict[str, List[float]]) -> dict:
+    """Medians of the op's share of each run and of the rest; ``amdahl_bound`` is the model speedup
+    an infinitely fast op would give (fallback total / fallback time outside the op)."""
+    op_s = {k: v[-len(times[k]["samples_s"]):] for k, v in op_s.items()}     # not the untimed first run
+    op = {k: statistics.median(v) for k, v in op_s.items()}
+    rest = {k: statistics.median([t - o for t, o in zip(times[k]["samples_s"], op_s[k])]) for k in op_s}
+    return {"op_s": op, "outside_op_s": rest, "op_speedup": op["fallback"] / op["myfla"],
+            "amdahl_bound": times["fallback"]["median_s"] / rest["fallback"]}
+
+
 def print_table(rows: List[dict]) -> None:
     header = (f"{'model':<12} {'section':<6} {'what':<17} {'thr':>3} {'B':>2} {'T':>5} "
               f"{'fallback':>11} {'myfla':>11} {'speedup':>8}  n")
@@ -330,6 +380,10 @@ def print_table(rows: List[dict]) -> None:
             continue
         print(head + f"{fmt(r['fallback_s']):>11} {fmt(r['myfla_s']):>11} {r['speedup']:>7.2f}x  "
               f"{min(r['samples'].values())}")
+        if "op_s" in r:
+            print(" " * len(head) + f"{'op:':>5} {fmt(r['op_s']['fallback']):>11} {fmt(r['op_s']['myfla']):>11} "
+                  f"{r['op_speedup']:>7.2f}x  (outside the op {fmt(r['outside_op_s']['fallback'])} / "
+                  f"{fmt(r['outside_op_s']['myfla'])}; model speedup bound {r['amdahl_bound']:.1f}x)")
 
 
 def fmt(seconds: float) -> str:
@@ -343,9 +397,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and one timing each (smoke run)")
     parser.add_argument("--models", nargs="+", choices=list(MODELING), default=list(MODELING))
     parser.add_argument("--sections", nargs="+", choices=["model", "op"], default=["model", "op"])
-    parser.add_argument("--prefill-lengths", type=int, nargs="+", default=[2048, 8192])
-    parser.add_argument("--train-lengths", type=int, nargs="+", default=[2048])
-    parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--prefill-lengths", type=int, nargs="*", default=[2048, 8192])
+    parser.add_argument("--train-lengths", type=int, nargs="*", default=[2048])
+    parser.add_argument("--decode-batches", type=int, nargs="*", default=[1, 8])
     parser.add_argument("--layers", type=int, default=3, help="linear-attention layers (default 3)")
     parser.add_argument("--heads", type=int, default=16, help="key heads (Qwen3-Next has twice as many value heads)")
     parser.add_argument("--head-dim", type=int, default=128)
@@ -379,9 +433,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         for name in args.models:
             if "model" in args.sections:
                 rows += bench_model(name, pairs[name], args, threads)
+                write_record(out, args, rows)     # a run cut short keeps what it measured
             if "op" in args.sections:
                 rows += bench_ops(name, pairs[name], args, threads)
+                write_record(out, args, rows)
     print_table(rows)
+    print(f"wrote {out}")
+    return 0
+
+
+def write_record(out: Path, args, rows: List[dict]) -> None:
+    import transformers
     import myfla
     record = {
         "benchmark": "bench_clients",
@@ -399,8 +461,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ of every failure.
     python tools/run_fla_tests.py /work/.mirror/fla-org+flash-linear-attention/repo --ref v0.4.0
     python tools/run_fla_tests.py fla-src.tar.gz -f tests/ops/test_kda.py -k "naive or fused" -n 2
     python tools/run_fla_tests.py ~/src/flash-linear-attention --json benchmarks/results/fla_tests.json
+    python tools/run_fla_tests.py REPO -f tests/modules/test_conv.py --causal-conv1d   # causal_conv1d served too
 
 Exit status: 0 when every selected file that myfla can serve passed (skips allowed), 1 when a test
 failed or errored, 2 on bad arguments or an unreadable source.
@@ -285,6 +286,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="OMP/MKL threads for the test processes (default: inherited)")
     parser.add_argument("--json", type=Path, default=None, help="write the per-file results here")
     parser.add_argument("--keep", type=Path, default=None, help="extract into this directory and keep it")
+    parser.add_argument("--causal-conv1d", action="store_true",
+                        help="also serve `import causal_conv1d` from myfla (its PYTHONPATH shim, "
+                             "MYFLA_AS_CAUSAL_CONV1D=force): fla's tests of ShortConvolution(backend='cuda') "
+                             "then run instead of skipping")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
@@ -304,11 +309,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                         for p in workdir.glob(pattern) if p.is_file()})
         files = [f for f in files if fnmatch.fnmatch(Path(f).name, "test_*.py")]
 
-        from myfla.alias import SHIM_DIR
+        from myfla.alias import CAUSAL_CONV1D_SHIM_DIR, SHIM_DIR
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([SHIM_DIR, str(REPO)] + (
+        shims = [SHIM_DIR] + ([CAUSAL_CONV1D_SHIM_DIR] if args.causal_conv1d else [])
+        env["PYTHONPATH"] = os.pathsep.join(shims + [str(REPO)] + (
             [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env["MYFLA_AS_FLA"] = "force"
+        if args.causal_conv1d:
+            env["MYFLA_AS_CAUSAL_CONV1D"] = "force"
         if args.threads:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
 

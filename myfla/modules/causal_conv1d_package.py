@@ -1,10 +1,14 @@
 """The two functions of the compiled ``causal-conv1d`` package (Dao-AILab/causal-conv1d) that fla
 0.4.0's ``backend='cuda'`` calls, re-expressed in torch (port-only module; fla imports the package).
 
+``myfla.install_as_causal_conv1d()`` also serves them as ``import causal_conv1d`` (``myfla._causal_conv1d``):
+clients such as transformers' Qwen3-Next and Kimi Linear then keep packed sequences apart (``seq_idx``).
+
 With them, ``ShortConvolution(backend='cuda')`` keeps the semantics it has in fla with the package
 installed, on every device: the prefill takes a ``[N, D, S]`` cache (``S >= W - 1``, the package's
 ``[N, D, W - 1]`` convention included) and returns a new ``[N, D, W]`` one whose column 0 is zero;
-decoding shifts a ``[N, D, S]`` state in place. The package's kernels accumulate in fp32; so does
+decoding shifts a ``[N, D, S]`` state in place (or writes a circular buffer, ``cache_seqlens``, and
+picks state rows, ``conv_state_indices``, as the package does). The package's kernels accumulate in fp32; so does
 this code (fp64 is refused, as the kernels refuse it). The package's own limits and messages are
 kept: kernel width 2 to 4, channels divisible by 8 in the channel-last layout fla uses, ``seq_idx``
 without initial or final states.
@@ -71,6 +75,9 @@ def causal_conv1d_fn(
     ``final_states_out`` when given. ``seq_idx`` ``[B, T]`` (int32) marks packed sequences: a window
     reads only tokens of its own sequence, and tokens with ``seq_idx < 0`` (padding) output 0.
     Returns ``out`` ``[B, D, T]`` (``x.dtype``), or ``(out, final_states)``.
+
+    Source: causal_conv1d/causal_conv1d_interface.py:L9-L129 (causal-conv1d 1.6.1); the checks, the
+    ``seq_idx`` masking and the final states of csrc/causal_conv1d.cpp and csrc/causal_conv1d_fwd.cu.
     """
     _check_activation(activation)
     if x.stride(2) != 1 and x.stride(1) != 1:
@@ -146,13 +153,21 @@ def causal_conv1d_update(
     weight: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
     activation: Optional[str] = None,
+    cache_seqlens: Optional[torch.Tensor] = None,
+    conv_state_indices: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Decoding step(s): ``x`` ``[B, D]`` or ``[B, D, L]`` enters ``conv_state`` ``[B, D, S]``
     (``S >= W - 1``), which is shifted left by ``L`` **in place**; each output convolves the last
     ``W`` inputs up to its token. Returns ``out`` shaped like ``x`` (``x.dtype``).
 
-    The package's further arguments (``cache_seqlens`` for a circular buffer, ``conv_state_indices``
-    for continuous batching) are never passed by fla and are not part of this re-expression.
+    ``cache_seqlens`` ``[B]`` (int32) makes each state row a circular buffer: the ``W-1`` inputs
+    before ``x`` are read at ``(cache_seqlens - W + 1 + j) % S`` and ``x`` is written from
+    ``cache_seqlens % S`` on (nothing shifts). ``conv_state_indices`` ``[B]`` (int32) picks the state
+    row of each batch row from a larger ``conv_state`` ``[entries, D, S]`` (continuous batching); a
+    negative index marks a padding row: its output is 0 and no state changes.
+
+    Source: causal_conv1d/causal_conv1d_interface.py:L174-L202 (causal-conv1d 1.6.1); the state
+    handling and the checks of csrc/causal_conv1d_update.cu and csrc/causal_conv1d.cpp.
     """
     _check_activation(activation)
     _check_kernel_dtypes(x, weight)
@@ -165,18 +180,59 @@ def causal_conv1d_update(
     W, S = weight.shape[-1], conv_state.shape[-1]
     if S < W - 1:
         raise RuntimeError("Expected conv_state_len >= width - 1 to be true, but got false.")
+    if tuple(weight.shape) != (D, W):
+        raise RuntimeError("weight must have shape (dim, width)")
     _check_width(W)
+    if conv_state_indices is not None:
+        if conv_state_indices.dtype != torch.int32:
+            raise RuntimeError(
+                "Expected conv_state_indices.scalar_type() == torch::kInt32 to be true, but got false.")
+        if tuple(conv_state_indices.shape) != (B,):
+            raise RuntimeError("conv_state_indices must have shape (batch_size)")
+        if conv_state.dim() != 3 or conv_state.shape[1] != D:
+            raise RuntimeError("conv_state must have shape (conv_state_entries, dim, conv_state_len)")
+    elif tuple(conv_state.shape) != (B, D, S):
+        raise RuntimeError("conv_state must have shape (batch_size, dim, conv_state_len)")
+    if cache_seqlens is not None:
+        if cache_seqlens.dtype != torch.int32:
+            raise RuntimeError("Expected cache_seqlens.scalar_type() == torch::kInt32 to be true, but got false.")
+        if tuple(cache_seqlens.shape) != (B,):
+            raise RuntimeError("cache_seqlens must have shape (batch_size)")
+
+    if conv_state_indices is not None:
+        rows = conv_state_indices.long()
+        live = rows >= 0
+        state = conv_state[rows.clamp(min=0)]                          # [B, D, S], a copy
+    else:
+        state = conv_state
+    if cache_seqlens is None:
+        before = state[..., S - (W - 1):]                              # the W-1 inputs before x
+        new_state = torch.cat([state, x], -1)[..., -S:]
+    else:
+        start = cache_seqlens.long() % S                               # [B]: where x[0] is written
+        offsets = torch.arange(-(W - 1), 0, device=x.device)
+        read = (start[:, None] + offsets) % S                          # [B, W-1]
+        before = state.gather(2, read[:, None, :].expand(B, D, W - 1))
+        # only the last S tokens survive the circular writes (the kernel writes in order)
+        kept = min(L, S)
+        write = (start[:, None] + torch.arange(L - kept, L, device=x.device)) % S   # [B, kept], distinct
+        new_state = state.clone().scatter_(2, write[:, None, :].expand(B, D, kept), x[..., L - kept:])
 
     acc = accumulation_dtype(x)
-    x_new = torch.cat([conv_state.to(acc), x.to(acc)], -1)             # [B, D, S + L]
+    window = torch.cat([before.to(acc), x.to(acc)], -1)                # [B, D, W-1+L]
     b_w = weight.to(acc)
     y = torch.zeros(B, D, L, dtype=acc, device=x.device)
     for w in range(W):
-        start = S - (W - 1) + w                                        # output l reads column S + l - (W-1) + w
-        y = y + x_new[..., start:start + L] * b_w[:, w:w + 1]
+        y = y + window[..., w:w + L] * b_w[:, w:w + 1]
     if bias is not None:
         y = y + bias.to(acc).unsqueeze(-1)
-    out = _activate(y, activation).to(x.dtype)
+    y = _activate(y, activation)
+    if conv_state_indices is not None:
+        y = y * live[:, None, None]
+    out = y.to(x.dtype)
     with torch.no_grad():
-        conv_state.copy_(x_new[..., L:].to(conv_state.dtype))
+        if conv_state_indices is None:
+            conv_state.copy_(new_state)
+        else:
+            conv_state.index_copy_(0, rows[live], new_state[live].to(conv_state.dtype))
     return out.squeeze(-1) if unsqueeze else out

@@ -117,7 +117,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import myfla
 for info in pkgutil.walk_packages(myfla.__path__, "myfla.", onerror=lambda name: None):
-    if info.name.startswith("myfla._fla_shim."):
+    if info.name.startswith(("myfla._fla_shim.", "myfla._causal_conv1d_shim.")):
         continue   # the top-level `fla` of a PYTHONPATH shim, refuses to be imported as myfla._fla_shim.fla
     try:
         importlib.import_module(info.name)

@@ -51,7 +51,7 @@ def test_unittest_entry_has_one_test_per_check():
 def test_every_autograd_function_has_a_gradcheck():
     functions = set()
     for info in pkgutil.walk_packages(myfla.__path__, "myfla.", onerror=lambda name: None):
-        if info.name.startswith("myfla._fla_shim."):
+        if info.name.startswith(("myfla._fla_shim.", "myfla._causal_conv1d_shim.")):
             continue   # the top-level `fla` of myfla.alias' PYTHONPATH shim, not a module of myfla
         try:
             module = importlib.import_module(info.name)

@@ -1,10 +1,12 @@
 """Two copies of a transformers modeling module in one process: one bound to transformers' own torch
-fallback, one bound to myfla through ``myfla.install_as_fla``.
+fallback, one bound to myfla through ``myfla.install_as_fla`` (and ``myfla.install_as_causal_conv1d``
+for the short convolution).
 
-transformers' ``use_kernel_func_from_hub_with_fallback(name, "fla")`` decides between fla and its
-fallback when the modeling module is imported, so the first copy is imported while ``import fla``
-is blocked, the second after the alias is installed. Both copies are taken out of ``sys.modules``
-again and the alias is removed on exit, so nothing leaks into other tests.
+transformers' ``use_kernel_func_from_hub_with_fallback(name, "fla")`` (and ``"causal_conv1d"``)
+decides between the package and its fallback when the modeling module is imported, so the first copy
+is imported while ``import fla`` and ``import causal_conv1d`` are blocked, the second after the
+aliases are installed. Both copies are taken out of ``sys.modules`` again and the aliases are removed
+on exit, so nothing leaks into other tests.
 """
 
 from __future__ import annotations
@@ -17,16 +19,28 @@ from typing import Iterator, Tuple
 
 import torch
 
-from myfla.alias import install_as_fla, uninstall_as_fla
+from myfla.alias import install_as_causal_conv1d, install_as_fla, uninstall_as_causal_conv1d, uninstall_as_fla
+
+_SERVED = ("fla", "causal_conv1d")
+
+
+def _is_served_name(name: str) -> bool:
+    return name.split(".")[0] in _SERVED
 
 
 class _BlockFla(importlib.abc.MetaPathFinder):
-    """``import fla`` fails (as on a machine without fla), whatever is installed."""
+    """``import fla`` and ``import causal_conv1d`` fail (as on a machine without them), whatever is
+    installed."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname == "fla" or fullname.startswith("fla."):
+        if _is_served_name(fullname):
             raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
         return None
+
+
+def _uninstall_aliases() -> None:
+    uninstall_as_fla()
+    uninstall_as_causal_conv1d()
 
 
 def _import_fresh(modname: str):
@@ -38,21 +52,21 @@ def _import_fresh(modname: str):
 
 @contextlib.contextmanager
 def _restored_import_state(modname: str):
-    """Put ``sys.modules`` (the modeling module, ``fla.*``) and ``sys.meta_path`` back on exit;
-    inside, no alias is installed and no ``fla`` is imported."""
+    """Put ``sys.modules`` (the modeling module, ``fla.*``, ``causal_conv1d.*``) and ``sys.meta_path``
+    back on exit; inside, no alias is installed and neither package is imported."""
     parent_name, _, child = modname.rpartition(".")
     saved_module = sys.modules.get(modname)
-    saved_fla = {n: m for n, m in sys.modules.items() if n == "fla" or n.startswith("fla.")}
+    saved_fla = {n: m for n, m in sys.modules.items() if _is_served_name(n)}
     saved_meta_path = list(sys.meta_path)
     try:
         for name in saved_fla:
             del sys.modules[name]
-        uninstall_as_fla()
+        _uninstall_aliases()
         yield
     finally:
-        uninstall_as_fla()
+        _uninstall_aliases()
         sys.meta_path[:] = saved_meta_path
-        for name in [n for n in sys.modules if n == "fla" or n.startswith("fla.")]:
+        for name in [n for n in sys.modules if _is_served_name(n)]:
             del sys.modules[name]
         sys.modules.update(saved_fla)
         parent = sys.modules.get(parent_name)
@@ -77,10 +91,12 @@ def _import_without_fla(modname: str):
 
 @contextlib.contextmanager
 def fallback_and_myfla(modname: str) -> Iterator[Tuple[object, object]]:
-    """Yield ``(fallback_module, myfla_module)`` for ``transformers.models.X.modeling_X``."""
+    """Yield ``(fallback_module, myfla_module)`` for ``transformers.models.X.modeling_X``: the second
+    binds its fla ops and its short convolution (``causal_conv1d_fn`` / ``causal_conv1d_update``) to myfla."""
     with _restored_import_state(modname):
         fallback = _import_without_fla(modname)
         assert install_as_fla(force=True) == "myfla"
+        assert install_as_causal_conv1d(force=True) == "myfla"
         served = _import_fresh(modname)
         yield fallback, served
 
@@ -120,17 +136,85 @@ def forward_backward(model: torch.nn.Module, input_ids: torch.Tensor, **kwargs):
     return out.logits.detach(), out.loss.detach(), grads
 
 
+def collate_packed(seqs):
+    """One packed row of the sequences (``[1, n]`` each) as transformers' packing collator gives it:
+    ``DataCollatorWithFlattening(return_flash_attn_kwargs=True, return_seq_idx=True)`` (input_ids,
+    labels with -100 at each sequence start, position_ids, seq_idx, cu_seq_lens_q/k, max_length_q/k)."""
+    from transformers import DataCollatorWithFlattening
+    collator = DataCollatorWithFlattening(return_flash_attn_kwargs=True, return_seq_idx=True)
+    return collator([{"input_ids": s[0].tolist()} for s in seqs])
+
+
 def packed_inputs(seqs):
-    """One packed row of the sequences, with the keyword arguments a packing collator gives
-    (transformers' DataCollatorWithFlattening with return_flash_attn_kwargs=True)."""
+    """``(input_ids, lengths, keyword arguments)`` of one packed row: the collator's batch without
+    input_ids and labels."""
+    batch = collate_packed(seqs)
+    kwargs = {k: v for k, v in batch.items() if k not in ("input_ids", "labels")}
+    return batch["input_ids"], [s.shape[1] for s in seqs], kwargs
+
+
+def _gradients(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def packed_and_separate_steps(model, seqs, rename=(), drop=()):
+    """One training step on the packed row (the collator's batch, ``use_cache=False``) and the same
+    sequences run one by one. ``rename`` adds batch entries under other names (``(("cu_seq_lens_q",
+    "cu_seqlens"),)``), ``drop`` leaves some out. Returns ``(packed, separate)``, each ``(logits per
+    sequence, loss, gradients)``; the separate losses are weighted by their label counts, as the
+    packed loss (a mean over every label that is not -100) weighs them, so both steps are equal
+    when the sequences are kept apart."""
+    batch = collate_packed(seqs)
+    for old, new in rename:
+        batch[new] = batch[old]
+    for name in drop:
+        batch.pop(name)
     lens = [s.shape[1] for s in seqs]
-    cu = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    kwargs = dict(position_ids=torch.cat([torch.arange(n) for n in lens])[None],
-                  cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lens), max_length_k=max(lens))
-    return torch.cat(seqs, 1), lens, kwargs
+    model.zero_grad(set_to_none=True)
+    out = model(**batch, use_cache=False)
+    out.loss.backward()
+    packed = (out.logits.detach().split(lens, 1), out.loss.detach(), _gradients(model))
+    model.zero_grad(set_to_none=True)
+    labels = sum(n - 1 for n in lens)
+    logits, loss = [], torch.zeros(())
+    for seq, n in zip(seqs, lens):
+        if n == 1:                            # no label: logits only
+            with torch.no_grad():
+                logits.append(model(seq, use_cache=False).logits)
+            continue
+        alone = model(seq, labels=seq, use_cache=False)
+        part = alone.loss * (n - 1) / labels
+        part.backward()
+        logits.append(alone.logits.detach())
+        loss = loss + part.detach()
+    return packed, (logits, loss, _gradients(model))
+
+
+def max_abs_diff(a, b) -> float:
+    return (a.detach().double() - b.detach().double()).abs().max().item()
 
 
 @contextlib.contextmanager
+
+def assert_packed_step_equals_separate_runs(ref, ours, seqs, conv_weight: str, rename=()) -> None:
+    """One training step of ``ours`` on the packed row of ``seqs`` equals the sequences run one by one:
+    logits (also against transformers' fallback ``ref`` run per sequence), loss and every gradient,
+    the short convolution's weight (``conv_weight``, a parameter-name fragment) among them."""
+    from tests.numerics import assert_rms
+    ref.train(), ours.train()
+    (logits, loss, grads), (logits_alone, loss_alone, grads_alone) = packed_and_separate_steps(
+        ours, seqs, rename=rename)
+    for i, (part, alone, seq) in enumerate(zip(logits, logits_alone, seqs)):
+        assert max_abs_diff(alone, part) < 1e-5, f"sequence {i}: {max_abs_diff(alone, part):.2e}"
+        with torch.no_grad():
+            alone_ref = ref(seq, use_cache=False).logits
+        assert rms_ratio(alone_ref, part) < 1e-5 and max_abs_diff(alone_ref, part) < 1e-5
+    assert abs(loss.item() - loss_alone.item()) < 1e-6 * abs(loss_alone.item()) + 1e-7
+    assert grads.keys() == grads_alone.keys()
+    for name, g_alone in grads_alone.items():
+        assert_rms(name, g_alone, grads[name], 1e-4)
+    assert any(conv_weight in n for n in grads)
+
 def recorded_keywords(module, names):
     """Record the keyword names a modeling module passes to its fla-backed functions (before
     transformers' wrapper filters them by the target's signature)."""

@@ -1,4 +1,5 @@
-"""``import fla`` served by myfla: ``myfla.install_as_fla()`` and the PYTHONPATH shim.
+"""``import fla`` and ``import causal_conv1d`` served by myfla: ``myfla.install_as_fla()``,
+``myfla.install_as_causal_conv1d()`` and their PYTHONPATH shims.
 
 Every case runs in a fresh interpreter (the alias changes ``sys.modules`` and ``sys.meta_path``).
 A "real fla" is a stand-in package named ``fla`` on ``sys.path``. Whether it "can run" is
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from myfla.alias import SHIM_DIR
+from myfla.alias import CAUSAL_CONV1D_SHIM_DIR, SHIM_DIR
 
 REPO = Path(__file__).resolve().parents[3]
 FAKE_GPU = "import myfla.alias\nmyfla.alias.real_fla_can_run = lambda: True\n"
@@ -25,7 +26,8 @@ FAKE_GPU = "import myfla.alias\nmyfla.alias.real_fla_can_run = lambda: True\n"
 
 def run_child(code: str, *paths, env=None, check=True, fake_gpu=False) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter with ``paths`` (then the repository) as PYTHONPATH."""
-    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYFLA_AS_FLA")}
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("PYTHONPATH", "MYFLA_AS_FLA", "MYFLA_AS_CAUSAL_CONV1D")}
     environ.update(env or {})
     environ["PYTHONPATH"] = os.pathsep.join([str(p) for p in paths] + [str(REPO)])
     code = (FAKE_GPU if fake_gpu else "") + textwrap.dedent(code)
@@ -213,3 +215,149 @@ def test_pythonpath_shim_binds_transformers_to_myfla():
         "myfla.ops.kda.chunk chunk_kda", "myfla.ops.kda.fused_recurrent fused_recurrent_kda",
         "myfla.ops.gated_delta_rule.chunk chunk_gated_delta_rule",
         "myfla.ops.gated_delta_rule.fused_recurrent fused_recurrent_gated_delta_rule"]
+
+
+# ---- causal_conv1d: the same finder, its own switch ----------------------------------------------------
+
+FAKE_CONV_GPU = "import myfla.alias\nmyfla.alias.real_causal_conv1d_can_run = lambda: True\n"
+
+
+@pytest.fixture
+def real_causal_conv1d(tmp_path):
+    """A directory holding a package ``causal_conv1d`` that is not myfla's."""
+    root = tmp_path / "real_conv"
+    (root / "causal_conv1d").mkdir(parents=True)
+    (root / "causal_conv1d" / "__init__.py").write_text("REAL = True\n__version__ = '1.6.1'\n")
+    return root
+
+
+def test_install_as_causal_conv1d_serves_the_package_api_lazily_and_apart_from_fla():
+    run_child("""
+        import sys
+        import myfla
+        assert myfla.active_causal_conv1d() is None
+        assert myfla.install_as_causal_conv1d() == "myfla"
+        assert myfla.active_fla() is None                                   # fla is a separate request
+        assert "myfla._causal_conv1d" not in sys.modules                  # nothing eager
+        import causal_conv1d
+        from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+        from causal_conv1d.causal_conv1d_interface import causal_conv1d_fn as fn_interface
+        import myfla.modules.causal_conv1d_package as package
+        assert causal_conv1d is sys.modules["myfla._causal_conv1d"]
+        assert causal_conv1d_fn is fn_interface is package.causal_conv1d_fn
+        assert causal_conv1d_update is package.causal_conv1d_update
+        try:
+            import causal_conv1d.cpp_functions
+        except ModuleNotFoundError as error:
+            assert error.name == "causal_conv1d.cpp_functions", error
+            assert "`causal_conv1d` is served by myfla (myfla.install_as_causal_conv1d" in str(error), error
+        else:
+            raise AssertionError("causal_conv1d.cpp_functions imported")
+        try:
+            import fla
+        except ModuleNotFoundError:
+            pass
+        else:
+            raise AssertionError("install_as_causal_conv1d() served fla")
+        assert myfla.active_causal_conv1d() == "myfla"
+        myfla.uninstall_as_causal_conv1d()
+        assert not [n for n in sys.modules if n.split(".")[0] == "causal_conv1d"]
+        try:
+            import causal_conv1d
+        except ModuleNotFoundError:
+            pass
+        else:
+            raise AssertionError("causal_conv1d still importable after uninstall_as_causal_conv1d()")
+        """)
+
+
+def test_real_causal_conv1d_can_run_needs_a_gpu_and_its_extension(monkeypatch):
+    import types
+
+    import torch
+    from myfla.alias import real_causal_conv1d_can_run
+    monkeypatch.delitem(sys.modules, "causal_conv1d_cuda", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert not real_causal_conv1d_can_run()                        # a GPU, but the extension does not import
+    monkeypatch.setitem(sys.modules, "causal_conv1d_cuda", types.ModuleType("causal_conv1d_cuda"))
+    assert real_causal_conv1d_can_run()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not real_causal_conv1d_can_run()                        # the extension, but no GPU
+
+
+def test_real_causal_conv1d_that_can_run_is_not_shadowed_unless_forced(real_causal_conv1d):
+    run_child(FAKE_CONV_GPU + textwrap.dedent("""
+        import myfla
+        assert myfla.active_causal_conv1d() == "causal_conv1d"
+        assert myfla.install_as_causal_conv1d() == "causal_conv1d"
+        import causal_conv1d
+        assert causal_conv1d.REAL
+        assert "causal_conv1d -> the real causal_conv1d" in myfla.alias.describe_causal_conv1d()
+        try:
+            myfla.install_as_causal_conv1d(force=True)
+        except RuntimeError as error:
+            assert "a real causal_conv1d is already imported from" in str(error), error
+        else:
+            raise AssertionError("replaced an imported causal_conv1d")
+        """), real_causal_conv1d)
+    run_child(FAKE_CONV_GPU + textwrap.dedent("""
+        import sys, myfla
+        assert myfla.install_as_causal_conv1d(force=True) == "myfla"
+        import causal_conv1d
+        assert causal_conv1d is sys.modules["myfla._causal_conv1d"]
+        assert "is shadowed (forced)" in myfla.alias.describe_causal_conv1d()
+        """), real_causal_conv1d)
+    run_child("""
+        import sys, myfla
+        assert myfla.install_as_causal_conv1d() == "myfla"             # no GPU here: it cannot run
+        import causal_conv1d
+        assert causal_conv1d is sys.modules["myfla._causal_conv1d"]
+        assert "is shadowed (it cannot run here)" in myfla.alias.describe_causal_conv1d()
+        """, real_causal_conv1d)
+
+
+def test_causal_conv1d_shim_modes_and_status(real_causal_conv1d):
+    check_real = "import causal_conv1d\nassert getattr(causal_conv1d, 'REAL', False), causal_conv1d\n"
+    check_myfla = "import sys, causal_conv1d\nassert causal_conv1d is sys.modules['myfla._causal_conv1d']\n"
+    conv_gpu = FAKE_CONV_GPU
+    run_child(conv_gpu + check_real, CAUSAL_CONV1D_SHIM_DIR, real_causal_conv1d)        # auto: it can run
+    run_child(conv_gpu + check_myfla, CAUSAL_CONV1D_SHIM_DIR, real_causal_conv1d,
+              env={"MYFLA_AS_CAUSAL_CONV1D": "force"})
+    run_child(check_myfla, CAUSAL_CONV1D_SHIM_DIR, real_causal_conv1d)                  # auto: it cannot run
+    run_child(check_real, CAUSAL_CONV1D_SHIM_DIR, real_causal_conv1d, env={"MYFLA_AS_CAUSAL_CONV1D": "off"})
+    off = run_child("import causal_conv1d", CAUSAL_CONV1D_SHIM_DIR, env={"MYFLA_AS_CAUSAL_CONV1D": "off"},
+                    check=False)
+    assert "ModuleNotFoundError: No module named 'causal_conv1d' (MYFLA_AS_CAUSAL_CONV1D=off" in off.stderr
+    bad = run_child("import causal_conv1d", CAUSAL_CONV1D_SHIM_DIR, env={"MYFLA_AS_CAUSAL_CONV1D": "maybe"},
+                    check=False)
+    assert "MYFLA_AS_CAUSAL_CONV1D='maybe': expected one of auto, force, off" in bad.stderr
+    # the fla shim alone does not serve causal_conv1d, nor the conv shim fla
+    run_child("import importlib.util as u\nassert u.find_spec('causal_conv1d') is None", SHIM_DIR)
+    run_child("import importlib.util as u\nassert u.find_spec('fla') is None", CAUSAL_CONV1D_SHIM_DIR)
+    both = subprocess.run([sys.executable, "-m", "myfla.alias", "--shim-dir", "fla", "causal_conv1d"],
+                          capture_output=True, text=True, cwd=str(REPO))
+    assert both.stdout.strip() == os.pathsep.join([SHIM_DIR, CAUSAL_CONV1D_SHIM_DIR]), both
+    status = subprocess.run([sys.executable, "-m", "myfla.alias"], capture_output=True, text=True, cwd=str(REPO),
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join([both.stdout.strip(), str(REPO)])))
+    lines = status.stdout.splitlines()
+    assert lines[0].startswith("fla -> myfla 0.4.0"), status
+    assert lines[1].startswith("causal_conv1d -> myfla 0.4.0") and lines[1].endswith("_causal_conv1d)"), status
+
+
+def test_shims_bind_transformers_conv_to_myfla():
+    """With both shims on PYTHONPATH, transformers' Qwen3-Next and Kimi Linear bind their short
+    convolution (``causal_conv1d_fn``, ``causal_conv1d_update``) to myfla, no client code changed."""
+    hub = pytest.importorskip("transformers.integrations.hub_kernels")
+    pytest.importorskip("transformers.models.kimi_linear")
+    if not hasattr(hub, "use_kernel_func_from_hub_with_fallback"):
+        pytest.skip("transformers < 5 binds causal_conv1d only when CUDA is available")
+    out = run_child("""
+        import transformers.models.kimi_linear.modeling_kimi_linear as kimi
+        import transformers.models.qwen3_next.modeling_qwen3_next as qwen
+        for fn in (kimi.causal_conv1d_fn, kimi.causal_conv1d_update, qwen.causal_conv1d_fn, qwen.causal_conv1d_update):
+            cells = dict(zip(fn.__code__.co_freevars, (c.cell_contents for c in fn.__closure__)))
+            print(cells["implementation"].__module__, cells["implementation"].__name__)
+        """, SHIM_DIR, CAUSAL_CONV1D_SHIM_DIR)
+    assert out.stdout.split("\n")[:4] == [
+        "myfla.modules.causal_conv1d_package causal_conv1d_fn",
+        "myfla.modules.causal_conv1d_package causal_conv1d_update"] * 2

@@ -1,13 +1,13 @@
-"""transformers' Kimi Linear as a client of myfla (served as ``fla``), against transformers' own torch
-fallback in the same process: forward, loss and gradients, greedy generation (chunk_kda prefill,
-then fused_recurrent_kda decode steps), and packed sequences at the op call transformers makes.
+"""transformers' Kimi Linear as a client of myfla (served as ``fla`` and as ``causal_conv1d``), against
+transformers' own torch fallback in the same process: forward, loss and gradients, greedy generation
+(chunk_kda prefill, then fused_recurrent_kda decode steps), and packed sequences.
 
 Kimi Linear's layer passes ``**kwargs`` to ``chunk_kda`` without mapping ``cu_seq_lens_q`` to
 ``cu_seqlens`` (Qwen3-Next does), and transformers drops keyword arguments the target's signature
-does not name, so a packed row never reaches the varlen path from the model (with real fla either);
-passing ``cu_seqlens`` to the model instead trips transformers' torch conv fallback
-("can't keep packed sequences apart without causal_conv1d"). The op-level test below is what
-transformers' wrapper does with ``cu_seqlens`` when it gets it."""
+does not name, so a row from the packing collator reaches ``chunk_kda`` as one sequence (with real
+fla too): that is transformers' to fix, and a test records it. Passing ``cu_seqlens=`` (and the
+collator's ``seq_idx``, for the short convolution) to the model reaches both, and packed rows then
+equal separate runs."""
 
 from __future__ import annotations
 
@@ -22,11 +22,14 @@ pytest.importorskip("transformers.models.kimi_linear")
 
 import myfla.ops.kda as kda_ops  # noqa: E402
 from tests.myfla.clients.hf_pair import (  # noqa: E402
+    assert_packed_step_equals_separate_runs,
     bound_implementation,
     copy_weights,
     fallback_and_myfla,
+    collate_packed,
     forward_backward,
     imported_before_the_alias,
+    max_abs_diff,
     packed_inputs,
     recorded_keywords,
     rms_ratio,
@@ -103,6 +106,18 @@ def test_install_after_the_modeling_import_warns_and_the_fallback_stays():
         uninstall_as_fla()
 
 
+def test_causal_conv1d_install_after_the_modeling_import_warns_and_the_fallback_stays():
+    """The same trap for the conv: transformers bound ``causal_conv1d_fn`` at import."""
+    from myfla.alias import install_as_causal_conv1d, uninstall_as_causal_conv1d
+    with imported_before_the_alias(MODELING) as late:
+        with pytest.warns(RuntimeWarning, match=r"modeling_kimi_linear imported before "
+                                                r"myfla.install_as_causal_conv1d\(\): their causal_conv1d functions"):
+            assert install_as_causal_conv1d(force=True) == "myfla"
+        fn = late.causal_conv1d_fn
+        assert bound_implementation(fn) is fn.__wrapped__
+        uninstall_as_causal_conv1d()
+
+
 def test_forward_loss_and_gradients_match_fallback(modeling):
     ref, ours = make_pair(modeling)
     ref.train(), ours.train()
@@ -161,3 +176,28 @@ def test_packed_op_call_through_transformers_equals_separate_fallback_runs(model
     ((o_ref * do).sum() + (ht_ref * dht).sum()).backward()
     for name, a, b in zip(["dq", "dk", "dv", "dg", "dbeta", "dh0"], refs, ours):
         assert_rms(name, a.grad, b.grad, 1e-4)
+
+
+def test_packed_sequences_with_cu_seqlens_equal_separate_runs(modeling):
+    """The collator's row (``return_flash_attn_kwargs=True, return_seq_idx=True``) plus
+    ``cu_seqlens=`` (its ``cu_seq_lens_q``), ``use_cache=False``: ``chunk_kda`` runs varlen, the short
+    convolution keeps sequences apart through ``seq_idx``, the attention layer masks by
+    ``position_ids``. Logits, loss and every gradient equal the sequences run one by one (and the
+    logits equal transformers' fallback run one by one)."""
+    ref, ours = make_pair(modeling)
+    seqs = [torch.randint(3, VOCAB, (1, n)) for n in (37, 70, 1, 20)]
+    assert_packed_step_equals_separate_runs(ref, ours, seqs, ".self_attn.conv1d.weight",
+                                            rename=(("cu_seq_lens_q", "cu_seqlens"),))
+
+
+def test_collated_row_alone_reaches_chunk_kda_as_one_sequence(modeling):
+    """transformers 5.24's Kimi Linear does not map ``cu_seq_lens_q`` to ``cu_seqlens``: with only the
+    collator's keyword arguments the delta rule runs across the boundaries (the conv is kept apart by
+    ``seq_idx``), so later sequences differ from separate runs. If this fails, transformers maps it
+    now: packed Kimi Linear then needs no ``cu_seqlens=`` (update the notes and this test)."""
+    _, ours = make_pair(modeling)
+    seqs = [torch.randint(3, VOCAB, (1, n)) for n in (37, 70)]
+    with torch.no_grad():
+        first, second = ours(**collate_packed(seqs), use_cache=False).logits.split([37, 70], 1)
+        assert max_abs_diff(ours(seqs[0], use_cache=False).logits, first) < 1e-5
+        assert max_abs_diff(ours(seqs[1], use_cache=False).logits, second) > 1e-3

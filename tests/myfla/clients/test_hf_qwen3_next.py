@@ -1,9 +1,9 @@
-"""transformers' Qwen3-Next as a client of myfla (served as ``fla``), against transformers' own torch
-fallback in the same process: forward, loss and gradients, greedy generation (chunk prefill, then
-fused_recurrent decode steps), packed sequences. Tiny random models, with equal key/value head
-counts and with grouped value heads (``linear_num_value_heads > linear_num_key_heads``, as every
-published Qwen3-Next config has), which transformers passes to ``chunk_gated_delta_rule``
-un-repeated (fla 0.5.0's GVA API)."""
+"""transformers' Qwen3-Next as a client of myfla (served as ``fla`` and as ``causal_conv1d``), against
+transformers' own torch fallback in the same process: forward, loss and gradients, greedy generation
+(chunk prefill, then fused_recurrent decode steps), packed sequences. Tiny random models, with equal
+key/value head counts and with grouped value heads (``linear_num_value_heads > linear_num_key_heads``,
+as every published Qwen3-Next config has), which transformers passes to ``chunk_gated_delta_rule``
+un-repeated (fla 0.5.0's GVA API), and the published short-convolution width 4."""
 
 from __future__ import annotations
 
@@ -17,10 +17,13 @@ if not hasattr(_hub, "use_kernel_func_from_hub_with_fallback"):
 
 import myfla.ops.gated_delta_rule as gdn_ops  # noqa: E402
 from tests.myfla.clients.hf_pair import (  # noqa: E402
+    assert_packed_step_equals_separate_runs,
     bound_implementation,
     copy_weights,
     fallback_and_myfla,
+    collate_packed,
     forward_backward,
+    max_abs_diff,
     packed_inputs,
     recorded_keywords,
     rms_ratio,
@@ -78,7 +81,7 @@ def test_no_argument_transformers_passes_is_dropped(modeling, fla060_root):
            "torch_recurrent_gated_delta_rule": ("fla/ops/gated_delta_rule/fused_recurrent.py",
                                                 "fused_recurrent_gated_delta_rule",
                                                 gdn_ops.fused_recurrent_gated_delta_rule)}
-    _, ours = make_pair(modeling, gva=True, conv=1)
+    _, ours = make_pair(modeling, gva=True)
     ids, _, packing = packed_inputs([torch.randint(3, VOCAB, (1, n)) for n in (30, 50)])
     with recorded_keywords(served, list(ops)) as seen, torch.no_grad():
         ours(ids, use_cache=False, **packing)
@@ -124,21 +127,33 @@ def test_greedy_generation_matches_fallback(modeling, gva):
 
 @pytest.mark.parametrize("gva", [False, True], ids=["equal-heads", "gva"])
 def test_packed_sequences_equal_separate_runs(modeling, gva):
-    """A packed row (position_ids, cu_seq_lens_q/k as transformers' packing collator gives them)
-    reaches chunk_gated_delta_rule's varlen path. The model uses a width-1 short convolution:
-    transformers' own torch conv (causal_conv1d_fn without the causal_conv1d package) does not
-    keep packed sequences apart, so a wider one mixes the sequences before the op sees them."""
-    ref, ours = make_pair(modeling, gva, conv=1)
-    ref.eval(), ours.eval()
+    """A packed row from ``DataCollatorWithFlattening(return_flash_attn_kwargs=True,
+    return_seq_idx=True)``, ``use_cache=False`` (a training step): the short convolution (width 4)
+    gets ``seq_idx`` through myfla's ``causal_conv1d_fn``, ``chunk_gated_delta_rule`` gets
+    ``cu_seqlens`` (the layer maps ``cu_seq_lens_q``), the attention layer its block-diagonal mask
+    from ``position_ids``. Logits, loss and every gradient equal the sequences run one by one (and
+    the logits equal transformers' fallback run one by one)."""
+    ref, ours = make_pair(modeling, gva)
     seqs = [torch.randint(3, VOCAB, (1, n)) for n in (37, 70, 1, 20)]
-    ids, lens, packing = packed_inputs(seqs)
+    assert_packed_step_equals_separate_runs(ref, ours, seqs, ".linear_attn.conv1d.weight")
+
+
+def test_packed_row_without_seq_idx_mixes_sequences_in_the_conv(modeling):
+    """What transformers leaves to the caller: only ``seq_idx`` tells the conv where sequences
+    start (``cu_seq_lens_q`` is not turned into it, and the package API has no ``cu_seqlens``), so a
+    packed row collated without ``return_seq_idx`` mixes the first W-1 tokens of every later
+    sequence with the previous one, with myfla as with the real package. Without the package at all,
+    transformers' torch conv refuses ``seq_idx`` and its chunk fallback refuses packed rows."""
+    ref, ours = make_pair(modeling, gva=True)
+    seqs = [torch.randint(3, VOCAB, (1, n)) for n in (37, 70)]
+    batch = collate_packed(seqs)
+    no_seq_idx = {k: v for k, v in batch.items() if k != "seq_idx"}
     with torch.no_grad():
-        packed = ours(ids, use_cache=False, **packing).logits
-        for part, seq in zip(packed.split(lens, 1), seqs):
-            alone = ours(seq, use_cache=False).logits
-            alone_ref = ref(seq, use_cache=False).logits
-            assert rms_ratio(alone, part) < 1e-6
-            assert rms_ratio(alone_ref, part) < 1e-5
+        first, second = ours(**no_seq_idx, use_cache=False).logits.split([37, 70], 1)
+        assert max_abs_diff(ours(seqs[0], use_cache=False).logits, first) < 1e-5
+        assert max_abs_diff(ours(seqs[1], use_cache=False).logits, second) > 1e-3
+        with pytest.raises(ValueError, match="can't keep packed sequences apart without"):
+            ref(**batch, use_cache=False)
 
 
 @pytest.mark.parametrize("gva", [False, True], ids=["equal-heads", "gva"])

@@ -238,3 +238,56 @@ def test_package_padding_tokens_output_zero():
     for s, e in ((0, 2), (3, 6)):
         ref, _ = package_fn_ref(x[..., s:e].double(), w.double(), b.double(), None, 'silu')
         assert_rms(f"out[{s}:{e}]", ref, out[..., s:e], 1e-6)
+
+
+def _update_circular_reference(x, state, w, b, cache_seqlens):
+    """The package's circular-buffer update, token by token (csrc/causal_conv1d_update.cu): read the
+    W-1 inputs before ``cache_seqlens % S``, then write each token at the next slot."""
+    B, D, L = x.shape
+    W, S = w.shape[-1], state.shape[-1]
+    out = torch.empty(B, D, L, dtype=torch.float64)
+    for i in range(B):
+        pos = int(cache_seqlens[i]) % S
+        window = [state[i, :, (pos - (W - 1) + j) % S].double() for j in range(W - 1)]
+        for t in range(L):
+            window.append(x[i, :, t].double())
+            out[i, :, t] = sum(w[:, j].double() * window[j] for j in range(W)) + b.double()
+            window.pop(0)
+            state[i, :, pos] = x[i, :, t]
+            pos = (pos + 1) % S
+    return out
+
+
+@pytest.mark.parametrize("L", [1, 3, 9])
+def test_update_circular_buffer_matches_token_by_token_reference(L):
+    B, D, W, S = 3, 16, 4, 6
+    x, w, b = torch.randn(B, D, L), torch.randn(D, W), torch.randn(D)
+    state = torch.randn(B, D, S)
+    cache_seqlens = torch.tensor([0, 4, 13], dtype=torch.int32)
+    state_ref = state.clone()
+    out = causal_conv1d_update(x, state, w, b, cache_seqlens=cache_seqlens)
+    out_ref = _update_circular_reference(x, state_ref, w, b, cache_seqlens)
+    assert_rms("out", out_ref, out, 1e-6)
+    assert torch.equal(state, state_ref)
+
+
+def test_update_conv_state_indices_pick_rows_and_skip_padding():
+    """Continuous batching: row ``i`` of the batch reads and shifts ``conv_state[indices[i]]``; a
+    negative index outputs 0 and leaves every state untouched."""
+    D, W, S = 16, 3, 4
+    x, w, b = torch.randn(3, D, 2), torch.randn(D, W), torch.randn(D)
+    pool = torch.randn(5, D, S)
+    indices = torch.tensor([3, -1, 0], dtype=torch.int32)
+    expected_pool = pool.clone()
+    picked = expected_pool[[3, 0]].clone()
+    expected = causal_conv1d_update(x[[0, 2]], picked, w, b, activation="silu")
+    expected_pool[[3, 0]] = picked
+    out = causal_conv1d_update(x, pool, w, b, activation="silu", conv_state_indices=indices)
+    assert torch.equal(out[[0, 2]], expected) and torch.equal(out[1], torch.zeros_like(out[1]))
+    assert torch.equal(pool, expected_pool)
+    with pytest.raises(RuntimeError, match="conv_state_indices.scalar_type"):
+        causal_conv1d_update(x, pool, w, b, conv_state_indices=indices.long())
+    with pytest.raises(RuntimeError, match=r"conv_state must have shape \(batch_size, dim, conv_state_len\)"):
+        causal_conv1d_update(x, pool, w, b)
+    with pytest.raises(RuntimeError, match="cache_seqlens.scalar_type"):
+        causal_conv1d_update(x, pool[:3], w, b, cache_seqlens=torch.zeros(3, dtype=torch.int64))
