@@ -194,8 +194,6 @@ def max_abs_diff(a, b) -> float:
     return (a.detach().double() - b.detach().double()).abs().max().item()
 
 
-@contextlib.contextmanager
-
 def assert_packed_step_equals_separate_runs(ref, ours, seqs, conv_weight: str, rename=()) -> None:
     """One training step of ``ours`` on the packed row of ``seqs`` equals the sequences run one by one:
     logits (also against transformers' fallback ``ref`` run per sequence), loss and every gradient,
@@ -215,6 +213,8 @@ def assert_packed_step_equals_separate_runs(ref, ours, seqs, conv_weight: str, r
         assert_rms(name, g_alone, grads[name], 1e-4)
     assert any(conv_weight in n for n in grads)
 
+
+@contextlib.contextmanager
 def recorded_keywords(module, names):
     """Record the keyword names a modeling module passes to its fla-backed functions (before
     transformers' wrapper filters them by the target's signature)."""
