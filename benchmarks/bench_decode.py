@@ -11,7 +11,8 @@ Sections (``--sections``):
   shapes) and ``fused_recurrent_kda``, next to transformers' ``torch_recurrent_gated_delta_rule`` /
   ``recurrent_kimi_delta_attention`` (their plain per-token loops, unwrapped from the hub-kernel
   decorator so that an installed fla is not picked up), with the policy off (``myfla/all-threads``)
-  where more than one thread is set, and fla's Triton ``fused_recurrent_*`` on CUDA where real fla
+  where more than one thread is set, with the state updated in one piece (``myfla/one-block``) where
+  it is larger than the update's cache-sized blocks, and fla's Triton ``fused_recurrent_*`` on CUDA where real fla
   imports (an implementation that fails is left out of its row, with a note). The bound, from the
   same run: ``copy`` (read the state and write it once into a kept buffer: the least a step that
   returns a new final state must move), at the set thread count and on one thread, whichever is
@@ -21,6 +22,12 @@ Sections (``--sections``):
 - ``chunk``: a short chunked call (``chunk_kda`` / ``chunk_gated_delta_rule``, B=2 T=300 H=4
   K=V=64) run inside ``small_work_single_threaded`` and as it is: what the policy does for the
   chunked ops, which do not apply it themselves.
+
+Every op and layer row also records ``ops_per_call`` from the torch profiler: the top-level aten
+ops one call dispatches, those that compute (not a view or an allocation), and on CUDA the kernels it
+launches (``cuda_kernels``): a one-token step is bound by dispatch on a CPU and by launches on a GPU.
+Layer rows time the step with the whole call on one thread beside it (``myfla/1-thread``, where
+several threads are set): on a busy machine the shipped policy should cost about that.
 
 Load (``--loads``): ``none``, or ``busy``: ``--busy-procs`` Python busy loops (default 1: the other
 core of a 2-core machine) run while the figures are taken. Timings are medians of interleaved runs
@@ -56,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 from myfla.layers import GatedDeltaNet, KimiDeltaAttention  # noqa: E402
 from myfla.models.utils import Cache  # noqa: E402
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule  # noqa: E402
+from myfla.ops.gated_delta_rule import fused_recurrent as fused_recurrent_module  # noqa: E402
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: E402
 from myfla.ops.utils import threads  # noqa: E402
 
@@ -189,6 +197,37 @@ def one_thread():
         torch.set_num_threads(before)
 
 
+# aten ops that only make views or allocate: no kernel on a GPU, a dispatch on either device
+VIEW_OPS = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::transpose", "aten::unsqueeze",
+            "aten::squeeze", "aten::select", "aten::slice", "aten::diagonal", "aten::unbind", "aten::as_strided",
+            "aten::expand", "aten::permute", "aten::t", "aten::alias", "aten::detach", "aten::split",
+            "aten::narrow", "aten::empty", "aten::empty_like", "aten::new_empty", "aten::empty_strided",
+            "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg", "aten::_unsafe_view"}
+
+
+def ops_per_call(fn: Callable[[], object], device: torch.device, sync: Callable[[], None]) -> dict:
+    """Torch ops one call of ``fn`` dispatches (top-level aten ops, and those that compute: not a
+    view or an allocation) and, on CUDA, the kernels (and memcpy/memset) it launches: the per-call
+    cost of a step that is bound by dispatch (CPU) or launches (GPU), counted by the profiler."""
+    fn()
+    sync()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    try:
+        with torch.profiler.profile(activities=activities) as prof:
+            fn()
+            sync()
+        events = prof.events()
+    except Exception as error:              # a profiler that cannot run here: the timings still count
+        return {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+    top = [e for e in events if e.cpu_parent is None and e.name.startswith("aten::")]
+    counts = {"aten_ops": len(top), "compute_ops": sum(e.name not in VIEW_OPS for e in top)}
+    if device.type == "cuda":
+        counts["cuda_kernels"] = sum(e.device_type == torch.autograd.DeviceType.CUDA for e in events)
+    return counts
+
+
 def max_diff(a, b) -> float:
     return max((a[0] - b[0]).abs().max().item(), (a[1] - b[1]).abs().max().item())
 
@@ -209,6 +248,15 @@ def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
             def ours():
                 return fused_recurrent_kda(q, k, v, g, **kw)
         fns = {"myfla": ours}
+        if device.type == "cpu" and h0.numel() > fused_recurrent_module._STATE_BLOCK:
+            # the state update in one piece instead of cache-sized blocks: whether blocking pays here
+            def one_block(fn=ours):
+                saved, fused_recurrent_module._STATE_BLOCK = fused_recurrent_module._STATE_BLOCK, h0.numel()
+                try:
+                    return fn()
+                finally:
+                    fused_recurrent_module._STATE_BLOCK = saved
+            fns["myfla/one-block"] = one_block
         multi = n_threads > 1 and device.type == "cpu"
         if multi:
             def all_threads(fn=ours):
@@ -242,13 +290,14 @@ def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
                     notes.append(f"{key} failed: {type(error).__name__}: {str(error)[:200]}")
                     del fns[key]
             times = interleaved(fns, args.op_repeats, sync)
+            ops = {key: ops_per_call(fns[key], device, sync) for key in ("myfla", "transformers", "fla") if key in fns}
         state_bytes = h0.numel() * h0.element_size()
         bound_ms = min(times[key]["median_ms"] for key in ("copy", "copy/1-thread") if key in times)
         rows.append({"section": "op", "op": op, "B": B, "H": H, "HV": HV, "K": K, "V": K,
                      "state_MB": state_bytes / 2 ** 20, "threads": n_threads, "load": load_kind, "device": str(device),
                      "bound_ms": bound_ms, "copy_GBps": 2 * state_bytes / bound_ms / 1e6,
                      "myfla_over_bound": times["myfla"]["median_ms"] / bound_ms,
-                     "max_abs_diff": diffs, "notes": notes, "times": times})
+                     "max_abs_diff": diffs, "notes": notes, "ops_per_call": ops, "times": times})
     return rows
 
 
@@ -263,22 +312,29 @@ def bench_layers(args, n_threads, load_kind, device, sync) -> List[dict]:
         layer = make().eval().to(device)
         for batch in args.batches:
             x = torch.randn(batch, prompt + steps + 2, HIDDEN, device=device)
+            # policy on (as shipped), off, and (several threads set) the whole step on one thread: the
+            # target is that a busy machine's step costs about what the one-thread step costs
+            keys = ["myfla"]
+            if n_threads > 1 and device.type == "cpu":
+                keys += ["myfla/all-threads", "myfla/1-thread"]
             caches = {}
-            for key in ("myfla", "myfla/all-threads"):
+            for key in keys:
                 caches[key] = Cache()
                 layer(x[:, :prompt], past_key_values=caches[key], use_cache=True)
-            samples = {"myfla": [], "myfla/all-threads": []}
+            samples = {key: [] for key in keys}
             for t in range(prompt, prompt + steps + 2):
-                for key in samples:
-                    with policy(key == "myfla"):
+                for key in keys:
+                    with policy(key != "myfla/all-threads"), (one_thread() if key == "myfla/1-thread"
+                                                               else contextlib.nullcontext()):
                         t0 = time.perf_counter()
                         layer(x[:, t:t + 1], past_key_values=caches[key], use_cache=True)
                         sync()
                         if t >= prompt + 2:                     # two untimed steps
                             samples[key].append(time.perf_counter() - t0)
-            keys = ["myfla"] + (["myfla/all-threads"] if n_threads > 1 and device.type == "cpu" else [])
+            # counted on two more steps of the timed cache (the call runs twice: warm, profiled)
+            ops = ops_per_call(lambda: layer(x[:, -1:], past_key_values=caches["myfla"], use_cache=True), device, sync)
             rows.append({"section": "layer", "layer": name, "B": batch, "prompt": prompt, "threads": n_threads,
-                         "load": load_kind, "device": str(device),
+                         "load": load_kind, "device": str(device), "ops_per_call": ops,
                          "times": {k: summary(samples[k]) for k in keys}})
     return rows
 
@@ -331,10 +387,14 @@ def print_rows(rows: List[dict]) -> None:
                 ratio += f", transformers/myfla {t['transformers']['median_ms'] / ours:.2f}x"
             if "fla" in t:
                 ratio += f", myfla/fla {ours / t['fla']['median_ms']:.2f}x"
-            print(head + "  " + cells + ratio + "".join(f"\n      note: {n}" for n in r["notes"]))
+            counts = "  ".join(f"{k}: " + " ".join(f"{n}={c}" for n, c in v.items()) for k, v in r["ops_per_call"].items())
+            print(head + "  " + cells + ratio + f"\n      ops per call: {counts}"
+                  + "".join(f"\n      note: {n}" for n in r["notes"]))
         elif r["section"] == "layer":
             head = f"layer {r['layer']:<18} B={r['B']:<2} thr={r['threads']} load={r['load']:<4}"
-            print(head + "  " + "  ".join(f"{k} {v['median_ms']:.3f} ms (p90 {v['p90_ms']:.2f})" for k, v in t.items()))
+            counts = " ".join(f"{n}={c}" for n, c in r["ops_per_call"].items())
+            print(head + "  " + "  ".join(f"{k} {v['median_ms']:.3f} ms (p90 {v['p90_ms']:.2f})" for k, v in t.items())
+                  + f"\n      ops per call: {counts}")
         else:
             head = f"chunk {r['op']:<22} B={r['B']} T={r['T']} H={r['H']} K=V={r['K']} thr={r['threads']} load={r['load']:<4}"
             print(head + "  " + "  ".join(f"{k} {v['median_ms']:.2f} ms (p90 {v['p90_ms']:.1f})" for k, v in t.items()))

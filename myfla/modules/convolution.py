@@ -49,6 +49,11 @@ causal_conv1d_update_cuda = causal_conv1d_package.causal_conv1d_update
 
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype`` (no op when it already is)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _silu_grad_factor(y: torch.Tensor) -> torch.Tensor:
     """d silu(y) / dy = sigmoid(y) * (1 + y * (1 - sigmoid(y)))."""
     s = torch.sigmoid(y)
@@ -325,27 +330,29 @@ def causal_conv1d_update(
     W = weight.shape[1] if weight is not None else cache.shape[-1]
 
     acc = accumulation_dtype(x)
+    # a step is a handful of small ops, so its cost is their number: b_y is fresh after the first
+    # reduction and the rest works on it in place; no conversion op where dtypes already agree
     with small_work_single_threaded(N * D * W, x.device):
-        b_x = x.reshape(N, D).to(acc)
+        b_x = _as(x.reshape(N, D), acc)
         if cache is not None:
             # [N, D, W]: drop the oldest column, the new token becomes the last one
-            b_cache = torch.cat([cache[:, :, 1:].to(acc), b_x.unsqueeze(-1)], -1)
+            b_cache = torch.cat([_as(cache.narrow(-1, 1, cache.shape[-1] - 1), acc), b_x.unsqueeze(-1)], -1)
         else:
             b_cache = b_x.new_zeros(N, D, W)
         if weight is not None:
-            b_y = (b_cache * weight.to(acc)).sum(-1)
+            b_y = (b_cache * _as(weight, acc)).sum(-1)
         else:
             b_y = b_cache.sum(-1)
         if bias is not None:
-            b_y = b_y + bias.to(acc)
+            b_y.add_(_as(bias, acc))
         if activation in ('swish', 'silu'):
-            b_y = b_y * torch.sigmoid(b_y)
+            b_y.mul_(torch.sigmoid(b_y))
         if residual is not None:
-            b_y = b_y + residual.reshape(N, D)
-        y = b_y.to(x.dtype)
+            b_y.add_(residual.reshape(N, D))
+        y = _as(b_y, x.dtype)
 
         if cache is not None:
-            cache.copy_(b_cache.to(cache.dtype))
+            cache.copy_(b_cache)
     return y.view(shape), cache
 
 
@@ -645,7 +652,7 @@ class ShortConvolution(nn.Conv1d):
                 x=x,
                 cache=x.new_zeros(N, D, W),
                 residual=residual,
-                weight=rearrange(self.weight, "d 1 w -> d w"),
+                weight=self.weight.squeeze(1),                  # [D, 1, W] -> [D, W]
                 bias=self.bias,
                 activation=self.activation,
             )
@@ -656,7 +663,7 @@ class ShortConvolution(nn.Conv1d):
                 x=x,
                 cache=cache,
                 residual=residual,
-                weight=rearrange(self.weight, "d 1 w -> d w"),
+                weight=self.weight.squeeze(1),                  # [D, 1, W] -> [D, W]
                 bias=self.bias,
                 activation=self.activation,
             )
@@ -669,7 +676,7 @@ class ShortConvolution(nn.Conv1d):
         y = causal_conv1d_update_cuda(
             x=x,
             conv_state=cache,
-            weight=rearrange(self.weight, "d 1 w -> d w"),
+            weight=self.weight.squeeze(1),                  # [D, 1, W] -> [D, W]
             bias=self.bias,
             activation=self.activation,
         )

@@ -22,16 +22,23 @@ _GATE_ACTIVATIONS = ('swish', 'silu', 'sigmoid')
 
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype`` (no op when it already is)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _normalize(b_x: torch.Tensor, eps: float, is_rms_norm: bool):
-    """Row statistics of ``b_x`` ``[T, D]`` (in its accumulation dtype): ``(x_hat, mean or None, rstd)``."""
+    """Row statistics of ``b_x`` ``[T, D]`` (in its accumulation dtype): ``(x_hat, mean or None, rstd)``
+    (``mean``, ``rstd`` ``[T]``). Few ops: one-token calls (decoding) cost what their ops dispatch."""
     if is_rms_norm:
         mean = None
         b_xbar = b_x
     else:
-        mean = b_x.mean(-1)
-        b_xbar = b_x - mean[:, None]
-    rstd = 1 / torch.sqrt(b_xbar.square().mean(-1) + eps)
-    return b_xbar * rstd[:, None], mean, rstd
+        mean = b_x.mean(-1, keepdim=True)
+        b_xbar = b_x - mean
+        mean = mean.squeeze(-1)
+    rstd = b_xbar.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
+    return b_xbar * rstd, mean, rstd.squeeze(-1)
 
 
 def layer_norm_gated_fwd(
@@ -68,23 +75,25 @@ def layer_norm_gated_fwd(
     _check_feature_dim(x, D)
 
     acc = accumulation_dtype(x)
-    b_x = x.to(acc)
+    b_x = _as(x, acc)
     if residual is not None:
         b_x = b_x + residual.to(acc)
     residual_out = None
     if residual is not None or (residual_dtype is not None and residual_dtype != x.dtype):
         residual_out = b_x.to(residual_dtype)
 
-    b_xhat, mean, rstd = _normalize(b_x, eps, is_rms_norm)
-    b_y = b_xhat * weight.to(acc) if weight is not None else b_xhat
+    # b_y is a fresh tensor from here on (x_hat), so the affine and gate steps work in place
+    b_y, mean, rstd = _normalize(b_x, eps, is_rms_norm)
+    if weight is not None:
+        b_y.mul_(_as(weight, acc))
     if bias is not None:
-        b_y = b_y + bias.to(acc)
-    b_g = g.to(acc)
+        b_y.add_(_as(bias, acc))
+    b_g = _as(g, acc)
     if activation in ('swish', 'silu'):
-        b_y = b_y * b_g * torch.sigmoid(b_g)
+        b_y.mul_(b_g).mul_(torch.sigmoid(b_g))
     elif activation == 'sigmoid':
-        b_y = b_y * torch.sigmoid(b_g)
-    y = b_y.to(x.dtype if out_dtype is None else out_dtype)
+        b_y.mul_(torch.sigmoid(b_g))
+    y = _as(b_y, x.dtype if out_dtype is None else out_dtype)
     return y, mean, rstd, residual_out if residual_out is not None else x
 
 
@@ -399,6 +408,42 @@ class LayerNormGatedLinearFunction(torch.autograd.Function):
         )
 
 
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _layer_norm_gated_no_grad(x, g, weight, bias, activation, residual, eps, prenorm, residual_in_fp32,
+                              is_rms_norm):
+    """:class:`LayerNormGatedFunction`'s forward for calls autograd would not record: the same
+    computation on the same contiguous rows, without the Function's per-call cost (most of a
+    one-token call's, as in decoding).
+
+    Source: fla/modules/fused_norm_gate.py:L628-L679 (fla 0.4.0)
+    """
+    x_shape_og = x.shape
+    x = x.contiguous().view(-1, x.shape[-1])
+    g = g.contiguous().view(-1, g.shape[-1])
+    if residual is not None:
+        assert residual.shape == x_shape_og
+        residual = residual.contiguous().view(-1, residual.shape[-1])
+        residual_dtype = residual.dtype
+    else:
+        residual_dtype = torch.float if residual_in_fp32 else None
+    y, _, _, residual_out = layer_norm_gated_fwd(
+        x=x,
+        g=g,
+        weight=weight,
+        bias=bias,
+        activation=activation,
+        eps=eps,
+        residual=residual,
+        residual_dtype=residual_dtype,
+        is_rms_norm=is_rms_norm
+    )
+    y = y.view(x_shape_og)
+    return y if not prenorm else (y, residual_out.view(x_shape_og))
+
+
 def layer_norm_gated(
     x: torch.Tensor,
     g: torch.Tensor,
@@ -414,6 +459,9 @@ def layer_norm_gated(
 
     Source: fla/modules/fused_norm_gate.py:L825-L847 (fla 0.4.0)
     """
+    if not _needs_grad(x, g, weight, bias, residual):
+        return _layer_norm_gated_no_grad(x, g, weight, bias, activation, residual, eps, prenorm,
+                                         residual_in_fp32, False)
     return LayerNormGatedFunction.apply(
         x,
         g,
@@ -443,6 +491,9 @@ def rms_norm_gated(
 
     Source: fla/modules/fused_norm_gate.py:L850-L872 (fla 0.4.0)
     """
+    if not _needs_grad(x, g, weight, bias, residual):
+        return _layer_norm_gated_no_grad(x, g, weight, bias, activation, residual, eps, prenorm,
+                                         residual_in_fp32, True)
     return LayerNormGatedFunction.apply(
         x,
         g,

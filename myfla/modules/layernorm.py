@@ -12,6 +12,7 @@ with :class:`RMSNorm`.
 from __future__ import annotations
 
 from functools import partial
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -252,26 +253,31 @@ def layer_norm_fwd(
     _check_feature_dim(x, D)
 
     acc = accumulation_dtype(x)
-    b_x = x.to(acc)
+    b_x = x if x.dtype == acc else x.to(acc)
     if residual is not None:
         b_x = b_x + residual.to(acc)
     res_out = None
     if residual is not None or (residual_dtype is not None and residual_dtype != x.dtype):
         res_out = b_x.to(residual_dtype)
 
+    # few ops (a one-token call costs what its ops dispatch): statistics with keepdim, and the
+    # affine steps in place on the fresh normalised rows
     if is_rms_norm:
         mean = None
         b_xbar = b_x
     else:
-        mean = b_x.mean(-1)
-        b_xbar = b_x - mean[:, None]
-    rstd = 1 / torch.sqrt(b_xbar.square().mean(-1) + eps)
-    b_y = b_xbar * rstd[:, None]
+        mean = b_x.mean(-1, keepdim=True)
+        b_xbar = b_x - mean
+        mean = mean.squeeze(-1)
+    rstd = b_xbar.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
+    b_y = b_xbar * rstd
+    rstd = rstd.squeeze(-1)
     if weight is not None:
-        b_y = b_y * _per_group(weight, T, G, D, acc)
+        b_y.mul_(weight if G == 1 and weight.dtype == acc else _per_group(weight, T, G, D, acc))
     if bias is not None:
-        b_y = b_y + _per_group(bias, T, G, D, acc)
-    y = b_y.to(x.dtype if out_dtype is None else out_dtype)
+        b_y.add_(bias if G == 1 and bias.dtype == acc else _per_group(bias, T, G, D, acc))
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    y = b_y if b_y.dtype == out_dtype else b_y.to(out_dtype)
     return y, mean, rstd, res_out if res_out is not None else x
 
 
@@ -430,6 +436,41 @@ class LayerNormFunction(torch.autograd.Function):
         )
 
 
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _layer_norm_no_grad(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm, num_groups=1):
+    """:class:`LayerNormFunction`'s forward for calls autograd would not record: the same computation
+    on the same contiguous rows, without the Function's per-call cost (most of a one-token call's, as
+    in decoding).
+
+    Source: fla/modules/layernorm.py:L716-L765 (fla 0.4.0)
+    """
+    x_shape_og = x.shape
+    if x.shape[-1] % num_groups != 0:
+        raise ValueError('num_channels must be divisible by num_groups')
+    x = x.contiguous().view(-1, (x.shape[-1] // num_groups))
+    if residual is not None:
+        assert residual.shape == x_shape_og
+        residual = residual.contiguous().view_as(x)
+        residual_dtype = residual.dtype
+    else:
+        residual_dtype = torch.float32 if residual_in_fp32 else None
+    y, _, _, res_out = layer_norm_fwd(
+        x,
+        weight,
+        bias,
+        eps,
+        residual,
+        residual_dtype=residual_dtype,
+        is_rms_norm=is_rms_norm,
+        num_groups=num_groups
+    )
+    y = y.view(x_shape_og)
+    return y if not prenorm else (y, res_out.view(x_shape_og))
+
+
 def layer_norm(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -445,6 +486,8 @@ def layer_norm(
 
     Source: fla/modules/layernorm.py:L805-L824 (fla 0.4.0)
     """
+    if not _needs_grad(x, weight, bias, residual):
+        return _layer_norm_no_grad(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm)
     return LayerNormFunction.apply(
         x,
         weight,
@@ -472,6 +515,9 @@ def group_norm(
 
     Source: fla/modules/layernorm.py:L827-L848 (fla 0.4.0)
     """
+    if not _needs_grad(x, weight, bias, residual):
+        return _layer_norm_no_grad(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm,
+                                   num_groups)
     return LayerNormFunction.apply(
         x,
         weight,
@@ -498,6 +544,8 @@ def rms_norm(
 
     Source: fla/modules/layernorm.py:L851-L869 (fla 0.4.0)
     """
+    if not _needs_grad(x, weight, bias, residual):
+        return _layer_norm_no_grad(x, weight, bias, residual, eps, prenorm, residual_in_fp32, True)
     return LayerNormFunction.apply(
         x,
         weight,

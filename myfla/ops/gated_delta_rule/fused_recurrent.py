@@ -90,6 +90,134 @@ def _recurrent_step(
         state.addcmul_(b_k, v.unsqueeze(1))
 
 
+# per (scale, dtype, device): constants that fold the output scale into q (see _scale_folds)
+_SCALE_FOLDS = {}
+
+
+def _scale_folds(scale: float, dtype: torch.dtype, device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """``(w, e, s)``: ``w``, ``e`` ``[2]`` such that ``rsqrt(w * [|k|^2, |q|^2] + e)`` is
+    ``[1 / sqrt(|k|^2 + 1e-6), scale / sqrt(|q|^2 + 1e-6)]`` (fla's in-kernel L2 norm of k, and of
+    q with the output scale, in one op), and ``s`` ``[2, 1]`` = ``[1, scale]`` (the scale alone, for
+    calls without the L2 norm). Made once per scale, dtype and device.
+
+    Source: fla/ops/gated_delta_rule/fused_recurrent.py:L94-L97 (fla 0.4.0)
+    """
+    key = (scale, dtype, device)
+    folds = _SCALE_FOLDS.get(key)
+    if folds is None:
+        inv = 1.0 / (scale * scale)
+        folds = (torch.tensor([1.0, inv], dtype=dtype, device=device),
+                 torch.tensor([1e-6, 1e-6 * inv], dtype=dtype, device=device),
+                 torch.tensor([[1.0], [scale]], dtype=dtype, device=device))
+        _SCALE_FOLDS[key] = folds
+    return folds
+
+
+# elements of the state blocks the one-token update goes through at a time on a CPU (1 MB of fp32,
+# twice the L2 cache of the 2-core development machine's cores; benchmarks/bench_decode.py times
+# the update in one piece beside it, as ``myfla/one-block``)
+_STATE_BLOCK = 2 ** 18
+
+
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype`` (no op when it already is)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def _decay_update(state_in, state, decay, k_col, b_v_row) -> None:
+    """``state = decay * state_in + k_col b_v_row`` (``state_in`` may be ``state``).
+
+    Source: fla/ops/gated_delta_rule/fused_recurrent.py:L104-L118 (fla 0.4.0)
+    """
+    if decay is not None:
+        torch.mul(state_in, decay, out=state)
+    elif state_in is not state:
+        state.copy_(state_in)
+    state.addcmul_(k_col, b_v_row)
+
+
+def _decode_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: Optional[torch.Tensor],
+    gk: Optional[torch.Tensor],
+    beta: torch.Tensor,
+    scale: float,
+    state_in: torch.Tensor,
+    state: torch.Tensor,
+    use_qk_l2norm_in_kernel: bool,
+    rep: int,
+    cdt: torch.dtype,
+) -> torch.Tensor:
+    """One token for each of ``N`` sequences (q/k ``[N, 1, H, K]``, v ``[N, 1, HV, V]``, gates and
+    beta alike), the decoding step: ``state`` ``[R, K, V]`` (R = N * HV) becomes the state after
+    the token, from ``state_in`` (read only, or ``state`` itself); returns the scaled output
+    ``[R, V]`` in ``cdt``.
+
+    A step's cost is its number of torch ops where the state is small (each op is a kernel launch
+    on a GPU, a few microseconds of dispatch on a CPU) and its passes over the state where it is
+    large, so it is written with as few of both as torch ops allow: 14 kernels for GDN / KDA with
+    the L2 norm and without GVA (16 before this path existed), and a large state goes through
+    memory three times (read by the ``bmm``; read and written once by the update, block by block),
+    against five before. k and q are stacked once; one ``bmm`` of ``[k; q]`` with itself gives both
+    squared norms, whose reciprocal square roots (with the output scale folded into q's,
+    :func:`_scale_folds`) normalise both rows in one multiply; the decay moves onto k and q, so one
+    ``bmm`` reads ``k^T h`` and ``q^T h`` of the decayed state from ``initial_state``; one
+    ``addcmul`` gives the output ``h^T q + (k . q) v'`` without reading the updated state; and the
+    decay and the rank-1 update write the new state block by block (:data:`_STATE_BLOCK`), each
+    block still in cache for the second op.
+
+    Source: fla/ops/gated_delta_rule/fused_recurrent.py:L14-L139 (fla 0.4.0)
+    """
+    R, K, V = state.shape
+    kq = torch.stack((k, q), dim=-2).view(-1, 2, K)                       # [N*H, 2, K]
+    kq = _as(kq, cdt)
+    if rep > 1:
+        kq = kq.repeat_interleave(rep, dim=0)                             # value head i reads key head i // rep
+    w, e, s = _scale_folds(scale, cdt, kq.device)
+    if use_qk_l2norm_in_kernel:
+        norms = torch.bmm(kq, kq.transpose(1, 2)).diagonal(dim1=1, dim2=2)   # [R, 2]: |k|^2, |q|^2
+        kq = kq * torch.addcmul(e, norms, w).rsqrt_().unsqueeze(-1)      # [k / |k|, scale * q / |q|]
+    else:
+        kq = kq * s                                                       # [k, scale * q]
+    k_row, q_row = kq.unbind(1)
+    kdotq = torch.bmm(k_row.unsqueeze(1), q_row.unsqueeze(2)).view(R, 1)  # k . (scale q), one kernel
+
+    # row decays [R, K or 1, 1], exponentiated in cdt
+    decay = None
+    if g is not None:
+        decay = torch.exp(_as(g.reshape(R, 1, 1), cdt))
+    if gk is not None:
+        decay_gk = torch.exp(_as(gk.reshape(R, K, 1), cdt))
+        decay = decay_gk if decay is None else decay * decay_gk
+    if state_in.dtype != cdt or not state_in.is_contiguous():
+        # bmm takes one dtype, and a strided state would take another (slower, differently rounded)
+        # matmul path: the state is read from its contiguous cdt copy
+        state_in = state.copy_(state_in)
+
+    # k^T h and q^T h of the decayed state, read from state_in with the decay moved onto k and q
+    # ((d * k)^T h = k^T (d h) for a row decay d), so that the decay and the update below go
+    # through the state together, block by block
+    kq_d = kq if decay is None else kq * (decay if decay.shape[1] == 1 else decay.transpose(1, 2))
+    kh, qh = torch.bmm(kq_d, state_in).unbind(1)                          # [R, V] each
+    b_v = torch.sub(_as(v.reshape(R, V), cdt), kh).mul_(_as(beta.reshape(R, -1), cdt))
+    out = torch.addcmul(qh, b_v, kdotq)                                   # (h + k v'^T)^T q = h^T q + (k.q) v'
+
+    # h = d h_in + k v'^T, in blocks of rows small enough to stay in cache between the two ops, so
+    # that a large state goes through memory as a copy does (read once, written once)
+    k_col, b_v_row = k_row.unsqueeze(-1), b_v.unsqueeze(1)
+    # (on a CPU: a GPU step is bound by its launches, and each block would add two)
+    rows = max(1, _STATE_BLOCK // (K * V)) if state.device.type == 'cpu' else R
+    if rows >= R:
+        _decay_update(state_in, state, decay, k_col, b_v_row)
+    else:
+        for i in range(0, R, rows):
+            j = i + rows
+            _decay_update(state_in[i:j], state[i:j], None if decay is None else decay[i:j], k_col[i:j], b_v_row[i:j])
+    return out
+
+
 def fused_recurrent_gated_delta_rule_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -140,6 +268,14 @@ def fused_recurrent_gated_delta_rule_fwd(
 
     # every op of a step touches the [R, K, V] state; the preparation touches [L, R, 2, max(K, V)]
     with small_work_single_threaded(max(R * K * V, 2 * L * R * max(K, V)), v.device):
+        if L == 1 and gv is None and (cu_seqlens is None or T == N):
+            # decoding: one token per sequence, in order (with cu_seqlens, B = 1 and T = N)
+            o = _decode_step(q, k, v, g, gk, beta, scale, state_in, state, use_qk_l2norm_in_kernel, rep, cdt)
+            o = _as(o.view(B, T, HV, V), v.dtype)
+            if final_state is not None and not state_is_final:
+                final_state.copy_(state.view(N, HV, K, V))
+            return o, final_state
+
         layout = get_chunk_layout(B, T, L, cu_seqlens, device=v.device) if cu_seqlens is not None else None
         # per token (a leading L axis unless L == 1): k and q side by side [R, 2, K], normalised
         # together; k as a column [R, K, 1]; k . q [R, 1]. The scale multiplies the outputs.

@@ -163,4 +163,9 @@ def fused_kda_gate(g: torch.Tensor, A: torch.Tensor, head_k_dim: int,
     Source: fla/ops/kda/gate.py:L329-L349 (fla 0.4.0)
     """
     check_softplus_beta(beta)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (g, A, g_bias))):
+        # nothing for autograd to record (decoding): the Function's forward on the same contiguous
+        # inputs, without its per-call cost
+        return kda_gate_fwd(g.contiguous(), A.contiguous(), head_k_dim,
+                            None if g_bias is None else g_bias.contiguous(), beta, threshold)
     return KDAGateFunction.apply(g, A, head_k_dim, g_bias, beta, threshold)

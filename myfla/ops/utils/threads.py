@@ -32,6 +32,20 @@ Layers apply the policy to their decoding calls with :func:`single_threaded_when
 counts the layer's largest parameter (a one-token projection reads all of its weight). The chunked
 GDN and KDA ops apply it to their forward and backward passes, with :func:`chunk_work`.
 
+Projections above the threshold keep the caller's threads, by design. A one-token projection is a
+GEMV: two flops per weight element read, so memory-bound, and a second thread buys at most the
+bandwidth one core cannot draw. On the 2-core development machine one core draws it all (GEMVs of
+4-128 MB: 2 threads within a few percent of 1, quiet or busy), but a many-core host has several
+times one core's bandwidth, and a real model's projections (Qwen3-Next: 2048 x 4096 and larger)
+are where its decode time goes; single-threading them there would cost that many times. The
+stalls this module exists for come from the parallel regions of the small ops (the recurrent
+step, the conv step, elementwise gates) and those run on one thread whatever the layer's size:
+the recurrent ops and ``causal_conv1d_update`` apply the policy themselves, and elementwise ops on
+one token's activations are below torch's own parallel grain. Measured under load (2 threads, a
+busy loop on the other core, per token): GatedDeltaNet at hidden 1024 / 2048 costs about what the
+one-thread step costs with the policy as it is (and 4x more with it off); see bench_decode.py's
+layer section, which times ``myfla/1-thread`` beside it.
+
 ``MYFLA_SMALL_WORK`` (environment, read at import) or :func:`set_small_work` sets the threshold;
 ``0`` turns the policy off.
 """

@@ -163,3 +163,32 @@ def test_functions_defaults_and_dtypes():
     assert list(fng.FusedLayerNormGated(8, bias=True).state_dict()) == ["weight", "bias"]
     m = fng.FusedLayerNormGated(8, dtype=torch.float64)
     assert m.weight.dtype == torch.float64
+
+
+@pytest.mark.parametrize("cls,kwargs,is_rms_norm,activation,shape,residual,prenorm", MODULE_CASES)
+@pytest.mark.parametrize("residual_in_fp32", [False, True])
+def test_gated_norm_without_autograd_is_the_function_forward(cls, kwargs, is_rms_norm, activation, shape, residual,
+                                                             prenorm, residual_in_fp32):
+    """Calls autograd would not record skip the autograd Function (decoding's per-call cost): the
+    same numbers, bit for bit, from strided inputs too, and against the fp64 formula."""
+    D, eps = shape[-1], 1e-5
+    mod = cls(D, eps=eps, **kwargs)
+    with torch.no_grad():
+        for p in mod.parameters():
+            p.copy_(torch.randn_like(p))
+    x, g = torch.randn(shape) + 0.3, torch.randn(shape) * 2
+    r = torch.randn(shape) if residual else None
+    # the autograd Function's forward (a leaf that requires grad forces it)
+    expected = mod(_leaf(x), g, residual=r, prenorm=prenorm, residual_in_fp32=residual_in_fp32)
+    expected = [t.detach() for t in (expected if prenorm else [expected])]
+    xs = torch.cat([x, x], -1)[..., :D]                       # the same values behind strided storage
+    for inputs in ((x, g, r), (xs, g, r)):
+        with torch.no_grad():
+            got = mod(*inputs[:2], residual=inputs[2], prenorm=prenorm, residual_in_fp32=residual_in_fp32)
+        got = list(got) if prenorm else [got]
+        for e, o in zip(expected, got):
+            assert o.dtype == e.dtype and o.shape == e.shape
+            torch.testing.assert_close(o, e, rtol=0, atol=0)
+    h = x.double() + r.double() if residual else x.double()
+    w64, b64 = (None if p is None else p.detach().double() for p in (mod.weight, mod.bias))
+    assert_rms("y", gated_formula(h, g.double(), w64, b64, is_rms_norm, activation, eps), got[0], 1e-6)

@@ -294,3 +294,32 @@ def test_norm_parallel_single_rank():
     finally:
         if created:
             dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("norm,kwargs", [
+    (ln.layer_norm, {}),
+    (ln.rms_norm, {}),
+    (ln.group_norm, {"num_groups": 3}),
+])
+@pytest.mark.parametrize("residual,prenorm,residual_in_fp32", [
+    (False, False, False), (True, True, False), (True, False, True), (False, True, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_norm_without_autograd_is_the_function_forward(norm, kwargs, residual, prenorm, residual_in_fp32, dtype):
+    """Calls autograd would not record skip the autograd Function (a decoding step's per-call
+    cost): the same numbers bit for bit, from strided inputs too."""
+    D = 48
+    x = torch.randn(2, 5, D).to(dtype)
+    w, b = torch.randn(D), torch.randn(D)
+    r = torch.randn(2, 5, D).to(dtype) if residual else None
+    kw = dict(residual=r, eps=1e-5, prenorm=prenorm, residual_in_fp32=residual_in_fp32, **kwargs)
+    bias = None if norm is ln.rms_norm else b
+    expected = norm(x.clone().requires_grad_(), w, bias, **kw)
+    expected = [t.detach() for t in (expected if prenorm else [expected])]
+    strided = torch.cat([x, x], -1)[..., :D]
+    for inputs in (x, strided):
+        with torch.no_grad():
+            got = norm(inputs, w, bias, **kw)
+        got = list(got) if prenorm else [got]
+        for e, o in zip(expected, got):
+            assert o.dtype == e.dtype and o.shape == e.shape
+            torch.testing.assert_close(o, e, rtol=0, atol=0)

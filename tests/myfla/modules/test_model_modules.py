@@ -155,6 +155,27 @@ def test_gated_mlp(fuse_swiglu):
     assert sorted(dict(mlp.named_parameters())) == ['down_proj.weight', 'gate_proj.weight', 'up_proj.weight']
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gated_mlp_without_autograd_is_the_function_forward(dtype):
+    """Decoding (no grad) skips SwiGLULinearFunction: bit for bit the Function's forward, and the
+    unfused formula in fp64."""
+    torch.manual_seed(0)
+    mlp = GatedMLP(hidden_size=16, hidden_ratio=2, intermediate_size=24, fuse_swiglu=True).to(dtype)
+    x = torch.randn(2, 1, 16).to(dtype)
+    expected = mlp(x)                                    # the parameters require grad: the Function
+    assert expected.grad_fn is not None
+    with torch.no_grad():
+        got = mlp(x)
+    assert got.grad_fn is None and got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected.detach(), rtol=0, atol=0)
+    m64 = {n: p.detach().double() for n, p in mlp.named_parameters()}
+    x64 = x.double()
+    ref = F.linear(F.silu(F.linear(x64, m64['gate_proj.weight'])) * F.linear(x64, m64['up_proj.weight']),
+                   m64['down_proj.weight'])
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5 if dtype == torch.float32 else 2e-2,
+                               atol=1e-5 if dtype == torch.float32 else 2e-2)
+
+
 def test_gated_mlp_sizes_and_errors():
     # int(100 * 4 * 2 / 3) = 266, rounded up to a multiple of 256
     assert GatedMLP(hidden_size=100).intermediate_size == 512

@@ -74,6 +74,45 @@ def test_one_token_step_matches_naive(kda_ref, op, B, H, HV, K, V, h0):
     assert_rms("ht", ht_ref, ht, 1e-5)
 
 
+@pytest.mark.parametrize("l2norm,scale", [(True, None), (False, None), (True, 0.3), (False, 1.7)])
+@pytest.mark.parametrize("blocked", [False, True])
+@pytest.mark.parametrize("op", ["gdn", "kda"])
+def test_decode_step_scale_norm_and_blocks(kda_ref, monkeypatch, op, l2norm, scale, blocked):
+    """The decoding step folds the output scale into q's L2 norm (or multiplies q by it without the
+    norm) and writes a large state in blocks of rows: against fla's naive recurrence in fp64, with
+    blocks of 3 rows (R = 10 is not a multiple) and in one piece, from fp32 and fp64 inputs."""
+    B, H, HV, K, V = 5, 1, 2, 16, 24
+    if blocked:
+        monkeypatch.setattr(fr_module, "_STATE_BLOCK", 3 * K * V)
+    q, k, v, g, beta, h0 = step_inputs(B, 1, H, HV, K, V, gate="g" if op == "gdn" else "gk")
+    qr, kr = ((l2(x) if l2norm else x).repeat_interleave(HV // H, 2) for x in (q, k))
+    gk = g if g.dim() == 4 else g.unsqueeze(-1).expand(*g.shape, K)
+    o_ref, ht_ref = kda_ref(qr, kr, v, gk, beta, scale=scale, initial_state=h0, output_final_state=True)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        f = (lambda x: x.to(dtype))
+        kw = dict(beta=f(beta), scale=scale, initial_state=f(h0), output_final_state=True,
+                  use_qk_l2norm_in_kernel=l2norm)
+        if op == "gdn":
+            o, ht = fused_recurrent_gated_delta_rule(f(q), f(k), f(v), g=f(g), **kw)
+        else:
+            o, ht = fused_recurrent_kda(f(q), f(k), f(v), f(g), **kw)
+        assert o.dtype == dtype and ht.dtype == torch.float32
+        assert_rms("o", o_ref, o, tol)
+        assert_rms("ht", ht_ref, ht, 1e-6)        # the final state is fp32 (fla's contract)
+
+
+def test_decode_step_of_packed_sequences_equals_batch():
+    """One token for each of N packed sequences (B = 1, T = N, cu_seqlens) is the batched step."""
+    N, H, HV, K, V = 3, 2, 4, 16, 16
+    q, k, v, g, beta, h0 = (x.float() for x in step_inputs(N, 1, H, HV, K, V, gate="gk"))
+    kw = dict(initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    o, ht = fused_recurrent_kda(q, k, v, g, beta=beta, **kw)
+    flat = [x.transpose(0, 1) for x in (q, k, v, g, beta)]
+    o_p, ht_p = fused_recurrent_kda(*flat[:4], beta=flat[4], cu_seqlens=torch.tensor([0, 1, 2, 3]), **kw)
+    torch.testing.assert_close(o_p, o.transpose(0, 1), rtol=0, atol=0)
+    torch.testing.assert_close(ht_p, ht, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("variant", ["vector_beta", "gv"])
 def test_one_token_step_gv_and_vector_beta(variant):
     B, H, K, V = 2, 2, 32, 32

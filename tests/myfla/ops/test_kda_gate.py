@@ -82,3 +82,21 @@ def test_gate_bwd_direct_shapes_and_dtypes():
     assert dbias.shape == bias.shape
     _, _, none_bias = kda_gate_bwd(dy, g, A, 16)
     assert none_bias is None
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_gate_without_autograd_is_the_function_forward(bias, dtype):
+    """Decoding (no grad) skips KDAGateFunction: bit for bit the Function's forward, strided too."""
+    H, D = 3, 16
+    g = torch.randn(2, 1, H * D).to(dtype)
+    A = torch.randn(H)
+    g_bias = torch.randn(H * D) if bias else None
+    expected = fused_kda_gate(g.clone().requires_grad_(), A, D, g_bias=g_bias)
+    assert expected.grad_fn is not None
+    strided = torch.cat([g, g], -1)[..., :H * D]
+    for x in (g, strided):
+        with torch.no_grad():
+            got = fused_kda_gate(x, A, D, g_bias=g_bias)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        torch.testing.assert_close(got, expected.detach(), rtol=0, atol=0)
