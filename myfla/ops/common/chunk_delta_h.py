@@ -131,10 +131,18 @@ def chunks_to_grid(layout: ChunkLayout, h: torch.Tensor, dtype: Optional[torch.d
 
 
 def chunks_from_grid(layout: ChunkLayout, hc: torch.Tensor, H: int) -> torch.Tensor:
-    """``[NC, N*H, *rest]`` -> fla's per-chunk layout ``[B, NT, H, *rest]``."""
+    """``[NC, N*H, *rest]`` -> fla's per-chunk layout ``[B, NT, H, *rest]``.
+
+    Inside a ``grid_cache()`` scope (an op's own forward or backward pass, whose per-chunk states
+    are read only by its other functions) the result is a strided view of ``hc`` when no varlen
+    gather is needed: its readers take chunk-major grids, which that view already is, so neither
+    the reorder here nor the one back costs a copy. Outside a scope it is contiguous, as fla's.
+    """
     NC, NH = hc.shape[:2]
     h = hc.reshape(NC, NH // H, H, *hc.shape[2:]).transpose(0, 1)
-    h = layout.unpack_chunks(h).contiguous()
+    h = layout.unpack_chunks(h)
+    if _grid_memo is None:
+        h = h.contiguous()
     key = _memo_key(layout, h, hc.dtype)
     if key is not None:
         _grid_memo[('chunks',) + key] = (h, hc, layout)
