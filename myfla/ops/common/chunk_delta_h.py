@@ -21,7 +21,7 @@ import torch
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 from myfla.ops.utils.dot import dot, dot_add, operand, operand_dtype
 from myfla.ops.utils.loop_graph import owned, run_loop
-from myfla.ops.utils.workspace import new_empty
+from myfla.ops.utils.workspace import end_pass, new_empty
 from myfla.utils import accumulation_dtype, is_nvidia_hopper
 
 # Warp counts of fla's autotuner (kept for API parity; unused by torch code).
@@ -50,6 +50,7 @@ def grid_cache():
         yield
     finally:
         _grid_memo = None
+        end_pass()
 
 
 def _memo_key(layout: ChunkLayout, x: torch.Tensor, dtype) -> Optional[tuple]:

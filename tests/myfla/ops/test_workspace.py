@@ -163,3 +163,33 @@ def test_pooled_ops_stay_differentiable_when_called_under_autograd():
     assert out.requires_grad and c.requires_grad
     (out.sum() + c.sum()).backward()
     assert q.grad is not None and do.grad is not None
+
+
+@reuses
+def test_buffers_unused_for_keep_passes_are_dropped():
+    """The pool keeps the working set of the recent op passes: a buffer of a shape the last
+    KEEP_PASSES passes did not ask for is freed at the end of the next pass, one in use stays."""
+    other = (32, 1024 * 4)                       # another size: never reused for SHAPE requests
+    with torch.no_grad():
+        new_empty(other, torch.float32, torch.device('cpu'))
+        for _ in range(workspace.KEEP_PASSES + 1):         # the pass that used it, then KEEP_PASSES more
+            a = new_empty(SHAPE, torch.float32, torch.device('cpu'))
+            ptr = a.data_ptr()
+            del a
+            workspace.end_pass()
+        sizes = [buf.numel() for buf in workspace._pool.buffers]
+        assert sizes == [SHAPE[0] * SHAPE[1]], "the idle buffer outlived KEEP_PASSES passes"
+        assert workspace._pool.nbytes == SHAPE[0] * SHAPE[1] * 4
+        b = new_empty(SHAPE, torch.float32, torch.device('cpu'))
+    assert b.data_ptr() == ptr
+
+
+def test_chunk_op_passes_end_pool_passes():
+    from myfla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    before = workspace._pool.passes
+    q, k, v = torch.randn(1, 64, 2, 16), torch.randn(1, 64, 2, 16), torch.randn(1, 64, 2, 16)
+    g, beta = torch.randn(1, 64, 2).sigmoid().log(), torch.rand(1, 64, 2)
+    with torch.no_grad():
+        chunk_gated_delta_rule(q, k, v, g, beta)
+    assert workspace._pool.passes == before + 1
