@@ -30,8 +30,8 @@ def _chunk_major(grid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     already is (e.g. fla's per-chunk states of a single sequence)."""
     cm = grid.movedim(2, 0)
     if cm.dtype != dtype or not cm.is_contiguous():
-        # a plain allocation (not the workspace pool): the grid may live for a whole pass
-        cm = torch.empty(cm.shape, dtype=dtype, device=cm.device).copy_(cm)
+        # from the workspace pool: a pooled buffer is handed out again only once nothing holds it
+        cm = new_empty(cm.shape, dtype, cm.device).copy_(cm)
     return cm.movedim(0, 2)
 
 
