@@ -59,6 +59,22 @@ def _memo_key(layout: ChunkLayout, x: torch.Tensor, dtype) -> Optional[tuple]:
     return ('grid', id(layout), id(x), x._version, x.dtype if dtype is None else dtype)
 
 
+def shared_grid(layout: ChunkLayout, x: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """The ``[NC, N*H, BT, *rest]`` grid of ``x`` in ``dtype`` already built (or produced) in this
+    pass, or None. ``myfla.ops.utils.chunk_grid`` keeps chunk-major grids in the same memory order
+    and shares them both ways through this memo (``share_grid``)."""
+    key = _memo_key(layout, x, dtype)
+    hit = _grid_memo.get(key) if key is not None else None
+    return hit[1] if hit is not None else None
+
+
+def share_grid(layout: ChunkLayout, x: torch.Tensor, xc: torch.Tensor) -> None:
+    """Record ``xc`` (``[NC, N*H, BT, *rest]``, contiguous) as the grid of ``x`` for this pass."""
+    key = _memo_key(layout, x, xc.dtype)
+    if key is not None and key not in _grid_memo:
+        _grid_memo[key] = (x, xc, layout)
+
+
 def memo(key: tuple, tensors: tuple, fn):
     """``fn()`` memoised inside a ``grid_cache()`` scope under ``key`` and the identity/version of
     ``tensors`` (kept alive with the entry so that ids stay unique)."""
