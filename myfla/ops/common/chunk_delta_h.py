@@ -21,7 +21,7 @@ import torch
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 from myfla.ops.utils.dot import dot, dot_add, operand, operand_dtype
 from myfla.ops.utils.loop_graph import owned, run_loop
-from myfla.ops.utils.workspace import end_pass, new_empty
+from myfla.ops.utils.workspace import begin_pass, end_pass, new_empty
 from myfla.utils import accumulation_dtype, is_nvidia_hopper
 
 # Warp counts of fla's autotuner (kept for API parity; unused by torch code).
@@ -46,6 +46,7 @@ def grid_cache():
         yield
         return
     _grid_memo = {}
+    begin_pass()
     try:
         yield
     finally:
