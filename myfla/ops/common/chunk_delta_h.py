@@ -21,7 +21,7 @@ import torch
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 from myfla.ops.utils.dot import dot, dot_add, operand, operand_dtype
 from myfla.ops.utils.loop_graph import owned, run_loop
-from myfla.ops.utils.workspace import new_empty
+from myfla.ops.utils.workspace import begin_pass, end_pass, new_empty
 from myfla.utils import accumulation_dtype, is_nvidia_hopper
 
 # Warp counts of fla's autotuner (kept for API parity; unused by torch code).
@@ -46,16 +46,34 @@ def grid_cache():
         yield
         return
     _grid_memo = {}
+    begin_pass()
     try:
         yield
     finally:
         _grid_memo = None
+        end_pass()
 
 
 def _memo_key(layout: ChunkLayout, x: torch.Tensor, dtype) -> Optional[tuple]:
     if _grid_memo is None or layout.varlen or layout.pad:
         return None
     return ('grid', id(layout), id(x), x._version, x.dtype if dtype is None else dtype)
+
+
+def shared_grid(layout: ChunkLayout, x: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """The ``[NC, N*H, BT, *rest]`` grid of ``x`` in ``dtype`` already built (or produced) in this
+    pass, or None. ``myfla.ops.utils.chunk_grid`` keeps chunk-major grids in the same memory order
+    and shares them both ways through this memo (``share_grid``)."""
+    key = _memo_key(layout, x, dtype)
+    hit = _grid_memo.get(key) if key is not None else None
+    return hit[1] if hit is not None else None
+
+
+def share_grid(layout: ChunkLayout, x: torch.Tensor, xc: torch.Tensor) -> None:
+    """Record ``xc`` (``[NC, N*H, BT, *rest]``, contiguous) as the grid of ``x`` for this pass."""
+    key = _memo_key(layout, x, xc.dtype)
+    if key is not None and key not in _grid_memo:
+        _grid_memo[key] = (x, xc, layout)
 
 
 def memo(key: tuple, tensors: tuple, fn):
@@ -131,10 +149,18 @@ def chunks_to_grid(layout: ChunkLayout, h: torch.Tensor, dtype: Optional[torch.d
 
 
 def chunks_from_grid(layout: ChunkLayout, hc: torch.Tensor, H: int) -> torch.Tensor:
-    """``[NC, N*H, *rest]`` -> fla's per-chunk layout ``[B, NT, H, *rest]``."""
+    """``[NC, N*H, *rest]`` -> fla's per-chunk layout ``[B, NT, H, *rest]``.
+
+    Inside a ``grid_cache()`` scope (an op's own forward or backward pass, whose per-chunk states
+    are read only by its other functions) the result is a strided view of ``hc`` when no varlen
+    gather is needed: its readers take chunk-major grids, which that view already is, so neither
+    the reorder here nor the one back costs a copy. Outside a scope it is contiguous, as fla's.
+    """
     NC, NH = hc.shape[:2]
     h = hc.reshape(NC, NH // H, H, *hc.shape[2:]).transpose(0, 1)
-    h = layout.unpack_chunks(h).contiguous()
+    h = layout.unpack_chunks(h)
+    if _grid_memo is None:
+        h = h.contiguous()
     key = _memo_key(layout, h, hc.dtype)
     if key is not None:
         _grid_memo[('chunks',) + key] = (h, hc, layout)

@@ -12,6 +12,13 @@ the first row of the row block): ``exp(G_i - G_j) = exp(G_i - gn) * exp(gn - G_j
 the same factorisation is applied by bisection down to single tokens (see ``GatedTril``), which gives
 the same sums without the ``[.., 16, 16, K]`` pairwise tensors. All chunks of all heads are processed
 at once on the padded chunk grid ``[N, H, NC, BT, ...]`` (see ``myfla.ops.utils.chunk_grid``).
+
+Where every channel's gates span at most ``DENSE_GATE_RANGE`` inside each chunk of a slab (as fla
+0.6.0's ``safe_gate`` path assumes of bounded gates), one reference per chunk and channel suffices:
+the midpoint ``gm`` of the channel's range, with factors ``exp(G - gm)`` on rows and ``exp(gm - G)`` on
+columns, both within ``exp(+-DENSE_GATE_RANGE / 2)`` (no overflow, no subnormals). Each matrix and
+each gradient is then one dense ``[BT, BT]`` batched matmul masked to its triangle, the shape CPUs
+run fastest; the bisection stays for slabs with wider gates.
 """
 
 from __future__ import annotations
@@ -27,15 +34,49 @@ from myfla.ops.utils.gated_tril import GatedTril
 from myfla.ops.utils.solve_tril import solve_tril
 
 
+# Widest per-channel spread (max - min) of the chunk-local cumulative gates inside a chunk for which
+# the single-reference factorisation is used: its factors stay within exp(+-40).
+DENSE_GATE_RANGE = 80.0
+
+
+def dense_factors(G: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """Port-only helper: ``(exp(G - gm), exp(gm - G))`` with ``gm`` the midpoint of each chunk's and
+    channel's gate range (``G`` ``[..., BT, K]``), or None when some channel of the slab spans more
+    than ``DENSE_GATE_RANGE`` (then the caller uses ``GatedTril``)."""
+    hi, lo = G.amax(-2, keepdim=True), G.amin(-2, keepdim=True)
+    if not bool(((hi - lo) <= DENSE_GATE_RANGE).all()):
+        return None
+    d = G - (hi + lo).mul_(0.5)
+    return d.exp(), d.neg_().exp_()
+
+
+def _stacked(x: torch.Tensor, y: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+    """``[x fx; y fy]`` along the rows (dim -2), the products written in place of a concatenation."""
+    BT = x.shape[-2]
+    out = x.new_empty(*x.shape[:-2], 2 * BT, x.shape[-1])
+    torch.mul(x, fx, out=out[..., :BT, :])
+    torch.mul(y, fy, out=out[..., BT:, :])
+    return out
+
+
 def intra_scores(q, k, beta, G, scale):
     """Port-only helper: ``(Aqk, Akk)`` of one chunk grid (fp32, ``Akk`` strictly lower, before the inverse).
 
-    ``GatedTril.scores`` for ``Xs = [q, k]``, ``Y = k`` with the rows of ``q`` and ``k`` interleaved
-    (``[..., BT, 2, K]``): each bisection level is then one matmul, one row-factor product and one
-    block write for both matrices (at the small levels the per-op cost dominates).
+    Dense path (see the module docstring): ``[q a; k a] (k b)^T`` in one matmul, masked to the
+    triangles. Otherwise ``GatedTril.scores`` for ``Xs = [q, k]``, ``Y = k`` with the rows of ``q``
+    and ``k`` interleaved (``[..., BT, 2, K]``): each bisection level is then one matmul, one
+    row-factor product and one block write for both matrices.
     """
+    BT = q.shape[-2]
+    factors = dense_factors(G)
+    if factors is not None:
+        a, b = factors
+        A = torch.matmul(_stacked(q, k, a, a), (k * b).transpose(-1, -2))    # [..., 2 BT, BT]
+        # above the diagonal a*b = exp(G_i - G_j) may be huge: those entries are dropped, not masked
+        Aqk, Akk = A[..., :BT, :].tril_(), A[..., BT:, :].tril_(-1)
+        return Aqk.mul_(scale), Akk.mul_(beta.unsqueeze(-1))
     tri = GatedTril(G)
-    BT, lead, K = tri.BT, q.shape[:-2], q.shape[-1]
+    lead, K = q.shape[:-2], q.shape[-1]
     qk = torch.stack((q, k), dim=-2)                                    # [..., BT, 2, K]
     A = q.new_zeros(*lead, BT, 2, BT)                                   # [..., i, (qk), j]
     A[..., 0, :].diagonal(0, -2, -1).copy_((q * k).sum(-1))             # Akk's diagonal stays 0
@@ -50,6 +91,27 @@ def intra_scores(q, k, beta, G, scale):
     Aqk, Akk = A.unbind(-2)
     # scale and beta act on whole rows, so they are applied to the [BT, BT] results
     return Aqk.mul_(scale), Akk.mul_(beta.unsqueeze(-1))
+
+
+def intra_grads(q, k, b, G, dAqk, dAkk):
+    """Port-only helper: ``(dq, dk_rows, dk_cols)`` of one chunk grid: the gradient of ``q`` through
+    ``Aqk``, of the rows ``beta k`` of ``Akk`` (before ``beta``), and of the columns ``k`` of both
+    (``b`` is ``beta`` ``[..., BT, 1]``). Only the lower triangles of ``dAqk`` (with its diagonal)
+    and ``dAkk`` (strict) are read, as in the kernel."""
+    BT = q.shape[-2]
+    factors = dense_factors(G)
+    if factors is None:
+        tri = GatedTril(G)
+        dq, dk_rows = tri.grad_rows([dAqk, dAkk], k)
+        return dq, dk_rows, tri.grad_cols([dAqk, dAkk], [q, k * b])
+    a, c = factors
+    dA = dAqk.new_empty(*dAqk.shape[:-2], 2 * BT, BT)                  # [dAqk; dAkk], lower triangles
+    torch.tril(dAqk, out=dA[..., :BT, :])
+    torch.tril(dAkk, -1, out=dA[..., BT:, :])
+    d_rows = torch.matmul(dA, k * c).view(*q.shape[:-2], 2, BT, q.shape[-1]).mul_(a.unsqueeze(-3))
+    dk_cols = torch.matmul(dA.transpose(-1, -2), _stacked(q, k * b, a, a)).mul_(c)
+    dq, dk_rows = d_rows.unbind(-3)
+    return dq, dk_rows, dk_cols
 
 
 def chunk_kda_fwd_intra(
@@ -123,12 +185,10 @@ def chunk_kda_bwd_intra(
     for sl in chunk_slabs(qc):
         q_s, k_s, b_s = slab(qc, sl), slab(kc, sl), slab(bc, sl).unsqueeze(-1)
         dAqk_s, dAkk_s = slab(dAqk_c, sl), slab(dAkk_c, sl)
-        tri = GatedTril(slab(Gc, sl))
         # row side: gradients of q and of beta*k; column side: gradient of k
-        dq_s, dk_rows = tri.grad_rows([dAqk_s, dAkk_s], k_s)
+        dq_s, dk_rows, dk_cols = intra_grads(q_s, k_s, b_s, slab(Gc, sl), dAqk_s, dAkk_s)
         store(db_intra, sl, (dk_rows * k_s).sum(-1))
-        dk_rows.mul_(b_s)
-        dk_cols = tri.grad_cols([dAqk_s, dAkk_s], [q_s, k_s * b_s])
+        dk_rows = dk_rows * b_s
         store(dq_intra, sl, dq_s)
         store(dg_intra, sl, torch.addcmul(q_s * dq_s, dk_rows - dk_cols, k_s))
         store(dk_intra, sl, dk_rows.add_(dk_cols))

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from myfla.ops.common.chunk_delta_h import memo
+from myfla.ops.common.chunk_delta_h import memo, share_grid, shared_grid
 from myfla.ops.utils.chunk_layout import ChunkLayout, slab_chunk_heads
 from myfla.ops.utils.dot import operand_dtype
 from myfla.ops.utils.workspace import new_empty
@@ -30,8 +30,8 @@ def _chunk_major(grid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     already is (e.g. fla's per-chunk states of a single sequence)."""
     cm = grid.movedim(2, 0)
     if cm.dtype != dtype or not cm.is_contiguous():
-        # a plain allocation (not the workspace pool): the grid may live for a whole pass
-        cm = torch.empty(cm.shape, dtype=dtype, device=cm.device).copy_(cm)
+        # from the workspace pool: a pooled buffer is handed out again only once nothing holds it
+        cm = new_empty(cm.shape, dtype, cm.device).copy_(cm)
     return cm.movedim(0, 2)
 
 
@@ -39,16 +39,25 @@ def to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero',
             dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``[B, T, H, *rest]`` -> ``[N, H, NC, BT, *rest]`` in ``dtype`` (default fp32; fp64 stays fp64),
     stored chunk-major unless slabs are single chunks (see the module docstring); built once per
-    tensor inside a ``grid_cache()`` scope. Callers never modify
-    it in place (it may be shared)."""
+    tensor inside a ``grid_cache()`` scope, where chunk-major grids are also shared with the state
+    recurrence's ``[NC, N*H, BT, ...]`` grids (same memory order) in both directions. Callers never
+    modify it in place (it may be shared)."""
     dtype = torch.promote_types(x.dtype, torch.float32) if dtype is None else dtype
 
     def build():
+        N, H, rest = layout.N, x.shape[2], x.shape[3:]
+        shared = shared_grid(layout, x, dtype)
+        if shared is not None:                              # built or produced by the state recurrence
+            return shared.view(layout.NC, N, H, layout.BT, *rest).movedim(0, 2)
         grid = layout.pack(x, fill).movedim(3, 1)
         per_slab = slab_chunk_heads(x.device)
-        if per_slab and per_slab // max(1, layout.N * x.shape[2]) <= 1:
+        if per_slab and per_slab // max(1, N * H) <= 1:
             return grid.to(dtype)                           # one-chunk slabs: copied when used
-        return _chunk_major(grid, dtype)
+        grid = _chunk_major(grid, dtype)
+        cm = grid.movedim(2, 0)
+        if cm.is_contiguous():
+            share_grid(layout, x, cm.reshape(layout.NC, N * H, layout.BT, *rest))
+        return grid
     return memo(('chunk_grid', fill, dtype), (x, layout), build)
 
 

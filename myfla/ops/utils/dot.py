@@ -24,6 +24,8 @@ from typing import Dict, Optional
 
 import torch
 
+from myfla.ops.utils.workspace import out_buffer
+
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 # Tests set this to emulate the native path's dtypes on CPU (operands kept in bf16/fp16, products
@@ -112,10 +114,13 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # mixed operands meet in the wider dtype
         wide = torch.promote_types(a.dtype, b.dtype)
         a, b = a.to(wide), b.to(wide)
+    if a.dtype in LOW_PRECISION and (not native_low_precision_dots(a.device) or a.device.type != 'cuda'):
+        a, b = a.float(), b.float()
     if a.dtype not in LOW_PRECISION:
-        return torch.matmul(a, b)
-    if not native_low_precision_dots(a.device) or a.device.type != 'cuda':
-        return torch.matmul(a.float(), b.float())
+        # large CPU results come from the workspace pool (a fresh one page-faults in every call)
+        shape = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+        out = out_buffer(shape, a.dtype, a.device) if a.dim() >= 3 and b.dim() >= 3 else None
+        return torch.matmul(a, b) if out is None else torch.matmul(a, b, out=out)
     lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     out = torch.bmm(_as_batched(a, lead), _as_batched(b, lead), out_dtype=torch.float32)
     return out.view(*lead, *out.shape[-2:])

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.workspace import new_empty
 from myfla.utils import input_guard, is_amd
 
 # Precision of the Triton dots (ieee / tf32 / tf32x3); the torch solve always runs in full
@@ -44,8 +45,14 @@ def _unit_lower_inverse(L: torch.Tensor) -> torch.Tensor:
         C = torch.diagonal(L.reshape(*batch, nb, 2 * s, nb, 2 * s), dim1=-4, dim2=-2)[..., s:, :s, :]
         C = C.movedim(-1, -3)
         A, D = X[..., 0::2, :, :], X[..., 1::2, :, :]
-        lower_left = torch.matmul(D, torch.matmul(C, A)).neg_()
-        X = torch.cat([torch.cat([A, torch.zeros_like(A)], -1), torch.cat([lower_left, D], -1)], -2)
+        lower_left = torch.matmul(D, torch.matmul(C, A))
+        # the [2s, 2s] inverses written block by block into one (pooled) buffer
+        merged = new_empty((*batch, nb, 2 * s, 2 * s), L.dtype, L.device)
+        merged[..., :s, :s].copy_(A)
+        merged[..., :s, s:].zero_()
+        torch.neg(lower_left, out=merged[..., s:, :s])
+        merged[..., s:, s:].copy_(D)
+        X = merged
         s *= 2
     return X.squeeze(-3)
 

@@ -7,11 +7,14 @@ same size page-faults every 4 KiB page back in, zero-filled. The chunked ops all
 short-lived tensors of a few MB, and on the machines we measured the faults cost 15-35% of a
 forward+backward pass (see ``benchmarks/bench_gdn.py``).
 
-``new_empty`` hands out buffers from a small per-thread pool instead. A buffer is reused only
+``new_empty`` hands out buffers from a per-thread pool instead. A buffer is reused only
 when nothing but the pool references its storage (no tensor, view, autograd saved tensor or
 caller holds it), so a reused buffer can never alias a live tensor. The pool is used only for CPU
 tensors and only while autograd is not recording (inside ``autograd.Function`` forward/backward
-and under ``no_grad``), and it keeps at most ``MAX_BYTES``; ``release()`` empties it. Tensors a
+and under ``no_grad``). It keeps up to ``MAX_BYTES``: buffers last handed out inside an op pass
+(``begin_pass``/``end_pass``, the chunked GDN/KDA passes) while one of the last ``KEEP_PASSES`` passes
+used them, the others (callers without passes) within ``UNSCOPED_MAX_BYTES``, least recently used
+first; ``release()`` empties it. Tensors a
 function returns may live in pool memory; they stay valid and are never handed out while held.
 """
 
@@ -20,16 +23,37 @@ from __future__ import annotations
 import math
 import os
 import threading
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from myfla._torch_compat import dtype_itemsize
 
-# Upper bound on the bytes one thread's pool keeps alive between calls (environment variable
-# MYFLA_WORKSPACE_MB; 0 turns the pool off). A forward+backward at B=1 H=4 K=V=128 T=8192 keeps
-# about 180 MB (GatedDeltaNet) or 400 MB (KDA); larger inputs bypass the pool past this bound.
-MAX_BYTES = int(float(os.environ.get('MYFLA_WORKSPACE_MB', '512')) * 1024 * 1024)
+
+
+def _default_max_bytes() -> int:
+    """A quarter of physical memory (at least 512 MB; 512 MB where the size is unknown)."""
+    floor = 512 * 1024 * 1024
+    try:
+        physical = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (AttributeError, ValueError, OSError):
+        return floor
+    return max(floor, physical // 4)
+
+
+# Upper bound on the bytes one thread's pool keeps (environment variable MYFLA_WORKSPACE_MB; 0 turns
+# the pool off). A forward+backward keeps about 37 input-sized buffers (KDA; B=4 T=4096 H=16
+# K=V=128: 5 GB, B=1 T=8192 H=4: 400 MB); past the bound, buffers are freed after use and the next
+# call faults their pages in again (on a 2-core machine a fifth of KDA's time at B=4 T=1024 H=16).
+_env_mb = os.environ.get('MYFLA_WORKSPACE_MB')
+MAX_BYTES = int(float(_env_mb) * 1024 * 1024) if _env_mb is not None else _default_max_bytes()
+# Outside an op pass (callers that never call ``end_pass``, whose buffers would never age) the pool
+# stays within the former fixed bound.
+UNSCOPED_MAX_BYTES = min(MAX_BYTES, 512 * 1024 * 1024)
+# A buffer no pass has used in this many op passes (``end_pass``) is dropped: the pool holds the
+# working set of the recent calls (e.g. a training step's forward and backward passes of several
+# layer types), not every shape ever seen.
+KEEP_PASSES = 4
 # Buffers smaller than this come straight from torch.empty (malloc keeps small blocks anyway).
 MIN_BYTES = 256 * 1024
 
@@ -59,6 +83,12 @@ class _Pool(threading.local):
     def __init__(self):
         self.buffers: List[torch.Tensor] = []          # flat buffers, least recently used first
         self.nbytes = 0
+        self.passes = 0                                # op passes ended (``end_pass``)
+        self.depth = 0                                 # op passes open (``begin_pass``)
+        # id(buffer) -> pass in which it was last handed out inside an op pass; None: last handed out
+        # outside one (such buffers never age by passes: they share UNSCOPED_MAX_BYTES instead)
+        self.last_pass: Dict[int, Optional[int]] = {}
+        self.unscoped_nbytes = 0
 
 
 _pool = _Pool()
@@ -82,12 +112,23 @@ def new_empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) ->
         if (buf.numel() == numel and buf.dtype == dtype and buf.is_inference() == inference
                 and _storage_use_count(buf) == _UNUSED):
             buffers.append(buffers.pop(i))
+            _mark(buf)
+            _evict()
             return buf.view(shape)
     buf = torch.empty(numel, dtype=dtype, device=device)
     buffers.append(buf)
     _pool.nbytes += nbytes
+    _mark(buf)
     _evict()
     return buf.view(shape)
+
+
+def _mark(buf: torch.Tensor) -> None:
+    """Record that ``buf`` was just handed out (inside an op pass or not)."""
+    was_unscoped = id(buf) in _pool.last_pass and _pool.last_pass[id(buf)] is None
+    now_unscoped = _pool.depth == 0
+    _pool.last_pass[id(buf)] = None if now_unscoped else _pool.passes
+    _pool.unscoped_nbytes += (now_unscoped - was_unscoped) * buf.numel() * buf.element_size()
 
 
 def out_buffer(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
@@ -99,15 +140,56 @@ def out_buffer(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -
 
 
 def _evict():
-    """Drop least recently used buffers (never the newest) until the pool is within ``MAX_BYTES``;
-    a dropped buffer still in use stays valid, its memory goes with its last user."""
+    """Drop least recently used buffers (never the newest) until the pool is within ``MAX_BYTES``
+    and its buffers last handed out outside op passes within ``UNSCOPED_MAX_BYTES``; a dropped
+    buffer still in use stays valid, its memory goes with its last user."""
     buffers = _pool.buffers
     while _pool.nbytes > MAX_BYTES and len(buffers) > 1:
-        buf = buffers.pop(0)
-        _pool.nbytes -= buf.numel() * buf.element_size()
+        _drop(buffers.pop(0))
+    if _pool.unscoped_nbytes > UNSCOPED_MAX_BYTES:
+        dropped = set()
+        for buf in [b for b in buffers[:-1] if _pool.last_pass.get(id(b), 0) is None]:
+            if _pool.unscoped_nbytes <= UNSCOPED_MAX_BYTES:
+                break
+            _drop(buf)
+            dropped.add(id(buf))
+        _pool.buffers = [b for b in buffers if id(b) not in dropped]
+
+
+def _drop(buf: torch.Tensor) -> None:
+    nbytes = buf.numel() * buf.element_size()
+    _pool.nbytes -= nbytes
+    if _pool.last_pass.pop(id(buf), 0) is None:
+        _pool.unscoped_nbytes -= nbytes
+
+
+def begin_pass():
+    """Mark the start of an op pass (the chunked ops' ``grid_cache()`` scope): until the matching
+    ``end_pass`` the pool may hold up to ``MAX_BYTES``."""
+    _pool.depth += 1
+
+
+def end_pass():
+    """Mark the end of an op pass; drops the buffers handed out inside op passes that the last
+    ``KEEP_PASSES`` passes did not use."""
+    _pool.depth = max(0, _pool.depth - 1)
+    _pool.passes += 1
+    oldest = _pool.passes - KEEP_PASSES
+
+    def is_stale(buf):
+        last = _pool.last_pass.get(id(buf), -1)
+        return last is not None and last < oldest
+    stale = [buf for buf in _pool.buffers if is_stale(buf)]
+    if stale:
+        for buf in stale:
+            _drop(buf)
+        keep = {id(buf) for buf in stale}
+        _pool.buffers = [buf for buf in _pool.buffers if id(buf) not in keep]
 
 
 def release():
     """Free every buffer this thread's pool holds (tensors handed out stay valid)."""
     _pool.buffers.clear()
+    _pool.last_pass.clear()
     _pool.nbytes = 0
+    _pool.unscoped_nbytes = 0

@@ -96,3 +96,45 @@ def test_fwd_intra_and_wy(T):
     dA = chunk_gla_bwd_dA(v, do, scale=0.3)
     dA_ref = 0.3 * (chunks(do) @ vc.transpose(-1, -2)).tril()
     assert_rms("dA", tokens(dA_ref), dA, 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("spread,dense", [(40.0, True), (79.5, True), (400.0, False)])
+def test_intra_scores_and_grads_both_paths(dtype, spread, dense):
+    """chunk_intra's slab helpers against fp64 pairwise math, on the single-reference (dense) path
+    and on the bisection it falls back to when a chunk's gates span more than DENSE_GATE_RANGE
+    (``spread``: the widest per-channel range of the cumulative gates in a chunk). At 79.5 the
+    factors reach exp(+-39.75) and products above the diagonal overflow fp32: they must be dropped,
+    not masked."""
+    from myfla.ops.kda.chunk_intra import DENSE_GATE_RANGE, dense_factors, intra_grads, intra_scores
+
+    torch.manual_seed(0)
+    shape = (2, 3, 64, 32)
+    q, k = torch.randn(shape, dtype=torch.float64), F.normalize(torch.randn(shape, dtype=torch.float64), dim=-1)
+    G = F.logsigmoid(torch.randn(shape, dtype=torch.float64)).cumsum(-2)
+    G = G * (spread / (G.amax(-2) - G.amin(-2)).max())
+    assert (dense_factors(G.to(dtype)) is not None) == dense == (spread <= DENSE_GATE_RANGE)
+    beta = torch.rand(shape[:-1], dtype=torch.float64)
+    dAqk, dAkk = torch.randn(shape[:-1] + (64,), dtype=torch.float64), torch.randn(shape[:-1] + (64,), dtype=torch.float64)
+
+    leaves = [x.clone().requires_grad_() for x in (q, beta.unsqueeze(-1) * k, k)]      # q, rows of Akk, columns
+    Aqk_ref = pairwise_scores(leaves[0], leaves[2], G)
+    Akk_ref = pairwise_scores(leaves[1], leaves[2], G, strict=True)
+    # the upper triangles of dA are never read
+    loss = (Aqk_ref * dAqk.tril()).sum() + (Akk_ref * dAkk.tril(-1)).sum()
+    dq_ref, dk_rows_ref, dk_cols_ref = torch.autograd.grad(loss, leaves)
+
+    # fp32: exp(G_i - G_j) carries the rounding of G (about |G| * 6e-8) on top of the dots' own
+    tol = 1e-12 if dtype == torch.float64 else 1e-6 + 6e-8 * spread
+    cast = [x.to(dtype) for x in (q, k, beta, G, dAqk, dAkk)]
+    qd, kd, bd, Gd, dAqk_d, dAkk_d = cast
+    Aqk, Akk = intra_scores(qd, kd, bd, Gd, 0.5)
+    assert torch.isfinite(Aqk).all() and torch.isfinite(Akk).all()
+    assert_rms("Aqk", 0.5 * Aqk_ref.detach(), Aqk, tol)
+    assert_rms("Akk", Akk_ref.detach(), Akk, tol)
+    # garbage above the diagonal must not leak in (dAkk's diagonal is 0, as prepare_wy_repr_bwd gives it)
+    nan_above = torch.full_like(dAqk_d, float('nan')).triu(1)
+    dq, dk_rows, dk_cols = intra_grads(qd, kd, bd.unsqueeze(-1), Gd, dAqk_d + nan_above, dAkk_d.tril(-1) + nan_above)
+    assert_rms("dq", dq_ref, dq, tol)
+    assert_rms("dk_rows", dk_rows_ref, dk_rows, tol)
+    assert_rms("dk_cols", dk_cols_ref, dk_cols, tol)

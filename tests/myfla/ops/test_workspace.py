@@ -163,3 +163,58 @@ def test_pooled_ops_stay_differentiable_when_called_under_autograd():
     assert out.requires_grad and c.requires_grad
     (out.sum() + c.sum()).backward()
     assert q.grad is not None and do.grad is not None
+
+
+@reuses
+def test_buffers_unused_for_keep_passes_are_dropped():
+    """The pool keeps the working set of the recent op passes: a buffer of a shape the last
+    KEEP_PASSES passes did not ask for is freed at the end of the next pass, one in use stays."""
+    other = (32, 1024 * 4)                       # another size: never reused for SHAPE requests
+    with torch.no_grad():
+        workspace.begin_pass()
+        new_empty(other, torch.float32, torch.device('cpu'))
+        for n in range(workspace.KEEP_PASSES + 1):         # the pass that used it, then KEEP_PASSES more
+            if n:
+                workspace.begin_pass()
+            a = new_empty(SHAPE, torch.float32, torch.device('cpu'))
+            ptr = a.data_ptr()
+            del a
+            workspace.end_pass()
+        sizes = [buf.numel() for buf in workspace._pool.buffers]
+        assert sizes == [SHAPE[0] * SHAPE[1]], "the idle buffer outlived KEEP_PASSES passes"
+        assert workspace._pool.nbytes == SHAPE[0] * SHAPE[1] * 4
+        b = new_empty(SHAPE, torch.float32, torch.device('cpu'))
+    assert b.data_ptr() == ptr
+
+
+def test_chunk_op_passes_end_pool_passes():
+    from myfla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    before = workspace._pool.passes
+    q, k, v = torch.randn(1, 64, 2, 16), torch.randn(1, 64, 2, 16), torch.randn(1, 64, 2, 16)
+    g, beta = torch.randn(1, 64, 2).sigmoid().log(), torch.rand(1, 64, 2)
+    with torch.no_grad():
+        chunk_gated_delta_rule(q, k, v, g, beta)
+    assert workspace._pool.passes == before + 1
+
+
+@reuses
+def test_buffers_handed_out_outside_passes_keep_the_former_bound(monkeypatch):
+    """Callers that never end a pass (their buffers cannot age) stay within UNSCOPED_MAX_BYTES,
+    least recently used first, while pass buffers may fill MAX_BYTES."""
+    size = SHAPE[0] * SHAPE[1] * 4
+    monkeypatch.setattr(workspace, 'UNSCOPED_MAX_BYTES', 3 * size)
+    monkeypatch.setattr(workspace, 'MAX_BYTES', 10 * size)
+    with torch.no_grad():
+        workspace.begin_pass()
+        inside = [new_empty((SHAPE[0], SHAPE[1] + n), torch.float32, torch.device('cpu')) for n in range(4)]
+        workspace.end_pass()
+        del inside
+        outside = []
+        for n in range(4):                           # (72 + n) rows each: two fit in 3 * 64 rows
+            outside.append(new_empty((SHAPE[0] + 8 + n, SHAPE[1]), torch.float32, torch.device('cpu')))
+            outside.pop()
+    kept = sorted(buf.numel() for buf in workspace._pool.buffers)
+    expected = sorted([SHAPE[0] * (SHAPE[1] + n) for n in range(4)] + [(SHAPE[0] + 8 + n) * SHAPE[1] for n in (2, 3)])
+    assert kept == expected
+    assert workspace._pool.unscoped_nbytes == (2 * SHAPE[0] + 21) * SHAPE[1] * 4
