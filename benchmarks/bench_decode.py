@@ -11,8 +11,7 @@ Sections (``--sections``):
   shapes) and ``fused_recurrent_kda``, next to transformers' ``torch_recurrent_gated_delta_rule`` /
   ``recurrent_kimi_delta_attention`` (their plain per-token loops, unwrapped from the hub-kernel
   decorator so that an installed fla is not picked up), with the policy off (``myfla/all-threads``)
-  where more than one thread is set, with the state updated in one piece (``myfla/one-block``) where
-  it is larger than the update's cache-sized blocks, and fla's Triton ``fused_recurrent_*`` on CUDA where real fla
+  where more than one thread is set, and fla's Triton ``fused_recurrent_*`` on CUDA where real fla
   imports (an implementation that fails is left out of its row, with a note). The bound, from the
   same run: ``copy`` (read the state and write it once into a kept buffer: the least a step that
   returns a new final state must move), at the set thread count and on one thread, whichever is
@@ -248,15 +247,6 @@ def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
             def ours():
                 return fused_recurrent_kda(q, k, v, g, **kw)
         fns = {"myfla": ours}
-        if device.type == "cpu" and h0.numel() > fused_recurrent_module._STATE_BLOCK:
-            # the state update in one piece instead of cache-sized blocks: whether blocking pays here
-            def one_block(fn=ours):
-                saved, fused_recurrent_module._STATE_BLOCK = fused_recurrent_module._STATE_BLOCK, h0.numel()
-                try:
-                    return fn()
-                finally:
-                    fused_recurrent_module._STATE_BLOCK = saved
-            fns["myfla/one-block"] = one_block
         multi = n_threads > 1 and device.type == "cpu"
         if multi:
             def all_threads(fn=ours):

@@ -113,12 +113,6 @@ def _scale_folds(scale: float, dtype: torch.dtype, device: torch.device) -> Tupl
     return folds
 
 
-# elements of the state blocks the one-token update goes through at a time on a CPU (1 MB of fp32,
-# twice the L2 cache of the 2-core development machine's cores; benchmarks/bench_decode.py times
-# the update in one piece beside it, as ``myfla/one-block``)
-_STATE_BLOCK = 2 ** 18
-
-
 def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x`` in ``dtype`` (no op when it already is)."""
     return x if x.dtype == dtype else x.to(dtype)
@@ -159,14 +153,15 @@ def _decode_step(
     on a GPU, a few microseconds of dispatch on a CPU) and its passes over the state where it is
     large, so it is written with as few of both as torch ops allow: 14 kernels for GDN / KDA with
     the L2 norm and without GVA (16 before this path existed), and a large state goes through
-    memory three times (read by the ``bmm``; read and written once by the update, block by block),
-    against five before. k and q are stacked once; one ``bmm`` of ``[k; q]`` with itself gives both
+    memory three times (read by the ``bmm``; read and written once by the update), against five
+    before. k and q are stacked once; one ``bmm`` of ``[k; q]`` with itself gives both
     squared norms, whose reciprocal square roots (with the output scale folded into q's,
     :func:`_scale_folds`) normalise both rows in one multiply; the decay moves onto k and q, so one
     ``bmm`` reads ``k^T h`` and ``q^T h`` of the decayed state from ``initial_state``; one
     ``addcmul`` gives the output ``h^T q + (k . q) v'`` without reading the updated state; and the
-    decay and the rank-1 update write the new state block by block (:data:`_STATE_BLOCK`), each
-    block still in cache for the second op.
+    decay and the rank-1 update write the new state in one piece (cache-sized blocks of rows were
+    tried and lost on the 16-core host: 2x slower for a 16 MB state at one thread, and every block a
+    stalled parallel region at two threads on a busy machine; benchmarks/bench_decode.py, 2026-11-26).
 
     Source: fla/ops/gated_delta_rule/fused_recurrent.py:L14-L139 (fla 0.4.0)
     """
@@ -198,23 +193,14 @@ def _decode_step(
 
     # k^T h and q^T h of the decayed state, read from state_in with the decay moved onto k and q
     # ((d * k)^T h = k^T (d h) for a row decay d), so that the decay and the update below go
-    # through the state together, block by block
+    # through the state together
     kq_d = kq if decay is None else kq * (decay if decay.shape[1] == 1 else decay.transpose(1, 2))
     kh, qh = torch.bmm(kq_d, state_in).unbind(1)                          # [R, V] each
     b_v = torch.sub(_as(v.reshape(R, V), cdt), kh).mul_(_as(beta.reshape(R, -1), cdt))
     out = torch.addcmul(qh, b_v, kdotq)                                   # (h + k v'^T)^T q = h^T q + (k.q) v'
 
-    # h = d h_in + k v'^T, in blocks of rows small enough to stay in cache between the two ops, so
-    # that a large state goes through memory as a copy does (read once, written once)
-    k_col, b_v_row = k_row.unsqueeze(-1), b_v.unsqueeze(1)
-    # (on a CPU: a GPU step is bound by its launches, and each block would add two)
-    rows = max(1, _STATE_BLOCK // (K * V)) if state.device.type == 'cpu' else R
-    if rows >= R:
-        _decay_update(state_in, state, decay, k_col, b_v_row)
-    else:
-        for i in range(0, R, rows):
-            j = i + rows
-            _decay_update(state_in[i:j], state[i:j], None if decay is None else decay[i:j], k_col[i:j], b_v_row[i:j])
+    # h = d h_in + k v'^T
+    _decay_update(state_in, state, decay, k_row.unsqueeze(-1), b_v.unsqueeze(1))
     return out
 
 

@@ -29,25 +29,20 @@ Caveats:
 - Only CPU tensors are affected; work on other devices runs as it is.
 
 Layers apply the policy to their decoding calls with :func:`single_threaded_when_small`, whose work
-counts the layer's largest parameter (a one-token projection reads all of its weight). The chunked
-GDN and KDA ops apply it to their forward and backward passes, with :func:`chunk_work`.
+counts a quarter of the layer's largest parameter (a one-token projection is a memory-bound GEMV).
+The chunked GDN and KDA ops apply it to their forward and backward passes, with :func:`chunk_work`.
 
-Projections above the threshold keep the caller's threads, by design. A one-token projection is a
-GEMV: two flops per weight element read, so memory-bound, and a second thread buys at most the
-bandwidth one core cannot draw. On the 2-core development machine one core draws it all (GEMVs of
-4-128 MB: 2 threads within a few percent of 1, quiet or busy), but a many-core host has several
-times one core's bandwidth, and a real model's projections (Qwen3-Next: 2048 x 4096 and larger)
-are where its decode time goes; single-threading them there would cost that many times. The
-stalls this module exists for come from the parallel regions of the small ops (the recurrent
-step, the conv step, elementwise gates) and those run on one thread whatever the layer's size:
-the recurrent ops and ``causal_conv1d_update`` apply the policy themselves, and elementwise ops on
-one token's activations are below torch's own parallel grain. Measured under load (2 threads, a
-busy loop on the other core, per token): GatedDeltaNet at hidden 1024 / 2048 costs about what the
-one-thread step costs with the policy as it is (and 4x more with it off); see bench_decode.py's
-layer section, which times ``myfla/1-thread`` beside it.
-
-``MYFLA_SMALL_WORK`` (environment, read at import) or :func:`set_small_work` sets the threshold;
-``0`` turns the policy off.
+A one-token projection is a GEMV: two flops per weight element read, memory-bound, so its weight
+counts as a quarter of its size (:data:`GEMV_WEIGHT_SHARE`): projections up to 4 x 2^21 elements
+(32 MB of fp32, a few milliseconds on one core) run on one thread with the rest of the step, larger
+ones keep the caller's threads. Measured on two pinned cores of a 16-core Xeon host with a busy loop
+on one of them (bench_decode.py, 2026-11-26): GatedDeltaNet at hidden 1024 (two 2^21-element
+projections) took 36.6 ms per token with its projections on two threads against 3.7 ms on one; quiet,
+two threads were 1.4x faster than one (1.7 vs 2.3 ms). A region of a large GEMV stalls under load
+like any other, and one core draws most of the bandwidth a GEMV of that size can use; a real
+model's larger projections (Qwen3-Next: 2048 x 12288) keep their threads, where a many-core host's
+bandwidth pays. On the 2-core development machine one thread was as fast as two or faster, quiet
+or busy.
 """
 
 from __future__ import annotations
@@ -114,6 +109,10 @@ def chunk_work(k: torch.Tensor, v: torch.Tensor) -> int:
 _largest_parameter = weakref.WeakKeyDictionary()
 
 
+# how much of a projection's weight counts as work in a one-token call (see the module docstring)
+GEMV_WEIGHT_SHARE = 4
+
+
 def largest_parameter(module: torch.nn.Module) -> int:
     """Elements of ``module``'s largest parameter (0 without parameters)."""
     size = _largest_parameter.get(module)
@@ -145,9 +144,9 @@ def single_threaded_when_small(work_of: Callable[..., Optional[int]]) -> Callabl
 def layer_decoding_work(layer: torch.nn.Module, hidden_states=None, *args, **kwargs) -> Optional[int]:
     """Work of a linear-attention layer's call (``GatedDeltaNet``, ``KimiDeltaAttention``) on
     ``hidden_states`` ``[B, T, D]`` when it takes the recurrent path (``T <= 64``): the largest of
-    its parameters (a projection weight), the recurrent state ``[B, HV, K, V]`` and the widest
-    activation ``[B, T, max(D, key_dim, value_dim)]``. None for longer inputs, and for anything the
-    layer's own input checks should report."""
+    a quarter of its largest parameter (a projection weight, read by a GEMV), the recurrent state
+    ``[B, HV, K, V]`` and the widest activation ``[B, T, max(D, key_dim, value_dim)]``. None for
+    longer inputs, and for anything the layer's own input checks should report."""
     if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 3:
         return None
     batch_size, q_len, width = hidden_states.shape
@@ -155,4 +154,4 @@ def layer_decoding_work(layer: torch.nn.Module, hidden_states=None, *args, **kwa
         return None
     state = batch_size * layer.num_v_heads * layer.head_k_dim * layer.head_v_dim
     activation = batch_size * q_len * max(width, layer.key_dim, layer.value_dim)
-    return max(largest_parameter(layer), state, activation)
+    return max(largest_parameter(layer) // GEMV_WEIGHT_SHARE, state, activation)
