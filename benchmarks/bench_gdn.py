@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import time
 from pathlib import Path
 
@@ -32,22 +31,13 @@ import torch.nn.functional as F
 
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule
 from myfla.ops.utils import workspace
+from timing import median_time  # noqa: E402  (benchmarks/ is the script directory)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_gdn.json"
 BT = 64
 FLA_060 = ["fla-core==0.6.0", "flash-linear-attention==0.6.0"]
 
-
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def make_inputs(B, T, H, K, V, seed=0):

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import sys
 import time
 import types
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from myfla.ops.kda import chunk_kda
+from timing import matmul_rates, median_time  # noqa: E402  (benchmarks/ is the script directory)
 from myfla.ops.utils import workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,16 +49,6 @@ def keep_freed_memory() -> bool:
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 31))
 
-
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def make_inputs(B, T, H, K, V, requires_grad=False, seed=0):
@@ -97,18 +87,6 @@ def flop_counts(B, T, H, K, V):
         + 3 * BT * K * V + (2 * BT * BT * K + 2 * BT * BT * V + 2 * BT ** 3) + 4 * BT * BT * K
     return 2 * n * fwd, 2 * n * (fwd + bwd)
 
-
-def matmul_rates(K, V, repeats):
-    """fp32 FLOP/s of this machine: on chunk-shaped batched matmuls ([BT, K] @ [K, V]) and on one
-    large square GEMM (the peak, which gives the stricter lower bound)."""
-    a = torch.randn(256, BT, K)
-    b = torch.randn(256, K, V)
-    t = median_time(lambda: torch.bmm(a, b), repeats=max(repeats, 5), warmup=2)
-    chunked = 2 * 256 * BT * K * V / t
-    n = 1024
-    x, y = torch.randn(n, n), torch.randn(n, n)
-    t = median_time(lambda: x @ y, repeats=max(repeats, 5), warmup=2)
-    return chunked, 2 * n ** 3 / t
 
 
 def saved_bytes(fn, xs):
@@ -185,7 +163,7 @@ def main():
     record["chunk_kda"] = {"fwd_s": fwd, "fwd_bwd_s": fwd_bwd}
     rows.append(("myfla chunk_kda", T, fwd, fwd_bwd, ""))
 
-    rate_chunked, rate_peak = matmul_rates(K, V, args.repeats)
+    rate_chunked, rate_peak = matmul_rates(BT, K, V, args.repeats)
     rate = max(rate_chunked, rate_peak)
     f_fwd, f_all = flop_counts(B, T, H, K, V)
     lb_fwd, lb_all = f_fwd / rate, f_all / rate

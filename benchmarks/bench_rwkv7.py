@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -45,20 +44,11 @@ sys.path.insert(0, str(ROOT))
 
 from myfla.ops.generalized_delta_rule.dplr import chunk as dplr_chunk  # noqa: E402
 from myfla.ops.rwkv7 import chunk_rwkv7  # noqa: E402
+from timing import matmul_rates, median_time  # noqa: E402  (benchmarks/ is the script directory)
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_rwkv7.json"
 FLA_BT = 16           # fla's chunk size for the DPLR delta rule
 
-
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def make_inputs(B, T, H, K, V, requires_grad=False, seed=0):
@@ -105,17 +95,6 @@ def flop_counts(B, T, H, K, V, BT):
     bwd = 15 * BT * BT * K + 7 * BT * BT * V + 19 * BT ** 3 / 3 + 11 * BT * K * V
     return 2 * n * fwd, 2 * n * (fwd + bwd)
 
-
-def matmul_rates(BT, K, V, repeats):
-    """fp32 FLOP/s on chunk-shaped batched matmuls ([BT, K] @ [K, V]) and on one large GEMM."""
-    a = torch.randn(256, BT, K)
-    b = torch.randn(256, K, V)
-    t = median_time(lambda: torch.bmm(a, b), repeats=max(repeats, 5), warmup=2)
-    chunked = 2 * 256 * BT * K * V / t
-    n = 1024
-    x, y = torch.randn(n, n), torch.randn(n, n)
-    t = median_time(lambda: x @ y, repeats=max(repeats, 5), warmup=2)
-    return chunked, 2 * n ** 3 / t
 
 
 def load_fla_references():
