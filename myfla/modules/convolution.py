@@ -29,6 +29,7 @@ from einops import rearrange
 
 from myfla.modules import causal_conv1d_package
 from myfla.ops.utils import prepare_sequence_ids
+from myfla.ops.utils.calls import as_dtype
 from myfla.ops.utils.threads import small_work_single_threaded
 from myfla.ops.utils.validation import check_conv_inputs
 from myfla.utils import accumulation_dtype, input_guard, is_amd
@@ -47,11 +48,6 @@ causal_conv1d_fn = causal_conv1d_package.causal_conv1d_fn
 # Source: fla/modules/convolution.py:L27-L27 (fla 0.4.0)
 causal_conv1d_update_cuda = causal_conv1d_package.causal_conv1d_update
 
-
-
-def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t`` in ``dtype`` (no op when it already is)."""
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _silu_grad_factor(y: torch.Tensor) -> torch.Tensor:
@@ -333,23 +329,23 @@ def causal_conv1d_update(
     # a step is a handful of small ops, so its cost is their number: b_y is fresh after the first
     # reduction and the rest works on it in place; no conversion op where dtypes already agree
     with small_work_single_threaded(N * D * W, x.device):
-        b_x = _as(x.reshape(N, D), acc)
+        b_x = as_dtype(x.reshape(N, D), acc)
         if cache is not None:
             # [N, D, W]: drop the oldest column, the new token becomes the last one
-            b_cache = torch.cat([_as(cache.narrow(-1, 1, cache.shape[-1] - 1), acc), b_x.unsqueeze(-1)], -1)
+            b_cache = torch.cat([as_dtype(cache.narrow(-1, 1, cache.shape[-1] - 1), acc), b_x.unsqueeze(-1)], -1)
         else:
             b_cache = b_x.new_zeros(N, D, W)
         if weight is not None:
-            b_y = (b_cache * _as(weight, acc)).sum(-1)
+            b_y = (b_cache * as_dtype(weight, acc)).sum(-1)
         else:
             b_y = b_cache.sum(-1)
         if bias is not None:
-            b_y.add_(_as(bias, acc))
+            b_y.add_(as_dtype(bias, acc))
         if activation in ('swish', 'silu'):
             b_y.mul_(torch.sigmoid(b_y))
         if residual is not None:
             b_y.add_(residual.reshape(N, D))
-        y = _as(b_y, x.dtype)
+        y = as_dtype(b_y, x.dtype)
 
         if cache is not None:
             cache.copy_(b_cache)

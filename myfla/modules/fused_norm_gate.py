@@ -16,15 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from myfla.modules.layernorm import _autocast_gpu_dtype, _check_feature_dim
+from myfla.ops.utils.calls import as_dtype, autograd_records
 from myfla.utils import accumulation_dtype, input_guard
 
 _GATE_ACTIVATIONS = ('swish', 'silu', 'sigmoid')
 
-
-
-def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t`` in ``dtype`` (no op when it already is)."""
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _normalize(b_x: torch.Tensor, eps: float, is_rms_norm: bool):
@@ -75,7 +71,7 @@ def layer_norm_gated_fwd(
     _check_feature_dim(x, D)
 
     acc = accumulation_dtype(x)
-    b_x = _as(x, acc)
+    b_x = as_dtype(x, acc)
     if residual is not None:
         b_x = b_x + residual.to(acc)
     residual_out = None
@@ -85,15 +81,15 @@ def layer_norm_gated_fwd(
     # b_y is a fresh tensor from here on (x_hat), so the affine and gate steps work in place
     b_y, mean, rstd = _normalize(b_x, eps, is_rms_norm)
     if weight is not None:
-        b_y.mul_(_as(weight, acc))
+        b_y.mul_(as_dtype(weight, acc))
     if bias is not None:
-        b_y.add_(_as(bias, acc))
-    b_g = _as(g, acc)
+        b_y.add_(as_dtype(bias, acc))
+    b_g = as_dtype(g, acc)
     if activation in ('swish', 'silu'):
         b_y.mul_(b_g).mul_(torch.sigmoid(b_g))
     elif activation == 'sigmoid':
         b_y.mul_(torch.sigmoid(b_g))
-    y = _as(b_y, x.dtype if out_dtype is None else out_dtype)
+    y = as_dtype(b_y, x.dtype if out_dtype is None else out_dtype)
     return y, mean, rstd, residual_out if residual_out is not None else x
 
 
@@ -408,10 +404,6 @@ class LayerNormGatedLinearFunction(torch.autograd.Function):
         )
 
 
-def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _layer_norm_gated_no_grad(x, g, weight, bias, activation, residual, eps, prenorm, residual_in_fp32,
                               is_rms_norm):
     """:class:`LayerNormGatedFunction`'s forward for calls autograd would not record: the same
@@ -459,7 +451,7 @@ def layer_norm_gated(
 
     Source: fla/modules/fused_norm_gate.py:L825-L847 (fla 0.4.0)
     """
-    if not _needs_grad(x, g, weight, bias, residual):
+    if not autograd_records(x, g, weight, bias, residual):
         return _layer_norm_gated_no_grad(x, g, weight, bias, activation, residual, eps, prenorm,
                                          residual_in_fp32, False)
     return LayerNormGatedFunction.apply(
@@ -491,7 +483,7 @@ def rms_norm_gated(
 
     Source: fla/modules/fused_norm_gate.py:L850-L872 (fla 0.4.0)
     """
-    if not _needs_grad(x, g, weight, bias, residual):
+    if not autograd_records(x, g, weight, bias, residual):
         return _layer_norm_gated_no_grad(x, g, weight, bias, activation, residual, eps, prenorm,
                                          residual_in_fp32, True)
     return LayerNormGatedFunction.apply(

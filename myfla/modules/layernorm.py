@@ -12,13 +12,13 @@ with :class:`RMSNorm`.
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from myfla.ops.utils.calls import autograd_records
 from myfla.utils import accumulation_dtype, input_guard
 
 # Tensor parallelism (NormParallel) needs torch.distributed's DTensor API (torch >= 2.4); without it
@@ -436,10 +436,6 @@ class LayerNormFunction(torch.autograd.Function):
         )
 
 
-def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _layer_norm_no_grad(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm, num_groups=1):
     """:class:`LayerNormFunction`'s forward for calls autograd would not record: the same computation
     on the same contiguous rows, without the Function's per-call cost (most of a one-token call's, as
@@ -486,7 +482,7 @@ def layer_norm(
 
     Source: fla/modules/layernorm.py:L805-L824 (fla 0.4.0)
     """
-    if not _needs_grad(x, weight, bias, residual):
+    if not autograd_records(x, weight, bias, residual):
         return _layer_norm_no_grad(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm)
     return LayerNormFunction.apply(
         x,
@@ -515,7 +511,7 @@ def group_norm(
 
     Source: fla/modules/layernorm.py:L827-L848 (fla 0.4.0)
     """
-    if not _needs_grad(x, weight, bias, residual):
+    if not autograd_records(x, weight, bias, residual):
         return _layer_norm_no_grad(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm,
                                    num_groups)
     return LayerNormFunction.apply(
@@ -544,7 +540,7 @@ def rms_norm(
 
     Source: fla/modules/layernorm.py:L851-L869 (fla 0.4.0)
     """
-    if not _needs_grad(x, weight, bias, residual):
+    if not autograd_records(x, weight, bias, residual):
         return _layer_norm_no_grad(x, weight, bias, residual, eps, prenorm, residual_in_fp32, True)
     return LayerNormFunction.apply(
         x,

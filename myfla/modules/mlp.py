@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from myfla.modules.activations import swiglu, swiglu_fwd, swiglu_linear
+from myfla.ops.utils.calls import autograd_records
 
 try:
     from torch.distributed import DeviceMesh
@@ -93,7 +94,7 @@ class SwiGLULinear(nn.Module):
     """
 
     def forward(self, x, y, weight, bias):
-        records = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, y, weight, bias))
+        records = autograd_records(x, y, weight, bias)
         if not records and type(x) is torch.Tensor and type(y) is torch.Tensor:
             # nothing for autograd to record (decoding): the Function's forward without its per-call
             # cost, about a third of a one-token call's

@@ -25,6 +25,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from myfla.ops.utils.calls import as_dtype, autograd_records
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.gva import gva_groups
 from myfla.ops.utils.threads import small_work_single_threaded
@@ -113,11 +114,6 @@ def _scale_folds(scale: float, dtype: torch.dtype, device: torch.device) -> Tupl
     return folds
 
 
-def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` in ``dtype`` (no op when it already is)."""
-    return x if x.dtype == dtype else x.to(dtype)
-
-
 def _decay_update(state_in, state, decay, k_col, b_v_row) -> None:
     """``state = decay * state_in + k_col b_v_row`` (``state_in`` may be ``state``).
 
@@ -167,7 +163,7 @@ def _decode_step(
     """
     R, K, V = state.shape
     kq = torch.stack((k, q), dim=-2).view(-1, 2, K)                       # [N*H, 2, K]
-    kq = _as(kq, cdt)
+    kq = as_dtype(kq, cdt)
     if rep > 1:
         kq = kq.repeat_interleave(rep, dim=0)                             # value head i reads key head i // rep
     w, e, s = _scale_folds(scale, cdt, kq.device)
@@ -182,9 +178,9 @@ def _decode_step(
     # row decays [R, K or 1, 1], exponentiated in cdt
     decay = None
     if g is not None:
-        decay = torch.exp(_as(g.reshape(R, 1, 1), cdt))
+        decay = torch.exp(as_dtype(g.reshape(R, 1, 1), cdt))
     if gk is not None:
-        decay_gk = torch.exp(_as(gk.reshape(R, K, 1), cdt))
+        decay_gk = torch.exp(as_dtype(gk.reshape(R, K, 1), cdt))
         decay = decay_gk if decay is None else decay * decay_gk
     if state_in.dtype != cdt or not state_in.is_contiguous():
         # bmm takes one dtype, and a strided state would take another (slower, differently rounded)
@@ -196,7 +192,7 @@ def _decode_step(
     # through the state together
     kq_d = kq if decay is None else kq * (decay if decay.shape[1] == 1 else decay.transpose(1, 2))
     kh, qh = torch.bmm(kq_d, state_in).unbind(1)                          # [R, V] each
-    b_v = torch.sub(_as(v.reshape(R, V), cdt), kh).mul_(_as(beta.reshape(R, -1), cdt))
+    b_v = torch.sub(as_dtype(v.reshape(R, V), cdt), kh).mul_(as_dtype(beta.reshape(R, -1), cdt))
     out = torch.addcmul(qh, b_v, kdotq)                                   # (h + k v'^T)^T q = h^T q + (k.q) v'
 
     # h = d h_in + k v'^T
@@ -257,7 +253,7 @@ def fused_recurrent_gated_delta_rule_fwd(
         if L == 1 and gv is None and (cu_seqlens is None or T == N):
             # decoding: one token per sequence, in order (with cu_seqlens, B = 1 and T = N)
             o = _decode_step(q, k, v, g, gk, beta, scale, state_in, state, use_qk_l2norm_in_kernel, rep, cdt)
-            o = _as(o.view(B, T, HV, V), v.dtype)
+            o = as_dtype(o.view(B, T, HV, V), v.dtype)
             if final_state is not None and not state_is_final:
                 final_state.copy_(state.view(N, HV, K, V))
             return o, final_state
@@ -418,9 +414,7 @@ def fused_recurrent_gated_delta_rule(
     if beta is None:
         beta = torch.ones_like(q[..., 0])
 
-    if torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (q, k, v, g, gk, gv, beta, initial_state)
-    ):
+    if autograd_records(q, k, v, g, gk, gv, beta, initial_state):
         o, final_state = FusedRecurrentFunction.apply(
             q,
             k,

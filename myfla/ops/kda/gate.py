@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from myfla.ops.utils.calls import autograd_records
 from myfla.ops.utils.validation import check_softplus_beta
 from myfla.utils import accumulation_dtype, input_guard, is_amd
 
@@ -163,7 +164,7 @@ def fused_kda_gate(g: torch.Tensor, A: torch.Tensor, head_k_dim: int,
     Source: fla/ops/kda/gate.py:L329-L349 (fla 0.4.0)
     """
     check_softplus_beta(beta)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (g, A, g_bias))):
+    if not autograd_records(g, A, g_bias):
         # nothing for autograd to record (decoding): the Function's forward on the same contiguous
         # inputs, without its per-call cost
         return kda_gate_fwd(g.contiguous(), A.contiguous(), head_k_dim,
