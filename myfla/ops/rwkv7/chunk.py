@@ -3,12 +3,12 @@ query and ``w`` as the log decay (the layer passes ``a = -kk``, ``b = kk * a``).
 
 from __future__ import annotations
 
-import warnings
 from typing import Optional
 
 import torch
 
 from myfla.ops.generalized_delta_rule import chunk_dplr_delta_rule
+from myfla.ops.utils.validation import reject_head_first, warn_head_first_layout
 
 
 def chunk_rwkv7(
@@ -43,18 +43,8 @@ def chunk_rwkv7(
 
     Source: fla/ops/rwkv7/chunk.py:L12-L78 (fla 0.4.0)
     """
-    if head_first:
-        raise DeprecationWarning(
-            "head_first is deprecated and will be removed in a future version. "
-            "Please use head_first=False for now instead."
-        )
-    if not head_first and r.shape[1] < r.shape[2]:
-        warnings.warn(
-            f"Input tensor shape suggests potential format mismatch: seq_len ({r.shape[1]}) < num_heads ({r.shape[2]}). "
-            "This may indicate the inputs were passed in head-first format [B, H, T, ...] "
-            "when head_first=False was specified. "
-            "Please verify your input tensor format matches the expected shape [B, T, H, ...]."
-        )
+    reject_head_first(head_first)
+    warn_head_first_layout(r)
     return chunk_dplr_delta_rule(
         q=r,
         k=k,

@@ -9,13 +9,14 @@ in-context learning rate ``a`` and forms the DPLR vectors itself (``-kk`` and ``
 
 from __future__ import annotations
 
-import warnings
 from typing import Optional, Tuple
 
 import torch
 
 from myfla.ops.generalized_delta_rule import fused_recurrent_dplr_delta_rule
 from myfla.ops.generalized_delta_rule.dplr.fused_recurrent import dplr_recurrence
+from myfla.ops.utils.index import check_varlen_inputs
+from myfla.ops.utils.validation import reject_head_first, warn_head_first_layout
 from myfla.utils import input_guard
 
 
@@ -76,18 +77,8 @@ def fused_recurrent_rwkv7(
 
     Source: fla/ops/rwkv7/fused_recurrent.py:L182-L246 (fla 0.4.0)
     """
-    if head_first:
-        raise DeprecationWarning(
-            "head_first is deprecated and will be removed in a future version. "
-            "Please use head_first=False for now instead."
-        )
-    elif r.shape[1] < r.shape[2]:
-        warnings.warn(
-            f"Input tensor shape suggests potential format mismatch: seq_len ({r.shape[1]}) < num_heads ({r.shape[2]}). "
-            "This may indicate the inputs were passed in head-first format [B, H, T, ...] "
-            "when head_first=False was specified. "
-            "Please verify your input tensor format matches the expected shape [B, T, H, ...]."
-        )
+    reject_head_first(head_first)
+    warn_head_first_layout(r)
     return fused_recurrent_dplr_delta_rule(
         q=r,
         k=k,
@@ -136,29 +127,9 @@ def fused_mul_recurrent_rwkv7(
 
     Source: fla/ops/rwkv7/fused_recurrent.py:L249-L335 (fla 0.4.0)
     """
-    if head_first:
-        raise DeprecationWarning(
-            "head_first is deprecated and will be removed in a future version. "
-            "Please use head_first=False for now instead."
-        )
-    elif r.shape[1] < r.shape[2]:
-        warnings.warn(
-            f"Input tensor shape suggests potential format mismatch: seq_len ({r.shape[1]}) < num_heads ({r.shape[2]}). "
-            "This may indicate the inputs were passed in head-first format [B, H, T, ...] "
-            "when head_first=False was specified. "
-            "Please verify your input tensor format matches the expected shape [B, T, H, ...]."
-        )
-    if cu_seqlens is not None:
-        if r.shape[0] != 1:
-            raise ValueError(
-                f"The batch size is expected to be 1 rather than {r.shape[0]} when using `cu_seqlens`."
-                f"Please flatten variable-length inputs before processing."
-            )
-        if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
-            raise ValueError(
-                f"The number of initial states is expected to be equal to the number of input sequences, "
-                f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}."
-            )
+    reject_head_first(head_first)
+    warn_head_first_layout(r)
+    check_varlen_inputs(r, initial_state, cu_seqlens)
     if scale is None:
         scale = r.shape[-1] ** -0.5
     o, final_state = fused_recurrent_rwkv7_fwd(

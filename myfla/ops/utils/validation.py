@@ -107,8 +107,29 @@ def check_op_inputs(
         check_cu_seqlens(cu_seqlens, q.shape[1])
 
 
+def reject_head_first(head_first: bool) -> None:
+    """fla's refusal of the deprecated ``head_first=True`` (raised, not warned, as fla does)."""
+    if head_first:
+        raise DeprecationWarning(
+            "head_first is deprecated and will be removed in a future version. "
+            "Please use head_first=False for now instead."
+        )
+
+
+def warn_head_first_layout(q: torch.Tensor) -> None:
+    """fla's warning for ``[B, H, T, ...]`` tensors given where ``[B, T, H, ...]`` is expected, on
+    fla's own condition (``T < H``), as its DPLR and RWKV-7 entry points raise it."""
+    if q.shape[1] < q.shape[2]:
+        warnings.warn(
+            f"Input tensor shape suggests potential format mismatch: seq_len ({q.shape[1]}) < num_heads ({q.shape[2]}). "
+            "This may indicate the inputs were passed in head-first format [B, H, T, ...] "
+            "when head_first=False was specified. "
+            "Please verify your input tensor format matches the expected shape [B, T, H, ...]."
+        )
+
+
 def warn_if_head_first(q: torch.Tensor) -> None:
-    """fla's warning for ``[B, H, T, ...]`` tensors given where ``[B, T, H, ...]`` is expected.
+    """:func:`warn_head_first_layout` for the chunked GDN and KDA ops.
 
     fla 0.4.0 raises it in its other chunk ops (fla/ops/retention/chunk.py:L59-L65,
     fla/ops/generalized_delta_rule/dplr/chunk.py:L321-L327); ``chunk_gated_delta_rule`` had it until
@@ -117,13 +138,8 @@ def warn_if_head_first(q: torch.Tensor) -> None:
     applied to the chunked ops only. An empty input (every token of a batch padded) says nothing
     about the layout and does not warn.
     """
-    if 0 < q.shape[1] < q.shape[2]:
-        warnings.warn(
-            f"Input tensor shape suggests potential format mismatch: seq_len ({q.shape[1]}) < num_heads ({q.shape[2]}). "
-            "This may indicate the inputs were passed in head-first format [B, H, T, ...] "
-            "when head_first=False was specified. "
-            "Please verify your input tensor format matches the expected shape [B, T, H, ...]."
-        )
+    if q.shape[1] > 0:
+        warn_head_first_layout(q)
 
 
 def check_layer_inputs(

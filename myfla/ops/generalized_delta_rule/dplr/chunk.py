@@ -50,6 +50,8 @@ from myfla.ops.generalized_delta_rule.dplr.chunk_o_fwd import fwd_o_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_bwd import bwd_wy_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_fwd import unit_lower_inverse_grid, wu_grid
 from myfla.ops.utils.chunk_layout import SLAB_CHUNK_HEADS
+from myfla.ops.utils.index import check_varlen_inputs
+from myfla.ops.utils.validation import reject_head_first, warn_head_first_layout
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
 
@@ -372,18 +374,8 @@ def chunk_dplr_delta_rule(
 
     Source: fla/ops/generalized_delta_rule/dplr/chunk.py:L266-L359 (fla 0.4.0)
     """
-    if head_first:
-        raise DeprecationWarning(
-            "head_first is deprecated and will be removed in a future version. "
-            "Please use head_first=False for now instead."
-        )
-    if not head_first and q.shape[1] < q.shape[2]:
-        warnings.warn(
-            f"Input tensor shape suggests potential format mismatch: seq_len ({q.shape[1]}) < num_heads ({q.shape[2]}). "
-            "This may indicate the inputs were passed in head-first format [B, H, T, ...] "
-            "when head_first=False was specified. "
-            "Please verify your input tensor format matches the expected shape [B, T, H, ...]."
-        )
+    reject_head_first(head_first)
+    warn_head_first_layout(q)
     if q.dtype == torch.float32:
         warnings.warn(
             """ChunkDeltaRuleFunction does not support float32 on some platforms. Please use bfloat16/float16.
@@ -391,17 +383,7 @@ def chunk_dplr_delta_rule(
             category=RuntimeWarning,
             stacklevel=2
         )
-    if cu_seqlens is not None:
-        if q.shape[0] != 1:
-            raise ValueError(
-                f"The batch size is expected to be 1 rather than {q.shape[0]} when using `cu_seqlens`."
-                f"Please flatten variable-length inputs before processing."
-            )
-        if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
-            raise ValueError(
-                f"The number of initial states is expected to be equal to the number of input sequences, "
-                f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}."
-            )
+    check_varlen_inputs(q, initial_state, cu_seqlens)
     scale = k.shape[-1] ** -0.5 if scale is None else scale
     o, final_state = ChunkDPLRDeltaRuleFunction.apply(
         q,

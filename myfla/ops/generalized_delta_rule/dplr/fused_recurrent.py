@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.index import check_varlen_inputs
 from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 
@@ -171,17 +172,7 @@ def fused_recurrent_dplr_delta_rule(
 
     Source: fla/ops/generalized_delta_rule/dplr/fused_recurrent.py:L199-L269 (fla 0.4.0)
     """
-    if cu_seqlens is not None:
-        if q.shape[0] != 1:
-            raise ValueError(
-                f"The batch size is expected to be 1 rather than {q.shape[0]} when using `cu_seqlens`."
-                f"Please flatten variable-length inputs before processing."
-            )
-        if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
-            raise ValueError(
-                f"The number of initial states is expected to be equal to the number of input sequences, "
-                f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}."
-            )
+    check_varlen_inputs(q, initial_state, cu_seqlens)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     o, final_state = FusedRecurrentDPLRDeltaRuleFunction.apply(
