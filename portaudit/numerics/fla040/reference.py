@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from portaudit.numerics.impl import MappingImplementation, factory
 from portaudit.numerics.fla040.reference_rwkv7 import rwkv7_reference
+from portaudit.numerics.fla040.varlen import check_varlen
 from portaudit.numerics.upstream_code import load_function, load_module
 
 L2_EPS = 1e-6
@@ -53,19 +54,6 @@ def l2n(x: torch.Tensor, eps: float = L2_EPS) -> torch.Tensor:
     """fla's l2norm: ``x / sqrt(sum(x^2) + eps)`` in fp32 (not F.normalize)."""
     x = _up(x)
     return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps)
-
-
-def _check_varlen(q, initial_state, cu_seqlens):
-    if cu_seqlens is None:
-        return
-    if q.shape[0] != 1:
-        raise ValueError(
-            f"The batch size is expected to be 1 rather than {q.shape[0]} when using `cu_seqlens`."
-            f"Please flatten variable-length inputs before processing.")
-    if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
-        raise ValueError(
-            f"The number of initial states is expected to be equal to the number of input sequences, "
-            f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}.")
 
 
 class ReferenceOps:
@@ -103,7 +91,7 @@ class ReferenceOps:
 
     def chunk_kda(self, q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
                   use_qk_l2norm_in_kernel=False, cu_seqlens=None, **kwargs):
-        _check_varlen(q, initial_state, cu_seqlens)
+        check_varlen(q, initial_state, cu_seqlens)
         if scale is None:
             scale = k.shape[-1] ** -0.5
         dtype = q.dtype
@@ -122,7 +110,7 @@ class ReferenceOps:
     def chunk_gated_delta_rule(self, q, k, v, g, beta, scale=None, initial_state=None,
                                output_final_state=False, use_qk_l2norm_in_kernel=False, cu_seqlens=None,
                                **kwargs):
-        _check_varlen(q, initial_state, cu_seqlens)
+        check_varlen(q, initial_state, cu_seqlens)
         if scale is None:
             scale = k.shape[-1] ** -0.5
         dtype = q.dtype
@@ -134,7 +122,7 @@ class ReferenceOps:
     def fused_recurrent_gated_delta_rule(self, q, k, v, g=None, gk=None, gv=None, beta=None, scale=None,
                                          initial_state=None, output_final_state=False,
                                          use_qk_l2norm_in_kernel=False, cu_seqlens=None):
-        _check_varlen(q, initial_state, cu_seqlens)
+        check_varlen(q, initial_state, cu_seqlens)
         if gv is not None:
             raise ValueError("the reference delta rule takes log gates over keys (g, gk), not values (gv)")
         if scale is None:

@@ -39,6 +39,7 @@ from portaudit.numerics.fla040.apis import (
     RWKV7_LAYER,
     TOKEN_SHIFT,
 )
+from portaudit.numerics.fla040.varlen import check_varlen
 from portaudit.numerics.upstream_code import load_function
 
 
@@ -52,19 +53,6 @@ def default_dtype(dtype: torch.dtype):
         yield
     finally:
         torch.set_default_dtype(previous)
-
-
-def _check_varlen(q, initial_state, cu_seqlens):
-    if cu_seqlens is None:
-        return
-    if q.shape[0] != 1:
-        raise ValueError(
-            f"The batch size is expected to be 1 rather than {q.shape[0]} when using `cu_seqlens`."
-            f"Please flatten variable-length inputs before processing.")
-    if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
-        raise ValueError(
-            f"The number of initial states is expected to be equal to the number of input sequences, "
-            f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}.")
 
 
 class DPLRReference:
@@ -146,7 +134,7 @@ class RWKV7Reference:
     # -- the DPLR delta rule and RWKV-7's ops, fla's signatures ------------------------------------
     def chunk_dplr_delta_rule(self, q, k, v, a, b, gk, scale=None, initial_state=None, output_final_state=False,
                               cu_seqlens=None, head_first=False):
-        _check_varlen(q, initial_state, cu_seqlens)
+        check_varlen(q, initial_state, cu_seqlens)
         scale = k.shape[-1] ** -0.5 if scale is None else scale
         o, S = self.dplr(q, k, v, a, b, gk, scale=scale, initial_state=initial_state,
                          output_final_state=output_final_state, cu_seqlens=cu_seqlens)
@@ -154,7 +142,7 @@ class RWKV7Reference:
 
     def fused_recurrent_dplr_delta_rule(self, q, k, v, a, b, gk, scale=None, initial_state=None,
                                         output_final_state=False, reverse=False, cu_seqlens=None):
-        _check_varlen(q, initial_state, cu_seqlens)
+        check_varlen(q, initial_state, cu_seqlens)
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         o, S = self.dplr(q, k, v, a, b, gk, scale=scale, initial_state=initial_state,
                          output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=reverse)
@@ -172,7 +160,7 @@ class RWKV7Reference:
 
     def fused_mul_recurrent_rwkv7(self, r, w, k, v, kk, a, scale=1.0, initial_state=None, output_final_state=False,
                                   reverse=False, cu_seqlens=None, head_first=False):
-        _check_varlen(r, initial_state, cu_seqlens)
+        check_varlen(r, initial_state, cu_seqlens)
         scale = r.shape[-1] ** -0.5 if scale is None else scale
         o, S = self.dplr(r, k, v, -kk, kk * a, w, scale=scale, initial_state=initial_state,
                          output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=reverse)
