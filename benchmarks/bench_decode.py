@@ -11,7 +11,8 @@ Sections (``--sections``):
   shapes) and ``fused_recurrent_kda``, next to transformers' ``torch_recurrent_gated_delta_rule`` /
   ``recurrent_kimi_delta_attention`` (their plain per-token loops, unwrapped from the hub-kernel
   decorator so that an installed fla is not picked up), with the policy off (``myfla/all-threads``)
-  where more than one thread is set, and fla's Triton ``fused_recurrent_*`` on CUDA where real fla
+  where more than one thread is set, the step without its CUDA graph (``myfla/eager``) on CUDA,
+  and fla's Triton ``fused_recurrent_*`` on CUDA where real fla
   imports (an implementation that fails is left out of its row, with a note). The bound, from the
   same run: ``copy`` (read the state and write it once into a kept buffer: the least a step that
   returns a new final state must move), at the set thread count and on one thread, whichever is
@@ -64,7 +65,7 @@ from myfla.models.utils import Cache  # noqa: E402
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule  # noqa: E402
 from myfla.ops.gated_delta_rule import fused_recurrent as fused_recurrent_module  # noqa: E402
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: E402
-from myfla.ops.utils import threads  # noqa: E402
+from myfla.ops.utils import loop_graph, threads  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_decode.json"
 HIDDEN = 1024
@@ -231,6 +232,17 @@ def max_diff(a, b) -> float:
     return max((a[0] - b[0]).abs().max().item(), (a[1] - b[1]).abs().max().item())
 
 
+@contextlib.contextmanager
+def graphs_off(off: bool = True):
+    """myfla's CUDA graphs off inside the block (``myfla.ops.utils.loop_graph.ENABLED``)."""
+    enabled = loop_graph.ENABLED
+    loop_graph.ENABLED = enabled and not off
+    try:
+        yield
+    finally:
+        loop_graph.ENABLED = enabled
+
+
 def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
     fallbacks = transformers_fallbacks()
     fla_ops = real_fla_ops() if device.type == "cuda" else {}
@@ -247,6 +259,11 @@ def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
             def ours():
                 return fused_recurrent_kda(q, k, v, g, **kw)
         fns = {"myfla": ours}
+        if device.type == "cuda":
+            def eager(fn=ours):                 # the step without its CUDA graph (launch by launch)
+                with graphs_off():
+                    return fn()
+            fns["myfla/eager"] = eager
         multi = n_threads > 1 and device.type == "cpu"
         if multi:
             def all_threads(fn=ours):
@@ -280,7 +297,8 @@ def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
                     notes.append(f"{key} failed: {type(error).__name__}: {str(error)[:200]}")
                     del fns[key]
             times = interleaved(fns, args.op_repeats, sync)
-            ops = {key: ops_per_call(fns[key], device, sync) for key in ("myfla", "transformers", "fla") if key in fns}
+            ops = {key: ops_per_call(fns[key], device, sync) for key in ("myfla", "myfla/eager", "transformers", "fla")
+                   if key in fns}
         state_bytes = h0.numel() * h0.element_size()
         bound_ms = min(times[key]["median_ms"] for key in ("copy", "copy/1-thread") if key in times)
         rows.append({"section": "op", "op": op, "B": B, "H": H, "HV": HV, "K": K, "V": K,
@@ -307,6 +325,8 @@ def bench_layers(args, n_threads, load_kind, device, sync) -> List[dict]:
             keys = ["myfla"]
             if n_threads > 1 and device.type == "cpu":
                 keys += ["myfla/all-threads", "myfla/1-thread"]
+            if device.type == "cuda":
+                keys += ["myfla/eager"]
             caches = {}
             for key in keys:
                 caches[key] = Cache()
@@ -314,8 +334,8 @@ def bench_layers(args, n_threads, load_kind, device, sync) -> List[dict]:
             samples = {key: [] for key in keys}
             for t in range(prompt, prompt + steps + 2):
                 for key in keys:
-                    with policy(key != "myfla/all-threads"), (one_thread() if key == "myfla/1-thread"
-                                                               else contextlib.nullcontext()):
+                    with policy(key != "myfla/all-threads"), graphs_off(key == "myfla/eager"), \
+                            (one_thread() if key == "myfla/1-thread" else contextlib.nullcontext()):
                         t0 = time.perf_counter()
                         layer(x[:, t:t + 1], past_key_values=caches[key], use_cache=True)
                         sync()

@@ -16,11 +16,15 @@ decoding step costs: the decays write the decayed state into the state buffer (f
 that is also the copy out of ``initial_state``, which is never modified); one batched matmul reads
 ``k^T h`` and ``q^T h`` together; the rank-1 update is one in-place ``addcmul``. The output then
 follows without reading the updated state: ``(h + k v'^T)^T q = h^T q + (k . q) v'``. Small calls
-(one-token decoding) run on one intra-op thread (``myfla.ops.utils.threads``).
+(one-token decoding) run on one intra-op thread (``myfla.ops.utils.threads``). On a GPU a one-token
+step is bound by kernel launches, not by the state's bytes, so from the second call of a shape on
+it is replayed as a CUDA graph (``myfla.ops.utils.loop_graph``): the inputs are copied into the
+graph's buffers and the whole step is one launch.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -28,6 +32,7 @@ import torch
 from myfla.ops.utils.calls import as_dtype, autograd_records
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.gva import gva_groups
+from myfla.ops.utils import loop_graph
 from myfla.ops.utils.threads import small_work_single_threaded
 from myfla.ops.utils.validation import check_op_inputs
 from myfla.utils import input_guard
@@ -139,11 +144,12 @@ def _decode_step(
     use_qk_l2norm_in_kernel: bool,
     rep: int,
     cdt: torch.dtype,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """One token for each of ``N`` sequences (q/k ``[N, 1, H, K]``, v ``[N, 1, HV, V]``, gates and
     beta alike), the decoding step: ``state`` ``[R, K, V]`` (R = N * HV) becomes the state after
     the token, from ``state_in`` (read only, or ``state`` itself); returns the scaled output
-    ``[R, V]`` in ``cdt``.
+    ``[R, V]`` in ``cdt`` (written into ``out`` when given).
 
     A step's cost is its number of torch ops where the state is small (each op is a kernel launch
     on a GPU, a few microseconds of dispatch on a CPU) and its passes over the state where it is
@@ -193,11 +199,41 @@ def _decode_step(
     kq_d = kq if decay is None else kq * (decay if decay.shape[1] == 1 else decay.transpose(1, 2))
     kh, qh = torch.bmm(kq_d, state_in).unbind(1)                          # [R, V] each
     b_v = torch.sub(as_dtype(v.reshape(R, V), cdt), kh).mul_(as_dtype(beta.reshape(R, -1), cdt))
-    out = torch.addcmul(qh, b_v, kdotq)                                   # (h + k v'^T)^T q = h^T q + (k.q) v'
+    out = torch.addcmul(qh, b_v, kdotq, out=out)                          # (h + k v'^T)^T q = h^T q + (k.q) v'
 
     # h = d h_in + k v'^T
     _decay_update(state_in, state, decay, k_row.unsqueeze(-1), b_v.unsqueeze(1))
     return out
+
+
+def _decode_body(x, out, scale: float, use_qk_l2norm_in_kernel: bool, rep: int, cdt: torch.dtype) -> None:
+    """``_decode_step`` on ``run_loop``'s buffers: the state goes to ``out['state']``, the output to
+    ``out['o']``."""
+    state = out['state']
+    state_in = x['h0'] if x['h0'] is not None else state.zero_()
+    _decode_step(x['q'], x['k'], x['v'], x['g'], x['gk'], x['beta'], scale, state_in, state,
+                 use_qk_l2norm_in_kernel, rep, cdt, out=out['o'])
+
+
+def _decode_step_replayed(q, k, v, g, gk, beta, scale: float, initial_state, final_state,
+                          use_qk_l2norm_in_kernel: bool, rep: int, cdt: torch.dtype):
+    """The one-token step on CUDA tensors through ``run_loop`` (port-only): eager on a shape's first
+    call, recorded on its second, then one graph launch plus the copies of the inputs in and of the
+    output and final state out (9 launches against the eager step's 14 kernels and ~20 other torch
+    ops, each a few microseconds of host time). Returns ``(o, final_state)`` as the eager path."""
+    B, T, HV, V = v.shape
+    K = k.shape[-1]
+    R = B * HV
+    inputs = {'q': q, 'k': k, 'v': v, 'g': g, 'gk': gk, 'beta': beta,
+              'h0': None if initial_state is None else initial_state.reshape(R, K, V)}
+    body = functools.partial(_decode_body, scale=scale, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+                             rep=rep, cdt=cdt)
+    res = loop_graph.run_loop(f'fused_recurrent_decode:{scale}:{use_qk_l2norm_in_kernel}:{rep}:{cdt}', body,
+                              inputs, {'o': ((R, V), cdt), 'state': ((R, K, V), cdt)}, v.device)
+    o = loop_graph.owned(as_dtype(res['o'].view(B, T, HV, V), v.dtype), res['o'])
+    if final_state is not None:
+        final_state.copy_(res['state'].view(final_state.shape))
+    return o, final_state
 
 
 def fused_recurrent_gated_delta_rule_fwd(
@@ -252,6 +288,9 @@ def fused_recurrent_gated_delta_rule_fwd(
     with small_work_single_threaded(max(R * K * V, 2 * L * R * max(K, V)), v.device):
         if L == 1 and gv is None and (cu_seqlens is None or T == N):
             # decoding: one token per sequence, in order (with cu_seqlens, B = 1 and T = N)
+            if v.device.type == 'cuda' and loop_graph.ENABLED and not torch.cuda.is_current_stream_capturing():
+                return _decode_step_replayed(q, k, v, g, gk, beta, scale, initial_state, final_state,
+                                             use_qk_l2norm_in_kernel, rep, cdt)
             o = _decode_step(q, k, v, g, gk, beta, scale, state_in, state, use_qk_l2norm_in_kernel, rep, cdt)
             o = as_dtype(o.view(B, T, HV, V), v.dtype)
             if final_state is not None and not state_is_final:

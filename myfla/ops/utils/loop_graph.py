@@ -102,15 +102,14 @@ def run_loop(name: str, body: Body, inputs: Inputs,
              outputs: Dict[str, Tuple[Sequence[int], torch.dtype]], device, recurrences: int = 0) -> Outputs:
     """``body(inputs, outs)`` with ``outs`` freshly allocated from ``outputs`` (name -> (shape, dtype)),
     which ``body`` must fill completely from ``inputs`` alone (no host synchronisation, no
-    allocation that outlives it). Returns ``outs``, valid until the next call with the same shapes
+    allocation that outlives it, results that do not depend on the inputs' strides). Returns ``outs``, valid until the next call with the same shapes
     (on CUDA they are the recorded graph's buffers: copy what you keep). Runs under ``no_grad``.
     ``recurrences`` (independent sequence-head recurrences in the loop) sets the CPU thread limit."""
     device = torch.device(device)
-    for t in inputs.values():
-        if t is not None and not t.is_contiguous():
-            raise ValueError(f"run_loop({name!r}): inputs must be contiguous")
     with torch.no_grad():
-        if not (ENABLED and device.type == 'cuda'):
+        if not (ENABLED and device.type == 'cuda') or torch.cuda.is_current_stream_capturing():
+            # CPU, graphs off, or inside the caller's own CUDA graph capture (a graph cannot be
+            # recorded inside another one; the eager ops become part of the caller's graph)
             outs = _allocate(outputs, device)
             limit = recurrences * LOOP_THREADS_PER_HEAD if device.type == 'cpu' else 0
             with _cpu_threads(limit):
@@ -130,7 +129,9 @@ def run_loop(name: str, body: Body, inputs: Inputs,
             stats['eager'] += 1
             return outs
         if entry is _SEEN:
-            static_in = {n: None if t is None else t.clone() for n, t in inputs.items()}
+            # contiguous static inputs: each replay copies the caller's tensors in, whatever their strides
+            static_in = {n: None if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+                         for n, t in inputs.items()}
             static_out = _allocate(outputs, device)
             try:
                 graph = _record(body, static_in, static_out, device)
