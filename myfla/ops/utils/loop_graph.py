@@ -13,7 +13,10 @@ reads and writes fixed buffers. Each call copies its inputs into them, replays,
 and returns the output buffers themselves: callers copy what they keep (``owned``), which most do
 anyway while converting the chunk grid back to token layout. Graphs are kept per
 (loop, shapes, dtypes, device) for the ``MAX_GRAPHS`` most recent keys; ``release()`` drops them.
-``MYFLA_CUDA_GRAPHS=0`` turns the graphs off (every call then runs the loop eagerly); so does any
+The one-token decoding step of the fused recurrent ops goes through the same path: on a GPU it is
+a dozen small kernels, bound by launches, and replays as one. Inside a caller's own CUDA graph
+capture every call runs eagerly (its ops become part of the caller's graph; a graph cannot be
+recorded inside another). ``MYFLA_CUDA_GRAPHS=0`` turns the graphs off (every call then runs the loop eagerly); so does any
 error while recording, after which that key runs eagerly with a warning. CPU tensors always run
 eagerly.
 """
