@@ -2,8 +2,10 @@
 
 Forward: chunk-local cumsum of the gate, intra-chunk ``Aqk``/``Akk`` (+ ``solve_tril``), the WY
 vectors ``w, u, kg``, the inter-chunk state recurrence (``chunk_gated_delta_rule_fwd_h`` with key-wise
-gate ``gk``), then the output through ``chunk_gla_fwd_o_gk``. Backward recomputes ``w, u, h`` and runs
-fla's backward functions in fla's order.
+gate ``gk``), then the output through ``chunk_gla_fwd_o_gk``. Backward runs fla's backward functions in
+fla's order on ``w, u, qg, kg, h, v_new``: fla recomputes them (GPU memory is scarce, its kernels
+fast); here ``ChunkKDAFunction`` keeps the forward's while they fit in ``MYFLA_SAVE_MB`` (see
+``myfla.ops.utils.save_budget``) and recomputes beyond, with the same results bit for bit.
 
 On CPU the decays ``exp(g)`` drive carried states and their gradients through the subnormal range,
 where x86 arithmetic is one to two orders of magnitude slower; ``ChunkKDAFunction`` therefore runs
