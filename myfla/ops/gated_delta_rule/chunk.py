@@ -27,7 +27,7 @@ from myfla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd, recompute_w_
 from myfla.ops.utils import chunk_local_cumsum, solve_tril
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.gva import gva_groups, repeat_qk_heads, sum_qk_heads
-from myfla.ops.utils.save_budget import keeps
+from myfla.ops.utils.save_budget import backward_may_run, caller_grad_mode, keeps
 from myfla.ops.utils.threads import chunk_work, small_work_single_threaded
 from myfla.ops.utils.validation import check_op_inputs, warn_if_head_first
 from myfla.ops.utils.workspace import new_empty
@@ -294,7 +294,7 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
         segments = _time_segments(q.shape[0], q.shape[1], v.shape[2], max(k.shape[-1], v.shape[-1]), cu_seqlens,
                                    q.device)
         # the forward's intermediates spare the backward its recompute where they fit (MYFLA_SAVE_MB)
-        keep = any(ctx.needs_input_grad) and keeps(sum(
+        keep = backward_may_run(ctx) and keeps(sum(
             _kept_bytes(k_v[:, s:e], v[:, s:e], cu_seqlens) for s, e in segments))
         outs, boundary_states, kept = None, [], []
         state = initial_state
@@ -436,16 +436,17 @@ def chunk_gated_delta_rule(
     warn_if_head_first(q)
     if scale is None:
         scale = k.shape[-1] ** -0.5
-    o, final_state = ChunkGatedDeltaRuleFunction.apply(
-        q,
-        k,
-        v,
-        g,
-        beta,
-        scale,
-        initial_state,
-        output_final_state,
-        cu_seqlens,
-        use_qk_l2norm_in_kernel
-    )
+    with caller_grad_mode():
+        o, final_state = ChunkGatedDeltaRuleFunction.apply(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            scale,
+            initial_state,
+            output_final_state,
+            cu_seqlens,
+            use_qk_l2norm_in_kernel
+        )
     return o, final_state

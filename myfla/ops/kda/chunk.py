@@ -34,7 +34,7 @@ from myfla.ops.kda.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
 from myfla.ops.utils.gva import gva_groups, repeat_qk_heads, sum_qk_heads
-from myfla.ops.utils.save_budget import keeps
+from myfla.ops.utils.save_budget import backward_may_run, caller_grad_mode, keeps
 from myfla.ops.utils.threads import chunk_work, small_work_single_threaded
 from myfla.ops.utils.validation import check_op_inputs, warn_if_head_first
 from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
@@ -301,7 +301,7 @@ class ChunkKDAFunction(torch.autograd.Function):
 
         q_v, k_v = repeat_qk_heads(q, groups), repeat_qk_heads(k, groups)
         # the forward's intermediates spare the backward its recompute where they fit (MYFLA_SAVE_MB)
-        keep = any(ctx.needs_input_grad) and keeps(_kept_bytes(q_v, k_v, v, cu_seqlens))
+        keep = backward_may_run(ctx) and keeps(_kept_bytes(q_v, k_v, v, cu_seqlens))
         with _flush_denormal():
             g, o, Aqk, Akk, final_state, kept = _kda_fwd_pass(
                 q=q_v,
@@ -397,16 +397,17 @@ def chunk_kda(
     warn_if_head_first(q)
     if scale is None:
         scale = k.shape[-1] ** -0.5
-    o, final_state = ChunkKDAFunction.apply(
-        q,
-        k,
-        v,
-        g,
-        beta,
-        scale,
-        initial_state,
-        output_final_state,
-        use_qk_l2norm_in_kernel,
-        cu_seqlens,
-    )
+    with caller_grad_mode():
+        o, final_state = ChunkKDAFunction.apply(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            scale,
+            initial_state,
+            output_final_state,
+            use_qk_l2norm_in_kernel,
+            cu_seqlens,
+        )
     return o, final_state

@@ -14,8 +14,12 @@ Budgets come from the environment, in MB: ``MYFLA_SAVE_MB`` for ``chunk_kda`` an
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from typing import Optional
+
+import torch
 
 
 def budget_bytes(variable: str, default_mb: float) -> int:
@@ -42,3 +46,24 @@ def keeps(nbytes: int, budget: Optional[int] = None) -> bool:
     budget = SAVE_BYTES if budget is None else budget
     return 0 < nbytes <= budget
 
+
+
+_caller = threading.local()
+
+
+@contextlib.contextmanager
+def caller_grad_mode():
+    """Record the caller's grad mode for the autograd functions applied inside the block: their
+    ``forward`` runs with grad disabled, and ``ctx.needs_input_grad`` ignores ``no_grad``."""
+    previous = getattr(_caller, 'grad_enabled', None)
+    _caller.grad_enabled = torch.is_grad_enabled()
+    try:
+        yield
+    finally:
+        _caller.grad_enabled = previous
+
+
+def backward_may_run(ctx) -> bool:
+    """Whether the autograd function of ``ctx`` may see a backward: an input needs grad and the
+    caller did not disable grad (known where the entry point records it, ``caller_grad_mode``)."""
+    return any(ctx.needs_input_grad) and getattr(_caller, 'grad_enabled', None) is not False
