@@ -2,7 +2,7 @@
 
 Forward: chunk-local gate cumsum -> ``A = (I + beta K K^T G)^-1`` per chunk -> WY form ``w, u`` ->
 inter-chunk state recurrence -> outputs. Backward runs fla's backward pieces in fla's order (dv_local,
-bwd_dhu, dqkwg, wy backward, reverse gate cumsum) on ``w, u, h, v_new``: fla recomputes them;
+bwd_dhu, dqkwg, wy backward, reverse gate cumsum) on ``w, h, v_new``: fla recomputes them (with ``u``);
 here ``ChunkGatedDeltaRuleFunction`` keeps the forward's while they fit in ``MYFLA_SAVE_MB`` (see
 ``myfla.ops.utils.save_budget``) and recomputes beyond, with the same results bit for bit.
 """
@@ -53,7 +53,7 @@ def chunk_gated_delta_rule_fwd(
 
 
 def _gdn_fwd_pass(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, keep: bool = False):
-    """``chunk_gated_delta_rule_fwd`` plus the intermediates ``(w, u, h, v_new)`` its backward would
+    """``chunk_gated_delta_rule_fwd`` plus the intermediates ``(w, h, v_new)`` its backward would
     recompute when ``keep`` (else None), in one layout-conversion scope."""
     with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
         return _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
@@ -61,14 +61,14 @@ def _gdn_fwd_pass(q, k, v, g, beta, scale, initial_state, output_final_state, cu
 
 
 def _kept_bytes(k, v, cu_seqlens) -> int:
-    """Bytes that ``_gdn_fwd_pass(..., keep=True)`` keeps: ``w`` ``[B, T, H, K]``, ``u`` and ``v_new``
+    """Bytes that ``_gdn_fwd_pass(..., keep=True)`` keeps: ``w`` ``[B, T, H, K]``, ``v_new``
     ``[B, T, H, V]`` (allocated on whole chunks) and the chunk states ``h`` (a view of the
     recurrence's buffer of ``NC + 1`` states)."""
     B, T, H, K, V = *k.shape, v.shape[-1]
     layout = get_chunk_layout(B, T, 64, cu_seqlens, device=k.device)
     tokens = layout.N * layout.NC * layout.BT * H
     cdt = accumulation_dtype(k, v)
-    return (tokens * (K * k.element_size() + 2 * V * v.element_size())
+    return (tokens * (K * k.element_size() + V * v.element_size())
             + (layout.NC + 1) * layout.N * H * K * V * dtype_itemsize(cdt))
 
 
@@ -115,7 +115,7 @@ def _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_f
         scale=scale,
         cu_seqlens=cu_seqlens,
     )
-    kept = (w, u, h, v_new) if keep else None
+    kept = (w, h, v_new) if keep else None
     return g, o, A, final_state, kept
 
 
@@ -149,7 +149,7 @@ def _gdn_bwd_pass(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens
 def _chunk_gated_delta_rule_bwd(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens, kept):
     """Body of ``_gdn_bwd_pass``."""
     if kept is not None:
-        w, u, h, v_new = kept
+        w, h, v_new = kept
     else:
         w, u = recompute_w_u_fwd(
             k=k,
@@ -259,7 +259,7 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
     Long equal-length inputs are processed in time segments (see ``_time_segments``); the initial
     state of every segment after the first is kept for the backward, which walks the segments in
     reverse and hands each segment's ``dh0`` to the previous one as its ``dht``. Within
-    ``MYFLA_SAVE_MB`` (all segments together) each segment's ``w, u, h, v_new`` are kept too.
+    ``MYFLA_SAVE_MB`` (all segments together) each segment's ``w, h, v_new`` are kept too.
 
     Grouped value heads (q/k with ``H`` heads, v/g/beta/state with ``HV``) as fla 0.5.0: the passes
     run on ``HV`` heads with q/k repeated per group (after the in-kernel L2 norm, which is per head),
@@ -359,7 +359,7 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
                 do=do[:, s:e],
                 dht=dht,
                 cu_seqlens=cu_seqlens,
-                kept=tuple(kept[4 * i:4 * i + 4]) if kept else None,
+                kept=tuple(kept[3 * i:3 * i + 3]) if kept else None,
             )
             dht = grads_i[5]                                        # dh0 of this segment
             grads = _gather_segment(grads, grads_i[:5], s, e, q.shape[1], len(segments))

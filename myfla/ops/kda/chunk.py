@@ -3,7 +3,8 @@
 Forward: chunk-local cumsum of the gate, intra-chunk ``Aqk``/``Akk`` (+ ``solve_tril``), the WY
 vectors ``w, u, kg``, the inter-chunk state recurrence (``chunk_gated_delta_rule_fwd_h`` with key-wise
 gate ``gk``), then the output through ``chunk_gla_fwd_o_gk``. Backward runs fla's backward functions in
-fla's order on ``w, u, qg, kg, h, v_new``: fla recomputes them (GPU memory is scarce, its kernels
+fla's order on ``w, qg, kg, h, v_new``: fla recomputes them (with ``u``, which only the
+recompute reads) (GPU memory is scarce, its kernels
 fast); here ``ChunkKDAFunction`` keeps the forward's while they fit in ``MYFLA_SAVE_MB`` (see
 ``myfla.ops.utils.save_budget``) and recomputes beyond, with the same results bit for bit.
 
@@ -75,7 +76,7 @@ def chunk_kda_fwd(
 
 
 def _kda_fwd_pass(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, keep: bool = False):
-    """``chunk_kda_fwd`` plus the intermediates ``(w, u, qg, kg, h, v_new)`` its backward would
+    """``chunk_kda_fwd`` plus the intermediates ``(w, qg, kg, h, v_new)`` its backward would
     recompute when ``keep`` (else None), in one layout-conversion scope (each tensor's chunk grid is
     built once)."""
     with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
@@ -83,14 +84,14 @@ def _kda_fwd_pass(q, k, v, g, beta, scale, initial_state, output_final_state, cu
 
 
 def _kept_bytes(q, k, v, cu_seqlens) -> int:
-    """Bytes that ``_kda_fwd_pass(..., keep=True)`` keeps: ``w``, ``qg``, ``kg`` ``[B, T, H, K]``, ``u``,
+    """Bytes that ``_kda_fwd_pass(..., keep=True)`` keeps: ``w``, ``qg``, ``kg`` ``[B, T, H, K]``,
     ``v_new`` ``[B, T, H, V]`` (allocated on the padded chunk grid) and the chunk states ``h`` (a view
     of the recurrence's buffer of ``NC + 1`` states)."""
     B, T, H, K, V = *k.shape, v.shape[-1]
     layout = get_chunk_layout(B, T, 64, cu_seqlens, device=k.device)
     tokens = layout.N * layout.NC * layout.BT * H
     cdt = accumulation_dtype(k, v)
-    return (tokens * (K * (2 * k.element_size() + q.element_size()) + 2 * V * v.element_size())
+    return (tokens * (K * (2 * k.element_size() + q.element_size()) + V * v.element_size())
             + (layout.NC + 1) * layout.N * H * K * V * dtype_itemsize(cdt))
 
 
@@ -138,7 +139,7 @@ def _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, c
         cu_seqlens=cu_seqlens,
         chunk_size=chunk_size,
     )
-    kept = (w, u, qg, kg, h, v_new) if keep else None
+    kept = (w, qg, kg, h, v_new) if keep else None
     return g, o, Aqk, Akk, final_state, kept
 
 
@@ -175,7 +176,7 @@ def _chunk_kda_bwd(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu
     """Body of ``_kda_bwd_pass``."""
     chunk_size = 64
     if kept is not None:
-        w, u, qg, kg, h, v_new = kept
+        w, qg, kg, h, v_new = kept
     else:
         w, u, qg, kg = recompute_w_u_fwd(
             q=q,

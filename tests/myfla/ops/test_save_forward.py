@@ -171,7 +171,7 @@ def test_kept_bytes_account_for_every_kept_storage(op, T):
     o, _ = OPS[op][0](*leaves[:5], initial_state=leaves[5], output_final_state=True)
     # KDA saves 11 tensors of its own, GDN 10 (one segment here: no boundary states)
     kept = _kept(o, 11 if op == 'kda' else 10)
-    assert len(kept) == (6 if op == 'kda' else 4)
+    assert len(kept) == (5 if op == 'kda' else 3)
     storages = {(_storage(t).data_ptr()): _storage_nbytes(t) for t in kept}
     held = sum(storages.values())
     estimate = kda_chunk._kept_bytes(xs[0], xs[1], xs[2], None) if op == 'kda' else \
