@@ -259,7 +259,8 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
     Long equal-length inputs are processed in time segments (see ``_time_segments``); the initial
     state of every segment after the first is kept for the backward, which walks the segments in
     reverse and hands each segment's ``dh0`` to the previous one as its ``dht``. Within
-    ``MYFLA_SAVE_MB`` (all segments together) each segment's ``w, h, v_new`` are kept too.
+    ``MYFLA_SAVE_MB`` (all kept segments together) the first segments' ``w, h, v_new`` are kept too;
+    the backward recomputes those of the others.
 
     Grouped value heads (q/k with ``H`` heads, v/g/beta/state with ``HV``) as fla 0.5.0: the passes
     run on ``HV`` heads with q/k repeated per group (after the in-kernel L2 norm, which is per head),
@@ -293,15 +294,18 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
 
         segments = _time_segments(q.shape[0], q.shape[1], v.shape[2], max(k.shape[-1], v.shape[-1]), cu_seqlens,
                                    q.device)
-        # the forward's intermediates spare the backward its recompute where they fit (MYFLA_SAVE_MB)
-        keep = backward_may_run(ctx) and keeps(sum(
-            _kept_bytes(k_v[:, s:e], v[:, s:e], cu_seqlens) for s, e in segments))
+        # the forward's intermediates spare the backward its recompute where they fit (MYFLA_SAVE_MB):
+        # segment by segment, as long as the segments kept so far and this one fit together
+        keep, kept_bytes = backward_may_run(ctx), 0
         outs, boundary_states, kept = None, [], []
         state = initial_state
         for i, (s, e) in enumerate(segments):
             last = i == len(segments) - 1
             if i > 0:
                 boundary_states.append(state)
+            if keep:
+                kept_bytes += _kept_bytes(k_v[:, s:e], v[:, s:e], cu_seqlens)
+                keep = keeps(kept_bytes)
             g_i, o_i, A_i, state, kept_i = _gdn_fwd_pass(
                 q=q_v[:, s:e],
                 k=k_v[:, s:e],
@@ -321,6 +325,7 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
         final_state = state
         g, o, A = outs
         ctx.n_boundary = len(boundary_states)
+        ctx.n_kept = len(kept) // 3                          # the first n_kept segments kept theirs
         ctx.save_for_backward(q, q_rstd, k, k_rstd, v, g, beta, A, initial_state, cu_seqlens, *boundary_states,
                               *kept)
         ctx.scale = scale
@@ -359,7 +364,7 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
                 do=do[:, s:e],
                 dht=dht,
                 cu_seqlens=cu_seqlens,
-                kept=tuple(kept[3 * i:3 * i + 3]) if kept else None,
+                kept=tuple(kept[3 * i:3 * i + 3]) if i < ctx.n_kept else None,
             )
             dht = grads_i[5]                                        # dh0 of this segment
             grads = _gather_segment(grads, grads_i[:5], s, e, q.shape[1], len(segments))

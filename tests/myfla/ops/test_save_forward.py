@@ -110,7 +110,8 @@ def test_saved_equals_recomputed(monkeypatch, op, B, T, H, K, V, HV, cu, use_l2,
 
 def test_gdn_time_segments_keep_every_segment(monkeypatch):
     """Tiny time segments (2 chunks each, the last partial): every segment keeps its own
-    intermediates, and the gradients equal the recompute's."""
+    intermediates (the first ones, where the budget holds only some), and the gradients equal the
+    recompute's."""
     monkeypatch.setattr(gdn_chunk, '_MIN_SEGMENT_CHUNKS', 1)
     monkeypatch.setattr(gdn_chunk, '_SEGMENT_BYTES', 128 * 2 * 2 * 32 * 4)
     assert len(gdn_chunk._time_segments(2, 300, 2, 32, None)) == 3
@@ -121,6 +122,13 @@ def test_gdn_time_segments_keep_every_segment(monkeypatch):
     monkeypatch.setattr(save_budget, 'SAVE_BYTES', 0)
     assert_equal(saved, run('gdn', xs, do, dht))
     assert calls.count == {'recompute_w_u_fwd': 9, 'chunk_gated_delta_rule_fwd_h': 9}
+    # a budget for the first two segments: the backward recomputes the third only
+    k, v = xs[1], xs[2]
+    segments = gdn_chunk._time_segments(2, 300, 2, 32, None)
+    two = sum(gdn_chunk._kept_bytes(k[:, s:e], v[:, s:e], None) for s, e in segments[:2])
+    monkeypatch.setattr(save_budget, 'SAVE_BYTES', two)
+    assert_equal(saved, run('gdn', xs, do, dht))
+    assert calls.count == {'recompute_w_u_fwd': 13, 'chunk_gated_delta_rule_fwd_h': 13}
 
 
 @pytest.mark.parametrize('op', ['kda', 'gdn'])
