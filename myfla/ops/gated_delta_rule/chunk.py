@@ -1,8 +1,10 @@
 """Chunked gated delta rule (GatedDeltaNet's training path), as ``fla.ops.gated_delta_rule.chunk``.
 
 Forward: chunk-local gate cumsum -> ``A = (I + beta K K^T G)^-1`` per chunk -> WY form ``w, u`` ->
-inter-chunk state recurrence -> outputs. Backward recomputes ``w, u, h`` and runs fla's backward
-pieces in fla's order (dv_local, bwd_dhu, dqkwg, wy backward, reverse gate cumsum).
+inter-chunk state recurrence -> outputs. Backward runs fla's backward pieces in fla's order (dv_local,
+bwd_dhu, dqkwg, wy backward, reverse gate cumsum) on ``w, h, v_new``: fla recomputes them (with ``u``);
+here ``ChunkGatedDeltaRuleFunction`` keeps the forward's while they fit in ``MYFLA_SAVE_MB`` (see
+``myfla.ops.utils.save_budget``) and recomputes beyond, with the same results bit for bit.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from myfla._torch_compat import compiler_disable
+from myfla._torch_compat import compiler_disable, dtype_itemsize
 from myfla.modules.l2norm import l2norm_bwd, l2norm_fwd
 from myfla.ops.common.chunk_delta_h import (
     chunk_gated_delta_rule_bwd_dhu,
@@ -22,12 +24,14 @@ from myfla.ops.common.chunk_delta_h import (
 from myfla.ops.common.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local, chunk_fwd_o
 from myfla.ops.common.chunk_scaled_dot_kkt import chunk_scaled_dot_kkt_fwd
 from myfla.ops.gated_delta_rule.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
-from myfla.ops.utils.threads import chunk_work, small_work_single_threaded
 from myfla.ops.utils import chunk_local_cumsum, solve_tril
+from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.gva import gva_groups, repeat_qk_heads, sum_qk_heads
+from myfla.ops.utils.save_budget import backward_may_run, caller_grad_mode, keeps
+from myfla.ops.utils.threads import chunk_work, small_work_single_threaded
 from myfla.ops.utils.validation import check_op_inputs, warn_if_head_first
 from myfla.ops.utils.workspace import new_empty
-from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
+from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 
 def chunk_gated_delta_rule_fwd(
@@ -45,12 +49,32 @@ def chunk_gated_delta_rule_fwd(
 
     Source: fla/ops/gated_delta_rule/chunk.py:L18-L69 (fla 0.4.0)
     """
+    return _gdn_fwd_pass(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)[:4]
+
+
+def _gdn_fwd_pass(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, keep: bool = False):
+    """``chunk_gated_delta_rule_fwd`` plus the intermediates ``(w, h, v_new)`` its backward would
+    recompute when ``keep`` (else None), in one layout-conversion scope."""
     with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
-        return _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
+        return _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
+                                           keep)
 
 
-def _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens):
-    """Body of ``chunk_gated_delta_rule_fwd``, run inside one layout-conversion scope."""
+def _kept_bytes(k, v, cu_seqlens) -> int:
+    """Bytes that ``_gdn_fwd_pass(..., keep=True)`` keeps: ``w`` ``[B, T, H, K]``, ``v_new``
+    ``[B, T, H, V]`` (allocated on whole chunks) and the chunk states ``h`` (a view of the
+    recurrence's buffer of ``NC + 1`` states)."""
+    B, T, H, K, V = *k.shape, v.shape[-1]
+    layout = get_chunk_layout(B, T, 64, cu_seqlens, device=k.device)
+    tokens = layout.N * layout.NC * layout.BT * H
+    cdt = accumulation_dtype(k, v)
+    return (tokens * (K * k.element_size() + V * v.element_size())
+            + (layout.NC + 1) * layout.N * H * K * V * dtype_itemsize(cdt))
+
+
+def _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, keep):
+    """Body of ``_gdn_fwd_pass``; kept intermediates come from the very calls that the backward would
+    repeat on the same inputs."""
     g = chunk_local_cumsum(g, chunk_size=64, cu_seqlens=cu_seqlens)
     # obtain WY representation. u is actually the new v.
     A = chunk_scaled_dot_kkt_fwd(
@@ -91,7 +115,8 @@ def _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_f
         scale=scale,
         cu_seqlens=cu_seqlens,
     )
-    return g, o, A, final_state
+    kept = (w, h, v_new) if keep else None
+    return g, o, A, final_state, kept
 
 
 def chunk_gated_delta_rule_bwd(
@@ -111,29 +136,38 @@ def chunk_gated_delta_rule_bwd(
 
     Source: fla/ops/gated_delta_rule/chunk.py:L72-L148 (fla 0.4.0)
     """
+    return _gdn_bwd_pass(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens)
+
+
+def _gdn_bwd_pass(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens, kept=None):
+    """``chunk_gated_delta_rule_bwd``, reading the forward's ``kept`` intermediates (see
+    ``_gdn_fwd_pass``) instead of recomputing them where given, in one layout-conversion scope."""
     with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
-        return _chunk_gated_delta_rule_bwd(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens)
+        return _chunk_gated_delta_rule_bwd(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens, kept)
 
 
-def _chunk_gated_delta_rule_bwd(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens):
-    """Body of ``chunk_gated_delta_rule_bwd``, run inside one layout-conversion scope."""
-    w, u = recompute_w_u_fwd(
-        k=k,
-        v=v,
-        beta=beta,
-        A=A,
-        g=g,
-        cu_seqlens=cu_seqlens,
-    )
-    h, v_new, _ = chunk_gated_delta_rule_fwd_h(
-        k=k,
-        w=w,
-        u=u,
-        g=g,
-        initial_state=initial_state,
-        output_final_state=False,
-        cu_seqlens=cu_seqlens,
-    )
+def _chunk_gated_delta_rule_bwd(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens, kept):
+    """Body of ``_gdn_bwd_pass``."""
+    if kept is not None:
+        w, h, v_new = kept
+    else:
+        w, u = recompute_w_u_fwd(
+            k=k,
+            v=v,
+            beta=beta,
+            A=A,
+            g=g,
+            cu_seqlens=cu_seqlens,
+        )
+        h, v_new, _ = chunk_gated_delta_rule_fwd_h(
+            k=k,
+            w=w,
+            u=u,
+            g=g,
+            initial_state=initial_state,
+            output_final_state=False,
+            cu_seqlens=cu_seqlens,
+        )
     dv = chunk_bwd_dv_local(
         q=q,
         k=k,
@@ -224,7 +258,9 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
 
     Long equal-length inputs are processed in time segments (see ``_time_segments``); the initial
     state of every segment after the first is kept for the backward, which walks the segments in
-    reverse and hands each segment's ``dh0`` to the previous one as its ``dht``.
+    reverse and hands each segment's ``dh0`` to the previous one as its ``dht``. Within
+    ``MYFLA_SAVE_MB`` (all kept segments together) the first segments' ``w, h, v_new`` are kept too;
+    the backward recomputes those of the others.
 
     Grouped value heads (q/k with ``H`` heads, v/g/beta/state with ``HV``) as fla 0.5.0: the passes
     run on ``HV`` heads with q/k repeated per group (after the in-kernel L2 norm, which is per head),
@@ -258,13 +294,19 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
 
         segments = _time_segments(q.shape[0], q.shape[1], v.shape[2], max(k.shape[-1], v.shape[-1]), cu_seqlens,
                                    q.device)
-        outs, boundary_states = None, []
+        # the forward's intermediates spare the backward its recompute where they fit (MYFLA_SAVE_MB):
+        # segment by segment, as long as the segments kept so far and this one fit together
+        keep, kept_bytes = backward_may_run(ctx), 0
+        outs, boundary_states, kept = None, [], []
         state = initial_state
         for i, (s, e) in enumerate(segments):
             last = i == len(segments) - 1
             if i > 0:
                 boundary_states.append(state)
-            g_i, o_i, A_i, state = chunk_gated_delta_rule_fwd(
+            if keep:
+                kept_bytes += _kept_bytes(k_v[:, s:e], v[:, s:e], cu_seqlens)
+                keep = keeps(kept_bytes)
+            g_i, o_i, A_i, state, kept_i = _gdn_fwd_pass(
                 q=q_v[:, s:e],
                 k=k_v[:, s:e],
                 v=v[:, s:e],
@@ -274,13 +316,18 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
                 initial_state=state,
                 output_final_state=output_final_state or not last,
                 cu_seqlens=cu_seqlens,
+                keep=keep,
             )
             outs = _gather_segment(outs, (g_i, o_i, A_i), s, e, q.shape[1], len(segments))
-            del g_i, o_i, A_i
+            kept.extend(kept_i or ())
+            del g_i, o_i, A_i, kept_i
         del q_v, k_v
         final_state = state
         g, o, A = outs
-        ctx.save_for_backward(q, q_rstd, k, k_rstd, v, g, beta, A, initial_state, cu_seqlens, *boundary_states)
+        ctx.n_boundary = len(boundary_states)
+        ctx.n_kept = len(kept) // 3                          # the first n_kept segments kept theirs
+        ctx.save_for_backward(q, q_rstd, k, k_rstd, v, g, beta, A, initial_state, cu_seqlens, *boundary_states,
+                              *kept)
         ctx.scale = scale
         ctx.groups = groups
         ctx.segments = segments
@@ -295,7 +342,9 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
         do: torch.Tensor,
         dht: torch.Tensor
     ):
-        q, q_rstd, k, k_rstd, v, g, beta, A, initial_state, cu_seqlens, *boundary_states = ctx.saved_tensors
+        q, q_rstd, k, k_rstd, v, g, beta, A, initial_state, cu_seqlens, *rest = ctx.saved_tensors
+        boundary_states, kept = rest[:ctx.n_boundary], rest[ctx.n_boundary:]
+        del rest
         segments = ctx.segments
         groups = ctx.groups
         q_v, k_v = repeat_qk_heads(q, groups), repeat_qk_heads(k, groups)
@@ -303,7 +352,7 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
         grads = None
         for i in range(len(segments) - 1, -1, -1):
             s, e = segments[i]
-            grads_i = chunk_gated_delta_rule_bwd(
+            grads_i = _gdn_bwd_pass(
                 q=q_v[:, s:e],
                 k=k_v[:, s:e],
                 v=v[:, s:e],
@@ -315,11 +364,12 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
                 do=do[:, s:e],
                 dht=dht,
                 cu_seqlens=cu_seqlens,
+                kept=tuple(kept[3 * i:3 * i + 3]) if i < ctx.n_kept else None,
             )
             dht = grads_i[5]                                        # dh0 of this segment
             grads = _gather_segment(grads, grads_i[:5], s, e, q.shape[1], len(segments))
             del grads_i
-        del q_v, k_v
+        del q_v, k_v, kept
         dq, dk, dv, db, dg = grads
         dq, dk = sum_qk_heads(dq, groups), sum_qk_heads(dk, groups)
         dh0 = dht
@@ -391,16 +441,17 @@ def chunk_gated_delta_rule(
     warn_if_head_first(q)
     if scale is None:
         scale = k.shape[-1] ** -0.5
-    o, final_state = ChunkGatedDeltaRuleFunction.apply(
-        q,
-        k,
-        v,
-        g,
-        beta,
-        scale,
-        initial_state,
-        output_final_state,
-        cu_seqlens,
-        use_qk_l2norm_in_kernel
-    )
+    with caller_grad_mode():
+        o, final_state = ChunkGatedDeltaRuleFunction.apply(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            scale,
+            initial_state,
+            output_final_state,
+            cu_seqlens,
+            use_qk_l2norm_in_kernel
+        )
     return o, final_state

@@ -2,8 +2,11 @@
 
 Forward: chunk-local cumsum of the gate, intra-chunk ``Aqk``/``Akk`` (+ ``solve_tril``), the WY
 vectors ``w, u, kg``, the inter-chunk state recurrence (``chunk_gated_delta_rule_fwd_h`` with key-wise
-gate ``gk``), then the output through ``chunk_gla_fwd_o_gk``. Backward recomputes ``w, u, h`` and runs
-fla's backward functions in fla's order.
+gate ``gk``), then the output through ``chunk_gla_fwd_o_gk``. Backward runs fla's backward functions in
+fla's order on ``w, qg, kg, h, v_new``: fla recomputes them (with ``u``, which only the
+recompute reads) (GPU memory is scarce, its kernels
+fast); here ``ChunkKDAFunction`` keeps the forward's while they fit in ``MYFLA_SAVE_MB`` (see
+``myfla.ops.utils.save_budget``) and recomputes beyond, with the same results bit for bit.
 
 On CPU the decays ``exp(g)`` drive carried states and their gradients through the subnormal range,
 where x86 arithmetic is one to two orders of magnitude slower; ``ChunkKDAFunction`` therefore runs
@@ -17,7 +20,7 @@ import contextlib
 
 import torch
 
-from myfla._torch_compat import compiler_disable
+from myfla._torch_compat import compiler_disable, dtype_itemsize
 from myfla.modules.l2norm import l2norm_bwd, l2norm_fwd
 from myfla.ops.common.chunk_delta_h import (
     chunk_gated_delta_rule_bwd_dhu,
@@ -29,11 +32,13 @@ from myfla.ops.gla.chunk import chunk_gla_bwd_dA, chunk_gla_fwd_o_gk
 from myfla.ops.kda.chunk_inter import chunk_kda_bwd_dqkwg
 from myfla.ops.kda.chunk_intra import chunk_kda_bwd_intra, chunk_kda_fwd_intra
 from myfla.ops.kda.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
-from myfla.ops.utils.threads import chunk_work, small_work_single_threaded
+from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
 from myfla.ops.utils.gva import gva_groups, repeat_qk_heads, sum_qk_heads
+from myfla.ops.utils.save_budget import backward_may_run, caller_grad_mode, keeps
+from myfla.ops.utils.threads import chunk_work, small_work_single_threaded
 from myfla.ops.utils.validation import check_op_inputs, warn_if_head_first
-from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
+from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 
 def _flushes_denormals() -> bool:
@@ -67,13 +72,33 @@ def chunk_kda_fwd(
 
     Source: fla/ops/kda/chunk.py:L17-L69 (fla 0.4.0)
     """
-    with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
-        return _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)
+    return _kda_fwd_pass(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens)[:5]
 
 
-def _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens):
-    """Body of ``chunk_kda_fwd``, run inside one layout-conversion scope (each tensor's chunk grid is
+def _kda_fwd_pass(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, keep: bool = False):
+    """``chunk_kda_fwd`` plus the intermediates ``(w, qg, kg, h, v_new)`` its backward would
+    recompute when ``keep`` (else None), in one layout-conversion scope (each tensor's chunk grid is
     built once)."""
+    with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
+        return _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, keep)
+
+
+def _kept_bytes(q, k, v, cu_seqlens) -> int:
+    """Bytes that ``_kda_fwd_pass(..., keep=True)`` keeps: ``w``, ``qg``, ``kg`` ``[B, T, H, K]``,
+    ``v_new`` ``[B, T, H, V]`` (allocated on the padded chunk grid) and the chunk states ``h`` (a view
+    of the recurrence's buffer of ``NC + 1`` states)."""
+    B, T, H, K, V = *k.shape, v.shape[-1]
+    layout = get_chunk_layout(B, T, 64, cu_seqlens, device=k.device)
+    tokens = layout.N * layout.NC * layout.BT * H
+    cdt = accumulation_dtype(k, v)
+    return (tokens * (K * (2 * k.element_size() + q.element_size()) + V * v.element_size())
+            + (layout.NC + 1) * layout.N * H * K * V * dtype_itemsize(cdt))
+
+
+def _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, keep):
+    """Body of ``_kda_fwd_pass``. Kept intermediates come from the very calls that the backward would
+    repeat on the same inputs (``recompute_w_u_fwd`` then with ``q``, whose ``qg`` is computed with
+    the other gated products), so the backward reads exactly what it would recompute."""
     chunk_size = 64
     g = chunk_local_cumsum(g, chunk_size=chunk_size, cu_seqlens=cu_seqlens)
     # Aqk stays fp32, as in fla (fp64 inputs keep fp64)
@@ -86,11 +111,12 @@ def _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, c
         cu_seqlens=cu_seqlens,
         output_dtype=torch.promote_types(q.dtype, torch.float32),
     )
-    w, u, _, kg = recompute_w_u_fwd(
+    w, u, qg, kg = recompute_w_u_fwd(
         k=k,
         v=v,
         beta=beta,
         A=Akk,
+        q=q if keep else None,
         gk=g,
         cu_seqlens=cu_seqlens,
     )
@@ -113,7 +139,8 @@ def _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, c
         cu_seqlens=cu_seqlens,
         chunk_size=chunk_size,
     )
-    return g, o, Aqk, Akk, final_state
+    kept = (w, qg, kg, h, v_new) if keep else None
+    return g, o, Aqk, Akk, final_state, kept
 
 
 def chunk_kda_bwd(
@@ -135,31 +162,40 @@ def chunk_kda_bwd(
 
     Source: fla/ops/kda/chunk.py:L72-L176 (fla 0.4.0)
     """
+    return _kda_bwd_pass(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu_seqlens)
+
+
+def _kda_bwd_pass(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu_seqlens, kept=None):
+    """``chunk_kda_bwd``, reading the forward's ``kept`` intermediates (see ``_kda_fwd_pass``) instead
+    of recomputing them where given, in one layout-conversion scope."""
     with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
-        return _chunk_kda_bwd(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu_seqlens)
+        return _chunk_kda_bwd(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu_seqlens, kept)
 
 
-def _chunk_kda_bwd(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu_seqlens):
-    """Body of ``chunk_kda_bwd``, run inside one layout-conversion scope."""
+def _chunk_kda_bwd(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu_seqlens, kept):
+    """Body of ``_kda_bwd_pass``."""
     chunk_size = 64
-    w, u, qg, kg = recompute_w_u_fwd(
-        q=q,
-        k=k,
-        v=v,
-        beta=beta,
-        A=Akk,
-        gk=g,
-        cu_seqlens=cu_seqlens,
-    )
-    h, v_new, _ = chunk_gated_delta_rule_fwd_h(
-        k=kg,
-        w=w,
-        u=u,
-        gk=g,
-        initial_state=initial_state,
-        output_final_state=False,
-        cu_seqlens=cu_seqlens,
-    )
+    if kept is not None:
+        w, qg, kg, h, v_new = kept
+    else:
+        w, u, qg, kg = recompute_w_u_fwd(
+            q=q,
+            k=k,
+            v=v,
+            beta=beta,
+            A=Akk,
+            gk=g,
+            cu_seqlens=cu_seqlens,
+        )
+        h, v_new, _ = chunk_gated_delta_rule_fwd_h(
+            k=kg,
+            w=w,
+            u=u,
+            gk=g,
+            initial_state=initial_state,
+            output_final_state=False,
+            cu_seqlens=cu_seqlens,
+        )
     dv = chunk_bwd_dv_local(
         q=q,
         k=k,
@@ -264,10 +300,13 @@ class ChunkKDAFunction(torch.autograd.Function):
             q, q_rstd = l2norm_fwd(q)
             k, k_rstd = l2norm_fwd(k)
 
+        q_v, k_v = repeat_qk_heads(q, groups), repeat_qk_heads(k, groups)
+        # the forward's intermediates spare the backward its recompute where they fit (MYFLA_SAVE_MB)
+        keep = backward_may_run(ctx) and keeps(_kept_bytes(q_v, k_v, v, cu_seqlens))
         with _flush_denormal():
-            g, o, Aqk, Akk, final_state = chunk_kda_fwd(
-                q=repeat_qk_heads(q, groups),
-                k=repeat_qk_heads(k, groups),
+            g, o, Aqk, Akk, final_state, kept = _kda_fwd_pass(
+                q=q_v,
+                k=k_v,
                 v=v,
                 g=g,
                 beta=beta,
@@ -275,8 +314,10 @@ class ChunkKDAFunction(torch.autograd.Function):
                 initial_state=initial_state,
                 output_final_state=output_final_state,
                 cu_seqlens=cu_seqlens,
+                keep=keep,
             )
-        ctx.save_for_backward(q, q_rstd, k, k_rstd, v, g, beta, Aqk, Akk, initial_state, cu_seqlens)
+        del q_v, k_v
+        ctx.save_for_backward(q, q_rstd, k, k_rstd, v, g, beta, Aqk, Akk, initial_state, cu_seqlens, *(kept or ()))
         ctx.scale = scale
         ctx.groups = groups
         ctx.use_qk_l2norm_in_kernel = use_qk_l2norm_in_kernel
@@ -290,10 +331,10 @@ class ChunkKDAFunction(torch.autograd.Function):
         do: torch.Tensor,
         dht: torch.Tensor,
     ):
-        q, q_rstd, k, k_rstd, v, g, beta, Aqk, Akk, initial_state, cu_seqlens = ctx.saved_tensors
+        q, q_rstd, k, k_rstd, v, g, beta, Aqk, Akk, initial_state, cu_seqlens, *kept = ctx.saved_tensors
         groups = ctx.groups
         with _flush_denormal():
-            dq, dk, dv, db, dg, dh0 = chunk_kda_bwd(
+            dq, dk, dv, db, dg, dh0 = _kda_bwd_pass(
                 q=repeat_qk_heads(q, groups),
                 k=repeat_qk_heads(k, groups),
                 v=v,
@@ -306,7 +347,9 @@ class ChunkKDAFunction(torch.autograd.Function):
                 do=do,
                 dht=dht,
                 cu_seqlens=cu_seqlens,
+                kept=tuple(kept) if kept else None,
             )
+        del kept
         dq, dk = sum_qk_heads(dq, groups), sum_qk_heads(dk, groups)
         if ctx.use_qk_l2norm_in_kernel:
             dq = l2norm_bwd(q, q_rstd, dq)
@@ -355,16 +398,17 @@ def chunk_kda(
     warn_if_head_first(q)
     if scale is None:
         scale = k.shape[-1] ** -0.5
-    o, final_state = ChunkKDAFunction.apply(
-        q,
-        k,
-        v,
-        g,
-        beta,
-        scale,
-        initial_state,
-        output_final_state,
-        use_qk_l2norm_in_kernel,
-        cu_seqlens,
-    )
+    with caller_grad_mode():
+        o, final_state = ChunkKDAFunction.apply(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            scale,
+            initial_state,
+            output_final_state,
+            use_qk_l2norm_in_kernel,
+            cu_seqlens,
+        )
     return o, final_state

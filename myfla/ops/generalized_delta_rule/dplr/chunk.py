@@ -24,7 +24,6 @@ runs the same chunked algorithm on ``CHUNK_SIZE`` (32)-token chunks; the result 
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from typing import Optional
 
@@ -51,6 +50,7 @@ from myfla.ops.generalized_delta_rule.dplr.wy_fast_bwd import bwd_wy_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_fwd import unit_lower_inverse_grid, wu_grid
 from myfla.ops.utils.chunk_layout import SLAB_CHUNK_HEADS
 from myfla.ops.utils.index import check_varlen_inputs
+from myfla.ops.utils.save_budget import budget_bytes, keeps
 from myfla.ops.utils.validation import reject_head_first, warn_head_first_layout
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
@@ -60,8 +60,8 @@ CHUNK_SIZE = 32
 
 # Most bytes of forward intermediates (``ForwardParts``, about 2.5x the inputs at K = V = 64 or 128)
 # the autograd function keeps for its backward instead of recomputing them as fla does
-# (MYFLA_DPLR_SAVE_MB; 0 = always recompute).
-SAVE_BYTES = int(float(os.environ.get('MYFLA_DPLR_SAVE_MB', '2048')) * 1024 * 1024)
+# (MYFLA_DPLR_SAVE_MB; 0 = always recompute; see myfla.ops.utils.save_budget).
+SAVE_BYTES = budget_bytes('MYFLA_DPLR_SAVE_MB', 2048)
 
 
 # ---- fla's forward and backward call sequences on the chunk grid (port-only drivers) ---------------
@@ -248,7 +248,7 @@ def _chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state, output_final_state,
         q_c, k_c, a_c, b_c, gk_c = (_grid_or_view(layout, x, cdt) for x in (q, k, a, b, gk))
         VV = new_empty((layout.NC, layout.N * H, 2 * chunk_size, V), cdt, q.device)
         to_grid_into(layout, v, VV[:, :, :chunk_size])
-        keep = keep and ForwardParts.nbytes(q_c, VV[:, :, :chunk_size]) <= SAVE_BYTES
+        keep = keep and keeps(ForwardParts.nbytes(q_c, VV[:, :, :chunk_size]), SAVE_BYTES)
         # the output goes straight into token layout where the grid is a view of it
         o = torch.empty(v.shape, dtype=cdt, device=v.device)
         o_view = grid_view(layout, o, cdt)
