@@ -305,7 +305,7 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
                 boundary_states.append(state)
             if keep:
                 kept_bytes += _kept_bytes(k_v[:, s:e], v[:, s:e], cu_seqlens)
-                keep = keeps(kept_bytes)
+                keep = keeps(kept_bytes, device=v.device)
             g_i, o_i, A_i, state, kept_i = _gdn_fwd_pass(
                 q=q_v[:, s:e],
                 k=k_v[:, s:e],

@@ -302,7 +302,7 @@ class ChunkKDAFunction(torch.autograd.Function):
 
         q_v, k_v = repeat_qk_heads(q, groups), repeat_qk_heads(k, groups)
         # the forward's intermediates spare the backward its recompute where they fit (MYFLA_SAVE_MB)
-        keep = backward_may_run(ctx) and keeps(_kept_bytes(q_v, k_v, v, cu_seqlens))
+        keep = backward_may_run(ctx) and keeps(_kept_bytes(q_v, k_v, v, cu_seqlens), device=v.device)
         with _flush_denormal():
             g, o, Aqk, Akk, final_state, kept = _kda_fwd_pass(
                 q=q_v,

@@ -9,7 +9,8 @@ reads the very tensors the forward computed, so its results are the recompute's,
 
 Budgets come from the environment, in MB: ``MYFLA_SAVE_MB`` for ``chunk_kda`` and
 ``chunk_gated_delta_rule`` (``SAVE_BYTES`` here), ``MYFLA_DPLR_SAVE_MB`` for the DPLR / RWKV-7 ops
-(their own module's ``SAVE_BYTES``); ``0`` always recomputes, as fla does.
+(their own module's ``SAVE_BYTES``); ``0`` always recomputes, as fla does. On GPUs (any device
+but the CPU) the ops recompute, as fla, unless the variable is set.
 """
 
 from __future__ import annotations
@@ -40,12 +41,15 @@ def budget_bytes(variable: str, default_mb: float) -> int:
 SAVE_BYTES = budget_bytes('MYFLA_SAVE_MB', 2048)
 
 
-def keeps(nbytes: int, budget: Optional[int] = None) -> bool:
+def keeps(nbytes: int, budget: Optional[int] = None, device=None, variable: str = 'MYFLA_SAVE_MB') -> bool:
     """Whether ``nbytes`` of intermediates are kept within ``budget`` (default: ``SAVE_BYTES``, read at
-    call time so that it can be changed at run time)."""
+    call time so that it can be changed at run time). On a ``device`` other than the CPU nothing is
+    kept unless ``variable`` is set: GPU memory is what fla's recompute protects, and a model keeps
+    this once per layer, so there keeping is the user's choice."""
+    if device is not None and torch.device(device).type != 'cpu' and variable not in os.environ:
+        return False
     budget = SAVE_BYTES if budget is None else budget
     return 0 < nbytes <= budget
-
 
 
 _caller = threading.local()

@@ -281,3 +281,18 @@ def test_budgets_read_from_the_environment_at_import():
     out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True,
                          cwd=str(Path(save_budget.__file__).parents[3]))
     assert out.stdout.split() == [str(5 * 1024 * 1024), str(3 * 1024 * 1024)]
+
+
+def test_gpus_recompute_unless_the_variable_is_set(monkeypatch):
+    """Off the CPU the ops recompute as fla does (GPU memory is what the recompute protects) unless
+    the budget's variable is set explicitly; on the CPU the default budget keeps."""
+    monkeypatch.delenv("MYFLA_SAVE_MB", raising=False)
+    monkeypatch.delenv("MYFLA_DPLR_SAVE_MB", raising=False)
+    assert save_budget.keeps(1024, device=torch.device("cpu"))
+    assert not save_budget.keeps(1024, device=torch.device("meta"))
+    assert not save_budget.keeps(1024, budget=2 ** 30, device="meta", variable="MYFLA_DPLR_SAVE_MB")
+    monkeypatch.setenv("MYFLA_SAVE_MB", "2048")
+    assert save_budget.keeps(1024, device=torch.device("meta"))
+    assert not save_budget.keeps(1024, device="meta", variable="MYFLA_DPLR_SAVE_MB")
+    monkeypatch.setenv("MYFLA_DPLR_SAVE_MB", "1")
+    assert save_budget.keeps(1024, budget=2 ** 20, device="meta", variable="MYFLA_DPLR_SAVE_MB")
