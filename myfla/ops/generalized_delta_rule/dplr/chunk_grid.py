@@ -24,7 +24,7 @@ from myfla.ops.common.chunk_delta_h import chunks_from_grid, chunks_to_grid, fro
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 
 __all__ = [
-    'chunk_cumsum', 'grid_view', 'to_grid_into', 'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
+    'chunk_cumsum', 'grid_view', 'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
     'flush_denormal', 'grid_layout', 'keep_lower_', 'rounding', 'strict_tril', 'tril',
 ]
 
@@ -74,16 +74,6 @@ def grid_view(layout: ChunkLayout, x: torch.Tensor, dtype: torch.dtype) -> Optio
         return None
     H, rest = x.shape[2], x.shape[3:]
     return x.view(layout.NC, layout.BT, H, *rest).transpose(1, 2)
-
-
-def to_grid_into(layout: ChunkLayout, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``to_grid`` (zero fill) written into ``out`` ``[NC, N*H, BT, *rest]``, which may be a slice of
-    a larger buffer (the values half of ``[v; v_new]``): one copy instead of two."""
-    xc = layout.pack(x)                                             # [N, NC, BT, H, *rest]
-    N, NC, BT, H = xc.shape[:4]
-    perm = (1, 0, 3, 2) + tuple(range(4, xc.dim()))
-    out.view(NC, N, H, BT, *xc.shape[4:]).copy_(xc.permute(perm))
-    return out
 
 
 _ONES_TRIANGLES: dict = {}

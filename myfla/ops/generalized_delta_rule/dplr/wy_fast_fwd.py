@@ -37,10 +37,10 @@ def _unit_lower_inverse_by_powers(L: torch.Tensor) -> torch.Tensor:
     return X
 
 
-def unit_lower_inverse_grid(A: torch.Tensor) -> torch.Tensor:
+def unit_lower_inverse_grid(A: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Port-only core: ``(I - A)^-1`` ``[..., n, n]`` (contiguous, zero above the diagonal) for the
     strict lower triangle of every ``[..., n, n]`` block (``n`` a power of two; the diagonal and upper
-    triangle of ``A`` are not read).
+    triangle of ``A`` are not read), written into ``out`` (contiguous, shaped like ``A``) when given.
 
     fla substitutes row by row inside 16/32-row blocks and merges two blocks with
     ``[[X1, 0], [L21, L22]] -> [[X1, 0], [X2 L21 X1, X2]]`` (``X = (I - L)^-1``). Here the diagonal
@@ -58,11 +58,16 @@ def unit_lower_inverse_grid(A: torch.Tensor) -> torch.Tensor:
     # the strictly lower diagonal [s, s] blocks, [B * m, s, s], and their inverses
     L = A.view(B, m, s, m, s).diagonal(0, 1, 3).permute(0, 3, 1, 2).reshape(B * m, s, s)
     X = _unit_lower_inverse_by_powers(keep_lower_(L.contiguous(), strict=True)).view(B, m, s, s)
+    if s == n and out is not None:
+        return out.copy_(X.view(out.shape))
     while s < n:
         nb = n // (2 * s)
         X11, X22 = X[:, 0::2], X[:, 1::2]
         L21 = A.view(B, nb, 2 * s, nb, 2 * s).diagonal(0, 1, 3)[:, s:, :s].permute(0, 3, 1, 2)
-        merged = new_empty((B, nb, 2 * s, 2 * s), A.dtype, A.device)
+        if 2 * s == n and out is not None:
+            merged = out.view(B, nb, 2 * s, 2 * s)                       # the last level: straight into out
+        else:
+            merged = new_empty((B, nb, 2 * s, 2 * s), A.dtype, A.device)
         merged[..., :s, s:] = 0
         merged[..., :s, :s] = X11
         merged[..., s:, s:] = X22
@@ -73,15 +78,15 @@ def unit_lower_inverse_grid(A: torch.Tensor) -> torch.Tensor:
 
 
 def wu_grid(ag: torch.Tensor, v: torch.Tensor, A_ak: torch.Tensor, A_ab_inv: torch.Tensor, rnd=None,
-            out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+            out: Optional[Tuple[torch.Tensor, ...]] = None):
     """Port-only core: ``(w, u, A_tmp)`` with ``A_tmp = A_ab_inv @ A_ak`` (rounded to the values'
     precision as the kernel does; the backward reuses it). ``A_ak`` is zero on and above its
     diagonal, ``A_ab_inv`` above it (as ``intra_fwd_grid`` and ``unit_lower_inverse_grid`` leave
-    them); ``w``, ``u`` are written into ``out`` when given."""
+    them); ``w``, ``u`` (and ``A_tmp``, a third entry) are written into ``out`` (contiguous) when given."""
     A_inv = A_ab_inv
-    A_tmp = torch.matmul(A_inv, A_ak)
+    A_tmp = torch.matmul(A_inv, A_ak, out=out[2] if out is not None and len(out) > 2 else None)
     if rnd is not None:
-        A_tmp, A_inv = rnd(A_tmp), rnd(A_inv)
+        A_tmp, A_inv = A_tmp.copy_(rnd(A_tmp)), rnd(A_inv)
     if out is None:
         w, u = torch.matmul(A_inv, ag), torch.matmul(A_tmp, v)
     else:
