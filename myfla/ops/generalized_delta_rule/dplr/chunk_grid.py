@@ -90,6 +90,14 @@ def chunk_cumsum(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     if ones is None:
         ones = torch.ones(n, n, dtype=x.dtype, device=x.device)
         ones = _ONES_TRIANGLES[key] = torch.triu(ones) if reverse else torch.tril(ones)
+    if x.dim() == 4 and not x.is_contiguous() and x.transpose(1, 2).is_contiguous():
+        # a grid view of token layout ([NC, H, BT, K] over [NC, BT, H, K]): one product per chunk
+        # with all heads side by side, [BT, BT] @ [BT, H * K], read in place and returned as the same
+        # kind of view (matmul would first copy the view into a contiguous grid)
+        NC, H, _, K = x.shape
+        tokens = x.transpose(1, 2).reshape(NC, n, H * K)
+        out = torch.bmm(ones.expand(NC, n, n), tokens)
+        return out.view(NC, n, H, K).transpose(1, 2)
     return torch.matmul(ones, x)
 
 
