@@ -31,6 +31,7 @@ from typing import Optional
 import torch
 
 from myfla._torch_compat import compiler_disable
+from myfla.ops.common.chunk_delta_h import grid_cache
 from myfla.ops.generalized_delta_rule.dplr.chunk_A_bwd import bwd_intra_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_A_fwd import intra_fwd_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_grid import (
@@ -199,7 +200,7 @@ def dplr_bwd_grid(grids, scale: float, h0: Optional[torch.Tensor], do, dht: Opti
     QA, KB, VV, A_q, g_last, w = parts.QA, parts.KB, parts.VV, parts.A_q, parts.g_last, parts.w
     h = parts.chunk_states()
     # [A_qk^T do; A_qb^T do]: chunk_dplr_bwd_dv's intra part and chunk_dplr_bwd_dAu's dv_new
-    AqT_do = torch.matmul(A_q.transpose(-1, -2), do)
+    AqT_do = torch.matmul(A_q.transpose(-1, -2), do, out=_buffer(do, NC, NH, 2 * BT, V))
     dstates, dv_new = bwd_dhu_grid(QA[:, :, :BT], KB[:, :, BT:], w, g_last, dht, do, AqT_do[:, :, BT:])
     dh = dstates[1:] if rnd is None else rnd(dstates[1:])
     if out is None:
@@ -271,7 +272,7 @@ def _chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state, output_final_state,
         q_c, k_c, v_c, a_c, b_c, gk_c = (_grid_or_view(layout, x, cdt) for x in (q, k, v, a, b, gk))
         keep = keep and ForwardParts.nbytes(q_c, v_c) <= SAVE_BYTES
         # the output goes straight into token layout where the grid is a view of it
-        o = torch.empty(v.shape, dtype=cdt, device=v.device)
+        o = new_empty(v.shape, cdt, v.device)
         o_view = grid_view(layout, o, cdt)
         o_c, final, parts = dplr_fwd_grid(q_c, k_c, v_c, a_c, b_c, gk_c, scale, h0, _low_precision(q.dtype, cdt),
                                           keep=keep, out=o_view)
@@ -303,7 +304,8 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
         cu_seqlens: Optional[torch.LongTensor] = None,
     ):
         chunk_size = CHUNK_SIZE
-        with flush_denormal():
+        # grid_cache: an op pass of the buffer pool (its buffers are reused by the next passes)
+        with flush_denormal(), grid_cache():
             # the forward's intermediates spare the backward its recompute where they fit (SAVE_BYTES)
             o, final_state, ctx.parts = _chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state,
                                                         output_final_state, cu_seqlens, chunk_size,
@@ -338,12 +340,12 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
                 dh0 = (dht_c if dht_c is not None else torch.zeros_like(h0)).reshape(initial_state.shape)
             return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(a),
                     torch.zeros_like(b), torch.zeros_like(gk), None, dh0, None, None)
-        with flush_denormal():
+        with flush_denormal(), grid_cache():
             parts, ctx.parts = ctx.parts, None
             # gradients written straight into token layout where the grid is a view of it
             views = None
             if not layout.varlen and not layout.pad and layout.B == 1:
-                outs = [torch.empty(x.shape, dtype=cdt, device=x.device) for x in (q, k, v, a, b, gk)]
+                outs = [new_empty(x.shape, cdt, x.device) for x in (q, k, v, a, b, gk)]
                 views = [grid_view(layout, x, cdt) for x in outs]
             grads = dplr_bwd_grid(functools.partial(_grids, layout, (q, k, v, a, b, gk), cdt), scale, h0,
                                   to_grid(layout, do, dtype=cdt), dht_c, _low_precision(q.dtype, cdt), parts=parts,

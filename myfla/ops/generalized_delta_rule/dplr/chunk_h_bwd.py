@@ -32,8 +32,10 @@ def bwd_dhu_grid(qg, bg, w, g_last, dht: Optional[torch.Tensor], do, dv):
     V = do.shape[-1]
     cdt = qg.dtype
     decay = torch.exp(g_last).unsqueeze(-1)                               # [NC, NH, K, 1]
-    base = torch.matmul(qg.transpose(-1, -2), do)                        # [NC, NH, K, V]
-    base.add_(torch.matmul(w.transpose(-1, -2), dv))
+    # qg^T do + w^T dv for all chunks, into pooled buffers (fresh whole-grid tensors page-fault)
+    base = new_empty((NC, NH, K, V), cdt, qg.device)
+    torch.matmul(qg.transpose(-1, -2), do, out=base)
+    base.view(NC * NH, K, V).baddbmm_(w.reshape(NC * NH, BT, K).transpose(1, 2), dv.reshape(NC * NH, BT, V))
     dstates = new_empty((NC + 1, NH, K, V), cdt, qg.device)
     dv2 = new_empty((NC, NH, BT, V), cdt, qg.device)
     with torch.no_grad():
