@@ -43,7 +43,7 @@ from myfla.ops.generalized_delta_rule.dplr.chunk_grid import (
     rounding,
     to_grid
 )
-from myfla.ops.generalized_delta_rule.dplr.chunk_h_bwd import bwd_dhu_grid
+from myfla.ops.generalized_delta_rule.dplr.chunk_h_bwd import bwd_dhu_into
 from myfla.ops.generalized_delta_rule.dplr.chunk_h_fwd import fwd_h_into
 from myfla.ops.generalized_delta_rule.dplr.chunk_o_bwd import bwd_o_grid, dAu_grid, dv_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_o_fwd import fwd_o_grid
@@ -199,24 +199,35 @@ def dplr_bwd_grid(grids, scale: float, h0: Optional[torch.Tensor], do, dht: Opti
     q, v = parts.QA, parts.VV[:, :, :BT]                                # (q: dtype and device of the grads)
     QA, KB, VV, A_q, g_last, w = parts.QA, parts.KB, parts.VV, parts.A_q, parts.g_last, parts.w
     h = parts.chunk_states()
-    # [A_qk^T do; A_qb^T do]: chunk_dplr_bwd_dv's intra part and chunk_dplr_bwd_dAu's dv_new
-    AqT_do = torch.matmul(A_q.transpose(-1, -2), do, out=_buffer(do, NC, NH, 2 * BT, V))
-    dstates, dv_new = bwd_dhu_grid(QA[:, :, :BT], KB[:, :, BT:], w, g_last, dht, do, AqT_do[:, :, BT:])
-    dh = dstates[1:] if rnd is None else rnd(dstates[1:])
+    dstates = _buffer(q, NC + 1, NH, K, V)
+    if dht is not None:
+        dstates[NC].copy_(dht.reshape(NH, K, V))
+    else:
+        dstates[NC].zero_()
     if out is None:
         out = [_buffer(q, NC, NH, BT, K) for _ in range(2)] + [_buffer(v, NC, NH, BT, V)] + \
             [_buffer(q, NC, NH, BT, K) for _ in range(3)]
     dq, dk, dv, da, db, dgk = out
+    # slab by slab from the last (the state-gradient recurrence runs backwards, carried in dstates),
+    # each slab's stages back to back so its intermediates are read from cache
+    step = parts.slabs[0].stop
+    AqT_do_buf, dv_new_buf = _buffer(q, step, NH, 2 * BT, V), _buffer(q, step, NH, BT, V)
     dP = None
-    for sl, blk in zip(parts.slabs, parts.blocks):
+    for sl, blk in reversed(list(zip(parts.slabs, parts.blocks))):
         n = sl.stop - sl.start
+        # [A_qk^T do; A_qb^T do]: chunk_dplr_bwd_dv's intra part and chunk_dplr_bwd_dAu's dv_new
+        AqT_do = torch.matmul(A_q[sl].transpose(-1, -2), do[sl], out=AqT_do_buf[:n])
+        dv_new = bwd_dhu_into(QA[sl, :, :BT], KB[sl, :, BT:], w[sl], g_last[sl], do[sl], AqT_do[:, :, BT:],
+                              dstates[sl.start:sl.stop + 1], dv_new_buf[:n])[1]
+        dh = dstates[sl.start + 1:sl.stop + 1]
+        dh = dh if rnd is None else rnd(dh)
         if dP is None or dP.shape[0] != n:
             dP = _buffer(q, n, NH, 2 * BT, 2 * BT)
         _, dP[:, :, :BT] = dAu_grid(VV[sl], do[sl], A_q[sl, ..., BT:], scale, need_dv_new=False)
-        dv_s = dv_grid(A_q[sl, ..., :BT], KB[sl, :, :BT], do[sl], dh[sl], intra=AqT_do[sl, :, :BT])
-        dqg, dKB, dw, dgk_last = bwd_o_grid(KB[sl], VV[sl], g_last[sl], do[sl], h[sl], dh[sl], dv_new[sl], w[sl])
+        dv_s = dv_grid(A_q[sl, ..., :BT], KB[sl, :, :BT], do[sl], dh, intra=AqT_do[:, :, :BT])
+        dqg, dKB, dw, dgk_last = bwd_o_grid(KB[sl], VV[sl], g_last[sl], do[sl], h[sl], dh, dv_new, w[sl])
         dP[:, :, BT:, BT:], dP[:, :, BT:, :BT], dv[sl], dag = bwd_wy_grid(
-            parts.A_ab_inv[sl], parts.A_ak[sl], v[sl], QA[sl, :, BT:], dw, dv_new[sl], dv_s, parts.A_tmp[sl])
+            parts.A_ab_inv[sl], parts.A_ak[sl], v[sl], QA[sl, :, BT:], dw, dv_new, dv_s, parts.A_tmp[sl])
         xs = [None] * 4 if blk.decay else [inputs()[i][sl] for i in (0, 1, 3, 4)]
         bwd_intra_grid(*xs, blk._gates[0], blk._gates[1], dP, dqg, dKB, dag, dgk_last, scale, blk,
                        QA=QA[sl], KB=KB[sl], out=(dq[sl], dk[sl], da[sl], db[sl], dgk[sl]))
