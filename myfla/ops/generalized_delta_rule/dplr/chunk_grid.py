@@ -25,7 +25,7 @@ from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 
 __all__ = [
     'chunk_cumsum', 'grid_view', 'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
-    'flush_denormal', 'grid_layout', 'keep_lower_', 'rounding', 'strict_tril', 'tril',
+    'flush_denormal', 'grid_layout', 'keep_lower_', 'keep_score_triangles_', 'rounding', 'strict_tril', 'tril',
 ]
 
 
@@ -64,6 +64,22 @@ def keep_lower_(x: torch.Tensor, strict: bool = False, scale: float = 1.0) -> to
         block = (i.view(-1, 1) > i.view(1, -1)) if strict else (i.view(-1, 1) >= i.view(1, -1))
         mask = _LOWER_MASKS[key] = block.repeat(1, width // n).to(x.dtype)
     return x.mul_(mask if scale == 1.0 else mask * scale)
+
+
+def keep_score_triangles_(P: torch.Tensor) -> torch.Tensor:
+    """``P`` ``[..., 2n, 2n]`` = ``[[A_qk, A_qb], [A_ak, A_ab]]`` kept on its four triangles in place
+    (the top blocks with their diagonals, the bottom ones strictly): ``keep_lower_`` of both halves in
+    one multiply by a cached 0/1 mask."""
+    n2 = P.shape[-1]
+    key = ('scores', n2, P.dtype, str(P.device))
+    mask = _LOWER_MASKS.get(key)
+    if mask is None:
+        n = n2 // 2
+        i = torch.arange(n, device=P.device)
+        top = (i.view(-1, 1) >= i.view(1, -1)).repeat(1, 2)
+        bottom = (i.view(-1, 1) > i.view(1, -1)).repeat(1, 2)
+        mask = _LOWER_MASKS[key] = torch.cat((top, bottom), 0).to(P.dtype)
+    return P.mul_(mask)
 
 
 def grid_view(layout: ChunkLayout, x: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
