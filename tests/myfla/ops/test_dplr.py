@@ -358,3 +358,43 @@ def test_chunk_cumsum_matches_torch_cumsum():
     x = torch.randn(3, 2, 32, 5, dtype=torch.float64)
     torch.testing.assert_close(chunk_cumsum(x), x.cumsum(-2))
     torch.testing.assert_close(chunk_cumsum(x, reverse=True), x.flip(-2).cumsum(-2).flip(-2))
+
+
+@pytest.mark.parametrize("shape", [(1, 224, 2), (2, 150, 1)])
+@pytest.mark.parametrize("save_bytes", [None, 0])
+def test_slab_by_slab_passes_match_fla_naive(ref, monkeypatch, shape, save_bytes):
+    """The forward and backward run slab by slab, carrying the state (forward) and its gradient
+    (backward) from slab to slab. With slabs of a few chunk-heads (a shorter last slab included),
+    the output and final state of a forward-only pass (slab-sized buffers), and the output, final
+    state and gradients of a pass with backward (saved parts, or fla's recompute), match fla's naive
+    recurrence in fp64. One shape reads its inputs as grid views of token layout, the other converts
+    them (two padded sequences)."""
+    monkeypatch.setattr(dplr_chunk, "SLAB_CHUNK_HEADS", 3)
+    if save_bytes is not None:
+        monkeypatch.setattr(dplr_chunk, "SAVE_BYTES", save_bytes)
+    B, T, H = shape
+    assert len(dplr_chunk._slabs(-(-T // dplr_chunk.CHUNK_SIZE), B * H)) > 2
+    xs = make_inputs(B, T, H, 32, 32, rwkv=True)
+    do, dht = torch.randn(B, T, H, 32), torch.randn(B, H, 32, 32)
+    o_ref, S_ref, g_ref = oracle(ref, xs, 1.0, do, dht)
+    with torch.no_grad():
+        o, S = chunk_dplr_delta_rule(*xs[:6], scale=1.0, initial_state=xs[6], output_final_state=True)
+    assert_rms("o (forward only)", o_ref, o, O_TOL)
+    assert_rms("ht (forward only)", S_ref, S, O_TOL)
+    o, S, grads = run_chunk(xs, do, dht, scale=1.0)
+    assert_rms("o", o_ref, o, O_TOL)
+    assert_rms("ht", S_ref, S, O_TOL)
+    for name, r, g in zip(NAMES, g_ref, grads):
+        assert_rms(name, r, g, G_TOL)
+
+
+def test_chunk_cumsum_of_a_token_layout_view():
+    """``chunk_cumsum`` of a grid view of token layout (computed on the tokens, returned as a view)."""
+    from myfla.ops.generalized_delta_rule.dplr.chunk_grid import chunk_cumsum
+    x = torch.randn(1, 4 * 32, 3, 5, dtype=torch.float64)
+    view = x.view(4, 32, 3, 5).transpose(1, 2)
+    for reverse in (False, True):
+        expected = view.flip(-2).cumsum(-2).flip(-2) if reverse else view.cumsum(-2)
+        got = chunk_cumsum(view, reverse=reverse)
+        assert got.shape == view.shape
+        torch.testing.assert_close(got, expected)

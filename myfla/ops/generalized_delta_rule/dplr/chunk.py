@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 
 from myfla._torch_compat import compiler_disable
+from myfla.ops.common.chunk_delta_h import grid_cache
 from myfla.ops.generalized_delta_rule.dplr.chunk_A_bwd import bwd_intra_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_A_fwd import intra_fwd_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_grid import (
@@ -39,11 +40,10 @@ from myfla.ops.generalized_delta_rule.dplr.chunk_grid import (
     get_chunk_layout,
     grid_view,
     rounding,
-    to_grid,
-    to_grid_into
+    to_grid
 )
-from myfla.ops.generalized_delta_rule.dplr.chunk_h_bwd import bwd_dhu_grid
-from myfla.ops.generalized_delta_rule.dplr.chunk_h_fwd import fwd_h_grid
+from myfla.ops.generalized_delta_rule.dplr.chunk_h_bwd import bwd_dhu_into
+from myfla.ops.generalized_delta_rule.dplr.chunk_h_fwd import fwd_h_into
 from myfla.ops.generalized_delta_rule.dplr.chunk_o_bwd import bwd_o_grid, dAu_grid, dv_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_o_fwd import fwd_o_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_bwd import bwd_wy_grid
@@ -87,38 +87,63 @@ class ForwardParts:
     matrices ``P = [[A_qk, A_qb], [A_ak, A_ab]]`` ``[NC, NH, 2BT, 2BT]`` (``A_q = [A_qk | A_qb]`` its
     top rows), the WY factors ``A_ab_inv``, ``A_tmp = A_ab_inv A_ak`` and ``w``, the last cumulative
     gates ``g_last`` ``[NC, NH, K]``, the states entering every chunk and the final one
-    ``[NC + 1, NH, K, V]``, and the intra-chunk blocks of every slab."""
+    ``[NC + 1, NH, K, V]``, and the intra-chunk blocks of every slab.
+
+    The whole forward runs slab by slab (``_slabs``): a slab's chunks go through every stage, the
+    state recurrence included (it carries the state from slab to slab), before the next slab starts,
+    so each intermediate is read back while it is still in cache instead of making a round trip
+    through memory per stage. With ``keep=False`` (no backward to feed) the intermediates live in
+    slab-sized buffers reused from slab to slab and only the output and the final state remain."""
 
     def __init__(self, q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], rnd=None,
-                 VV: Optional[torch.Tensor] = None):
-        """``v`` is a grid, or None with ``VV`` given, whose first ``BT`` rows per chunk hold ``v``."""
+                 keep: bool = True, o: Optional[torch.Tensor] = None):
+        """``v`` is a grid (possibly a strided view); ``o`` (grid-shaped, possibly a strided view of a
+        token-layout tensor) receives the output when given."""
         NC, NH, BT, K = q.shape
-        if VV is None:
-            VV = _buffer(v, NC, NH, 2 * BT, v.shape[-1])
-            VV[:, :, :BT] = v
-        v = VV[:, :, :BT]
+        V = v.shape[-1]
         self.slabs = _slabs(NC, NH)
-        self.QA, self.KB = _buffer(q, NC, NH, 2 * BT, K), _buffer(q, NC, NH, 2 * BT, K)
-        self.VV = VV
-        self.P = _buffer(q, NC, NH, 2 * BT, 2 * BT)
-        self.g_last = _buffer(q, NC, NH, K)
+        rows = NC if keep else self.slabs[0].stop
+        self.QA, self.KB = _buffer(q, rows, NH, 2 * BT, K), _buffer(q, rows, NH, 2 * BT, K)
+        self.VV = _buffer(v, rows, NH, 2 * BT, V)
+        self.P = _buffer(q, rows, NH, 2 * BT, 2 * BT)
+        self.A_ak, self.A_ab_inv, self.A_tmp = (_buffer(q, rows, NH, BT, BT) for _ in range(3))
+        self.w = _buffer(q, rows, NH, BT, K)
+        self.g_last = _buffer(q, rows, NH, K)
+        self.states = _buffer(q, rows + 1, NH, K, V)
+        if h0 is not None:
+            self.states[0].copy_(h0.reshape(NH, K, V))
+        else:
+            self.states[0].zero_()
+        v_new = _buffer(v, self.slabs[0].stop, NH, BT, V)               # contiguous: the loop writes it
         self.blocks = []
+        self.rnd = rnd
         for sl in self.slabs:
+            n = sl.stop - sl.start
+            part = sl if keep else slice(0, n)
+            QA, KB, VV, P, w = self.QA[part], self.KB[part], self.VV[part], self.P[part], self.w[part]
+            VV[:, :, :BT] = v[sl]
             gi = chunk_cumsum(gk[sl])
             blk, _, _, _, _, _ = intra_fwd_grid(q[sl], k[sl], a[sl], b[sl], gi, None, scale, rnd,
-                                                out=(self.QA[sl], self.KB[sl]), scores_out=self.P[sl])
-            self.blocks.append(blk)
-            self.g_last[sl] = gi[..., -1, :]
-        P = self.P
-        # (A_ak contiguous: batched matmuls of strided [BT, BT] views take a slow path on CPU)
-        self.A_q, self.A_ak = P[:, :, :BT], new_empty((NC, NH, BT, BT), P.dtype, P.device).copy_(P[:, :, BT:, :BT])
-        # the WY representation and the state recurrence over the whole grid (few, larger ops)
-        self.A_ab_inv = unit_lower_inverse_grid(P[:, :, BT:, BT:])
-        self.w, u, self.A_tmp = wu_grid(self.QA[:, :, BT:], v, self.A_ak, self.A_ab_inv, rnd)
-        # (v_new goes through a contiguous buffer: the loop's batched products want contiguous outputs)
-        self.states, self.VV[:, :, BT:] = fwd_h_grid(self.KB[:, :, :BT], v, self.w, u, self.KB[:, :, BT:],
-                                                     self.g_last, h0, rnd)
-        self.rnd = rnd
+                                                out=(QA, KB), scores_out=P)
+            if keep:
+                self.blocks.append(blk)
+            g_last = self.g_last[part].copy_(gi[..., -1, :])
+            # (A_ak contiguous: batched matmuls of strided [BT, BT] views take a slow path on CPU)
+            A_ak = self.A_ak[part].copy_(P[:, :, BT:, :BT])
+            A_inv = unit_lower_inverse_grid(P[:, :, BT:, BT:], out=self.A_ab_inv[part])
+            vn = v_new[:n]
+            wu_grid(QA[:, :, BT:], VV[:, :, :BT], A_ak, A_inv, rnd, out=(w, vn, self.A_tmp[part]))
+            # states[part.start] is the state entering the slab (carried from the previous one)
+            states = self.states[part.start:part.stop + 1]
+            fwd_h_into(KB[:, :, :BT], VV[:, :, :BT], w, KB[:, :, BT:], g_last, states, vn, rnd)
+            VV[:, :, BT:] = vn
+            if o is not None:
+                h = states[:-1] if rnd is None else rnd(states[:-1])
+                fwd_o_grid(QA[:, :, :BT], VV, P[:, :, :BT], h, out=o[sl])
+            if not keep:
+                self.states[0].copy_(states[-1])
+        self.final = self.states[NC if keep else 0]
+        self.A_q = self.P[:, :, :BT]
 
     def chunk_states(self) -> torch.Tensor:
         """The states entering every chunk (rounded where fla stores them in the inputs' precision)."""
@@ -136,20 +161,19 @@ class ForwardParts:
 
 
 def dplr_fwd_grid(q, k, v, a, b, gk, scale: float, h0: Optional[torch.Tensor], rnd=None, keep: bool = False,
-                  VV: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None):
+                  out: Optional[torch.Tensor] = None):
     """``chunk_dplr_fwd`` on the chunk grid ``[NC, NH, BT, ...]`` (``gk`` the raw log decay,
     zero-padded): returns ``(o, final_state, parts)`` with ``final_state`` ``[NH, K, V]`` and
     ``parts`` the ``ForwardParts`` when ``keep`` (else None), which spare the backward its recompute.
 
-    fla's functions run in fla's order; the chunk-local ones (cumsum, intra) slab by slab. The gated
-    inputs live stacked per chunk, ``QA = [qg; ag]`` and ``KB = [kg; bg]``, next to ``VV = [v; v_new]``
-    and ``A_q = [A_qk | A_qb]``, so the output takes one matmul for what fla computes as two (and the
-    backward likewise, see ``dplr_bwd_grid``; ``v`` may be None with ``VV`` holding it; ``o`` is
-    written into ``out`` when given)."""
-    parts = ForwardParts(q, k, v, a, b, gk, scale, h0, rnd, VV=VV)
-    BT = q.shape[-2]
-    o = fwd_o_grid(parts.QA[:, :, :BT], parts.VV, parts.A_q, parts.chunk_states(), out=out)
-    return o, parts.states[-1], (parts if keep else None)
+    fla's functions run in fla's order, slab by slab (see ``ForwardParts``). The gated inputs live
+    stacked per chunk, ``QA = [qg; ag]`` and ``KB = [kg; bg]``, next to ``VV = [v; v_new]`` and
+    ``A_q = [A_qk | A_qb]``, so the output takes one matmul for what fla computes as two (and the
+    backward likewise, see ``dplr_bwd_grid``; ``o`` is written into ``out`` when given)."""
+    if out is None:
+        out = _buffer(q, *v.shape)
+    parts = ForwardParts(q, k, v, a, b, gk, scale, h0, rnd, keep=keep, o=out)
+    return out, parts.final, (parts if keep else None)
 
 
 def dplr_bwd_grid(grids, scale: float, h0: Optional[torch.Tensor], do, dht: Optional[torch.Tensor],
@@ -175,24 +199,35 @@ def dplr_bwd_grid(grids, scale: float, h0: Optional[torch.Tensor], do, dht: Opti
     q, v = parts.QA, parts.VV[:, :, :BT]                                # (q: dtype and device of the grads)
     QA, KB, VV, A_q, g_last, w = parts.QA, parts.KB, parts.VV, parts.A_q, parts.g_last, parts.w
     h = parts.chunk_states()
-    # [A_qk^T do; A_qb^T do]: chunk_dplr_bwd_dv's intra part and chunk_dplr_bwd_dAu's dv_new
-    AqT_do = torch.matmul(A_q.transpose(-1, -2), do)
-    dstates, dv_new = bwd_dhu_grid(QA[:, :, :BT], KB[:, :, BT:], w, g_last, dht, do, AqT_do[:, :, BT:])
-    dh = dstates[1:] if rnd is None else rnd(dstates[1:])
+    dstates = _buffer(q, NC + 1, NH, K, V)
+    if dht is not None:
+        dstates[NC].copy_(dht.reshape(NH, K, V))
+    else:
+        dstates[NC].zero_()
     if out is None:
         out = [_buffer(q, NC, NH, BT, K) for _ in range(2)] + [_buffer(v, NC, NH, BT, V)] + \
             [_buffer(q, NC, NH, BT, K) for _ in range(3)]
     dq, dk, dv, da, db, dgk = out
+    # slab by slab from the last (the state-gradient recurrence runs backwards, carried in dstates),
+    # each slab's stages back to back so its intermediates are read from cache
+    step = parts.slabs[0].stop
+    AqT_do_buf, dv_new_buf = _buffer(q, step, NH, 2 * BT, V), _buffer(q, step, NH, BT, V)
     dP = None
-    for sl, blk in zip(parts.slabs, parts.blocks):
+    for sl, blk in reversed(list(zip(parts.slabs, parts.blocks))):
         n = sl.stop - sl.start
+        # [A_qk^T do; A_qb^T do]: chunk_dplr_bwd_dv's intra part and chunk_dplr_bwd_dAu's dv_new
+        AqT_do = torch.matmul(A_q[sl].transpose(-1, -2), do[sl], out=AqT_do_buf[:n])
+        dv_new = bwd_dhu_into(QA[sl, :, :BT], KB[sl, :, BT:], w[sl], g_last[sl], do[sl], AqT_do[:, :, BT:],
+                              dstates[sl.start:sl.stop + 1], dv_new_buf[:n])[1]
+        dh = dstates[sl.start + 1:sl.stop + 1]
+        dh = dh if rnd is None else rnd(dh)
         if dP is None or dP.shape[0] != n:
             dP = _buffer(q, n, NH, 2 * BT, 2 * BT)
         _, dP[:, :, :BT] = dAu_grid(VV[sl], do[sl], A_q[sl, ..., BT:], scale, need_dv_new=False)
-        dv_s = dv_grid(A_q[sl, ..., :BT], KB[sl, :, :BT], do[sl], dh[sl], intra=AqT_do[sl, :, :BT])
-        dqg, dKB, dw, dgk_last = bwd_o_grid(KB[sl], VV[sl], g_last[sl], do[sl], h[sl], dh[sl], dv_new[sl], w[sl])
+        dv_s = dv_grid(A_q[sl, ..., :BT], KB[sl, :, :BT], do[sl], dh, intra=AqT_do[:, :, :BT])
+        dqg, dKB, dw, dgk_last = bwd_o_grid(KB[sl], VV[sl], g_last[sl], do[sl], h[sl], dh, dv_new, w[sl])
         dP[:, :, BT:, BT:], dP[:, :, BT:, :BT], dv[sl], dag = bwd_wy_grid(
-            parts.A_ab_inv[sl], parts.A_ak[sl], v[sl], QA[sl, :, BT:], dw, dv_new[sl], dv_s, parts.A_tmp[sl])
+            parts.A_ab_inv[sl], parts.A_ak[sl], v[sl], QA[sl, :, BT:], dw, dv_new, dv_s, parts.A_tmp[sl])
         xs = [None] * 4 if blk.decay else [inputs()[i][sl] for i in (0, 1, 3, 4)]
         bwd_intra_grid(*xs, blk._gates[0], blk._gates[1], dP, dqg, dKB, dag, dgk_last, scale, blk,
                        QA=QA[sl], KB=KB[sl], out=(dq[sl], dk[sl], da[sl], db[sl], dgk[sl]))
@@ -245,15 +280,14 @@ def _chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state, output_final_state,
         final = h0 if h0 is not None else q.new_zeros(layout.N * H, K, V, dtype=cdt)
     else:
         # the chunk-local work reads q, k, a, b, gk in place where the grid is a view of them
-        q_c, k_c, a_c, b_c, gk_c = (_grid_or_view(layout, x, cdt) for x in (q, k, a, b, gk))
-        VV = new_empty((layout.NC, layout.N * H, 2 * chunk_size, V), cdt, q.device)
-        to_grid_into(layout, v, VV[:, :, :chunk_size])
-        keep = keep and keeps(ForwardParts.nbytes(q_c, VV[:, :, :chunk_size]), SAVE_BYTES)
+        q_c, k_c, v_c, a_c, b_c, gk_c = (_grid_or_view(layout, x, cdt) for x in (q, k, v, a, b, gk))
+        keep = keep and keeps(ForwardParts.nbytes(q_c, v_c), SAVE_BYTES, device=q.device,
+                              variable='MYFLA_DPLR_SAVE_MB')
         # the output goes straight into token layout where the grid is a view of it
-        o = torch.empty(v.shape, dtype=cdt, device=v.device)
+        o = new_empty(v.shape, cdt, v.device)
         o_view = grid_view(layout, o, cdt)
-        o_c, final, parts = dplr_fwd_grid(q_c, k_c, None, a_c, b_c, gk_c, scale, h0, _low_precision(q.dtype, cdt),
-                                          keep=keep, VV=VV, out=o_view)
+        o_c, final, parts = dplr_fwd_grid(q_c, k_c, v_c, a_c, b_c, gk_c, scale, h0, _low_precision(q.dtype, cdt),
+                                          keep=keep, out=o_view)
         o = o.to(v.dtype) if o_view is not None else from_grid(layout, o_c, H, v.dtype)
     final_state = final.reshape(layout.N, H, K, V).clone() if output_final_state else None
     return o, final_state, parts
@@ -282,7 +316,8 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
         cu_seqlens: Optional[torch.LongTensor] = None,
     ):
         chunk_size = CHUNK_SIZE
-        with flush_denormal():
+        # grid_cache: an op pass of the buffer pool (its buffers are reused by the next passes)
+        with flush_denormal(), grid_cache():
             # the forward's intermediates spare the backward its recompute where they fit (SAVE_BYTES)
             o, final_state, ctx.parts = _chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state,
                                                         output_final_state, cu_seqlens, chunk_size,
@@ -317,12 +352,12 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
                 dh0 = (dht_c if dht_c is not None else torch.zeros_like(h0)).reshape(initial_state.shape)
             return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(a),
                     torch.zeros_like(b), torch.zeros_like(gk), None, dh0, None, None)
-        with flush_denormal():
+        with flush_denormal(), grid_cache():
             parts, ctx.parts = ctx.parts, None
             # gradients written straight into token layout where the grid is a view of it
             views = None
             if not layout.varlen and not layout.pad and layout.B == 1:
-                outs = [torch.empty(x.shape, dtype=cdt, device=x.device) for x in (q, k, v, a, b, gk)]
+                outs = [new_empty(x.shape, cdt, x.device) for x in (q, k, v, a, b, gk)]
                 views = [grid_view(layout, x, cdt) for x in outs]
             grads = dplr_bwd_grid(functools.partial(_grids, layout, (q, k, v, a, b, gk), cdt), scale, h0,
                                   to_grid(layout, do, dtype=cdt), dht_c, _low_precision(q.dtype, cdt), parts=parts,

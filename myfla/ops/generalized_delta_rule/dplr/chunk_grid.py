@@ -24,8 +24,8 @@ from myfla.ops.common.chunk_delta_h import chunks_from_grid, chunks_to_grid, fro
 from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 
 __all__ = [
-    'chunk_cumsum', 'grid_view', 'to_grid_into', 'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
-    'flush_denormal', 'grid_layout', 'keep_lower_', 'rounding', 'strict_tril', 'tril',
+    'chunk_cumsum', 'grid_view', 'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
+    'flush_denormal', 'grid_layout', 'keep_lower_', 'keep_score_triangles_', 'rounding', 'strict_tril', 'tril',
 ]
 
 
@@ -66,6 +66,22 @@ def keep_lower_(x: torch.Tensor, strict: bool = False, scale: float = 1.0) -> to
     return x.mul_(mask if scale == 1.0 else mask * scale)
 
 
+def keep_score_triangles_(P: torch.Tensor) -> torch.Tensor:
+    """``P`` ``[..., 2n, 2n]`` = ``[[A_qk, A_qb], [A_ak, A_ab]]`` kept on its four triangles in place
+    (the top blocks with their diagonals, the bottom ones strictly): ``keep_lower_`` of both halves in
+    one multiply by a cached 0/1 mask."""
+    n2 = P.shape[-1]
+    key = ('scores', n2, P.dtype, str(P.device))
+    mask = _LOWER_MASKS.get(key)
+    if mask is None:
+        n = n2 // 2
+        i = torch.arange(n, device=P.device)
+        top = (i.view(-1, 1) >= i.view(1, -1)).repeat(1, 2)
+        bottom = (i.view(-1, 1) > i.view(1, -1)).repeat(1, 2)
+        mask = _LOWER_MASKS[key] = torch.cat((top, bottom), 0).to(P.dtype)
+    return P.mul_(mask)
+
+
 def grid_view(layout: ChunkLayout, x: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
     """``x`` ``[1, T, H, *rest]`` seen as the chunk grid ``[NC, H, BT, *rest]`` without a copy (a strided
     view: elementwise ops read and write it directly), where the grid is a pure relabelling: one
@@ -74,16 +90,6 @@ def grid_view(layout: ChunkLayout, x: torch.Tensor, dtype: torch.dtype) -> Optio
         return None
     H, rest = x.shape[2], x.shape[3:]
     return x.view(layout.NC, layout.BT, H, *rest).transpose(1, 2)
-
-
-def to_grid_into(layout: ChunkLayout, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``to_grid`` (zero fill) written into ``out`` ``[NC, N*H, BT, *rest]``, which may be a slice of
-    a larger buffer (the values half of ``[v; v_new]``): one copy instead of two."""
-    xc = layout.pack(x)                                             # [N, NC, BT, H, *rest]
-    N, NC, BT, H = xc.shape[:4]
-    perm = (1, 0, 3, 2) + tuple(range(4, xc.dim()))
-    out.view(NC, N, H, BT, *xc.shape[4:]).copy_(xc.permute(perm))
-    return out
 
 
 _ONES_TRIANGLES: dict = {}
@@ -100,6 +106,14 @@ def chunk_cumsum(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     if ones is None:
         ones = torch.ones(n, n, dtype=x.dtype, device=x.device)
         ones = _ONES_TRIANGLES[key] = torch.triu(ones) if reverse else torch.tril(ones)
+    if x.dim() == 4 and not x.is_contiguous() and x.transpose(1, 2).is_contiguous():
+        # a grid view of token layout ([NC, H, BT, K] over [NC, BT, H, K]): one product per chunk
+        # with all heads side by side, [BT, BT] @ [BT, H * K], read in place and returned as the same
+        # kind of view (matmul would first copy the view into a contiguous grid)
+        NC, H, _, K = x.shape
+        tokens = x.transpose(1, 2).reshape(NC, n, H * K)
+        out = torch.bmm(ones.expand(NC, n, n), tokens)
+        return out.view(NC, n, H, K).transpose(1, 2)
     return torch.matmul(ones, x)
 
 

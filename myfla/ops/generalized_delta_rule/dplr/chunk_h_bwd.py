@@ -24,33 +24,44 @@ from myfla.utils import accumulation_dtype, is_amd
 NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [2, 4, 8, 16, 32]
 
 
-def bwd_dhu_grid(qg, bg, w, g_last, dht: Optional[torch.Tensor], do, dv):
-    """Port-only core on the chunk grid. Returns ``(dstates, dv2)``: ``dstates[c + 1]`` ``[NC + 1, NH,
-    K, V]`` is the gradient of the state leaving chunk ``c`` and ``dstates[0]`` that of the initial
-    state; ``dv2`` the full gradient of ``v_new``."""
+def bwd_dhu_into(qg, bg, w, g_last, do, dv, dstates: torch.Tensor, dv2: torch.Tensor):
+    """Port-only core on ``NC`` chunks of the grid, in place: ``dstates`` ``[NC + 1, NH, K, V]``
+    (contiguous) holds the gradient of the state leaving the last chunk in ``dstates[NC]`` and
+    receives, walking the chunks backwards, that of the state leaving every earlier chunk
+    (``dstates[0]``: the state entering the first); ``dv2`` ``[NC, NH, BT, V]`` (contiguous) receives
+    the full gradient of ``v_new``, ``dv + bg dh``. The state-independent ``qg^T do + w^T dv`` go
+    straight into ``dstates[:NC]``, so every chunk is three in-place ops."""
     NC, NH, BT, K = qg.shape
     V = do.shape[-1]
-    cdt = qg.dtype
     decay = torch.exp(g_last).unsqueeze(-1)                               # [NC, NH, K, 1]
-    base = torch.matmul(qg.transpose(-1, -2), do)                        # [NC, NH, K, V]
-    base.add_(torch.matmul(w.transpose(-1, -2), dv))
-    dstates = new_empty((NC + 1, NH, K, V), cdt, qg.device)
-    dv2 = new_empty((NC, NH, BT, V), cdt, qg.device)
     with torch.no_grad():
-        if dht is not None:
-            dstates[NC].copy_(dht.reshape(NH, K, V))
-        else:
-            dstates[NC].zero_()
+        base = dstates[:NC]
+        torch.matmul(qg.transpose(-1, -2), do, out=base)
+        base.view(NC * NH, K, V).baddbmm_(w.reshape(NC * NH, BT, K).transpose(1, 2), dv.reshape(NC * NH, BT, V))
         ds, xs = dstates.unbind(0), dv2.unbind(0)
-        bgs, bases, decays = bg.unbind(0), base.unbind(0), decay.unbind(0)
+        bgs, decays = bg.unbind(0), decay.unbind(0)
         wT = w.transpose(-1, -2).unbind(0)
         for c in range(NC - 1, -1, -1):
             dh = ds[c + 1]
             x = torch.bmm(bgs[c], dh, out=xs[c])                          # bg @ dh
-            nxt = torch.addcmul(bases[c], dh, decays[c], out=ds[c])
-            nxt.baddbmm_(wT[c], x)
+            ds[c].addcmul_(dh, decays[c]).baddbmm_(wT[c], x)
         dv2.add_(dv)                                                    # dv2 = dv + bg @ dh, all chunks at once
     return dstates, dv2
+
+
+def bwd_dhu_grid(qg, bg, w, g_last, dht: Optional[torch.Tensor], do, dv):
+    """Port-only core on the chunk grid. Returns ``(dstates, dv2)``: ``dstates[c + 1]`` ``[NC + 1, NH,
+    K, V]`` is the gradient of the state leaving chunk ``c`` and ``dstates[0]`` that of the initial
+    state; ``dv2`` the full gradient of ``v_new`` (see ``bwd_dhu_into``)."""
+    NC, NH, BT, K = qg.shape
+    V = do.shape[-1]
+    dstates = new_empty((NC + 1, NH, K, V), qg.dtype, qg.device)
+    dv2 = new_empty((NC, NH, BT, V), qg.dtype, qg.device)
+    if dht is not None:
+        dstates[NC].copy_(dht.reshape(NH, K, V))
+    else:
+        dstates[NC].zero_()
+    return bwd_dhu_into(qg, bg, w, g_last, do, dv, dstates, dv2)
 
 
 def chunk_dplr_bwd_dhu(

@@ -25,35 +25,42 @@ from myfla.utils import accumulation_dtype, is_amd
 NUM_WARPS_AUTOTUNE = [2, 4, 8, 16] if is_amd else [2, 4, 8, 16, 32]
 
 
+def fwd_h_into(kg, v, w, bg, g_last, states: torch.Tensor, v_new: torch.Tensor, rnd=None):
+    """Port-only core on ``NC`` chunks of the grid, in place: ``kg, bg, w`` ``[NC, NH, BT, K]``, ``v``
+    ``[NC, NH, BT, V]``, ``g_last`` ``[NC, NH, K]``; ``states`` ``[NC + 1, NH, K, V]`` (contiguous) holds
+    the state entering the first chunk in ``states[0]`` and receives the state entering every later
+    chunk (``states[NC]`` the last one); ``v_new`` ``[NC, NH, BT, V]`` (contiguous) holds ``u`` and
+    receives ``v_new = u + w h``. ``rnd`` rounds where fla's kernel does (the state fed to ``w @ h``
+    and the stored ``v_new``). The state-independent ``kg^T v`` go straight into ``states[1:]``, so
+    every chunk is three in-place ops on contiguous buffers (no copies)."""
+    decay = torch.exp(g_last).unsqueeze(-1)                               # [NC, NH, K, 1]
+    with torch.no_grad():
+        torch.matmul(kg.transpose(-1, -2), v, out=states[1:])             # kg^T v
+        hs, vs, ws, ds = states.unbind(0), v_new.unbind(0), w.unbind(0), decay.unbind(0)
+        bgT = bg.transpose(-1, -2).unbind(0)
+        for c in range(len(vs)):
+            h = hs[c]
+            vn = vs[c].baddbmm_(ws[c], rnd(h) if rnd is not None else h)
+            hs[c + 1].addcmul_(h, ds[c]).baddbmm_(bgT[c], vn)
+            if rnd is not None:
+                vn.copy_(rnd(vn))
+    return states, v_new
+
+
 def fwd_h_grid(kg, v, w, u, bg, g_last, h0: Optional[torch.Tensor], rnd=None):
     """Port-only core on the chunk grid: ``kg, bg, w`` ``[NC, NH, BT, K]``, ``v, u`` ``[NC, NH, BT, V]``,
     ``g_last`` ``[NC, NH, K]``, ``h0`` ``[NH, K, V]`` or None. Returns ``(states, v_new)``:
     ``states[c]`` ``[NC + 1, NH, K, V]`` is the state entering chunk ``c`` (``states[NC]`` the final
-    one), all in the compute dtype; ``rnd`` rounds where fla's kernel does (the state fed to
-    ``w @ h`` and the stored ``v_new``)."""
+    one), all in the compute dtype (see ``fwd_h_into``)."""
     NC, NH, BT, K = kg.shape
     V = v.shape[-1]
-    cdt = kg.dtype
-    decay = torch.exp(g_last).unsqueeze(-1)                               # [NC, NH, K, 1]
-    kv = torch.matmul(kg.transpose(-1, -2), v)                            # [NC, NH, K, V]
-    states = new_empty((NC + 1, NH, K, V), cdt, kg.device)
-    v_new = new_empty((NC, NH, BT, V), cdt, kg.device)
-    with torch.no_grad():
-        if h0 is not None:
-            states[0].copy_(h0.reshape(NH, K, V))
-        else:
-            states[0].zero_()
-        hs, vs = states.unbind(0), v_new.unbind(0)
-        ws, us, kvs, ds = w.unbind(0), u.unbind(0), kv.unbind(0), decay.unbind(0)
-        bgT = bg.transpose(-1, -2).unbind(0)
-        for c in range(NC):
-            h = hs[c]
-            vn = torch.baddbmm(us[c], ws[c], rnd(h) if rnd is not None else h, out=vs[c])
-            nxt = torch.addcmul(kvs[c], h, ds[c], out=hs[c + 1])
-            nxt.baddbmm_(bgT[c], vn)
-            if rnd is not None:
-                vs[c].copy_(rnd(vn))
-    return states, v_new
+    states = new_empty((NC + 1, NH, K, V), kg.dtype, kg.device)
+    if h0 is not None:
+        states[0].copy_(h0.reshape(NH, K, V))
+    else:
+        states[0].zero_()
+    v_new = new_empty((NC, NH, BT, V), kg.dtype, kg.device).copy_(u)
+    return fwd_h_into(kg, v, w, bg, g_last, states, v_new, rnd)
 
 
 def chunk_dplr_fwd_h(

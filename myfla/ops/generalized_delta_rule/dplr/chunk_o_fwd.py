@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from myfla.ops.generalized_delta_rule.dplr.chunk_grid import chunks_to_grid, from_grid, grid_layout, to_grid, tril
+from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, check_shared_mem, is_amd
 
 # Warp counts and block sizes of fla's autotuner (kept for API parity; unused by torch code).
@@ -24,9 +25,15 @@ def fwd_o_grid(qg, VV, A_q, h, out: Optional[torch.Tensor] = None):
     ``[..., BT, 2BT]`` (each zero above its diagonal), ``VV = [v; v_new]`` ``[..., 2BT, V]`` and ``h``
     ``[NC, NH, K, V]`` the chunk-start states; the sum is written into ``out`` (grid-shaped, possibly
     a strided view of a token-layout tensor) when given."""
-    if out is None:
-        return torch.matmul(qg, h).add_(torch.matmul(A_q, VV))
-    return torch.add(torch.matmul(qg, h), torch.matmul(A_q, VV), out=out)
+    o = torch.matmul(A_q, VV, out=new_empty(out.shape if out is not None else (*A_q.shape[:-1], VV.shape[-1]),
+                                            VV.dtype, VV.device))
+    if qg.dim() >= 3:
+        # qg @ h accumulated in place (one bmm over all chunks, no second temporary)
+        BT, K = qg.shape[-2:]
+        o.view(-1, BT, o.shape[-1]).baddbmm_(qg.reshape(-1, BT, K), h.reshape(-1, K, h.shape[-1]))
+    else:
+        o.add_(torch.matmul(qg, h))
+    return o if out is None else out.copy_(o)
 
 
 def chunk_dplr_fwd_o(

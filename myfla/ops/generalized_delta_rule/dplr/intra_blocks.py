@@ -44,7 +44,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from myfla.ops.generalized_delta_rule.dplr.chunk_grid import keep_lower_
+from myfla.ops.generalized_delta_rule.dplr.chunk_grid import keep_score_triangles_
 
 # Widest gate range (per channel, in log space) that one diagonal block may span; both factors of
 # the block's products then stay within exp(+-30) ~ 1e13, far from fp32 overflow and underflow.
@@ -180,10 +180,8 @@ class DPLRIntraBlocks:
         """``P = QA @ KBr^T`` ``[..., 2BT, 2BT]`` kept on the four triangles,
         ``[[A_qk, A_qb], [A_ak, A_ab]]`` (``A_qk``, ``A_qb`` scaled as ``QA``); entries above the
         diagonals (up to ``exp(SAFE_GATE_RANGE)`` times the inputs, finite) are zeroed by the masks."""
-        BT = QA.shape[-2] // 2
         P = torch.matmul(QA, KBr.transpose(-1, -2), out=out)
-        keep_lower_(P[..., :BT, :])
-        keep_lower_(P[..., BT:, :], strict=True)
+        keep_score_triangles_(P)
         return P
 
     # ---- one block per chunk, around g_last ---------------------------------------------------
@@ -194,10 +192,8 @@ class DPLRIntraBlocks:
         ``P = QA exp(-g_last) @ KB^T`` kept on the four triangles, ``[[A_qk, A_qb], [A_ak, A_ab]]``
         (the rows of ``[A_qk | A_qb]`` and of ``[A_ak | A_ab]`` are contiguous). Every entry is
         finite: the row factors are at most ``exp(SAFE_GATE_RANGE)``, the column ones at most 1."""
-        BT = QA.shape[-2] // 2
         P = torch.matmul(QA * torch.exp(-g_last), KB.transpose(-1, -2))   # [..., 2BT, 2BT]
-        keep_lower_(P[..., :BT, :])
-        keep_lower_(P[..., BT:, :], strict=True)
+        keep_score_triangles_(P)
         return P
 
     @staticmethod

@@ -6,82 +6,63 @@ with ``A_ab_inv = (I - A_ab)^-1``: ``v2 = u + w S_0``, ``w = A_ab_inv ag`` and `
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.generalized_delta_rule.dplr.chunk_grid import from_grid, grid_layout, keep_lower_, strict_tril, to_grid, tril
+from myfla.ops.generalized_delta_rule.dplr.chunk_grid import from_grid, grid_layout, strict_tril, to_grid, tril
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype
 
 
-# Size of the diagonal blocks that ``unit_lower_inverse_grid`` inverts by a product of powers.
-POWER_BLOCK = 16
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device):
+    """One intra-op thread inside the block for CPU tensors (the caller's count after it): a batched
+    triangular solve runs one small LAPACK call per matrix, and across several threads those calls
+    stall on the pool's barriers (measured 2-1000x slower from call to call on a busy 2-core
+    machine, stable on one thread)."""
+    threads = torch.get_num_threads()
+    if device.type != 'cpu' or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _unit_lower_inverse_by_powers(L: torch.Tensor) -> torch.Tensor:
-    """``(I - L)^-1`` for strictly lower ``L`` ``[B, n, n]`` (contiguous, ``n`` a power of two):
-    ``L`` is nilpotent, so ``(I - L)^-1 = I + L + ... + L^(n-1) = (I + L)(I + L^2)(I + L^4)...``,
-    two batched matmuls per doubling (into reused buffers: fresh large CPU tensors page-fault)."""
-    n = L.shape[-1]
-    X = new_empty(L.shape, L.dtype, L.device).copy_(L)
-    X.diagonal(0, -2, -1).add_(1)
-    P, s = L, 2
-    spare_P, spare_X = new_empty(L.shape, L.dtype, L.device), new_empty(L.shape, L.dtype, L.device)
-    while s < n:
-        P, spare_P = torch.bmm(P, P, out=spare_P), (P if P is not L else None)      # L^s
-        X, spare_X = torch.baddbmm(X, X, P, out=spare_X), X                         # X (I + L^s)
-        if spare_P is None:
-            spare_P = new_empty(L.shape, L.dtype, L.device)
-        s *= 2
-    return X
-
-
-def unit_lower_inverse_grid(A: torch.Tensor) -> torch.Tensor:
+def unit_lower_inverse_grid(A: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Port-only core: ``(I - A)^-1`` ``[..., n, n]`` (contiguous, zero above the diagonal) for the
-    strict lower triangle of every ``[..., n, n]`` block (``n`` a power of two; the diagonal and upper
-    triangle of ``A`` are not read).
+    strict lower triangle of every ``[..., n, n]`` block (the diagonal and upper triangle of ``A``
+    are not read), written into ``out`` (contiguous, shaped like ``A``) when given.
 
-    fla substitutes row by row inside 16/32-row blocks and merges two blocks with
-    ``[[X1, 0], [L21, L22]] -> [[X1, 0], [X2 L21 X1, X2]]`` (``X = (I - L)^-1``). Here the diagonal
-    ``POWER_BLOCK``-row blocks are inverted by a product of powers (``_unit_lower_inverse_by_powers``,
-    batched over every block of every chunk: on CPU, row substitution or merges of tiny strided
-    blocks cost far more than the few extra flops), then merged up to the whole matrix, one pair of
-    batched matmuls per level, every operand contiguous.
+    fla substitutes row by row inside 16/32-row blocks and merges the blocks; here every matrix is
+    one unit-lower-triangular solve against the identity (forward substitution, LAPACK's ``trsm``),
+    batched over all chunks of all heads: on CPU several times faster than inverting blocks by
+    batched matmuls (whose many small ops and copies of strided blocks dominate), run on one
+    thread (``_one_cpu_thread``).
     """
     n = A.shape[-1]
-    batch = A.shape[:-2]
-    A = A.reshape(-1, n, n)
-    B = A.shape[0]
-    s = min(n, POWER_BLOCK)
-    m = n // s
-    # the strictly lower diagonal [s, s] blocks, [B * m, s, s], and their inverses
-    L = A.view(B, m, s, m, s).diagonal(0, 1, 3).permute(0, 3, 1, 2).reshape(B * m, s, s)
-    X = _unit_lower_inverse_by_powers(keep_lower_(L.contiguous(), strict=True)).view(B, m, s, s)
-    while s < n:
-        nb = n // (2 * s)
-        X11, X22 = X[:, 0::2], X[:, 1::2]
-        L21 = A.view(B, nb, 2 * s, nb, 2 * s).diagonal(0, 1, 3)[:, s:, :s].permute(0, 3, 1, 2)
-        merged = new_empty((B, nb, 2 * s, 2 * s), A.dtype, A.device)
-        merged[..., :s, s:] = 0
-        merged[..., :s, :s] = X11
-        merged[..., s:, s:] = X22
-        merged[..., s:, :s] = torch.matmul(X22, torch.matmul(L21.contiguous(), X11))
-        X = merged
-        s *= 2
-    return X.view(*batch, n, n)
+    neg = torch.neg(A, out=new_empty(A.shape, A.dtype, A.device))     # (I - A) = I + (-A): unit diagonal
+    if out is None:
+        out = new_empty(A.shape, A.dtype, A.device)
+    eye = torch.eye(n, dtype=A.dtype, device=A.device).expand(A.shape)
+    with _one_cpu_thread(A.device):
+        return torch.linalg.solve_triangular(neg, eye, upper=False, unitriangular=True, out=out)
 
 
 def wu_grid(ag: torch.Tensor, v: torch.Tensor, A_ak: torch.Tensor, A_ab_inv: torch.Tensor, rnd=None,
-            out: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+            out: Optional[Tuple[torch.Tensor, ...]] = None):
     """Port-only core: ``(w, u, A_tmp)`` with ``A_tmp = A_ab_inv @ A_ak`` (rounded to the values'
     precision as the kernel does; the backward reuses it). ``A_ak`` is zero on and above its
     diagonal, ``A_ab_inv`` above it (as ``intra_fwd_grid`` and ``unit_lower_inverse_grid`` leave
-    them); ``w``, ``u`` are written into ``out`` when given."""
+    them); ``w``, ``u`` (and ``A_tmp``, a third entry) are written into ``out`` (contiguous) when given."""
     A_inv = A_ab_inv
-    A_tmp = torch.matmul(A_inv, A_ak)
+    A_tmp = torch.matmul(A_inv, A_ak, out=out[2] if out is not None and len(out) > 2 else None)
     if rnd is not None:
-        A_tmp, A_inv = rnd(A_tmp), rnd(A_inv)
+        A_tmp, A_inv = A_tmp.copy_(rnd(A_tmp)), rnd(A_inv)
     if out is None:
         w, u = torch.matmul(A_inv, ag), torch.matmul(A_tmp, v)
     else:
