@@ -1,0 +1,149 @@
+"""Where a chunked op's time goes: wall time per stage of ``chunk_kda``, ``chunk_gated_delta_rule``
+or ``chunk_rwkv7`` (the DPLR chunk path), at one or more thread counts.
+
+A stage is a function that the op's module calls from another myfla module (``recompute_w_u_fwd``,
+``chunk_gated_delta_rule_fwd_h``, ``chunk_kda_bwd_intra``, ``fwd_h_grid``...): those names are
+wrapped in the op module's namespace for the run, and each top-level call's wall time is added up
+(inclusive; stages called from inside another stage count in the outer one). Medians over
+``--reps`` calls after two untimed ones; what is left is the time outside the stages (conversions,
+allocation, autograd). ``--aten`` adds torch's profiler table of the most expensive aten ops for one
+more call. A diagnostic, not a benchmark of record: the figures of record come from bench_matrix.py,
+bench_rwkv7.py and the other scripts here.
+
+    python benchmarks/stage_profile.py --op kda --shape 1x8192x4x128x128 --threads 16,4,1
+    python benchmarks/stage_profile.py --op rwkv7 --shape 1x8192x4x64x64 --threads 2 --fwd-only --aten
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import inspect
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MODULES = {'gdn': 'myfla.ops.gated_delta_rule.chunk', 'kda': 'myfla.ops.kda.chunk',
+           'rwkv7': 'myfla.ops.generalized_delta_rule.dplr.chunk'}
+# entry points and their fla-signature wrappers: the whole call, not a stage
+NOT_STAGES = {'chunk_gated_delta_rule', 'chunk_kda', 'chunk_dplr_delta_rule', 'chunk_kda_fwd', 'chunk_kda_bwd',
+              'chunk_gated_delta_rule_fwd', 'chunk_gated_delta_rule_bwd', 'chunk_dplr_fwd'}
+
+
+class StageClock:
+    """Wraps the stage functions of one op module; ``seconds`` holds each stage's time since ``clear``."""
+
+    def __init__(self, module_name: str):
+        self.seconds = collections.defaultdict(float)
+        self._depth = 0
+        module = importlib.import_module(module_name)
+        for name, obj in list(vars(module).items()):
+            if (inspect.isfunction(obj) and obj.__module__.startswith('myfla')
+                    and obj.__module__ != module.__name__ and name not in NOT_STAGES):
+                setattr(module, name, self._wrap(name, obj))
+
+    def _wrap(self, name, fn):
+        def timed(*args, **kwargs):
+            if self._depth:
+                return fn(*args, **kwargs)
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+                self._depth -= 1
+        return timed
+
+    def clear(self):
+        self.seconds.clear()
+
+
+def make_call(op: str, B: int, T: int, H: int, K: int, V: int):
+    """Inputs that require grad and a call of the op with them (returns ``(o, final_state)``)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen)
+    if op == 'rwkv7':
+        from myfla.ops.rwkv7 import chunk_rwkv7
+        r, v = randn(B, T, H, K), randn(B, T, H, V)
+        k = F.normalize(randn(B, T, H, K), dim=-1)
+        w = -torch.exp(randn(B, T, H, K) * 0.5 - 2)
+        a, b = -k, k * torch.sigmoid(randn(B, T, H, K))
+        xs = [x.requires_grad_() for x in (r, w, k, v, a, b)]
+        return xs, lambda: chunk_rwkv7(*xs, scale=K ** -0.5, output_final_state=True)
+    q, k = F.normalize(randn(B, T, H, K), dim=-1), F.normalize(randn(B, T, H, K), dim=-1)
+    v, beta = randn(B, T, H, V), torch.rand(B, T, H, generator=gen)
+    if op == 'gdn':
+        from myfla.ops.gated_delta_rule import chunk_gated_delta_rule as fn
+        g = F.logsigmoid(randn(B, T, H))
+    else:
+        from myfla.ops.kda import chunk_kda as fn
+        g = F.logsigmoid(randn(B, T, H, K)) / 16
+    xs = [x.requires_grad_() for x in (q, k, v, g, beta)]
+    return xs, lambda: fn(*xs, scale=K ** -0.5, output_final_state=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--op', choices=sorted(MODULES), required=True)
+    ap.add_argument('--shape', default='1x8192x4x128x128', help='BxTxHxKxV')
+    ap.add_argument('--threads', default='1', help='comma-separated thread counts')
+    ap.add_argument('--reps', type=int, default=3)
+    ap.add_argument('--fwd-only', action='store_true', help='time the forward under no_grad')
+    ap.add_argument('--aten', action='store_true', help="add the torch profiler's top aten ops")
+    args = ap.parse_args()
+    B, T, H, K, V = map(int, args.shape.split('x'))
+    clock = StageClock(MODULES[args.op])
+    _, call = make_call(args.op, B, T, H, K, V)
+
+    def step():
+        if args.fwd_only:
+            with torch.no_grad():
+                call()
+            return
+        o, ht = call()
+        torch.autograd.backward((o, ht), (torch.ones_like(o), torch.ones_like(ht)))
+
+    record = {'op': args.op, 'shape': args.shape, 'pass': 'fwd' if args.fwd_only else 'fwd+bwd',
+              'torch': torch.__version__, 'results': {}}
+    for n in map(int, args.threads.split(',')):
+        torch.set_num_threads(n)
+        step()
+        step()
+        totals, stages = [], collections.defaultdict(list)
+        for _ in range(args.reps):
+            clock.clear()
+            start = time.perf_counter()
+            step()
+            totals.append(time.perf_counter() - start)
+            for name, seconds in clock.seconds.items():
+                stages[name].append(seconds)
+        total = statistics.median(totals) * 1e3
+        medians = {name: statistics.median(v) * 1e3 for name, v in stages.items()}
+        print(f"{args.op} {args.shape} {record['pass']} threads={n}: {total:.1f} ms")
+        for name, ms in sorted(medians.items(), key=lambda item: -item[1]):
+            if ms >= 0.05:
+                print(f"  {name:40s} {ms:9.1f} ms {100 * ms / total:5.1f}%")
+        print(f"  {'(outside the stages)':40s} {total - sum(medians.values()):9.1f} ms")
+        record['results'][n] = {'total_ms': total, 'stages_ms': medians}
+        if args.aten:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                step()
+            print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=18))
+    print(json.dumps(record))
+
+
+if __name__ == '__main__':
+    main()
