@@ -33,7 +33,7 @@ from myfla.ops.utils.calls import as_dtype, autograd_records
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.gva import gva_groups
 from myfla.ops.utils import loop_graph
-from myfla.ops.utils.threads import small_work_single_threaded
+from myfla.ops.utils.threads import recurrent_state_work, small_work_single_threaded
 from myfla.ops.utils.validation import check_op_inputs
 from myfla.utils import input_guard
 
@@ -284,8 +284,8 @@ def fused_recurrent_gated_delta_rule_fwd(
             final_state.copy_(state_in.view(N, HV, K, V))
         return torch.empty_like(v), final_state
 
-    # every op of a step touches the [R, K, V] state; the preparation touches [L, R, 2, max(K, V)]
-    with small_work_single_threaded(max(R * K * V, 2 * L * R * max(K, V)), v.device):
+    # every op of a step streams the [R, K, V] state; the preparation touches [L, R, 2, max(K, V)]
+    with small_work_single_threaded(max(recurrent_state_work(R * K * V), 2 * L * R * max(K, V)), v.device):
         if L == 1 and gv is None and (cu_seqlens is None or T == N):
             # decoding: one token per sequence, in order (with cu_seqlens, B = 1 and T = N)
             if v.device.type == 'cuda' and loop_graph.ENABLED and not torch.cuda.is_current_stream_capturing():

@@ -35,7 +35,14 @@ The chunked GDN and KDA ops apply it to their forward and backward passes, with 
 A one-token projection is a GEMV: two flops per weight element read, memory-bound, so its weight
 counts as a quarter of its size (:data:`GEMV_WEIGHT_SHARE`): projections up to 4 x 2^21 elements
 (32 MB of fp32, a few milliseconds on one core) run on one thread with the rest of the step, larger
-ones keep the caller's threads. Measured on two pinned cores of a 16-core Xeon host with a busy loop
+ones keep the caller's threads. The recurrent state of a one-token step is streamed the same way
+(the decay and the rank-1 update, a few flops per element) and counts a quarter too
+(:func:`recurrent_state_work`): states up to 2^23 elements (32 MB of fp32; B=8 with 32 heads of
+128 x 128 is 2^22) update on one thread. On two pinned cores of the host with one busy, a KDA step
+at B=8 with 16 heads of 128 (2^21 elements, then on both threads) took 40.2 ms against 1.8 ms on one
+thread, and the GatedDeltaNet layer at B=8 69 ms against 14.8 ms; quiet, two threads were 1.7x
+faster than one (1.01 vs 1.74 ms): the busy machine's 22x loss outweighs the quiet one's 1.7x gain,
+as for the projections. Measured on two pinned cores of a 16-core Xeon host with a busy loop
 on one of them (bench_decode.py, 2026-11-26): GatedDeltaNet at hidden 1024 (two 2^21-element
 projections) took 36.6 ms per token with its projections on two threads against 3.7 ms on one; quiet,
 two threads were 1.4x faster than one (1.7 vs 2.3 ms). A region of a large GEMV stalls under load
@@ -109,8 +116,10 @@ def chunk_work(k: torch.Tensor, v: torch.Tensor) -> int:
 _largest_parameter = weakref.WeakKeyDictionary()
 
 
-# how much of a projection's weight counts as work in a one-token call (see the module docstring)
-GEMV_WEIGHT_SHARE = 4
+# how much of a memory-bound stream counts as work in a one-token call: a projection's weight (a
+# GEMV) and the recurrent state (the decay and rank-1 update; see the module docstring)
+MEMORY_BOUND_SHARE = 4
+GEMV_WEIGHT_SHARE = MEMORY_BOUND_SHARE
 
 
 def largest_parameter(module: torch.nn.Module) -> int:
@@ -144,9 +153,10 @@ def single_threaded_when_small(work_of: Callable[..., Optional[int]]) -> Callabl
 def layer_decoding_work(layer: torch.nn.Module, hidden_states=None, *args, **kwargs) -> Optional[int]:
     """Work of a linear-attention layer's call (``GatedDeltaNet``, ``KimiDeltaAttention``) on
     ``hidden_states`` ``[B, T, D]`` when it takes the recurrent path (``T <= 64``): the largest of
-    a quarter of its largest parameter (a projection weight, read by a GEMV), the recurrent state
-    ``[B, HV, K, V]`` and the widest activation ``[B, T, max(D, key_dim, value_dim)]``. None for
-    longer inputs, and for anything the layer's own input checks should report."""
+    a quarter of its largest parameter (a projection weight, read by a GEMV), a quarter of the
+    recurrent state ``[B, HV, K, V]`` (streamed by the update) and the widest activation
+    ``[B, T, max(D, key_dim, value_dim)]``. None for longer inputs, and for anything the layer's own
+    input checks should report."""
     if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 3:
         return None
     batch_size, q_len, width = hidden_states.shape
@@ -154,4 +164,11 @@ def layer_decoding_work(layer: torch.nn.Module, hidden_states=None, *args, **kwa
         return None
     state = batch_size * layer.num_v_heads * layer.head_k_dim * layer.head_v_dim
     activation = batch_size * q_len * max(width, layer.key_dim, layer.value_dim)
-    return max(largest_parameter(layer) // GEMV_WEIGHT_SHARE, state, activation)
+    return max(largest_parameter(layer) // GEMV_WEIGHT_SHARE, recurrent_state_work(state), activation)
+
+
+def recurrent_state_work(state_elements: int) -> int:
+    """Work of a one-token update of a recurrent state of ``state_elements`` elements: a quarter of it
+    (:data:`MEMORY_BOUND_SHARE`): the update streams the state with a few flops per element, like a
+    GEMV its weight."""
+    return state_elements // MEMORY_BOUND_SHARE

@@ -236,10 +236,26 @@ def test_small_step_runs_single_threaded_and_restores(monkeypatch, two_threads):
     assert torch.get_num_threads() == 2
 
 
+def test_batched_step_with_a_large_state_runs_single_threaded(monkeypatch, two_threads):
+    """The state counts a quarter of its elements (recurrent_state_work): B=8 with 16 heads of
+    128 x 128 (2^21 elements, 8 MB) is still one-thread work by default, as a GEMV of that size."""
+    B, H, K = 8, 16, 128
+    assert B * H * K * K == threads.SMALL_WORK == 2 ** 21
+    q, k, v, beta = (torch.randn(B, 1, H, K), torch.randn(B, 1, H, K), torch.randn(B, 1, H, K),
+                     torch.rand(B, 1, H))
+    g, h0 = F.logsigmoid(torch.randn(B, 1, H)), torch.randn(B, H, K, K) * 0.01
+    seen = threads_seen_by_bmm(monkeypatch, lambda: fused_recurrent_gated_delta_rule(
+        q, k, v, g=g, beta=beta, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True))
+    assert seen and set(seen) == {1}
+    assert threads.recurrent_state_work(2 ** 23) == 2 ** 21
+    assert torch.get_num_threads() == 2
+
+
 def test_large_step_and_policy_off_keep_threads(monkeypatch, two_threads):
     q, k, v, g, beta, h0 = (x.float() for x in step_inputs(1, 1, 2, 2, 16, 16))
     call = (lambda: fused_recurrent_gated_delta_rule(q, k, v, g=g, beta=beta, initial_state=h0))
-    previous = threads.set_small_work(2 * 16 * 16)          # the state (512 elements) is no longer small
+    # the state (512 elements, counted as a quarter: recurrent_state_work) is no longer small
+    previous = threads.set_small_work(threads.recurrent_state_work(2 * 16 * 16))
     try:
         assert set(threads_seen_by_bmm(monkeypatch, call)) == {2}
         threads.set_small_work(0)
