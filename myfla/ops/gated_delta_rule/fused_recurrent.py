@@ -223,7 +223,7 @@ def _decode_step_replayed(q, k, v, g, gk, beta, scale: float, initial_state, fin
     ops, each a few microseconds of host time). Returns ``(o, final_state)`` as the eager path."""
     B, T, HV, V = v.shape
     K = k.shape[-1]
-    R = B * HV
+    R = B * T * HV                  # one token per sequence: B sequences, or T packed ones (B = 1)
     inputs = {'q': q, 'k': k, 'v': v, 'g': g, 'gk': gk, 'beta': beta,
               'h0': None if initial_state is None else initial_state.reshape(R, K, V)}
     body = functools.partial(_decode_body, scale=scale, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,

@@ -108,3 +108,28 @@ def test_step_inside_the_callers_graph_capture_runs_eagerly(kda_ref):
     o_ref, h_ref = oracle(kda_ref, *[t.cpu().double() for t in x], h0.cpu().double(), 1, K)
     assert_rms("o", o_ref, o.cpu(), 1e-5)
     assert_rms("ht", h_ref, ht.cpu(), 1e-5)
+
+
+def test_packed_one_token_sequences_replay_as_the_batch(kda_ref):
+    """One token for each of N packed sequences (B = 1, T = N, unit-length cu_seqlens), replayed:
+    equal to the batched step, and to fla's naive recurrence."""
+    dev = torch.device("cuda")
+    gen = torch.Generator().manual_seed(2)
+    N, H, K = 3, 2, 32
+    loop_graph.release()
+    cu = torch.arange(N + 1, device=dev)
+    h_packed = h_batch = torch.randn(N, H, K, K, generator=gen).to(dev) * 0.1
+    for _ in range(4):                          # eager, recorded, replayed x2
+        x = [t.to(dev, torch.float32) for t in _inputs("kda", N, H, H, K, K, gen)]
+        flat = [t.transpose(0, 1) for t in x]
+        o_p, h_next = fused_recurrent_kda(*flat[:4], beta=flat[4], initial_state=h_packed, output_final_state=True,
+                                          use_qk_l2norm_in_kernel=True, cu_seqlens=cu)
+        o_b, h_batch_next = fused_recurrent_kda(*x[:4], beta=x[4], initial_state=h_batch, output_final_state=True,
+                                                use_qk_l2norm_in_kernel=True)
+        torch.testing.assert_close(o_p, o_b.transpose(0, 1), rtol=0, atol=0)
+        torch.testing.assert_close(h_next, h_batch_next, rtol=0, atol=0)
+        o_ref, h_ref = oracle(kda_ref, *[t.cpu().double() for t in x], h_batch.cpu().double(), 1, K)
+        assert_rms("o", o_ref, o_b.cpu(), 1e-5)
+        assert_rms("ht", h_ref, h_batch_next.cpu(), 1e-5)
+        h_packed, h_batch = h_next, h_batch_next
+    assert loop_graph.stats["replayed"] >= 2
