@@ -274,6 +274,26 @@ def test_low_precision_inputs():
         assert_rms("ht", S32, S, 3e-2)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 3e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("T,rwkv", [(63, False), (150, True)])
+def test_low_precision_gradients(ref, dtype, tol, T, rwkv):
+    """Gradients from half-precision inputs against fla's naive recurrence in fp64 (fla's own
+    test_chunk recipe: scale 1, logsigmoid gates, whose chunk-local sums reach ~-30). fp16 keeps the
+    gated keys k exp(g_last - gi) only down to 6e-5, so its passes take the blocked intra forms: with
+    the single-exponential decay form, fp16 gradients of q, k, a, b, g were off by ~0.5 RMS (fla
+    0.4.0's tests/ops/test_dplr_delta.py::test_chunk found it)."""
+    xs = make_inputs(1, T, 2, 64, 64, rwkv=rwkv)
+    lp = [x.to(dtype) for x in xs[:6]] + [xs[6]]
+    gen = torch.Generator().manual_seed(1)
+    do, dht = torch.randn(1, T, 2, 64, generator=gen), torch.randn(1, 2, 64, 64, generator=gen)
+    o_ref, S_ref, g_ref = oracle(ref, [x.double() for x in lp[:6]] + [xs[6]], 1.0, do, dht)
+    o, S, grads = run_chunk(lp, do, dht, scale=1.0)
+    assert_rms("o", o_ref, o, tol)
+    assert_rms("ht", S_ref, S, tol)
+    for name, want, got in zip(("dq", "dk", "dv", "da", "db", "dg", "dh0"), g_ref, grads):
+        assert_rms(name, want, got, tol)
+
+
 def test_input_checks():
     xs = make_inputs(2, 10, 1, 16, 16)
     cu = torch.tensor([0, 4, 10])

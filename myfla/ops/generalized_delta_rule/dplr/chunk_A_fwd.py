@@ -34,7 +34,7 @@ def intra_fwd_grid(q, k, a, b, gi, ge, scale: float, rnd: Callable = None,
     block per chunk the four matrices are views of one ``[..., 2BT, 2BT]`` tensor (``scores_out``
     when given), ``[[A_q], [A_ak | A_ab]]``."""
     if blocks is None:
-        blocks = DPLRIntraBlocks(gi, ge)
+        blocks = DPLRIntraBlocks(gi, ge, stored_dtype=getattr(rnd, 'dtype', None))
     BT, K = q.shape[-2:]
     g_last = gi[..., -1:, :]
     if out is None:

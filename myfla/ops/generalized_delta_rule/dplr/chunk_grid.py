@@ -32,10 +32,17 @@ __all__ = [
 def rounding(dtype: torch.dtype, compute_dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> x`` rounded to ``dtype`` and back to ``compute_dtype``: the rounding fla's kernels
     apply where they store an intermediate in the inputs' (half) precision; the identity when
-    nothing is lost."""
+    nothing is lost. The function's ``dtype`` attribute names the precision it rounds to."""
     if torch.promote_types(dtype, compute_dtype) == dtype:
-        return lambda x: x
-    return lambda x: x.to(dtype).to(compute_dtype)
+        def keep(x):
+            return x
+        keep.dtype = compute_dtype
+        return keep
+
+    def round_trip(x):
+        return x.to(dtype).to(compute_dtype)
+    round_trip.dtype = dtype                    # what the rounded values must fit (see intra_blocks)
+    return round_trip
 
 
 def tril(x: torch.Tensor) -> torch.Tensor:

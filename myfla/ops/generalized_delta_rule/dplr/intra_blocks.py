@@ -40,6 +40,7 @@ Both factors stay within ``[exp(-SAFE_GATE_RANGE), exp(SAFE_GATE_RANGE)]``.
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -78,6 +79,15 @@ def _base_block_size(gi: torch.Tensor, ge: torch.Tensor) -> int:
     return BT
 
 
+def decay_form_holds(stored_dtype: Optional[torch.dtype]) -> bool:
+    """Whether the ``decay`` form may be used when the gated inputs are stored in ``stored_dtype``
+    (None: the accumulation dtype). Its backward recovers ``k exp(-gi)`` as the stored gated key
+    ``kg = k exp(g_last - gi)`` times ``exp(-g_last)``, so the stored values must keep factors down
+    to ``exp(-SAFE_GATE_RANGE)`` (~1e-26): fp32, bf16 and fp64 do; fp16 (smallest normal 6e-5)
+    flushes them to zero, so fp16 inputs take the blocked forms, which recompute from the inputs."""
+    return stored_dtype is None or torch.finfo(stored_dtype).tiny <= math.exp(-SAFE_GATE_RANGE)
+
+
 def _decays_in_range(gi: torch.Tensor) -> bool:
     """Whether every chunk-local cumulative gate lies in ``[-SAFE_GATE_RANGE, 0]`` (then so do the
     exclusive ones, ``ge[i] = gi[i-1]`` and ``0``)."""
@@ -107,12 +117,14 @@ class DPLRIntraBlocks:
     """Gate factors of every block product of one chunk grid, built once from ``gi``/``ge``
     ``[..., BT, K]`` (fp32 or fp64) and reused for the scores and their gradients."""
 
-    def __init__(self, gi: torch.Tensor, ge: Optional[torch.Tensor] = None, base: Optional[int] = None):
+    def __init__(self, gi: torch.Tensor, ge: Optional[torch.Tensor] = None, base: Optional[int] = None,
+                 stored_dtype: Optional[torch.dtype] = None):
         BT = gi.shape[-2]
         assert BT & (BT - 1) == 0, "chunk size must be a power of two"
         self.BT = BT
-        # decaying gates: one block per chunk from exp(gi) alone (see the module notes)
-        self.decay = base is None and _decays_in_range(gi)
+        # decaying gates: one block per chunk from exp(gi) alone (see the module notes), where the
+        # precision the gated inputs are stored in allows it (decay_form_holds)
+        self.decay = base is None and decay_form_holds(stored_dtype) and _decays_in_range(gi)
         if ge is None and not self.decay:
             ge = exclusive_gates(gi)
         self.base = BT if self.decay else (_base_block_size(gi, ge) if base is None else base)
