@@ -368,27 +368,8 @@ class LayerNormFunction(torch.autograd.Function):
         is_rms_norm: bool = False,
         num_groups: int = 1
     ):
-        x_shape_og = x.shape
-        if x.shape[-1] % num_groups != 0:
-            raise ValueError('num_channels must be divisible by num_groups')
-        x = x.reshape(-1, (x.shape[-1] // num_groups))
-        if residual is not None:
-            assert residual.shape == x_shape_og
-            residual = residual.reshape_as(x)
-        if residual is not None:
-            residual_dtype = residual.dtype
-        else:
-            residual_dtype = torch.float32 if residual_in_fp32 else None
-        y, mean, rstd, res_out = layer_norm_fwd(
-            x,
-            weight,
-            bias,
-            eps,
-            residual,
-            residual_dtype=residual_dtype,
-            is_rms_norm=is_rms_norm,
-            num_groups=num_groups
-        )
+        x_shape_og, y, mean, rstd, res_out = _layer_norm_rows(x, weight, bias, residual, eps, residual_in_fp32,
+                                                             is_rms_norm, num_groups)
         ctx.save_for_backward(res_out, weight, bias, mean, rstd)
         ctx.x_shape_og = x_shape_og
         ctx.eps = eps
@@ -443,6 +424,19 @@ def _layer_norm_no_grad(x, weight, bias, residual, eps, prenorm, residual_in_fp3
 
     Source: fla/modules/layernorm.py:L716-L765 (fla 0.4.0)
     """
+    x_shape_og, y, _, _, res_out = _layer_norm_rows(x, weight, bias, residual, eps, residual_in_fp32,
+                                                   is_rms_norm, num_groups)
+    y = y.view(x_shape_og)
+    return y if not prenorm else (y, res_out.view(x_shape_og))
+
+
+def _layer_norm_rows(x, weight, bias, residual, eps, residual_in_fp32, is_rms_norm, num_groups):
+    """The forward of :class:`LayerNormFunction` on contiguous rows of ``num_channels / num_groups``
+    (what ``input_guard`` gives the Function): ``(x_shape_og, y, mean, rstd, res_out)``, shared by the
+    Function and the no-grad path.
+
+    Source: fla/modules/layernorm.py:L716-L765 (fla 0.4.0)
+    """
     x_shape_og = x.shape
     if x.shape[-1] % num_groups != 0:
         raise ValueError('num_channels must be divisible by num_groups')
@@ -453,7 +447,7 @@ def _layer_norm_no_grad(x, weight, bias, residual, eps, prenorm, residual_in_fp3
         residual_dtype = residual.dtype
     else:
         residual_dtype = torch.float32 if residual_in_fp32 else None
-    y, _, _, res_out = layer_norm_fwd(
+    y, mean, rstd, res_out = layer_norm_fwd(
         x,
         weight,
         bias,
@@ -463,8 +457,7 @@ def _layer_norm_no_grad(x, weight, bias, residual, eps, prenorm, residual_in_fp3
         is_rms_norm=is_rms_norm,
         num_groups=num_groups
     )
-    y = y.view(x_shape_og)
-    return y if not prenorm else (y, res_out.view(x_shape_og))
+    return x_shape_og, y, mean, rstd, res_out
 
 
 def layer_norm(

@@ -272,6 +272,12 @@ def fused_recurrent_gated_delta_rule_fwd(
     R = N * HV
     cdt = torch.float64 if v.dtype == torch.float64 else torch.float32
     final_state = q.new_empty(N, HV, K, V, dtype=torch.float32) if output_final_state else None
+    # decoding: one token per sequence, in order (with cu_seqlens, B = 1 and T = N)
+    decoding = L == 1 and gv is None and (cu_seqlens is None or T == N)
+    if decoding and v.device.type == 'cuda' and loop_graph.ENABLED and not torch.cuda.is_current_stream_capturing():
+        # the replayed step keeps its own state buffers: nothing below is needed
+        return _decode_step_replayed(q, k, v, g, gk, beta, scale, initial_state, final_state,
+                                     use_qk_l2norm_in_kernel, rep, cdt)
     # the state lives in the final-state buffer where their dtypes agree, else in a buffer of its own
     state_is_final = final_state is not None and cdt == torch.float32
     state = final_state.view(R, K, V) if state_is_final else v.new_empty(R, K, V, dtype=cdt)
@@ -286,11 +292,7 @@ def fused_recurrent_gated_delta_rule_fwd(
 
     # every op of a step streams the [R, K, V] state; the preparation touches [L, R, 2, max(K, V)]
     with small_work_single_threaded(max(recurrent_state_work(R * K * V), 2 * L * R * max(K, V)), v.device):
-        if L == 1 and gv is None and (cu_seqlens is None or T == N):
-            # decoding: one token per sequence, in order (with cu_seqlens, B = 1 and T = N)
-            if v.device.type == 'cuda' and loop_graph.ENABLED and not torch.cuda.is_current_stream_capturing():
-                return _decode_step_replayed(q, k, v, g, gk, beta, scale, initial_state, final_state,
-                                             use_qk_l2norm_in_kernel, rep, cdt)
+        if decoding:
             o = _decode_step(q, k, v, g, gk, beta, scale, state_in, state, use_qk_l2norm_in_kernel, rep, cdt)
             o = as_dtype(o.view(B, T, HV, V), v.dtype)
             if final_state is not None and not state_is_final:

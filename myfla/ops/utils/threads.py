@@ -33,7 +33,7 @@ counts a quarter of the layer's largest parameter (a one-token projection is a m
 The chunked GDN and KDA ops apply it to their forward and backward passes, with :func:`chunk_work`.
 
 A one-token projection is a GEMV: two flops per weight element read, memory-bound, so its weight
-counts as a quarter of its size (:data:`GEMV_WEIGHT_SHARE`): projections up to 4 x 2^21 elements
+counts as a quarter of its size (:data:`MEMORY_BOUND_SHARE`): projections up to 4 x 2^21 elements
 (32 MB of fp32, a few milliseconds on one core) run on one thread with the rest of the step, larger
 ones keep the caller's threads. The recurrent state of a one-token step is streamed the same way
 (the decay and the rank-1 update, a few flops per element) and counts a quarter too
@@ -119,7 +119,6 @@ _largest_parameter = weakref.WeakKeyDictionary()
 # how much of a memory-bound stream counts as work in a one-token call: a projection's weight (a
 # GEMV) and the recurrent state (the decay and rank-1 update; see the module docstring)
 MEMORY_BOUND_SHARE = 4
-GEMV_WEIGHT_SHARE = MEMORY_BOUND_SHARE
 
 
 def largest_parameter(module: torch.nn.Module) -> int:
@@ -164,7 +163,7 @@ def layer_decoding_work(layer: torch.nn.Module, hidden_states=None, *args, **kwa
         return None
     state = batch_size * layer.num_v_heads * layer.head_k_dim * layer.head_v_dim
     activation = batch_size * q_len * max(width, layer.key_dim, layer.value_dim)
-    return max(largest_parameter(layer) // GEMV_WEIGHT_SHARE, recurrent_state_work(state), activation)
+    return max(largest_parameter(layer) // MEMORY_BOUND_SHARE, recurrent_state_work(state), activation)
 
 
 def recurrent_state_work(state_elements: int) -> int:

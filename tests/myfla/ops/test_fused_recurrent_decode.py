@@ -341,7 +341,7 @@ def test_layer_decoding_runs_single_threaded_when_small(monkeypatch, two_threads
         seen.clear()
         cache_big = Cache()
         # the weights are no longer small
-        previous = threads.set_small_work(threads.largest_parameter(layer) // threads.GEMV_WEIGHT_SHARE)
+        previous = threads.set_small_work(threads.largest_parameter(layer) // threads.MEMORY_BOUND_SHARE)
         try:
             layer(x[:, :66], past_key_values=cache_big, use_cache=True)
             o_big, _, _ = layer(hidden_states=x[:, 66:67], past_key_values=cache_big, use_cache=True)
