@@ -68,3 +68,58 @@ def test_loop_thread_cap_restores_the_setting(monkeypatch):
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(out["y"], torch.ones(2))
+
+
+def test_loop_threads_by_heads_and_step_work(monkeypatch):
+    monkeypatch.setattr(loop_graph, "LOOP_THREADS_PER_HEAD", 2)
+    monkeypatch.setattr(loop_graph, "LOOP_STEP_FLOPS_PER_THREAD", 4_000_000)
+    rwkv7_k64 = 4 * 4 * 32 * 64 * 64          # 4 heads, 32-token chunks: 2.1 MFLOP a step
+    gdn_small = 4 * 4 * 64 * 128 * 128        # 16.8 MFLOP
+    assert loop_graph.loop_threads(4, rwkv7_k64) == 1
+    assert loop_graph.loop_threads(4, gdn_small) == 4
+    assert loop_graph.loop_threads(64, 16 * gdn_small) == 67
+    assert loop_graph.loop_threads(2, 16 * gdn_small) == 4           # the per-head cap binds
+    assert loop_graph.loop_threads(4) == 8                            # no step work given
+    assert loop_graph.loop_threads(0) == 0                            # nothing known: no limit
+    monkeypatch.setattr(loop_graph, "LOOP_STEP_FLOPS_PER_THREAD", 0)
+    assert loop_graph.loop_threads(4, rwkv7_k64) == 8
+    monkeypatch.setattr(loop_graph, "LOOP_THREADS_PER_HEAD", 0)
+    assert loop_graph.loop_threads(4, rwkv7_k64) == 0
+
+
+def test_small_loop_steps_run_on_one_thread(monkeypatch):
+    """GDN's and the DPLR state loops run on the threads ``loop_threads`` gives them and restore the
+    caller's setting; the results do not depend on it."""
+    from myfla.ops.common.chunk_delta_h import chunk_gated_delta_rule_fwd_h
+    from myfla.ops.generalized_delta_rule.dplr.chunk_h_fwd import fwd_h_grid
+
+    seen = []
+    real = loop_graph.cpu_threads
+
+    def spy(limit):
+        seen.append(limit)
+        return real(limit)
+
+    monkeypatch.setattr(loop_graph, "cpu_threads", spy)
+    import myfla.ops.generalized_delta_rule.dplr.chunk_h_fwd as dplr_h
+    monkeypatch.setattr(dplr_h, "cpu_threads", spy)
+    torch.manual_seed(0)
+    k, w = torch.randn(1, 128, 2, 32) * 0.1, torch.randn(1, 128, 2, 32) * 0.1
+    u = torch.randn(1, 128, 2, 32)
+    g = torch.nn.functional.logsigmoid(torch.randn(1, 128, 2)).cumsum(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        h, v_new, _ = chunk_gated_delta_rule_fwd_h(k, w, u, g=g)
+        kg, bg, ww = (torch.randn(4, 2, 16, 32) * 0.1 for _ in range(3))
+        v = torch.randn(4, 2, 16, 32)
+        states, _ = fwd_h_grid(kg, v, ww, torch.randn(4, 2, 16, 32), bg, -torch.rand(4, 2, 32), None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1]                     # steps of 0.5 and 0.26 MFLOP: one thread
+    monkeypatch.setattr(loop_graph, "LOOP_STEP_FLOPS_PER_THREAD", 0)
+    monkeypatch.setattr(loop_graph, "LOOP_THREADS_PER_HEAD", 0)
+    h2, v_new2, _ = chunk_gated_delta_rule_fwd_h(k, w, u, g=g)
+    torch.testing.assert_close(h2, h, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(v_new2, v_new, rtol=1e-6, atol=1e-6)
