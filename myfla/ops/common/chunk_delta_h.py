@@ -286,7 +286,7 @@ def chunk_gated_delta_rule_fwd_h(
         body = functools.partial(_fwd_h_steps, w_dtype=w.dtype, k_dtype=k.dtype)
         out = run_loop(f'chunk_gated_delta_rule_fwd_h:{w.dtype}:{k.dtype}', body, inputs,
                        {'states': ((NC + 1, N * H, K, V), cdt), 'v_new': ((NC, N * H, BT, V), cdt)}, k.device,
-                       recurrences=N * H, step_flops=4 * N * H * BT * K * V)
+                       recurrences=N * H)
         states, v_news = out['states'], out['v_new']
         h = owned(chunks_from_grid(layout, states[:NC].to(k.dtype), H), states)
         final = states[NC]
@@ -365,7 +365,7 @@ def chunk_gated_delta_rule_bwd_dhu(
         body = functools.partial(_bwd_dhu_steps, k_dtype=k.dtype, w_dtype=w.dtype)
         out = run_loop(f'chunk_gated_delta_rule_bwd_dhu:{k.dtype}:{w.dtype}', body, inputs,
                        {'dh': ((NC + 1, N * H, K, V), cdt), 'dv2': ((NC, N * H, BT, V), cdt)}, q.device,
-                       recurrences=N * H, step_flops=4 * N * H * BT * K * V)
+                       recurrences=N * H)
         dhs, dv2s = out['dh'], out['dv2']
         dh = owned(chunks_from_grid(layout, dhs[1:].to(q.dtype), H), dhs)
         dv2 = from_grid(layout, dv2s, H, dv.dtype)

@@ -86,27 +86,9 @@ def _record(body: Body, inputs: Inputs, outputs: Outputs, device: torch.device):
 # (MYFLA_LOOP_THREADS_PER_HEAD; 0 = no limit).
 LOOP_THREADS_PER_HEAD = int(os.environ.get('MYFLA_LOOP_THREADS_PER_HEAD', '2'))
 
-# Flops of one loop step (all its recurrences together) per CPU thread it may use: a step of fewer
-# flops runs on one thread. Measured on the 16-core host (the state loops alone, 1 to 16 threads):
-# steps of 2-4 MFLOP (RWKV-7 at K=V=64, 4 heads) run no faster on 2-16 threads than on one, 8 MFLOP
-# steps gain up to 2 threads, 34 MFLOP up to 8, 67 MFLOP and more all 16
-# (MYFLA_LOOP_STEP_FLOPS; 0 = no limit by work).
-LOOP_STEP_FLOPS_PER_THREAD = int(float(os.environ.get('MYFLA_LOOP_STEP_FLOPS', '4e6')))
-
-
-def loop_threads(recurrences: int, step_flops: int = 0) -> int:
-    """Most CPU threads for a sequential state loop of ``recurrences`` independent recurrences whose
-    every step costs ``step_flops`` (0 when unknown); 0 means no limit."""
-    limits = []
-    if recurrences and LOOP_THREADS_PER_HEAD:
-        limits.append(recurrences * LOOP_THREADS_PER_HEAD)
-    if step_flops and LOOP_STEP_FLOPS_PER_THREAD:
-        limits.append(max(1, step_flops // LOOP_STEP_FLOPS_PER_THREAD))
-    return min(limits) if limits else 0
-
 
 @contextlib.contextmanager
-def cpu_threads(limit: Optional[int]):
+def _cpu_threads(limit: Optional[int]):
     """At most ``limit`` intra-op threads inside the block (CPU); the caller's setting after it."""
     current = torch.get_num_threads()
     if not limit or limit >= current:
@@ -120,22 +102,20 @@ def cpu_threads(limit: Optional[int]):
 
 
 def run_loop(name: str, body: Body, inputs: Inputs,
-             outputs: Dict[str, Tuple[Sequence[int], torch.dtype]], device, recurrences: int = 0,
-             step_flops: int = 0) -> Outputs:
+             outputs: Dict[str, Tuple[Sequence[int], torch.dtype]], device, recurrences: int = 0) -> Outputs:
     """``body(inputs, outs)`` with ``outs`` freshly allocated from ``outputs`` (name -> (shape, dtype)),
     which ``body`` must fill completely from ``inputs`` alone (no host synchronisation, no
     allocation that outlives it, results that do not depend on the inputs' strides). Returns ``outs``, valid until the next call with the same shapes
     (on CUDA they are the recorded graph's buffers: copy what you keep). Runs under ``no_grad``.
-    ``recurrences`` (independent sequence-head recurrences in the loop) and ``step_flops`` (flops of
-    one step) set the CPU thread limit (``loop_threads``)."""
+    ``recurrences`` (independent sequence-head recurrences in the loop) sets the CPU thread limit."""
     device = torch.device(device)
     with torch.no_grad():
         if not (ENABLED and device.type == 'cuda') or torch.cuda.is_current_stream_capturing():
             # CPU, graphs off, or inside the caller's own CUDA graph capture (a graph cannot be
             # recorded inside another one; the eager ops become part of the caller's graph)
             outs = _allocate(outputs, device)
-            limit = loop_threads(recurrences, step_flops) if device.type == 'cpu' else 0
-            with cpu_threads(limit):
+            limit = recurrences * LOOP_THREADS_PER_HEAD if device.type == 'cpu' else 0
+            with _cpu_threads(limit):
                 body(inputs, outs)
             stats['eager'] += 1
             return outs

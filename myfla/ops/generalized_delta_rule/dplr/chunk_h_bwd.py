@@ -16,7 +16,6 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.generalized_delta_rule.dplr.chunk_grid import chunks_from_grid, from_grid, grid_layout, to_grid
-from myfla.ops.utils.loop_graph import cpu_threads, loop_threads
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, is_amd
 
@@ -42,12 +41,10 @@ def bwd_dhu_into(qg, bg, w, g_last, do, dv, dstates: torch.Tensor, dv2: torch.Te
         ds, xs = dstates.unbind(0), dv2.unbind(0)
         bgs, decays = bg.unbind(0), decay.unbind(0)
         wT = w.transpose(-1, -2).unbind(0)
-        limit = loop_threads(NH, 4 * NH * BT * K * V) if qg.device.type == 'cpu' else 0
-        with cpu_threads(limit):
-            for c in range(NC - 1, -1, -1):
-                dh = ds[c + 1]
-                x = torch.bmm(bgs[c], dh, out=xs[c])                      # bg @ dh
-                ds[c].addcmul_(dh, decays[c]).baddbmm_(wT[c], x)
+        for c in range(NC - 1, -1, -1):
+            dh = ds[c + 1]
+            x = torch.bmm(bgs[c], dh, out=xs[c])                          # bg @ dh
+            ds[c].addcmul_(dh, decays[c]).baddbmm_(wT[c], x)
         dv2.add_(dv)                                                    # dv2 = dv + bg @ dh, all chunks at once
     return dstates, dv2
 

@@ -17,7 +17,6 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.generalized_delta_rule.dplr.chunk_grid import chunks_from_grid, from_grid, grid_layout, to_grid
-from myfla.ops.utils.loop_graph import cpu_threads, loop_threads
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, is_amd
 
@@ -35,19 +34,16 @@ def fwd_h_into(kg, v, w, bg, g_last, states: torch.Tensor, v_new: torch.Tensor, 
     and the stored ``v_new``). The state-independent ``kg^T v`` go straight into ``states[1:]``, so
     every chunk is three in-place ops on contiguous buffers (no copies)."""
     decay = torch.exp(g_last).unsqueeze(-1)                               # [NC, NH, K, 1]
-    NC, NH, BT, K = kg.shape
-    limit = loop_threads(NH, 4 * NH * BT * K * v.shape[-1]) if kg.device.type == 'cpu' else 0
     with torch.no_grad():
         torch.matmul(kg.transpose(-1, -2), v, out=states[1:])             # kg^T v
         hs, vs, ws, ds = states.unbind(0), v_new.unbind(0), w.unbind(0), decay.unbind(0)
         bgT = bg.transpose(-1, -2).unbind(0)
-        with cpu_threads(limit):
-            for c in range(len(vs)):
-                h = hs[c]
-                vn = vs[c].baddbmm_(ws[c], rnd(h) if rnd is not None else h)
-                hs[c + 1].addcmul_(h, ds[c]).baddbmm_(bgT[c], vn)
-                if rnd is not None:
-                    vn.copy_(rnd(vn))
+        for c in range(len(vs)):
+            h = hs[c]
+            vn = vs[c].baddbmm_(ws[c], rnd(h) if rnd is not None else h)
+            hs[c + 1].addcmul_(h, ds[c]).baddbmm_(bgT[c], vn)
+            if rnd is not None:
+                vn.copy_(rnd(vn))
     return states, v_new
 
 
