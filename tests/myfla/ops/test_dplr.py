@@ -380,6 +380,17 @@ def test_chunk_cumsum_matches_torch_cumsum():
     torch.testing.assert_close(chunk_cumsum(x, reverse=True), x.flip(-2).cumsum(-2).flip(-2))
 
 
+def test_slabs_grow_with_cpu_threads(monkeypatch):
+    """Slabs follow the KDA / GDN rule on CPUs (64 chunk-heads up to four threads, 16 per thread
+    beyond) and stay at 64 chunk-heads on GPUs, where forward-only buffers are slab-sized."""
+    for threads, chunks_per_slab in ((1, 16), (4, 16), (8, 32), (16, 64)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        slabs = dplr_chunk._slabs(256, 4, torch.device("cpu"))
+        assert [sl.stop - sl.start for sl in slabs] == [chunks_per_slab] * (256 // chunks_per_slab)
+    assert len(dplr_chunk._slabs(256, 4, torch.device("cuda"))) == 16
+    assert dplr_chunk._slabs(3, 1024, torch.device("cpu"))[-1] == slice(2, 3)   # at least a chunk a slab
+
+
 @pytest.mark.parametrize("shape", [(1, 224, 2), (2, 150, 1)])
 @pytest.mark.parametrize("save_bytes", [None, 0])
 def test_slab_by_slab_passes_match_fla_naive(ref, monkeypatch, shape, save_bytes):
@@ -389,11 +400,11 @@ def test_slab_by_slab_passes_match_fla_naive(ref, monkeypatch, shape, save_bytes
     state and gradients of a pass with backward (saved parts, or fla's recompute), match fla's naive
     recurrence in fp64. One shape reads its inputs as grid views of token layout, the other converts
     them (two padded sequences)."""
-    monkeypatch.setattr(dplr_chunk, "SLAB_CHUNK_HEADS", 3)
+    monkeypatch.setattr(dplr_chunk, "slab_chunk_heads", lambda device: 3)
     if save_bytes is not None:
         monkeypatch.setattr(dplr_chunk, "SAVE_BYTES", save_bytes)
     B, T, H = shape
-    assert len(dplr_chunk._slabs(-(-T // dplr_chunk.CHUNK_SIZE), B * H)) > 2
+    assert len(dplr_chunk._slabs(-(-T // dplr_chunk.CHUNK_SIZE), B * H, torch.device("cpu"))) > 2
     xs = make_inputs(B, T, H, 32, 32, rwkv=True)
     do, dht = torch.randn(B, T, H, 32), torch.randn(B, H, 32, 32)
     o_ref, S_ref, g_ref = oracle(ref, xs, 1.0, do, dht)

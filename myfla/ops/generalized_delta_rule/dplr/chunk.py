@@ -48,7 +48,7 @@ from myfla.ops.generalized_delta_rule.dplr.chunk_o_bwd import bwd_o_grid, dAu_gr
 from myfla.ops.generalized_delta_rule.dplr.chunk_o_fwd import fwd_o_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_bwd import bwd_wy_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_fwd import unit_lower_inverse_grid, wu_grid
-from myfla.ops.utils.chunk_layout import SLAB_CHUNK_HEADS
+from myfla.ops.utils.chunk_layout import SLAB_CHUNK_HEADS, slab_chunk_heads
 from myfla.ops.utils.index import check_varlen_inputs
 from myfla.ops.utils.save_budget import budget_bytes, keeps
 from myfla.ops.utils.validation import reject_head_first, warn_head_first_layout
@@ -69,11 +69,13 @@ def _low_precision(dtype: torch.dtype, compute_dtype: torch.dtype):
     return None if dtype == compute_dtype else rounding(dtype, compute_dtype)
 
 
-def _slabs(NC: int, NH: int):
-    """Slices of the chunk axis with about ``SLAB_CHUNK_HEADS`` chunk-heads each: the chunk-local
+def _slabs(NC: int, NH: int, device: torch.device):
+    """Slices of the chunk axis with about ``slab_chunk_heads`` chunk-heads each (64 on a CPU with up
+    to four threads, 16 per thread beyond: the rule of the KDA / GDN slab passes): the chunk-local
     elementwise work runs slab by slab so its temporaries stay in cache (whole-grid passes run from
-    DRAM), while every slab costs the same number of op calls."""
-    step = max(1, SLAB_CHUNK_HEADS // max(1, NH))
+    DRAM), while every slab costs the same number of op calls. On GPUs, where a forward-only pass
+    keeps slab-sized buffers, slabs stay at ``SLAB_CHUNK_HEADS``."""
+    step = max(1, (slab_chunk_heads(device) or SLAB_CHUNK_HEADS) // max(1, NH))
     return [slice(c, min(c + step, NC)) for c in range(0, NC, step)]
 
 
@@ -101,7 +103,7 @@ class ForwardParts:
         token-layout tensor) receives the output when given."""
         NC, NH, BT, K = q.shape
         V = v.shape[-1]
-        self.slabs = _slabs(NC, NH)
+        self.slabs = _slabs(NC, NH, q.device)
         rows = NC if keep else self.slabs[0].stop
         self.QA, self.KB = _buffer(q, rows, NH, 2 * BT, K), _buffer(q, rows, NH, 2 * BT, K)
         self.VV = _buffer(v, rows, NH, 2 * BT, V)
