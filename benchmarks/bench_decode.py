@@ -17,11 +17,12 @@ Sections (``--sections``):
   same run: ``copy`` (read the state and write it once into a kept buffer: the least a step that
   returns a new final state must move), at the set thread count and on one thread, whichever is
   faster; ``read`` (one reduction over the state) is shown too.
-- ``layer``: per-token latency of one layer (hidden 1024, 8 heads of 128) after a 128-token prefill,
-  policy on (the layers apply it to decoding calls) and off.
-- ``chunk``: a short chunked call (``chunk_kda`` / ``chunk_gated_delta_rule``, B=2 T=300 H=4
-  K=V=64) run inside ``small_work_single_threaded`` and as it is: what the policy does for the
-  chunked ops, which do not apply it themselves.
+- ``layer``: per-token latency of one layer (hidden 1024; GatedDeltaNet and KimiDeltaAttention with 8
+  heads of 128, RWKV7Attention with 16 of 64) after a 128-token prefill, policy on (the layers apply
+  it to decoding calls) and off.
+- ``chunk``: a short chunked call (``chunk_kda`` / ``chunk_gated_delta_rule`` / ``chunk_rwkv7``, B=2
+  T=300 H=4 K=V=64) as it is (the ops apply the policy themselves) and inside
+  ``small_work_single_threaded``.
 
 Every op and layer row also records ``ops_per_call`` from the torch profiler: the top-level aten
 ops one call dispatches, those that compute (not a view or an allocation), and on CUDA the kernels it
@@ -60,11 +61,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from myfla.layers import GatedDeltaNet, KimiDeltaAttention  # noqa: E402
+from myfla.layers import GatedDeltaNet, KimiDeltaAttention, RWKV7Attention  # noqa: E402
 from myfla.models.utils import Cache  # noqa: E402
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule  # noqa: E402
 from myfla.ops.gated_delta_rule import fused_recurrent as fused_recurrent_module  # noqa: E402
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: E402
+from myfla.ops.rwkv7 import chunk_rwkv7  # noqa: E402
 from myfla.ops.utils import loop_graph, threads  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_decode.json"
@@ -81,6 +83,8 @@ LAYERS = {
     "GatedDeltaNet": lambda: GatedDeltaNet(hidden_size=HIDDEN, head_dim=128, num_heads=8, expand_v=2, layer_idx=0),
     "KimiDeltaAttention": lambda: KimiDeltaAttention(hidden_size=HIDDEN, head_dim=128, num_heads=8, expand_v=1,
                                                      layer_idx=0),
+    # RWKV-7's usual 64-wide heads; the first of two layers (it makes v_first itself)
+    "RWKV7Attention": lambda: RWKV7Attention(hidden_size=HIDDEN, head_dim=64, layer_idx=0, num_hidden_layers=2),
 }
 
 
@@ -357,13 +361,17 @@ def bench_chunk(args, n_threads, load_kind, device, sync) -> List[dict]:
     k = F.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1)
     beta = torch.rand(B, T, H, generator=gen).sigmoid()
     gates = {"chunk_kda": F.logsigmoid(torch.randn(B, T, H, K, generator=gen)),
-             "chunk_gated_delta_rule": F.logsigmoid(torch.randn(B, T, H, generator=gen))}
-    ops = {"chunk_kda": chunk_kda, "chunk_gated_delta_rule": chunk_gated_delta_rule}
+             "chunk_gated_delta_rule": F.logsigmoid(torch.randn(B, T, H, generator=gen)),
+             "chunk_rwkv7": -0.6065306597126334 * torch.rand(B, T, H, K, generator=gen)}
+    ops = {"chunk_kda": chunk_kda, "chunk_gated_delta_rule": chunk_gated_delta_rule,
+           "chunk_rwkv7": lambda *xs: chunk_rwkv7(*xs, scale=1.0)}
+    # RWKV7Attention's call: r, w, k, v, a = -k, b = k * (a sigmoid)
+    rwkv7_inputs = [q, gates["chunk_rwkv7"], k, v, -k, k * beta.unsqueeze(-1)]
     work = B * (T + 63) // 64 * H * K * K            # the largest per-op tensors: per-chunk states
     for name, fn in ops.items():
         if out_of_time(args):
             break
-        xs = [x.to(device) for x in (q, k, v, gates[name], beta)]
+        xs = [x.to(device) for x in (rwkv7_inputs if name == "chunk_rwkv7" else (q, k, v, gates[name], beta))]
 
         def plain(fn=fn, xs=xs):
             return fn(*xs)

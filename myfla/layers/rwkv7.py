@@ -24,6 +24,7 @@ from myfla.ops.rwkv7 import chunk_rwkv7, fused_mul_recurrent_rwkv7
 from myfla.ops.rwkv7.fused_addcmul import fused_addcmul_rwkv7
 from myfla.ops.rwkv7.fused_k_update import fused_k_rwkv7
 from myfla.ops.rwkv7.gate_output_correction import gate_output_correction
+from myfla.ops.utils.threads import layer_decoding_work, single_threaded_when_small
 
 if TYPE_CHECKING:
     from myfla.models.utils import Cache
@@ -232,6 +233,8 @@ class RWKV7Attention(nn.Module):
         nn.init.orthogonal_(float_weight, gain=gain)
         weight.copy_(float_weight)
 
+    # decoding calls of a small layer run on one intra-op thread (myfla/ops/utils/threads.py)
+    @single_threaded_when_small(layer_decoding_work)
     def forward(
         self,
         hidden_states: torch.Tensor,

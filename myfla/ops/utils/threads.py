@@ -150,8 +150,9 @@ def single_threaded_when_small(work_of: Callable[..., Optional[int]]) -> Callabl
 
 
 def layer_decoding_work(layer: torch.nn.Module, hidden_states=None, *args, **kwargs) -> Optional[int]:
-    """Work of a linear-attention layer's call (``GatedDeltaNet``, ``KimiDeltaAttention``) on
-    ``hidden_states`` ``[B, T, D]`` when it takes the recurrent path (``T <= 64``): the largest of
+    """Work of a linear-attention layer's call (``GatedDeltaNet``, ``KimiDeltaAttention``,
+    ``RWKV7Attention``) on ``hidden_states`` ``[B, T, D]`` when it takes the recurrent path
+    (``T <= 64``): the largest of
     a quarter of its largest parameter (a projection weight, read by a GEMV), a quarter of the
     recurrent state ``[B, HV, K, V]`` (streamed by the update) and the widest activation
     ``[B, T, max(D, key_dim, value_dim)]``. None for longer inputs, and for anything the layer's own
@@ -161,7 +162,10 @@ def layer_decoding_work(layer: torch.nn.Module, hidden_states=None, *args, **kwa
     batch_size, q_len, width = hidden_states.shape
     if q_len > 64:
         return None
-    state = batch_size * layer.num_v_heads * layer.head_k_dim * layer.head_v_dim
+    # RWKV7Attention names its key heads num_heads / head_dim
+    heads = getattr(layer, 'num_v_heads', None) or layer.num_heads
+    head_k_dim = getattr(layer, 'head_k_dim', None) or layer.head_dim
+    state = batch_size * heads * head_k_dim * layer.head_v_dim
     activation = batch_size * q_len * max(width, layer.key_dim, layer.value_dim)
     return max(largest_parameter(layer) // MEMORY_BOUND_SHARE, recurrent_state_work(state), activation)
 

@@ -75,3 +75,59 @@ def test_chunk_work_counts_the_per_chunk_states():
     assert threads.chunk_work(k, v) == 8192 * 4 * 128 * 2
     k, v = torch.empty(2, 300, 4, 64), torch.empty(2, 300, 4, 64)
     assert threads.chunk_work(k, v) < threads.SMALL_WORK
+
+
+def _spy(monkeypatch, module, name, seen):
+    original = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+    monkeypatch.setattr(module, name, spy)
+
+
+def test_rwkv7_paths_run_small_calls_on_one_thread(monkeypatch):
+    """The DPLR / RWKV-7 chunk op (forward and backward), its token recurrence and the RWKV7Attention
+    layer's decoding calls follow the same policy, restoring the caller's thread count."""
+    import myfla.layers.rwkv7 as rwkv7_layer
+    import myfla.ops.generalized_delta_rule.dplr.chunk as dplr_chunk
+    import myfla.ops.generalized_delta_rule.dplr.fused_recurrent as dplr_recurrent
+    from myfla.ops.rwkv7 import chunk_rwkv7, fused_mul_recurrent_rwkv7
+
+    seen = []
+    _spy(monkeypatch, dplr_chunk, "_chunk_dplr_fwd", seen)
+    _spy(monkeypatch, dplr_chunk, "dplr_bwd_grid", seen)
+    _spy(monkeypatch, dplr_recurrent, "_time_major", seen)
+    _spy(monkeypatch, rwkv7_layer, "fused_mul_recurrent_rwkv7", seen)
+    torch.manual_seed(0)
+    B, T, H, K = 1, 300, 2, 32
+    r, k, v = (torch.randn(B, T, H, K, requires_grad=True) for _ in range(3))
+    w = (-0.6 * torch.rand(B, T, H, K)).requires_grad_()
+    kk = F.normalize(torch.randn(B, T, H, K), dim=-1)
+    a, b = (-kk).requires_grad_(), (kk * 0.5).requires_grad_()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        o, ht = chunk_rwkv7(r, w, k, v, a, b, scale=1.0, output_final_state=True)
+        (o.sum() + ht.sum()).backward()
+        assert seen == [1, 1] and torch.get_num_threads() == 2              # forward, backward
+        seen.clear()
+        with torch.no_grad():
+            fused_mul_recurrent_rwkv7(r[:, :3], w[:, :3], k[:, :3], v[:, :3], kk[:, :3], torch.rand(B, 3, H, K),
+                                      scale=1.0, output_final_state=True)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        layer = rwkv7_layer.RWKV7Attention(hidden_size=64, head_dim=32, layer_idx=0, num_hidden_layers=2).eval()
+        with torch.no_grad():
+            layer(torch.randn(2, 1, 64))
+        assert seen[0] == 1 and torch.get_num_threads() == 2
+        seen.clear()
+        previous = threads.set_small_work(1)                                # every call is "large" now
+        try:
+            o, ht = chunk_rwkv7(r, w, k, v, a, b, scale=1.0, output_final_state=True)
+            (o.sum() + ht.sum()).backward()
+        finally:
+            threads.set_small_work(previous)
+        assert seen == [2, 2]
+    finally:
+        torch.set_num_threads(before)

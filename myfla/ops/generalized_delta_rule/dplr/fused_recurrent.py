@@ -19,6 +19,7 @@ import torch
 
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.index import check_varlen_inputs
+from myfla.ops.utils.threads import recurrent_state_work, small_work_single_threaded
 from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 
@@ -48,7 +49,10 @@ def dplr_recurrence(q, k, v, a, b, gk, scale: float, initial_state: Optional[tor
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
     if T == 0 or layout.NC == 0:
         return o, (h.view(N, H, K, V) if output_final_state else None)
-    with torch.no_grad():
+    # every op of a step streams the [NH, K, V] state; the preparation touches [L, NH, 2, max(K, V)]
+    L = layout.NC * layout.BT
+    work = max(recurrent_state_work(NH * K * V), 2 * L * NH * max(K, V))
+    with torch.no_grad(), small_work_single_threaded(work, q.device):
         # out of place: the time-major layout may be a view of the caller's tensor
         qs = (_time_major(layout, q, dtype) * scale).unsqueeze(-2)       # [L, NH, 1, K]
         at = _time_major(layout, a, dtype).unsqueeze(-2)                 # [L, NH, 1, K]
