@@ -28,7 +28,7 @@ from myfla.ops.utils import chunk_local_cumsum, solve_tril
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.gva import gva_groups, repeat_qk_heads, sum_qk_heads
 from myfla.ops.utils.save_budget import backward_may_run, caller_grad_mode, keeps
-from myfla.ops.utils.threads import chunk_work, small_work_single_threaded
+from myfla.ops.utils.threads import chunk_call_threads
 from myfla.ops.utils.validation import check_op_inputs, warn_if_head_first
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
@@ -55,7 +55,7 @@ def chunk_gated_delta_rule_fwd(
 def _gdn_fwd_pass(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, keep: bool = False):
     """``chunk_gated_delta_rule_fwd`` plus the intermediates ``(w, h, v_new)`` its backward would
     recompute when ``keep`` (else None), in one layout-conversion scope."""
-    with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
+    with grid_cache(), chunk_call_threads(k, v):
         return _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
                                            keep)
 
@@ -142,7 +142,7 @@ def chunk_gated_delta_rule_bwd(
 def _gdn_bwd_pass(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens, kept=None):
     """``chunk_gated_delta_rule_bwd``, reading the forward's ``kept`` intermediates (see
     ``_gdn_fwd_pass``) instead of recomputing them where given, in one layout-conversion scope."""
-    with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
+    with grid_cache(), chunk_call_threads(k, v):
         return _chunk_gated_delta_rule_bwd(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens, kept)
 
 

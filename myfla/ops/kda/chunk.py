@@ -36,7 +36,7 @@ from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
 from myfla.ops.utils.gva import gva_groups, repeat_qk_heads, sum_qk_heads
 from myfla.ops.utils.save_budget import backward_may_run, caller_grad_mode, keeps
-from myfla.ops.utils.threads import chunk_work, small_work_single_threaded
+from myfla.ops.utils.threads import chunk_call_threads
 from myfla.ops.utils.validation import check_op_inputs, warn_if_head_first
 from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
 
@@ -79,7 +79,7 @@ def _kda_fwd_pass(q, k, v, g, beta, scale, initial_state, output_final_state, cu
     """``chunk_kda_fwd`` plus the intermediates ``(w, qg, kg, h, v_new)`` its backward would
     recompute when ``keep`` (else None), in one layout-conversion scope (each tensor's chunk grid is
     built once)."""
-    with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
+    with grid_cache(), chunk_call_threads(k, v):
         return _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, keep)
 
 
@@ -168,7 +168,7 @@ def chunk_kda_bwd(
 def _kda_bwd_pass(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu_seqlens, kept=None):
     """``chunk_kda_bwd``, reading the forward's ``kept`` intermediates (see ``_kda_fwd_pass``) instead
     of recomputing them where given, in one layout-conversion scope."""
-    with grid_cache(), small_work_single_threaded(chunk_work(k, v), k.device):
+    with grid_cache(), chunk_call_threads(k, v):
         return _chunk_kda_bwd(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu_seqlens, kept)
 
 

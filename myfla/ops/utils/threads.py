@@ -54,9 +54,11 @@ or busy.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
+import time
 import weakref
 from typing import Callable, Optional
 
@@ -105,11 +107,83 @@ class small_work_single_threaded:
                 torch.set_num_threads(_state.saved)
 
 
+# Large calls on a busy machine: the same stalls, multiplied. A chunked op's call is thousands of ops
+# (state-loop steps, slab passes), each a parallel region; while other processes keep the cores busy,
+# every region's barrier waits for a thread the OS has not scheduled. On this project's 2-core machine,
+# both cores busy with another job, 2 threads: chunk_rwkv7 (B=1 T=8192 H=4 K=V=64) forward 6.4-7.0 s
+# against 0.18-0.25 s on one thread, chunk_gated_delta_rule (K=V=128) 1.2-4.7 s against 0.30-0.33 s.
+# So before such a call runs on several threads, one elementwise op large enough to occupy all of
+# them is timed: quiet, it takes tens of microseconds; stalled, milliseconds (8-12 ms there). When it
+# stalls twice in a row, the call halves its threads and probes again, down to one
+# (MYFLA_STALL_PROBE=0 turns the probe off).
+STALL_PROBE = os.environ.get('MYFLA_STALL_PROBE', '1') != '0'
+STALL_SECONDS = 1e-3
+_PROBE_GRAIN = 65536                  # elements per thread of the probe (twice torch's parallel grain)
+_probe_buffer: Optional[torch.Tensor] = None
+_probe_state = threading.local()
+
+
+def _stalls(threads: int) -> bool:
+    """Whether an elementwise op spread over ``threads`` threads takes longer than ``STALL_SECONDS``
+    twice in a row (changes the calling thread's thread count to ``threads``)."""
+    global _probe_buffer
+    n = threads * _PROBE_GRAIN
+    if _probe_buffer is None or _probe_buffer.numel() < n:
+        _probe_buffer = torch.zeros(n)
+    x = _probe_buffer[:n]
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        for _ in range(2):
+            start = time.perf_counter()
+            x.mul_(0.5)
+            if time.perf_counter() - start <= STALL_SECONDS:
+                return False
+    return True
+
+
+class threads_unstalled:
+    """Context manager for a large call on a CPU: keeps the caller's intra-op threads unless a probe
+    shows them stalling (see ``_stalls``), then runs the block on the largest count, halving, whose
+    probe does not stall (at least one), and restores the caller's count afterwards. Nested blocks
+    and other devices leave the threads alone."""
+
+    __slots__ = ('saved',)
+
+    def __init__(self, device: Optional[torch.device] = None):
+        self.saved = 0 if (not STALL_PROBE or (device is not None and device.type != 'cpu')) else -1
+
+    def __enter__(self) -> 'threads_unstalled':
+        if self.saved == 0 or getattr(_probe_state, 'open', False):
+            self.saved = 0
+            return self
+        _probe_state.open = True
+        self.saved = torch.get_num_threads()
+        threads = self.saved
+        while threads > 1 and _stalls(threads):
+            threads //= 2
+        torch.set_num_threads(threads)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.saved:
+            _probe_state.open = False
+            torch.set_num_threads(self.saved)
+
+
 def chunk_work(k: torch.Tensor, v: torch.Tensor) -> int:
     """The work of a chunked op's call: its largest tensor, the keys/values ``[B, T, H, K|V]`` or the
     per-chunk states ``[B, T/64, H, K, V]`` (so a T=300 call at K=V=64 runs on one thread, and a
     T=8192 one at K=V=128 keeps the caller's threads)."""
     return max(k.numel(), v.numel(), k.numel() * v.shape[-1] // 64)
+
+
+@contextlib.contextmanager
+def chunk_call_threads(k: torch.Tensor, v: torch.Tensor):
+    """The thread policy of a chunked op's forward or backward call: one intra-op thread for small
+    work (``small_work_single_threaded`` of ``chunk_work``), otherwise the caller's threads unless
+    they stall (``threads_unstalled``)."""
+    with small_work_single_threaded(chunk_work(k, v), k.device), threads_unstalled(k.device):
+        yield
 
 
 # the largest parameter of a module, computed once (parameter shapes do not change after construction)

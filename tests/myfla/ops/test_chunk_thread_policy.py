@@ -24,6 +24,12 @@ def _run(kda, tensors):
     return [o.detach(), ht.detach()] + [t.grad for t in tensors]
 
 
+@pytest.fixture(autouse=True)
+def no_stall_probe(monkeypatch):
+    """These tests count threads; a busy test machine must not make the stall probe change them."""
+    monkeypatch.setattr(threads, "STALL_PROBE", False)
+
+
 @pytest.mark.parametrize("kda", [True, False], ids=["kda", "gdn"])
 def test_small_calls_run_on_one_thread_and_restore_the_count(kda, monkeypatch):
     module = kda_chunk if kda else gdn_chunk
@@ -131,3 +137,86 @@ def test_rwkv7_paths_run_small_calls_on_one_thread(monkeypatch):
         assert seen == [2, 2]
     finally:
         torch.set_num_threads(before)
+
+
+def _with_threads(n, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("stalling_above,expected", [(2, 2), (0, 1), (8, 8)])
+def test_stalled_threads_are_halved_until_the_probe_passes(monkeypatch, stalling_above, expected):
+    monkeypatch.setattr(threads, "STALL_PROBE", True)
+    probed = []
+
+    def stalls(n):
+        probed.append(n)
+        torch.set_num_threads(n)
+        return n > stalling_above
+    monkeypatch.setattr(threads, "_stalls", stalls)
+
+    def run():
+        with threads.threads_unstalled(torch.device("cpu")):
+            inside = torch.get_num_threads()
+            with threads.threads_unstalled(torch.device("cpu")):            # nested: no second probe
+                nested = torch.get_num_threads()
+        return inside, nested, torch.get_num_threads()
+    assert _with_threads(8, run) == (expected, expected, 8)
+    assert probed == [n for n in (8, 4, 2) if n >= expected]
+
+
+def test_the_stall_probe_leaves_other_devices_and_the_switch_off(monkeypatch):
+    monkeypatch.setattr(threads, "_stalls", lambda n: True)
+    monkeypatch.setattr(threads, "STALL_PROBE", True)
+    with_cuda = _with_threads(4, lambda: _inside(threads.threads_unstalled(torch.device("cuda"))))
+    monkeypatch.setattr(threads, "STALL_PROBE", False)
+    switched_off = _with_threads(4, lambda: _inside(threads.threads_unstalled(torch.device("cpu"))))
+    assert with_cuda == switched_off == 4
+
+
+def _inside(block):
+    with block:
+        return torch.get_num_threads()
+
+
+def test_the_real_probe_times_a_parallel_op_and_restores_nothing_itself():
+    """``_stalls`` runs on the real machine: whatever it answers, it leaves the count it probed."""
+    answer = _with_threads(2, lambda: (threads._stalls(2), torch.get_num_threads()))
+    assert answer[1] == 2 and isinstance(answer[0], bool)
+
+
+@pytest.mark.parametrize("op", ["gdn", "kda", "rwkv7"])
+def test_large_chunk_calls_probe_for_stalls(monkeypatch, op):
+    """Large calls of the chunked ops (forward and backward) run the probe; small ones do not."""
+    monkeypatch.setattr(threads, "STALL_PROBE", True)
+    probed = []
+    monkeypatch.setattr(threads, "_stalls", lambda n: probed.append(n) or False)
+    torch.manual_seed(0)
+    if op == "rwkv7":
+        from myfla.ops.rwkv7 import chunk_rwkv7
+        B, T, H, K = 1, 70, 1, 16
+        r, k, v = (torch.randn(B, T, H, K, requires_grad=True) for _ in range(3))
+        w = (-0.6 * torch.rand(B, T, H, K)).requires_grad_()
+        kk = F.normalize(torch.randn(B, T, H, K), dim=-1)
+        a, b = (-kk).requires_grad_(), (kk * 0.5).requires_grad_()
+
+        def call():
+            o, ht = chunk_rwkv7(r, w, k, v, a, b, scale=1.0, output_final_state=True)
+            (o.sum() + ht.sum()).backward()
+    else:
+        tensors = _inputs(1, 70, 1, 16, 16, op == "kda")
+
+        def call():
+            _run(op == "kda", tensors)
+    _with_threads(2, call)
+    assert probed == []                                                  # small work: one thread, no probe
+    previous = threads.set_small_work(1)
+    try:
+        _with_threads(2, call)
+    finally:
+        threads.set_small_work(previous)
+    assert probed == [2, 2]                                              # forward, backward

@@ -51,7 +51,7 @@ from myfla.ops.generalized_delta_rule.dplr.wy_fast_fwd import unit_lower_inverse
 from myfla.ops.utils.chunk_layout import SLAB_CHUNK_HEADS, slab_chunk_heads
 from myfla.ops.utils.index import check_varlen_inputs
 from myfla.ops.utils.save_budget import budget_bytes, keeps
-from myfla.ops.utils.threads import chunk_work, small_work_single_threaded
+from myfla.ops.utils.threads import chunk_call_threads
 from myfla.ops.utils.validation import reject_head_first, warn_head_first_layout
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
@@ -320,7 +320,7 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
     ):
         chunk_size = CHUNK_SIZE
         # grid_cache: an op pass of the buffer pool (its buffers are reused by the next passes)
-        with flush_denormal(), grid_cache(), small_work_single_threaded(chunk_work(k, v), q.device):
+        with flush_denormal(), grid_cache(), chunk_call_threads(k, v):
             # the forward's intermediates spare the backward its recompute where they fit (SAVE_BYTES)
             o, final_state, ctx.parts = _chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state,
                                                         output_final_state, cu_seqlens, chunk_size,
@@ -355,7 +355,7 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
                 dh0 = (dht_c if dht_c is not None else torch.zeros_like(h0)).reshape(initial_state.shape)
             return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(a),
                     torch.zeros_like(b), torch.zeros_like(gk), None, dh0, None, None)
-        with flush_denormal(), grid_cache(), small_work_single_threaded(chunk_work(k, v), q.device):
+        with flush_denormal(), grid_cache(), chunk_call_threads(k, v):
             parts, ctx.parts = ctx.parts, None
             # gradients written straight into token layout where the grid is a view of it
             views = None
