@@ -110,33 +110,58 @@ class small_work_single_threaded:
 # Large calls on a busy machine: the same stalls, multiplied. A chunked op's call is thousands of ops
 # (state-loop steps, slab passes), each a parallel region; while other processes keep the cores busy,
 # every region's barrier waits for a thread the OS has not scheduled. On this project's 2-core machine,
-# both cores busy with another job, 2 threads: chunk_rwkv7 (B=1 T=8192 H=4 K=V=64) forward 6.4-7.0 s
-# against 0.18-0.25 s on one thread, chunk_gated_delta_rule (K=V=128) 1.2-4.7 s against 0.30-0.33 s.
-# So before such a call runs on several threads, one elementwise op large enough to occupy all of
-# them is timed: quiet, it takes tens of microseconds; stalled, milliseconds (8-12 ms there). When it
-# stalls twice in a row, the call halves its threads and probes again, down to one
-# (MYFLA_STALL_PROBE=0 turns the probe off).
+# both cores busy with another multi-threaded job (a pytest run), 2 threads: chunk_rwkv7 (B=1 T=8192
+# H=4 K=V=64) forward 6.4-7.0 s against 0.18-0.25 s on one thread, chunk_gated_delta_rule (K=V=128)
+# 1.2-4.7 s against 0.30-0.33 s. So when the machine is loaded (its load average at least half its
+# cores), a large call first times one elementwise op spread over all its threads against the same op
+# on one thread: quiet, tens of microseconds both; stalled, milliseconds against tens of microseconds
+# (8-12 ms there). When the spread op takes over 1 ms and 4x the single one, twice, the call halves its
+# threads and probes again, down to one (MYFLA_STALL_PROBE=0 turns the probe off).
 STALL_PROBE = os.environ.get('MYFLA_STALL_PROBE', '1') != '0'
 STALL_SECONDS = 1e-3
+STALL_RATIO = 4.0
 _PROBE_GRAIN = 65536                  # elements per thread of the probe (twice torch's parallel grain)
 _probe_buffer: Optional[torch.Tensor] = None
 _probe_state = threading.local()
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def machine_loaded() -> bool:
+    """Whether the 1-minute load average reaches half the cores this process may use (True where the
+    system does not report one)."""
+    try:
+        return os.getloadavg()[0] >= 0.5 * _usable_cores()
+    except (AttributeError, OSError):
+        return True
+
+
+def _timed_op(x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    x.mul_(0.5)
+    return time.perf_counter() - start
+
+
 def _stalls(threads: int) -> bool:
-    """Whether an elementwise op spread over ``threads`` threads takes longer than ``STALL_SECONDS``
-    twice in a row (changes the calling thread's thread count to ``threads``)."""
+    """Whether an elementwise op spread over ``threads`` threads takes over ``STALL_SECONDS`` and
+    ``STALL_RATIO`` times the same op on one thread, twice in a row (leaves the count at ``threads``)."""
     global _probe_buffer
     n = threads * _PROBE_GRAIN
     if _probe_buffer is None or _probe_buffer.numel() < n:
         _probe_buffer = torch.zeros(n)
     x = _probe_buffer[:n]
-    torch.set_num_threads(threads)
     with torch.no_grad():
         for _ in range(2):
-            start = time.perf_counter()
-            x.mul_(0.5)
-            if time.perf_counter() - start <= STALL_SECONDS:
+            torch.set_num_threads(1)
+            single = _timed_op(x)
+            torch.set_num_threads(threads)
+            spread = _timed_op(x)
+            if spread <= max(STALL_SECONDS, STALL_RATIO * single):
                 return False
     return True
 
@@ -159,7 +184,7 @@ class threads_unstalled:
         _probe_state.open = True
         self.saved = torch.get_num_threads()
         threads = self.saved
-        while threads > 1 and _stalls(threads):
+        while threads > 1 and machine_loaded() and _stalls(threads):
             threads //= 2
         torch.set_num_threads(threads)
         return self

@@ -26,8 +26,10 @@ def _run(kda, tensors):
 
 @pytest.fixture(autouse=True)
 def no_stall_probe(monkeypatch):
-    """These tests count threads; a busy test machine must not make the stall probe change them."""
+    """These tests count threads; a busy test machine must not make the stall probe change them (the
+    probe's own tests switch it on and simulate the machine)."""
     monkeypatch.setattr(threads, "STALL_PROBE", False)
+    monkeypatch.setattr(threads, "machine_loaded", lambda: True)
 
 
 @pytest.mark.parametrize("kda", [True, False], ids=["kda", "gdn"])
@@ -184,9 +186,18 @@ def _inside(block):
 
 
 def test_the_real_probe_times_a_parallel_op_and_restores_nothing_itself():
-    """``_stalls`` runs on the real machine: whatever it answers, it leaves the count it probed."""
+    """``_stalls`` and ``machine_loaded`` run on the real machine: whatever they answer, the probe
+    leaves the count it probed."""
     answer = _with_threads(2, lambda: (threads._stalls(2), torch.get_num_threads()))
     assert answer[1] == 2 and isinstance(answer[0], bool)
+    assert isinstance(threads.machine_loaded(), bool)
+
+
+def test_an_idle_machine_is_not_probed(monkeypatch):
+    monkeypatch.setattr(threads, "STALL_PROBE", True)
+    monkeypatch.setattr(threads, "machine_loaded", lambda: False)
+    monkeypatch.setattr(threads, "_stalls", lambda n: pytest.fail("probed an idle machine"))
+    assert _with_threads(4, lambda: _inside(threads.threads_unstalled(torch.device("cpu")))) == 4
 
 
 @pytest.mark.parametrize("op", ["gdn", "kda", "rwkv7"])
