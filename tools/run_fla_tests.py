@@ -217,20 +217,26 @@ def parse_junit(xml_path: Path, result: FileResult) -> None:
 
 
 def parse_verbose(stdout: str, result: FileResult) -> None:
-    """Outcomes from ``pytest -v`` lines, for a run that ended without its XML report; the test that
-    was running when it ended is the last one printed without an outcome."""
+    """Outcomes from ``pytest -v`` lines, for a run that ended without its XML report. Without xdist
+    a line is ``NODE OUTCOME [ n%]`` and the test that was running when it ended is the last one
+    printed without an outcome; with xdist (``-n``) it is ``[gwN] [ n%] OUTCOME NODE`` and a running
+    test is not printed. The short test summary at the end repeats outcomes and is not read."""
     words = {"PASSED": "passed", "FAILED": "failed", "ERROR": "errors", "SKIPPED": "skipped", "XFAIL": "skipped"}
     for line in stdout.splitlines():
-        if "::" not in line:
+        if "short test summary info" in line:
+            break
+        tokens = line.split()
+        node = next((t for t in tokens if "::" in t), None)
+        if node is None:
             continue
-        node, _, rest = line.partition(" ")
-        outcome = rest.split()[0] if rest.split() else ""
-        if outcome in words:
+        name = node.split("::", 1)[1]
+        outcome = next((t for t in tokens if t in words), None)
+        if outcome is not None:
             setattr(result, words[outcome], getattr(result, words[outcome]) + 1)
             if outcome in ("FAILED", "ERROR"):
-                result.failures.append(f"{node.split('::', 1)[1]}: {outcome}")
-        else:
-            result.failures.append(f"{node.split('::', 1)[1]}: was running when the process ended")
+                result.failures.append(f"{name}: {outcome}")
+        elif not tokens[0].startswith("[gw"):
+            result.failures.append(f"{name}: was running when the process ended")
 
 
 def run_file(tests_root: Path, rel: str, args, env: Dict[str, str]) -> FileResult:
