@@ -89,6 +89,23 @@ def _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_f
         cu_seqlens=cu_seqlens,
         output_dtype=k.dtype
     )
+    w, h, v_new, final_state = _w_and_states(k, v, beta, A, g, initial_state, output_final_state, cu_seqlens)
+    o = chunk_fwd_o(
+        q=q,
+        k=k,
+        v=v_new,
+        h=h,
+        g=g,
+        scale=scale,
+        cu_seqlens=cu_seqlens,
+    )
+    kept = (w, h, v_new) if keep else None
+    return g, o, A, final_state, kept
+
+
+def _w_and_states(k, v, beta, A, g, initial_state, output_final_state, cu_seqlens):
+    """``(w, h, v_new, final_state)``: the WY vectors and the chunk-state recurrence of the forward,
+    which the backward repeats on the same inputs unless it kept them (fla's calls, in fla's order)."""
     w, u = recompute_w_u_fwd(
         k=k,
         v=v,
@@ -106,17 +123,7 @@ def _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_f
         output_final_state=output_final_state,
         cu_seqlens=cu_seqlens,
     )
-    o = chunk_fwd_o(
-        q=q,
-        k=k,
-        v=v_new,
-        h=h,
-        g=g,
-        scale=scale,
-        cu_seqlens=cu_seqlens,
-    )
-    kept = (w, h, v_new) if keep else None
-    return g, o, A, final_state, kept
+    return w, h, v_new, final_state
 
 
 def chunk_gated_delta_rule_bwd(
@@ -151,23 +158,7 @@ def _chunk_gated_delta_rule_bwd(q, k, v, g, beta, A, scale, initial_state, do, d
     if kept is not None:
         w, h, v_new = kept
     else:
-        w, u = recompute_w_u_fwd(
-            k=k,
-            v=v,
-            beta=beta,
-            A=A,
-            g=g,
-            cu_seqlens=cu_seqlens,
-        )
-        h, v_new, _ = chunk_gated_delta_rule_fwd_h(
-            k=k,
-            w=w,
-            u=u,
-            g=g,
-            initial_state=initial_state,
-            output_final_state=False,
-            cu_seqlens=cu_seqlens,
-        )
+        w, h, v_new, _ = _w_and_states(k, v, beta, A, g, initial_state, False, cu_seqlens)
     dv = chunk_bwd_dv_local(
         q=q,
         k=k,

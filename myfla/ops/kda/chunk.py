@@ -95,6 +95,31 @@ def _kept_bytes(q, k, v, cu_seqlens) -> int:
             + (layout.NC + 1) * layout.N * H * K * V * dtype_itemsize(cdt))
 
 
+def _w_and_states(q, k, v, beta, Akk, g, initial_state, output_final_state, cu_seqlens):
+    """``(w, qg, kg, h, v_new, final_state)``: the WY vectors, gated inputs (``qg`` None without ``q``)
+    and the chunk-state recurrence of the forward, which the backward repeats on the same inputs unless
+    it kept them (fla's calls, in fla's order)."""
+    w, u, qg, kg = recompute_w_u_fwd(
+        k=k,
+        v=v,
+        beta=beta,
+        A=Akk,
+        q=q,
+        gk=g,
+        cu_seqlens=cu_seqlens,
+    )
+    h, v_new, final_state = chunk_gated_delta_rule_fwd_h(
+        k=kg,
+        w=w,
+        u=u,
+        gk=g,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens,
+    )
+    return w, qg, kg, h, v_new, final_state
+
+
 def _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, keep):
     """Body of ``_kda_fwd_pass``. Kept intermediates come from the very calls that the backward would
     repeat on the same inputs (``recompute_w_u_fwd`` then with ``q``, whose ``qg`` is computed with
@@ -111,24 +136,8 @@ def _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, c
         cu_seqlens=cu_seqlens,
         output_dtype=torch.promote_types(q.dtype, torch.float32),
     )
-    w, u, qg, kg = recompute_w_u_fwd(
-        k=k,
-        v=v,
-        beta=beta,
-        A=Akk,
-        q=q if keep else None,
-        gk=g,
-        cu_seqlens=cu_seqlens,
-    )
-    h, v_new, final_state = chunk_gated_delta_rule_fwd_h(
-        k=kg,
-        w=w,
-        u=u,
-        gk=g,
-        initial_state=initial_state,
-        output_final_state=output_final_state,
-        cu_seqlens=cu_seqlens,
-    )
+    w, qg, kg, h, v_new, final_state = _w_and_states(q if keep else None, k, v, beta, Akk, g, initial_state,
+                                                     output_final_state, cu_seqlens)
     o = chunk_gla_fwd_o_gk(
         q=q,
         v=v_new,
@@ -178,24 +187,7 @@ def _chunk_kda_bwd(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu
     if kept is not None:
         w, qg, kg, h, v_new = kept
     else:
-        w, u, qg, kg = recompute_w_u_fwd(
-            q=q,
-            k=k,
-            v=v,
-            beta=beta,
-            A=Akk,
-            gk=g,
-            cu_seqlens=cu_seqlens,
-        )
-        h, v_new, _ = chunk_gated_delta_rule_fwd_h(
-            k=kg,
-            w=w,
-            u=u,
-            gk=g,
-            initial_state=initial_state,
-            output_final_state=False,
-            cu_seqlens=cu_seqlens,
-        )
+        w, qg, kg, h, v_new, _ = _w_and_states(q, k, v, beta, Akk, g, initial_state, False, cu_seqlens)
     dv = chunk_bwd_dv_local(
         q=q,
         k=k,
