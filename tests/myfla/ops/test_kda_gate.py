@@ -100,3 +100,20 @@ def test_gate_without_autograd_is_the_function_forward(bias, dtype):
             got = fused_kda_gate(x, A, D, g_bias=g_bias)
         assert got.dtype == expected.dtype and got.shape == expected.shape
         torch.testing.assert_close(got, expected.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("beta,threshold", [(1.0, 20.0), (2.0, 10.0), (0.5, 5.0)])
+def test_gate_softplus_switches_strictly_above_threshold(beta, threshold):
+    """At ``beta * x == threshold`` exactly fla's kernels (``use_linear = g_scaled > threshold``) and
+    torch's softplus still take ``log1p(exp(beta x)) / beta``, which differs from ``x`` by
+    ``exp(-threshold) / beta`` (2e-9 at threshold 20): visible in fp64. Oracle: torch's softplus in
+    fp64 (the same rule as fla's kernel and fla's kda_gate_ref)."""
+    H, D = 2, 4
+    x = threshold / beta
+    g = torch.tensor([x - 1e-3, x, x + 1e-3, x * 0.5], dtype=torch.float64).repeat(H * D // 4 * 2)[: H * D]
+    g = g.view(1, 1, H * D)
+    A = torch.log(torch.tensor([1.5, 3.0], dtype=torch.float64))
+    y = kda_gate_fwd(g, A, D, None, beta, threshold)
+    ref = -A.exp().view(H, 1) * torch.nn.functional.softplus(g.view(1, 1, H, D), beta, threshold)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, ref, rtol=1e-14, atol=1e-14)
