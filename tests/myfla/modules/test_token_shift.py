@@ -94,3 +94,28 @@ def test_functional_pieces_keep_fla_return_structure():
     dx, dcache = token_shift_bwd(torch.ones_like(y), N, T, has_init_cache=True)
     assert dx.shape == x.shape and dcache.shape == (2, 3)
     assert token_shift(x).shape == x.shape                    # no cache: the output alone
+
+
+def _shift_with_cache(x, cache):
+    """Independent fp64 formula: ``y[t] = x[t-1] - x[t]`` with ``x[-1] = cache``; new cache ``x[T-1]``."""
+    prev = torch.cat([cache.unsqueeze(1), x[:, :-1]], 1)
+    return prev - x, x[:, -1]
+
+
+@pytest.mark.parametrize("B,T", [(2, 1), (3, 9)])
+def test_gradients_of_cache_and_new_cache(B, T):
+    """The gradient of the incoming cache is the first token's ``dy``; the new cache's gradient lands
+    on the last token (fp64 autograd of the formula)."""
+    D = 5
+    x, cache = torch.randn(B, T, D, dtype=torch.float64), torch.randn(B, D, dtype=torch.float64)
+    gy, gc = torch.randn(B, T, D, dtype=torch.float64), torch.randn(B, D, dtype=torch.float64)
+    leaves = [x.clone().requires_grad_(), cache.clone().requires_grad_()]
+    y_ref, c_ref = _shift_with_cache(*leaves)
+    dx_ref, dcache_ref = torch.autograd.grad((y_ref * gy).sum() + (c_ref * gc).sum(), leaves)
+
+    xt, ct = x.clone().requires_grad_(), cache.clone().requires_grad_()
+    y, new = token_shift(xt, cache=ct, output_cache=True)
+    torch.testing.assert_close(y, y_ref.detach(), rtol=0, atol=0)
+    dx, dcache = torch.autograd.grad((y * gy).sum() + (new * gc).sum(), [xt, ct])
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(dcache, dcache_ref, rtol=1e-14, atol=1e-14)
