@@ -52,7 +52,20 @@ DEFAULT_MUTANTS = ROOT / "tests" / "mutation" / "mutants.yaml"
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "mutation_audit.json"
 WIDE_TARGET = "tests/myfla"
 PYTEST_ARGS = ["-x", "-q", "-n", "0", "-p", "no:cacheprovider"]
-KEYS = {"id", "file", "snippet", "replacement", "targets", "models", "verdict"}
+KEYS = {"id", "file", "snippet", "replacement", "targets", "models", "verdict", "hide_modules"}
+HIDE_PLUGIN = "mutation_hide_modules"
+# A pytest plugin (loaded with -p before any test module) that makes the listed top-level packages
+# unimportable, so that targets run as in an environment without them (e.g. LegacyFLACache, which
+# only constructs without transformers or with transformers <= 4.53.3, as in the runtime-floor run).
+HIDE_PLUGIN_SOURCE = '''import os, sys
+HIDDEN = set(filter(None, os.environ.get("MUTATION_HIDE_MODULES", "").split(",")))
+class _Hide:
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in HIDDEN:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden by the mutation audit)")
+        return None
+sys.meta_path.insert(0, _Hide())
+'''
 
 
 class MutantsFileError(Exception):
@@ -68,6 +81,7 @@ class Mutant:
     targets: List[str]
     models: str
     verdict: Optional[str] = None      # 'equivalent: why' for survivors no input can tell apart
+    hide_modules: List[str] = field(default_factory=list)   # run the targets as if these were absent
 
     def apply(self, source: str) -> str:
         """The mutated source; the snippet must occur exactly once."""
@@ -118,7 +132,8 @@ def load_mutants(path: Path) -> List[Mutant]:
             raise MutantsFileError(f"{path}: mutant {e['id']}: replacement equals the snippet")
         mutants.append(Mutant(id=str(e["id"]), file=str(e["file"]), snippet=str(e["snippet"]),
                               replacement=str(e["replacement"]), targets=[str(t) for t in targets],
-                              models=str(e["models"]), verdict=e.get("verdict")))
+                              models=str(e["models"]), verdict=e.get("verdict"),
+                              hide_modules=[str(x) for x in e.get("hide_modules", [])]))
     return mutants
 
 
@@ -146,11 +161,20 @@ def first_failure(output: str) -> Optional[str]:
     return None
 
 
-def run_targets(tree: Path, targets: List[str], timeout: float):
-    """``(status, killed_by, seconds, tail)`` of pytest on ``targets`` in ``tree``."""
+def run_targets(tree: Path, targets: List[str], timeout: float, hide_modules: List[str] = ()):
+    """``(status, killed_by, seconds, tail)`` of pytest on ``targets`` in ``tree`` (with
+    ``hide_modules`` made unimportable, see ``HIDE_PLUGIN_SOURCE``)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     env.pop("PYTEST_XDIST_WORKER_COUNT", None)
-    cmd = [sys.executable, "-m", "pytest", *PYTEST_ARGS, *targets]
+    plugin = []
+    if hide_modules:
+        plugin_dir = tree.parent / "plugins"
+        plugin_dir.mkdir(exist_ok=True)
+        (plugin_dir / f"{HIDE_PLUGIN}.py").write_text(HIDE_PLUGIN_SOURCE)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugin_dir), env.get("PYTHONPATH")]))
+        env["MUTATION_HIDE_MODULES"] = ",".join(hide_modules)
+        plugin = ["-p", HIDE_PLUGIN]
+    cmd = [sys.executable, "-m", "pytest", *PYTEST_ARGS, *plugin, *targets]
     start = time.monotonic()
     try:
         proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
@@ -166,11 +190,15 @@ def run_targets(tree: Path, targets: List[str], timeout: float):
     return "error", None, seconds, out[-2000:]          # 3 internal, 4 usage, 5 nothing collected
 
 
-def audit(mutants: List[Mutant], tree: Path, timeout: float, wide: bool, log) -> List[Outcome]:
+def audit(mutants: List[Mutant], tree: Path, timeout: float, wide: bool, log, done=None) -> List[Outcome]:
+    """Run every mutant; ``done(outcomes)`` after each (the report is written as the audit goes, so
+    an interrupted audit keeps what it measured)."""
     outcomes = []
     for n, m in enumerate(mutants, 1):
         path = tree / m.file
         o = Outcome(id=m.id, file=m.file, models=m.models, targets=m.targets, status="error", verdict=m.verdict)
+        if m.hide_modules:
+            o.notes["hidden_modules"] = ",".join(m.hide_modules)
         try:
             original = path.read_text()
             mutated = m.apply(original)
@@ -181,17 +209,19 @@ def audit(mutants: List[Mutant], tree: Path, timeout: float, wide: bool, log) ->
             continue
         try:
             path.write_text(mutated)
-            o.status, o.killed_by, o.seconds, tail = run_targets(tree, m.targets, timeout)
+            o.status, o.killed_by, o.seconds, tail = run_targets(tree, m.targets, timeout, m.hide_modules)
             if o.status == "error":
                 o.detail = tail
             if o.status == "survived" and wide:
-                o.wide, o.wide_killed_by, secs, tail = run_targets(tree, [WIDE_TARGET], timeout * 4)
+                o.wide, o.wide_killed_by, secs, tail = run_targets(tree, [WIDE_TARGET], timeout * 4, m.hide_modules)
                 o.seconds += secs
         finally:
             path.write_text(original)
         extra = f" (wide: {o.wide} {o.wide_killed_by or ''})" if o.wide else ""
         log(f"[{n}/{len(mutants)}] {m.id}: {o.status} {o.killed_by or ''} {o.seconds:.0f}s{extra}")
         outcomes.append(o)
+        if done is not None:
+            done(outcomes)
     return outcomes
 
 
@@ -244,6 +274,31 @@ def merge(previous: Path, outcomes: List[Outcome], order: List[str]) -> List[Out
     return [merged[i] for i in order if i in merged]
 
 
+def write_report(args, argv, order: List[str], outcomes: List[Outcome], elapsed: float) -> None:
+    """Write the JSON and Markdown reports (with ``--only``, merged into the existing JSON by id)."""
+    previous = {}
+    if args.only and args.json.is_file():
+        previous = json.loads(args.json.read_text())
+    all_outcomes = merge(args.json, outcomes, order) if args.only else outcomes
+    md_path = args.markdown or args.json.with_suffix(".md")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    runs = previous.get("runs", [])
+    if "command" in previous:                                   # a report of the first format
+        runs = [{"command": previous["command"], "seconds": previous.get("seconds_this_run")}]
+    run = {"command": "python tools/mutation_audit.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "started": args.started, "mutants": len(outcomes), "seconds": round(elapsed, 1)}
+    runs = [r for r in runs if r.get("started") != args.started]     # this run's earlier, partial entry
+    report = {
+        "pytest_args": PYTEST_ARGS,
+        "threads": 1,
+        "runs": runs + [run] if args.only else [run],
+        "totals": totals(all_outcomes),
+        "mutants": [asdict(o) for o in all_outcomes],
+    }
+    args.json.write_text(json.dumps(report, indent=1) + "\n")
+    md_path.write_text(markdown(all_outcomes))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mutants", type=Path, default=DEFAULT_MUTANTS)
@@ -256,6 +311,7 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", type=Path, help="default: --json with .md")
     ap.add_argument("--keep", action="store_true", help="keep the scratch copy (its path is printed)")
     args = ap.parse_args(argv)
+    args.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     try:
         mutants = load_mutants(args.mutants)
@@ -289,26 +345,16 @@ def main(argv=None) -> int:
                 log(tail)
             return 0 if status == "survived" else 1
         start = time.monotonic()
-        outcomes = audit(mutants, tree, args.timeout, args.wide, log)
+        outcomes = audit(mutants, tree, args.timeout, args.wide, log,
+                         done=lambda outs: write_report(args, argv, order, outs, time.monotonic() - start))
         elapsed = time.monotonic() - start
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    all_outcomes = merge(args.json, outcomes, order) if args.only else outcomes
-    md_path = args.markdown or args.json.with_suffix(".md")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "command": "python tools/mutation_audit.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "pytest_args": PYTEST_ARGS,
-        "threads": 1,
-        "seconds_this_run": round(elapsed, 1),
-        "totals": totals(all_outcomes),
-        "mutants": [asdict(o) for o in all_outcomes],
-    }
-    args.json.write_text(json.dumps(report, indent=1) + "\n")
-    md_path.write_text(markdown(all_outcomes))
-    log(f"{len(outcomes)} mutants in {elapsed:.0f}s: {totals(outcomes)}; wrote {args.json} and {md_path}")
+    write_report(args, argv, order, outcomes, elapsed)
+    log(f"{len(outcomes)} mutants in {elapsed:.0f}s: {totals(outcomes)}; wrote {args.json} and "
+        f"{args.markdown or args.json.with_suffix('.md')}")
     return 0 if all(accepted(o) for o in outcomes) else 1
 
 

@@ -272,3 +272,35 @@ def test_short_training_input_trips_the_040_assert(kind):
     m = _make(kind, {}).train()
     with pytest.raises(AssertionError, match="Only chunk mode is supported in training."):
         m(torch.randn(1, 64, C))
+
+
+@pytest.mark.parametrize("T", [5, 70])    # fused_recurrent and chunk paths
+def test_gdn_bf16_layer_passes_fp32_log_decays(monkeypatch, T):
+    """fla 0.4.0 (layers/gated_deltanet.py) computes the log decay in fp32 whatever the layer's dtype:
+    ``-A_log.float().exp() * softplus(a_proj(x).float() + dt_bias)``; a bf16 decay would round every
+    step's log decay to 8 mantissa bits. Oracle: that formula in fp64 on the bf16 layer's own
+    parameters and ``a_proj`` output."""
+    import myfla.layers.gated_deltanet as gdn_module
+
+    m = _make("gdn", {}).to(torch.bfloat16)
+    with torch.no_grad():
+        m.dt_bias.copy_(torch.randn_like(m.dt_bias))
+    seen = {}
+
+    def capture(real):
+        def op(*args, **kwargs):
+            seen["g"] = kwargs["g"]
+            return real(*args, **kwargs)
+        return op
+
+    monkeypatch.setattr(gdn_module, "chunk_gated_delta_rule", capture(gdn_module.chunk_gated_delta_rule))
+    monkeypatch.setattr(gdn_module, "fused_recurrent_gated_delta_rule",
+                        capture(gdn_module.fused_recurrent_gated_delta_rule))
+    x = torch.randn(2, T, C, dtype=torch.bfloat16)
+    with torch.no_grad():
+        m(x)
+        a = m.a_proj(x).double()
+        ref = -m.A_log.double().exp() * F.softplus(a + m.dt_bias.double())
+    g = seen["g"]
+    assert g.dtype == torch.float32
+    assert_rms("g", ref, g, 1e-6, atol=0)

@@ -104,3 +104,29 @@ def test_legacy_cache_semantics():
         c[2]
     d = LegacyFLACache.from_legacy_cache(list(c.to_legacy_cache()), seen_tokens=6)
     assert len(d) == 2 and d[1] is c[1]
+
+
+@pytest.mark.skipif(cache_utils.transformers is not None and cache_utils._USE_FLA_CACHE,
+                    reason="as in fla, LegacyFLACache only constructs on transformers <= 4.53.3 (or without it)")
+def test_legacy_cache_sliding_window():
+    """fla 0.4.0's LegacyFLACache keeps the newest ``window_size`` key/value tokens: a prefill longer
+    than the window keeps its last tokens, appends fill the window, and a full window shifts left
+    with the new tokens written at its end."""
+    w = 4
+    k = torch.randn(1, 3, 2)
+    c = LegacyFLACache()
+    c.update(attn_state=(k, -k), layer_idx=0, offset=3, cache_kwargs={"window_size": w})
+    k2 = torch.randn(1, 1, 2)
+    st = c.update(attn_state=(k2, -k2), layer_idx=0, offset=1, cache_kwargs={"window_size": w})
+    torch.testing.assert_close(st["attn_state"][0], torch.cat([k, k2], 1))                 # now full
+    k3 = torch.randn(1, 2, 2)
+    st = c.update(attn_state=(k3, -k3), layer_idx=0, offset=2, cache_kwargs={"window_size": w})
+    expected = torch.cat([k, k2, k3], 1)[:, -w:]
+    torch.testing.assert_close(st["attn_state"][0], expected)
+    torch.testing.assert_close(st["attn_state"][1], -expected)
+    assert c.get_seq_length() == 6
+
+    long = torch.randn(1, 7, 2)
+    d = LegacyFLACache()
+    st = d.update(attn_state=(long, long), layer_idx=0, offset=7, cache_kwargs={"window_size": w})
+    torch.testing.assert_close(st["attn_state"][0], long[:, -w:])
