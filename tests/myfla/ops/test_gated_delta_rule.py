@@ -163,6 +163,22 @@ def test_fused_recurrent_matches_naive(gdn_ref, B, T, H, HV, K, V, use_h0, use_l
     assert_rms("ht", ht_ref, ht, 1e-5)
 
 
+@pytest.mark.parametrize("T", [1, 5])            # the decoding step and the multi-token loop
+def test_fused_recurrent_l2norm_eps_on_small_queries(gdn_ref, T):
+    """The in-kernel L2 norm is ``x / sqrt(|x|^2 + 1e-6)`` (fla's l2norm) for q as for k, also where
+    the port folds the output scale into q's normalisation: rows of squared norm about 1e-6 make the
+    eps decide the result. Oracle: fla's naive recurrence on ``l2(q)``, ``l2(k)`` in fp64."""
+    B, H, K, V = 2, 2, 64, 16
+    q, k, v, g, beta, h0 = make_inputs(B, T, H, K, V, normalize_k=False)
+    q = q * (1e-3 / q.norm(dim=-1, keepdim=True)) * torch.rand(B, T, H, 1, dtype=D).add(0.5)
+    o_ref, ht_ref = gdn_ref(l2(q), l2(k), v, beta, g, initial_state=h0, output_final_state=True)
+    f = (lambda x: x.float())
+    o, ht = fused_recurrent_gated_delta_rule(f(q), f(k), f(v), g=f(g), beta=f(beta), initial_state=f(h0),
+                                             output_final_state=True, use_qk_l2norm_in_kernel=True)
+    assert_rms("o", o_ref, o, 1e-5)
+    assert_rms("ht", ht_ref, ht, 1e-5)
+
+
 def test_fused_recurrent_gk_matches_kda_oracle(kda_ref):
     B, T, H, K, V = 2, 70, 2, 60, 40
     q, k, v, _, beta, h0 = make_inputs(B, T, H, K, V)
