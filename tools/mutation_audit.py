@@ -310,6 +310,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     ap.add_argument("--markdown", type=Path, help="default: --json with .md")
     ap.add_argument("--keep", action="store_true", help="keep the scratch copy (its path is printed)")
+    ap.add_argument("--refresh", action="store_true",
+                    help="run nothing: rewrite --json/--markdown with the list's current verdicts")
     args = ap.parse_args(argv)
     args.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -326,6 +328,19 @@ def main(argv=None) -> int:
             print(f"mutation_audit: unknown mutant ids {unknown} (see --list)", file=sys.stderr)
             return 2
         mutants = [m for m in mutants if m.id in wanted]
+    if args.refresh:
+        if not args.json.is_file():
+            print(f"mutation_audit: {args.json} does not exist (run the audit first)", file=sys.stderr)
+            return 2
+        report = json.loads(args.json.read_text())
+        verdicts = {m.id: m.verdict for m in mutants}
+        kept = [Outcome(**dict(d, verdict=verdicts[d["id"]])) for d in report["mutants"] if d["id"] in verdicts]
+        kept.sort(key=lambda o: order.index(o.id))
+        report["mutants"], report["totals"] = [asdict(o) for o in kept], totals(kept)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        (args.markdown or args.json.with_suffix(".md")).write_text(markdown(kept))
+        print(f"refreshed {args.json}: {report['totals']}")
+        return 0 if all(accepted(o) for o in kept) else 1
     if args.list:
         for m in mutants:
             print(f"{m.id:40s} {m.file}: {m.models}")

@@ -119,12 +119,15 @@ def test_legacy_cache_sliding_window():
     k2 = torch.randn(1, 1, 2)
     st = c.update(attn_state=(k2, -k2), layer_idx=0, offset=1, cache_kwargs={"window_size": w})
     torch.testing.assert_close(st["attn_state"][0], torch.cat([k, k2], 1))                 # now full
-    k3 = torch.randn(1, 2, 2)
-    st = c.update(attn_state=(k3, -k3), layer_idx=0, offset=2, cache_kwargs={"window_size": w})
-    expected = torch.cat([k, k2, k3], 1)[:, -w:]
-    torch.testing.assert_close(st["attn_state"][0], expected)
-    torch.testing.assert_close(st["attn_state"][1], -expected)
-    assert c.get_seq_length() == 6
+    seen = [k, k2]
+    for n in (1, 2, 3):                     # shifts by 1 and 3 tell the two roll directions apart
+        kn = torch.randn(1, n, 2)
+        seen.append(kn)
+        st = c.update(attn_state=(kn, -kn), layer_idx=0, offset=n, cache_kwargs={"window_size": w})
+        expected = torch.cat(seen, 1)[:, -w:]
+        torch.testing.assert_close(st["attn_state"][0], expected)
+        torch.testing.assert_close(st["attn_state"][1], -expected)
+    assert c.get_seq_length() == 3 + 1 + 1 + 2 + 3
 
     long = torch.randn(1, 7, 2)
     d = LegacyFLACache()
