@@ -279,6 +279,10 @@ def write_report(args, argv, order: List[str], outcomes: List[Outcome], elapsed:
     previous = {}
     if args.only and args.json.is_file():
         previous = json.loads(args.json.read_text())
+    try:                        # the list as it is now: another audit may have run on a longer one
+        order = [m.id for m in load_mutants(args.mutants)]
+    except MutantsFileError:
+        pass
     all_outcomes = merge(args.json, outcomes, order) if args.only else outcomes
     md_path = args.markdown or args.json.with_suffix(".md")
     args.json.parent.mkdir(parents=True, exist_ok=True)
