@@ -240,6 +240,8 @@ def markdown(outcomes: List[Outcome]) -> str:
     for o in outcomes:
         result = o.status + (f", wide: {o.wide}" if o.wide else "")
         by = o.killed_by or o.wide_killed_by or o.verdict or o.detail or ""
+        if o.verdict and by != o.verdict:           # e.g. a hole this audit found and a new test kills
+            by = f"{by} ({o.verdict})"
         rows.append(f"| `{o.id}` | `{o.file}` | {cell(o.models)} | {result} | {cell(by)} |")
     counts = totals(outcomes)
     rows.append("")
