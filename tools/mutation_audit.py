@@ -20,12 +20,15 @@ no ``__pycache__`` copied): a restored file with the mutant's size and mtime sec
 served from a stale ``.pyc``.
 
     python tools/mutation_audit.py                               # all mutants, their targets
-    python tools/mutation_audit.py --only kda-gate-sign,cumsum-reverse --wide
+    python tools/mutation_audit.py --only kda-bwd-dh0-none,cumsum-reverse-exclusive --wide
     python tools/mutation_audit.py --baseline                    # the targets pass unmutated?
     python tools/mutation_audit.py --list                        # ids and what bug each models
+    python tools/mutation_audit.py --refresh                     # re-render with the list's verdicts
 
-Writes ``benchmarks/results/mutation_audit.json`` and ``.md`` (``--json`` / ``--markdown``); with
-``--only`` the new outcomes are merged into an existing JSON by mutant id. Exit status: 0 when every
+A mutant with ``hide_modules: [pkg]`` runs its targets with ``pkg`` unimportable (see
+``HIDE_PLUGIN_SOURCE``). Writes ``benchmarks/results/mutation_audit.json`` and ``.md`` (``--json`` /
+``--markdown``) after every mutant; with ``--only`` the new outcomes are merged into the existing
+JSON by mutant id. Exit status: 0 when every
 run mutant was killed or carries an ``equivalent`` verdict in the list, 1 when one survived without
 such a verdict (or timed out or errored), 2 on a bad mutants file or arguments.
 """
