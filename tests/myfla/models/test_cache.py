@@ -88,6 +88,24 @@ def test_attn_state_append_and_window():
     assert layer.get_max_length() == -1 and layer.get_max_cache_shape() == -1
 
 
+def test_attn_state_full_window_keeps_the_newest_tokens():
+    """Once the window is full every update keeps the newest ``window_size`` tokens: shifts of 1 and 3
+    in a window of 4 (a shift of 2 reads the same either way round) and an update longer than the
+    window (only its newest tokens stay)."""
+    w = 4
+    layer = FLALayer()
+    seen = [torch.randn(1, w, 2)]
+    layer.update(attn_state=(seen[0], -seen[0]), cache_kwargs={"window_size": w})
+    for n in (1, 3, 6):
+        kn = torch.randn(1, n, 2)
+        seen.append(kn)
+        st = layer.update(attn_state=(kn, -kn), cache_kwargs={"window_size": w})
+        expected = torch.cat(seen, 1)[:, -w:]
+        torch.testing.assert_close(st["attn_state"][0], expected)
+        torch.testing.assert_close(st["attn_state"][1], -expected)
+    assert layer.get_seq_length() == w + 1 + 3 + 6
+
+
 @pytest.mark.skipif(cache_utils.transformers is not None and cache_utils._USE_FLA_CACHE,
                     reason="as in fla, LegacyFLACache only constructs on transformers <= 4.53.3 (or without it)")
 def test_legacy_cache_semantics():
