@@ -17,6 +17,8 @@ installed; its autotuning trimmed to two configs per kernel as /work/shared/GPU.
 unless ``--skip-refs``, fla's naive ``dplr_chunkwise`` reference on the GPU; and counts, for one
 forward+backward after warm-up, the host's kernel and graph launches and the GPU's busy time (torch
 profiler), at every ``--T`` (comma-separated, to show whether launches grow with the length).
+``--decode`` adds one-token steps of ``fused_mul_recurrent_rwkv7`` (B=1 and 8, 16 heads of 64), myfla
+(graphs on and off) against fla's Triton kernel.
 
 The backward reads the forward's intermediates by default (``ForwardParts``, kept up to
 ``MYFLA_DPLR_SAVE_MB``); ``--recompute`` times fla's recompute instead (``SAVE_BYTES = 0``).
@@ -192,16 +194,67 @@ def cuda_main(args):
                     rows.append((dtype_name, T, K, name, fwd, fwd_bwd, counts["host_launches"],
                                  f"GPU busy {counts['gpu_busy_ms']:.2f} ms"))
                     args.out.write_text(json.dumps(record, indent=2) + "\n")
+    decode_rows = cuda_decode(args, record, timed, count_cuda, loop_graph) if args.decode else []
     lines = [f"B={args.B} H={args.H} V=K, {record['device'].get('gpu', 'cuda')}, medians of {args.repeats}",
              "", "| dtype | T | K | implementation | forward | fwd+bwd | launches (fwd+bwd) | note |",
              "|---|---:|---:|---|---:|---:|---:|---|"]
     for dt, T, K, name, a, b, n, note in rows:
         ms = (lambda x: "-" if x is None else f"{x * 1e3:.2f} ms")
         lines.append(f"| {dt} | {T} | {K} | {name} | {ms(a)} | {ms(b)} | {'-' if n is None else n} | {note} |")
+    if decode_rows:
+        lines += ["", "One-token decode step (``fused_mul_recurrent_rwkv7``, the layer's decoding op; state in, "
+                  "final state out; medians of 50 calls):", "",
+                  "| dtype | B | H | K | implementation | step | launches | note |", "|---|---:|---:|---:|---|---:|---:|---|"]
+        for dt, B, H, K, name, t, n, note in decode_rows:
+            lines.append(f"| {dt} | {B} | {H} | {K} | {name} | {'-' if t is None else f'{t * 1e3:.3f} ms'} | "
+                         f"{'-' if n is None else n} | {note} |")
     print("\n".join(lines))
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+def cuda_decode(args, record, timed, count_cuda, loop_graph):
+    """One-token steps of ``fused_mul_recurrent_rwkv7`` (what RWKV7Attention calls when decoding) on
+    the GPU: myfla (its step replayed as a CUDA graph), myfla with the graphs off, fla's Triton kernel."""
+    from myfla.ops.rwkv7 import fused_mul_recurrent_rwkv7 as ours_step
+    impls = {"myfla": ours_step, "myfla-eager": ours_step}
+    try:
+        from fla.ops.rwkv7 import fused_mul_recurrent_rwkv7 as fla_step
+        impls["fla"] = fla_step
+    except Exception as err:                                    # noqa: BLE001
+        print(f"fla's fused_mul_recurrent_rwkv7 not importable ({type(err).__name__}: {err})")
+    dev = torch.device("cuda")
+    rows, record["decode"] = [], []
+    for dtype_name in args.dtypes.split(","):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+        for B in (1, 8):
+            H, K = 16, 64
+            gen = torch.Generator().manual_seed(0)
+            r, w, k, v = (torch.randn(B, 1, H, K, generator=gen) for _ in range(4))
+            w = -0.6065306597126334 * w.sigmoid()
+            kk = F.normalize(torch.randn(B, 1, H, K, generator=gen), dim=-1)
+            a = torch.rand(B, 1, H, K, generator=gen)
+            xs = [x.to(dev, dtype) for x in (r, w, k, v, kk, a)]
+            h0 = torch.randn(B, H, K, K, generator=gen).to(dev)
+            for name, fn in impls.items():
+                loop_graph.ENABLED = name != "myfla-eager"
+                try:
+                    def step():
+                        with torch.no_grad():
+                            return fn(*xs, scale=1.0, initial_state=h0, output_final_state=True)
+                    t = timed(step, 50)
+                    counts = count_cuda(step)
+                except Exception as err:                        # noqa: BLE001
+                    rows.append((dtype_name, B, H, K, name, None, None, f"failed: {type(err).__name__}: {err}"))
+                    continue
+                finally:
+                    loop_graph.ENABLED = True
+                record["decode"].append({"dtype": dtype_name, "B": B, "H": H, "K": K, "impl": name, "step_s": t,
+                                         **counts})
+                rows.append((dtype_name, B, H, K, name, t, counts["host_launches"],
+                             f"GPU busy {counts['gpu_busy_ms']:.3f} ms"))
+    return rows
 
 
 def main():
@@ -212,6 +265,7 @@ def main():
     parser.add_argument("--dtypes", type=str, default="fp32", help="CUDA: fp32,bf16")
     parser.add_argument("--fla-path", type=str, default="", help="CUDA: where fla 0.4.0 is installed")
     parser.add_argument("--ref-max-T", type=int, default=8192, help="CUDA: longest T the naive reference runs at")
+    parser.add_argument("--decode", action="store_true", help="CUDA: also time one-token decode steps")
     parser.add_argument("--H", type=int, default=4)
     parser.add_argument("--K", type=str, default="64,128", help="head sizes (V = K), comma-separated")
     parser.add_argument("--repeats", type=int, default=5)

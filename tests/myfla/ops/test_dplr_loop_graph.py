@@ -58,6 +58,21 @@ def test_backward_loop_body_fills_its_outputs_from_its_inputs():
     assert torch.equal(outs['dstates'], dstates) and torch.equal(outs['dv2'], dv2)
 
 
+
+def test_one_token_step_body_equals_the_recurrence():
+    """``step_replayed`` on CPU tensors (where ``run_loop`` runs its body once on fresh outputs) gives
+    the token loop's result bit for bit, for the DPLR op and for RWKV-7's (vectors formed in the body)."""
+    from myfla.ops.generalized_delta_rule.dplr.fused_recurrent import _given_vectors, _recurrence, step_replayed
+    from myfla.ops.rwkv7.fused_recurrent import _dplr_vectors
+    q, k, v, a, b, gk, h0 = make_inputs(3, 1, 2, 32, 48, rwkv=True)
+    o_ref, h_ref = _recurrence(q, k, v, a, b, gk, 0.5, h0, True, False, None)
+    o, h = step_replayed('dplr', _given_vectors, q, k, v, {'a': a, 'b': b}, gk, 0.5, h0, True)
+    assert torch.equal(o, o_ref) and torch.equal(h, h_ref)
+    kk, a_rwkv = -a, torch.rand(a.shape)
+    o_ref, h_ref = _recurrence(q, k, v, -kk, kk * a_rwkv, gk, 0.5, h0, True, False, None)
+    o, h = step_replayed('rwkv7', _dplr_vectors, q, k, v, {'kk': kk, 'a': a_rwkv}, gk, 0.5, h0, False)
+    assert torch.equal(o, o_ref) and h is None
+
 def _fwd_bwd_cuda(xs, do, dht):
     from myfla.ops.generalized_delta_rule import chunk_dplr_delta_rule
     dev = torch.device('cuda')
@@ -110,3 +125,49 @@ def test_cuda_launches_do_not_grow_with_length():
         launches[T] = sum(1 for e in prof.events() if e.name in (
             "cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx", "cudaGraphLaunch"))
     assert launches[512] == launches[2048], launches
+
+
+
+def _decode_steps(op, xs, steps):
+    """``steps`` one-token calls on the GPU, the state carried: ``fused_recurrent_dplr_delta_rule`` on
+    ``(q, k, v, a, b, gk, h0)``, or RWKV-7's decoding op ``fused_mul_recurrent_rwkv7`` on ``(r, w, k, v,
+    kk, a, h0)``."""
+    from myfla.ops.generalized_delta_rule import fused_recurrent_dplr_delta_rule
+    from myfla.ops.rwkv7 import fused_mul_recurrent_rwkv7
+    dev = torch.device('cuda')
+    *xs, h = [x.to(dev) for x in xs]
+    fn = fused_recurrent_dplr_delta_rule if op == 'dplr' else fused_mul_recurrent_rwkv7
+    outs = []
+    for t in range(steps):
+        o, h = fn(*(x[:, t:t + 1] for x in xs), scale=1.0, initial_state=h, output_final_state=True)
+        outs.append(o)
+    return torch.cat(outs, 1).cpu(), h.cpu()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("op", ["dplr", "rwkv7"])
+def test_cuda_decode_steps_replay_and_match_fla_naive(ref, op):
+    """One-token steps (decoding) replay as a CUDA graph from the second on: the outputs and the carried
+    state equal the eager steps bit for bit and fla's naive recurrence over the same tokens in fp64
+    (RWKV-7's op forms its DPLR vectors ``-kk``, ``kk * a`` inside the recorded step)."""
+    q, k, v, a, b, gk, h0 = make_inputs(3, 6, 2, 32, 48, rwkv=True)
+    if op == 'dplr':
+        xs = (q, k, v, a, b, gk, h0)
+    else:
+        kk, a_rwkv = -a, torch.rand(a.shape, generator=torch.Generator().manual_seed(1))
+        xs = (q, gk, k, v, kk, a_rwkv, h0)
+        a, b = -kk, kk * a_rwkv
+    loop_graph.release()
+    loop_graph.ENABLED = False
+    try:
+        o_eager, h_eager = _decode_steps(op, xs, 6)
+    finally:
+        loop_graph.ENABLED = True
+    before = dict(loop_graph.stats)
+    o, h = _decode_steps(op, xs, 6)
+    assert loop_graph.stats['recorded'] - before['recorded'] == 1
+    assert loop_graph.stats['replayed'] - before['replayed'] == 4
+    assert torch.equal(o, o_eager) and torch.equal(h, h_eager)
+    o_ref, S_ref, _ = oracle(ref, (q, k, v, a, b, gk, h0), 1.0)
+    assert_rms("o", o_ref, o, O_TOL)
+    assert_rms("ht", S_ref, h, O_TOL)
