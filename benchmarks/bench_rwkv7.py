@@ -15,8 +15,9 @@ tensors (its state loops replayed as CUDA graphs), the same with the graphs off 
 loops launch per chunk), fla's Triton ``chunk_rwkv7`` (``--fla-path`` names where fla 0.4.0 is
 installed; its autotuning trimmed to two configs per kernel as /work/shared/GPU.md advises) and,
 unless ``--skip-refs``, fla's naive ``dplr_chunkwise`` reference on the GPU; and counts, for one
-forward+backward after warm-up, the host's kernel and graph launches and the GPU's busy time (torch
-profiler), at every ``--T`` (comma-separated, to show whether launches grow with the length).
+forward+backward after warm-up, the host's kernel and graph launches, the GPU's busy time (torch
+profiler) and the memory it allocates beyond its inputs at its peak, at every ``--T`` (comma-separated,
+to show whether launches grow with the length).
 ``--decode`` adds one-token steps of ``fused_mul_recurrent_rwkv7`` (B=1 and 8, 16 heads of 64), myfla
 (graphs on and off) against fla's Triton kernel.
 
@@ -183,6 +184,11 @@ def cuda_main(args):
                         fwd = timed(lambda: run_fwd(fn, x0), args.repeats)
                         fwd_bwd = timed(lambda: run_fwd_bwd(fn, xs), args.repeats)
                         counts = count_cuda(lambda: run_fwd_bwd(fn, xs))
+                        torch.cuda.reset_peak_memory_stats()
+                        base_mem = torch.cuda.memory_allocated()
+                        run_fwd_bwd(fn, xs)
+                        torch.cuda.synchronize()
+                        counts["peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base_mem) / 2 ** 20
                     except Exception as err:                    # noqa: BLE001
                         rows.append((dtype_name, T, K, name, None, None, None, f"failed: {type(err).__name__}: {err}"))
                         continue
@@ -192,7 +198,7 @@ def cuda_main(args):
                             "fwd_s": fwd, "fwd_bwd_s": fwd_bwd, **counts}
                     record["cells"].append(cell)
                     rows.append((dtype_name, T, K, name, fwd, fwd_bwd, counts["host_launches"],
-                                 f"GPU busy {counts['gpu_busy_ms']:.2f} ms"))
+                                 f"GPU busy {counts['gpu_busy_ms']:.2f} ms, peak +{counts['peak_extra_mib']:.0f} MiB"))
                     args.out.write_text(json.dumps(record, indent=2) + "\n")
     decode_rows = cuda_decode(args, record, timed, count_cuda, loop_graph) if args.decode else []
     lines = [f"B={args.B} H={args.H} V=K, {record['device'].get('gpu', 'cuda')}, medians of {args.repeats}",
