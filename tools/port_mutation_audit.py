@@ -3,6 +3,7 @@
     python -m tools.port_mutation_audit                   # every mutant of tests/portaudit/port_mutants.yaml
     python -m tools.port_mutation_audit --only kda-stub-pass --only gdn-default-chunk-size
     python -m tools.port_mutation_audit --list            # ids, manifests, expected codes
+    python -m tools.port_mutation_audit --other-layers    # also run the tests that catch the static misses
 
 Each mutant names a port file, a snippet that occurs exactly once in it and its replacement (or a
 ``move_to`` path: the module moved), the manifest it concerns and the finding codes a faithful
@@ -16,6 +17,11 @@ Mutants with ``port: <name>`` plant a change in a real port nobody here wrote (a
 ``tools/realports.py`` unpacks under /tmp/realports); those are skipped when the wheel is absent.
 The ratchet for such a port is a baseline the tool records from the unmutated copy, so the gate
 fails exactly on what the mutant added.
+
+A mutant static checks cannot see names ``other_layer`` (what catches it) and, where a test does,
+``other_test`` (pytest node ids). With ``--other-layers`` those tests run on the mutated copy
+(``tests/`` copied beside it, ``python -m pytest -q -n 0``) and the report says whether they fail,
+as they must.
 
 Writes ``benchmarks/results/port_mutation_audit.json`` and ``.md`` (``--out`` changes the stem).
 Exit 0 when every mutant behaved as the list expects (caught with the expected codes, or missed
@@ -49,7 +55,7 @@ REAL = {"vllm-0.33.0": ("vllm-0.33.0", "examples/manifests/vllm-0.33.0.yaml"),
         "vllm-0.10.2": ("vllm-0.10.2", "examples/manifests/vllm-0.10.2.yaml"),
         "sglang-0.5.23": ("sglang-0.5.23", "examples/manifests/sglang-0.5.23.yaml")}
 KEYS = {"id", "models", "manifest", "port", "file", "snippet", "replacement", "move_to", "expect",
-        "other_layer"}
+        "other_layer", "other_test"}
 
 
 @dataclass
@@ -64,6 +70,7 @@ class Mutant:
     port: Optional[str] = None            # a real port (REAL) instead of myfla
     expect: list = field(default_factory=list)
     other_layer: Optional[str] = None     # a mutant static checks cannot see: what catches it
+    other_test: list = field(default_factory=list)   # pytest node ids that fail under the mutant
 
     @property
     def target(self) -> str:
@@ -87,6 +94,8 @@ def load_mutants(path: Path = MUTANTS) -> list[Mutant]:
             raise SystemExit(f"{path}: mutant {m.id}: give snippet + replacement, or move_to")
         if not m.expect and not m.other_layer:
             raise SystemExit(f"{path}: mutant {m.id}: a mutant that no code catches must name other_layer")
+        if m.other_test and (m.port is not None or m.expect):
+            raise SystemExit(f"{path}: mutant {m.id}: other_test is for myfla mutants that static checks miss")
         out.append(m)
     return out
 
@@ -106,7 +115,7 @@ def snippet_count(m: Mutant, root: Optional[Path] = None) -> int:
 class Scratch:
     """The port and its manifests copied once; mutants are applied to the copy and undone."""
 
-    def __init__(self, where: Path, targets: set[str]):
+    def __init__(self, where: Path, targets: set[str], with_tests: bool = False):
         self.where = where
         self.roots: dict[str, Path] = {}
         self.manifests: dict[str, Path] = {}
@@ -115,6 +124,9 @@ class Scratch:
             shutil.copytree(ROOT / "myfla", repo / "myfla", ignore=shutil.ignore_patterns("__pycache__"))
             shutil.copytree(ROOT / "manifests", repo / "manifests")
             self.roots["myfla"] = repo
+            if with_tests:   # the port's own tests, run on the mutated copy (--other-layers)
+                shutil.copytree(ROOT / "tests", repo / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copy2(ROOT / "pyproject.toml", repo / "pyproject.toml")
             for name in BUNDLED:
                 self.manifests[name] = repo / "manifests" / f"{name}.yaml"
         real = [t for t in targets if t != "myfla"]
@@ -176,7 +188,19 @@ def open_findings(report: Optional[dict]) -> dict[str, dict]:
     return {f["key"]: f for man in report["manifests"] for f in man["findings"] if f["status"] == "open"}
 
 
-def run_mutant(scratch: Scratch, m: Mutant, before: dict[str, dict], work: Path) -> dict:
+def run_tests(scratch: Scratch, node_ids: list[str]) -> dict:
+    """``python -m pytest -q -n 0 NODE...`` on the mutated copy: which node ids fail."""
+    repo = scratch.roots["myfla"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *node_ids],
+                       cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    failed = sorted({line.split()[1].split("[")[0] for line in p.stdout.splitlines()
+                     if line.startswith(("FAILED ", "ERROR "))})
+    return {"exit": p.returncode, "failed": failed, "tail": p.stdout.strip().splitlines()[-1:] or [""]}
+
+
+def run_mutant(scratch: Scratch, m: Mutant, before: dict[str, dict], work: Path,
+               other_layers: bool = False) -> dict:
     manifest = scratch.manifest_of(m)
     extra = port_args(scratch, m.target)
     gate_base = ["--baseline", str(scratch.baselines / f"{m.target}.json")] if m.port else []
@@ -185,6 +209,7 @@ def run_mutant(scratch: Scratch, m: Mutant, before: dict[str, dict], work: Path)
     try:
         rc, report, err = portaudit(["check", "-m", str(manifest), *extra], work / "check.json")
         grc, _, gerr = portaudit(["gate", "-m", str(manifest), *extra, *gate_base], work / "gate.json")
+        tests = run_tests(scratch, m.other_test) if other_layers and m.other_test else None
     finally:
         Scratch.undo(path, original, moved)
     seconds = time.perf_counter() - t0
@@ -203,7 +228,8 @@ def run_mutant(scratch: Scratch, m: Mutant, before: dict[str, dict], work: Path)
         "check_exit": rc, "gate_exit": grc, "caught": caught, "new_codes": codes, "expected_hit": expected_hit,
         "new_findings": [{"code": f["code"], "symbol": f["symbol"], "message": f["message"]}
                          for f in sorted(new.values(), key=lambda f: (f["code"], f["symbol"]))][:12],
-        "as_expected": as_expected, "seconds": round(seconds, 2),
+        "other_test": m.other_test, "other_test_run": tests,
+        "as_expected": as_expected and (tests is None or tests["exit"] == 1), "seconds": round(seconds, 2),
         "error": (err or gerr).splitlines()[-1] if report is None and (err or gerr) else None,
     }
 
@@ -232,7 +258,14 @@ def verdict(r: dict) -> str:
         return "skipped: " + r["skipped"]
     if r["caught"]:
         return "caught " + ", ".join(r["new_codes"])
-    return "missed -> " + (r["other_layer"] or "(nothing)")
+    text = "missed -> " + (r["other_layer"] or "(nothing)")
+    run = r.get("other_test_run")
+    if run is not None:
+        text += f" [{', '.join(r['other_test'])}: " + ("fails under the mutant" if run["exit"] == 1
+                                                       else f"does NOT fail (exit {run['exit']})") + "]"
+    elif r.get("other_test"):
+        text += f" [{', '.join(r['other_test'])}]"
+    return text
 
 
 def markdown(results: list[dict], totals: dict) -> str:
@@ -256,6 +289,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--only", action="append", default=[], help="run only this mutant id (repeatable)")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     ap.add_argument("--out", type=Path, default=OUT, help="stem of the .json and .md written")
+    ap.add_argument("--other-layers", action="store_true",
+                    help="run each missed mutant's other_test on the mutated copy")
     args = ap.parse_args(argv)
     mutants = load_mutants(args.mutants)
     if args.only:
@@ -275,7 +310,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="port-mutants-") as tmp:
         work = Path(tmp) / "out"
         work.mkdir()
-        scratch = Scratch(Path(tmp), {m.target for m in runnable})
+        scratch = Scratch(Path(tmp), {m.target for m in runnable}, with_tests=args.other_layers)
         pairs = sorted({(m.target, m.manifest) for m in runnable})
         before = baseline_findings(scratch, pairs, work)
         for m in mutants:
@@ -283,7 +318,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 results.append({"id": m.id, "target": m.target, "manifest": m.manifest, "models": m.models,
                                 "expect": m.expect, "skipped": skipped[m.id]})
                 continue
-            r = run_mutant(scratch, m, before[f"{m.target}/{m.manifest}"], work)
+            r = run_mutant(scratch, m, before[f"{m.target}/{m.manifest}"], work, args.other_layers)
             results.append(r)
             print(f"{m.id:44} {verdict(r)}{'' if r['as_expected'] else '   UNEXPECTED'}", flush=True)
     ran = [r for r in results if not r.get("skipped")]
@@ -293,7 +328,8 @@ def main(argv: Optional[list[str]] = None) -> int:
               "unexpected": sum(not r["as_expected"] for r in ran),
               "seconds": round(time.perf_counter() - t0, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"schema": "portaudit.port_mutation_audit/1", "command": "python -m tools.port_mutation_audit",
+    command = "python -m tools.port_mutation_audit" + (" --other-layers" if args.other_layers else "")
+    doc = {"schema": "portaudit.port_mutation_audit/1", "command": command,
            "threads": 1, "note": "seconds measured on a shared 2-core machine under load",
            "totals": totals, "mutants": results}
     args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
