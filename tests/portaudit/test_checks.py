@@ -224,6 +224,7 @@ def test_pa306_malformed(ws):
     ("return a", "PA406"),                            # an identity stand-in
     ("return torch.zeros_like(a)", "PA406"),          # a placeholder output of the right shape
     ("return a.new_zeros(a.shape), None", "PA406"),
+    ("if a is None:\n        warnings.warn('no a')\n    assert b\n    return torch.zeros_like(a)", "PA406"),
     ("# TODO vectorise\n    return a + b", "PA403"),
     ("return a + b  # simplified version", "PA403"),
     ("return a + b  # this stub", "PA403"),
@@ -235,7 +236,9 @@ def test_no_simplification(ws, body, code):
     assert audit_status(r, "up.m.f") == "incomplete"
 
 
-@pytest.mark.parametrize("body", ["return a + b", "return torch.zeros_like(a) + b", "return (a, b)[0] + 0"])
+@pytest.mark.parametrize("body", ["return a + b", "return torch.zeros_like(a) + b", "return (a, b)[0] + 0",
+                                  "a.mul_(b)\n    return a", "if b:\n        a = a + b\n    return a",
+                                  "if b:\n        return a + b\n    return a"])
 def test_computing_returns_are_not_stand_ins(ws, body):
     f = f'def f(a, b=1, *, c=None):\n    """{cite(ws, "f")}"""\n    {body}\n'
     assert open_codes(audit(ws, port_source(ws, f=f))) == []

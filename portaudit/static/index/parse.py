@@ -108,6 +108,30 @@ def _is_tensor_factory(node: cst.BaseExpression) -> bool:
     return isinstance(node.func, cst.Attribute) and node.func.attr.value in _TENSOR_FACTORY_METHODS
 
 
+# calls that only report: a body of these before its return computes nothing
+_REPORTING_CALLS = ("warnings.warn", "logger.warning", "logger.warning_once", "logger.info", "logger.debug",
+                    "logging.warning", "print")
+
+
+def _is_guard(stmt: cst.CSTNode) -> bool:
+    """An assert, a raise, a warning or a check whose branches only do those."""
+    if isinstance(stmt, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
+        return all(_is_guard(s) for s in stmt.body)
+    if isinstance(stmt, (cst.Assert, cst.Raise, cst.Pass)):
+        return True
+    if isinstance(stmt, cst.Expr):
+        return isinstance(stmt.value, cst.Call) and _dotted(stmt.value.func) in _REPORTING_CALLS
+    if isinstance(stmt, cst.If):
+        body = stmt.body.body if isinstance(stmt.body, (cst.IndentedBlock, cst.SimpleStatementSuite)) else []
+        orelse = stmt.orelse
+        if orelse is not None:
+            other = [orelse] if isinstance(orelse, cst.If) else list(orelse.body.body)
+        else:
+            other = []
+        return all(_is_guard(s) for s in (*body, *other))
+    return False
+
+
 def _param_names(p: cst.Parameters) -> list[str]:
     names = [q.name.value for q in (*p.posonly_params, *p.params, *p.kwonly_params)]
     for star in (p.star_arg, p.star_kwarg):
@@ -392,12 +416,14 @@ class _ModuleParser:
 
     @staticmethod
     def _stand_in(stmts: list[cst.BaseStatement], params: Sequence[str]) -> Optional[str]:
-        """The returned value when the body is a single ``return`` of an argument unchanged, a fresh
+        """The returned value when the body is one ``return`` of an argument unchanged, a fresh
         constant tensor (``torch.zeros_like(q)``), or a tuple of those and literals with at least one
-        of them: the shapes of a stand-in that computes nothing."""
-        if len(stmts) != 1 or not isinstance(stmts[0], cst.SimpleStatementLine):
+        of them, after nothing but guards (asserts, raises, warnings, checks that only do those): the
+        shapes of a stand-in that computes nothing."""
+        if not stmts or not isinstance(stmts[-1], cst.SimpleStatementLine) \
+                or not all(_is_guard(g) for g in stmts[:-1]):
             return None
-        body = stmts[0].body
+        body = stmts[-1].body
         if len(body) != 1 or not isinstance(body[0], cst.Return) or body[0].value is None:
             return None
         value = body[0].value
