@@ -276,10 +276,12 @@ def markdown(results: list[dict], totals: dict) -> str:
         lines.append(f"| {i} | `{r['id']}` | {r['target']} / {r['manifest']} | {r['models']} | "
                      f"{', '.join(r['expect']) or 'out of static scope'} | {verdict(r)}{mark} |")
     t = totals
+    tested = (f"{t['missed_test_fails']} of them fail a myfla test run on the mutated copy"
+              if t["other_layers_run"] else "their tests not run (--other-layers runs them)")
     lines += ["", f"{t['mutants']} mutants ({t['run']} run, {t['skipped']} skipped): {t['caught']} caught by "
-                  f"`check` and failing `gate`, {t['missed']} missed ({t['missed_out_of_scope']} out of static "
-                  f"scope, caught by the layer named), {t['unexpected']} not as the list expects; "
-                  f"{t['seconds']:.0f} s in all (machine under load)."]
+                  f"`check` and failing `gate`; {t['missed']} missed, each out of static scope by the list "
+                  f"({tested}; the others say which layer, if any, sees them); {t['unexpected']} not as the "
+                  f"list expects; {t['seconds']:.0f} s in all (machine under load)."]
     return "\n".join(lines) + "\n"
 
 
@@ -325,6 +327,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     totals = {"mutants": len(results), "run": len(ran), "skipped": len(results) - len(ran),
               "caught": sum(r["caught"] for r in ran), "missed": sum(not r["caught"] for r in ran),
               "missed_out_of_scope": sum(not r["caught"] and bool(r["other_layer"]) for r in ran),
+              "missed_test_fails": sum(not r["caught"] and (r.get("other_test_run") or {}).get("exit") == 1
+                                       for r in ran),
+              "other_layers_run": args.other_layers,
               "unexpected": sum(not r["as_expected"] for r in ran),
               "seconds": round(time.perf_counter() - t0, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
