@@ -1,13 +1,18 @@
-"""Chunk paths do work per chunk, never per token: the number of torch operations a chunked op
-dispatches (forward and backward) grows with the number of chunks, not with the sequence length.
+"""Costs no numeric test sees: chunk paths do work per chunk, never per token, and GDN's chunk path
+reads no tensor data on the host.
 
-A per-token Python loop in a chunk path (DESIGN.md §6) gives the same numbers, only slower, so no
-numeric test sees it; the static audit cannot tell it from the inter-chunk recurrence's legitimate
-loop either (benchmarks/results/port_mutation_audit.md, mutant ``kda-token-loop-in-chunk-path``).
-Counting dispatched operations does: doubling ``T`` from 1024 to 2048 adds 16 chunks of 64, and the
-ops add a few operations per chunk (6 to 12 measured with torch 2.13: 96 to 192 in all), while a loop
-over tokens adds at least one per token (1024). The bound, one operation per 2 added tokens (512),
-sits between the two.
+A per-token Python loop in a chunk path (DESIGN.md §6) or a host sync (``.item()``, ``bool(t)``) in
+a kernel path gives the same numbers, only slower (on a GPU a sync also stalls the stream and breaks
+CUDA-graph capture), and the static audit cannot tell them from legitimate code
+(benchmarks/results/port_mutation_audit.md, mutants ``kda-token-loop-in-chunk-path`` and
+``gdn-item-sync-in-kernel-path``).
+
+Counting dispatched operations catches the loop: doubling ``T`` from 1024 to 2048 adds 16 chunks of
+64, and the ops add a few operations per chunk (6 to 12 measured with torch 2.13: 96 to 192 in all),
+while a loop over tokens adds at least one per token (1024). The bound, one operation per 2 added
+tokens (512), sits between the two. Running on ``meta`` tensors (shapes without data) catches the
+sync: any read of a value fails there. KDA's intra-chunk path reads one flag per call on purpose
+(``chunk_intra.dense_factors`` picks the factorisation from the gates' range), so only GDN is run so.
 """
 
 from __future__ import annotations
@@ -76,3 +81,13 @@ def _ops(make, T) -> int:
 def test_operations_grow_with_chunks_not_tokens(make):
     added = _ops(make, 2048) - _ops(make, 1024)
     assert 0 <= added < 1024 // 2, f"{added} more operations for 1024 more tokens: a per-token loop?"
+
+
+def test_gdn_chunk_path_reads_no_data_on_host():
+    """Forward and backward of equal-length sequences on meta tensors: no value is ever read."""
+    q, k, v = (torch.empty(1, 256, 2, 16, device="meta", requires_grad=True) for _ in range(3))
+    g, beta = (torch.empty(1, 256, 2, device="meta", requires_grad=True) for _ in range(2))
+    h0 = torch.empty(1, 2, 16, 16, device="meta", requires_grad=True)
+    o, ht = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True)
+    (o.sum() + ht.sum()).backward()
+    assert o.shape == v.shape and q.grad.shape == q.shape and h0.grad.shape == h0.shape
