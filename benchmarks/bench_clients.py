@@ -21,6 +21,16 @@ Heads as published: Qwen3-Next 16 key / 32 value heads, Kimi Linear 16 heads, K 
     python benchmarks/bench_clients.py --quick --threads 1 2       # a smoke run at small sizes
     python benchmarks/bench_clients.py --decode-only --threads 1 2 4   # decode rows only (model and op)
 
+On a GPU (``--device cuda``) the same rows run on CUDA tensors, every timing synchronised.
+``--served fla --fla-path DIR`` binds the second copy to a real fla installed in DIR instead of myfla
+(transformers' fast path, fla's Triton kernels; its autotuning trimmed to two configs per kernel);
+its rows keep the column name ``myfla`` and the record says ``"served": "fla"``. Compare myfla with
+fla through two runs on the same GPU, each against the same fallback:
+
+    python benchmarks/bench_clients.py --device cuda --out h100_bench_clients_cuda_myfla.json
+    python benchmarks/bench_clients.py --device cuda --served fla --fla-path /tmp/fla \
+        --out h100_bench_clients_cuda_fla.json
+
 Prints a table and writes benchmarks/results/bench_clients.json (or ``--out``). Timings taken on a
 loaded machine are not results.
 """
@@ -51,6 +61,12 @@ MODELING = {
     "kimi_linear": "transformers.models.kimi_linear.modeling_kimi_linear",
 }
 VOCAB = 1024
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 # -- the two copies of a modeling module -------------------------------------------------------------
@@ -62,9 +78,9 @@ class _BlockFla(importlib.abc.MetaPathFinder):
         return None
 
 
-def load_modeling_pair(modname: str):
-    """(fallback copy, myfla copy) of a transformers modeling module; see the module docstring."""
-    import myfla
+def load_modeling_pair(modname: str, fla_path: str = ""):
+    """(fallback copy, myfla copy) of a transformers modeling module; see the module docstring. With
+    ``fla_path`` the second copy binds the real fla installed there instead of myfla."""
     sys.modules.pop(modname, None)
     blocker = _BlockFla()
     sys.meta_path.insert(0, blocker)
@@ -73,8 +89,17 @@ def load_modeling_pair(modname: str):
     finally:
         sys.meta_path.remove(blocker)
     sys.modules.pop(modname, None)
-    if myfla.install_as_fla(force=True) != "myfla":
-        raise RuntimeError("myfla could not be installed as fla")
+    if fla_path:
+        from bench_matrix import limit_triton_autotune
+        limit_triton_autotune()
+        sys.path.insert(0, fla_path)
+        import fla                                  # noqa: F401  (the real one, from fla_path)
+        if not getattr(fla, "__file__", "").startswith(fla_path):
+            raise RuntimeError(f"fla was not imported from {fla_path}")
+    else:
+        import myfla
+        if myfla.install_as_fla(force=True) != "myfla":
+            raise RuntimeError("myfla could not be installed as fla")
     served = importlib.import_module(modname)
     return fallback, served
 
@@ -112,7 +137,7 @@ def model_pair(name, pair, config):
     ref = getattr(fallback, CAUSAL_LM[name])(config)
     ours = getattr(served, CAUSAL_LM[name])(config)
     ours.load_state_dict(ref.state_dict())
-    return ref, ours
+    return ref.to(DEVICE), ours.to(DEVICE)
 
 
 # -- timing --------------------------------------------------------------------------------------------
@@ -122,12 +147,14 @@ def alternate(fns: Dict[str, Callable[[], None]], repeats: int, budget_s: float)
     time budget is spent (at least one timing each); medians and all samples."""
     for fn in fns.values():
         fn()
+        sync()
     samples = {k: [] for k in fns}
     start = time.perf_counter()
     while True:
         for key, fn in fns.items():
             t0 = time.perf_counter()
             fn()
+            sync()
             samples[key].append(time.perf_counter() - t0)
         done = min(len(s) for s in samples.values())
         if done >= repeats or time.perf_counter() - start > budget_s:
@@ -151,10 +178,12 @@ class OpClock:
         op = getattr(module, name)
 
         def timed(*args, **kwargs):
+            sync()
             t0 = time.perf_counter()
             try:
                 return op(*args, **kwargs)
             finally:
+                sync()
                 self.seconds += time.perf_counter() - t0
 
         setattr(module, name, timed)
@@ -188,7 +217,8 @@ def mem_available() -> Optional[int]:
 
 
 def fits(name, B, T, H, K, train) -> Optional[str]:
-    need, have = fallback_peak_bytes(name, B, T, H, K, train), mem_available()
+    need = fallback_peak_bytes(name, B, T, H, K, train)
+    have = torch.cuda.mem_get_info()[0] if DEVICE.type == "cuda" else mem_available()
     if have is not None and need > 0.8 * have:
         return f"skipped: the fallback needs ~{need / 2**30:.0f} GiB, {have / 2**30:.0f} GiB available"
     return None
@@ -206,7 +236,7 @@ def bench_model(name, pair, args, threads) -> List[dict]:
     value_heads = 2 * args.heads if name == "qwen3_next" else args.heads
     for T in args.prefill_lengths:
         ref.eval(), ours.eval()
-        ids = torch.randint(3, VOCAB, (1, T))
+        ids = torch.randint(3, VOCAB, (1, T)).to(DEVICE)
         row = {"model": name, "section": "model", "what": "prefill", "batch": 1, "T": T, "threads": threads}
         skip = fits(name, 1, T, value_heads, args.head_dim, train=False)
         if skip:
@@ -222,7 +252,7 @@ def bench_model(name, pair, args, threads) -> List[dict]:
                      "max_abs_logit_diff": (check[0] - check[1]).abs().max().item()})
     for T in args.train_lengths:
         ref.train(), ours.train()
-        ids = torch.randint(3, VOCAB, (1, T))
+        ids = torch.randint(3, VOCAB, (1, T)).to(DEVICE)
         row = {"model": name, "section": "model", "what": "forward+backward", "batch": 1, "T": T, "threads": threads}
         skip = fits(name, 1, T, value_heads, args.head_dim, train=True)
         if skip:
@@ -265,7 +295,7 @@ def _returned_cache(out):
 @torch.no_grad()
 def decode(ref, ours, B, args) -> dict:
     from transformers import DynamicCache
-    ids = torch.randint(3, VOCAB, (B, args.prompt + args.warmup + args.steps))
+    ids = torch.randint(3, VOCAB, (B, args.prompt + args.warmup + args.steps)).to(DEVICE)
     state = {}
     for key, model in (("fallback", ref), ("myfla", ours)):
         name = _cache_argument(model)
@@ -277,6 +307,7 @@ def decode(ref, ours, B, args) -> dict:
             model, cache, _, name = state[key]
             t0 = time.perf_counter()
             out = model(ids[:, t:t + 1], **{name: cache}, use_cache=True)
+            sync()
             elapsed = time.perf_counter() - t0
             state[key][1:3] = [_returned_cache(out), out.logits[:, -1]]
             if t >= args.prompt + args.warmup:
@@ -301,7 +332,7 @@ def bench_ops(name, pair, args, threads) -> List[dict]:
               torch.randn(B, T, HV, K, generator=gen),
               torch.nn.functional.logsigmoid(torch.randn(*gshape, generator=gen) + 2.0),
               torch.rand(B, T, HV, generator=gen)]
-        return [x.requires_grad_(grad) for x in xs]
+        return [x.to(DEVICE).requires_grad_(grad) for x in xs]
 
     def call(module, which, xs, state=None, final=False):
         q, k, v, g, beta = xs
@@ -337,7 +368,7 @@ def bench_ops(name, pair, args, threads) -> List[dict]:
         rows.append({**row, **summary(times)})
     for B in args.decode_batches:
         xs = inputs(B, 1, False)
-        state = torch.randn(B, HV, K, K)
+        state = torch.randn(B, HV, K, K).to(DEVICE)
         row = {"model": name, "section": "op", "what": "decode per token", "batch": B, "T": 1, "threads": threads}
         try:
             with torch.no_grad():
@@ -413,8 +444,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="seconds per measurement after which fewer repeats are taken (at least one)")
     parser.add_argument("--decode-only", action="store_true",
                         help="only the decode-per-token rows (no prefill or forward+backward)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--served", choices=("myfla", "fla"), default="myfla",
+                        help="what serves `import fla` in the second copy (fla: the real one, --fla-path)")
+    parser.add_argument("--fla-path", type=str, default="", help="with --served fla: where fla is installed")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.served == "fla" and not args.fla_path:
+        parser.error("--served fla needs --fla-path")
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.quick:
         args.prefill_lengths, args.train_lengths = [512], [256]
         args.layers, args.heads, args.hidden, args.intermediate = 1, 4, 256, 256
@@ -426,9 +465,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     import transformers
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()              # the fallback's "install fla" warnings, once per op
-    pairs = {name: load_modeling_pair(MODELING[name]) for name in args.models}
+    fla_path = args.fla_path if args.served == "fla" else ""
+    pairs = {name: load_modeling_pair(MODELING[name], fla_path) for name in args.models}
     rows = []
-    for threads in args.threads:
+    for threads in (args.threads if DEVICE.type == "cpu" else args.threads[:1]):
         torch.set_num_threads(threads)
         for name in args.models:
             if "model" in args.sections:
@@ -447,9 +487,11 @@ def write_record(out: Path, args, rows: List[dict]) -> None:
     import myfla
     record = {
         "benchmark": "bench_clients",
-        "what": "transformers' Qwen3-Next / Kimi Linear: myfla (served as fla) vs transformers' torch fallback",
+        "what": f"transformers' Qwen3-Next / Kimi Linear: {args.served} (served as fla) vs transformers' torch fallback",
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "dtype": "float32",
+        "device": "cpu" if DEVICE.type == "cpu" else torch.cuda.get_device_name(0),
+        "served": args.served,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "myfla": myfla.__version__,
@@ -457,6 +499,7 @@ def write_record(out: Path, args, rows: List[dict]) -> None:
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
         "loadavg_after": os.getloadavg(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,19 @@ and writes benchmarks/results/bench_rwkv7.json and .md.
     python benchmarks/bench_rwkv7.py --threads 1       # another thread count
     python benchmarks/bench_rwkv7.py --quick           # T=1024, for a smoke run
     python benchmarks/bench_rwkv7.py --recompute       # backward recomputes the forward, as fla does
+    python benchmarks/bench_rwkv7.py --device cuda --fla-path /tmp/fla --dtypes fp32,bf16 \
+        --out benchmarks/results/h100_bench_rwkv7_cuda.json   # GPU: myfla vs fla's Triton kernels
+
+On CUDA (``--device cuda``) the script times, side by side in one run, myfla's ``chunk_rwkv7`` on CUDA
+tensors (its state loops replayed as CUDA graphs), the same with the graphs off (``myfla-eager``: the
+loops launch per chunk), fla's Triton ``chunk_rwkv7`` (``--fla-path`` names where fla 0.4.0 is
+installed; its autotuning trimmed to two configs per kernel as /work/shared/GPU.md advises) and,
+unless ``--skip-refs``, fla's naive ``dplr_chunkwise`` reference on the GPU; and counts, for one
+forward+backward after warm-up, the host's kernel and graph launches, the GPU's busy time (torch
+profiler) and the memory it allocates beyond its inputs at its peak, at every ``--T`` (comma-separated,
+to show whether launches grow with the length).
+``--decode`` adds one-token steps of ``fused_mul_recurrent_rwkv7`` (B=1 and 8, 16 heads of 64), myfla
+(graphs on and off) against fla's Triton kernel.
 
 The backward reads the forward's intermediates by default (``ForwardParts``, kept up to
 ``MYFLA_DPLR_SAVE_MB``); ``--recompute`` times fla's recompute instead (``SAVE_BYTES = 0``).
@@ -121,9 +134,144 @@ def load_fla_references():
             "fla dplr_chunkwise": wrap(mod.dplr_chunkwise, chunk_size=32)}
 
 
+def cuda_main(args):
+    """The GPU comparison (see the module notes): prints a table and writes ``args.out``."""
+    from bench_matrix import count_cuda, limit_triton_autotune, machine_info
+    from myfla.ops.utils import loop_graph
+    dev = torch.device("cuda")
+    impls = {"myfla": ours, "myfla-eager": ours}
+    if args.fla_path:
+        sys.path.insert(0, args.fla_path)
+    try:
+        limit_triton_autotune()
+        from fla.ops.rwkv7 import chunk_rwkv7 as fla_chunk_rwkv7
+
+        def fla(r, w, k, v, a, b, h0):
+            return fla_chunk_rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=h0, output_final_state=True)
+        impls["fla"] = fla
+    except Exception as err:                                    # noqa: BLE001
+        print(f"fla not importable ({type(err).__name__}: {err}); timing myfla only")
+    if not args.skip_refs:
+        impls["fla dplr_chunkwise"] = load_fla_references()["fla dplr_chunkwise"]
+    record = {"device": machine_info("cuda"), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "port_chunk_size": dplr_chunk.CHUNK_SIZE, "cells": []}
+    rows = []
+
+    def timed(fn, repeats):
+        for _ in range(3):                  # Triton compiles; myfla meets, records, then replays its loops
+            fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
+
+    for dtype_name in args.dtypes.split(","):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+        for T in [int(t) for t in str(args.T).split(",")]:
+            for K in [int(x) for x in args.K.split(",")]:
+                base = make_inputs(args.B, T, args.H, K, K)
+                x0 = [x.to(dev, dtype) if i < 6 else x.to(dev) for i, x in enumerate(base)]
+                xs = [x.clone().requires_grad_() for x in x0]
+                for name, fn in impls.items():
+                    if name == "fla dplr_chunkwise" and T > args.ref_max_T:
+                        continue
+                    loop_graph.ENABLED = name != "myfla-eager"
+                    try:
+                        fwd = timed(lambda: run_fwd(fn, x0), args.repeats)
+                        fwd_bwd = timed(lambda: run_fwd_bwd(fn, xs), args.repeats)
+                        counts = count_cuda(lambda: run_fwd_bwd(fn, xs))
+                        torch.cuda.reset_peak_memory_stats()
+                        base_mem = torch.cuda.memory_allocated()
+                        run_fwd_bwd(fn, xs)
+                        torch.cuda.synchronize()
+                        counts["peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base_mem) / 2 ** 20
+                    except Exception as err:                    # noqa: BLE001
+                        rows.append((dtype_name, T, K, name, None, None, None, f"failed: {type(err).__name__}: {err}"))
+                        continue
+                    finally:
+                        loop_graph.ENABLED = True
+                    cell = {"dtype": dtype_name, "B": args.B, "T": T, "H": args.H, "K": K, "impl": name,
+                            "fwd_s": fwd, "fwd_bwd_s": fwd_bwd, **counts}
+                    record["cells"].append(cell)
+                    rows.append((dtype_name, T, K, name, fwd, fwd_bwd, counts["host_launches"],
+                                 f"GPU busy {counts['gpu_busy_ms']:.2f} ms, peak +{counts['peak_extra_mib']:.0f} MiB"))
+                    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    decode_rows = cuda_decode(args, record, timed, count_cuda, loop_graph) if args.decode else []
+    lines = [f"B={args.B} H={args.H} V=K, {record['device'].get('gpu', 'cuda')}, medians of {args.repeats}",
+             "", "| dtype | T | K | implementation | forward | fwd+bwd | launches (fwd+bwd) | note |",
+             "|---|---:|---:|---|---:|---:|---:|---|"]
+    for dt, T, K, name, a, b, n, note in rows:
+        ms = (lambda x: "-" if x is None else f"{x * 1e3:.2f} ms")
+        lines.append(f"| {dt} | {T} | {K} | {name} | {ms(a)} | {ms(b)} | {'-' if n is None else n} | {note} |")
+    if decode_rows:
+        lines += ["", "One-token decode step (``fused_mul_recurrent_rwkv7``, the layer's decoding op; state in, "
+                  "final state out; medians of 50 calls):", "",
+                  "| dtype | B | H | K | implementation | step | launches | note |", "|---|---:|---:|---:|---|---:|---:|---|"]
+        for dt, B, H, K, name, t, n, note in decode_rows:
+            lines.append(f"| {dt} | {B} | {H} | {K} | {name} | {'-' if t is None else f'{t * 1e3:.3f} ms'} | "
+                         f"{'-' if n is None else n} | {note} |")
+    print("\n".join(lines))
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+def cuda_decode(args, record, timed, count_cuda, loop_graph):
+    """One-token steps of ``fused_mul_recurrent_rwkv7`` (what RWKV7Attention calls when decoding) on
+    the GPU: myfla (its step replayed as a CUDA graph), myfla with the graphs off, fla's Triton kernel."""
+    from myfla.ops.rwkv7 import fused_mul_recurrent_rwkv7 as ours_step
+    impls = {"myfla": ours_step, "myfla-eager": ours_step}
+    try:
+        from fla.ops.rwkv7 import fused_mul_recurrent_rwkv7 as fla_step
+        impls["fla"] = fla_step
+    except Exception as err:                                    # noqa: BLE001
+        print(f"fla's fused_mul_recurrent_rwkv7 not importable ({type(err).__name__}: {err})")
+    dev = torch.device("cuda")
+    rows, record["decode"] = [], []
+    for dtype_name in args.dtypes.split(","):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+        for B in (1, 8):
+            H, K = 16, 64
+            gen = torch.Generator().manual_seed(0)
+            r, w, k, v = (torch.randn(B, 1, H, K, generator=gen) for _ in range(4))
+            w = -0.6065306597126334 * w.sigmoid()
+            kk = F.normalize(torch.randn(B, 1, H, K, generator=gen), dim=-1)
+            a = torch.rand(B, 1, H, K, generator=gen)
+            xs = [x.to(dev, dtype) for x in (r, w, k, v, kk, a)]
+            h0 = torch.randn(B, H, K, K, generator=gen).to(dev)
+            for name, fn in impls.items():
+                loop_graph.ENABLED = name != "myfla-eager"
+                try:
+                    def step():
+                        with torch.no_grad():
+                            return fn(*xs, scale=1.0, initial_state=h0, output_final_state=True)
+                    t = timed(step, 50)
+                    counts = count_cuda(step)
+                except Exception as err:                        # noqa: BLE001
+                    rows.append((dtype_name, B, H, K, name, None, None, f"failed: {type(err).__name__}: {err}"))
+                    continue
+                finally:
+                    loop_graph.ENABLED = True
+                record["decode"].append({"dtype": dtype_name, "B": B, "H": H, "K": K, "impl": name, "step_s": t,
+                                         **counts})
+                rows.append((dtype_name, B, H, K, name, t, counts["host_launches"],
+                             f"GPU busy {counts['gpu_busy_ms']:.3f} ms"))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--T", type=int, default=8192)
+    parser.add_argument("--T", type=str, default="8192", help="sequence length (CUDA: comma-separated)")
+    parser.add_argument("--B", type=int, default=1, help="batch (CUDA only; the CPU table is at B=1)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtypes", type=str, default="fp32", help="CUDA: fp32,bf16")
+    parser.add_argument("--fla-path", type=str, default="", help="CUDA: where fla 0.4.0 is installed")
+    parser.add_argument("--ref-max-T", type=int, default=8192, help="CUDA: longest T the naive reference runs at")
+    parser.add_argument("--decode", action="store_true", help="CUDA: also time one-token decode steps")
     parser.add_argument("--H", type=int, default=4)
     parser.add_argument("--K", type=str, default="64,128", help="head sizes (V = K), comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
@@ -138,6 +286,10 @@ def main():
                         help="the backward recomputes the forward (as fla) instead of reading its saved parts")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.device == "cuda":
+        warnings.simplefilter("ignore")
+        return cuda_main(args)
+    args.T = int(args.T)
     if args.quick:
         args.T, args.repeats, args.ref_T, args.ref_repeats = 1024, 3, 256, 1
     torch.set_num_threads(args.threads)

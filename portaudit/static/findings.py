@@ -82,10 +82,16 @@ _TABLE = [
          "TODO, FIXME, XXX, HACK, placeholder, simplified, simplification, MVP, stub or "
          "'not implemented' in the symbol's code, comments or docstring"),
     Code("PA404", "simplification", ERROR, "constant return",
-         "the port returns a literal where the upstream computes"),
+         "the port returns a literal (or a tuple of literals) where the upstream computes"),
     Code("PA405", "simplification", ERROR, "literal constant",
          "a module constant the upstream computes (device probes, feature flags) is a plain literal "
          "in the port; waive it with the reason when the computation has no meaning for the port"),
+    Code("PA406", "simplification", ERROR, "stand-in return",
+         "the body only returns an argument unchanged, a fresh constant tensor (torch.zeros_like, "
+         "new_zeros, ...) or a tuple of those and literals, where the upstream computes its result"),
+    Code("PA407", "simplification", ERROR, "class attribute differs",
+         "a class-level attribute the upstream sets to a literal (model_type, base_model_prefix, ...) "
+         "has another literal value in the port"),
     # manifest hygiene
     Code("PA501", "manifest", ERROR, "symbol not found upstream",
          "the manifest lists a symbol the upstream tree does not define"),

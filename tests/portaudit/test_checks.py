@@ -67,7 +67,7 @@ def port_source(ws, **override) -> str:
                '    def forward(ctx, x):\n        return x\n\n    @staticmethod\n    def backward(ctx, g):\n'
                '        raise NotImplementedError("Backward pass is not implemented yet")\n'),
         "launch": (f'def launch(x):\n    """Runs the kernel math.\n\n    {cite(ws, "launch")}\n'
-                   f'    {cite(ws, "kern")}\n    """\n    return x\n'),
+                   f'    {cite(ws, "kern")}\n    """\n    return x * 2\n'),
         "CONST": f"# {cite(ws, 'CONST')}\nCONST = 3\n",
     }
     parts.update(override)
@@ -126,7 +126,7 @@ def test_pa104_inherited_method_counts(ws):
 
 
 def test_pa105_kernel_not_accounted(ws):
-    launch = f'def launch(x):\n    """{cite(ws, "launch")}"""\n    return x\n'
+    launch = f'def launch(x):\n    """{cite(ws, "launch")}"""\n    return x * 2\n'
     r = audit(ws, port_source(ws, launch=launch))
     assert open_codes(r) == ["PA105"]
 
@@ -220,6 +220,11 @@ def test_pa306_malformed(ws):
     ("raise NotImplementedError", "PA401"),
     ("if a:\n        raise NotImplementedError('no')\n    return a + b", "PA402"),
     ("return 0", "PA404"),
+    ("return None, None", "PA404"),                   # a backward that returns no gradients
+    ("return a", "PA406"),                            # an identity stand-in
+    ("return torch.zeros_like(a)", "PA406"),          # a placeholder output of the right shape
+    ("return a.new_zeros(a.shape), None", "PA406"),
+    ("if a is None:\n        warnings.warn('no a')\n    assert b\n    return torch.zeros_like(a)", "PA406"),
     ("# TODO vectorise\n    return a + b", "PA403"),
     ("return a + b  # simplified version", "PA403"),
     ("return a + b  # this stub", "PA403"),
@@ -229,6 +234,41 @@ def test_no_simplification(ws, body, code):
     r = audit(ws, port_source(ws, f=f))
     assert code in open_codes(r)
     assert audit_status(r, "up.m.f") == "incomplete"
+
+
+@pytest.mark.parametrize("body", ["return a + b", "return torch.zeros_like(a) + b", "return (a, b)[0] + 0",
+                                  "a.mul_(b)\n    return a", "if b:\n        a = a + b\n    return a",
+                                  "if b:\n        return a + b\n    return a"])
+def test_computing_returns_are_not_stand_ins(ws, body):
+    f = f'def f(a, b=1, *, c=None):\n    """{cite(ws, "f")}"""\n    {body}\n'
+    assert open_codes(audit(ws, port_source(ws, f=f))) == []
+
+
+def test_stand_in_where_upstream_returns_its_argument_too(ws):
+    # Fn.forward is `return x` upstream: the faithful port's `return x` is no stand-in
+    r = audit(ws)
+    assert not [f for f in r.findings if f.code == "PA406"]
+
+
+CONFIG_UP = {"up/c.py": "class Config:\n    model_type = 'kda'\n    keys = ['past']\n    n = 2 * 3\n\n"
+                        "    def __init__(self, hidden=8):\n        self.hidden = hidden\n"}
+
+
+@pytest.mark.parametrize("body, codes", [
+    ("model_type = 'kda'\n    keys = ['past']", []),
+    ('model_type = "kda"\n    keys = [ "past" ]', []),              # spelling differs, value does not
+    ("model_type = 'kda_port'\n    keys = ['past']", ["PA407"]),
+    ("model_type = 'kda'\n    keys = ['past', 'cache']", ["PA407"]),
+    ("model_type = 'kda'\n    keys = ['past']\n    n = 7", []),      # upstream computes n: not compared
+    ("model_type = 'kda'", []),                                      # absent: inherited or set elsewhere
+])
+def test_pa407_class_attribute_differs(ws, body, codes):
+    ws.files(upstream=CONFIG_UP)
+    d = TreeIndex(ws.up).module("up.c").definitions["Config"]
+    c = format_citation("up/c.py", d.start, d.end, "up", "1.0")
+    ws.files(port={"po/c.py": f'class Config:\n    """{c}"""\n    {body}\n\n'
+                              "    def __init__(self, hidden=8):\n        self.hidden = hidden\n"})
+    assert open_codes(ws.audit(["up.c.Config"])) == codes
 
 
 def test_marker_in_docstring(ws):

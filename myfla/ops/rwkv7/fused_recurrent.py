@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.generalized_delta_rule import fused_recurrent_dplr_delta_rule
-from myfla.ops.generalized_delta_rule.dplr.fused_recurrent import dplr_recurrence
+from myfla.ops.generalized_delta_rule.dplr.fused_recurrent import dplr_recurrence, step_replayed
 from myfla.ops.utils.index import check_varlen_inputs
 from myfla.ops.utils.validation import reject_head_first, warn_head_first_layout
 from myfla.utils import input_guard
@@ -41,10 +41,20 @@ def fused_recurrent_rwkv7_fwd(
     Source: fla/ops/rwkv7/fused_recurrent.py:L131-L179 (fla 0.4.0)
     Source: fla/ops/rwkv7/fused_recurrent.py:L16-L128 (fla 0.4.0)
     """
-    dtype = torch.promote_types(torch.promote_types(kk.dtype, a.dtype), torch.float32)
-    kk32 = kk.to(dtype)
-    return dplr_recurrence(r, k, v, -kk32, kk32 * a.to(dtype), w, scale, initial_state, output_final_state,
-                           reverse, cu_seqlens)
+    if r.device.type == 'cuda' and r.shape[1] == 1 and cu_seqlens is None:
+        # the decoding step replays as one CUDA graph, the DPLR vectors formed inside it
+        return step_replayed('rwkv7', _dplr_vectors, r, k, v, {'kk': kk, 'a': a}, w, scale, initial_state,
+                             output_final_state)
+    return dplr_recurrence(r, k, v, *_dplr_vectors({'kk': kk, 'a': a}), w, scale, initial_state,
+                           output_final_state, reverse, cu_seqlens)
+
+
+def _dplr_vectors(x):
+    """RWKV-7's DPLR vectors ``(-kk, kk * a)`` from ``x['kk']`` and ``x['a']``, in fp32 (fp64 for fp64
+    inputs), as fla's kernel forms them."""
+    dtype = torch.promote_types(torch.promote_types(x['kk'].dtype, x['a'].dtype), torch.float32)
+    kk32 = x['kk'].to(dtype)
+    return -kk32, kk32 * x['a'].to(dtype)
 
 
 def fused_recurrent_rwkv7(

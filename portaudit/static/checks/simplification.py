@@ -1,6 +1,7 @@
-"""No simplification: stub bodies, NotImplementedError, constant returns, literals, marker words.
+"""No simplification: stub bodies, NotImplementedError, constant returns, stand-in returns,
+literals, changed class attributes, marker words.
 
-Codes PA401-PA405; anything the upstream definition itself does (a stub, a raise, a marker word in
+Codes PA401-PA407; anything the upstream definition itself does (a stub, a raise, a marker word in
 fla's own text) is not held against the port.
 """
 
@@ -28,6 +29,18 @@ def check_simplification(site: Site, up: Optional[Definition], port: Definition,
             and up.kind in CALLABLE_KINDS and not up.facts.is_stub:
         out.append(site.finding("PA404", f"{port.name} returns the constant {port.facts.constant_return}; "
                                          "the upstream computes its result", detail=port.name))
+    if port.facts.stand_in is not None and port.facts.constant_return is None and up is not None \
+            and up.kind in CALLABLE_KINDS and not up.facts.is_stub and up.facts.stand_in is None \
+            and up.facts.constant_return is None:
+        out.append(site.finding("PA406", f"{port.name} only returns {port.facts.stand_in} (an argument "
+                                         "unchanged or a fresh constant tensor); the upstream computes its result",
+                                detail=port.name))
+    if up is not None and up.kind in CLASS_KINDS and port.kind in CLASS_KINDS:
+        upstream_values = dict(up.facts.class_literals)
+        for name, value in port.facts.class_literals:
+            if name in upstream_values and upstream_values[name] != value:
+                out.append(site.finding("PA407", f"class attribute {port.name}.{name} = {value}; the upstream "
+                                                 f"sets {upstream_values[name]}", detail=name))
     if up is not None and up.kind == CONSTANT and port.kind == CONSTANT \
             and port.facts.literal_value is not None and up.facts.literal_value is None:
         out.append(site.finding("PA405", f"{port.name} is the literal {port.facts.literal_value}; the "

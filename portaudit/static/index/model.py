@@ -45,6 +45,9 @@ class BodyFacts:
     not_implemented: list[int] = field(default_factory=list)   # lines raising NotImplementedError
     markers: list[tuple[int, str]] = field(default_factory=list)  # (line, word) in code/comments/docstring
     constant_return: Optional[str] = None       # the literal when the body is a single `return <literal>`
+    stand_in: Optional[str] = None              # the value when the body is a single `return` of an
+                                                # argument unchanged or a fresh constant tensor
+    class_literals: list[tuple[str, str]] = field(default_factory=list)  # class-level `name = <literal>`
     literal_value: Optional[str] = None         # for a constant: its value when that is a plain literal
     statements: int = 0                         # top-level statements in the body (docstring excluded)
 

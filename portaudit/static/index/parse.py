@@ -87,6 +87,59 @@ def _absolute(module: str, is_package: bool, level: int, target: Optional[str]) 
     return ".".join(base + ([target] if target else []))
 
 
+def _is_literal(node: cst.BaseExpression) -> bool:
+    return isinstance(node, (cst.Integer, cst.Float, cst.Imaginary, cst.SimpleString, cst.ConcatenatedString)) \
+        or (isinstance(node, cst.Name) and node.value in ("True", "False", "None"))
+
+
+# calls that make a tensor of constants (or garbage) without reading any input's values
+_TENSOR_FACTORIES = {f"torch.{n}" for n in ("zeros", "ones", "empty", "full", "zeros_like", "ones_like",
+                                             "empty_like", "full_like", "rand", "randn", "rand_like",
+                                             "randn_like")}
+_TENSOR_FACTORY_METHODS = ("new_zeros", "new_ones", "new_empty", "new_full")
+
+
+def _is_tensor_factory(node: cst.BaseExpression) -> bool:
+    if not isinstance(node, cst.Call):
+        return False
+    name = _dotted(node.func)
+    if name in _TENSOR_FACTORIES:
+        return True
+    return isinstance(node.func, cst.Attribute) and node.func.attr.value in _TENSOR_FACTORY_METHODS
+
+
+# calls that only report: a body of these before its return computes nothing
+_REPORTING_CALLS = ("warnings.warn", "logger.warning", "logger.warning_once", "logger.info", "logger.debug",
+                    "logging.warning", "print")
+
+
+def _is_guard(stmt: cst.CSTNode) -> bool:
+    """An assert, a raise, a warning or a check whose branches only do those."""
+    if isinstance(stmt, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
+        return all(_is_guard(s) for s in stmt.body)
+    if isinstance(stmt, (cst.Assert, cst.Raise, cst.Pass)):
+        return True
+    if isinstance(stmt, cst.Expr):
+        return isinstance(stmt.value, cst.Call) and _dotted(stmt.value.func) in _REPORTING_CALLS
+    if isinstance(stmt, cst.If):
+        body = stmt.body.body if isinstance(stmt.body, (cst.IndentedBlock, cst.SimpleStatementSuite)) else []
+        orelse = stmt.orelse
+        if orelse is not None:
+            other = [orelse] if isinstance(orelse, cst.If) else list(orelse.body.body)
+        else:
+            other = []
+        return all(_is_guard(s) for s in (*body, *other))
+    return False
+
+
+def _param_names(p: cst.Parameters) -> list[str]:
+    names = [q.name.value for q in (*p.posonly_params, *p.params, *p.kwonly_params)]
+    for star in (p.star_arg, p.star_kwarg):
+        if isinstance(star, cst.Param):
+            names.append(star.name.value)
+    return names
+
+
 def _is_type_checking(test: cst.BaseExpression) -> bool:
     return _dotted(test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
 
@@ -356,17 +409,68 @@ class _ModuleParser:
             return cst.Module([]).code_for_node(value)
         if isinstance(value, (cst.List, cst.Tuple, cst.Dict)) and not value.elements:
             return cst.Module([]).code_for_node(value)
+        # `return None, None, None`: a tuple of literals (a backward that returns no gradients)
+        if isinstance(value, cst.Tuple) and all(_is_literal(el.value) for el in value.elements):
+            return cst.Module([]).code_for_node(value)
+        return None
+
+    @staticmethod
+    def _stand_in(stmts: list[cst.BaseStatement], params: Sequence[str]) -> Optional[str]:
+        """The returned value when the body is one ``return`` of an argument unchanged, a fresh
+        constant tensor (``torch.zeros_like(q)``), or a tuple of those and literals with at least one
+        of them, after nothing but guards (asserts, raises, warnings, checks that only do those): the
+        shapes of a stand-in that computes nothing."""
+        if not stmts or not isinstance(stmts[-1], cst.SimpleStatementLine) \
+                or not all(_is_guard(g) for g in stmts[:-1]):
+            return None
+        body = stmts[-1].body
+        if len(body) != 1 or not isinstance(body[0], cst.Return) or body[0].value is None:
+            return None
+        value = body[0].value
+        names = set(params)
+
+        def placeholder(node: cst.BaseExpression) -> bool:
+            return (isinstance(node, cst.Name) and node.value in names) or _is_tensor_factory(node)
+
+        parts = [el.value for el in value.elements] if isinstance(value, cst.Tuple) else [value]
+        if any(placeholder(p) for p in parts) and all(placeholder(p) or _is_literal(p) for p in parts):
+            return cst.Module([]).code_for_node(value)
         return None
 
     def facts(self, body: cst.BaseSuite, start: int, end: int, is_function: bool,
-              comment_start: int) -> BodyFacts:
+              comment_start: int, params: Sequence[str] = ()) -> BodyFacts:
         stmts = self._body_statements(body)
         return BodyFacts(
             is_stub=all(self._is_trivial(s) for s in stmts),
             not_implemented=self.nie_lines(start, end),
             markers=self.markers(comment_start, end),
             constant_return=self._constant_return(stmts) if is_function else None,
+            stand_in=self._stand_in(stmts, params) if is_function else None,
+            class_literals=[] if is_function else self._class_literals(stmts),
             statements=len(stmts))
+
+    def _class_literals(self, stmts: list[cst.BaseStatement]) -> list[tuple[str, str]]:
+        """``name = <literal>`` statements directly in a class body (``model_type = 'kda'``)."""
+        out = []
+        for stmt in stmts:
+            if not isinstance(stmt, cst.SimpleStatementLine):
+                continue
+            for small in stmt.body:
+                if isinstance(small, cst.Assign) and len(small.targets) == 1:
+                    target, value = small.targets[0].target, small.value
+                elif isinstance(small, cst.AnnAssign) and small.value is not None:
+                    target, value = small.target, small.value
+                else:
+                    continue
+                if not isinstance(target, cst.Name):
+                    continue
+                src = normalize_source(self.code(value))
+                try:
+                    ast.literal_eval(src)
+                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                    continue
+                out.append((target.value, src))
+        return out
 
     # -- definitions -----------------------------------------------------------------------
     def add(self, d: Definition) -> None:
@@ -397,7 +501,8 @@ class _ModuleParser:
             returns=normalize_source(self.code(node.returns.annotation)) if node.returns else None,
             decorators=decorators, docstring=node.get_docstring(clean=True),
             citations=self.docstring_citations(node.body, start),
-            facts=self.facts(node.body, start, end, True, c_start), uses=uses), node.body)
+            facts=self.facts(node.body, start, end, True, c_start, _param_names(node.params)), uses=uses),
+            node.body)
 
     def klass(self, node: cst.ClassDef) -> None:
         start, end = self.line_range(node, node.decorators)

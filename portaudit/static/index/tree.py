@@ -26,7 +26,7 @@ from portaudit.static.index import cache as index_cache
 from portaudit.static.index.model import ModuleInfo, Resolved
 from portaudit.static.source import MAX_SOURCE_BYTES
 
-INDEX_FORMAT = 7  # bump when the cached shape (the classes in model.py) changes
+INDEX_FORMAT = 8  # bump when the cached shape (the classes in model.py) changes
 
 
 def _parser_key() -> str:

@@ -382,12 +382,12 @@ def test_chunk_cumsum_matches_torch_cumsum():
 
 def test_slabs_grow_with_cpu_threads(monkeypatch):
     """Slabs follow the KDA / GDN rule on CPUs (64 chunk-heads up to four threads, 16 per thread
-    beyond) and stay at 64 chunk-heads on GPUs, where forward-only buffers are slab-sized."""
+    beyond); on GPUs the whole grid is one slab (a call's launches then do not grow with its length)."""
     for threads, chunks_per_slab in ((1, 16), (4, 16), (8, 32), (16, 64)):
         monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
         slabs = dplr_chunk._slabs(256, 4, torch.device("cpu"))
         assert [sl.stop - sl.start for sl in slabs] == [chunks_per_slab] * (256 // chunks_per_slab)
-    assert len(dplr_chunk._slabs(256, 4, torch.device("cuda"))) == 16
+    assert dplr_chunk._slabs(256, 4, torch.device("cuda")) == [slice(0, 256)]
     assert dplr_chunk._slabs(3, 1024, torch.device("cpu"))[-1] == slice(2, 3)   # at least a chunk a slab
 
 

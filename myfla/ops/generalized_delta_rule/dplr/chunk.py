@@ -42,13 +42,13 @@ from myfla.ops.generalized_delta_rule.dplr.chunk_grid import (
     rounding,
     to_grid
 )
-from myfla.ops.generalized_delta_rule.dplr.chunk_h_bwd import bwd_dhu_into
-from myfla.ops.generalized_delta_rule.dplr.chunk_h_fwd import fwd_h_into
+from myfla.ops.generalized_delta_rule.dplr.chunk_h_bwd import bwd_dhu_loop
+from myfla.ops.generalized_delta_rule.dplr.chunk_h_fwd import fwd_h_loop
 from myfla.ops.generalized_delta_rule.dplr.chunk_o_bwd import bwd_o_grid, dAu_grid, dv_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_o_fwd import fwd_o_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_bwd import bwd_wy_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_fwd import unit_lower_inverse_grid, wu_grid
-from myfla.ops.utils.chunk_layout import SLAB_CHUNK_HEADS, slab_chunk_heads
+from myfla.ops.utils.chunk_layout import slab_chunk_heads
 from myfla.ops.utils.index import check_varlen_inputs
 from myfla.ops.utils.save_budget import budget_bytes, keeps
 from myfla.ops.utils.threads import chunk_call_threads
@@ -74,9 +74,13 @@ def _slabs(NC: int, NH: int, device: torch.device):
     """Slices of the chunk axis with about ``slab_chunk_heads`` chunk-heads each (64 on a CPU with up
     to four threads, 16 per thread beyond: the rule of the KDA / GDN slab passes): the chunk-local
     elementwise work runs slab by slab so its temporaries stay in cache (whole-grid passes run from
-    DRAM), while every slab costs the same number of op calls. On GPUs, where a forward-only pass
-    keeps slab-sized buffers, slabs stay at ``SLAB_CHUNK_HEADS``."""
-    step = max(1, (slab_chunk_heads(device) or SLAB_CHUNK_HEADS) // max(1, NH))
+    DRAM), while every slab costs the same number of op calls. On GPUs the whole grid is one slab, as
+    for KDA / GDN: every slab costs the same launches whatever its size, so one slab keeps a call's
+    launches independent of its length (the state loops replay as CUDA graphs, ``fwd_h_loop``)."""
+    per_slab = slab_chunk_heads(device)
+    if per_slab == 0:
+        return [slice(0, NC)]
+    step = max(1, per_slab // max(1, NH))
     return [slice(c, min(c + step, NC)) for c in range(0, NC, step)]
 
 
@@ -138,7 +142,7 @@ class ForwardParts:
             wu_grid(QA[:, :, BT:], VV[:, :, :BT], A_ak, A_inv, rnd, out=(w, vn, self.A_tmp[part]))
             # states[part.start] is the state entering the slab (carried from the previous one)
             states = self.states[part.start:part.stop + 1]
-            fwd_h_into(KB[:, :, :BT], VV[:, :, :BT], w, KB[:, :, BT:], g_last, states, vn, rnd)
+            fwd_h_loop(KB[:, :, :BT], VV[:, :, :BT], w, KB[:, :, BT:], g_last, states, vn, rnd)
             VV[:, :, BT:] = vn
             if o is not None:
                 h = states[:-1] if rnd is None else rnd(states[:-1])
@@ -220,7 +224,7 @@ def dplr_bwd_grid(grids, scale: float, h0: Optional[torch.Tensor], do, dht: Opti
         n = sl.stop - sl.start
         # [A_qk^T do; A_qb^T do]: chunk_dplr_bwd_dv's intra part and chunk_dplr_bwd_dAu's dv_new
         AqT_do = torch.matmul(A_q[sl].transpose(-1, -2), do[sl], out=AqT_do_buf[:n])
-        dv_new = bwd_dhu_into(QA[sl, :, :BT], KB[sl, :, BT:], w[sl], g_last[sl], do[sl], AqT_do[:, :, BT:],
+        dv_new = bwd_dhu_loop(QA[sl, :, :BT], KB[sl, :, BT:], w[sl], g_last[sl], do[sl], AqT_do[:, :, BT:],
                               dstates[sl.start:sl.stop + 1], dv_new_buf[:n])[1]
         dh = dstates[sl.start + 1:sl.stop + 1]
         dh = dh if rnd is None else rnd(dh)

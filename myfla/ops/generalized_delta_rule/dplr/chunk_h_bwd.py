@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.generalized_delta_rule.dplr.chunk_grid import chunks_from_grid, from_grid, grid_layout, to_grid
+from myfla.ops.utils.loop_graph import run_loop
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, is_amd
 
@@ -49,6 +50,33 @@ def bwd_dhu_into(qg, bg, w, g_last, do, dv, dstates: torch.Tensor, dv2: torch.Te
     return dstates, dv2
 
 
+def _bwd_dhu_steps(inputs, outs):
+    """``bwd_dhu_into`` as a ``run_loop`` body: fills ``outs`` (``dstates``, ``dv2``) from ``inputs``."""
+    dstates = outs['dstates']
+    dstates[-1].copy_(inputs['dht'])
+    bwd_dhu_into(inputs['qg'], inputs['bg'], inputs['w'], inputs['g_last'], inputs['do'], inputs['dv'], dstates,
+                 outs['dv2'])
+
+
+def bwd_dhu_loop(qg, bg, w, g_last, do, dv, dstates: torch.Tensor, dv2: torch.Tensor):
+    """``bwd_dhu_into`` with the same arguments and results, for any device: on CUDA tensors the
+    chunk loop goes through ``run_loop`` (one CUDA graph replay from a shape's second call on) and its
+    results are copied into ``dstates`` and ``dv2``; elsewhere it runs in place as it is."""
+    if dstates.device.type != 'cuda':
+        return bwd_dhu_into(qg, bg, w, g_last, do, dv, dstates, dv2)
+    NC, NH, BT, K = qg.shape
+    V = do.shape[-1]
+    # contiguous inputs: the eager call and the replays run the same products on the same layouts
+    inputs = {'qg': qg.contiguous(), 'bg': bg.contiguous(), 'w': w.contiguous(), 'g_last': g_last.contiguous(),
+              'do': do.contiguous(), 'dv': dv.contiguous(), 'dht': dstates[NC].contiguous()}
+    out = run_loop(f'dplr_bwd_dhu:{qg.dtype}', _bwd_dhu_steps, inputs,
+                   {'dstates': ((NC + 1, NH, K, V), dstates.dtype), 'dv2': ((NC, NH, BT, V), dv2.dtype)},
+                   dstates.device)
+    dstates.copy_(out['dstates'])
+    dv2.copy_(out['dv2'])
+    return dstates, dv2
+
+
 def bwd_dhu_grid(qg, bg, w, g_last, dht: Optional[torch.Tensor], do, dv):
     """Port-only core on the chunk grid. Returns ``(dstates, dv2)``: ``dstates[c + 1]`` ``[NC + 1, NH,
     K, V]`` is the gradient of the state leaving chunk ``c`` and ``dstates[0]`` that of the initial
@@ -61,7 +89,7 @@ def bwd_dhu_grid(qg, bg, w, g_last, dht: Optional[torch.Tensor], do, dv):
         dstates[NC].copy_(dht.reshape(NH, K, V))
     else:
         dstates[NC].zero_()
-    return bwd_dhu_into(qg, bg, w, g_last, do, dv, dstates, dv2)
+    return bwd_dhu_loop(qg, bg, w, g_last, do, dv, dstates, dv2)
 
 
 def chunk_dplr_bwd_dhu(

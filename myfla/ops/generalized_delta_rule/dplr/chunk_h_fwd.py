@@ -12,11 +12,13 @@ chunks runs only the three ``[N*H]``-batched ops that need the carried state.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
 
 from myfla.ops.generalized_delta_rule.dplr.chunk_grid import chunks_from_grid, from_grid, grid_layout, to_grid
+from myfla.ops.utils.loop_graph import run_loop
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, is_amd
 
@@ -47,6 +49,36 @@ def fwd_h_into(kg, v, w, bg, g_last, states: torch.Tensor, v_new: torch.Tensor, 
     return states, v_new
 
 
+def _fwd_h_steps(inputs, outs, rnd=None):
+    """``fwd_h_into`` as a ``run_loop`` body: fills ``outs`` (``states``, ``v_new``) from ``inputs``."""
+    states, v_new = outs['states'], outs['v_new']
+    states[0].copy_(inputs['h0'])
+    v_new.copy_(inputs['u'])
+    fwd_h_into(inputs['kg'], inputs['v'], inputs['w'], inputs['bg'], inputs['g_last'], states, v_new, rnd)
+
+
+def fwd_h_loop(kg, v, w, bg, g_last, states: torch.Tensor, v_new: torch.Tensor, rnd=None):
+    """``fwd_h_into`` with the same arguments and results, for any device: on CUDA tensors the chunk
+    loop goes through ``run_loop`` (replayed as one CUDA graph from a shape's second call on, so the
+    launches do not grow with the number of chunks) and its results are copied into ``states`` and
+    ``v_new``; elsewhere it runs in place as it is."""
+    if states.device.type != 'cuda':
+        return fwd_h_into(kg, v, w, bg, g_last, states, v_new, rnd)
+    NC, NH, BT, K = kg.shape
+    V = v.shape[-1]
+    # contiguous inputs: the eager call and the replays (which copy into contiguous buffers) then run
+    # the same products on the same layouts
+    inputs = {'kg': kg.contiguous(), 'v': v.contiguous(), 'w': w.contiguous(), 'bg': bg.contiguous(),
+              'g_last': g_last.contiguous(), 'h0': states[0].contiguous(), 'u': v_new.contiguous()}
+    name = f"dplr_fwd_h:{kg.dtype}:{getattr(rnd, 'dtype', None)}"
+    out = run_loop(name, functools.partial(_fwd_h_steps, rnd=rnd), inputs,
+                   {'states': ((NC + 1, NH, K, V), states.dtype), 'v_new': ((NC, NH, BT, V), v_new.dtype)},
+                   states.device)
+    states.copy_(out['states'])
+    v_new.copy_(out['v_new'])
+    return states, v_new
+
+
 def fwd_h_grid(kg, v, w, u, bg, g_last, h0: Optional[torch.Tensor], rnd=None):
     """Port-only core on the chunk grid: ``kg, bg, w`` ``[NC, NH, BT, K]``, ``v, u`` ``[NC, NH, BT, V]``,
     ``g_last`` ``[NC, NH, K]``, ``h0`` ``[NH, K, V]`` or None. Returns ``(states, v_new)``:
@@ -60,7 +92,7 @@ def fwd_h_grid(kg, v, w, u, bg, g_last, h0: Optional[torch.Tensor], rnd=None):
     else:
         states[0].zero_()
     v_new = new_empty((NC, NH, BT, V), kg.dtype, kg.device).copy_(u)
-    return fwd_h_into(kg, v, w, bg, g_last, states, v_new, rnd)
+    return fwd_h_loop(kg, v, w, bg, g_last, states, v_new, rnd)
 
 
 def chunk_dplr_fwd_h(

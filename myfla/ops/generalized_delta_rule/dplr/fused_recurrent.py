@@ -8,15 +8,20 @@ Per token, with state ``h`` ``[K, V]`` (fp32):
 The recurrence is sequential by nature, as in fla's kernel: one step per token, vectorised over
 sequences, heads and the ``K x V`` state (the two rank-one updates are one ``[K, 2] @ [2, V]``
 product); inputs are laid out time-major once and outputs written in place. Variable-length
-batches are padded to ``[N, max_len]`` with zeros, which leave a state unchanged.
+batches are padded to ``[N, max_len]`` with zeros, which leave a state unchanged. A one-token step on
+CUDA tensors (decoding) is a dozen small kernels, bound by launches: it goes through
+``myfla.ops.utils.loop_graph.run_loop`` and replays as one CUDA graph from a shape's second call on,
+as the GDN / KDA decoding steps do.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
 
+from myfla.ops.utils import loop_graph
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.index import check_varlen_inputs
 from myfla.ops.utils.threads import recurrent_state_work, small_work_single_threaded
@@ -33,7 +38,49 @@ def _time_major(layout, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def dplr_recurrence(q, k, v, a, b, gk, scale: float, initial_state: Optional[torch.Tensor],
                     output_final_state: bool, reverse: bool, cu_seqlens: Optional[torch.LongTensor]):
     """Port-only core shared with ``fused_recurrent_rwkv7_fwd``: ``(o, ht)`` with ``o`` in ``v.dtype``
-    and ``ht`` fp32 (fp64 for fp64 inputs) or None."""
+    and ``ht`` fp32 (fp64 for fp64 inputs) or None. One token per sequence on CUDA tensors goes
+    through ``step_replayed``."""
+    if q.device.type == 'cuda' and k.shape[1] == 1 and cu_seqlens is None:
+        return step_replayed('dplr', _given_vectors, q, k, v, {'a': a, 'b': b}, gk, scale, initial_state,
+                             output_final_state)
+    return _recurrence(q, k, v, a, b, gk, scale, initial_state, output_final_state, reverse, cu_seqlens)
+
+
+def _given_vectors(x):
+    return x['a'], x['b']
+
+
+def _step_body(x, out, scale: float, vectors) -> None:
+    """A one-token ``_recurrence`` as a ``run_loop`` body: the DPLR vectors ``a, b = vectors(x)``;
+    fills ``out['o']`` and ``out['state']``."""
+    a, b = vectors(x)
+    o, h = _recurrence(x['q'], x['k'], x['v'], a, b, x['gk'], scale, x['h0'], True, False, None)
+    out['o'].copy_(o)
+    out['state'].copy_(h)
+
+
+def step_replayed(name: str, vectors, q, k, v, extra, gk, scale: float, initial_state: Optional[torch.Tensor],
+                  output_final_state: bool):
+    """Port-only: the one-token step (``T == 1``, no ``cu_seqlens``) through ``run_loop``: eager on a
+    shape's first call, recorded on its second, then one graph launch plus the copies of the inputs in
+    and of the output and state out. ``vectors(inputs)`` (a module-level function) forms the DPLR
+    vectors ``(a, b)`` inside the recorded step from the tensors of ``extra``, so callers that derive
+    them (RWKV-7's ``-kk``, ``kk * a``) launch nothing outside it. Returns ``(o, ht)`` as
+    ``_recurrence`` does (the direction does not matter for one token)."""
+    B, _, H, K, V = *k.shape, v.shape[-1]
+    dtype = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)
+    inputs = {'q': q, 'k': k, 'v': v, 'gk': gk, **extra,
+              'h0': None if initial_state is None else initial_state.reshape(B, H, K, V)}
+    res = loop_graph.run_loop(f'{name}_recurrent_step:{scale}',
+                              functools.partial(_step_body, scale=scale, vectors=vectors), inputs,
+                              {'o': ((B, 1, H, V), v.dtype), 'state': ((B, H, K, V), dtype)}, q.device)
+    o = loop_graph.owned(res['o'], res['o'])
+    return o, (loop_graph.owned(res['state'], res['state']) if output_final_state else None)
+
+
+def _recurrence(q, k, v, a, b, gk, scale: float, initial_state: Optional[torch.Tensor],
+                output_final_state: bool, reverse: bool, cu_seqlens: Optional[torch.LongTensor]):
+    """``dplr_recurrence``'s token loop (every device, any length)."""
     B, T, H, K, V = *k.shape, v.shape[-1]
     dtype = torch.promote_types(torch.promote_types(q.dtype, v.dtype), torch.float32)
     layout = get_chunk_layout(B, T, max(T, 1), cu_seqlens, device=q.device) if cu_seqlens is None else None
