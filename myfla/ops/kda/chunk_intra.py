@@ -96,8 +96,9 @@ def intra_scores(q, k, beta, G, scale):
 def intra_grads(q, k, b, G, dAqk, dAkk):
     """Port-only helper: ``(dq, dk_rows, dk_cols)`` of one chunk grid: the gradient of ``q`` through
     ``Aqk``, of the rows ``beta k`` of ``Akk`` (before ``beta``), and of the columns ``k`` of both
-    (``b`` is ``beta`` ``[..., BT, 1]``). Only the lower triangles of ``dAqk`` (with its diagonal)
-    and ``dAkk`` (strict) are read, as in the kernel."""
+    (``b`` is ``beta`` ``[..., BT, 1]``). Only the lower triangles of ``dAqk`` and ``dAkk`` are read,
+    diagonals included, as in the kernel (``o_i >= j`` for both; ``Akk`` itself is strictly lower, and
+    ``chunk_kda``'s own ``dAkk`` has a zero diagonal, but a direct call may pass one)."""
     BT = q.shape[-2]
     factors = dense_factors(G)
     if factors is None:
@@ -107,7 +108,7 @@ def intra_grads(q, k, b, G, dAqk, dAkk):
     a, c = factors
     dA = dAqk.new_empty(*dAqk.shape[:-2], 2 * BT, BT)                  # [dAqk; dAkk], lower triangles
     torch.tril(dAqk, out=dA[..., :BT, :])
-    torch.tril(dAkk, -1, out=dA[..., BT:, :])
+    torch.tril(dAkk, out=dA[..., BT:, :])
     d_rows = torch.matmul(dA, k * c).view(*q.shape[:-2], 2, BT, q.shape[-1]).mul_(a.unsqueeze(-3))
     dk_cols = torch.matmul(dA.transpose(-1, -2), _stacked(q, k * b, a, a)).mul_(c)
     dq, dk_rows = d_rows.unbind(-3)

@@ -120,8 +120,10 @@ def test_intra_scores_and_grads_both_paths(dtype, spread, dense):
     leaves = [x.clone().requires_grad_() for x in (q, beta.unsqueeze(-1) * k, k)]      # q, rows of Akk, columns
     Aqk_ref = pairwise_scores(leaves[0], leaves[2], G)
     Akk_ref = pairwise_scores(leaves[1], leaves[2], G, strict=True)
-    # the upper triangles of dA are never read
-    loss = (Aqk_ref * dAqk.tril()).sum() + (Akk_ref * dAkk.tril(-1)).sum()
+    # the upper triangles of dA are never read; fla's backward kernel reads dAkk on and below the
+    # diagonal (o_i >= j, fla/ops/kda/chunk_intra.py:L300, L369), although Akk itself is strict
+    Akk_bwd = pairwise_scores(leaves[1], leaves[2], G)
+    loss = (Aqk_ref * dAqk.tril()).sum() + (Akk_bwd * dAkk.tril()).sum()
     dq_ref, dk_rows_ref, dk_cols_ref = torch.autograd.grad(loss, leaves)
 
     # fp32: exp(G_i - G_j) carries the rounding of G (about |G| * 6e-8) on top of the dots' own
@@ -132,9 +134,9 @@ def test_intra_scores_and_grads_both_paths(dtype, spread, dense):
     assert torch.isfinite(Aqk).all() and torch.isfinite(Akk).all()
     assert_rms("Aqk", 0.5 * Aqk_ref.detach(), Aqk, tol)
     assert_rms("Akk", Akk_ref.detach(), Akk, tol)
-    # garbage above the diagonal must not leak in (dAkk's diagonal is 0, as prepare_wy_repr_bwd gives it)
+    # garbage above the diagonal must not leak in; dAkk's diagonal is read (chunk_kda's own is 0)
     nan_above = torch.full_like(dAqk_d, float('nan')).triu(1)
-    dq, dk_rows, dk_cols = intra_grads(qd, kd, bd.unsqueeze(-1), Gd, dAqk_d + nan_above, dAkk_d.tril(-1) + nan_above)
+    dq, dk_rows, dk_cols = intra_grads(qd, kd, bd.unsqueeze(-1), Gd, dAqk_d + nan_above, dAkk_d.tril() + nan_above)
     assert_rms("dq", dq_ref, dq, tol)
     assert_rms("dk_rows", dk_rows_ref, dk_rows, tol)
     assert_rms("dk_cols", dk_cols_ref, dk_cols, tol)
