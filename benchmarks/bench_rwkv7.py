@@ -158,16 +158,9 @@ def cuda_main(args):
     rows = []
 
     def timed(fn, repeats):
-        for _ in range(3):                  # Triton compiles; myfla meets, records, then replays its loops
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        return sorted(times)[len(times) // 2]
+        """Median of device-synchronised calls after three untimed ones (Triton compiles; myfla meets,
+        records, then replays its loops)."""
+        return median_time(lambda: (fn(), torch.cuda.synchronize()), repeats, warmup=3)
 
     for dtype_name in args.dtypes.split(","):
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]

@@ -161,6 +161,17 @@ def run_loop(name: str, body: Body, inputs: Inputs,
         return entry.outputs
 
 
+def run_loop_into(name: str, body: Body, inputs: Inputs, targets: Dict[str, torch.Tensor], device) -> None:
+    """``run_loop`` for a loop that fills caller-owned buffers: the outputs are shaped like
+    ``targets`` (name -> tensor) and copied into them afterwards. The inputs are made contiguous
+    first, so the eager call and the replays (which copy into contiguous buffers) run the same
+    products on the same layouts."""
+    inputs = {n: None if t is None else t.contiguous() for n, t in inputs.items()}
+    outs = run_loop(name, body, inputs, {n: (tuple(t.shape), t.dtype) for n, t in targets.items()}, device)
+    for n, t in targets.items():
+        t.copy_(outs[n])
+
+
 def _storage_ptr(t: torch.Tensor) -> int:
     # untyped_storage arrived in torch 2.0; storage() gives the same pointer on older releases
     return t.untyped_storage().data_ptr() if hasattr(t, 'untyped_storage') else t.storage().data_ptr()

@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.generalized_delta_rule.dplr.chunk_grid import chunks_from_grid, from_grid, grid_layout, to_grid
-from myfla.ops.utils.loop_graph import run_loop
+from myfla.ops.utils.loop_graph import run_loop_into
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, is_amd
 
@@ -64,16 +64,9 @@ def bwd_dhu_loop(qg, bg, w, g_last, do, dv, dstates: torch.Tensor, dv2: torch.Te
     results are copied into ``dstates`` and ``dv2``; elsewhere it runs in place as it is."""
     if dstates.device.type != 'cuda':
         return bwd_dhu_into(qg, bg, w, g_last, do, dv, dstates, dv2)
-    NC, NH, BT, K = qg.shape
-    V = do.shape[-1]
-    # contiguous inputs: the eager call and the replays run the same products on the same layouts
-    inputs = {'qg': qg.contiguous(), 'bg': bg.contiguous(), 'w': w.contiguous(), 'g_last': g_last.contiguous(),
-              'do': do.contiguous(), 'dv': dv.contiguous(), 'dht': dstates[NC].contiguous()}
-    out = run_loop(f'dplr_bwd_dhu:{qg.dtype}', _bwd_dhu_steps, inputs,
-                   {'dstates': ((NC + 1, NH, K, V), dstates.dtype), 'dv2': ((NC, NH, BT, V), dv2.dtype)},
-                   dstates.device)
-    dstates.copy_(out['dstates'])
-    dv2.copy_(out['dv2'])
+    run_loop_into(f'dplr_bwd_dhu:{qg.dtype}', _bwd_dhu_steps,
+                  {'qg': qg, 'bg': bg, 'w': w, 'g_last': g_last, 'do': do, 'dv': dv, 'dht': dstates[-1]},
+                  {'dstates': dstates, 'dv2': dv2}, dstates.device)
     return dstates, dv2
 
 

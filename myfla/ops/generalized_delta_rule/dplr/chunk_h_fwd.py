@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.generalized_delta_rule.dplr.chunk_grid import chunks_from_grid, from_grid, grid_layout, to_grid
-from myfla.ops.utils.loop_graph import run_loop
+from myfla.ops.utils.loop_graph import run_loop_into
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype, is_amd
 
@@ -64,18 +64,9 @@ def fwd_h_loop(kg, v, w, bg, g_last, states: torch.Tensor, v_new: torch.Tensor, 
     ``v_new``; elsewhere it runs in place as it is."""
     if states.device.type != 'cuda':
         return fwd_h_into(kg, v, w, bg, g_last, states, v_new, rnd)
-    NC, NH, BT, K = kg.shape
-    V = v.shape[-1]
-    # contiguous inputs: the eager call and the replays (which copy into contiguous buffers) then run
-    # the same products on the same layouts
-    inputs = {'kg': kg.contiguous(), 'v': v.contiguous(), 'w': w.contiguous(), 'bg': bg.contiguous(),
-              'g_last': g_last.contiguous(), 'h0': states[0].contiguous(), 'u': v_new.contiguous()}
-    name = f"dplr_fwd_h:{kg.dtype}:{getattr(rnd, 'dtype', None)}"
-    out = run_loop(name, functools.partial(_fwd_h_steps, rnd=rnd), inputs,
-                   {'states': ((NC + 1, NH, K, V), states.dtype), 'v_new': ((NC, NH, BT, V), v_new.dtype)},
-                   states.device)
-    states.copy_(out['states'])
-    v_new.copy_(out['v_new'])
+    run_loop_into(f"dplr_fwd_h:{kg.dtype}:{getattr(rnd, 'dtype', None)}", functools.partial(_fwd_h_steps, rnd=rnd),
+                  {'kg': kg, 'v': v, 'w': w, 'bg': bg, 'g_last': g_last, 'h0': states[0], 'u': v_new},
+                  {'states': states, 'v_new': v_new}, states.device)
     return states, v_new
 
 
