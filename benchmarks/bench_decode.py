@@ -20,6 +20,10 @@ Sections (``--sections``):
 - ``layer``: per-token latency of one layer (hidden 1024; GatedDeltaNet and KimiDeltaAttention with 8
   heads of 128, RWKV7Attention with 16 of 64) after a 128-token prefill, policy on (the layers apply
   it to decoding calls) and off.
+- ``chain``: the ``op`` shapes decoded as a chain, each step's final state the next step's initial
+  state and the previous state dropped (what a Cache does): myfla as shipped against the same with
+  the CPU buffer pool off (``myfla/no-pool``: every step's final state a fresh allocation, which glibc
+  maps and page-faults in anew for states of a few MB; ``myfla/ops/utils/workspace.py``).
 - ``chunk``: a short chunked call (``chunk_kda`` / ``chunk_gated_delta_rule`` / ``chunk_rwkv7``, B=2
   T=300 H=4 K=V=64) as it is (the ops apply the policy themselves) and inside
   ``small_work_single_threaded``.
@@ -67,7 +71,7 @@ from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_g
 from myfla.ops.gated_delta_rule import fused_recurrent as fused_recurrent_module  # noqa: E402
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda  # noqa: E402
 from myfla.ops.rwkv7 import chunk_rwkv7  # noqa: E402
-from myfla.ops.utils import loop_graph, threads  # noqa: E402
+from myfla.ops.utils import loop_graph, threads, workspace  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_decode.json"
 HIDDEN = 1024
@@ -353,6 +357,49 @@ def bench_layers(args, n_threads, load_kind, device, sync) -> List[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def pool(enabled: bool):
+    """The CPU buffer pool as shipped (``enabled``) or off for the block."""
+    previous = workspace.MAX_BYTES
+    workspace.MAX_BYTES = previous if enabled else 0
+    try:
+        yield
+    finally:
+        workspace.MAX_BYTES = previous
+
+
+def bench_chain(args, n_threads, load_kind, device, sync) -> List[dict]:
+    rows = []
+    rounds, steps = (2, 6) if args.quick else (6, 20)
+    for op, B, H, HV, K in (QUICK_OP_SHAPES if args.quick else OP_SHAPES):
+        if out_of_time(args):
+            break
+        q, k, v, g, beta, h0 = op_inputs(op, B, H, HV, K, device)
+        kw = dict(beta=beta, output_final_state=True, use_qk_l2norm_in_kernel=True)
+        if op == "gdn":
+            def step(state):
+                return fused_recurrent_gated_delta_rule(q, k, v, g=g, initial_state=state, **kw)[1]
+        else:
+            def step(state):
+                return fused_recurrent_kda(q, k, v, g, initial_state=state, **kw)[1]
+        samples = {"myfla": [], "myfla/no-pool": []}
+        with torch.no_grad():
+            for _ in range(rounds):
+                for key in samples:
+                    with pool(key == "myfla"):
+                        state = h0.clone()
+                        for i in range(steps):
+                            t0 = time.perf_counter()
+                            state = step(state)
+                            sync()
+                            if i >= 2:                          # two untimed steps per chain
+                                samples[key].append(time.perf_counter() - t0)
+        rows.append({"section": "chain", "op": op, "B": B, "H": H, "HV": HV, "K": K, "V": K,
+                     "state_MB": B * HV * K * K * 4 / 2 ** 20, "threads": n_threads, "load": load_kind,
+                     "device": str(device), "times": {key: summary(s) for key, s in samples.items()}})
+    return rows
+
+
 def bench_chunk(args, n_threads, load_kind, device, sync) -> List[dict]:
     rows = []
     B, T, H, K = 2, 300, 4, 64
@@ -413,6 +460,11 @@ def print_rows(rows: List[dict]) -> None:
             counts = " ".join(f"{n}={c}" for n, c in r["ops_per_call"].items())
             print(head + "  " + "  ".join(f"{k} {v['median_ms']:.3f} ms (p90 {v['p90_ms']:.2f})" for k, v in t.items())
                   + f"\n      ops per call: {counts}")
+        elif r["section"] == "chain":
+            head = (f"chain {r['op']:<5} B={r['B']:<2} H={r['H']:<2} HV={r['HV']:<2} K=V={r['K']:<3} "
+                    f"thr={r['threads']} load={r['load']:<4}")
+            cells = "  ".join(f"{k} {v['median_ms']:.3f} ms (p90 {v['p90_ms']:.2f})" for k, v in t.items())
+            print(head + "  " + cells + f"  | no-pool/myfla {t['myfla/no-pool']['median_ms'] / t['myfla']['median_ms']:.2f}x")
         else:
             head = f"chunk {r['op']:<22} B={r['B']} T={r['T']} H={r['H']} K=V={r['K']} thr={r['threads']} load={r['load']:<4}"
             print(head + "  " + "  ".join(f"{k} {v['median_ms']:.2f} ms (p90 {v['p90_ms']:.1f})" for k, v in t.items()))
@@ -422,8 +474,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--sections", nargs="+", choices=["op", "layer", "chunk"], default=None,
-                        help="default: op layer chunk (CPU), op layer (CUDA)")
+    parser.add_argument("--sections", nargs="+", choices=["op", "layer", "chain", "chunk"], default=None,
+                        help="default: op layer chain chunk (CPU), op layer (CUDA)")
     parser.add_argument("--threads", type=int, nargs="+", default=None, help="default: 1 2 (CPU), 1 (CUDA)")
     parser.add_argument("--loads", nargs="+", choices=["none", "busy"], default=None,
                         help="default: none busy (CPU), none (CUDA)")
@@ -444,7 +496,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if cuda and not torch.cuda.is_available():
         print("--device cuda: torch sees no CUDA device", file=sys.stderr)
         return 2
-    args.sections = args.sections or (["op", "layer"] if cuda else ["op", "layer", "chunk"])
+    args.sections = args.sections or (["op", "layer"] if cuda else ["op", "layer", "chain", "chunk"])
     args.threads = args.threads or ([1] if cuda else [1, 2])
     args.loads = args.loads or (["none"] if cuda else ["none", "busy"])
     if args.time_limit is None and cuda:
@@ -459,7 +511,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ImportError:
         pass
 
-    sections = {"op": bench_ops, "layer": bench_layers, "chunk": bench_chunk}
+    sections = {"op": bench_ops, "layer": bench_layers, "chain": bench_chain, "chunk": bench_chunk}
     rows = []
     for load_kind in args.loads:
         with load(load_kind, args.busy_procs):

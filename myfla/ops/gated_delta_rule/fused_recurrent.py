@@ -35,6 +35,7 @@ from myfla.ops.utils.gva import gva_groups
 from myfla.ops.utils import loop_graph
 from myfla.ops.utils.threads import recurrent_state_work, small_work_single_threaded
 from myfla.ops.utils.validation import check_op_inputs
+from myfla.ops.utils.workspace import new_empty
 from myfla.utils import input_guard
 
 def _time_major(layout, x: torch.Tensor, dtype: torch.dtype, heads: int, rep: int, *rest: int) -> torch.Tensor:
@@ -271,7 +272,10 @@ def fused_recurrent_gated_delta_rule_fwd(
         L = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item()) if N > 0 else 0
     R = N * HV
     cdt = torch.float64 if v.dtype == torch.float64 else torch.float32
-    final_state = q.new_empty(N, HV, K, V, dtype=torch.float32) if output_final_state else None
+    # the returned state from the CPU buffer pool: a decoding loop drops the previous step's state
+    # as it stores the new one, so each step reuses a freed buffer instead of page-faulting a fresh
+    # allocation (glibc unmaps freed blocks of this size; see myfla.ops.utils.workspace)
+    final_state = new_empty((N, HV, K, V), torch.float32, q.device) if output_final_state else None
     # decoding: one token per sequence, in order (with cu_seqlens, B = 1 and T = N)
     decoding = L == 1 and gv is None and (cu_seqlens is None or T == N)
     if decoding and v.device.type == 'cuda' and loop_graph.ENABLED and not torch.cuda.is_current_stream_capturing():
@@ -280,7 +284,7 @@ def fused_recurrent_gated_delta_rule_fwd(
                                      use_qk_l2norm_in_kernel, rep, cdt)
     # the state lives in the final-state buffer where their dtypes agree, else in a buffer of its own
     state_is_final = final_state is not None and cdt == torch.float32
-    state = final_state.view(R, K, V) if state_is_final else v.new_empty(R, K, V, dtype=cdt)
+    state = final_state.view(R, K, V) if state_is_final else new_empty((R, K, V), cdt, v.device)
     if initial_state is not None:
         state_in = initial_state.reshape(R, K, V)                       # read, never written
     else:

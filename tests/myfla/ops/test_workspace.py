@@ -218,3 +218,52 @@ def test_buffers_handed_out_outside_passes_keep_the_former_bound(monkeypatch):
     expected = sorted([SHAPE[0] * (SHAPE[1] + n) for n in range(4)] + [(SHAPE[0] + 8 + n) * SHAPE[1] for n in (2, 3)])
     assert kept == expected
     assert workspace._pool.unscoped_nbytes == (2 * SHAPE[0] + 21) * SHAPE[1] * 4
+
+
+def _decode_ops():
+    from myfla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
+    from myfla.ops.kda import fused_recurrent_kda
+    from myfla.ops.rwkv7 import fused_recurrent_rwkv7
+
+    def gdn(q, k, v, w, h0):
+        return fused_recurrent_gated_delta_rule(q, k, v, g=w.mean(-1), beta=w.mean(-1).exp(), initial_state=h0,
+                                                output_final_state=True, use_qk_l2norm_in_kernel=True)
+
+    def kda(q, k, v, w, h0):
+        return fused_recurrent_kda(q, k, v, w, beta=w.mean(-1).exp(), initial_state=h0, output_final_state=True,
+                                   use_qk_l2norm_in_kernel=True)
+
+    def rwkv7(q, k, v, w, h0):
+        kk = torch.nn.functional.normalize(k, dim=-1)
+        return fused_recurrent_rwkv7(q, w, k, v, -kk, 0.5 * kk, initial_state=h0, output_final_state=True)
+    return {'gdn': gdn, 'kda': kda, 'rwkv7': rwkv7}
+
+
+@reuses
+@pytest.mark.parametrize('op', ['gdn', 'kda', 'rwkv7'])
+def test_decoding_steps_reuse_the_dropped_state_and_never_a_held_one(op):
+    """A one-token step returns its final state in pool memory: a decoding loop that drops the
+    previous step's state as it stores the new one reuses that memory (no fresh allocation to
+    page-fault in), and a state still held is never overwritten."""
+    fn = _decode_ops()[op]
+    torch.manual_seed(0)
+    B, H, K = 1, 4, 128                                      # a 256 KiB fp32 state: pooled
+    q, k, v = (torch.randn(B, 1, H, K) for _ in range(3))
+    w = -torch.rand(B, 1, H, K)
+    with torch.no_grad():
+        _, s1 = fn(q, k, v, w, torch.randn(B, H, K, K))
+        _, s2 = fn(q, k, v, w, s1)                       # reads s1, which is held: new memory
+        assert s2.data_ptr() != s1.data_ptr()
+        held = s1.clone()
+        _, s3 = fn(q, k, v, w, s2)                       # s1 is still held: not reused
+        assert torch.equal(s1, held) and s3.data_ptr() not in (s1.data_ptr(), s2.data_ptr())
+        ptr1 = s1.data_ptr()
+        del s1, held                                     # the cache dropped it
+        _, s4 = fn(q, k, v, w, s3)
+        pool = {b.data_ptr() for b in workspace._pool.buffers}
+        assert {s2.data_ptr(), s3.data_ptr(), s4.data_ptr()} <= pool    # the states live in the pool
+        assert s4.data_ptr() == ptr1
+        # the same numbers as with every buffer fresh
+        workspace.release()
+        _, ref = fn(q, k, v, w, s3)
+        assert torch.equal(s4, ref)

@@ -25,6 +25,7 @@ from myfla.ops.utils import loop_graph
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.index import check_varlen_inputs
 from myfla.ops.utils.threads import recurrent_state_work, small_work_single_threaded
+from myfla.ops.utils.workspace import new_empty
 from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 
@@ -89,10 +90,15 @@ def _recurrence(q, k, v, a, b, gk, scale: float, initial_state: Optional[torch.T
         layout = get_chunk_layout(B, T, max(max(lens, default=1), 1), cu_seqlens, device=q.device)
     N = layout.N
     NH = N * H
-    h = torch.zeros(NH, K, V, dtype=dtype, device=q.device)
-    if initial_state is not None:
-        with torch.no_grad():
+    # the state (returned as the final state) from the CPU buffer pool: a decoding loop drops the
+    # previous step's state as it stores the new one, so each step reuses a freed buffer instead of
+    # page-faulting a fresh allocation (see myfla.ops.utils.workspace)
+    h = new_empty((NH, K, V), dtype, q.device)
+    with torch.no_grad():
+        if initial_state is not None:
             h.copy_(initial_state.reshape(NH, K, V))
+        else:
+            h.zero_()
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
     if T == 0 or layout.NC == 0:
         return o, (h.view(N, H, K, V) if output_final_state else None)
