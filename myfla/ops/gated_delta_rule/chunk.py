@@ -30,7 +30,7 @@ from myfla.ops.utils.gva import gva_groups, repeat_qk_heads, sum_qk_heads
 from myfla.ops.utils.save_budget import backward_may_run, caller_grad_mode, keeps
 from myfla.ops.utils.threads import chunk_call_threads
 from myfla.ops.utils.validation import check_op_inputs, warn_if_head_first
-from myfla.ops.utils.workspace import new_empty
+from myfla.ops.utils.workspace import new_empty, standalone
 from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 
@@ -323,7 +323,7 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
         ctx.groups = groups
         ctx.segments = segments
         ctx.use_qk_l2norm_in_kernel = use_qk_l2norm_in_kernel
-        return o.to(q.dtype), final_state
+        return standalone(o.to(q.dtype)), standalone(final_state)
 
     @staticmethod
     @input_guard

@@ -35,7 +35,7 @@ from myfla.ops.utils.gva import gva_groups
 from myfla.ops.utils import loop_graph
 from myfla.ops.utils.threads import recurrent_state_work, small_work_single_threaded
 from myfla.ops.utils.validation import check_op_inputs
-from myfla.ops.utils.workspace import new_empty
+from myfla.ops.utils.workspace import new_empty, standalone
 from myfla.utils import input_guard
 
 def _time_major(layout, x: torch.Tensor, dtype: torch.dtype, heads: int, rep: int, *rest: int) -> torch.Tensor:
@@ -386,7 +386,7 @@ class FusedRecurrentFunction(torch.autograd.Function):
             cu_seqlens=cu_seqlens,
         )
 
-        return o, final_state
+        return standalone(o), standalone(final_state)
 
     @staticmethod
     @input_guard

@@ -20,6 +20,7 @@ from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
 from myfla.ops.utils.dot import dot, dot_add, operand, operand_dtype
 from myfla.ops.utils.gated_tril import GatedTril
+from myfla.ops.utils.workspace import standalone
 from myfla.utils import accumulation_dtype, check_shared_mem, input_guard
 
 # Block sizes of fla's autotuner (kept for API parity; unused by torch code).
@@ -433,7 +434,7 @@ class ChunkGLAFunction(torch.autograd.Function):
         ctx.chunk_size = chunk_size
         ctx.scale = scale
         ctx.cu_seqlens = cu_seqlens
-        return o, ht
+        return standalone(o), standalone(ht)
 
     @staticmethod
     @input_guard

@@ -98,6 +98,31 @@ def _enabled(device: torch.device) -> bool:
     return _UNUSED is not None and device.type == 'cpu' and not torch.is_grad_enabled()
 
 
+def standalone(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``t`` as a tensor that is not a view (same storage, offset, sizes and strides; no copy); ``t``
+    itself when it is not a view, or None.
+
+    fla's ops return freshly allocated tensors; the port's are often views of larger buffers (a pool
+    buffer, a padded chunk grid, a flat step output). Autograd forbids changing a custom
+    ``autograd.Function``'s view outputs in place ("... is a view and is being modified inplace"),
+    which fla's outputs allow, so the ops' Functions return their outputs through this."""
+    if t is None or not t._is_view():
+        return t
+    storage = t.untyped_storage() if hasattr(t, 'untyped_storage') else t.storage()
+    with torch.no_grad():
+        return t.new_empty((0,)).set_(storage, t.storage_offset(), t.size(), t.stride())
+
+
+def _on_storage(buf: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A contiguous ``shape`` tensor over the start of ``buf``'s storage that is not a view of ``buf``
+    (see :func:`standalone`)."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(int(size), 1)
+    return buf.new_empty((0,)).set_(buf.untyped_storage(), 0, tuple(shape), tuple(reversed(strides)))
+
+
 def new_empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``torch.empty(shape, dtype=dtype, device=device)``, from the pool where that is safe."""
     device = torch.device(device)
@@ -114,13 +139,13 @@ def new_empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) ->
             buffers.append(buffers.pop(i))
             _mark(buf)
             _evict()
-            return buf.view(shape)
+            return _on_storage(buf, shape)
     buf = torch.empty(numel, dtype=dtype, device=device)
     buffers.append(buf)
     _pool.nbytes += nbytes
     _mark(buf)
     _evict()
-    return buf.view(shape)
+    return _on_storage(buf, shape)
 
 
 def _mark(buf: torch.Tensor) -> None:

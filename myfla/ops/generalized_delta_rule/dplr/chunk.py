@@ -53,7 +53,7 @@ from myfla.ops.utils.index import check_varlen_inputs
 from myfla.ops.utils.save_budget import budget_bytes, keeps
 from myfla.ops.utils.threads import chunk_call_threads
 from myfla.ops.utils.validation import reject_head_first, warn_head_first_layout
-from myfla.ops.utils.workspace import new_empty
+from myfla.ops.utils.workspace import new_empty, standalone
 from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 # Chunk size of ChunkDPLRDeltaRuleFunction on this port (fla: 16; see the module docstring).
@@ -333,7 +333,7 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
         ctx.cu_seqlens = cu_seqlens
         ctx.scale = scale
         ctx.chunk_size = chunk_size
-        return o.to(q.dtype), final_state
+        return standalone(o.to(q.dtype)), standalone(final_state)
 
     @staticmethod
     @input_guard

@@ -25,7 +25,7 @@ from myfla.ops.utils import loop_graph
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.index import check_varlen_inputs
 from myfla.ops.utils.threads import recurrent_state_work, small_work_single_threaded
-from myfla.ops.utils.workspace import new_empty
+from myfla.ops.utils.workspace import new_empty, standalone
 from myfla.utils import autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 
@@ -185,7 +185,7 @@ class FusedRecurrentDPLRDeltaRuleFunction(torch.autograd.Function):
             reverse=reverse,
             cu_seqlens=cu_seqlens,
         )
-        return o, ht
+        return standalone(o), standalone(ht)
 
     @staticmethod
     @input_guard
