@@ -48,6 +48,21 @@ def naive(q, k, v, g, beta, scale):
     return torch.stack(outs, 1)
 
 
+def make_inputs(B: int, T: int, H: int, K: int, V: int, seed: int = 0):
+    """CPU fp32 ``(q, k, v, g, beta, do)``: L2-normalised keys (raw ones make the delta rule
+    explode), log-sigmoid gates near 0, beta in (0.5, 0.73)."""
+    import torch
+    import torch.nn.functional as F
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, K, generator=gen)
+    k = F.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1)
+    v = torch.randn(B, T, H, V, generator=gen)
+    g = F.logsigmoid(torch.randn(B, T, H, generator=gen) + 2.0)
+    beta = torch.rand(B, T, H, generator=gen).sigmoid()
+    do = torch.randn(B, T, H, V, generator=gen)
+    return q, k, v, g, beta, do
+
+
 def ratio(x, ref) -> float:
     x, ref = x.double(), ref.double()
     return ((x - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
@@ -63,7 +78,6 @@ def main(argv=None) -> int:
         from portaudit.numerics.record import limit_triton_autotune
         limit_triton_autotune()
     import torch
-    import torch.nn.functional as F
     if not torch.cuda.is_available():
         print("check_fla_gdn_backward: needs a CUDA device", file=sys.stderr)
         return 2
@@ -74,13 +88,7 @@ def main(argv=None) -> int:
     rows = []
     for B, T, H, K, V in SHAPES[:args.shapes]:
         for dtype in (torch.bfloat16, torch.float32):
-            gen = torch.Generator().manual_seed(0)
-            q = torch.randn(B, T, H, K, generator=gen)
-            k = F.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1)
-            v = torch.randn(B, T, H, V, generator=gen)
-            g = F.logsigmoid(torch.randn(B, T, H, generator=gen) + 2.0)
-            beta = torch.rand(B, T, H, generator=gen).sigmoid()
-            do = torch.randn(B, T, H, V, generator=gen)
+            q, k, v, g, beta, do = make_inputs(B, T, H, K, V)
             scale = K ** -0.5
             xs64 = [x.to(dev, torch.float64).requires_grad_() for x in (q, k, v, g, beta)]
             o64 = naive(*xs64, scale)

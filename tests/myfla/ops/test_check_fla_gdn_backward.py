@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule
 
@@ -25,14 +24,8 @@ def tool():
 
 
 def test_oracle_agrees_with_myfla_on_outputs_and_gradients(tool):
-    gen = torch.Generator().manual_seed(0)
     B, T, H, K, V = 2, 90, 2, 32, 48                 # T not a multiple of the chunk size
-    q = torch.randn(B, T, H, K, generator=gen)
-    k = F.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1)
-    v = torch.randn(B, T, H, V, generator=gen)
-    g = F.logsigmoid(torch.randn(B, T, H, generator=gen) + 2.0)
-    beta = torch.rand(B, T, H, generator=gen).sigmoid()
-    do = torch.randn(B, T, H, V, generator=gen)
+    q, k, v, g, beta, do = tool.make_inputs(B, T, H, K, V)
     xs64 = [x.double().requires_grad_() for x in (q, k, v, g, beta)]
     o64 = tool.naive(*xs64, K ** -0.5)
     o64.backward(do.double())
