@@ -20,6 +20,7 @@ function returns may live in pool memory; they stay valid and are never handed o
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -113,19 +114,27 @@ def standalone(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return t.new_empty((0,)).set_(storage, t.storage_offset(), t.size(), t.stride())
 
 
-def _on_storage(buf: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """A contiguous ``shape`` tensor over the start of ``buf``'s storage that is not a view of ``buf``
-    (see :func:`standalone`)."""
+@functools.lru_cache(maxsize=64)
+def _contiguous_strides(shape: tuple) -> tuple:
     strides, step = [], 1
     for size in reversed(shape):
         strides.append(step)
-        step *= max(int(size), 1)
-    return buf.new_empty((0,)).set_(buf.untyped_storage(), 0, tuple(shape), tuple(reversed(strides)))
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _on_storage(buf: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A contiguous ``shape`` tensor over the start of ``buf``'s storage that is not a view of ``buf``
+    (see :func:`standalone`)."""
+    shape = tuple(int(n) for n in shape)
+    return torch.empty(0, dtype=buf.dtype, device=buf.device).set_(buf.untyped_storage(), 0, shape,
+                                                                   _contiguous_strides(shape))
 
 
 def new_empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``torch.empty(shape, dtype=dtype, device=device)``, from the pool where that is safe."""
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     numel = math.prod(shape)
     nbytes = numel * dtype_itemsize(dtype)
     if nbytes < MIN_BYTES or nbytes > MAX_BYTES or not _enabled(device):
