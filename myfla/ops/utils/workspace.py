@@ -125,7 +125,8 @@ def _contiguous_strides(shape: tuple) -> tuple:
 
 def _on_storage(buf: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """A contiguous ``shape`` tensor over the start of ``buf``'s storage that is not a view of ``buf``
-    (see :func:`standalone`)."""
+    (see :func:`standalone`; this is its pool-side form, without a view made first). Pool buffers
+    exist only on torches with storage use counts, which all have ``untyped_storage``."""
     shape = tuple(int(n) for n in shape)
     return torch.empty(0, dtype=buf.dtype, device=buf.device).set_(buf.untyped_storage(), 0, shape,
                                                                    _contiguous_strides(shape))

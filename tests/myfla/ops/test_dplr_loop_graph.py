@@ -32,36 +32,35 @@ def _grid_inputs(NC=5, NH=3, BT=8, K=16, V=12, seed=0):
                 dv=rnd(NC, NH, BT, V), dht=rnd(NH, K, V))
 
 
-def test_forward_loop_body_fills_its_outputs_from_its_inputs():
-    x = _grid_inputs()
+def _forward_in_place(x):
+    """``(states, v_new)`` of the in-place forward loop ``fwd_h_into`` on ``_grid_inputs``."""
     NC, NH, BT, K = x['kg'].shape
-    V = x['v'].shape[-1]
-    states = torch.empty(NC + 1, NH, K, V)
+    states = torch.empty(NC + 1, NH, K, x['v'].shape[-1])
     states[0] = x['h0']
     v_new = x['u'].clone()
     fwd_h_into(x['kg'], x['v'], x['w'], x['bg'], x['g_last'], states, v_new)
-    outs = {'states': torch.full((NC + 1, NH, K, V), float('nan')), 'v_new': torch.full((NC, NH, BT, V), float('nan'))}
+    return states, v_new
+
+
+def test_forward_loop_body_fills_its_outputs_from_its_inputs():
+    x = _grid_inputs()
+    states, v_new = _forward_in_place(x)
+    outs = {'states': torch.full_like(states, float('nan')), 'v_new': torch.full_like(v_new, float('nan'))}
     _fwd_h_steps(x, outs)
     assert torch.equal(outs['states'], states) and torch.equal(outs['v_new'], v_new)
-
 
 
 def test_run_loop_into_fills_the_callers_buffers():
     """``loop_graph.run_loop_into`` (the path the CUDA wrappers take; on the CPU ``run_loop`` runs the
     body once on fresh outputs): strided inputs, results copied into the caller's buffers, equal to the
     in-place loop bit for bit."""
-    from functools import partial
     x = _grid_inputs()
-    NC, NH, BT, K = x['kg'].shape
-    V = x['v'].shape[-1]
-    states = torch.empty(NC + 1, NH, K, V)
-    states[0] = x['h0']
-    v_new = x['u'].clone()
-    fwd_h_into(x['kg'], x['v'], x['w'], x['bg'], x['g_last'], states, v_new)
+    states, v_new = _forward_in_place(x)
     wide = {n: torch.cat((t, t), -1)[..., :t.shape[-1]] for n, t in x.items()}       # strided views
     targets = {'states': torch.full_like(states, float('nan')), 'v_new': torch.full_like(v_new, float('nan'))}
-    loop_graph.run_loop_into('test_fwd_h', partial(_fwd_h_steps), wide, targets, torch.device('cpu'))
+    loop_graph.run_loop_into('test_fwd_h', _fwd_h_steps, wide, targets, torch.device('cpu'))
     assert torch.equal(targets['states'], states) and torch.equal(targets['v_new'], v_new)
+
 
 def test_backward_loop_body_fills_its_outputs_from_its_inputs():
     x = _grid_inputs()
