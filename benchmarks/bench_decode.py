@@ -16,7 +16,10 @@ Sections (``--sections``):
   imports (an implementation that fails is left out of its row, with a note). The bound, from the
   same run: ``copy`` (read the state and write it once into a kept buffer: the least a step that
   returns a new final state must move), at the set thread count and on one thread, whichever is
-  faster; ``read`` (one reduction over the state) is shown too.
+  faster; ``read`` (one reduction over the state) is shown too, and ``torch-floor``: the three state
+  passes (a ``bmm`` read, the decay into a new buffer, the rank-1 update in place) that any step made
+  of torch ops must make, run as bare ops (``torch_floor``), so ``myfla/torch-floor`` says how close
+  the step is to what torch ops allow and ``torch-floor/bound`` how far that is from the copy.
 - ``layer``: per-token latency of one layer (hidden 1024; GatedDeltaNet and KimiDeltaAttention with 8
   heads of 128, RWKV7Attention with 16 of 64) after a 128-token prefill, policy on (the layers apply
   it to decoding calls) and off.
@@ -251,6 +254,33 @@ def graphs_off(off: bool = True):
         loop_graph.ENABLED = enabled
 
 
+def torch_floor(op: str, h0: torch.Tensor) -> Callable[[], object]:
+    """The state passes a step built from torch ops cannot avoid, as bare ops on ``h0`` with every
+    vector precomputed: read ``k^T h`` and ``q^T h`` (one ``bmm``), write the decayed state into a new
+    buffer (``mul``: the gate per head for GDN, per key channel for KDA) and add the rank-1 update in
+    place (``addcmul_``). No torch op scales a state per head and adds an outer product in one pass,
+    and ``bmm`` is torch's fastest way to read it against two vectors (einsum, a transposed ``bmm``,
+    a grouped ``conv1d``, a sparse product and ``torch.compile`` measured slower), so these three
+    passes (three reads and two writes against the copy's one and one) are the least such a step
+    costs."""
+    B, HV, K, V = h0.shape
+    R = B * HV
+    state = h0.reshape(R, K, V)
+    gen = torch.Generator().manual_seed(1)
+    kq = torch.randn(R, 2, K, generator=gen).to(h0.device)
+    decay = torch.rand(R, K if op == "kda" else 1, 1, generator=gen).to(h0.device)
+    k_col = kq[:, 0].unsqueeze(-1).contiguous()
+    u_row = torch.randn(R, 1, V, generator=gen).to(h0.device)
+    read = torch.empty(R, 2, V, device=h0.device)
+    new_state = torch.empty_like(state)
+
+    def floor():
+        torch.bmm(kq, state, out=read)
+        torch.mul(state, decay, out=new_state).addcmul_(k_col, u_row)
+        return read, new_state
+    return floor
+
+
 def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
     fallbacks = transformers_fallbacks()
     fla_ops = real_fla_ops() if device.type == "cuda" else {}
@@ -293,6 +323,7 @@ def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
                     buffer.copy_(h0)
             fns["copy/1-thread"] = copy_one_thread
         fns["read"] = lambda: h0.sum()
+        fns["torch-floor"] = torch_floor(op, h0)
         diffs, notes = {}, []
         with torch.no_grad():
             reference = ours()
@@ -313,6 +344,8 @@ def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
                      "state_MB": state_bytes / 2 ** 20, "threads": n_threads, "load": load_kind, "device": str(device),
                      "bound_ms": bound_ms, "copy_GBps": 2 * state_bytes / bound_ms / 1e6,
                      "myfla_over_bound": times["myfla"]["median_ms"] / bound_ms,
+                     "myfla_over_torch_floor": times["myfla"]["median_ms"] / times["torch-floor"]["median_ms"],
+                     "torch_floor_over_bound": times["torch-floor"]["median_ms"] / bound_ms,
                      "max_abs_diff": diffs, "notes": notes, "ops_per_call": ops, "times": times})
     return rows
 
@@ -448,6 +481,9 @@ def print_rows(rows: List[dict]) -> None:
             cells = "  ".join(f"{k} {v['median_ms']:.3f} (p90 {v['p90_ms']:.2f})" for k, v in t.items())
             ours = t["myfla"]["median_ms"]
             ratio = f"  | myfla/bound {r['myfla_over_bound']:.1f}x ({r['copy_GBps']:.1f} GB/s)"
+            if "torch_floor_over_bound" in r:
+                ratio += (f", torch-floor/bound {r['torch_floor_over_bound']:.1f}x,"
+                          f" myfla/torch-floor {r['myfla_over_torch_floor']:.2f}x")
             if "transformers" in t:
                 ratio += f", transformers/myfla {t['transformers']['median_ms'] / ours:.2f}x"
             if "fla" in t:
