@@ -11,7 +11,9 @@ Sections (``--sections``):
   shapes) and ``fused_recurrent_kda``, next to transformers' ``torch_recurrent_gated_delta_rule`` /
   ``recurrent_kimi_delta_attention`` (their plain per-token loops, unwrapped from the hub-kernel
   decorator so that an installed fla is not picked up), with the policy off (``myfla/all-threads``)
-  where more than one thread is set, the step without its CUDA graph (``myfla/eager``) on CUDA,
+  where more than one thread is set, and the whole step on one thread (``myfla/1-thread``; the
+  policy runs small steps on one thread or on all, as measured), the step without its CUDA graph
+  (``myfla/eager``) on CUDA,
   and fla's Triton ``fused_recurrent_*`` on CUDA where real fla
   imports (an implementation that fails is left out of its row, with a note). The bound, from the
   same run: ``copy`` (read the state and write it once into a kept buffer: the least a step that
@@ -55,6 +57,7 @@ import inspect
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -98,13 +101,19 @@ LAYERS = {
 # -- timing --------------------------------------------------------------------------------------------
 
 def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]) -> Dict[str, dict]:
-    """Each path once untimed, then ``repeats`` rounds running every path in turn; wall times."""
+    """Each path once untimed, then ``repeats`` rounds running every path once, in an order shuffled
+    each round (seeded), so that every path follows every other equally often: on this project's
+    2-core VM a step right after a long path (transformers' token loop) ran up to 2x slower than the
+    same code elsewhere in the round, which a fixed or rotated order charges to one path; wall times."""
     for fn in fns.values():
         fn()
     sync()
     samples = {k: [] for k in fns}
+    order = list(fns.items())
+    shuffle = random.Random(0).shuffle
     for _ in range(repeats):
-        for key, fn in fns.items():
+        shuffle(order)
+        for key, fn in order:
             t0 = time.perf_counter()
             fn()
             sync()
@@ -308,6 +317,11 @@ def bench_ops(args, n_threads, load_kind, device, sync) -> List[dict]:
                 with policy(False):
                     return fn()
             fns["myfla/all-threads"] = all_threads
+
+            def on_one_thread(fn=ours):
+                with one_thread():
+                    return fn()
+            fns["myfla/1-thread"] = on_one_thread
         if op in fallbacks:
             fns["transformers"] = lambda fb=fallbacks[op]: fb(q, k, v, g=g, **kw)
         if op in fla_ops:

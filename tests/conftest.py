@@ -85,4 +85,7 @@ def fla060_root() -> Path:
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
+    # every test measures small work afresh (myfla.ops.utils.threads keeps per-thread choices)
+    from myfla.ops.utils import threads
+    threads.reset_small_work_choices()
     yield

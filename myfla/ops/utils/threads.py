@@ -8,6 +8,9 @@ the OS has not scheduled, so a 50 us op can take 10-20 ms (benchmarks/bench_deco
 One thread never waits. ``small_work_single_threaded(work, device)`` therefore runs a block on one
 intra-op thread when its work is below :data:`SMALL_WORK` and torch is set to more than one thread,
 and restores the thread count afterwards; larger work keeps the caller's setting, where threads pay.
+Small work above :data:`TINY_WORK`, where threads pay on a quiet machine (a one-token step with a
+2-16 MB state 1.3-5x faster on 2-16 threads than on one) and lose on a busy one, runs on whichever
+of one thread and the caller's threads its recent calls measured faster (``_Choice``).
 
 ``work`` is the number of elements of the largest tensor one op of the block reads or writes (a
 recurrent state ``[N, HV, K, V]``, a projection weight, a ``[B, T, D]`` activation): what decides
@@ -22,8 +25,8 @@ Caveats:
   takes when it first runs a torch op, and MKL's thread count. So while a block runs, a Python
   thread that starts using torch settles on one thread, and MKL calls of other threads run on one
   thread. Blocks are counted per thread (nested blocks restore once, the outermost on leaving).
-- A ``torch.set_num_threads`` call made inside a block (by the same thread) is undone when the
-  block ends.
+- A ``torch.set_num_threads`` call made inside a block (by the same thread) is undone when a block
+  that switched to one thread ends (a block that kept the threads leaves the count alone).
 - Switching costs well under a microsecond; the first parallel region after a switch back wakes
   the pool's threads again (microseconds on a quiet machine).
 - Only CPU tensors are affected; work on other devices runs as it is.
@@ -81,30 +84,127 @@ def set_small_work(work: int) -> int:
     return previous
 
 
-class small_work_single_threaded:
-    """Context manager: one intra-op thread for the block when ``work < SMALL_WORK`` and ``device``
-    (a ``torch.device``; None means CPU) is a CPU; otherwise nothing changes."""
+# Small work between TINY_WORK and SMALL_WORK: whether threads pay depends on the machine's load,
+# which a static rule cannot know. Measured (bench_decode.py, 2026-11-26): on 16 quiet threads of the
+# H100 host, one-token steps with states of 2^18 to 2^22 elements took 1.5-5.2x longer on one thread
+# than on all (the KDA step at B=8 with 16 heads of 128: 2.2 ms against 0.65 ms, and transformers'
+# loop 0.91 ms); on two quiet cores 1.3-2x longer; on two cores with a busy loop on one, threads were
+# 1.4-1.9x slower (this project's VM) to 22x slower (the host's pinned pair) than one thread. So such
+# a block measures: the first SMALL_WORK_SAMPLES calls of a kind (same work size and thread count)
+# alternate between one thread and the caller's threads (one of each where the threads' call took
+# SMALL_WORK_STALL_RATIO times the slowest one-thread call: stalled threads are not sampled again),
+# the faster (median wall time; one thread unless the threads are at least SMALL_WORK_MARGIN faster)
+# runs the calls of the next
+# SMALL_WORK_RECHECK_SECONDS, then it measures again (twice as long after each measurement that
+# confirms the choice, up to SMALL_WORK_RECHECK_MAX_SECONDS: on a steady machine the slower mode's
+# samples cost less and less). Below TINY_WORK elements (torch's elementwise
+# grain: its ops run on one thread there anyway) the block always runs on one thread.
+# MYFLA_SMALL_WORK_THREADS=one runs all small work on one thread (the policy of earlier releases).
+TINY_WORK = 2 ** 15
+SMALL_WORK_SAMPLES = 5
+SMALL_WORK_STALL_RATIO = 4.0
+SMALL_WORK_MARGIN = 0.9
+SMALL_WORK_RECHECK_SECONDS = 2.0
+SMALL_WORK_RECHECK_MAX_SECONDS = 32.0
+SMALL_WORK_THREADS = os.environ.get('MYFLA_SMALL_WORK_THREADS', 'measure')
+if SMALL_WORK_THREADS not in ('measure', 'one'):
+    raise ValueError(f"MYFLA_SMALL_WORK_THREADS must be 'measure' or 'one', got {SMALL_WORK_THREADS!r}.")
 
-    __slots__ = ('active',)
+
+class _Choice:
+    """The measured choice for one kind of small block (see ``TINY_WORK``): the wall times of its
+    calls on one thread and on the caller's threads while measuring, and the count it runs on until
+    ``until`` (``time.monotonic``) once decided."""
+
+    __slots__ = ('times', 'decided', 'until', 'last', 'interval')
+
+    def __init__(self):
+        self.times = {True: [], False: []}           # one thread? -> wall times while measuring
+        self.decided: Optional[bool] = None          # the choice in force (None: measuring)
+        self.until = 0.0
+        self.last: Optional[bool] = None             # the previous measurement's choice
+        self.interval = SMALL_WORK_RECHECK_SECONDS
+
+    def one_thread(self) -> bool:
+        """Whether the next call runs on one thread (while measuring: the mode with fewer samples,
+        one thread first)."""
+        if self.decided is not None and time.monotonic() < self.until:
+            return self.decided
+        self.decided = None
+        return len(self.times[True]) <= len(self.times[False])
+
+    def record(self, one: bool, seconds: float) -> None:
+        if self.decided is not None:
+            return
+        self.times[one].append(seconds)
+        ones, manys = self.times[True], self.times[False]
+        if ones and manys and min(manys) > SMALL_WORK_STALL_RATIO * max(ones):
+            self._decide(True)                       # stalling threads: no more samples of them
+        elif min(len(ones), len(manys)) >= SMALL_WORK_SAMPLES:
+            one_s, many_s = (sorted(t)[SMALL_WORK_SAMPLES // 2] for t in (ones, manys))
+            self._decide(not many_s < SMALL_WORK_MARGIN * one_s)
+
+    def _decide(self, one: bool) -> None:
+        self.decided = one
+        self.interval = (min(2 * self.interval, SMALL_WORK_RECHECK_MAX_SECONDS) if one == self.last
+                         else SMALL_WORK_RECHECK_SECONDS)
+        self.last = one
+        self.until = time.monotonic() + self.interval
+        self.times = {True: [], False: []}
+
+
+def reset_small_work_choices() -> None:
+    """Forget this thread's measured choices (the next small blocks measure again)."""
+    _state.choices = {}
+
+
+class small_work_single_threaded:
+    """Context manager for a block of ``work`` elements (see the module notes) on ``device`` (a
+    ``torch.device``; None means CPU): on a CPU, below ``SMALL_WORK``, one intra-op thread for tiny
+    work (``TINY_WORK``) and, above it, one thread or the caller's threads as measured for blocks of
+    that kind (``_Choice``); otherwise nothing changes. The outermost open block decides (and is
+    the one timed); nested ones keep its choice."""
+
+    __slots__ = ('active', 'work', 'choice', 'one', 'start')
 
     def __init__(self, work: int, device: Optional[torch.device] = None):
         self.active = work < SMALL_WORK and (device is None or device.type == 'cpu')
+        self.work = work
+        self.choice: Optional[_Choice] = None
 
     def __enter__(self) -> 'small_work_single_threaded':
         if self.active:
             depth = getattr(_state, 'depth', 0)
             if depth == 0:
-                _state.saved = torch.get_num_threads()
-                if _state.saved > 1:
+                # saved: the count to restore on leaving, 0 where the block keeps the threads (setting
+                # the same count again is not free: the next parallel region pays for it)
+                threads = torch.get_num_threads()
+                one = threads > 1
+                if one and self.work >= TINY_WORK and SMALL_WORK_THREADS == 'measure':
+                    choices = getattr(_state, 'choices', None)
+                    if choices is None:
+                        choices = _state.choices = {}
+                    key = (self.work.bit_length(), threads)
+                    self.choice = choices.get(key)
+                    if self.choice is None:
+                        self.choice = choices[key] = _Choice()
+                    one = self.choice.one_thread()
+                    self.one = one
+                _state.saved = threads if one else 0
+                if one:
                     torch.set_num_threads(1)
+                self.start = time.perf_counter()
             _state.depth = depth + 1
         return self
 
     def __exit__(self, *exc) -> None:
         if self.active:
             _state.depth -= 1
-            if _state.depth == 0 and _state.saved > 1:
-                torch.set_num_threads(_state.saved)
+            if _state.depth == 0:
+                if self.choice is not None:
+                    self.choice.record(self.one, time.perf_counter() - self.start)
+                if _state.saved:
+                    torch.set_num_threads(_state.saved)
 
 
 # Large calls on a busy machine: the same stalls, multiplied. A chunked op's call is thousands of ops

@@ -27,8 +27,10 @@ def _run(kda, tensors):
 @pytest.fixture(autouse=True)
 def no_stall_probe(monkeypatch):
     """These tests count threads; a busy test machine must not make the stall probe change them (the
-    probe's own tests switch it on and simulate the machine)."""
+    probe's own tests switch it on and simulate the machine), and small work runs on one thread
+    (``MYFLA_SMALL_WORK_THREADS=one``; the measured choice has its tests in test_small_work_choice.py)."""
     monkeypatch.setattr(threads, "STALL_PROBE", False)
+    monkeypatch.setattr(threads, "SMALL_WORK_THREADS", "one")
     monkeypatch.setattr(threads, "machine_loaded", lambda: True)
 
 

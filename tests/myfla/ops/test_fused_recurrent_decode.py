@@ -236,17 +236,26 @@ def test_small_step_runs_single_threaded_and_restores(monkeypatch, two_threads):
     assert torch.get_num_threads() == 2
 
 
-def test_batched_step_with_a_large_state_runs_single_threaded(monkeypatch, two_threads):
+def test_batched_step_with_a_large_state_is_small_work(monkeypatch, two_threads):
     """The state counts a quarter of its elements (recurrent_state_work): B=8 with 16 heads of
-    128 x 128 (2^21 elements, 8 MB) is still one-thread work by default, as a GEMV of that size."""
+    128 x 128 (2^21 elements, 8 MB) is still small work by default, as a GEMV of that size, and above
+    TINY_WORK: with ``MYFLA_SMALL_WORK_THREADS=one`` it runs on one thread; measured (the default),
+    its first call runs on one thread and its second on the caller's threads."""
     B, H, K = 8, 16, 128
     assert B * H * K * K == threads.SMALL_WORK == 2 ** 21
+    assert threads.recurrent_state_work(B * H * K * K) >= threads.TINY_WORK
     q, k, v, beta = (torch.randn(B, 1, H, K), torch.randn(B, 1, H, K), torch.randn(B, 1, H, K),
                      torch.rand(B, 1, H))
     g, h0 = F.logsigmoid(torch.randn(B, 1, H)), torch.randn(B, H, K, K) * 0.01
-    seen = threads_seen_by_bmm(monkeypatch, lambda: fused_recurrent_gated_delta_rule(
-        q, k, v, g=g, beta=beta, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True))
-    assert seen and set(seen) == {1}
+
+    def step():
+        return fused_recurrent_gated_delta_rule(q, k, v, g=g, beta=beta, initial_state=h0,
+                                                output_final_state=True, use_qk_l2norm_in_kernel=True)
+    monkeypatch.setattr(threads, "SMALL_WORK_THREADS", "one")
+    assert set(threads_seen_by_bmm(monkeypatch, step)) == {1}
+    monkeypatch.setattr(threads, "SMALL_WORK_THREADS", "measure")
+    assert set(threads_seen_by_bmm(monkeypatch, step)) == {1}
+    assert set(threads_seen_by_bmm(monkeypatch, step)) == {2}
     assert threads.recurrent_state_work(2 ** 23) == 2 ** 21
     assert torch.get_num_threads() == 2
 
