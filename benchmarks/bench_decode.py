@@ -30,8 +30,8 @@ Sections (``--sections``):
   the CPU buffer pool off (``myfla/no-pool``: every step's final state a fresh allocation, which glibc
   maps and page-faults in anew for states of a few MB; ``myfla/ops/utils/workspace.py``).
 - ``chunk``: a short chunked call (``chunk_kda`` / ``chunk_gated_delta_rule`` / ``chunk_rwkv7``, B=2
-  T=300 H=4 K=V=64) as it is (the ops apply the policy themselves) and inside
-  ``small_work_single_threaded``.
+  T=300 H=4 K=V=64) as it is (the ops apply the policy themselves), on one thread (``1-thread``) and
+  with the policy off (``all-threads``).
 
 Every op and layer row also records ``ops_per_call`` from the torch profiler: the top-level aten
 ops one call dispatches, those that compute (not a view or an allocation), and on CUDA the kernels it
@@ -461,7 +461,6 @@ def bench_chunk(args, n_threads, load_kind, device, sync) -> List[dict]:
            "chunk_rwkv7": lambda *xs: chunk_rwkv7(*xs, scale=1.0)}
     # RWKV7Attention's call: r, w, k, v, a = -k, b = k * (a sigmoid)
     rwkv7_inputs = [q, gates["chunk_rwkv7"], k, v, -k, k * beta.unsqueeze(-1)]
-    work = B * (T + 63) // 64 * H * K * K            # the largest per-op tensors: per-chunk states
     for name, fn in ops.items():
         if out_of_time(args):
             break
@@ -470,17 +469,22 @@ def bench_chunk(args, n_threads, load_kind, device, sync) -> List[dict]:
         def plain(fn=fn, xs=xs):
             return fn(*xs)
 
-        def small(fn=fn, xs=xs):
-            with threads.small_work_single_threaded(work, device):
+        def on_one_thread(fn=fn, xs=xs):
+            with one_thread():
+                return fn(*xs)
+
+        def all_threads(fn=fn, xs=xs):
+            with policy(False):
                 return fn(*xs)
 
         fns = {"as it is": plain}
         if n_threads > 1 and device.type == "cpu":
-            fns["single-threaded when small"] = small
+            fns["1-thread"] = on_one_thread
+            fns["all-threads"] = all_threads
         with torch.no_grad():
             times = interleaved(fns, args.chunk_repeats, sync)
         rows.append({"section": "chunk", "op": name, "B": B, "T": T, "H": H, "K": K, "V": K, "threads": n_threads,
-                     "load": load_kind, "device": str(device), "work": work, "times": times})
+                     "load": load_kind, "device": str(device), "times": times})
     return rows
 
 

@@ -328,7 +328,7 @@ def causal_conv1d_update(
     acc = accumulation_dtype(x)
     # a step is a handful of small ops, so its cost is their number: b_y is fresh after the first
     # reduction and the rest works on it in place; no conversion op where dtypes already agree
-    with small_work_single_threaded(N * D * W, x.device):
+    with small_work_single_threaded(N * D * W, x.device, 'causal_conv1d step'):
         b_x = as_dtype(x.reshape(N, D), acc)
         if cache is not None:
             # [N, D, W]: drop the oldest column, the new token becomes the last one

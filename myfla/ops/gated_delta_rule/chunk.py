@@ -55,7 +55,7 @@ def chunk_gated_delta_rule_fwd(
 def _gdn_fwd_pass(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, keep: bool = False):
     """``chunk_gated_delta_rule_fwd`` plus the intermediates ``(w, h, v_new)`` its backward would
     recompute when ``keep`` (else None), in one layout-conversion scope."""
-    with grid_cache(), chunk_call_threads(k, v):
+    with grid_cache(), chunk_call_threads(k, v, 'chunk_gated_delta_rule forward'):
         return _chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
                                            keep)
 
@@ -149,7 +149,7 @@ def chunk_gated_delta_rule_bwd(
 def _gdn_bwd_pass(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens, kept=None):
     """``chunk_gated_delta_rule_bwd``, reading the forward's ``kept`` intermediates (see
     ``_gdn_fwd_pass``) instead of recomputing them where given, in one layout-conversion scope."""
-    with grid_cache(), chunk_call_threads(k, v):
+    with grid_cache(), chunk_call_threads(k, v, 'chunk_gated_delta_rule backward'):
         return _chunk_gated_delta_rule_bwd(q, k, v, g, beta, A, scale, initial_state, do, dht, cu_seqlens, kept)
 
 

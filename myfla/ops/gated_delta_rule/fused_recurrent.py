@@ -295,7 +295,8 @@ def fused_recurrent_gated_delta_rule_fwd(
         return torch.empty_like(v), final_state
 
     # every op of a step streams the [R, K, V] state; the preparation touches [L, R, 2, max(K, V)]
-    with small_work_single_threaded(max(recurrent_state_work(R * K * V), 2 * L * R * max(K, V)), v.device):
+    with small_work_single_threaded(max(recurrent_state_work(R * K * V), 2 * L * R * max(K, V)), v.device,
+                                    'gated delta token loop'):
         if decoding:
             o = _decode_step(q, k, v, g, gk, beta, scale, state_in, state, use_qk_l2norm_in_kernel, rep, cdt)
             o = as_dtype(o.view(B, T, HV, V), v.dtype)

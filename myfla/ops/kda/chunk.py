@@ -80,7 +80,7 @@ def _kda_fwd_pass(q, k, v, g, beta, scale, initial_state, output_final_state, cu
     """``chunk_kda_fwd`` plus the intermediates ``(w, qg, kg, h, v_new)`` its backward would
     recompute when ``keep`` (else None), in one layout-conversion scope (each tensor's chunk grid is
     built once)."""
-    with grid_cache(), chunk_call_threads(k, v):
+    with grid_cache(), chunk_call_threads(k, v, 'chunk_kda forward'):
         return _chunk_kda_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, keep)
 
 
@@ -178,7 +178,7 @@ def chunk_kda_bwd(
 def _kda_bwd_pass(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu_seqlens, kept=None):
     """``chunk_kda_bwd``, reading the forward's ``kept`` intermediates (see ``_kda_fwd_pass``) instead
     of recomputing them where given, in one layout-conversion scope."""
-    with grid_cache(), chunk_call_threads(k, v):
+    with grid_cache(), chunk_call_threads(k, v, 'chunk_kda backward'):
         return _chunk_kda_bwd(q, k, v, g, beta, Aqk, Akk, scale, initial_state, do, dht, cu_seqlens, kept)
 
 

@@ -162,14 +162,17 @@ class small_work_single_threaded:
     """Context manager for a block of ``work`` elements (see the module notes) on ``device`` (a
     ``torch.device``; None means CPU): on a CPU, below ``SMALL_WORK``, one intra-op thread for tiny
     work (``TINY_WORK``) and, above it, one thread or the caller's threads as measured for blocks of
-    that kind (``_Choice``); otherwise nothing changes. The outermost open block decides (and is
-    the one timed); nested ones keep its choice."""
+    the same ``kind`` (a name for the code the block runs: a forward and a backward of the same size
+    cost differently, so they are measured apart), work size and thread count (``_Choice``);
+    otherwise nothing changes. The outermost open block decides (and is the one timed); nested ones
+    keep its choice."""
 
-    __slots__ = ('active', 'work', 'choice', 'one', 'start')
+    __slots__ = ('active', 'work', 'kind', 'choice', 'one', 'start')
 
-    def __init__(self, work: int, device: Optional[torch.device] = None):
+    def __init__(self, work: int, device: Optional[torch.device] = None, kind: str = ''):
         self.active = work < SMALL_WORK and (device is None or device.type == 'cpu')
         self.work = work
+        self.kind = kind
         self.choice: Optional[_Choice] = None
 
     def __enter__(self) -> 'small_work_single_threaded':
@@ -184,7 +187,7 @@ class small_work_single_threaded:
                     choices = getattr(_state, 'choices', None)
                     if choices is None:
                         choices = _state.choices = {}
-                    key = (self.work.bit_length(), threads)
+                    key = (self.kind, self.work.bit_length(), threads)
                     self.choice = choices.get(key)
                     if self.choice is None:
                         self.choice = choices[key] = _Choice()
@@ -303,11 +306,11 @@ def chunk_work(k: torch.Tensor, v: torch.Tensor) -> int:
 
 
 @contextlib.contextmanager
-def chunk_call_threads(k: torch.Tensor, v: torch.Tensor):
-    """The thread policy of a chunked op's forward or backward call: one intra-op thread for small
-    work (``small_work_single_threaded`` of ``chunk_work``), otherwise the caller's threads unless
-    they stall (``threads_unstalled``)."""
-    with small_work_single_threaded(chunk_work(k, v), k.device), threads_unstalled(k.device):
+def chunk_call_threads(k: torch.Tensor, v: torch.Tensor, kind: str = ''):
+    """The thread policy of a chunked op's forward or backward call (``kind`` names it): for small
+    work, ``small_work_single_threaded`` of ``chunk_work``, otherwise the caller's threads unless they
+    stall (``threads_unstalled``)."""
+    with small_work_single_threaded(chunk_work(k, v), k.device, kind), threads_unstalled(k.device):
         yield
 
 
@@ -335,13 +338,15 @@ def single_threaded_when_small(work_of: Callable[..., Optional[int]]) -> Callabl
     inside :class:`small_work_single_threaded` for that work and the tensor's device."""
 
     def decorate(fn: Callable) -> Callable:
+        kind = f"{fn.__module__}.{fn.__qualname__}"
+
         @functools.wraps(fn)
         def wrapper(self, *args, **kwargs):
             work = work_of(self, *args, **kwargs)
             if work is None or work >= SMALL_WORK:
                 return fn(self, *args, **kwargs)
             x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
-            with small_work_single_threaded(work, x.device):
+            with small_work_single_threaded(work, x.device, kind):
                 return fn(self, *args, **kwargs)
         return wrapper
 

@@ -150,3 +150,29 @@ def test_a_wrong_mode_in_the_environment_is_a_clear_error():
                             text=True, env={"MYFLA_SMALL_WORK_THREADS": "many", "PATH": ""})
     assert result.returncode != 0
     assert "MYFLA_SMALL_WORK_THREADS must be 'measure' or 'one', got 'many'" in result.stderr
+
+
+def test_a_chunk_ops_forward_and_backward_are_measured_apart(monkeypatch, two_threads):
+    """A small chunked call's forward and backward (same work, different cost) each alternate on
+    their own: one thread first for both, then the threads for both."""
+    import myfla.ops.gated_delta_rule.chunk as gdn_chunk
+    monkeypatch.setattr(threads, "time", FakeClock(2.0, 1.0))
+    seen = []
+    for name in ("_chunk_gated_delta_rule_fwd", "_chunk_gated_delta_rule_bwd"):
+        original = getattr(gdn_chunk, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            seen.append((_name[-3:], torch.get_num_threads()))
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(gdn_chunk, name, spy)
+    B, T, H, K = 1, 300, 2, 64
+    assert threads.TINY_WORK <= threads.chunk_work(torch.empty(B, T, H, K), torch.empty(B, T, H, K))
+    q, v = torch.randn(B, T, H, K, requires_grad=True), torch.randn(B, T, H, K, requires_grad=True)
+    k = F.normalize(torch.randn(B, T, H, K), dim=-1).requires_grad_()
+    g, beta = F.logsigmoid(torch.randn(B, T, H)).requires_grad_(), torch.rand(B, T, H).requires_grad_()
+    for _ in range(2):
+        o, ht = gdn_chunk.chunk_gated_delta_rule(q, k, v, g, beta, output_final_state=True)
+        (o.sum() + ht.sum()).backward()
+    assert seen == [("fwd", 1), ("bwd", 1), ("fwd", 2), ("bwd", 2)]
+    assert {key[0] for key in threads._state.choices} == {"chunk_gated_delta_rule forward",
+                                                           "chunk_gated_delta_rule backward"}

@@ -324,7 +324,7 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
     ):
         chunk_size = CHUNK_SIZE
         # grid_cache: an op pass of the buffer pool (its buffers are reused by the next passes)
-        with flush_denormal(), grid_cache(), chunk_call_threads(k, v):
+        with flush_denormal(), grid_cache(), chunk_call_threads(k, v, 'chunk_dplr forward'):
             # the forward's intermediates spare the backward its recompute where they fit (SAVE_BYTES)
             o, final_state, ctx.parts = _chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state,
                                                         output_final_state, cu_seqlens, chunk_size,
@@ -359,7 +359,7 @@ class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
                 dh0 = (dht_c if dht_c is not None else torch.zeros_like(h0)).reshape(initial_state.shape)
             return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(a),
                     torch.zeros_like(b), torch.zeros_like(gk), None, dh0, None, None)
-        with flush_denormal(), grid_cache(), chunk_call_threads(k, v):
+        with flush_denormal(), grid_cache(), chunk_call_threads(k, v, 'chunk_dplr backward'):
             parts, ctx.parts = ctx.parts, None
             # gradients written straight into token layout where the grid is a view of it
             views = None

@@ -105,7 +105,7 @@ def _recurrence(q, k, v, a, b, gk, scale: float, initial_state: Optional[torch.T
     # every op of a step streams the [NH, K, V] state; the preparation touches [L, NH, 2, max(K, V)]
     L = layout.NC * layout.BT
     work = max(recurrent_state_work(NH * K * V), 2 * L * NH * max(K, V))
-    with torch.no_grad(), small_work_single_threaded(work, q.device):
+    with torch.no_grad(), small_work_single_threaded(work, q.device, 'dplr token loop'):
         # out of place: the time-major layout may be a view of the caller's tensor
         qs = (_time_major(layout, q, dtype) * scale).unsqueeze(-2)       # [L, NH, 1, K]
         at = _time_major(layout, a, dtype).unsqueeze(-2)                 # [L, NH, 1, K]
