@@ -97,7 +97,8 @@ def set_small_work(work: int) -> int:
 # runs the calls of the next
 # SMALL_WORK_RECHECK_SECONDS, then it measures again (twice as long after each measurement that
 # confirms the choice, up to SMALL_WORK_RECHECK_MAX_SECONDS: on a steady machine the slower mode's
-# samples cost less and less). Below TINY_WORK elements (torch's elementwise
+# samples cost less and less; two calls in a row SMALL_WORK_STALL_RATIO times slower than the choice
+# measured end it at once, as when a quiet machine turns busy). Below TINY_WORK elements (torch's elementwise
 # grain: its ops run on one thread there anyway) the block always runs on one thread.
 # MYFLA_SMALL_WORK_THREADS=one runs all small work on one thread (the policy of earlier releases).
 TINY_WORK = 2 ** 15
@@ -116,7 +117,7 @@ class _Choice:
     calls on one thread and on the caller's threads while measuring, and the count it runs on until
     ``until`` (``time.monotonic``) once decided."""
 
-    __slots__ = ('times', 'decided', 'until', 'last', 'interval')
+    __slots__ = ('times', 'decided', 'until', 'last', 'interval', 'expected', 'strikes')
 
     def __init__(self):
         self.times = {True: [], False: []}           # one thread? -> wall times while measuring
@@ -124,6 +125,8 @@ class _Choice:
         self.until = 0.0
         self.last: Optional[bool] = None             # the previous measurement's choice
         self.interval = SMALL_WORK_RECHECK_SECONDS
+        self.expected = 0.0                          # the chosen mode's median while measuring
+        self.strikes = 0                             # calls in a row far slower than expected
 
     def one_thread(self) -> bool:
         """Whether the next call runs on one thread (while measuring: the mode with fewer samples,
@@ -135,17 +138,24 @@ class _Choice:
 
     def record(self, one: bool, seconds: float) -> None:
         if self.decided is not None:
+            # a machine that turns busy makes the chosen threads stall at once: two calls in a row
+            # SMALL_WORK_STALL_RATIO times slower than measured end the choice before its time
+            self.strikes = self.strikes + 1 if seconds > SMALL_WORK_STALL_RATIO * self.expected else 0
+            if self.strikes >= 2:
+                self.decided, self.last, self.strikes = None, None, 0
+                self.interval = SMALL_WORK_RECHECK_SECONDS
             return
         self.times[one].append(seconds)
         ones, manys = self.times[True], self.times[False]
         if ones and manys and min(manys) > SMALL_WORK_STALL_RATIO * max(ones):
-            self._decide(True)                       # stalling threads: no more samples of them
+            self._decide(True, sorted(ones)[len(ones) // 2])      # stalling threads: not sampled again
         elif min(len(ones), len(manys)) >= SMALL_WORK_SAMPLES:
             one_s, many_s = (sorted(t)[SMALL_WORK_SAMPLES // 2] for t in (ones, manys))
-            self._decide(not many_s < SMALL_WORK_MARGIN * one_s)
+            faster = not many_s < SMALL_WORK_MARGIN * one_s
+            self._decide(faster, one_s if faster else many_s)
 
-    def _decide(self, one: bool) -> None:
-        self.decided = one
+    def _decide(self, one: bool, expected: float) -> None:
+        self.decided, self.expected, self.strikes = one, expected, 0
         self.interval = (min(2 * self.interval, SMALL_WORK_RECHECK_MAX_SECONDS) if one == self.last
                          else SMALL_WORK_RECHECK_SECONDS)
         self.last = one

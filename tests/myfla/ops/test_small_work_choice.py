@@ -176,3 +176,25 @@ def test_a_chunk_ops_forward_and_backward_are_measured_apart(monkeypatch, two_th
     assert seen == [("fwd", 1), ("bwd", 1), ("fwd", 2), ("bwd", 2)]
     assert {key[0] for key in threads._state.choices} == {"chunk_gated_delta_rule forward",
                                                            "chunk_gated_delta_rule backward"}
+
+
+def test_a_choice_ends_early_when_its_calls_turn_far_slower(monkeypatch, two_threads):
+    """Threads chosen on a quiet machine that then turns busy: two calls in a row
+    SMALL_WORK_STALL_RATIO times slower than measured end the choice before its recheck time."""
+    clock = FakeClock(2.0, 1.0)
+    monkeypatch.setattr(threads, "time", clock)
+    n = threads.SMALL_WORK_SAMPLES
+    _block_threads(WORK, 2 * n)
+    for _ in range(3):                                         # confirmed: a longer interval
+        clock.now += next(iter(threads._state.choices.values())).interval + 0.1
+        _block_threads(WORK, 2 * n)
+    choice = next(iter(threads._state.choices.values()))
+    assert choice.decided is False and choice.interval > threads.SMALL_WORK_RECHECK_SECONDS
+    clock.cost_many = 4.5                                      # one slow call is not enough ...
+    assert _block_threads(WORK, 1) == [2]
+    clock.cost_many = 1.0
+    assert _block_threads(WORK, 1) == [2] and choice.strikes == 0
+    clock.cost_many = 10.0                                     # ... two in a row are
+    assert _block_threads(WORK, 2) == [2, 2]
+    assert choice.decided is None and choice.interval == threads.SMALL_WORK_RECHECK_SECONDS
+    assert _block_threads(WORK, 4) == [1, 2, 1, 1]             # measured again: threads stall
