@@ -2,15 +2,19 @@
 
 PyTorch runs an elementwise op, a reduction or a batched matmul on several threads once it is
 larger than a fixed grain (32768 elements for elementwise ops). For the tensors of a one-token
-decode step, or of a short chunked call, that parallel region gains little, and on a machine whose
-cores are busy with other processes it stalls: the region ends at a barrier that waits for a thread
-the OS has not scheduled, so a 50 us op can take 10-20 ms (benchmarks/bench_decode.py measures it).
-One thread never waits. ``small_work_single_threaded(work, device)`` therefore runs a block on one
-intra-op thread when its work is below :data:`SMALL_WORK` and torch is set to more than one thread,
-and restores the thread count afterwards; larger work keeps the caller's setting, where threads pay.
-Small work above :data:`TINY_WORK`, where threads pay on a quiet machine (a one-token step with a
-2-16 MB state 1.3-5x faster on 2-16 threads than on one) and lose on a busy one, runs on whichever
-of one thread and the caller's threads its recent calls measured faster (``_Choice``).
+decode step, or of a short chunked call, that parallel region gains little on a busy machine and
+stalls: the region ends at a barrier that waits for a thread the OS has not scheduled, so a 50 us op
+can take 10-20 ms (benchmarks/bench_decode.py measures it). One thread never waits. On a quiet
+machine, though, the same threads pay: a one-token step with a 2-16 MB state runs 1.3-2x faster on
+two cores than on one and 1.5-5x faster on 16. So ``small_work_single_threaded(work, device, kind)``
+decides per block, for work below :data:`SMALL_WORK` when torch is set to more than one thread:
+- tiny work (below :data:`TINY_WORK` elements, torch's elementwise grain) runs on one thread;
+- other small work runs on one thread or on the caller's threads, whichever recent blocks of the
+  same kind measured faster (``_Choice``: both are timed in turn, the faster is kept for a while,
+  then measured again; threads that stall are dropped after one sample, and a choice whose calls
+  turn 4x slower is measured again at once). ``MYFLA_SMALL_WORK_THREADS=one`` runs all small work
+  on one thread instead (the policy of earlier releases).
+The thread count is restored afterwards; larger work keeps the caller's setting.
 
 ``work`` is the number of elements of the largest tensor one op of the block reads or writes (a
 recurrent state ``[N, HV, K, V]``, a projection weight, a ``[B, T, D]`` activation): what decides
@@ -22,9 +26,10 @@ milliseconds.
 Caveats:
 - ``torch.set_num_threads`` sets the calling thread's OpenMP team size (which is what a parallel
   region started from that thread uses), and also process-wide settings: the default a thread
-  takes when it first runs a torch op, and MKL's thread count. So while a block runs, a Python
-  thread that starts using torch settles on one thread, and MKL calls of other threads run on one
-  thread. Blocks are counted per thread (nested blocks restore once, the outermost on leaving).
+  takes when it first runs a torch op, and MKL's thread count. So while a block runs on one
+  thread, a Python thread that starts using torch settles on one thread, and MKL calls of other
+  threads run on one thread. Blocks and measured choices are per thread (nested blocks follow the
+  outermost, which restores on leaving).
 - A ``torch.set_num_threads`` call made inside a block (by the same thread) is undone when a block
   that switched to one thread ends (a block that kept the threads leaves the count alone).
 - Switching costs well under a microsecond; the first parallel region after a switch back wakes
@@ -33,26 +38,21 @@ Caveats:
 
 Layers apply the policy to their decoding calls with :func:`single_threaded_when_small`, whose work
 counts a quarter of the layer's largest parameter (a one-token projection is a memory-bound GEMV).
-The chunked GDN and KDA ops apply it to their forward and backward passes, with :func:`chunk_work`.
+The chunked GDN, KDA and DPLR ops apply it to their forward and backward passes, with
+:func:`chunk_work`.
 
 A one-token projection is a GEMV: two flops per weight element read, memory-bound, so its weight
 counts as a quarter of its size (:data:`MEMORY_BOUND_SHARE`): projections up to 4 x 2^21 elements
-(32 MB of fp32, a few milliseconds on one core) run on one thread with the rest of the step, larger
-ones keep the caller's threads. The recurrent state of a one-token step is streamed the same way
-(the decay and the rank-1 update, a few flops per element) and counts a quarter too
-(:func:`recurrent_state_work`): states up to 2^23 elements (32 MB of fp32; B=8 with 32 heads of
-128 x 128 is 2^22) update on one thread. On two pinned cores of the host with one busy, a KDA step
-at B=8 with 16 heads of 128 (2^21 elements, then on both threads) took 40.2 ms against 1.8 ms on one
-thread, and the GatedDeltaNet layer at B=8 69 ms against 14.8 ms; quiet, two threads were 1.7x
-faster than one (1.01 vs 1.74 ms): the busy machine's 22x loss outweighs the quiet one's 1.7x gain,
-as for the projections. Measured on two pinned cores of a 16-core Xeon host with a busy loop
-on one of them (bench_decode.py, 2026-11-26): GatedDeltaNet at hidden 1024 (two 2^21-element
-projections) took 36.6 ms per token with its projections on two threads against 3.7 ms on one; quiet,
-two threads were 1.4x faster than one (1.7 vs 2.3 ms). A region of a large GEMV stalls under load
-like any other, and one core draws most of the bandwidth a GEMV of that size can use; a real
-model's larger projections (Qwen3-Next: 2048 x 12288) keep their threads, where a many-core host's
-bandwidth pays. On the 2-core development machine one thread was as fast as two or faster, quiet
-or busy.
+(32 MB of fp32) are small work with the rest of the step, larger ones keep the caller's threads. The
+recurrent state of a one-token step is streamed the same way (the decay and the rank-1 update, a few
+flops per element) and counts a quarter too (:func:`recurrent_state_work`): states up to 2^23
+elements (32 MB of fp32; B=8 with 32 heads of 128 x 128 is 2^22) are small work. Why they are
+measured and not simply run on one thread (bench_decode.py, two pinned cores and all 16 of the H100
+host's Xeon, 2026-11-26): with one thread busy on the pair, a KDA step at B=8 with 16 heads of 128 took
+40.0 ms on both threads against 3.9 ms on one, and the GatedDeltaNet layer at B=8 120 against 17 ms;
+quiet, the same step took 1.6 ms on both against 2.6 on one, and on 16 quiet threads 0.70 against
+2.4 ms (transformers' loop 0.96 ms). Measuring, the step took 4.2 ms busy, 1.6 ms quiet on the pair
+and 0.71 ms on 16 threads.
 """
 
 from __future__ import annotations
@@ -84,23 +84,14 @@ def set_small_work(work: int) -> int:
     return previous
 
 
-# Small work between TINY_WORK and SMALL_WORK: whether threads pay depends on the machine's load,
-# which a static rule cannot know. Measured (bench_decode.py, 2026-11-26): on 16 quiet threads of the
-# H100 host, one-token steps with states of 2^18 to 2^22 elements took 1.5-5.2x longer on one thread
-# than on all (the KDA step at B=8 with 16 heads of 128: 2.2 ms against 0.65 ms, and transformers'
-# loop 0.91 ms); on two quiet cores 1.3-2x longer; on two cores with a busy loop on one, threads were
-# 1.4-1.9x slower (this project's VM) to 22x slower (the host's pinned pair) than one thread. So such
-# a block measures: the first SMALL_WORK_SAMPLES calls of a kind (same work size and thread count)
-# alternate between one thread and the caller's threads (one of each where the threads' call took
-# SMALL_WORK_STALL_RATIO times the slowest one-thread call: stalled threads are not sampled again),
-# the faster (median wall time; one thread unless the threads are at least SMALL_WORK_MARGIN faster)
-# runs the calls of the next
-# SMALL_WORK_RECHECK_SECONDS, then it measures again (twice as long after each measurement that
-# confirms the choice, up to SMALL_WORK_RECHECK_MAX_SECONDS: on a steady machine the slower mode's
-# samples cost less and less; two calls in a row SMALL_WORK_STALL_RATIO times slower than the choice
-# measured end it at once, as when a quiet machine turns busy). Below TINY_WORK elements (torch's elementwise
-# grain: its ops run on one thread there anyway) the block always runs on one thread.
-# MYFLA_SMALL_WORK_THREADS=one runs all small work on one thread (the policy of earlier releases).
+# The measured choice for small work above TINY_WORK (see the module notes): the first calls of a
+# kind of block alternate between one thread and the caller's threads, SMALL_WORK_SAMPLES of each
+# (one of each where the threads' call took SMALL_WORK_STALL_RATIO times the slowest one-thread call);
+# the faster by median (one thread unless the threads are at least SMALL_WORK_MARGIN faster) runs the
+# calls of the next SMALL_WORK_RECHECK_SECONDS, twice as long after each measurement that confirms it
+# (up to SMALL_WORK_RECHECK_MAX_SECONDS), and two calls in a row SMALL_WORK_STALL_RATIO times slower
+# than measured end it at once. On the H100 host's busy pair of cores the B=8 KDA step then took 4.2
+# ms against 3.9 on one thread and 40.0 on both; quiet, 1.6 ms against 1.6 on both (bench_decode.py).
 TINY_WORK = 2 ** 15
 SMALL_WORK_SAMPLES = 5
 SMALL_WORK_STALL_RATIO = 4.0
@@ -109,7 +100,8 @@ SMALL_WORK_RECHECK_SECONDS = 2.0
 SMALL_WORK_RECHECK_MAX_SECONDS = 32.0
 SMALL_WORK_THREADS = os.environ.get('MYFLA_SMALL_WORK_THREADS', 'measure')
 if SMALL_WORK_THREADS not in ('measure', 'one'):
-    raise ValueError(f"MYFLA_SMALL_WORK_THREADS must be 'measure' or 'one', got {SMALL_WORK_THREADS!r}.")
+    raise ValueError(f"The environment variable MYFLA_SMALL_WORK_THREADS must be 'measure' (the default: small "
+                     f"work runs on one thread or on all, as measured) or 'one', got {SMALL_WORK_THREADS!r}.")
 
 
 class _Choice:
