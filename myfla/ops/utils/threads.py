@@ -35,6 +35,10 @@ Caveats:
 - Switching costs well under a microsecond; the first parallel region after a switch back wakes
   the pool's threads again (microseconds on a quiet machine).
 - Only CPU tensors are affected; work on other devices runs as it is.
+- Which count a measured block runs on depends on timing, so two runs need not take the same one.
+  On this project's machines the decode steps and short chunked calls gave bit-identical results on
+  1, 2 and 16 threads (torch 2.13, MKL), but torch does not promise that for every op and library;
+  ``MYFLA_SMALL_WORK_THREADS=one`` keeps all small work on one thread where runs must repeat bit for bit.
 
 Layers apply the policy to their decoding calls with :func:`single_threaded_when_small`, whose work
 counts a quarter of the layer's largest parameter (a one-token projection is a memory-bound GEMV).
