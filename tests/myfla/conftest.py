@@ -1,10 +1,20 @@
-"""Fixtures of the model-level tests: fla 0.4.0's own model and attention code on CPU references
-(tests/myfla/models/fla_oracle.py), loaded once per session. Tests that use them need transformers
-(as fla's models do) and skip without it."""
+"""Fixtures of the myfla tests: fla 0.4.0's own model and attention code on CPU references
+(tests/myfla/models/fla_oracle.py), loaded once per session (tests that use them need transformers,
+as fla's models do, and skip without it); two intra-op threads for the thread-policy tests."""
 
 from __future__ import annotations
 
 import pytest
+import torch
+
+
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads for the test (the caller's count restored after it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -205,14 +205,6 @@ def test_fp64_and_bf16_steps():
 
 # ---- the thread policy -----------------------------------------------------------------------------------
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def threads_seen_by_bmm(monkeypatch, call):
     """Run ``call`` and return the intra-op thread counts the op's batched matmuls ran under."""
     seen = []

@@ -32,14 +32,6 @@ class FakeClock:
         return self.counter
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def _block_threads(work: int, calls: int):
     """Thread counts seen inside ``calls`` blocks of ``work``."""
     seen = []
