@@ -206,11 +206,11 @@ class small_work_single_threaded:
             _state.depth = depth + 1
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self.active:
             _state.depth -= 1
             if _state.depth == 0:
-                if self.choice is not None:
+                if self.choice is not None and exc_type is None:      # a call that raised is no sample
                     self.choice.record(self.one, time.perf_counter() - self.start)
                 if _state.saved:
                     torch.set_num_threads(_state.saved)

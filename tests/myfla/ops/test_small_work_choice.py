@@ -190,3 +190,16 @@ def test_a_choice_ends_early_when_its_calls_turn_far_slower(monkeypatch, two_thr
     assert _block_threads(WORK, 2) == [2, 2]
     assert choice.decided is None and choice.interval == threads.SMALL_WORK_RECHECK_SECONDS
     assert _block_threads(WORK, 4) == [1, 2, 1, 1]             # measured again: threads stall
+
+
+def test_a_call_that_raises_is_not_a_sample(monkeypatch, two_threads):
+    monkeypatch.setattr(threads, "time", FakeClock(2.0, 1.0))
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            with threads.small_work_single_threaded(WORK):
+                assert torch.get_num_threads() == 1               # measuring starts on one thread
+                raise ValueError("bad input")
+    assert torch.get_num_threads() == 2
+    choice = next(iter(threads._state.choices.values()))
+    assert choice.times == {True: [], False: []}
+    assert _block_threads(WORK, 2) == [1, 2]
