@@ -1,6 +1,7 @@
 """Small work above TINY_WORK runs on one thread or on the caller's threads, whichever its recent
 calls measured faster (myfla/ops/utils/threads.py, ``_Choice``). The clock is simulated: a call
 "costs" what the test says for the thread count it runs under, so the choices are deterministic."""
+import os
 import subprocess
 import sys
 
@@ -139,7 +140,7 @@ def test_a_decoding_step_chooses_by_its_own_timings(monkeypatch, two_threads):
 
 def test_a_wrong_mode_in_the_environment_is_a_clear_error():
     result = subprocess.run([sys.executable, "-c", "import myfla.ops.utils.threads"], capture_output=True,
-                            text=True, env={"MYFLA_SMALL_WORK_THREADS": "many", "PATH": ""})
+                            text=True, env=dict(os.environ, MYFLA_SMALL_WORK_THREADS="many"))
     assert result.returncode != 0
     assert "MYFLA_SMALL_WORK_THREADS must be 'measure'" in result.stderr and "got 'many'" in result.stderr
 
