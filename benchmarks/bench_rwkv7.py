@@ -31,12 +31,12 @@ FLOP lower bound: the multiply-adds (x2) of fla's chunked DPLR algorithm at its 
 (``flop_counts``: intra-chunk matrices, WY representation, state recurrence and output; the backward
 recomputes the forward and runs fla's six backward functions), divided by the best fp32 matmul rate
 measured in the same run (chunk-shaped batched matmul or one large GEMM, each timed before and after
-our op and the higher rate kept, so a slow moment of a drifting machine cannot loosen the bound). The port runs 32-token
-chunks (more FLOPs than the bound counts); the bound is not adjusted for that. Next to it, a
-diagnostic (``timing.matmul_rate_after_other_work``): one slab's score product timed back to back, right
-after a read of 64 MB and right after 3 ms of pure-Python work; inside the op every product follows
-other work, and on some machines (this project's 2-core VM) that alone costs products a third or more
-of their back-to-back rate.
+our op and the higher rate kept, so a slow moment of a drifting machine cannot loosen the bound). The
+port runs 32-token chunks (more FLOPs than the bound counts); the bound is not adjusted for that. Next
+to it, a diagnostic (``timing.matmul_rate_after_other_work``): one slab's score product timed back to
+back, right after a read of 64 MB and right after 3 ms of pure-Python work; inside the op every
+product follows other work, which cost the product 10-30% of its back-to-back rate on this project's
+2-core VM and on the H100 host.
 
 fla's references are timed at the full T by default, after one untimed call at a short T (their first
 call pays one-off set-up a second one does not), medians of ``--ref-repeats``. ``--ref-T`` times them at
@@ -63,11 +63,11 @@ sys.path.insert(0, str(ROOT))
 
 from myfla.ops.generalized_delta_rule.dplr import chunk as dplr_chunk  # noqa: E402
 from myfla.ops.rwkv7 import chunk_rwkv7  # noqa: E402
-from timing import matmul_rate_after_other_work, matmul_rates, median_time  # noqa: E402  (benchmarks/ is the script directory)
+# benchmarks/ is the script directory
+from timing import matmul_rate_after_other_work, matmul_rates, median_time  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_rwkv7.json"
 FLA_BT = 16           # fla's chunk size for the DPLR delta rule
-
 
 
 def make_inputs(B, T, H, K, V, requires_grad=False, seed=0):
@@ -113,7 +113,6 @@ def flop_counts(B, T, H, K, V, BT):
     fwd = 5 * BT * BT * K + 3 * BT * BT * V + 4 * BT ** 3 / 3 + 4 * BT * K * V
     bwd = 15 * BT * BT * K + 7 * BT * BT * V + 19 * BT ** 3 / 3 + 11 * BT * K * V
     return 2 * n * fwd, 2 * n * (fwd + bwd)
-
 
 
 def load_fla_references():
@@ -332,7 +331,8 @@ def main():
                      f"{rate / 1e9:.0f} GFLOP/s; ours/bound: fwd {fwd / lb_fwd:.1f}x, fwd+bwd {fwd_bwd / lb_all:.1f}x"))
         after = matmul_rate_after_other_work(dplr_chunk.CHUNK_SIZE, K, args.repeats)
         entry["slab_product_flops_per_s"] = after
-        print(f"K={K}: a slab's score product ([{2 * dplr_chunk.CHUNK_SIZE}, {K}] @ [{K}, {2 * dplr_chunk.CHUNK_SIZE}] x 64) "
+        n = 2 * dplr_chunk.CHUNK_SIZE
+        print(f"K={K}: a slab's score product ([{n}, {K}] @ [{K}, {n}] x 64) "
               + ", ".join(f"{key.replace('_', ' ')} {value / 1e9:.0f}" for key, value in after.items()) + " GFLOP/s")
 
         for name, fn in refs.items():

@@ -31,8 +31,6 @@ def matmul_rates(BT: int, K: int, V: int, repeats: int):
     return chunked, 2 * n ** 3 / t
 
 
-
-
 def _spin(seconds: float) -> None:
     """Busy pure-Python work (no vector instructions, no memory traffic) for ``seconds``."""
     end = time.perf_counter() + seconds
