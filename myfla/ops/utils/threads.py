@@ -93,15 +93,18 @@ def set_small_work(work: int) -> int:
 # (one of each where the threads' call took SMALL_WORK_STALL_RATIO times the slowest one-thread call);
 # the faster by median (one thread unless the threads are at least SMALL_WORK_MARGIN faster) runs the
 # calls of the next SMALL_WORK_RECHECK_SECONDS, twice as long after each measurement that confirms it
-# (up to SMALL_WORK_RECHECK_MAX_SECONDS), and two calls in a row SMALL_WORK_STALL_RATIO times slower
-# than measured end it at once. On the H100 host's busy pair of cores the B=8 KDA step then took 4.2
-# ms against 3.9 on one thread and 40.0 on both; quiet, 1.6 ms against 1.6 on both (bench_decode.py).
+# (up to SMALL_WORK_RECHECK_MAX_SECONDS; at least SMALL_WORK_STALL_RECHECK_SECONDS after threads
+# stalled: on the H100 host's busy pair of cores one T=300 chunk_kda call on both threads took 0.8 s
+# against 14 ms on one), and two calls in a row SMALL_WORK_STALL_RATIO times slower than measured end
+# it at once. On that busy pair the B=8 KDA step then took 4.2 ms against 3.9 on one thread and 40.0
+# on both; quiet, 1.6 ms against 1.6 on both (bench_decode.py).
 TINY_WORK = 2 ** 15
 SMALL_WORK_SAMPLES = 5
 SMALL_WORK_STALL_RATIO = 4.0
 SMALL_WORK_MARGIN = 0.9
 SMALL_WORK_RECHECK_SECONDS = 2.0
 SMALL_WORK_RECHECK_MAX_SECONDS = 32.0
+SMALL_WORK_STALL_RECHECK_SECONDS = 8.0
 SMALL_WORK_THREADS = os.environ.get('MYFLA_SMALL_WORK_THREADS', 'measure')
 if SMALL_WORK_THREADS not in ('measure', 'one'):
     raise ValueError(f"The environment variable MYFLA_SMALL_WORK_THREADS must be 'measure' (the default: small "
@@ -144,16 +147,18 @@ class _Choice:
         self.times[one].append(seconds)
         ones, manys = self.times[True], self.times[False]
         if ones and manys and min(manys) > SMALL_WORK_STALL_RATIO * max(ones):
-            self._decide(True, sorted(ones)[len(ones) // 2])      # stalling threads: not sampled again
+            # stalling threads: not sampled again, and not soon (each sample may cost 50x a call)
+            self._decide(True, sorted(ones)[len(ones) // 2], SMALL_WORK_STALL_RECHECK_SECONDS)
         elif min(len(ones), len(manys)) >= SMALL_WORK_SAMPLES:
             one_s, many_s = (sorted(t)[SMALL_WORK_SAMPLES // 2] for t in (ones, manys))
             faster = not many_s < SMALL_WORK_MARGIN * one_s
             self._decide(faster, one_s if faster else many_s)
 
-    def _decide(self, one: bool, expected: float) -> None:
+    def _decide(self, one: bool, expected: float, at_least: float = 0.0) -> None:
         self.decided, self.expected, self.strikes = one, expected, 0
         self.interval = (min(2 * self.interval, SMALL_WORK_RECHECK_MAX_SECONDS) if one == self.last
                          else SMALL_WORK_RECHECK_SECONDS)
+        self.interval = max(self.interval, at_least)
         self.last = one
         self.until = time.monotonic() + self.interval
         self.times = {True: [], False: []}

@@ -74,8 +74,9 @@ def test_measures_again_later_and_backs_off_while_the_choice_holds(monkeypatch, 
     clock.now += threads.SMALL_WORK_RECHECK_SECONDS
     clock.cost = {1: 1.0}                                      # the machine got busy: threads stall
     clock.cost_many = 5.0
-    assert _block_threads(WORK, 2) == [1, 2]                   # one sample of each settles it
-    assert choice.decided is True and choice.interval == threads.SMALL_WORK_RECHECK_SECONDS
+    assert _block_threads(WORK, 2) == [1, 2]                   # one sample of each settles it ...
+    assert choice.decided is True                              # ... and is not re-sampled soon
+    assert choice.interval == threads.SMALL_WORK_STALL_RECHECK_SECONDS
     assert _block_threads(WORK, 3) == [1] * 3
     for _ in range(10):                                        # the interval doubles up to its cap
         clock.now += choice.interval + 0.1
