@@ -319,9 +319,11 @@ def chunk_work(k: torch.Tensor, v: torch.Tensor) -> int:
 @contextlib.contextmanager
 def chunk_call_threads(k: torch.Tensor, v: torch.Tensor, kind: str = ''):
     """The thread policy of a chunked op's forward or backward call (``kind`` names it): for small
-    work, ``small_work_single_threaded`` of ``chunk_work``, otherwise the caller's threads unless they
-    stall (``threads_unstalled``)."""
-    with small_work_single_threaded(chunk_work(k, v), k.device, kind), threads_unstalled(k.device):
+    work, ``small_work_single_threaded`` of ``chunk_work`` (whose measured choice already drops
+    stalling threads, so it is not probed as well), otherwise the caller's threads unless they stall
+    (``threads_unstalled``)."""
+    work = chunk_work(k, v)
+    with (small_work_single_threaded(work, k.device, kind) if work < SMALL_WORK else threads_unstalled(k.device)):
         yield
 
 

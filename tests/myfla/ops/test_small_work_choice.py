@@ -205,3 +205,22 @@ def test_a_call_that_raises_is_not_a_sample(monkeypatch, two_threads):
     choice = next(iter(threads._state.choices.values()))
     assert choice.times == {True: [], False: []}
     assert _block_threads(WORK, 2) == [1, 2]
+
+
+def test_small_chunk_calls_that_keep_their_threads_are_not_probed(monkeypatch, two_threads):
+    """The measured choice is the stall guard of small chunked calls: the large calls' stall probe
+    does not run on top of it, also where the threads are kept on a loaded machine."""
+    import myfla.ops.gated_delta_rule.chunk as gdn_chunk
+    monkeypatch.setattr(threads, "time", FakeClock(2.0, 1.0))
+    monkeypatch.setattr(threads, "STALL_PROBE", True)
+    monkeypatch.setattr(threads, "machine_loaded", lambda: True)
+    monkeypatch.setattr(threads, "_stalls", lambda n: pytest.fail("probed a small call"))
+    B, T, H, K = 1, 300, 2, 64
+    q, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K)
+    k = F.normalize(torch.randn(B, T, H, K), dim=-1)
+    g, beta = F.logsigmoid(torch.randn(B, T, H)), torch.rand(B, T, H)
+    with torch.no_grad():
+        for _ in range(2 * threads.SMALL_WORK_SAMPLES + 2):
+            gdn_chunk.chunk_gated_delta_rule(q, k, v, g, beta, output_final_state=True)
+    (choice,) = threads._state.choices.values()
+    assert choice.decided is False                             # the threads were kept
