@@ -35,12 +35,19 @@ ISSUE_ITEMS = {
 IN_PROCESS = [c for c in CASES if not c.isolate]
 ISOLATED = [c for c in CASES if c.isolate]
 
-# Child process for the isolated cases: a 3 GiB address-space limit turns an allocation sized by a
-# bad cu_seqlens (16-64 GB) into an immediate failure; each case prints "id<TAB>exception<TAB>message".
+# Child process for the isolated cases: an address-space limit 3 GiB above what the imports mapped
+# (a CUDA build of torch maps several GiB by itself) turns an allocation sized by a bad cu_seqlens
+# (16-64 GB) into an immediate failure; each case prints "id<TAB>exception<TAB>message".
 _CHILD = """
 import resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 from tests.myfla.bad_input.corpus import CASES
+mapped = 0
+try:
+    with open('/proc/self/status') as status:
+        mapped = next(int(line.split()[1]) << 10 for line in status if line.startswith('VmSize:'))
+except (OSError, StopIteration):
+    pass
+resource.setrlimit(resource.RLIMIT_AS, (mapped + (3 << 30), mapped + (3 << 30)))
 for case in CASES:
     if case.id not in sys.argv[1:]:
         continue
