@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -89,8 +88,29 @@ def products(op: str, BT: int, K: int, V: int) -> Dict[str, dict]:
     return {"fwd": fwd, "bwd": bwd}
 
 
-def part_flops(part: dict, BT: int, chunk_heads: int) -> float:
-    per = sum(2 * m * k * n for m, k, n in part["parallel"] + part["loop"]) + part["inverses"] * BT ** 3 / 3
+def recomputed(op: str, BT: int, K: int, V: int) -> List[Product]:
+    """Products the FLOP bound counts in the backward that recompute the forward's intermediates
+    (fla recomputes them; myfla saves them, so the floor leaves them out)."""
+    if op == "gdn":
+        return [(BT, BT, K), (BT, BT, V), (BT, K, V), (K, BT, V)]
+    if op == "kda":
+        return [(BT, K, BT), (BT, BT, K), (BT, BT, V), (BT, K, V), (K, BT, V)]
+    fwd = products(op, BT, K, V)["fwd"]
+    output = [(BT, K, V), (BT, BT, V), (BT, BT, V)]        # the forward without its output
+    rest = list(fwd["parallel"])
+    for p in output:
+        rest.remove(p)
+    return rest + fwd["loop"]
+
+
+def inverse_flops(op: str, BT: int) -> float:
+    """FLOPs the bound counts for one ``BT x BT`` triangular inverse (bench_matrix counts BT^3 / 3,
+    bench_rwkv7 twice that)."""
+    return 2 * BT ** 3 / 3 if op == "rwkv7" else BT ** 3 // 3
+
+
+def part_flops(op: str, part: dict, BT: int, chunk_heads: int) -> float:
+    per = sum(2 * m * k * n for m, k, n in part["parallel"] + part["loop"]) + part["inverses"] * inverse_flops(op, BT)
     return per * chunk_heads
 
 
@@ -221,7 +241,7 @@ def measure(op: str, shape, threads: int, repeats: int) -> dict:
         largest = max(max(m * k, k * n, m * n) for p in passes.values() for m, k, n in p["parallel"] + p["loop"])
         buffers = Buffers(B * H * NC, largest)
         f = {name: floor_time(part, B, H, NC, BT, buffers, repeats) for name, part in passes.items()}
-        f["flops"] = {name: part_flops(part, BT, B * H * NC) for name, part in passes.items()}
+        f["flops"] = {name: part_flops(op, part, BT, B * H * NC) for name, part in passes.items()}
         floors[BT] = f
         del buffers
     rate = max(rate_before, gemm_rate(repeats))
@@ -263,21 +283,28 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    record = {"machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                          "python": platform.python_version()},
+    record = {"machine": bench_matrix.machine_info("cpu"),
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": []}
+    cells = []
     for op in args.ops:
         for name in args.shapes:
             if op == "rwkv7":
-                shape = (RWKV7_B, RWKV7_T, RWKV7_H, int(name), int(name))
+                if not name.isdigit():
+                    ap.error(f"rwkv7 takes head sizes as shapes (e.g. 64 128), not {name!r}")
+                cells.append((op, (RWKV7_B, RWKV7_T, RWKV7_H, int(name), int(name))))
+            elif name in SHAPES:
+                cells.append((op, SHAPES[name]))
+            elif len(name.split("x")) == 5 and all(x.isdigit() for x in name.split("x")):
+                cells.append((op, tuple(int(x) for x in name.split("x"))))
             else:
-                shape = SHAPES.get(name) or tuple(int(x) for x in name.split("x"))
-            for threads in (int(t) for t in args.threads.split(",")):
-                row = measure(op, shape, threads, args.repeats)
-                record["rows"].append(row)
-                print_row(row)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(record, indent=1) + "\n")
+                ap.error(f"{op} takes small, train or BxTxHxKxV as shapes, not {name!r}")
+    for op, shape in cells:
+        for threads in (int(t) for t in args.threads.split(",")):
+            row = measure(op, shape, threads, args.repeats)
+            record["rows"].append(row)
+            print_row(row)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 
