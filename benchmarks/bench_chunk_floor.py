@@ -19,7 +19,9 @@ them, and the bound counts the recompute), so the floor holds for myfla as it ru
 Per op and shape, at each thread count, side by side in one process: the FLOP bound (the large
 GEMM's rate measured before and after, the higher kept), the floor, and myfla's op (forward and
 forward+backward). Reported: floor / bound (how far the targets are out of reach of torch calls),
-myfla / floor (what myfla adds: gate work, copies, dispatch), myfla / bound.
+myfla / floor (what myfla adds: gate work, copies, dispatch), myfla / bound, and the streamed floor
+/ bound: the same without the warm batchings, every operand read from where it lies (inside an op
+each product's operands are new to the cache).
 
     python benchmarks/bench_chunk_floor.py --ops gdn kda --shapes small train --threads 1,2
     python benchmarks/bench_chunk_floor.py --ops rwkv7 --shapes 64 128 --threads 2
@@ -137,9 +139,11 @@ class Buffers:
         return (self.a[:N * m * k].view(N, m, k), self.b[:N * k * n].view(N, k, n), self.o[:N * m * n].view(N, m, n))
 
 
-def batched_floor(N: int, call: Callable[[slice], None], repeats: int) -> Tuple[float, str]:
+def batched_floor(N: int, call: Callable[[slice], None], repeats: int) -> Dict[str, Tuple[float, str]]:
     """Fastest way to run ``call`` over ``N`` chunk-heads: one call on all of them, or slabs of
-    ``SLAB_SIZES`` chunk-heads (each slab its own memory, or the first slab again and again: warm)."""
+    ``SLAB_SIZES`` chunk-heads (each slab its own memory, or the first slab again and again: warm).
+    Returns ``{'any': (seconds, way), 'streamed': (seconds, way)}``, the second without the warm ways
+    (every operand read from where it lies, as inside an op, where each is new to the cache)."""
     ways = {"grid": lambda: call(slice(0, N))}
     for S in SLAB_SIZES:
         if S >= N:
@@ -149,20 +153,23 @@ def batched_floor(N: int, call: Callable[[slice], None], repeats: int) -> Tuple[
         ways[f"warm slab of {S}"] = lambda S=S, starts=starts: [call(slice(0, S)) for _ in starts]
     times = {name: median_s(fn, repeats) for name, fn in ways.items()}
     best = min(times, key=times.get)
-    return times[best], best
+    streamed = min((w for w in times if not w.startswith("warm")), key=times.get)
+    return {"any": (times[best], best), "streamed": (times[streamed], streamed)}
 
 
 def floor_time(part: dict, B: int, H: int, NC: int, BT: int, buffers: Buffers, repeats: int) -> dict:
     """Seconds of one pass's products as torch calls (see the module docstring), by kind."""
     N, BH = B * H * NC, B * H
     threads = torch.get_num_threads()
-    out = {"parallel_s": 0.0, "loop_s": 0.0, "inverse_s": 0.0, "ways": {}}
+    out = {"parallel_s": 0.0, "parallel_streamed_s": 0.0, "loop_s": 0.0, "inverse_s": 0.0,
+           "inverse_streamed_s": 0.0, "ways": {}}
     for m, k, n in sorted(set(part["parallel"])):
         count = part["parallel"].count((m, k, n))
         a, b, o = buffers.operands(N, m, k, n)
-        t, way = batched_floor(N, lambda sl: torch.bmm(a[sl], b[sl], out=o[sl]), repeats)
-        out["parallel_s"] += count * t
-        out["ways"][f"{m}x{k}x{n}"] = way
+        best = batched_floor(N, lambda sl: torch.bmm(a[sl], b[sl], out=o[sl]), repeats)
+        out["parallel_s"] += count * best["any"][0]
+        out["parallel_streamed_s"] += count * best["streamed"][0]
+        out["ways"][f"{m}x{k}x{n}"] = best["any"][1]
     if part["inverses"]:
         lower = torch.randn(N, BT, BT).tril_(-1).div_(BT)
         eye = torch.eye(BT).expand(N, BT, BT)
@@ -173,15 +180,17 @@ def floor_time(part: dict, B: int, H: int, NC: int, BT: int, buffers: Buffers, r
             # myfla's block doubling (pairs of batched matmuls; solve_tril's CPU path)
             "block doubling": lambda sl: _unit_lower_inverse(lower[sl]),
         }
-        best = {}
+        best, streamed = {}, {}
         for name, call in ways.items():
             for n in sorted({1, threads}):
                 torch.set_num_threads(n)
-                t, way = batched_floor(N, call, repeats)
-                best[f"{name}, {way}, {n} thread(s)"] = t
+                found = batched_floor(N, call, repeats)
+                best[f"{name}, {found['any'][1]}, {n} thread(s)"] = found["any"][0]
+                streamed[f"{name}, {found['streamed'][1]}, {n} thread(s)"] = found["streamed"][0]
         torch.set_num_threads(threads)
         way = min(best, key=best.get)
         out["inverse_s"] = part["inverses"] * best[way]
+        out["inverse_streamed_s"] = part["inverses"] * min(streamed.values())
         out["ways"]["inverse"] = way
     loops = [buffers.operands(N, m, k, n) for m, k, n in part["loop"]]
     steps = [tuple(x.view(NC, BH, *x.shape[1:]).unbind(0) for x in abo) for abo in loops]
@@ -199,6 +208,7 @@ def floor_time(part: dict, B: int, H: int, NC: int, BT: int, buffers: Buffers, r
     out["loop_threads"] = min(loop_times, key=loop_times.get)
     out["loop_s"] = loop_times[out["loop_threads"]]
     out["total_s"] = out["parallel_s"] + out["loop_s"] + out["inverse_s"]
+    out["total_streamed_s"] = out["parallel_streamed_s"] + out["loop_s"] + out["inverse_streamed_s"]
     return out
 
 
@@ -253,11 +263,14 @@ def measure(op: str, shape, threads: int, repeats: int) -> dict:
     floor = {"fwd_s": floors[fwd_bt]["fwd"]["total_s"],
              "fwd_bwd_s": floors[all_bt]["fwd"]["total_s"] + floors[all_bt]["bwd"]["total_s"],
              "chunk_size": {"fwd": fwd_bt, "fwd_bwd": all_bt}}
+    streamed = {"fwd_s": min(f["fwd"]["total_streamed_s"] for f in floors.values()),
+                "fwd_bwd_s": min(f["fwd"]["total_streamed_s"] + f["bwd"]["total_streamed_s"] for f in floors.values())}
     ratios = {f"{a}/{b}": {p: x[f"{p}_s"] / y[f"{p}_s"] for p in ("fwd", "fwd_bwd")}
-              for a, b, x, y in (("floor", "bound", floor, bound), ("myfla", "floor", ours, floor),
-                                 ("myfla", "bound", ours, bound))}
+              for a, b, x, y in (("floor", "bound", floor, bound), ("streamed floor", "bound", streamed, bound),
+                                 ("myfla", "floor", ours, floor), ("myfla", "bound", ours, bound))}
     return {"op": op, "shape": list(shape), "threads": threads, "gemm_flops_per_s": rate,
             "gemm_rates_before_after": [rate_before, rate], "bound": bound, "floor": floor,
+            "streamed_floor": streamed,
             "floor_by_chunk_size": {str(bt): f for bt, f in floors.items()}, "myfla": ours, "ratios": ratios}
 
 
@@ -271,7 +284,8 @@ def print_row(r: dict) -> None:
           f"{r['myfla']['fwd_s'] * 1e3:7.1f} / {r['myfla']['fwd_bwd_s'] * 1e3:7.1f} ms | floor/bound "
           f"{rat['floor/bound']['fwd']:.2f}x / {rat['floor/bound']['fwd_bwd']:.2f}x | myfla/floor "
           f"{rat['myfla/floor']['fwd']:.2f}x / {rat['myfla/floor']['fwd_bwd']:.2f}x | myfla/bound "
-          f"{rat['myfla/bound']['fwd']:.2f}x / {rat['myfla/bound']['fwd_bwd']:.2f}x", flush=True)
+          f"{rat['myfla/bound']['fwd']:.2f}x / {rat['myfla/bound']['fwd_bwd']:.2f}x | streamed floor/bound "
+          f"{rat['streamed floor/bound']['fwd']:.2f}x / {rat['streamed floor/bound']['fwd_bwd']:.2f}x", flush=True)
 
 
 def main(argv: List[str] = None) -> int:
