@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_matrix  # noqa: E402
 import bench_rwkv7  # noqa: E402
 from myfla.ops.utils.solve_tril import _unit_lower_inverse  # noqa: E402
+from timing import median_time  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_chunk_floor.json"
 SHAPES = {"small": (1, 8192, 4, 128, 128), "train": (4, 4096, 16, 128, 128)}
@@ -68,7 +68,7 @@ def products(op: str, BT: int, K: int, V: int) -> Dict[str, dict]:
     if op == "gdn":
         fwd = {"parallel": [(BT, K, BT), (BT, BT, K), (BT, BT, V), (BT, K, V), (BT, K, BT), (BT, BT, V)],
                "loop": [(BT, K, V), (K, BT, V)], "inverses": 1}
-        bwd = {"parallel": [(BT, K, BT), (BT, BT, V), (K, BT, V), (BT, V, BT)] + [(BT, V, K)] * 3
+        bwd = {"parallel": [(BT, BT, V), (K, BT, V), (BT, V, BT)] + [(BT, V, K)] * 3
                + [(BT, K, BT)] + [(BT, BT, K)] * 2 + [(BT, K, BT), (BT, V, BT), (BT, BT, K), (BT, BT, V)]
                + [(BT, BT, BT)] * 2 + [(BT, BT, K)] * 2 + [(BT, K, BT)],
                "loop": [(BT, K, V), (K, BT, V)], "inverses": 0}
@@ -94,7 +94,8 @@ def recomputed(op: str, BT: int, K: int, V: int) -> List[Product]:
     """Products the FLOP bound counts in the backward that recompute the forward's intermediates
     (fla recomputes them; myfla saves them, so the floor leaves them out)."""
     if op == "gdn":
-        return [(BT, BT, K), (BT, BT, V), (BT, K, V), (K, BT, V)]
+        # w, u and the states, and q k^T (fla's chunk_bwd_dv_local forms it again)
+        return [(BT, BT, K), (BT, BT, V), (BT, K, V), (K, BT, V), (BT, K, BT)]
     if op == "kda":
         return [(BT, K, BT), (BT, BT, K), (BT, BT, V), (BT, K, V), (K, BT, V)]
     fwd = products(op, BT, K, V)["fwd"]
@@ -114,16 +115,6 @@ def inverse_flops(op: str, BT: int) -> float:
 def part_flops(op: str, part: dict, BT: int, chunk_heads: int) -> float:
     per = sum(2 * m * k * n for m, k, n in part["parallel"] + part["loop"]) + part["inverses"] * inverse_flops(op, BT)
     return per * chunk_heads
-
-
-def median_s(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 class Buffers:
@@ -151,7 +142,7 @@ def batched_floor(N: int, call: Callable[[slice], None], repeats: int) -> Dict[s
         starts = range(0, N - S + 1, S)
         ways[f"slabs of {S}"] = lambda S=S, starts=starts: [call(slice(s, s + S)) for s in starts]
         ways[f"warm slab of {S}"] = lambda S=S, starts=starts: [call(slice(0, S)) for _ in starts]
-    times = {name: median_s(fn, repeats) for name, fn in ways.items()}
+    times = {name: median_time(fn, repeats) for name, fn in ways.items()}
     best = min(times, key=times.get)
     streamed = min((w for w in times if not w.startswith("warm")), key=times.get)
     return {"any": (times[best], best), "streamed": (times[streamed], streamed)}
@@ -203,7 +194,7 @@ def floor_time(part: dict, B: int, H: int, NC: int, BT: int, buffers: Buffers, r
     loop_times = {}
     for n in sorted({1, threads}):
         torch.set_num_threads(n)
-        loop_times[n] = median_s(loop, repeats)
+        loop_times[n] = median_time(loop, repeats)
     torch.set_num_threads(threads)
     out["loop_threads"] = min(loop_times, key=loop_times.get)
     out["loop_s"] = loop_times[out["loop_threads"]]
@@ -222,14 +213,14 @@ def myfla_times(op: str, shape, repeats: int) -> Dict[str, float]:
     if op == "rwkv7":
         fwd_in = bench_rwkv7.make_inputs(*shape)
         grad_in = bench_rwkv7.make_inputs(*shape, requires_grad=True)
-        return {"fwd_s": median_s(lambda: bench_rwkv7.run_fwd(bench_rwkv7.ours, fwd_in), repeats),
-                "fwd_bwd_s": median_s(lambda: bench_rwkv7.run_fwd_bwd(bench_rwkv7.ours, grad_in), repeats)}
+        return {"fwd_s": median_time(lambda: bench_rwkv7.run_fwd(bench_rwkv7.ours, fwd_in), repeats),
+                "fwd_bwd_s": median_time(lambda: bench_rwkv7.run_fwd_bwd(bench_rwkv7.ours, grad_in), repeats)}
     from myfla.ops.gated_delta_rule import chunk_gated_delta_rule
     from myfla.ops.kda import chunk_kda
     fn = {"gdn": chunk_gated_delta_rule, "kda": chunk_kda}[op]
     xs = bench_matrix.make_inputs(op, shape, torch.float32, "cpu")
-    return {"fwd_s": median_s(lambda: bench_matrix.run_fwd("myfla", op, fn, xs), repeats),
-            "fwd_bwd_s": median_s(lambda: bench_matrix.run_fwd_bwd("myfla", op, fn, xs), repeats)}
+    return {"fwd_s": median_time(lambda: bench_matrix.run_fwd("myfla", op, fn, xs), repeats),
+            "fwd_bwd_s": median_time(lambda: bench_matrix.run_fwd_bwd("myfla", op, fn, xs), repeats)}
 
 
 def bound_flops(op: str, shape) -> Tuple[float, float]:
