@@ -15,8 +15,6 @@ import bench_matrix  # noqa: E402
 import bench_rwkv7  # noqa: E402
 
 
-
-
 @pytest.mark.parametrize("op", ["gdn", "kda", "rwkv7"])
 @pytest.mark.parametrize("K,V", [(128, 128), (64, 64), (64, 128)])
 def test_products_are_the_bounds_products(op, K, V):
@@ -34,6 +32,7 @@ def test_products_are_the_bounds_products(op, K, V):
         again = {"parallel": floor.recomputed(op, BT, K, V), "loop": [], "inverses": int(op == "rwkv7")}
         backward = floor.part_flops(op, passes["bwd"], BT, 4) + floor.part_flops(op, again, BT, 4)
         assert forward + backward == pytest.approx(total, rel=1e-12)
+
 
 def test_loops_carry_the_state_products_only():
     for op in ("gdn", "kda", "rwkv7"):
