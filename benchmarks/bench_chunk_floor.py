@@ -18,7 +18,7 @@ them, and the bound counts the recompute), so the floor holds for myfla as it ru
 
 Per op and shape, at each thread count, side by side in one process: the FLOP bound (the large
 GEMM's rate measured before and after, the higher kept), the floor, and myfla's op (forward and
-forward+backward). Reported: floor / bound (how far the targets are out of reach of torch calls),
+forward+backward). Reported: floor / bound (above the target: out of reach of torch calls),
 myfla / floor (what myfla adds: gate work, copies, dispatch), myfla / bound, and the streamed floor
 / bound: the same without the warm batchings, every operand read from where it lies (inside an op
 each product's operands are new to the cache).
