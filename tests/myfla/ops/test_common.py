@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import myfla.ops.common.chunk_delta_h as chunk_delta_h
 from myfla.ops.common.chunk_delta_h import chunk_gated_delta_rule_bwd_dhu, chunk_gated_delta_rule_fwd_h
 from myfla.ops.common.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local, chunk_fwd_o
 from myfla.ops.common.chunk_scaled_dot_kkt import chunk_scaled_dot_kkt_fwd
@@ -82,6 +83,16 @@ def _inputs(B, T, H, K, V, cu_seqlens, gate):
     return q, k, w, u, g, gk, h0
 
 
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def intra_op_threads(request):
+    """The test at one and at two intra-op threads: on CPU the state loops update their per-chunk
+    outputs in place only with several (``chunk_delta_h._prefill``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 CASES = [  # B, T, H, K, V, cu_seqlens
     (2, 1, 1, 32, 16, None),
     (2, 65, 2, 60, 40, None),
@@ -92,7 +103,7 @@ CASES = [  # B, T, H, K, V, cu_seqlens
 
 @pytest.mark.parametrize("gate", ["none", "g", "gk", "both"])
 @pytest.mark.parametrize("B,T,H,K,V,cu", CASES)
-def test_fwd_h_matches_recurrence(B, T, H, K, V, cu, gate):
+def test_fwd_h_matches_recurrence(B, T, H, K, V, cu, gate, intra_op_threads):
     cu_seqlens = torch.tensor(cu) if cu is not None else None
     q, k, w, u, g, gk, h0 = _inputs(B, T, H, K, V, cu_seqlens, gate)
     use_h0 = T != 65   # also cover the no-initial-state path
@@ -110,7 +121,7 @@ def test_fwd_h_matches_recurrence(B, T, H, K, V, cu, gate):
 
 @pytest.mark.parametrize("gate", ["g", "gk", "both"])
 @pytest.mark.parametrize("B,T,H,K,V,cu", CASES[1:])
-def test_bwd_dhu_matches_autograd(B, T, H, K, V, cu, gate):
+def test_bwd_dhu_matches_autograd(B, T, H, K, V, cu, gate, intra_op_threads):
     cu_seqlens = torch.tensor(cu) if cu is not None else None
     q, k, w, u, g, gk, h0 = _inputs(B, T, H, K, V, cu_seqlens, gate)
     u.requires_grad_()
@@ -137,6 +148,42 @@ def test_bwd_dhu_matches_autograd(B, T, H, K, V, cu, gate):
     assert_rms("dh", torch.stack([x.grad for x in ends]).view(dh.shape), dh, 1e-12)
     assert_rms("dv2", u.grad, dv2, 1e-12)
     assert_rms("dh0", h0.grad, dh0, 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loops_in_place_form_is_bitwise_the_out_of_place_one(monkeypatch, dtype):
+    """With two threads the loops pre-fill their outputs and update them in place; forcing the
+    one-thread form at the same thread count gives the same bits (states, v_new, dh, dh0, dv2)."""
+    cu_seqlens = torch.tensor([0, 70, 200])
+    q, k, w, u, g, gk, h0 = (x.to(dtype) if x is not None else None
+                             for x in _inputs(1, 200, 2, 60, 40, cu_seqlens, "both"))
+    do, dv, dht = (torch.randn(1, 200, 2, 40, dtype=dtype), torch.randn(1, 200, 2, 40, dtype=dtype),
+                   torch.randn_like(h0))
+    calls = []
+    prefill = chunk_delta_h._prefill
+
+    def spy(out, start):
+        calls.append(prefill(out, start))
+        return calls[-1]
+
+    def run():
+        fwd = chunk_gated_delta_rule_fwd_h(k, w, u, g=g, gk=gk, initial_state=h0, output_final_state=True,
+                                           cu_seqlens=cu_seqlens)
+        bwd = chunk_gated_delta_rule_bwd_dhu(q, k, w, do, dv, g=g, gk=gk, h0=h0, dht=dht, scale=0.3,
+                                             cu_seqlens=cu_seqlens)
+        return fwd + bwd
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(chunk_delta_h, "_prefill", spy)
+        in_place = run()
+        monkeypatch.setattr(chunk_delta_h, "_prefill", lambda out, start: False)
+        out_of_place = run()
+    finally:
+        torch.set_num_threads(before)
+    assert calls == [True, True]                    # both loops took the in-place form
+    for a, b in zip(in_place, out_of_place):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("gate", ["none", "g"])
