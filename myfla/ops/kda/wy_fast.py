@@ -107,7 +107,8 @@ def _wy_bwd_chunks(A, beta, k, v, G, dw, du, dtypes):
     decay = G.exp()
     kbg = k * b * decay
     vb = operand(v * b, v_dtype)
-    dA_inv = dot_add(dot(dw, operand(kbg, dw_dtype).transpose(-1, -2)), du, vb.transpose(-1, -2))
+    dA_inv = dot(dw, operand(kbg, dw_dtype).transpose(-1, -2))
+    dA_inv = dot_add(dA_inv, du, vb.transpose(-1, -2), out=dA_inv)      # in place: see chunk_delta_h._prefill
     dkbg = dot(At, dw)
     dvb = dot(At, du)
     dg = kbg * dkbg
