@@ -1,20 +1,38 @@
 """Fixtures of the myfla tests: fla 0.4.0's own model and attention code on CPU references
 (tests/myfla/models/fla_oracle.py), loaded once per session (tests that use them need transformers,
-as fla's models do, and skip without it); two intra-op threads for the thread-policy tests."""
+as fla's models do, and skip without it); one or two intra-op threads for the thread-policy tests."""
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
 
 
+@contextlib.contextmanager
+def _intra_op_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def two_threads():
     """Two intra-op threads for the test (the caller's count restored after it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with _intra_op_threads(2):
+        yield
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def intra_op_threads(request):
+    """The test at one and at two intra-op threads (e.g. the state loops of
+    ``myfla.ops.common.chunk_delta_h`` update their outputs in place only with several)."""
+    with _intra_op_threads(request.param) as n:
+        yield n
 
 
 @pytest.fixture(scope="session")

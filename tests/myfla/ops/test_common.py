@@ -83,16 +83,6 @@ def _inputs(B, T, H, K, V, cu_seqlens, gate):
     return q, k, w, u, g, gk, h0
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def intra_op_threads(request):
-    """The test at one and at two intra-op threads: on CPU the state loops update their per-chunk
-    outputs in place only with several (``chunk_delta_h._prefill``)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 CASES = [  # B, T, H, K, V, cu_seqlens
     (2, 1, 1, 32, 16, None),
     (2, 65, 2, 60, 40, None),
@@ -151,7 +141,7 @@ def test_bwd_dhu_matches_autograd(B, T, H, K, V, cu, gate, intra_op_threads):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_loops_in_place_form_is_bitwise_the_out_of_place_one(monkeypatch, dtype):
+def test_loops_in_place_form_is_bitwise_the_out_of_place_one(monkeypatch, dtype, two_threads):
     """With two threads the loops pre-fill their outputs and update them in place; forcing the
     one-thread form at the same thread count gives the same bits (states, v_new, dh, dh0, dv2)."""
     cu_seqlens = torch.tensor([0, 70, 200])
@@ -172,15 +162,10 @@ def test_loops_in_place_form_is_bitwise_the_out_of_place_one(monkeypatch, dtype)
         bwd = chunk_gated_delta_rule_bwd_dhu(q, k, w, do, dv, g=g, gk=gk, h0=h0, dht=dht, scale=0.3,
                                              cu_seqlens=cu_seqlens)
         return fwd + bwd
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        monkeypatch.setattr(chunk_delta_h, "_prefill", spy)
-        in_place = run()
-        monkeypatch.setattr(chunk_delta_h, "_prefill", lambda out, start: False)
-        out_of_place = run()
-    finally:
-        torch.set_num_threads(before)
+    monkeypatch.setattr(chunk_delta_h, "_prefill", spy)
+    in_place = run()
+    monkeypatch.setattr(chunk_delta_h, "_prefill", lambda out, start: False)
+    out_of_place = run()
     assert calls == [True, True]                    # both loops took the in-place form
     for a, b in zip(in_place, out_of_place):
         assert torch.equal(a, b)
