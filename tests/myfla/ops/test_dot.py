@@ -65,6 +65,25 @@ def test_fp32_and_fp64_operands_are_untouched():
     assert dot(x.bfloat16(), y.t()).dtype == torch.float64
 
 
+@pytest.mark.parametrize("a, b", [((), ()), ((3,), (3,)), ((2, 3), (3,)), ((1, 4), (5, 1)), ((4, 1, 2), (3, 1)),
+                                  ((0,), (1,)), ((1,), (0,)), ((2, 0, 3), (1, 3))])
+def test_dot_broadcasts_leading_dims_as_torch(a, b):
+    # dot's own (fast) broadcast of the leading dims agrees with torch.broadcast_shapes ...
+    assert dot_mod._broadcast_lead(torch.Size(a), torch.Size(b)) == tuple(torch.broadcast_shapes(a, b))
+    # ... and with torch.matmul's result shape
+    x, y = torch.randn(*a, 2, 3), torch.randn(*b, 3, 4)
+    out = dot(x, y)
+    assert out.shape == torch.matmul(x, y).shape
+    assert torch.equal(out, torch.matmul(x, y))
+
+
+def test_dot_rejects_leading_dims_that_do_not_broadcast():
+    with pytest.raises(RuntimeError):
+        torch.broadcast_shapes((2, 3), (4, 3))
+    with pytest.raises(RuntimeError, match="do not broadcast"):
+        dot(torch.randn(2, 3, 2, 3), torch.randn(4, 3, 3, 4))
+
+
 def _inputs(op, dtype, B=2, T=150, H=2, K=64, V=32, seed=0):
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(B, T, H, K, generator=gen)
