@@ -181,13 +181,15 @@ def main():
         ap.error('--sites must be 0 (off) or a positive count')
     B, T, H, K, V = map(int, args.shape.split('x'))
     clock = StageClock(MODULES[args.op])
-    _, call = make_call(args.op, B, T, H, K, V)
+    inputs, call = make_call(args.op, B, T, H, K, V)
 
     def step():
         if args.fwd_only:
             with torch.no_grad():
                 call()
             return
+        for x in inputs:            # as a training step's zero_grad(set_to_none=True): no accumulation
+            x.grad = None
         o, ht = call()
         torch.autograd.backward((o, ht), (torch.ones_like(o), torch.ones_like(ht)))
 
