@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 
 from myfla.ops.common.chunk_h import chunk_bwd_dh, chunk_fwd_h
-from myfla.ops.utils.chunk_grid import chunks_to_grid, from_grid, grid_empty, slab, store, to_grid
+from myfla.ops.utils.chunk_grid import chunks_to_grid, from_grid, grid_empty, slab, slab_out, store, to_grid
 from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
 from myfla.ops.utils.dot import dot, dot_add, operand, operand_dtype
@@ -124,7 +124,7 @@ def chunk_gla_bwd_dA(
     dA = grid_empty(doc, BT, dtype=acc)
     for sl in chunk_slabs(doc):
         d_s, v_s = (slab(x, sl) for x in (doc, vc))
-        store(dA, sl, dot(d_s, v_s.transpose(-1, -2)).tril_().mul_(scale))
+        torch.mul(dot(d_s, v_s.transpose(-1, -2)).tril_(), scale, out=slab_out(dA, sl))
     return from_grid(layout, dA)
 
 

@@ -21,7 +21,7 @@ from myfla.ops.utils.chunk_grid import (
     last_gate,
     operand_grid,
     slab,
-    store,
+    slab_out,
     to_grid
 )
 from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
@@ -62,26 +62,27 @@ def chunk_kda_bwd_dqkwg(
     doc, vc, dvc = operand_grid(layout, do), operand_grid(layout, v), operand_grid(layout, dv)
     dq, dk, dg, dw = (grid_empty(qc, K) for _ in range(4))
     for sl in chunk_slabs(qc):
-        parts = _dqkwg_chunks(*(slab(x, sl) for x in (qc, kc, vc, hc, Gc, doc, dhc, dvc)), scale, do.dtype, v.dtype)
-        for grid, part in zip((dq, dk, dw, dg), parts):
-            store(grid, sl, part)
+        _dqkwg_chunks(*(slab(x, sl) for x in (qc, kc, vc, hc, Gc, doc, dhc, dvc)), scale, do.dtype, v.dtype,
+                      out=tuple(slab_out(grid, sl) for grid in (dq, dk, dw, dg)))
     return (from_grid(layout, dq), from_grid(layout, dk), from_grid(layout, dw).to(w.dtype),
             from_grid(layout, dg).to(g.dtype))
 
 
-def _dqkwg_chunks(q, k, v, h, G, do, dh, dv, scale, do_dtype, v_dtype):
-    """``chunk_kda_bwd_dqkwg`` on a slab of the chunk grid (port-only helper); ``v``, ``h``, ``do``,
-    ``dh``, ``dv`` are dot operands, cast as fla's kernel casts them (to ``do_dtype`` / ``v_dtype``)."""
+def _dqkwg_chunks(q, k, v, h, G, do, dh, dv, scale, do_dtype, v_dtype, out):
+    """``chunk_kda_bwd_dqkwg`` on a slab of the chunk grid (port-only helper): ``(dq, dk, dw, dg)``, each
+    written by its last op into its view in ``out`` (e.g. ``slab_out``); ``v``, ``h``, ``do``, ``dh``,
+    ``dv`` are dot operands, cast as fla's kernel casts them (to ``do_dtype`` / ``v_dtype``)."""
     gn = last_gate(G)                                                   # [..., K]
     h_do, h_v = operand(h, do_dtype), operand(h, v_dtype)
-    dq = dot(do, h_do.transpose(-1, -2)).mul_(G.exp()).mul_(scale)
-    dk = dot(v, operand(dh, v_dtype).transpose(-1, -2)).mul_((gn.unsqueeze(-2) - G).exp_())
-    dw = dot(operand(dv, v_dtype), h_v.transpose(-1, -2)).neg_()
+    dq_o, dk_o, dw_o, dg_o = out
+    dq = torch.mul(dot(do, h_do.transpose(-1, -2)).mul_(G.exp()), scale, out=dq_o)
+    dk = torch.mul(dot(v, operand(dh, v_dtype).transpose(-1, -2)), (gn.unsqueeze(-2) - G).exp_(), out=dk_o)
+    torch.neg(dot(operand(dv, v_dtype), h_v.transpose(-1, -2)), out=dw_o)
     hdh = (h * dh).sum(-1) if h.dtype not in LOW_PRECISION else (h.float() * dh.float()).sum(-1)
     dgk = hdh.mul_(gn.exp()).add_((dk * k).sum(-2))
     dg = q * dq - k * dk
     # reverse cumsum within the chunk as one batched matmul with an upper-triangular ones matrix
     BT = dg.shape[-2]
     upper = torch.ones(BT, BT, dtype=dg.dtype, device=dg.device).triu()
-    dg = torch.matmul(upper, dg).add_(dgk.unsqueeze(-2))
-    return dq, dk, dw, dg
+    torch.add(torch.matmul(upper, dg), dgk.unsqueeze(-2), out=dg_o)
+    return out

@@ -27,7 +27,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from myfla.ops.utils.chunk_grid import from_grid, grid_empty, slab, store, to_grid
+from myfla.ops.utils.chunk_grid import from_grid, grid_empty, slab, slab_out, to_grid
 from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
 from myfla.ops.utils.gated_tril import GatedTril
@@ -59,8 +59,16 @@ def _stacked(x: torch.Tensor, y: torch.Tensor, fx: torch.Tensor, fy: torch.Tenso
     return out
 
 
-def intra_scores(q, k, beta, G, scale):
-    """Port-only helper: ``(Aqk, Akk)`` of one chunk grid (fp32, ``Akk`` strictly lower, before the inverse).
+def _scaled_scores(Aqk, Akk, scale, beta, out):
+    """``(Aqk * scale, Akk * beta)``: in place, or written into ``out`` (two slab views) when given."""
+    if out is None:
+        return Aqk.mul_(scale), Akk.mul_(beta.unsqueeze(-1))
+    return torch.mul(Aqk, scale, out=out[0]), torch.mul(Akk, beta.unsqueeze(-1), out=out[1])
+
+
+def intra_scores(q, k, beta, G, scale, out=None):
+    """Port-only helper: ``(Aqk, Akk)`` of one chunk grid (fp32, ``Akk`` strictly lower, before the inverse),
+    written into ``out`` (two views, e.g. ``slab_out``) when given.
 
     Dense path (see the module docstring): ``[q a; k a] (k b)^T`` in one matmul, masked to the
     triangles. Otherwise ``GatedTril.scores`` for ``Xs = [q, k]``, ``Y = k`` with the rows of ``q``
@@ -74,7 +82,7 @@ def intra_scores(q, k, beta, G, scale):
         A = torch.matmul(_stacked(q, k, a, a), (k * b).transpose(-1, -2))    # [..., 2 BT, BT]
         # above the diagonal a*b = exp(G_i - G_j) may be huge: those entries are dropped, not masked
         Aqk, Akk = A[..., :BT, :].tril_(), A[..., BT:, :].tril_(-1)
-        return Aqk.mul_(scale), Akk.mul_(beta.unsqueeze(-1))
+        return _scaled_scores(Aqk, Akk, scale, beta, out)
     tri = GatedTril(G)
     lead, K = q.shape[:-2], q.shape[-1]
     qk = torch.stack((q, k), dim=-2)                                    # [..., BT, 2, K]
@@ -90,28 +98,31 @@ def intra_scores(q, k, beta, G, scale):
         blocks.copy_(P.view(*lead, M, s, 2, s).movedim(-4, -1))         # [..., s, 2, s, M]
     Aqk, Akk = A.unbind(-2)
     # scale and beta act on whole rows, so they are applied to the [BT, BT] results
-    return Aqk.mul_(scale), Akk.mul_(beta.unsqueeze(-1))
+    return _scaled_scores(Aqk, Akk, scale, beta, out)
 
 
-def intra_grads(q, k, b, G, dAqk, dAkk):
+def intra_grads(q, k, b, G, dAqk, dAkk, dq_out=None):
     """Port-only helper: ``(dq, dk_rows, dk_cols)`` of one chunk grid: the gradient of ``q`` through
     ``Aqk``, of the rows ``beta k`` of ``Akk`` (before ``beta``), and of the columns ``k`` of both
     (``b`` is ``beta`` ``[..., BT, 1]``). Only the lower triangles of ``dAqk`` and ``dAkk`` are read,
     diagonals included, as in the kernel (``o_i >= j`` for both; ``Akk`` itself is strictly lower, and
-    ``chunk_kda``'s own ``dAkk`` has a zero diagonal, but a direct call may pass one)."""
+    ``chunk_kda``'s own ``dAkk`` has a zero diagonal, but a direct call may pass one). ``dq`` is written into
+    ``dq_out`` when given."""
     BT = q.shape[-2]
     factors = dense_factors(G)
     if factors is None:
         tri = GatedTril(G)
         dq, dk_rows = tri.grad_rows([dAqk, dAkk], k)
+        dq = dq if dq_out is None else dq_out.copy_(dq)
         return dq, dk_rows, tri.grad_cols([dAqk, dAkk], [q, k * b])
     a, c = factors
     dA = dAqk.new_empty(*dAqk.shape[:-2], 2 * BT, BT)                  # [dAqk; dAkk], lower triangles
     torch.tril(dAqk, out=dA[..., :BT, :])
     torch.tril(dAkk, out=dA[..., BT:, :])
-    d_rows = torch.matmul(dA, k * c).view(*q.shape[:-2], 2, BT, q.shape[-1]).mul_(a.unsqueeze(-3))
+    dq_rows, dk_rows = torch.matmul(dA, k * c).view(*q.shape[:-2], 2, BT, q.shape[-1]).unbind(-3)
+    dq = dq_rows.mul_(a) if dq_out is None else torch.mul(dq_rows, a, out=dq_out)
+    dk_rows.mul_(a)
     dk_cols = torch.matmul(dA.transpose(-1, -2), _stacked(q, k * b, a, a)).mul_(c)
-    dq, dk_rows = d_rows.unbind(-3)
     return dq, dk_rows, dk_cols
 
 
@@ -139,9 +150,9 @@ def chunk_kda_fwd_intra(
     qc, kc, bc, Gc = to_grid(layout, q), to_grid(layout, k), to_grid(layout, beta), to_grid(layout, gk, 'last')
     Aqk, Akk = grid_empty(qc, BT), grid_empty(qc, BT)
     for sl in chunk_slabs(qc):
-        Aqk_s, Akk_s = intra_scores(slab(qc, sl), slab(kc, sl), slab(bc, sl), slab(Gc, sl), scale)
-        store(Aqk, sl, Aqk_s)
-        store(Akk, sl, Akk_s)
+        # the slab's scores land in the grids directly (no store copy)
+        intra_scores(slab(qc, sl), slab(kc, sl), slab(bc, sl), slab(Gc, sl), scale,
+                     out=(slab_out(Aqk, sl), slab_out(Akk, sl)))
     Aqk = from_grid(layout, Aqk).to(output_dtype)
     Akk = from_grid(layout, Akk).to(output_dtype)
     Akk = solve_tril(
@@ -186,13 +197,14 @@ def chunk_kda_bwd_intra(
     for sl in chunk_slabs(qc):
         q_s, k_s, b_s = slab(qc, sl), slab(kc, sl), slab(bc, sl).unsqueeze(-1)
         dAqk_s, dAkk_s = slab(dAqk_c, sl), slab(dAkk_c, sl)
-        # row side: gradients of q and of beta*k; column side: gradient of k
-        dq_s, dk_rows, dk_cols = intra_grads(q_s, k_s, b_s, slab(Gc, sl), dAqk_s, dAkk_s)
-        store(db_intra, sl, (dk_rows * k_s).sum(-1))
+        # row side: gradients of q and of beta*k; column side: gradient of k (each result written
+        # into its grid by its last op)
+        dq_s, dk_rows, dk_cols = intra_grads(q_s, k_s, b_s, slab(Gc, sl), dAqk_s, dAkk_s,
+                                             dq_out=slab_out(dq_intra, sl))
+        torch.sum(dk_rows * k_s, -1, out=slab_out(db_intra, sl))
         dk_rows = dk_rows * b_s
-        store(dq_intra, sl, dq_s)
-        store(dg_intra, sl, torch.addcmul(q_s * dq_s, dk_rows - dk_cols, k_s))
-        store(dk_intra, sl, dk_rows.add_(dk_cols))
+        torch.addcmul(q_s * dq_s, dk_rows - dk_cols, k_s, out=slab_out(dg_intra, sl))
+        torch.add(dk_rows, dk_cols, out=slab_out(dk_intra, sl))
 
     # the intra buffers are fresh token-order memory: accumulate into them in place
     dq = from_grid(layout, dq_intra).add_(dq)

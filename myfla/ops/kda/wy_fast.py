@@ -12,7 +12,16 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.utils.chunk_grid import from_grid, grid_empty, last_gate, operand_grid, slab, store, to_grid
+from myfla.ops.utils.chunk_grid import (
+    from_grid,
+    grid_empty,
+    last_gate,
+    operand_grid,
+    slab,
+    slab_out,
+    store,
+    to_grid
+)
 from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
 from myfla.ops.utils.dot import dot, dot_add, operand, rowdot
 
@@ -50,9 +59,10 @@ def recompute_w_u_fwd(
         if Gc is not None:
             G_s = slab(Gc, sl)
             decay = G_s.exp()
+            # the gated inputs land in their grids directly (no store copy)
             if qg is not None:
-                store(qg, sl, slab(qc, sl) * decay)
-            store(kg, sl, (last_gate(G_s).unsqueeze(-2) - G_s).exp_().mul_(k_s))
+                torch.mul(slab(qc, sl), decay, out=slab_out(qg, sl))
+            torch.mul((last_gate(G_s).unsqueeze(-2) - G_s).exp_(), k_s, out=slab_out(kg, sl))
             kb.mul_(decay)
         store(w, sl, dot(A_s, operand(kb, k.dtype)))
     u = from_grid(layout, u).to(v.dtype)
@@ -90,16 +100,15 @@ def prepare_wy_repr_bwd(
     dk, dv, dg = grid_empty(kc, K), grid_empty(kc, V), grid_empty(kc, K)
     db, dA = grid_empty(kc), grid_empty(kc, BT)
     for sl in chunk_slabs(kc):
-        parts = _wy_bwd_chunks(*(slab(x, sl) for x in (Ac, bc, kc, vc, Gc, dwc, duc)),
-                               dtypes=(A.dtype, v.dtype, dw.dtype))
-        for grid, part in zip((dk, dv, db, dg, dA), parts):
-            store(grid, sl, part)
+        _wy_bwd_chunks(*(slab(x, sl) for x in (Ac, bc, kc, vc, Gc, dwc, duc)), dtypes=(A.dtype, v.dtype, dw.dtype),
+                       out=tuple(slab_out(grid, sl) for grid in (dk, dv, db, dg, dA)))
     return (from_grid(layout, dk), from_grid(layout, dv).to(v.dtype), from_grid(layout, db),
             from_grid(layout, dg), from_grid(layout, dA))
 
 
-def _wy_bwd_chunks(A, beta, k, v, G, dw, du, dtypes):
-    """``prepare_wy_repr_bwd`` on a slab of the chunk grid (port-only helper). ``A``, ``dw``, ``du`` are
+def _wy_bwd_chunks(A, beta, k, v, G, dw, du, dtypes, out):
+    """``prepare_wy_repr_bwd`` on a slab of the chunk grid (port-only helper): ``(dk, dv, db, dg, dA)``,
+    each written by its last op into its view in ``out`` (e.g. ``slab_out``). ``A``, ``dw``, ``du`` are
     dot operands; ``dtypes`` are the dtypes of ``A``, ``v`` and ``dw`` that fla's casts round to."""
     A_dtype, v_dtype, dw_dtype = dtypes
     At = A.transpose(-1, -2)
@@ -111,11 +120,14 @@ def _wy_bwd_chunks(A, beta, k, v, G, dw, du, dtypes):
     dA_inv = dot_add(dA_inv, du, vb.transpose(-1, -2), out=dA_inv)      # in place: see chunk_delta_h._prefill
     dkbg = dot(At, dw)
     dvb = dot(At, du)
-    dg = kbg * dkbg
-    db = rowdot(dkbg, k * decay).add_(rowdot(dvb, v))
-    dk = dkbg.mul_(decay).mul_(b)
-    dv = dvb.mul_(b)
+    dk_o, dv_o, db_o, dg_o, dA_o = out
+    torch.mul(kbg, dkbg, out=dg_o)
+    torch.add(rowdot(dkbg, k * decay), rowdot(dvb, v), out=db_o)
+    torch.mul(dkbg.mul_(decay), b, out=dk_o)
+    torch.mul(dvb, b, out=dv_o)
     # through the inverse, each product taking dA rounded to A's dtype (fla: b_dA.to(b_A.dtype))
     dA = dot(operand(dA_inv.tril_(-1), A_dtype), At)
-    dA = dot(At, operand(dA, A_dtype)).neg_().tril_(-1)
-    return dk, dv, db, dg, dA
+    # (negated into its view, then the triangle kept in place: torch.tril(..., out=) writes wrong values
+    # into a view whose batch dims do not collapse, as these token-order views, torch 2.13)
+    torch.neg(dot(At, operand(dA, A_dtype)), out=dA_o).tril_(-1)
+    return out

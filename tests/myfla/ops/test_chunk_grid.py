@@ -9,7 +9,7 @@ import torch
 import myfla.ops.utils.chunk_layout as chunk_layout
 from myfla.ops.common.chunk_delta_h import grid_cache
 from myfla.ops.utils import loop_graph
-from myfla.ops.utils.chunk_grid import from_grid, grid_empty, slab, store, to_grid
+from myfla.ops.utils.chunk_grid import from_grid, grid_empty, slab, slab_out, store, to_grid
 from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
 
 
@@ -30,6 +30,13 @@ def test_grid_round_trip_and_slab_views(monkeypatch, B, T, H, per_slab):
         assert (s.data_ptr() == xc[:, :, sl].movedim(2, 0).data_ptr()) != one_chunk_slabs
         store(out, sl, s * 2)
     torch.testing.assert_close(from_grid(layout, out), 2 * x, rtol=0, atol=0)
+    # a slab's last op may write straight into the grid instead (slab_out): same memory, no store
+    direct = grid_empty(xc, 5)
+    for sl in chunk_slabs(xc):
+        view = slab_out(direct, sl)
+        assert view.data_ptr() == direct[:, :, sl].movedim(2, 0).data_ptr()
+        torch.mul(slab(xc, sl), 2, out=view)
+    assert torch.equal(from_grid(layout, direct), 2 * x)
 
 
 def test_to_grid_is_built_once_per_pass():
