@@ -12,16 +12,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from myfla.ops.utils.chunk_grid import (
-    from_grid,
-    grid_empty,
-    last_gate,
-    operand_grid,
-    slab,
-    slab_out,
-    store,
-    to_grid
-)
+from myfla.ops.utils.chunk_grid import from_grid, grid_empty, last_gate, operand_grid, slab, slab_out, store, to_grid
 from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
 from myfla.ops.utils.dot import dot, dot_add, operand, rowdot
 

@@ -109,7 +109,9 @@ def store(xc: torch.Tensor, sl: slice, value: torch.Tensor) -> None:
 def slab_out(xc: torch.Tensor, sl: slice) -> torch.Tensor:
     """Chunks ``sl`` of the grid ``xc`` as a ``[nc, N, H, *rest]`` view (strided where ``xc`` is in
     token order, see ``grid_empty``): a slab's last op writes its result there with ``out=``, which
-    spares ``store``'s copy (one pass over the result, about 5% of a one-thread ``chunk_kda``)."""
+    spares ``store``'s copy (one pass over the result). Elementwise ops and reductions only:
+    ``torch.matmul(..., out=)`` copies into such a view itself, and ``torch.tril(..., out=)`` writes
+    wrong values into one whose batch dims do not collapse (torch 2.13); ``tril_`` in place is right."""
     return xc[:, :, sl].movedim(2, 0)
 
 
