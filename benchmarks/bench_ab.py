@@ -29,51 +29,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs in the child process, whose sys.path starts with the version's tree (nothing from this
-# repository's working tree is imported there). Prints the median forward+backward time in seconds.
+# Runs in the child process, whose sys.path starts with the version's tree and then this benchmarks
+# directory (op_calls and timing import myfla only inside their functions and leave sys.path alone).
+# Prints the median forward+backward time in seconds and where myfla came from.
 CHILD = r'''
-import sys, time, json
-sys.path.insert(0, sys.argv[1])
+import sys, json
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import torch
-import torch.nn.functional as F
 import myfla
-op, shape, threads, reps = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+from op_calls import fwd_bwd, make_call
+from timing import median_time
+op, shape, threads, reps = sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 torch.set_num_threads(threads)
-B, T, H, K, V = map(int, shape.split('x'))
-gen = torch.Generator().manual_seed(0)
-def randn(*s):
-    return torch.randn(*s, generator=gen)
-if op == 'rwkv7':
-    from myfla.ops.rwkv7 import chunk_rwkv7
-    r, v = randn(B, T, H, K), randn(B, T, H, V)
-    k = F.normalize(randn(B, T, H, K), dim=-1)
-    w = -torch.exp(randn(B, T, H, K) * 0.5 - 2)
-    a, b = -k, k * torch.sigmoid(randn(B, T, H, K))
-    xs = [x.requires_grad_() for x in (r, w, k, v, a, b)]
-    call = lambda: chunk_rwkv7(*xs, scale=K ** -0.5, output_final_state=True)
-else:
-    q, k = F.normalize(randn(B, T, H, K), dim=-1), F.normalize(randn(B, T, H, K), dim=-1)
-    v, beta = randn(B, T, H, V), torch.rand(B, T, H, generator=gen)
-    if op == 'gdn':
-        from myfla.ops.gated_delta_rule import chunk_gated_delta_rule as fn
-        g = F.logsigmoid(randn(B, T, H))
-    else:
-        from myfla.ops.kda import chunk_kda as fn
-        g = F.logsigmoid(randn(B, T, H, K)) / 16
-    xs = [x.requires_grad_() for x in (q, k, v, g, beta)]
-    call = lambda: fn(*xs, scale=K ** -0.5, output_final_state=True)
-def step():
-    for x in xs:
-        x.grad = None
-    o, ht = call()
-    torch.autograd.backward((o, ht), (torch.ones_like(o), torch.ones_like(ht)))
-step()
-times = []
-for _ in range(reps):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-print(json.dumps({'median_s': sorted(times)[len(times) // 2], 'myfla': myfla.__file__}))
+xs, call = make_call(op, *map(int, shape.split('x')))
+print(json.dumps({'median_s': median_time(lambda: fwd_bwd(xs, call), reps), 'myfla': myfla.__file__}))
 '''
 
 OPS = ('gdn', 'kda', 'rwkv7')
@@ -131,7 +100,8 @@ def parse_cells(text: str):
 def run_child(tree: Path, op: str, shape: str, threads: int, reps: int) -> float:
     """One fresh process on ``tree``: the median forward+backward time in seconds."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=str(tree))
-    done = subprocess.run([sys.executable, '-c', CHILD, str(tree), op, shape, str(threads), str(reps)],
+    done = subprocess.run([sys.executable, '-c', CHILD, str(tree), str(ROOT / 'benchmarks'), op, shape, str(threads),
+                           str(reps)],
                           capture_output=True, text=True, env=env)
     if done.returncode:
         raise ABError(f"{op} {shape} on {tree} failed:\n{done.stderr[-2000:]}")

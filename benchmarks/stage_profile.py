@@ -33,11 +33,12 @@ import traceback
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from op_calls import fwd_bwd, make_call  # noqa: E402  (benchmarks/ is the script directory)
 
 MODULES = {'gdn': 'myfla.ops.gated_delta_rule.chunk', 'kda': 'myfla.ops.kda.chunk',
            'rwkv7': 'myfla.ops.generalized_delta_rule.dplr.chunk'}
@@ -140,32 +141,6 @@ class SiteClock:
                         for (op, site), (calls, seconds) in ranked]}
 
 
-def make_call(op: str, B: int, T: int, H: int, K: int, V: int):
-    """Inputs that require grad and a call of the op with them (returns ``(o, final_state)``)."""
-    gen = torch.Generator().manual_seed(0)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen)
-    if op == 'rwkv7':
-        from myfla.ops.rwkv7 import chunk_rwkv7
-        r, v = randn(B, T, H, K), randn(B, T, H, V)
-        k = F.normalize(randn(B, T, H, K), dim=-1)
-        w = -torch.exp(randn(B, T, H, K) * 0.5 - 2)
-        a, b = -k, k * torch.sigmoid(randn(B, T, H, K))
-        xs = [x.requires_grad_() for x in (r, w, k, v, a, b)]
-        return xs, lambda: chunk_rwkv7(*xs, scale=K ** -0.5, output_final_state=True)
-    q, k = F.normalize(randn(B, T, H, K), dim=-1), F.normalize(randn(B, T, H, K), dim=-1)
-    v, beta = randn(B, T, H, V), torch.rand(B, T, H, generator=gen)
-    if op == 'gdn':
-        from myfla.ops.gated_delta_rule import chunk_gated_delta_rule as fn
-        g = F.logsigmoid(randn(B, T, H))
-    else:
-        from myfla.ops.kda import chunk_kda as fn
-        g = F.logsigmoid(randn(B, T, H, K)) / 16
-    xs = [x.requires_grad_() for x in (q, k, v, g, beta)]
-    return xs, lambda: fn(*xs, scale=K ** -0.5, output_final_state=True)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--op', choices=sorted(MODULES), required=True)
@@ -188,10 +163,7 @@ def main():
             with torch.no_grad():
                 call()
             return
-        for x in inputs:            # as a training step's zero_grad(set_to_none=True): no accumulation
-            x.grad = None
-        o, ht = call()
-        torch.autograd.backward((o, ht), (torch.ones_like(o), torch.ones_like(ht)))
+        fwd_bwd(inputs, call)
 
     record = {'op': args.op, 'shape': args.shape, 'pass': 'fwd' if args.fwd_only else 'fwd+bwd',
               'torch': torch.__version__, 'results': {}}
