@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import machine_info  # benchmarks/ is the script directory
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs in the child process, whose sys.path starts with the version's tree and then this benchmarks
@@ -127,7 +129,8 @@ def main(argv=None) -> int:
         cells = parse_cells(args.cells)
         order_rng = random.Random(args.seed)
         record = {'benchmark': 'bench_ab', 'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-                  'a': args.a, 'b': args.b, 'rounds': args.rounds, 'reps': args.reps, 'cells': []}
+                  'machine': machine_info('cpu'), 'a': args.a, 'b': args.b, 'rounds': args.rounds,
+                  'reps': args.reps, 'cells': []}
         with tempfile.TemporaryDirectory(prefix='bench-ab-') as tmp:
             trees = {'a': materialise(args.a, Path(tmp)), 'b': materialise(args.b, Path(tmp))}
             for op, shape, threads in cells:

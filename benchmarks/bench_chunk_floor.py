@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_matrix  # noqa: E402
 import bench_rwkv7  # noqa: E402
 from myfla.ops.utils.solve_tril import _unit_lower_inverse  # noqa: E402
-from timing import median_time  # noqa: E402
+from timing import machine_info, median_time  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_chunk_floor.json"
 SHAPES = {"small": (1, 8192, 4, 128, 128), "train": (4, 4096, 16, 128, 128)}
@@ -288,7 +288,7 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    record = {"machine": bench_matrix.machine_info("cpu"),
+    record = {"machine": machine_info("cpu"),
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": []}
     cells = []
     for op in args.ops:

@@ -36,7 +36,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -50,6 +49,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# benchmarks/ is the script directory (or on the path of the tests that import this script)
+from timing import machine_info  # noqa: E402
 
 BT = 64
 SHAPES = {"small": (1, 8192, 4, 128, 128), "train": (4, 4096, 16, 128, 128)}
@@ -470,29 +471,6 @@ def parse_shape(name, quick):
 def write(record, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
-
-
-def machine_info(device):
-    info = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability",
-                                                                    lambda: None)()}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None)
-    except OSError:
-        pass
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-        try:
-            import triton
-            info["triton"] = triton.__version__
-        except ImportError:
-            pass
-    with contextlib.suppress(Exception):
-        import transformers
-        info["transformers"] = transformers.__version__
-    return info
 
 
 @contextlib.contextmanager

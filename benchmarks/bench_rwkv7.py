@@ -64,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 from myfla.ops.generalized_delta_rule.dplr import chunk as dplr_chunk  # noqa: E402
 from myfla.ops.rwkv7 import chunk_rwkv7  # noqa: E402
 # benchmarks/ is the script directory
-from timing import matmul_rate_after_other_work, matmul_rates, median_time  # noqa: E402
+from timing import machine_info, matmul_rate_after_other_work, matmul_rates, median_time  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_rwkv7.json"
 FLA_BT = 16           # fla's chunk size for the DPLR delta rule
@@ -140,7 +140,7 @@ def load_fla_references():
 
 def cuda_main(args):
     """The GPU comparison (see the module notes): prints a table and writes ``args.out``."""
-    from bench_matrix import count_cuda, limit_triton_autotune, machine_info
+    from bench_matrix import count_cuda, limit_triton_autotune
     from myfla.ops.utils import loop_graph
     dev = torch.device("cuda")
     impls = {"myfla": ours, "myfla-eager": ours}
@@ -296,6 +296,7 @@ def main():
     B, H, T = 1, args.H, args.T
     record = {"B": B, "T": T, "H": H, "dtype": "float32", "threads": args.threads, "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+              "machine_info": machine_info("cpu"),
               "port_chunk_size": dplr_chunk.CHUNK_SIZE, "fla_chunk_size": FLA_BT,
               "backward": "recompute" if args.recompute else "saved forward parts",
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "shapes": []}

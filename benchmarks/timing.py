@@ -1,9 +1,56 @@
-"""Timing helpers shared by the CPU op benchmarks (bench_gdn, bench_kda, bench_rwkv7)."""
+"""Timing helpers shared by the op benchmarks (bench_gdn, bench_kda, bench_rwkv7, bench_ab,
+bench_matrix, bench_chunk_floor): medians, matmul rates, and the machine a figure ran on."""
 
+import contextlib
+import os
+import platform
 import statistics
 import time
 
 import torch
+
+# CPU features that change which kernels torch runs (and so the figures): AVX-512 and its bf16
+# dot products, AMX tiles. Two VMs both named "AMD EPYC" differed by these (AVX2 one day, AVX-512
+# the next), at twice the matmul rate.
+CPU_FLAGS_OF_NOTE = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def cpu_info() -> dict:
+    """The CPU as /proc/cpuinfo names it: model name, family / model / stepping, the flags of note
+    (``CPU_FLAGS_OF_NOTE``) it has; empty where the file is missing (not Linux)."""
+    fields = {}
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if not line.strip():
+                    break                                   # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    if not fields:
+        return {}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name"), "cpu_family": fields.get("cpu family"),
+            "cpu_model": fields.get("model"), "cpu_stepping": fields.get("stepping"),
+            "cpu_flags": [f for f in CPU_FLAGS_OF_NOTE if f in flags]}
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """What a benchmark record says of its machine: torch, Python, CPU (``cpu_info``) and torch's CPU
+    kernel capability, and the GPU, CUDA and Triton versions on ``device == "cuda"``."""
+    info = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability",
+                                                                    lambda: None)()}
+    info.update(cpu_info())
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+        with contextlib.suppress(ImportError):
+            import triton
+            info["triton"] = triton.__version__
+    with contextlib.suppress(Exception):
+        import transformers
+        info["transformers"] = transformers.__version__
+    return info
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
