@@ -1,8 +1,23 @@
 """Per-chunk inverse of ``I + A`` for strictly lower-triangular ``A``, as ``fla.ops.utils.solve_tril``.
 
 fla inverts 16x16 diagonal blocks by forward substitution and merges them into 32x32 / 64x64
-inverses with block formulas. The same inverse is one batched unit-lower-triangular solve over all
-chunks of all heads here.
+inverses with block formulas. Here all chunks of all heads are inverted at once, in one of two ways:
+
+- block doubling (``_unit_lower_inverse``): fla's merge rule applied from 1x1 blocks up, a pair of
+  batched matmuls per level; on GPUs, and on CPUs for up to ``TRSM_MIN_ELEMENTS`` elements;
+- on CPUs for larger batches, LAPACK's forward substitution (``trsm``) against the identity, one
+  matrix after another on one intra-op thread, the batch split over the caller's threads as worker
+  threads (``_unit_lower_inverse_trsm``, ``myfla.ops.utils.batch_split``).
+
+Measured (``benchmarks/results/solve_tril_cpu.txt``), the ``solve_tril`` stage of
+``chunk_gated_delta_rule`` forward+backward at B=4 T=4096 H=16 (4096 inverses of 64 x 64): on the
+H100 host's Xeon 145 / 66 / 59 ms by doubling against 48 / 34 / 31 ms by ``trsm`` at 1 / 4 / 16
+threads; on this project's Zen 5 VM 55 / 40-45 ms against 55 / 37 ms at 1 / 2 threads (the doubling's
+copies of the blocks between levels grow out of cache there). At B=1 T=8192 H=4 (512 inverses)
+the host gained too (18 / 14 / 8 ms against 7 / 6 / 4), but the VM's ``trsm`` (12 us a matrix against the
+Xeon's 4) lost at two threads (6-8 ms against 8-9), so batches below ``TRSM_MIN_ELEMENTS`` keep the
+doubling: which way a batch is inverted depends on its size only, never on the thread count or the
+machine. The two agree to fp32 rounding (5e-8 relative).
 """
 
 from __future__ import annotations
@@ -12,6 +27,7 @@ from typing import Optional
 
 import torch
 
+from myfla.ops.utils.batch_split import split_batch
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import input_guard, is_amd
@@ -26,14 +42,21 @@ assert FLA_TRIL_PRECISION in ALLOWED_TRIL_PRECISIONS, \
     f'FLA_TRIL_PRECISION must be one of {ALLOWED_TRIL_PRECISIONS}, but got {FLA_TRIL_PRECISION}'
 
 
+# Batches of at least this many elements (1024 matrices of 64 x 64) are inverted by ``trsm`` on CPUs.
+TRSM_MIN_ELEMENTS = 2 ** 22
+# Fewest elements (64 matrices of 64 x 64) of one worker's share of a ``trsm`` batch.
+TRSM_MIN_PART_ELEMENTS = 2 ** 18
+
+
 def _unit_lower_inverse(L: torch.Tensor) -> torch.Tensor:
     """``(I + L)^-1`` for the strict lower triangle ``L`` of ``[..., n, n]`` (``n`` a power of 2; the
     diagonal and upper triangle are never read).
 
     Block doubling, the merge rule of fla's 16 -> 32 -> 64 kernels applied from 1x1 blocks up:
     ``[[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]``; every level is one pair of
-    batched matmuls over all diagonal blocks of all chunks (log2(n) levels, no LAPACK call: the
-    batched triangular solve is erratic on CPU, 2-500x slower from call to call).
+    batched matmuls over all diagonal blocks of all chunks (log2(n) levels; a batched LAPACK solve
+    on several intra-op threads is erratic on CPU, 2-500x slower from call to call, hence
+    ``_unit_lower_inverse_trsm`` runs it on one thread per worker).
     """
     n = L.shape[-1]
     batch = L.shape[:-2]
@@ -55,6 +78,27 @@ def _unit_lower_inverse(L: torch.Tensor) -> torch.Tensor:
         X = merged
         s *= 2
     return X.squeeze(-3)
+
+
+def _unit_lower_inverse_trsm(L: torch.Tensor) -> torch.Tensor:
+    """``(I + L)^-1`` for the strict lower triangle ``L`` of ``[M, n, n]`` on a CPU: LAPACK's unit
+    lower-triangular solve against the identity (it reads neither the diagonal nor the upper
+    triangle), the batch split over worker threads (``split_batch``; each matrix is solved by the same
+    code whatever the split)."""
+    M, n = L.shape[0], L.shape[-1]
+    out = new_empty(L.shape, L.dtype, L.device)
+    eye = torch.eye(n, dtype=L.dtype, device=L.device).expand(L.shape)
+
+    def solve(start: int, stop: int) -> None:
+        torch.linalg.solve_triangular(L[start:stop], eye[start:stop], upper=False, unitriangular=True,
+                                      out=out[start:stop])
+    split_batch(solve, M, max(1, TRSM_MIN_PART_ELEMENTS // (n * n)))
+    return out
+
+
+def _uses_trsm(L: torch.Tensor) -> bool:
+    """Whether ``L`` ``[M, n, n]`` is inverted by ``_unit_lower_inverse_trsm`` (see the module notes)."""
+    return L.device.type == 'cpu' and L.numel() >= TRSM_MIN_ELEMENTS
 
 
 @input_guard
@@ -84,5 +128,9 @@ def solve_tril(
         return torch.zeros_like(A, dtype=output_dtype)
     compute_dtype = torch.promote_types(A.dtype, torch.float32)
     Ac = to_grid(layout, A, dtype=compute_dtype)                         # [NC, N*H, BT, BT]
-    Ai = _unit_lower_inverse(Ac.flatten(0, 1)).view_as(Ac)     # reads only the strict lower triangle
+    flat = Ac.flatten(0, 1)                                             # [M, BT, BT]
+    # both read only the strict lower triangle; as fla's kernel, no autograd graph (an input that
+    # requires grad gives a result that does not)
+    with torch.no_grad():
+        Ai = (_unit_lower_inverse_trsm(flat) if _uses_trsm(flat) else _unit_lower_inverse(flat)).view_as(Ac)
     return from_grid(layout, Ai, H, output_dtype)
