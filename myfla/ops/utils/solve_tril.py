@@ -4,25 +4,30 @@ fla inverts 16x16 diagonal blocks by forward substitution and merges them into 3
 inverses with block formulas. Here all chunks of all heads are inverted at once, in one of two ways:
 
 - block doubling (``_unit_lower_inverse``): fla's merge rule applied from 1x1 blocks up, a pair of
-  batched matmuls per level; on GPUs, and on CPUs for up to ``TRSM_MIN_ELEMENTS`` elements;
-- on CPUs for larger batches, LAPACK's forward substitution (``trsm``) against the identity, one
-  matrix after another on one intra-op thread, the batch split over the caller's threads as worker
-  threads (``_unit_lower_inverse_trsm``, ``myfla.ops.utils.batch_split``).
+  batched matmuls per level; on GPUs;
+- on CPUs, LAPACK's forward substitution (``trsm``) against the identity, one matrix after another on
+  one intra-op thread, the batch split over the caller's threads as worker threads
+  (``_unit_lower_inverse_trsm``, ``myfla.ops.utils.batch_split``): for batches of at least
+  ``TRSM_MIN_ELEMENTS``, and for smaller ones where this CPU's ``trsm`` is fast (``_trsm_for_small``).
 
 Measured (``benchmarks/results/solve_tril_cpu.txt``), the ``solve_tril`` stage of
 ``chunk_gated_delta_rule`` forward+backward at B=4 T=4096 H=16 (4096 inverses of 64 x 64): on the
 H100 host's Xeon 145 / 66 / 59 ms by doubling against 48 / 34 / 31 ms by ``trsm`` at 1 / 4 / 16
-threads; on this project's Zen 5 VM 55 / 40-45 ms against 55 / 37 ms at 1 / 2 threads (the doubling's
-copies of the blocks between levels grow out of cache there). At B=1 T=8192 H=4 (512 inverses)
-the host gained too (18 / 14 / 8 ms against 7 / 6 / 4), but the VM's ``trsm`` (12 us a matrix against the
-Xeon's 4) lost at two threads (6-8 ms against 8-9), so batches below ``TRSM_MIN_ELEMENTS`` keep the
-doubling: which way a batch is inverted depends on its size only, never on the thread count or the
-machine. The two agree to fp32 rounding (5e-8 relative).
+threads; on this project's Zen 5 VM 55 / 40-45 ms against 55 / 37 ms at 1 / 2 threads. At B=1 T=8192
+H=4 (512 inverses) the host gained as much (18 / 14 / 8 ms against 7 / 6 / 4), but the VM's ``trsm``
+(12 us a 64 x 64 matrix against the Xeon's 4: its LAPACK, not the work) lost at two threads (6-8 ms
+against 8-9). So below ``TRSM_MIN_ELEMENTS`` a one-time probe per process decides
+(``MYFLA_SOLVE_TRIL_SMALL``): ``trsm`` where it inverts a 256-matrix batch on one thread at least
+``TRSM_PROBE_MARGIN`` times faster than the doubling (the Xeons: 5-7x; the VM: 1x). The two agree to
+fp32 rounding (5e-8 relative): results depend on the batch size and, below the threshold, on which
+way the probe went on this machine, never on the thread count (``MYFLA_SOLVE_TRIL_SMALL=doubling`` or
+``trsm`` fixes it).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Optional
 
 import torch
@@ -46,6 +51,16 @@ assert FLA_TRIL_PRECISION in ALLOWED_TRIL_PRECISIONS, \
 TRSM_MIN_ELEMENTS = 2 ** 22
 # Fewest elements (64 matrices of 64 x 64) of one worker's share of a ``trsm`` batch.
 TRSM_MIN_PART_ELEMENTS = 2 ** 18
+# How CPU batches below TRSM_MIN_ELEMENTS are inverted: 'measure' (a one-time probe, see the module
+# notes), 'doubling' or 'trsm' (MYFLA_SOLVE_TRIL_SMALL).
+SMALL_BATCHES = os.environ.get('MYFLA_SOLVE_TRIL_SMALL', 'measure')
+if SMALL_BATCHES not in ('measure', 'doubling', 'trsm'):
+    raise ValueError(f"The environment variable MYFLA_SOLVE_TRIL_SMALL must be 'measure' (the default: small "
+                     f"batches inverted by LAPACK where a one-time probe finds it faster on this CPU), "
+                     f"'doubling' or 'trsm', got {SMALL_BATCHES!r}.")
+# How much faster trsm must invert the probe's batch for small batches to take it.
+TRSM_PROBE_MARGIN = 2.0
+_probed: Optional[bool] = None
 
 
 def _unit_lower_inverse(L: torch.Tensor) -> torch.Tensor:
@@ -96,9 +111,43 @@ def _unit_lower_inverse_trsm(L: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _probe_trsm() -> bool:
+    """Whether ``trsm`` inverts 256 matrices of 64 x 64 on one intra-op thread at least
+    ``TRSM_PROBE_MARGIN`` times faster than the doubling here (best of three each, after one call)."""
+    gen = torch.Generator().manual_seed(0)
+    L = torch.randn(256, 64, 64, generator=gen).mul_(0.1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = {}
+        for name, invert in (('doubling', _unit_lower_inverse), ('trsm', _unit_lower_inverse_trsm)):
+            invert(L)
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                invert(L)
+                times.append(time.perf_counter() - start)
+            best[name] = min(times)
+    finally:
+        torch.set_num_threads(threads)
+    return TRSM_PROBE_MARGIN * best['trsm'] <= best['doubling']
+
+
+def _trsm_for_small() -> bool:
+    """Whether CPU batches below ``TRSM_MIN_ELEMENTS`` are inverted by ``trsm`` (``SMALL_BATCHES``;
+    'measure': ``_probe_trsm``, once per process)."""
+    global _probed
+    if SMALL_BATCHES != 'measure':
+        return SMALL_BATCHES == 'trsm'
+    if _probed is None:
+        with torch.no_grad():
+            _probed = _probe_trsm()
+    return _probed
+
+
 def _uses_trsm(L: torch.Tensor) -> bool:
     """Whether ``L`` ``[M, n, n]`` is inverted by ``_unit_lower_inverse_trsm`` (see the module notes)."""
-    return L.device.type == 'cpu' and L.numel() >= TRSM_MIN_ELEMENTS
+    return L.device.type == 'cpu' and (L.numel() >= TRSM_MIN_ELEMENTS or _trsm_for_small())
 
 
 @input_guard

@@ -128,6 +128,7 @@ def test_trsm_inverse_is_the_same_on_any_thread_count(threads, monkeypatch):
 
 
 def test_solve_tril_takes_trsm_for_large_cpu_batches_only(monkeypatch):
+    monkeypatch.setattr(st, "SMALL_BATCHES", "doubling")
     calls = []
     real = st._unit_lower_inverse_trsm
     monkeypatch.setattr(st, "_unit_lower_inverse_trsm", lambda L: calls.append(L.shape) or real(L))
@@ -154,3 +155,38 @@ def test_trsm_path_under_inference_mode_on_several_threads(threads, monkeypatch)
     with torch.inference_mode():
         got = solve_tril(A)
     assert got.is_inference() and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("setting, probe, expected", [("trsm", None, True), ("doubling", None, False),
+                                                      ("measure", True, True), ("measure", False, False)])
+def test_small_batches_follow_the_setting_or_one_probe(monkeypatch, setting, probe, expected):
+    probes = []
+    monkeypatch.setattr(st, "SMALL_BATCHES", setting)
+    monkeypatch.setattr(st, "_probed", None)
+    monkeypatch.setattr(st, "_probe_trsm", lambda: probes.append(1) or probe)
+    small = torch.empty(8, 64, 64)
+    assert [st._uses_trsm(small) for _ in range(3)] == [expected] * 3
+    assert len(probes) == (1 if setting == "measure" else 0)           # probed once per process
+    assert st._uses_trsm(torch.empty(1024, 64, 64))                    # large batches: always trsm
+
+
+def test_the_probe_times_both_ways_on_one_thread_and_restores_the_threads(threads, monkeypatch):
+    threads(3)
+    seen = []
+    def spy(tag, real):
+        return lambda L: seen.append((tag, torch.get_num_threads())) or real(L)
+    monkeypatch.setattr(st, "_unit_lower_inverse", spy("d", st._unit_lower_inverse))
+    monkeypatch.setattr(st, "_unit_lower_inverse_trsm", spy("t", st._unit_lower_inverse_trsm))
+    assert st._probe_trsm() in (True, False)
+    assert sorted(set(seen)) == [("d", 1), ("t", 1)] and len(seen) == 8
+    assert torch.get_num_threads() == 3
+
+
+def test_a_bad_setting_is_refused_at_import():
+    import os
+    import subprocess
+    env = dict(os.environ, MYFLA_SOLVE_TRIL_SMALL="fast")
+    run = subprocess.run([sys.executable, "-c", "import myfla.ops.utils.solve_tril"], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "MYFLA_SOLVE_TRIL_SMALL must be 'measure'" in run.stderr
