@@ -2,7 +2,9 @@
 ``chunk_gated_delta_rule`` / ``chunk_kda`` / ``chunk_rwkv7`` timed in a fresh process per version,
 cell and round, the two versions in a shuffled order each round; medians per version and the ratio
 (B over A). A and B are git revisions of this repository (``--a``, ``--b``; their ``myfla/`` is taken
-with ``git archive`` into a temporary directory) or ``worktree`` (the files as they are).
+with ``git archive`` into a temporary directory), ``worktree`` (the files as they are), or ``dir:PATH``,
+a directory that holds a ``myfla/`` package (for machines where the checkout has no git history, such
+as the GPU machine's copy: extract the other version there first).
 
 On the noisy machines these figures come from, identical code moves 10-20% from one process to the
 next, so a change is measured this way (several rounds, fresh processes, shuffled) and never by two
@@ -59,6 +61,11 @@ def materialise(version: str, tmp: Path) -> Path:
     revision's ``myfla/`` extracted from ``git archive`` into ``tmp``."""
     if version == 'worktree':
         return ROOT
+    if version.startswith('dir:'):
+        tree = Path(version[4:]).resolve()
+        if not (tree / 'myfla' / '__init__.py').is_file():
+            raise ABError(f"{version!r}: no myfla package in {tree}")
+        return tree
     dest = tmp / f"rev-{len(list(tmp.iterdir()))}"
     dest.mkdir()
     archive = tmp / 'myfla.tar'
@@ -115,8 +122,8 @@ def run_child(tree: Path, op: str, shape: str, threads: int, reps: int) -> float
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    ap.add_argument('--a', required=True, help="git revision or 'worktree'")
-    ap.add_argument('--b', default='worktree', help="git revision or 'worktree' (default)")
+    ap.add_argument('--a', required=True, help="git revision, 'worktree' or dir:PATH (a tree holding myfla/)")
+    ap.add_argument('--b', default='worktree', help="git revision, 'worktree' (default) or dir:PATH")
     ap.add_argument('--cells', required=True, help='op:BxTxHxKxV:threads,... (op: gdn, kda, rwkv7)')
     ap.add_argument('--rounds', type=int, default=8)
     ap.add_argument('--reps', type=int, default=3, help='timed calls per process (median), after one untimed')

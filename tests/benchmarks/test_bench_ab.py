@@ -54,3 +54,17 @@ def test_the_child_imports_the_given_tree(tmp_path):
     # a tree without myfla: the child fails (it does not fall back on the installed one)
     with pytest.raises(bench_ab.ABError):
         bench_ab.run_child(tmp_path, "gdn", "1x64x1x16x16", 1, 1)
+
+
+def test_a_directory_holding_myfla_against_the_worktree(tmp_path):
+    # dir:PATH (a machine without git history): here a copy of this checkout's myfla/
+    shutil.copytree(ROOT / "myfla", tmp_path / "tree" / "myfla", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "ab.json"
+    assert bench_ab.main(["--a", f"dir:{tmp_path / 'tree'}", "--cells", "gdn:1x70x1x16x8:1",
+                          "--rounds", "1", "--reps", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["a"] == f"dir:{tmp_path / 'tree'}"
+
+
+def test_a_directory_without_myfla_exits_2(tmp_path, capsys):
+    assert bench_ab.main(["--a", f"dir:{tmp_path}", "--cells", "gdn:1x64x1x16x16:1", "--rounds", "1"]) == 2
+    assert "no myfla package" in capsys.readouterr().err
