@@ -28,6 +28,8 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
+from myfla.ops.utils.threads import at_most_threads
+
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_key: Tuple[int, int] = (0, 0)          # (pid, workers) of _pool
 _pool_lock = threading.Lock()
@@ -56,16 +58,11 @@ def split_batch(call: Callable[[int, int], None], n: int, min_per_part: int = 1)
     """``call(start, stop)`` over ``[0, n)`` in up to ``torch.get_num_threads()`` ranges of at least
     ``min_per_part`` items each, run side by side on one intra-op thread each (see the module notes);
     one range runs on the calling thread alone."""
-    threads = torch.get_num_threads()
-    parts = max(1, min(threads, n // max(1, min_per_part)))
-    nested = getattr(_local, 'worker', False)
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        if parts == 1 or nested:
+    parts = max(1, min(torch.get_num_threads(), n // max(1, min_per_part)))
+    with at_most_threads(1):
+        if parts == 1 or getattr(_local, 'worker', False):            # one range, or nested in a worker
             call(0, n)
             return
-        bounds = ranges(n, parts)
         grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
         def run(start: int, stop: int) -> None:
@@ -74,6 +71,7 @@ def split_batch(call: Callable[[int, int], None], n: int, min_per_part: int = 1)
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
                 call(start, stop)
 
+        bounds = ranges(n, parts)
         futures = [_workers(parts - 1).submit(run, *b) for b in bounds[1:]]
         try:
             call(*bounds[0])
@@ -81,6 +79,3 @@ def split_batch(call: Callable[[int, int], None], n: int, min_per_part: int = 1)
             wait(futures)
         for f in futures:
             f.result()
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)

@@ -24,13 +24,13 @@ eagerly.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import warnings
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from myfla.ops.utils.threads import at_most_threads
 from myfla.ops.utils.workspace import new_empty
 
 ENABLED = os.environ.get('MYFLA_CUDA_GRAPHS', '1') != '0'
@@ -87,20 +87,6 @@ def _record(body: Body, inputs: Inputs, outputs: Outputs, device: torch.device):
 LOOP_THREADS_PER_HEAD = int(os.environ.get('MYFLA_LOOP_THREADS_PER_HEAD', '2'))
 
 
-@contextlib.contextmanager
-def _cpu_threads(limit: Optional[int]):
-    """At most ``limit`` intra-op threads inside the block (CPU); the caller's setting after it."""
-    current = torch.get_num_threads()
-    if not limit or limit >= current:
-        yield
-        return
-    torch.set_num_threads(limit)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(current)
-
-
 def run_loop(name: str, body: Body, inputs: Inputs,
              outputs: Dict[str, Tuple[Sequence[int], torch.dtype]], device, recurrences: int = 0) -> Outputs:
     """``body(inputs, outs)`` with ``outs`` freshly allocated from ``outputs`` (name -> (shape, dtype)),
@@ -115,7 +101,7 @@ def run_loop(name: str, body: Body, inputs: Inputs,
             # recorded inside another one; the eager ops become part of the caller's graph)
             outs = _allocate(outputs, device)
             limit = recurrences * LOOP_THREADS_PER_HEAD if device.type == 'cpu' else 0
-            with _cpu_threads(limit):
+            with at_most_threads(limit):
                 body(inputs, outs)
             stats['eager'] += 1
             return outs

@@ -34,6 +34,7 @@ import torch
 
 from myfla.ops.utils.batch_split import split_batch
 from myfla.ops.utils.chunk_layout import get_chunk_layout
+from myfla.ops.utils.threads import at_most_threads
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import input_guard, is_amd
 
@@ -116,10 +117,8 @@ def _probe_trsm() -> bool:
     ``TRSM_PROBE_MARGIN`` times faster than the doubling here (best of three each, after one call)."""
     gen = torch.Generator().manual_seed(0)
     L = torch.randn(256, 64, 64, generator=gen).mul_(0.1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        best = {}
+    best = {}
+    with at_most_threads(1):
         for name, invert in (('doubling', _unit_lower_inverse), ('trsm', _unit_lower_inverse_trsm)):
             invert(L)
             times = []
@@ -128,8 +127,6 @@ def _probe_trsm() -> bool:
                 invert(L)
                 times.append(time.perf_counter() - start)
             best[name] = min(times)
-    finally:
-        torch.set_num_threads(threads)
     return TRSM_PROBE_MARGIN * best['trsm'] <= best['doubling']
 
 
@@ -140,8 +137,7 @@ def _trsm_for_small() -> bool:
     if SMALL_BATCHES != 'measure':
         return SMALL_BATCHES == 'trsm'
     if _probed is None:
-        with torch.no_grad():
-            _probed = _probe_trsm()
+        _probed = _probe_trsm()
     return _probed
 
 

@@ -309,6 +309,21 @@ class threads_unstalled:
             torch.set_num_threads(self.saved)
 
 
+@contextlib.contextmanager
+def at_most_threads(limit: Optional[int]):
+    """At most ``limit`` intra-op threads inside the block (None or 0: no limit), the caller's count
+    restored after it; nothing is set where the count is already within the limit."""
+    current = torch.get_num_threads()
+    if not limit or limit >= current:
+        yield
+        return
+    torch.set_num_threads(limit)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(current)
+
+
 def chunk_work(k: torch.Tensor, v: torch.Tensor) -> int:
     """The work of a chunked op's call: its largest tensor, the keys/values ``[B, T, H, K|V]`` or the
     per-chunk states ``[B, T/64, H, K, V]`` (so a T=300 call at K=V=64 runs on one thread, and a

@@ -6,31 +6,14 @@ with ``A_ab_inv = (I - A_ab)^-1``: ``v2 = u + w S_0``, ``w = A_ab_inv ag`` and `
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Tuple
 
 import torch
 
 from myfla.ops.generalized_delta_rule.dplr.chunk_grid import from_grid, grid_layout, strict_tril, to_grid, tril
+from myfla.ops.utils.threads import at_most_threads
 from myfla.ops.utils.workspace import new_empty
 from myfla.utils import accumulation_dtype
-
-
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device):
-    """One intra-op thread inside the block for CPU tensors (the caller's count after it): a batched
-    triangular solve runs one small LAPACK call per matrix, and across several threads those calls
-    stall on the pool's barriers (measured 2-1000x slower from call to call on a busy 2-core
-    machine, stable on one thread)."""
-    threads = torch.get_num_threads()
-    if device.type != 'cpu' or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def unit_lower_inverse_grid(A: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -42,14 +25,17 @@ def unit_lower_inverse_grid(A: torch.Tensor, out: Optional[torch.Tensor] = None)
     one unit-lower-triangular solve against the identity (forward substitution, LAPACK's ``trsm``),
     batched over all chunks of all heads: on CPU several times faster than inverting blocks by
     batched matmuls (whose many small ops and copies of strided blocks dominate), run on one
-    thread (``_one_cpu_thread``).
+    thread.
     """
     n = A.shape[-1]
     neg = torch.neg(A, out=new_empty(A.shape, A.dtype, A.device))     # (I - A) = I + (-A): unit diagonal
     if out is None:
         out = new_empty(A.shape, A.dtype, A.device)
     eye = torch.eye(n, dtype=A.dtype, device=A.device).expand(A.shape)
-    with _one_cpu_thread(A.device):
+    # one thread: a batched triangular solve runs one small LAPACK call per matrix, and across several
+    # threads those calls stall on the pool's barriers (measured 2-1000x slower from call to call on a
+    # busy 2-core machine, stable on one thread)
+    with at_most_threads(1 if A.device.type == 'cpu' else None):
         return torch.linalg.solve_triangular(neg, eye, upper=False, unitriangular=True, out=out)
 
 
