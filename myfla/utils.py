@@ -111,22 +111,25 @@ def tensor_cache(
 
     Source: fla/utils.py:L96-L132 (fla 0.4.0)
     """
-    last_args: Optional[Tuple] = None
-    last_kwargs: Optional[Dict] = None
-    last_result: Any = None
+    # (args, kwargs, result) of the last call, replaced as one tuple: fla 0.4.0 keeps three variables,
+    # so a thread that reads between another thread's three stores returns the result of other
+    # arguments (later fla stores one tuple per entry too)
+    last: Optional[Tuple[Tuple, Dict, Any]] = None
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        nonlocal last_args, last_kwargs, last_result
+        nonlocal last
 
-        if last_args is not None and last_kwargs is not None:
+        entry = last
+        if entry is not None:
+            last_args, last_kwargs, last_result = entry
             if len(args) == len(last_args) and len(kwargs) == len(last_kwargs):
                 if all(a is b for a, b in zip(args, last_args)) and \
                         all(k in last_kwargs and v is last_kwargs[k] for k, v in kwargs.items()):
                     return last_result
 
         result = fn(*args, **kwargs)
-        last_args, last_kwargs, last_result = args, kwargs, result
+        last = (args, kwargs, result)
         return result
 
     return wrapper

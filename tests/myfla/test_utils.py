@@ -117,3 +117,47 @@ def test_device_flags_and_environment(caplog):
     import sys
     warned = any("recommended 3.11" in r.message for r in caplog.records)
     assert warned == (sys.version_info < (3, 11))
+
+
+def test_tensor_cache_hits_by_identity():
+    calls = []
+    f = utils.tensor_cache(lambda x, *, n=1: calls.append((x, n)) or ('result', x, n))
+    a, b = object(), object()
+    first = f(a)
+    assert f(a) is first and len(calls) == 1                       # same object: the cached result
+    assert f(b)[1] is b and len(calls) == 2                        # another object: computed
+    assert f(a) is not first and len(calls) == 3                   # one entry only, as fla 0.4.0
+    assert f(a, n=2)[2] == 2 and len(calls) == 4                   # keyword arguments count too
+
+
+def test_tensor_cache_never_returns_another_callers_result():
+    """Threads calling one cached function with different arguments (a manifest deviation: fla 0.4.0
+    stores the last arguments and the last result one after another; a thread switch between the
+    stores handed a result to a caller with other arguments: thousands of times a second with four
+    threads switching every microsecond)."""
+    import sys
+    import threading
+    import time
+
+    f = utils.tensor_cache(lambda key: ('result', key))
+    keys = [object() for _ in range(4)]
+    wrong = []
+    stop = time.perf_counter() + 0.5
+
+    def caller(key):
+        while time.perf_counter() < stop:
+            for _ in range(500):
+                if f(key)[1] is not key:
+                    wrong.append(key)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=caller, args=(k,)) for k in keys]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not wrong, f"{len(wrong)} calls got the result of another argument"

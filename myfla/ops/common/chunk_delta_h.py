@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from typing import Optional, Tuple
 
 import torch
@@ -35,27 +36,34 @@ NUM_WARPS = [2, 4] if is_nvidia_hopper else [2, 4, 8, 16]
 # tensor identity and version, and a grid result converted to token layout remembers its grid, so
 # a tensor crosses layouts once per pass instead of once per function. Only layouts without padding
 # are memoised (there zero- and last-fill agree and every grid slot is a real token).
-_grid_memo: Optional[dict] = None
+# The memo is per thread: a pass's conversions belong to the thread that runs it, and two threads
+# running ops at once (``nn.DataParallel`` replicas, a server's request threads) keep their own.
+_scope = threading.local()
+
+
+def _memo_dict() -> Optional[dict]:
+    """This thread's memo, None outside a ``grid_cache()`` scope."""
+    return getattr(_scope, 'memo', None)
 
 
 @contextlib.contextmanager
 def grid_cache():
     """Scope in which layout conversions (and ``memo`` values) are reused; nested scopes share it."""
-    global _grid_memo
-    if _grid_memo is not None:
+    if _memo_dict() is not None:
         yield
         return
-    _grid_memo = {}
+    _scope.memo = {}
     begin_pass()
     try:
         yield
     finally:
-        _grid_memo = None
+        _scope.memo = None
         end_pass()
 
 
 def _memo_key(layout: ChunkLayout, x: torch.Tensor, dtype) -> Optional[tuple]:
-    if _grid_memo is None or layout.varlen or layout.pad:
+    grid_memo = _memo_dict()
+    if grid_memo is None or layout.varlen or layout.pad:
         return None
     return ('grid', id(layout), id(x), x._version, x.dtype if dtype is None else dtype)
 
@@ -64,28 +72,31 @@ def shared_grid(layout: ChunkLayout, x: torch.Tensor, dtype: torch.dtype) -> Opt
     """The ``[NC, N*H, BT, *rest]`` grid of ``x`` in ``dtype`` already built (or produced) in this
     pass, or None. ``myfla.ops.utils.chunk_grid`` keeps chunk-major grids in the same memory order
     and shares them both ways through this memo (``share_grid``)."""
+    grid_memo = _memo_dict()
     key = _memo_key(layout, x, dtype)
-    hit = _grid_memo.get(key) if key is not None else None
+    hit = grid_memo.get(key) if key is not None else None
     return hit[1] if hit is not None else None
 
 
 def share_grid(layout: ChunkLayout, x: torch.Tensor, xc: torch.Tensor) -> None:
     """Record ``xc`` (``[NC, N*H, BT, *rest]``, contiguous) as the grid of ``x`` for this pass."""
+    grid_memo = _memo_dict()
     key = _memo_key(layout, x, xc.dtype)
-    if key is not None and key not in _grid_memo:
-        _grid_memo[key] = (x, xc, layout)
+    if key is not None and key not in grid_memo:
+        grid_memo[key] = (x, xc, layout)
 
 
 def memo(key: tuple, tensors: tuple, fn):
     """``fn()`` memoised inside a ``grid_cache()`` scope under ``key`` and the identity/version of
     ``tensors`` (kept alive with the entry so that ids stay unique)."""
-    if _grid_memo is None:
+    grid_memo = _memo_dict()
+    if grid_memo is None:
         return fn()
     full = key + tuple((id(t), getattr(t, '_version', None)) if t is not None else None for t in tensors)
-    hit = _grid_memo.get(full)
+    hit = grid_memo.get(full)
     if hit is None:
         hit = (tensors, fn())
-        _grid_memo[full] = hit
+        grid_memo[full] = hit
     return hit[1]
 
 
@@ -93,9 +104,10 @@ def to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero',
             dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``[B, T, H, *rest]`` token layout -> ``[NC, N*H, BT, *rest]`` chunk grid (contiguous, so the
     per-chunk slices of ``unbind(0)`` feed batched matmuls directly)."""
+    grid_memo = _memo_dict()
     key = _memo_key(layout, x, dtype)
-    if key is not None and key in _grid_memo:
-        return _grid_memo[key][1]
+    if key is not None and key in grid_memo:
+        return grid_memo[key][1]
     xc = layout.pack(x, fill=fill)                                  # [N, NC, BT, H, *rest]
     N, NC, BT, H = xc.shape[:4]
     rest = xc.shape[4:]
@@ -106,13 +118,14 @@ def to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero',
     out.view(NC, N, H, BT, *rest).copy_(xc.permute(perm))
     xc = out
     if key is not None:
-        _grid_memo[key] = (x, xc, layout)       # keep x and layout alive so their ids stay unique
+        grid_memo[key] = (x, xc, layout)       # keep x and layout alive so their ids stay unique
     return xc
 
 
 def from_grid(layout: ChunkLayout, xc: torch.Tensor, H: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``[NC, N*H, BT, *rest]`` chunk grid -> contiguous ``[B, T, H, *rest]`` token layout in ``dtype``
     (default: the grid's)."""
+    grid_memo = _memo_dict()
     NC, NH, BT = xc.shape[:3]
     rest = xc.shape[3:]
     x = xc.reshape(NC, NH // H, H, BT, *rest)
@@ -130,21 +143,22 @@ def from_grid(layout: ChunkLayout, xc: torch.Tensor, H: int, dtype: Optional[tor
             x = x.contiguous()
     key = _memo_key(layout, x, xc.dtype) if x.dtype == xc.dtype else None
     if key is not None:
-        _grid_memo[key] = (x, xc, layout)
+        grid_memo[key] = (x, xc, layout)
     return x
 
 
 def chunks_to_grid(layout: ChunkLayout, h: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """fla's per-chunk layout ``[B, NT, H, *rest]`` -> ``[NC, N*H, *rest]``."""
+    grid_memo = _memo_dict()
     key = _memo_key(layout, h, dtype)
-    if key is not None and ('chunks',) + key in _grid_memo:
-        return _grid_memo[('chunks',) + key][1]
+    if key is not None and ('chunks',) + key in grid_memo:
+        return grid_memo[('chunks',) + key][1]
     hd = h.to(dtype) if dtype is not None else h
     hc = layout.pack_chunks(hd)                                     # [N, NC, H, *rest]
     N, NC, H = hc.shape[:3]
     hc = hc.transpose(0, 1).reshape(NC, N * H, *hc.shape[3:]).contiguous()
     if key is not None:
-        _grid_memo[('chunks',) + key] = (h, hc, layout)
+        grid_memo[('chunks',) + key] = (h, hc, layout)
     return hc
 
 
@@ -156,14 +170,15 @@ def chunks_from_grid(layout: ChunkLayout, hc: torch.Tensor, H: int) -> torch.Ten
     gather is needed: its readers take chunk-major grids, which that view already is, so neither
     the reorder here nor the one back costs a copy. Outside a scope it is contiguous, as fla's.
     """
+    grid_memo = _memo_dict()
     NC, NH = hc.shape[:2]
     h = hc.reshape(NC, NH // H, H, *hc.shape[2:]).transpose(0, 1)
     h = layout.unpack_chunks(h)
-    if _grid_memo is None:
+    if grid_memo is None:
         h = h.contiguous()
     key = _memo_key(layout, h, hc.dtype)
     if key is not None:
-        _grid_memo[('chunks',) + key] = (h, hc, layout)
+        grid_memo[('chunks',) + key] = (h, hc, layout)
     return h
 
 

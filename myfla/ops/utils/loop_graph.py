@@ -12,7 +12,10 @@ such as the many lengths of variable-length batches, never pay for a recording. 
 reads and writes fixed buffers. Each call copies its inputs into them, replays,
 and returns the output buffers themselves: callers copy what they keep (``owned``), which most do
 anyway while converting the chunk grid back to token layout. Graphs are kept per
-(loop, shapes, dtypes, device) for the ``MAX_GRAPHS`` most recent keys; ``release()`` drops them.
+(loop, shapes, dtypes, device, thread, stream) for the ``MAX_GRAPHS`` most recent keys; ``release()``
+drops them. The thread and the stream are part of the key because a replay overwrites the buffers
+another caller may not have copied yet: calls of one thread on one stream run in order, while two
+threads (``nn.DataParallel`` replicas, a server's request threads) each get their own graphs.
 The one-token decoding step of the fused recurrent ops goes through the same path: on a GPU it is
 a dozen small kernels, bound by launches, and replays as one. Inside a caller's own CUDA graph
 capture every call runs eagerly (its ops become part of the caller's graph; a graph cannot be
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 import warnings
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -43,6 +47,7 @@ Body = Callable[[Inputs, Outputs], None]
 _EAGER = object()                      # marks a key whose recording failed
 _SEEN = object()                       # marks a key met once
 _graphs: 'collections.OrderedDict[tuple, object]' = collections.OrderedDict()
+_graphs_lock = threading.Lock()        # guards _graphs and stats (recording and replays run outside it)
 # counts of what happened, for benchmarks and tests: recorded, replayed, eager
 stats = {'recorded': 0, 'replayed': 0, 'eager': 0}
 
@@ -103,19 +108,21 @@ def run_loop(name: str, body: Body, inputs: Inputs,
             limit = recurrences * LOOP_THREADS_PER_HEAD if device.type == 'cpu' else 0
             with at_most_threads(limit):
                 body(inputs, outs)
-            stats['eager'] += 1
+            _count('eager')
             return outs
-        key = (name, str(device), torch.is_inference_mode_enabled(),
+        key = (name, str(device), threading.get_ident(), torch.cuda.current_stream(device).cuda_stream,
+               torch.is_inference_mode_enabled(),
                tuple(sorted((n, _signature(t)) for n, t in inputs.items())),
                tuple(sorted((n, tuple(s), d) for n, (s, d) in outputs.items())))
-        entry = _graphs.get(key)
-        if entry is None:
-            _graphs[key] = _SEEN
-            _trim()
+        with _graphs_lock:
+            entry = _graphs.get(key)
+            if entry is None:
+                _graphs[key] = _SEEN
+                _trim()
         if entry is None or entry is _EAGER:
             outs = _allocate(outputs, device)
             body(inputs, outs)
-            stats['eager'] += 1
+            _count('eager')
             return outs
         if entry is _SEEN:
             # contiguous static inputs: each replay copies the caller's tensors in, whatever their strides
@@ -127,24 +134,33 @@ def run_loop(name: str, body: Body, inputs: Inputs,
             except Exception as err:                     # recording is an optimisation: fall back
                 warnings.warn(f"myfla: CUDA graph recording of {name!r} failed ({type(err).__name__}: "
                               f"{err}); this loop runs eagerly")
-                _graphs[key] = _EAGER
+                with _graphs_lock:
+                    _graphs[key] = _EAGER
                 outs = _allocate(outputs, device)
                 body(inputs, outs)
-                stats['eager'] += 1
+                _count('eager')
                 return outs
-            _graphs[key] = _Recorded(graph, static_in, static_out)
-            _graphs.move_to_end(key)
-            _trim()
-            stats['recorded'] += 1
+            with _graphs_lock:
+                _graphs[key] = _Recorded(graph, static_in, static_out)
+                _graphs.move_to_end(key)
+                _trim()
+            _count('recorded')
             # the warm-up run already left this call's results in the static outputs
             return static_out
-        _graphs.move_to_end(key)
+        with _graphs_lock:
+            if key in _graphs:
+                _graphs.move_to_end(key)
         for n, t in inputs.items():
             if t is not None:
                 entry.inputs[n].copy_(t)
         entry.graph.replay()
-        stats['replayed'] += 1
+        _count('replayed')
         return entry.outputs
+
+
+def _count(event: str) -> None:
+    with _graphs_lock:
+        stats[event] += 1
 
 
 def run_loop_into(name: str, body: Body, inputs: Inputs, targets: Dict[str, torch.Tensor], device) -> None:
@@ -172,11 +188,12 @@ def owned(x: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
 
 
 def _trim():
-    """Keep the ``MAX_GRAPHS`` most recently used keys."""
+    """Keep the ``MAX_GRAPHS`` most recently used keys (called under ``_graphs_lock``)."""
     while len(_graphs) > MAX_GRAPHS:
         _graphs.popitem(last=False)
 
 
 def release():
     """Drop every recorded graph and its buffers."""
-    _graphs.clear()
+    with _graphs_lock:
+        _graphs.clear()

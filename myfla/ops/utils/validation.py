@@ -33,16 +33,18 @@ def varlen_batch_error(batch_size: int) -> ValueError:
     )
 
 
-# (tensor, summary) of the last cu_seqlens seen: every layer of a model passes the same tensor
-_last_summary: list = [None, None]
+# (tensor, summary) of the last cu_seqlens seen: every layer of a model passes the same tensor. One
+# pair, replaced whole: threads calling at once never see one tensor with another's summary.
+_last_summary: list = [(None, None)]
 
 
 def _cu_seqlens_summary(cu_seqlens: torch.Tensor):
     """``(first, last, smallest step)`` of ``cu_seqlens`` as Python ints: one read of three numbers,
     reused while the same tensor object comes back (fla's ``tensor_cache`` keys its index helpers on
     identity the same way; a one-entry check of identity costs well under a microsecond)."""
-    if _last_summary[0] is cu_seqlens:
-        return _last_summary[1]
+    last_tensor, last = _last_summary[0]
+    if last_tensor is cu_seqlens:
+        return last
     if cu_seqlens.numel() < 2:
         first = int(cu_seqlens[0].item())
         summary = (first, first, 0)
@@ -50,7 +52,7 @@ def _cu_seqlens_summary(cu_seqlens: torch.Tensor):
         steps = cu_seqlens[1:] - cu_seqlens[:-1]
         first, last, step = torch.stack([cu_seqlens[0], cu_seqlens[-1], steps.min()]).tolist()
         summary = (int(first), int(last), int(step))
-    _last_summary[0], _last_summary[1] = cu_seqlens, summary
+    _last_summary[0] = (cu_seqlens, summary)
     return summary
 
 

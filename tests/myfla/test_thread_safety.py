@@ -1,0 +1,184 @@
+"""myfla called from several Python threads at once (``nn.DataParallel`` replicas, a server's request
+threads, a data loader's workers): every op and layer gives, in each thread, the results it gives
+alone, bit for bit.
+
+The expected results are computed first, one job at a time; then four threads run all the jobs at
+once, each in another order, several times over, with the interpreter switching threads every few
+microseconds so that one thread's call is interrupted inside another's. Jobs differ in shapes and
+``cu_seqlens`` so that state one call leaves behind (a memo, a cached summary, a cached index) is
+wrong for the next. Everything runs on one intra-op thread, which makes each result deterministic.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from myfla.layers.gated_deltanet import GatedDeltaNet
+from myfla.layers.kda import KimiDeltaAttention
+from myfla.layers.rwkv7 import RWKV7Attention
+from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+from myfla.ops.kda import chunk_kda, fused_recurrent_kda
+from myfla.ops.rwkv7 import chunk_rwkv7
+
+THREADS = 4
+ROUNDS = 3
+
+
+DEVICE = ['cpu']
+
+
+def _leaves(seed, *shapes):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen).to(DEVICE[0]).requires_grad_() for s in shapes]
+
+
+def _offsets(cu):
+    return None if cu is None else torch.tensor(cu, device=DEVICE[0])
+
+
+def _grads(out, leaves):
+    """The outputs and the gradients of a fixed random projection of the first output."""
+    gen = torch.Generator().manual_seed(99)
+    first = out[0]
+    # autograd.grad, not backward: a layer's parameters are shared by the threads, and their .grad
+    # would collect every thread's gradients
+    # (allow_unused: a layer's first layer does not use some of its parameters, e.g. RWKV-7's v_lora)
+    weights = torch.randn(first.shape, generator=gen).to(first.device)
+    grads = torch.autograd.grad((first * weights).sum(), leaves,
+                                allow_unused=True)
+    return [o.detach().clone() for o in out if o is not None] + [
+        torch.empty(0) if d is None else d for d in grads]
+
+
+def _chunk_job(op, T, H, K, cu, seed):
+    def job():
+        B = 1 if cu is not None else 2
+        q, k, v, g, beta = _leaves(seed, (B, T, H, K), (B, T, H, K), (B, T, H, K),
+                                   (B, T, H) if op == 'gdn' else (B, T, H, K), (B, T, H))
+        cu_t = _offsets(cu)
+        kq, gl, bl = F.normalize(k, dim=-1), F.logsigmoid(g), beta.sigmoid()
+        if op == 'gdn':
+            o, s = chunk_gated_delta_rule(q, kq, v, gl, bl, output_final_state=True, cu_seqlens=cu_t)
+        else:
+            o, s = chunk_kda(q, kq, v, gl / 8, bl, output_final_state=True, cu_seqlens=cu_t)
+        return _grads((o, s), (q, k, v, g, beta))
+    return job
+
+
+def _recurrent_job(op, T, seed):
+    """Forward only: fla's fused_recurrent ops have no backward (the decoding path)."""
+    def job():
+        q, k, v, g, beta = (x.detach() for x in _leaves(seed, (2, T, 2, 16), (2, T, 2, 16), (2, T, 2, 16),
+                                                        (2, T, 2) if op == 'gdn' else (2, T, 2, 16), (2, T, 2)))
+        kq, gl, bl = F.normalize(k, dim=-1), F.logsigmoid(g), beta.sigmoid()
+        if op == 'gdn':
+            return list(fused_recurrent_gated_delta_rule(q, kq, v, g=gl, beta=bl, output_final_state=True))
+        return list(fused_recurrent_kda(q, kq, v, gl, bl, output_final_state=True))
+    return job
+
+
+def _rwkv7_job(T, cu, seed):
+    def job():
+        B = 1 if cu is not None else 2
+        r, w, k, v, a = _leaves(seed, *[(B, T, 2, 16)] * 5)
+        kk = F.normalize(k, dim=-1)
+        o, s = chunk_rwkv7(r, -F.softplus(w) - 0.5, k, v, -kk, kk * a.sigmoid(), output_final_state=True,
+                           cu_seqlens=_offsets(cu))
+        return _grads((o, s), (r, w, k, v, a))
+    return job
+
+
+def _layer_job(cls, T, seed, **kw):
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer = cls(hidden_size=64, layer_idx=0, **kw).to(DEVICE[0])
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn(p.shape, generator=gen).to(p.device) * 0.05)
+    mask = torch.ones(2, T, dtype=torch.long, device=DEVICE[0])
+    mask[1, : T // 3] = 0                                  # left padding: the unpad / pad path
+
+    def job():
+        x, = _leaves(seed + 1, (2, T, 64))
+        out = layer(x, attention_mask=mask)
+        o = out[0] * mask[..., None]
+        return _grads((o,), [x] + list(layer.parameters()))
+    return job
+
+
+def _jobs():
+    return {
+        'gdn chunk': _chunk_job('gdn', 256, 2, 32, None, 1),
+        'gdn chunk varlen': _chunk_job('gdn', 200, 2, 32, [0, 70, 200], 2),
+        'gdn chunk varlen 2': _chunk_job('gdn', 200, 2, 32, [0, 128, 150, 200], 3),
+        'kda chunk': _chunk_job('kda', 192, 2, 32, None, 4),
+        'kda chunk varlen': _chunk_job('kda', 200, 2, 32, [0, 64, 199, 200], 5),
+        'gdn fused_recurrent': _recurrent_job('gdn', 40, 6),
+        'kda fused_recurrent': _recurrent_job('kda', 33, 7),
+        'rwkv7 chunk': _rwkv7_job(96, None, 8),
+        'rwkv7 chunk varlen': _rwkv7_job(90, [0, 17, 90], 9),
+        'GatedDeltaNet layer': _layer_job(GatedDeltaNet, 80, 10, head_dim=16, num_heads=4),
+        'KimiDeltaAttention layer': _layer_job(KimiDeltaAttention, 70, 11, head_dim=16, num_heads=4),
+        'RWKV7Attention layer': _layer_job(RWKV7Attention, 75, 12, head_dim=16, num_hidden_layers=4),
+    }
+
+
+@pytest.fixture(params=['cpu', 'cuda'])
+def device(request):
+    """One intra-op thread, and the device the jobs run on (CUDA: where the state loops replay
+    CUDA graphs, whose buffers a replay overwrites)."""
+    if request.param == 'cuda' and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    DEVICE[0] = request.param
+    try:
+        yield request.param
+    finally:
+        DEVICE[0] = 'cpu'
+        torch.set_num_threads(before)
+
+
+def test_concurrent_calls_match_calls_alone(device):
+    JOBS = _jobs()
+    expected = {name: job() for name, job in JOBS.items()}
+    failures = []
+    barrier = threading.Barrier(THREADS)
+
+    def worker(index):
+        torch.set_num_threads(1)
+        order = list(JOBS)
+        random.Random(index).shuffle(order)
+        try:
+            barrier.wait()
+            for _ in range(ROUNDS):
+                for name in order:
+                    got = JOBS[name]()
+                    same = len(got) == len(expected[name]) and all(
+                        a.shape == b.shape and torch.equal(a, b) for a, b in zip(got, expected[name]))
+                    if not same:
+                        failures.append(f"thread {index}: {name} differs from its result alone")
+        except Exception as err:                      # noqa: BLE001 - reported with the failures
+            failures.append(f"thread {index}: {type(err).__name__}: {err}")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures, "\n".join(sorted(set(failures)))
+
