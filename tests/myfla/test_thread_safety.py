@@ -26,6 +26,7 @@ from myfla.layers.rwkv7 import RWKV7Attention
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda
 from myfla.ops.rwkv7 import chunk_rwkv7
+from myfla.ops.utils import loop_graph
 
 THREADS = 4
 ROUNDS = 3
@@ -182,3 +183,34 @@ def test_concurrent_calls_match_calls_alone(device):
         sys.setswitchinterval(interval)
     assert not failures, "\n".join(sorted(set(failures)))
 
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("cls", [GatedDeltaNet, KimiDeltaAttention])
+def test_data_parallel_replicas_match_one_device(cls):
+    """``nn.DataParallel`` runs a replica per GPU, each in its own Python thread: the batch's outputs
+    and the parameters' gradients equal the layer's on one device (to float rounding: the replicas
+    reduce their gradients in another order)."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer = cls(hidden_size=64, head_dim=16, num_heads=4, layer_idx=0).cuda()
+    x = torch.randn(4, 300, 64, device='cuda')
+    outputs, grads = [], []
+    loop_graph.release()
+    replayed = loop_graph.stats['replayed']
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for model in (layer, torch.nn.DataParallel(layer, device_ids=[0, 1])):
+            for _ in range(3):              # the replicas' state loops record CUDA graphs, then replay them
+                layer.zero_grad(set_to_none=True)
+                o = model(x)[0]
+                o.square().mean().backward()
+            outputs.append(o.detach())
+            grads.append([p.grad.detach().clone() for p in layer.parameters()])
+    # every recording succeeded (a failed one warns and runs eagerly) and the graphs were replayed
+    assert not [str(w.message) for w in caught if "CUDA graph recording" in str(w.message)]
+    assert loop_graph.stats['replayed'] > replayed
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -66,23 +66,34 @@ def _allocate(specs: Dict[str, Tuple[Sequence[int], torch.dtype]], device) -> Ou
     return {name: new_empty(tuple(shape), dtype, device) for name, (shape, dtype) in specs.items()}
 
 
+# one recording at a time in the process (a recording happens once per key; other threads keep
+# running eagerly or replaying meanwhile)
+_record_lock = threading.Lock()
+
+
 def _record(body: Body, inputs: Inputs, outputs: Outputs, device: torch.device):
     """Run ``body`` once on a side stream (warm-up: cuBLAS handles and workspaces get created, and
-    ``outputs`` receive this call's results), then record it into a graph."""
-    current = torch.cuda.current_stream(device)
-    side = torch.cuda.Stream(device)
-    side.wait_stream(current)
-    with torch.cuda.stream(side):
-        body(inputs, outputs)
-    current.wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        ctx = torch.cuda.graph(graph, capture_error_mode='thread_local')
-    except TypeError:                                   # torch without capture_error_mode
-        ctx = torch.cuda.graph(graph)
-    with ctx:
-        body(inputs, outputs)
-    return graph
+    ``outputs`` receive this call's results), then record it into a graph on a capture stream of
+    ``device``. ``torch.cuda.graph``'s default capture stream is one per process, made on the device
+    current at its first use: a recording for another device, or two recordings at once (two
+    ``nn.DataParallel`` replicas), would capture on it and fail ("the operation cannot be performed in
+    the present state", an empty graph, or an abort of the process)."""
+    with _record_lock, torch.cuda.device(device):
+        current = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            body(inputs, outputs)
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        capture = torch.cuda.Stream(device)
+        try:
+            ctx = torch.cuda.graph(graph, stream=capture, capture_error_mode='thread_local')
+        except TypeError:                               # torch without capture_error_mode
+            ctx = torch.cuda.graph(graph, stream=capture)
+        with ctx:
+            body(inputs, outputs)
+        return graph
 
 
 # CPU threads a loop step may use per independent (sequence, head) recurrence: every step is a batch
