@@ -111,9 +111,10 @@ def tensor_cache(
 
     Source: fla/utils.py:L96-L132 (fla 0.4.0)
     """
-    # (args, kwargs, result) of the last call, replaced as one tuple: fla 0.4.0 keeps three variables,
-    # so a thread that reads between another thread's three stores returns the result of other
-    # arguments (later fla stores one tuple per entry too)
+    # (args, kwargs, result) of the last call, read and replaced as one tuple: fla 0.4.0 keeps three
+    # variables, so a thread that compares the last arguments and then reads the last result can get
+    # the result another thread stored in between, for other arguments (fla 0.6.0 keeps one tuple
+    # per entry too)
     last: Optional[Tuple[Tuple, Dict, Any]] = None
 
     @functools.wraps(fn)

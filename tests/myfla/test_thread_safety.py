@@ -12,7 +12,6 @@ wrong for the next. Everything runs on one intra-op thread, which makes each res
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import warnings
 
@@ -27,6 +26,7 @@ from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_g
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda
 from myfla.ops.rwkv7 import chunk_rwkv7
 from myfla.ops.utils import loop_graph
+from tests.concurrency import run_in_threads
 
 THREADS = 4
 ROUNDS = 3
@@ -171,18 +171,8 @@ def test_concurrent_calls_match_calls_alone(device):
         except Exception as err:                      # noqa: BLE001 - reported with the failures
             failures.append(f"thread {index}: {type(err).__name__}: {err}")
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_in_threads(worker, range(THREADS))
     assert not failures, "\n".join(sorted(set(failures)))
-
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")

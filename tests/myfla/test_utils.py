@@ -135,9 +135,9 @@ def test_tensor_cache_never_returns_another_callers_result():
     stores the last arguments and the last result one after another; a thread switch between the
     stores handed a result to a caller with other arguments: thousands of times a second with four
     threads switching every microsecond)."""
-    import sys
-    import threading
     import time
+
+    from tests.concurrency import run_in_threads
 
     f = utils.tensor_cache(lambda key: ('result', key))
     keys = [object() for _ in range(4)]
@@ -150,14 +150,5 @@ def test_tensor_cache_never_returns_another_callers_result():
                 if f(key)[1] is not key:
                     wrong.append(key)
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=caller, args=(k,)) for k in keys]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_in_threads(caller, keys, switch_interval=1e-6)
     assert not wrong, f"{len(wrong)} calls got the result of another argument"

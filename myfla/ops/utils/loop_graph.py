@@ -68,7 +68,7 @@ def _allocate(specs: Dict[str, Tuple[Sequence[int], torch.dtype]], device) -> Ou
 
 # one recording at a time in the process (a recording happens once per key; other threads keep
 # running eagerly or replaying meanwhile)
-_record_lock = threading.Lock()
+_record_lock = threading.RLock()
 
 
 def _record(body: Body, inputs: Inputs, outputs: Outputs, device: torch.device):

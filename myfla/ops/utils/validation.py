@@ -42,9 +42,9 @@ def _cu_seqlens_summary(cu_seqlens: torch.Tensor):
     """``(first, last, smallest step)`` of ``cu_seqlens`` as Python ints: one read of three numbers,
     reused while the same tensor object comes back (fla's ``tensor_cache`` keys its index helpers on
     identity the same way; a one-entry check of identity costs well under a microsecond)."""
-    last_tensor, last = _last_summary[0]
-    if last_tensor is cu_seqlens:
-        return last
+    cached_tensor, cached = _last_summary[0]
+    if cached_tensor is cu_seqlens:
+        return cached
     if cu_seqlens.numel() < 2:
         first = int(cu_seqlens[0].item())
         summary = (first, first, 0)
