@@ -1,12 +1,12 @@
 """myfla called from several Python threads at once (``nn.DataParallel`` replicas, a server's request
-threads, a data loader's workers): every op and layer gives, in each thread, the results it gives
-alone, bit for bit.
+threads): every op and layer gives, in each thread, the results it gives alone, bit for bit.
 
 The expected results are computed first, one job at a time; then four threads run all the jobs at
 once, each in another order, several times over, with the interpreter switching threads every few
 microseconds so that one thread's call is interrupted inside another's. Jobs differ in shapes and
 ``cu_seqlens`` so that state one call leaves behind (a memo, a cached summary, a cached index) is
-wrong for the next. Everything runs on one intra-op thread, which makes each result deterministic.
+wrong for the next; the layers run both a padded training forward+backward and cached decoding.
+Everything runs on one intra-op thread, which makes each result deterministic.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from myfla.layers.gated_deltanet import GatedDeltaNet
 from myfla.layers.kda import KimiDeltaAttention
 from myfla.layers.rwkv7 import RWKV7Attention
+from myfla.models.utils import Cache
 from myfla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
 from myfla.ops.kda import chunk_kda, fused_recurrent_kda
 from myfla.ops.rwkv7 import chunk_rwkv7
@@ -96,7 +97,8 @@ def _rwkv7_job(T, cu, seed):
     return job
 
 
-def _layer_job(cls, T, seed, **kw):
+def _layer(cls, seed, **kw):
+    """A layer with randomised parameters (shared by the threads that run its job)."""
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -105,6 +107,27 @@ def _layer_job(cls, T, seed, **kw):
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(torch.randn(p.shape, generator=gen).to(p.device) * 0.05)
+    return layer
+
+
+def _decode_job(cls, seed, **kw):
+    """Prefill of 20 tokens and four one-token steps through a Cache of the job's own (eval mode: the
+    fused_recurrent path and the layers' decoding thread policy)."""
+    layer = _layer(cls, seed, **kw).eval()
+
+    def job():
+        x = torch.randn(2, 24, 64, generator=torch.Generator().manual_seed(seed)).to(DEVICE[0])
+        cache = Cache()
+        with torch.no_grad():
+            outs = [layer(x[:, :20], past_key_values=cache, use_cache=True)[0]]
+            for t in range(20, 24):
+                outs.append(layer(x[:, t:t + 1], past_key_values=cache, use_cache=True)[0])
+        return [o.clone() for o in outs]
+    return job
+
+
+def _layer_job(cls, T, seed, **kw):
+    layer = _layer(cls, seed, **kw)
     mask = torch.ones(2, T, dtype=torch.long, device=DEVICE[0])
     mask[1, : T // 3] = 0                                  # left padding: the unpad / pad path
 
@@ -130,6 +153,9 @@ def _jobs():
         'GatedDeltaNet layer': _layer_job(GatedDeltaNet, 80, 10, head_dim=16, num_heads=4),
         'KimiDeltaAttention layer': _layer_job(KimiDeltaAttention, 70, 11, head_dim=16, num_heads=4),
         'RWKV7Attention layer': _layer_job(RWKV7Attention, 75, 12, head_dim=16, num_hidden_layers=4),
+        'GatedDeltaNet decode': _decode_job(GatedDeltaNet, 13, head_dim=16, num_heads=4),
+        'KimiDeltaAttention decode': _decode_job(KimiDeltaAttention, 14, head_dim=16, num_heads=4),
+        'RWKV7Attention decode': _decode_job(RWKV7Attention, 15, head_dim=16, num_hidden_layers=4),
     }
 
 
