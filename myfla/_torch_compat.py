@@ -37,6 +37,21 @@ def _autocast_state(device_type: str) -> Tuple[bool, torch.dtype]:
                      f"(torch {torch.__version__} has autocast for 'cuda' and 'cpu' only)")
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (False for a device autocast does not know, such as
+    'meta')."""
+    try:
+        return torch.is_autocast_enabled(device_type)              # torch >= 2.4
+    except RuntimeError:                                           # "unknown device type for autocast"
+        return False
+    except TypeError:
+        if device_type == 'cuda':
+            return torch.is_autocast_enabled()
+        if device_type == 'cpu':
+            return torch.is_autocast_cpu_enabled()
+        return False
+
+
 def _cast(value: Any, device_type: str, dtype: torch.dtype) -> Any:
     """Floating-point, non-fp64 tensors on ``device_type`` cast to ``dtype``, through containers."""
     if isinstance(value, torch.Tensor):

@@ -13,6 +13,7 @@ import logging
 import inspect
 import os
 import sys
+import threading
 import warnings
 from enum import Enum
 from functools import lru_cache
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 import torch.utils.checkpoint   # torch < 2 does not import this submodule with torch
 
-from myfla._torch_compat import custom_bwd, custom_fwd, version_at_least
+from myfla._torch_compat import autocast_enabled, custom_bwd, custom_fwd, version_at_least
 
 # Source: fla/utils.py:L18-L18 (fla 0.4.0)
 logger = logging.getLogger(__name__)
@@ -136,10 +137,74 @@ def tensor_cache(
     return wrapper
 
 
+# CUDA autocast as the caller of the outermost kernel stand-in found it (see input_guard), per thread
+_kernel_scope = threading.local()
+
+
+def caller_autocast_enabled() -> bool:
+    """``torch.is_autocast_enabled()`` (CUDA autocast) as the code calling the port's kernels sees it:
+    inside ``input_guard``, which runs its function with autocast off, the state found on entry. fla's
+    Functions that run a torch op in the autocast dtype themselves (the norm + linear layers) ask this.
+
+    Port-only (fla has no counterpart)."""
+    outer = getattr(_kernel_scope, 'cuda_autocast', None)
+    return torch.is_autocast_enabled() if outer is None else outer
+
+
+class autocast_off_like_kernels:
+    """Context manager: autocast off on ``tensor``'s device inside (nothing where autocast is off, or
+    for None), as for fla's Triton kernels, which autocast does not touch; ``caller_autocast_enabled``
+    keeps telling what the caller had. ``input_guard`` enters it; so do the ops' no-grad fast paths
+    that skip their Functions.
+
+    Port-only (fla has no counterpart)."""
+
+    __slots__ = ('device_type', 'outer', 'off')
+
+    def __init__(self, tensor: Optional[torch.Tensor]):
+        on = tensor is not None and autocast_enabled(tensor.device.type)
+        self.device_type = tensor.device.type if on else None
+
+    def __enter__(self) -> 'autocast_off_like_kernels':
+        if self.device_type is not None:
+            self.outer = getattr(_kernel_scope, 'cuda_autocast', None)
+            _kernel_scope.cuda_autocast = torch.is_autocast_enabled() if self.outer is None else self.outer
+            self.off = torch.autocast(device_type=self.device_type, enabled=False)
+            self.off.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device_type is not None:
+            try:
+                self.off.__exit__(*exc)
+            finally:
+                _kernel_scope.cuda_autocast = self.outer
+
+
+def without_autocast(fn: Callable) -> Callable:
+    """Decorator: ``fn`` inside ``autocast_off_like_kernels`` of its first tensor argument (for the
+    no-grad fast paths that stand in for a Function's forward).
+
+    Port-only (fla has no counterpart)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        tensor = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        with autocast_off_like_kernels(tensor):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 def input_guard(
     fn: Callable[..., torch.Tensor]
 ) -> Callable[..., torch.Tensor]:
     """Make every tensor argument contiguous and run under the device of the first tensor.
+
+    Port deviation: the function also runs with autocast off on that tensor's device. What it wraps
+    stands in for fla's Triton kernels, which autocast does not touch (their dots take the input
+    dtype with fp32 accumulation); the port's torch products would otherwise be cast to the autocast
+    dtype (a KDA backward under CPU autocast failed with "Found dtype Float but expected BFloat16").
+    ``caller_autocast_enabled`` tells what the caller had.
 
     Source: fla/utils.py:L135-L166 (fla 0.4.0)
     """
@@ -165,7 +230,7 @@ def input_guard(
         else:
             ctx = contextlib.nullcontext()
 
-        with ctx:
+        with ctx, autocast_off_like_kernels(tensor):
             return fn(*contiguous_args, **contiguous_kwargs)
 
     return wrapper

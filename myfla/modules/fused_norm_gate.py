@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from myfla.modules.layernorm import _autocast_gpu_dtype, _check_feature_dim
 from myfla.ops.utils.calls import as_dtype, autograd_records
-from myfla.utils import accumulation_dtype, input_guard
+from myfla.utils import accumulation_dtype, caller_autocast_enabled, input_guard, without_autocast
 
 _GATE_ACTIVATIONS = ('swish', 'silu', 'sigmoid')
 
@@ -344,7 +344,7 @@ class LayerNormGatedLinearFunction(torch.autograd.Function):
             is_rms_norm=is_rms_norm
         )
         y = y.reshape(x_shape_og)
-        dtype = _autocast_gpu_dtype() if torch.is_autocast_enabled() else y.dtype
+        dtype = _autocast_gpu_dtype() if caller_autocast_enabled() else y.dtype
         linear_weight = linear_weight.to(dtype)
         linear_bias = linear_bias.to(dtype) if linear_bias is not None else None
         out = F.linear(y.to(linear_weight.dtype), linear_weight, linear_bias)
@@ -404,6 +404,7 @@ class LayerNormGatedLinearFunction(torch.autograd.Function):
         )
 
 
+@without_autocast
 def _layer_norm_gated_no_grad(x, g, weight, bias, activation, residual, eps, prenorm, residual_in_fp32,
                               is_rms_norm):
     """:class:`LayerNormGatedFunction`'s forward for calls autograd would not record: the same

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from myfla.ops.utils.calls import autograd_records
-from myfla.utils import accumulation_dtype, input_guard
+from myfla.utils import accumulation_dtype, caller_autocast_enabled, input_guard, without_autocast
 
 # Tensor parallelism (NormParallel) needs torch.distributed's DTensor API (torch >= 2.4); without it
 # the names are None and NormParallel raises a clear error when built.
@@ -417,6 +417,7 @@ class LayerNormFunction(torch.autograd.Function):
         )
 
 
+@without_autocast
 def _layer_norm_no_grad(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm, num_groups=1):
     """:class:`LayerNormFunction`'s forward for calls autograd would not record: the same computation
     on the same contiguous rows, without the Function's per-call cost (most of a one-token call's, as
@@ -842,7 +843,7 @@ class LayerNormLinearFunction(torch.autograd.Function):
             residual_dtype = residual.dtype
         else:
             residual_dtype = torch.float32 if residual_in_fp32 else None
-        autocast = torch.is_autocast_enabled()
+        autocast = caller_autocast_enabled()
         y, mean, rstd, res_out = layer_norm_fwd(
             x,
             norm_weight,

@@ -36,7 +36,7 @@ from myfla.ops.utils import loop_graph
 from myfla.ops.utils.threads import recurrent_state_work, small_work_single_threaded
 from myfla.ops.utils.validation import check_op_inputs
 from myfla.ops.utils.workspace import new_empty, standalone
-from myfla.utils import input_guard
+from myfla.utils import autocast_off_like_kernels, input_guard
 
 def _time_major(layout, x: torch.Tensor, dtype: torch.dtype, heads: int, rep: int, *rest: int) -> torch.Tensor:
     """``[B, T, h, ...]`` -> ``[L, N*heads, *rest]``, or ``[N*heads, *rest]`` for one token per
@@ -478,18 +478,19 @@ def fused_recurrent_gated_delta_rule(
     else:
         # nothing for autograd to record: the same forward without the Function's per-call cost
         # (a sizeable part of a one-token step); it takes any strides, as input_guard's copies do
-        o, final_state = fused_recurrent_gated_delta_rule_fwd(
-            q=q,
-            k=k,
-            v=v,
-            g=g,
-            gk=gk,
-            gv=gv,
-            beta=beta,
-            scale=scale,
-            initial_state=initial_state,
-            output_final_state=output_final_state,
-            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-            cu_seqlens=cu_seqlens,
-        )
+        with autocast_off_like_kernels(q):
+            o, final_state = fused_recurrent_gated_delta_rule_fwd(
+                q=q,
+                k=k,
+                v=v,
+                g=g,
+                gk=gk,
+                gv=gv,
+                beta=beta,
+                scale=scale,
+                initial_state=initial_state,
+                output_final_state=output_final_state,
+                use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+                cu_seqlens=cu_seqlens,
+            )
     return o, final_state

@@ -17,7 +17,7 @@ from einops import rearrange
 
 from myfla.ops.utils.calls import autograd_records
 from myfla.ops.utils.validation import check_softplus_beta
-from myfla.utils import accumulation_dtype, input_guard, is_amd
+from myfla.utils import accumulation_dtype, autocast_off_like_kernels, input_guard, is_amd
 
 # Source: fla/ops/kda/gate.py:L14-L14 (fla 0.4.0)
 BT_LIST_AUTOTUNE = [32, 64, 128]
@@ -167,6 +167,7 @@ def fused_kda_gate(g: torch.Tensor, A: torch.Tensor, head_k_dim: int,
     if not autograd_records(g, A, g_bias):
         # nothing for autograd to record (decoding): the Function's forward on the same contiguous
         # inputs, without its per-call cost
-        return kda_gate_fwd(g.contiguous(), A.contiguous(), head_k_dim,
-                            None if g_bias is None else g_bias.contiguous(), beta, threshold)
+        with autocast_off_like_kernels(g):
+            return kda_gate_fwd(g.contiguous(), A.contiguous(), head_k_dim,
+                                None if g_bias is None else g_bias.contiguous(), beta, threshold)
     return KDAGateFunction.apply(g, A, head_k_dim, g_bias, beta, threshold)

@@ -253,8 +253,9 @@ def test_reprs_state_dicts_and_errors():
 
 def test_layer_norm_linear_under_gpu_autocast_dtype(monkeypatch):
     """Under CUDA autocast fla runs the norm output and the linear layer in the autocast dtype; the
-    branch is exercised on CPU by reporting autocast as on."""
-    monkeypatch.setattr(torch, "is_autocast_enabled", lambda *a: True)
+    branch is exercised on CPU by reporting the caller's CUDA autocast as on (not torch's own query,
+    which torch.autocast's exit would then write back as the real state)."""
+    monkeypatch.setattr(ln, "caller_autocast_enabled", lambda: True)
     monkeypatch.setattr(ln, "_autocast_gpu_dtype", lambda: torch.bfloat16)
     x, w, lw = torch.randn(4, 32), torch.randn(32), torch.randn(8, 32)
     out = ln.rms_norm_linear(x, w, None, lw, None)
