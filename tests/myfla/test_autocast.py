@@ -101,6 +101,9 @@ def _rel(a, b):
     (RWKV7Attention, {"head_dim": 16, "num_hidden_layers": 2}),
 ], ids=["gated_deltanet", "kda", "rwkv7"])
 def test_layers_train_under_autocast(device, cls, kw):
+    if cls is RWKV7Attention and device == 'cpu' and int(torch.__version__.split('.')[0]) < 2:
+        pytest.skip("torch 1.13's CPU group_norm refuses a bf16 input with fp32 weights (the layer's "
+                    "nn.GroupNorm, a torch module as in fla, after bf16 projections)")
     layer = _randomized(cls, **kw).to(device)
     x = torch.randn(2, 100, 64, device=device, requires_grad=True)
     ref = layer(x)[0]
