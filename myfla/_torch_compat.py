@@ -37,6 +37,11 @@ def _autocast_state(device_type: str) -> Tuple[bool, torch.dtype]:
                      f"(torch {torch.__version__} has autocast for 'cuda' and 'cpu' only)")
 
 
+# One C call that says whether autocast is on for any device (torch >= 2.0; None before): lets the
+# kernels' guard skip the per-device query in the usual case, autocast off everywhere.
+any_autocast_enabled: Optional[Callable[[], bool]] = getattr(torch._C, '_is_any_autocast_enabled', None)
+
+
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` (False for a device autocast does not know, such as
     'meta')."""

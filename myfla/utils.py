@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 import torch.utils.checkpoint   # torch < 2 does not import this submodule with torch
 
-from myfla._torch_compat import autocast_enabled, custom_bwd, custom_fwd, version_at_least
+from myfla._torch_compat import any_autocast_enabled, autocast_enabled, custom_bwd, custom_fwd, version_at_least
 
 # Source: fla/utils.py:L18-L18 (fla 0.4.0)
 logger = logging.getLogger(__name__)
@@ -162,7 +162,8 @@ class autocast_off_like_kernels:
     __slots__ = ('device_type', 'outer', 'off')
 
     def __init__(self, tensor: Optional[torch.Tensor]):
-        on = tensor is not None and autocast_enabled(tensor.device.type)
+        on = (tensor is not None and (any_autocast_enabled is None or any_autocast_enabled())
+              and autocast_enabled(tensor.device.type))
         self.device_type = tensor.device.type if on else None
 
     def __enter__(self) -> 'autocast_off_like_kernels':
@@ -189,6 +190,8 @@ def without_autocast(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if any_autocast_enabled is not None and not any_autocast_enabled():   # the usual case
+            return fn(*args, **kwargs)
         tensor = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
         with autocast_off_like_kernels(tensor):
             return fn(*args, **kwargs)
@@ -226,10 +229,16 @@ def input_guard(
                     break
 
         if tensor is not None:
-            ctx = custom_device_ctx(tensor.device.index)
+            device = tensor.device
+            ctx = custom_device_ctx(device.index)
         else:
+            device = None
             ctx = contextlib.nullcontext()
 
+        if (device is None or (any_autocast_enabled is not None and not any_autocast_enabled())
+                or not autocast_enabled(device.type)):                     # the usual case, kept cheap
+            with ctx:
+                return fn(*contiguous_args, **contiguous_kwargs)
         with ctx, autocast_off_like_kernels(tensor):
             return fn(*contiguous_args, **contiguous_kwargs)
 
