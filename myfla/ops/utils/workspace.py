@@ -14,7 +14,9 @@ tensors and only while autograd is not recording (inside ``autograd.Function`` f
 and under ``no_grad``). It keeps up to ``MAX_BYTES``: buffers last handed out inside an op pass
 (``begin_pass``/``end_pass``, the chunked GDN/KDA passes) while one of the last ``KEEP_PASSES`` passes
 used them, the others (callers without passes) within ``UNSCOPED_MAX_BYTES``, least recently used
-first; ``release()`` empties it. Tensors a
+first; ``release()`` empties it. The pools of all threads together keep up to ``MAX_BYTES`` too: a
+thread whose call finds the process over the bound drops its own least recently used buffers (an
+idle thread's pool is given back when the thread ends). Tensors a
 function returns may live in pool memory; they stay valid and are never handed out while held.
 """
 
@@ -42,8 +44,8 @@ def _default_max_bytes() -> int:
     return max(floor, physical // 4)
 
 
-# Upper bound on the bytes one thread's pool keeps (environment variable MYFLA_WORKSPACE_MB; 0 turns
-# the pool off). A forward+backward keeps about 37 input-sized buffers (KDA; B=4 T=4096 H=16
+# Upper bound on the bytes one thread's pool keeps, and all threads' pools together (environment
+# variable MYFLA_WORKSPACE_MB; 0 turns the pool off). A forward+backward keeps about 37 input-sized buffers (KDA; B=4 T=4096 H=16
 # K=V=128: 5 GB, B=1 T=8192 H=4: 400 MB); past the bound, buffers are freed after use and the next
 # call faults their pages in again (on a 2-core machine a fifth of KDA's time at B=4 T=1024 H=16).
 _env_mb = os.environ.get('MYFLA_WORKSPACE_MB')
@@ -80,10 +82,40 @@ def _calibrate() -> int | None:
 _UNUSED = _calibrate()
 
 
+# Bytes held by the pools of all threads together, bounded by MAX_BYTES as well: a server's request
+# threads (or nn.DataParallel replicas) each have a pool, and per-thread bounds alone would let N
+# threads keep N quarters of the machine's memory.
+_process = {'nbytes': 0}
+_process_lock = threading.Lock()
+
+
+def _count_process(delta: int) -> None:
+    with _process_lock:
+        _process['nbytes'] += delta
+
+
+class _Held:
+    """One thread's share of ``_process``: given back when the thread's pool goes (at thread exit
+    the thread-local state, and with it this object, is dropped)."""
+
+    __slots__ = ('nbytes',)
+
+    def __init__(self):
+        self.nbytes = 0
+
+    def add(self, delta: int) -> None:
+        self.nbytes += delta
+        _count_process(delta)
+
+    def __del__(self):
+        if self.nbytes:
+            _count_process(-self.nbytes)
+
+
 class _Pool(threading.local):
     def __init__(self):
         self.buffers: List[torch.Tensor] = []          # flat buffers, least recently used first
-        self.nbytes = 0
+        self.held = _Held()                            # this thread's bytes, also counted process-wide
         self.passes = 0                                # op passes ended (``end_pass``)
         self.depth = 0                                 # op passes open (``begin_pass``)
         # id(buffer) -> pass in which it was last handed out inside an op pass; None: last handed out
@@ -152,7 +184,7 @@ def new_empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) ->
             return _on_storage(buf, shape)
     buf = torch.empty(numel, dtype=dtype, device=device)
     buffers.append(buf)
-    _pool.nbytes += nbytes
+    _pool.held.add(nbytes)
     _mark(buf)
     _evict()
     return _on_storage(buf, shape)
@@ -179,7 +211,7 @@ def _evict():
     and its buffers last handed out outside op passes within ``UNSCOPED_MAX_BYTES``; a dropped
     buffer still in use stays valid, its memory goes with its last user."""
     buffers = _pool.buffers
-    while _pool.nbytes > MAX_BYTES and len(buffers) > 1:
+    while (_pool.held.nbytes > MAX_BYTES or _process['nbytes'] > MAX_BYTES) and len(buffers) > 1:
         _drop(buffers.pop(0))
     if _pool.unscoped_nbytes > UNSCOPED_MAX_BYTES:
         dropped = set()
@@ -193,7 +225,7 @@ def _evict():
 
 def _drop(buf: torch.Tensor) -> None:
     nbytes = buf.numel() * buf.element_size()
-    _pool.nbytes -= nbytes
+    _pool.held.add(-nbytes)
     if _pool.last_pass.pop(id(buf), 0) is None:
         _pool.unscoped_nbytes -= nbytes
 
@@ -226,5 +258,5 @@ def release():
     """Free every buffer this thread's pool holds (tensors handed out stay valid)."""
     _pool.buffers.clear()
     _pool.last_pass.clear()
-    _pool.nbytes = 0
+    _pool.held.add(-_pool.held.nbytes)
     _pool.unscoped_nbytes = 0

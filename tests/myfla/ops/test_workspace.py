@@ -16,8 +16,11 @@ reuses = pytest.mark.skipif(not HAS_USE_COUNTS, reason=f"torch {torch.__version_
 
 
 @pytest.fixture(autouse=True)
-def fresh_pool():
+def fresh_pool(monkeypatch):
+    """An empty pool on this thread and a process-wide count of this test's pools only (other
+    threads of the session, e.g. split_batch's workers, may hold buffers of their own)."""
     workspace.release()
+    monkeypatch.setattr(workspace, '_process', {'nbytes': 0})
     yield
     workspace.release()
 
@@ -112,10 +115,49 @@ def test_pool_is_bounded(monkeypatch):
     monkeypatch.setattr(workspace, 'MAX_BYTES', 3 * 256 * 1024)
     with torch.no_grad():
         held = [new_empty(SHAPE, torch.float32, torch.device('cpu')) for _ in range(5)]
-    assert workspace._pool.nbytes <= 3 * 256 * 1024
+    assert workspace._pool.held.nbytes <= 3 * 256 * 1024
     assert len(workspace._pool.buffers) == 3
     for t in held:                          # dropped buffers stay valid for their users
         t.fill_(1.0)
+
+
+@reuses
+def test_the_pools_of_all_threads_share_the_bound(monkeypatch):
+    """A second thread's pool counts against the same bound: with another thread holding two of
+    three buffers' worth, this thread keeps one (its newest); when that thread ends, its bytes are
+    given back and this thread's pool may fill up again."""
+    import threading
+
+    monkeypatch.setattr(workspace, 'MAX_BYTES', 3 * 256 * 1024)
+    filled, finish = threading.Event(), threading.Event()
+
+    def other():
+        with torch.no_grad():
+            held_here = [new_empty((SHAPE[0] + 1, SHAPE[1]), torch.float32, torch.device('cpu')) for _ in range(2)]
+        del held_here                                        # kept in the pool, no longer used
+        filled.set()
+        finish.wait(timeout=60)
+
+    t = threading.Thread(target=other, daemon=True)
+    t.start()
+    try:
+        filled.wait(timeout=60)
+        other_bytes = workspace._process['nbytes']
+        with torch.no_grad():
+            held = [new_empty(SHAPE, torch.float32, torch.device('cpu')) for _ in range(3)]
+        assert other_bytes == 2 * (SHAPE[0] + 1) * SHAPE[1] * 4
+        assert len(workspace._pool.buffers) == 1             # over the shared bound: only the newest
+    finally:
+        finish.set()
+        t.join()
+    import gc
+    gc.collect()
+    assert workspace._process['nbytes'] == workspace._pool.held.nbytes   # the ended thread's given back
+    del held
+    with torch.no_grad():
+        for _ in range(3):
+            new_empty((SHAPE[0] + 2, SHAPE[1]), torch.float32, torch.device('cpu'))
+    assert workspace._process['nbytes'] <= 3 * 256 * 1024 + 2 * 256 * 1024
 
 
 def test_oversized_requests_bypass_the_pool(monkeypatch):
@@ -182,7 +224,7 @@ def test_buffers_unused_for_keep_passes_are_dropped():
             workspace.end_pass()
         sizes = [buf.numel() for buf in workspace._pool.buffers]
         assert sizes == [SHAPE[0] * SHAPE[1]], "the idle buffer outlived KEEP_PASSES passes"
-        assert workspace._pool.nbytes == SHAPE[0] * SHAPE[1] * 4
+        assert workspace._pool.held.nbytes == SHAPE[0] * SHAPE[1] * 4
         b = new_empty(SHAPE, torch.float32, torch.device('cpu'))
     assert b.data_ptr() == ptr
 
