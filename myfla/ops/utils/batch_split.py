@@ -37,13 +37,13 @@ _local = threading.local()
 
 
 def _workers(count: int) -> ThreadPoolExecutor:
-    """The pool, with at least ``count`` workers, for this process."""
+    """The pool, with at least ``count`` workers, for this process. A smaller pool it replaces is not
+    shut down: another thread may have just been handed it and be about to submit (a shut-down pool
+    refuses new work); its idle workers end when the last reference to it goes."""
     global _pool, _pool_key
     with _pool_lock:
         pid = os.getpid()
         if _pool is None or _pool_key[0] != pid or _pool_key[1] < count:
-            if _pool is not None and _pool_key[0] == pid:
-                _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix='myfla-split')
             _pool_key = (pid, count)
         return _pool

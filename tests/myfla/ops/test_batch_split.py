@@ -190,3 +190,15 @@ def test_a_bad_setting_is_refused_at_import():
                          capture_output=True, text=True)
     assert run.returncode != 0
     assert "MYFLA_SOLVE_TRIL_SMALL must be 'measure'" in run.stderr
+
+
+def test_a_pool_handed_out_stays_usable_when_another_caller_grows_it():
+    """Two threads splitting at different thread counts: one is handed the pool, the other needs more
+    workers and gets a bigger one before the first submits; the first's pool must still take work
+    (a shut-down pool raises "cannot schedule new futures after shutdown")."""
+    from myfla.ops.utils import batch_split
+
+    first = batch_split._workers(1)
+    grown = batch_split._workers(first._max_workers + 2)
+    assert grown is not first
+    assert first.submit(lambda: 42).result(timeout=30) == 42
