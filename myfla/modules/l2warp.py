@@ -1,8 +1,8 @@
 """L2Wrap: a logit penalty that keeps a model from becoming over-confident (helps bf16 training).
 
-The loss value passes through unchanged; backward adds ``l2_penalty_factor / (B * T) * max(logits)``
-to the gradient of each row's largest logit (the gradient of ``factor / 2 * max^2``), without saving
-the logits themselves.
+The loss value passes through unchanged (as a copy); backward adds ``l2_penalty_factor / (B * T) *
+max(logits)``, times the loss's incoming gradient, to the gradient of each row's largest logit (the
+gradient of ``factor / 2 * max^2``), without saving the logits themselves.
 """
 
 import torch
@@ -21,14 +21,20 @@ class L2Wrap(torch.autograd.Function):
         factor = l2_penalty_factor / (logits.shape[0] * logits.shape[1])
         maxx = maxx * factor
         ctx.save_for_backward(maxx, ids)
-        return loss
+        # a copy, not ``loss`` itself: an input returned as-is comes out as a view, which autograd
+        # refuses to see modified in place, and transformers 5's Trainer scales the loss in place
+        # (``loss *= ...``: "Output 0 of L2Wrap is a view and is being modified inplace")
+        return loss.clone()
 
     @staticmethod
     def backward(ctx, grad_output):
+        # as fla 0.6.0 (a manifest deviation): the logits' gradient in the logits' dtype and scaled by
+        # the loss's incoming gradient. fla 0.4.0 made it in the loss's dtype (bf16 logits under
+        # autocast with an fp32 loss: "scatter(): Expected self.dtype to be equal to src.dtype") and
+        # unscaled (a loss divided for gradient accumulation kept the whole penalty).
         maxx, ids = ctx.saved_tensors
-        glogits = torch.zeros(ctx.logits_shape, device=grad_output.device,
-                              dtype=grad_output.dtype)
-        glogits.scatter_(-1, ids, maxx)
+        glogits = torch.zeros(ctx.logits_shape, device=grad_output.device, dtype=maxx.dtype)
+        glogits.scatter_(-1, ids, (maxx * grad_output).to(maxx.dtype))
         return grad_output, glogits, None
 
 

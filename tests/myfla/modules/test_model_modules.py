@@ -141,6 +141,37 @@ def test_l2_warp_matches_fla(fla040_root):
     torch.testing.assert_close(g, expected)
 
 
+def test_l2_warp_loss_can_be_scaled_in_place():
+    """transformers 5's Trainer scales the model's loss in place (``loss *= ...``). fla 0.4.0's L2Wrap
+    returns its input as-is, which autograd then treats as a view it refuses to see modified ("Output
+    0 of L2Wrap is a view and is being modified inplace"); the port returns a copy (a manifest
+    deviation). The penalty's gradient is scaled with the loss, as in fla 0.6.0 (0.4.0 left it whole:
+    a loss divided for gradient accumulation kept the full penalty)."""
+    logits = torch.randn(2, 4, 9, dtype=torch.float64, requires_grad=True)
+    base = logits.square().mean().reshape(())
+    out = l2_warp(base, logits)
+    out *= 3.0
+    (g,) = torch.autograd.grad(out, logits, retain_graph=True)
+    expected = 3.0 * torch.autograd.grad(base, logits)[0]
+    maxx, ids = logits.detach().max(-1, keepdim=True)
+    expected = expected + torch.zeros_like(logits).scatter(-1, ids, 3.0 * maxx * 1e-4 / 8)
+    torch.testing.assert_close(g, expected)
+
+
+def test_l2_warp_gradient_in_the_logits_dtype():
+    """Under autocast the logits are bf16 and the loss fp32: the logits' gradient is made in the
+    logits' dtype (fla 0.6.0; fla 0.4.0 raised "scatter(): Expected self.dtype to be equal to
+    src.dtype")."""
+    logits = torch.randn(2, 4, 9, requires_grad=True)
+    low = logits.bfloat16()
+    base = low.float().square().mean()
+    (g,) = torch.autograd.grad(l2_warp(base, low), logits)
+    maxx, ids = low.detach().max(-1, keepdim=True)
+    penalty = torch.zeros_like(low).scatter(-1, ids, maxx * 1e-4 / 8).float()
+    expected = torch.autograd.grad(low.float().square().mean(), logits)[0] + penalty
+    torch.testing.assert_close(g, expected, rtol=1e-2, atol=1e-5)
+
+
 @pytest.mark.parametrize("fuse_swiglu", [True, False])
 def test_gated_mlp(fuse_swiglu):
     torch.manual_seed(0)
