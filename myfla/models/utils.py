@@ -192,6 +192,22 @@ class FLALayer(CacheLayerMixin):
             else:
                 self.state[key] = fn(value)
 
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Keep the batch rows ``beam_idx`` of every state, in that order (beam search).
+
+        Port deviation, as fla 0.6.0 (fla/models/cache_utils.py): fla 0.4.0 has no such method, and
+        transformers 5's beam search then fails on the key/value tensors this layer does not have
+        ("'NoneType' object has no attribute 'index_select'")."""
+        self._map_state(lambda x: x.index_select(0, beam_idx.to(x.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat every state's batch rows ``repeats`` times each (as fla 0.6.0; see ``reorder_cache``)."""
+        self._map_state(lambda x: x.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the batch rows ``indices`` (as fla 0.6.0; see ``reorder_cache``)."""
+        self.reorder_cache(indices)
+
     def offload(self):
         """Move the states to CPU (non-blocking)."""
         self._map_state(lambda x: x.to("cpu", non_blocking=True) if isinstance(x, torch.Tensor) else x)
@@ -304,6 +320,27 @@ class LegacyFLACache(HFCacheBase):
         """No maximum length."""
         return None
 
+    def _map_states(self, fn) -> None:
+        for state in self.states:
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    state[key] = fn(value)
+                elif isinstance(value, (tuple, list)):
+                    state[key] = type(value)(fn(t) for t in value)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Keep the batch rows ``beam_idx`` of every layer's states, in that order (beam search; a port
+        deviation, as fla 0.6.0: see ``FLALayer.reorder_cache``)."""
+        self._map_states(lambda x: x.index_select(0, beam_idx.to(x.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat every state's batch rows ``repeats`` times each (as fla 0.6.0)."""
+        self._map_states(lambda x: x.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the batch rows ``indices`` (as fla 0.6.0)."""
+        self.reorder_cache(indices)
+
     def to_legacy_cache(self) -> tuple:
         return tuple(self.states)
 
@@ -408,6 +445,22 @@ class FLACache(HFCacheBase):
         else:
             query_len = int(cache_position or 0)
         return int(self.get_seq_length(layer_idx)) + query_len, 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Keep the batch rows ``beam_idx`` of every layer's states (beam search; a port deviation, as
+        fla 0.6.0: see ``FLALayer.reorder_cache``)."""
+        for layer in self.layers:
+            layer.reorder_cache(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat every layer's batch rows ``repeats`` times each (as fla 0.6.0)."""
+        for layer in self.layers:
+            layer.batch_repeat_interleave(repeats)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the batch rows ``indices`` of every layer (as fla 0.6.0)."""
+        for layer in self.layers:
+            layer.batch_select_indices(indices)
 
     def to_legacy_cache(self) -> Tuple[Dict[str, Any], ...]:
         return tuple(self[i] for i in range(len(self.layers)))

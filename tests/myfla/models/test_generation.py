@@ -123,3 +123,52 @@ def test_generation_keeps_only_the_last_logits():
     finally:
         hook.remove()
     assert seen == [1, 1, 1]
+
+
+@pytest.mark.parametrize("case", MODELS + [("rwkv7", {})], ids=["kda", "gdn", "kda-hybrid", "gdn-hybrid", "rwkv7"])
+@pytest.mark.parametrize("num_return_sequences", [1, 2])
+def test_beam_search_with_cache_equals_beam_search_without(case, num_return_sequences):
+    """Beam search reorders the cache's batch rows each step (``Cache.reorder_cache``, a deviation as
+    fla 0.6.0: fla 0.4.0's cache has no such method and transformers 5's beam search failed with
+    "'NoneType' object has no attribute 'index_select'"). Its sequences equal beam search run without
+    a cache, every step recomputed from the prompt; with the rows left in place they do not."""
+    model = _model(*case)
+    ids, mask = _prompt()
+    kwargs = dict(attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, num_beams=3,
+                  num_return_sequences=num_return_sequences, do_sample=False)
+    with_cache = model.generate(ids, use_cache=True, **kwargs)
+    without = model.generate(ids, use_cache=False, **kwargs)
+    assert with_cache.shape == (2 * num_return_sequences, ids.shape[1] + NEW)
+    assert torch.equal(with_cache, without)
+
+
+@pytest.mark.parametrize("cache_class", ["FLACache", "LegacyFLACache"])
+def test_cache_batch_rows_reorder_repeat_and_select(cache_class):
+    """The three batch transformations of the cache (as fla 0.6.0) act on every state of every layer,
+    in the cache of transformers > 4.53.3 and in the list-based one of older releases."""
+    cls = getattr(M.utils, cache_class)
+    try:
+        cache = cls()
+    except ValueError:
+        # transformers 5's Cache.__init__ refuses the list-based cache (made for <= 4.53.3); its
+        # methods use only its own list of state dicts
+        cache = object.__new__(cls)
+        cache.states, cache._seen_tokens = [], 0
+    rec = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 2, 4, 4).contiguous()
+    conv = torch.arange(3.0).view(3, 1, 1).expand(3, 8, 4).contiguous()
+    attn = (torch.arange(3.0).view(3, 1, 1, 1).expand(3, 5, 2, 4).contiguous(),) * 2
+    for layer_idx in range(2):
+        cache.update(recurrent_state=rec, conv_state=conv, layer_idx=layer_idx, offset=5)
+    cache.update(attn_state=attn, layer_idx=2, offset=5)
+
+    def rows(layer_idx, key):
+        value = cache[layer_idx][key]
+        value = value[0] if isinstance(value, (tuple, list)) else value
+        return value.flatten(1)[:, 0].tolist()
+
+    cache.reorder_cache(torch.tensor([2, 0, 0]))
+    assert rows(0, 'recurrent_state') == rows(1, 'conv_state') == rows(2, 'attn_state') == [2.0, 0.0, 0.0]
+    cache.batch_repeat_interleave(2)
+    assert rows(1, 'recurrent_state') == rows(2, 'attn_state') == [2.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+    cache.batch_select_indices(torch.tensor([0, 2]))
+    assert rows(0, 'conv_state') == rows(2, 'attn_state') == [2.0, 0.0]
