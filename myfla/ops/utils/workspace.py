@@ -45,9 +45,10 @@ def _default_max_bytes() -> int:
 
 
 # Upper bound on the bytes one thread's pool keeps, and all threads' pools together (environment
-# variable MYFLA_WORKSPACE_MB; 0 turns the pool off). A forward+backward keeps about 37 input-sized buffers (KDA; B=4 T=4096 H=16
-# K=V=128: 5 GB, B=1 T=8192 H=4: 400 MB); past the bound, buffers are freed after use and the next
-# call faults their pages in again (on a 2-core machine a fifth of KDA's time at B=4 T=1024 H=16).
+# variable MYFLA_WORKSPACE_MB; 0 turns the pool off). A forward+backward keeps about 37 input-sized
+# buffers (KDA; B=4 T=4096 H=16 K=V=128: 5 GB, B=1 T=8192 H=4: 400 MB); past the bound, buffers are
+# freed after use and the next call faults their pages in again (on a 2-core machine a fifth of
+# KDA's time at B=4 T=1024 H=16).
 _env_mb = os.environ.get('MYFLA_WORKSPACE_MB')
 MAX_BYTES = int(float(_env_mb) * 1024 * 1024) if _env_mb is not None else _default_max_bytes()
 # Outside an op pass (callers that never call ``end_pass``, whose buffers would never age) the pool
@@ -109,7 +110,10 @@ class _Held:
 
     def __del__(self):
         if self.nbytes:
-            _count_process(-self.nbytes)
+            try:
+                _count_process(-self.nbytes)
+            except Exception:        # interpreter shutdown: the module's globals may be gone already
+                pass
 
 
 class _Pool(threading.local):
