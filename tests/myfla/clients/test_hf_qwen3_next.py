@@ -187,3 +187,21 @@ def test_packed_op_call_through_transformers_equals_separate_fallback_runs(model
     ((o_ref * do).sum() + (ht_ref * dht).sum()).backward()
     for name, a, b in zip(["dq", "dk", "dv", "dg", "dbeta", "dh0"], refs, ours):
         assert_rms(name, a.grad, b.grad, 1e-4)
+
+
+def test_training_step_under_bf16_autocast(modeling):
+    """Mixed-precision training (`torch.autocast`, what transformers' Trainer turns on for bf16=True)
+    through myfla served as fla: the step runs (until myfla ran its kernels with autocast off, KDA and
+    GDN backward passes failed with "Found dtype Float but expected BFloat16"), the loss stays within
+    bf16 rounding of the fp32 loss, and every gradient is finite."""
+    _, ours = make_pair(modeling, True)
+    ours.train()
+    ids = torch.randint(3, VOCAB, (2, 150))
+    with torch.no_grad():
+        loss32 = ours(input_ids=ids, labels=ids).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16 = ours(input_ids=ids, labels=ids).loss
+    loss16.backward()
+    assert abs(loss16.item() - loss32.item()) < 1e-3 * abs(loss32.item())
+    grads = [p.grad for p in ours.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
