@@ -37,14 +37,21 @@ def _autocast_state(device_type: str) -> Tuple[bool, torch.dtype]:
                      f"(torch {torch.__version__} has autocast for 'cuda' and 'cpu' only)")
 
 
-# One C call that says whether autocast is on for any device (torch >= 2.0; None before): lets the
-# kernels' guard skip the per-device query in the usual case, autocast off everywhere.
-any_autocast_enabled: Optional[Callable[[], bool]] = getattr(torch._C, '_is_any_autocast_enabled', None)
+def _always() -> bool:
+    return True
+
+
+# ``any_autocast_enabled()``: whether autocast may be on for some device. torch's own C call where it
+# has one (torch >= 2.0), so the usual case (autocast off everywhere) costs one call and skips the
+# per-device query; always True before.
+any_autocast_enabled: Callable[[], bool] = getattr(torch._C, '_is_any_autocast_enabled', _always)
 
 
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` (False for a device autocast does not know, such as
     'meta')."""
+    if not any_autocast_enabled():
+        return False
     try:
         return torch.is_autocast_enabled(device_type)              # torch >= 2.4
     except RuntimeError:                                           # "unknown device type for autocast"

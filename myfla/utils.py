@@ -162,8 +162,7 @@ class autocast_off_like_kernels:
     __slots__ = ('device_type', 'outer', 'off')
 
     def __init__(self, tensor: Optional[torch.Tensor]):
-        on = (tensor is not None and (any_autocast_enabled is None or any_autocast_enabled())
-              and autocast_enabled(tensor.device.type))
+        on = tensor is not None and autocast_enabled(tensor.device.type)
         self.device_type = tensor.device.type if on else None
 
     def __enter__(self) -> 'autocast_off_like_kernels':
@@ -190,7 +189,7 @@ def without_autocast(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if any_autocast_enabled is not None and not any_autocast_enabled():   # the usual case
+        if not any_autocast_enabled():                                     # the usual case
             return fn(*args, **kwargs)
         tensor = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
         with autocast_off_like_kernels(tensor):
@@ -235,8 +234,8 @@ def input_guard(
             device = None
             ctx = contextlib.nullcontext()
 
-        if (device is None or (any_autocast_enabled is not None and not any_autocast_enabled())
-                or not autocast_enabled(device.type)):                     # the usual case, kept cheap
+        # the usual case (autocast off everywhere) settled by one C call, before the per-device query
+        if device is None or not any_autocast_enabled() or not autocast_enabled(device.type):
             with ctx:
                 return fn(*contiguous_args, **contiguous_kwargs)
         with ctx, autocast_off_like_kernels(tensor):

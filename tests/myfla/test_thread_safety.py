@@ -230,3 +230,32 @@ def test_data_parallel_replicas_match_one_device(cls):
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)
     for a, b in zip(grads[1], grads[0]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_pass_scope_belongs_to_its_thread():
+    """A chunked pass's layout memo and its buffer-pool pass (``grid_cache``) belong to the thread that
+    opened them: another thread running a pass meanwhile opens its own scope and begins its own pass
+    (its pool ages its buffers by its own passes), and sees nothing of the first thread's memo."""
+    from myfla.ops.common import chunk_delta_h
+    from myfla.ops.utils import workspace
+
+    opened, checked = threading.Event(), threading.Event()
+    seen = {}
+
+    def other():
+        opened.wait(timeout=60)
+        seen['outside'] = chunk_delta_h._memo_dict()
+        with chunk_delta_h.grid_cache():
+            seen['inside'] = chunk_delta_h._memo_dict()
+            seen['depth'] = workspace._pool.depth
+        checked.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with chunk_delta_h.grid_cache():
+        chunk_delta_h._memo_dict()['mine'] = 1
+        opened.set()
+        checked.wait(timeout=60)
+    t.join()
+    assert seen['outside'] is None
+    assert seen['inside'] == {} and seen['depth'] == 1

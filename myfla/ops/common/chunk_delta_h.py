@@ -61,8 +61,8 @@ def grid_cache():
         end_pass()
 
 
-def _memo_key(layout: ChunkLayout, x: torch.Tensor, dtype) -> Optional[tuple]:
-    grid_memo = _memo_dict()
+def _memo_key(grid_memo: Optional[dict], layout: ChunkLayout, x: torch.Tensor, dtype) -> Optional[tuple]:
+    """The memo key of ``x``'s grid, None where nothing is memoised (outside a scope, padded layouts)."""
     if grid_memo is None or layout.varlen or layout.pad:
         return None
     return ('grid', id(layout), id(x), x._version, x.dtype if dtype is None else dtype)
@@ -73,7 +73,7 @@ def shared_grid(layout: ChunkLayout, x: torch.Tensor, dtype: torch.dtype) -> Opt
     pass, or None. ``myfla.ops.utils.chunk_grid`` keeps chunk-major grids in the same memory order
     and shares them both ways through this memo (``share_grid``)."""
     grid_memo = _memo_dict()
-    key = _memo_key(layout, x, dtype)
+    key = _memo_key(grid_memo, layout, x, dtype)
     hit = grid_memo.get(key) if key is not None else None
     return hit[1] if hit is not None else None
 
@@ -81,7 +81,7 @@ def shared_grid(layout: ChunkLayout, x: torch.Tensor, dtype: torch.dtype) -> Opt
 def share_grid(layout: ChunkLayout, x: torch.Tensor, xc: torch.Tensor) -> None:
     """Record ``xc`` (``[NC, N*H, BT, *rest]``, contiguous) as the grid of ``x`` for this pass."""
     grid_memo = _memo_dict()
-    key = _memo_key(layout, x, xc.dtype)
+    key = _memo_key(grid_memo, layout, x, xc.dtype)
     if key is not None and key not in grid_memo:
         grid_memo[key] = (x, xc, layout)
 
@@ -105,7 +105,7 @@ def to_grid(layout: ChunkLayout, x: torch.Tensor, fill: str = 'zero',
     """``[B, T, H, *rest]`` token layout -> ``[NC, N*H, BT, *rest]`` chunk grid (contiguous, so the
     per-chunk slices of ``unbind(0)`` feed batched matmuls directly)."""
     grid_memo = _memo_dict()
-    key = _memo_key(layout, x, dtype)
+    key = _memo_key(grid_memo, layout, x, dtype)
     if key is not None and key in grid_memo:
         return grid_memo[key][1]
     xc = layout.pack(x, fill=fill)                                  # [N, NC, BT, H, *rest]
@@ -141,7 +141,7 @@ def from_grid(layout: ChunkLayout, xc: torch.Tensor, H: int, dtype: Optional[tor
         x = out[:, :layout.T]
         if layout.pad and layout.B > 1:
             x = x.contiguous()
-    key = _memo_key(layout, x, xc.dtype) if x.dtype == xc.dtype else None
+    key = _memo_key(grid_memo, layout, x, xc.dtype) if x.dtype == xc.dtype else None
     if key is not None:
         grid_memo[key] = (x, xc, layout)
     return x
@@ -150,7 +150,7 @@ def from_grid(layout: ChunkLayout, xc: torch.Tensor, H: int, dtype: Optional[tor
 def chunks_to_grid(layout: ChunkLayout, h: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """fla's per-chunk layout ``[B, NT, H, *rest]`` -> ``[NC, N*H, *rest]``."""
     grid_memo = _memo_dict()
-    key = _memo_key(layout, h, dtype)
+    key = _memo_key(grid_memo, layout, h, dtype)
     if key is not None and ('chunks',) + key in grid_memo:
         return grid_memo[('chunks',) + key][1]
     hd = h.to(dtype) if dtype is not None else h
@@ -176,7 +176,7 @@ def chunks_from_grid(layout: ChunkLayout, hc: torch.Tensor, H: int) -> torch.Ten
     h = layout.unpack_chunks(h)
     if grid_memo is None:
         h = h.contiguous()
-    key = _memo_key(layout, h, hc.dtype)
+    key = _memo_key(grid_memo, layout, h, hc.dtype)
     if key is not None:
         grid_memo[('chunks',) + key] = (h, hc, layout)
     return h
