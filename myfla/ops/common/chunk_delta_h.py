@@ -61,11 +61,19 @@ def grid_cache():
         end_pass()
 
 
+def _version(t: torch.Tensor) -> Optional[int]:
+    """``t``'s version counter (memo entries of a tensor written in place since do not match), None
+    for an inference tensor: torch counts no versions of those ("Inference tensors do not track version
+    counter"; every GDN / KDA call under ``torch.inference_mode()`` failed so). A pass writes neither its
+    inputs nor what it memoises in place, so there the identity alone is the key."""
+    return None if t.is_inference() else t._version
+
+
 def _memo_key(grid_memo: Optional[dict], layout: ChunkLayout, x: torch.Tensor, dtype) -> Optional[tuple]:
     """The memo key of ``x``'s grid, None where nothing is memoised (outside a scope, padded layouts)."""
     if grid_memo is None or layout.varlen or layout.pad:
         return None
-    return ('grid', id(layout), id(x), x._version, x.dtype if dtype is None else dtype)
+    return ('grid', id(layout), id(x), _version(x), x.dtype if dtype is None else dtype)
 
 
 def shared_grid(layout: ChunkLayout, x: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -92,7 +100,8 @@ def memo(key: tuple, tensors: tuple, fn):
     grid_memo = _memo_dict()
     if grid_memo is None:
         return fn()
-    full = key + tuple((id(t), getattr(t, '_version', None)) if t is not None else None for t in tensors)
+    full = key + tuple(None if t is None else (id(t), _version(t) if isinstance(t, torch.Tensor) else None)
+                       for t in tensors)
     hit = grid_memo.get(full)
     if hit is None:
         hit = (tensors, fn())
