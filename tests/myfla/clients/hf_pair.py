@@ -262,3 +262,20 @@ def assert_trains_under_bf16_autocast(model, vocab: int) -> None:
     assert abs(loss16.item() - loss32.item()) < 1e-3 * abs(loss32.item())
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def assert_generates_alike_under_inference_mode(model, vocab: int) -> None:
+    """Greedy generation inside ``torch.inference_mode()`` (what transformers' text-generation pipeline
+    runs a model in) gives the same tokens as under ``no_grad``; a training step runs afterwards."""
+    model.eval()
+    prompt = torch.randint(3, vocab, (2, 70))
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(prompt, **kwargs)
+    with torch.inference_mode():
+        got = model.generate(prompt, **kwargs)
+    assert torch.equal(expected, got)
+    model.train()
+    loss = model(input_ids=prompt, labels=prompt).loss
+    loss.backward()
+    assert torch.isfinite(loss)

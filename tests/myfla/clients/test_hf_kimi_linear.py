@@ -23,6 +23,7 @@ pytest.importorskip("transformers.models.kimi_linear")
 import myfla.ops.kda as kda_ops  # noqa: E402
 from tests.myfla.clients.hf_pair import (  # noqa: E402
     assert_packed_step_equals_separate_runs,
+    assert_generates_alike_under_inference_mode,
     assert_trains_under_bf16_autocast,
     bound_implementation,
     copy_weights,
@@ -209,3 +210,11 @@ def test_training_step_under_bf16_autocast(modeling):
     autocast off, KDA and GDN backward passes failed with "Found dtype Float but expected BFloat16")."""
     _, ours = make_pair(modeling)
     assert_trains_under_bf16_autocast(ours, VOCAB)
+
+
+def test_generation_inside_inference_mode(modeling):
+    """Serving through myfla as fla inside ``torch.inference_mode()`` (until myfla's per-pass memo
+    keyed inference tensors by identity, every chunked call there failed with "Inference tensors do
+    not track version counter")."""
+    _, ours = make_pair(modeling)
+    assert_generates_alike_under_inference_mode(ours, VOCAB)
