@@ -1,5 +1,5 @@
-"""myfla under ``torch.inference_mode()``: what serving code runs models in (transformers' pipelines
-wrap their forward in it, as do many inference servers). fla's Triton kernels do not care; the port's
+"""myfla under ``torch.inference_mode()``: PyTorch's recommended context for inference, which serving
+code runs models in. fla's Triton kernels do not care; the port's
 per-pass memo keyed tensors by their version counter, which inference tensors do not have, so every
 chunked GDN / KDA call inside inference mode failed with "Inference tensors do not track version
 counter". Here every op, layer and model gives inside inference mode exactly what it gives under
@@ -168,8 +168,8 @@ def test_training_after_inference_mode_equals_training_alone(device, name):
 
 
 def test_generate_inside_inference_mode_equals_no_grad():
-    """The three causal LMs: greedy generation inside inference mode (as a text-generation pipeline
-    runs it) equals generation under no_grad, then a training step runs."""
+    """The three causal LMs: greedy generation inside inference mode equals generation under no_grad,
+    then a training step runs."""
     pytest.importorskip("transformers")
     from myfla.models import (GatedDeltaNetConfig, GatedDeltaNetForCausalLM, KDAConfig, KDAForCausalLM,
                               RWKV7Config, RWKV7ForCausalLM)

@@ -265,8 +265,8 @@ def assert_trains_under_bf16_autocast(model, vocab: int) -> None:
 
 
 def assert_generates_alike_under_inference_mode(model, vocab: int) -> None:
-    """Greedy generation inside ``torch.inference_mode()`` (what transformers' text-generation pipeline
-    runs a model in) gives the same tokens as under ``no_grad``; a training step runs afterwards."""
+    """Greedy generation inside ``torch.inference_mode()`` (where serving code runs models) gives the
+    same tokens as under ``no_grad``; a training step runs afterwards."""
     model.eval()
     prompt = torch.randint(3, vocab, (2, 70))
     kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
