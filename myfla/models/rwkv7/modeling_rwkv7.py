@@ -331,6 +331,9 @@ class RWKV7Model(RWKV7PreTrainedModel):
     """Embeddings, the RWKV-7 blocks and a final LayerNorm; returns the last hidden states and the
     cache.
 
+    Deviation: under gradient checkpointing the blocks get ``v_first`` positionally
+    (``_checkpointed_block``), so that reentrant checkpointing finishes.
+
     Source: fla/models/rwkv7/modeling_rwkv7.py:L281-L425 (fla 0.4.0)
     """
 
@@ -387,6 +390,25 @@ class RWKV7Model(RWKV7PreTrainedModel):
             )
             super().load_state_dict(state_dict, strict=strict)
 
+    @staticmethod
+    def _checkpointed_block(layer, hidden_states, attention_mask, past_key_values, use_cache,
+                            output_attentions, v_first, cu_seqlens, **kwargs):
+        """A block call under gradient checkpointing with ``v_first`` passed positionally, so that it
+        is an input of the checkpoint (fla's ``GradientCheckpointingLayer`` asks tensors that need
+        gradients to be positional; fla 0.4.0 and 0.6.0 pass ``v_first`` by keyword). By keyword, a
+        reentrant checkpoint (``use_reentrant=True``, transformers 4's default) closes over it: every
+        block after the first returns that very tensor, the checkpoint rewires it to its own backward
+        node, and that block's recomputation in the backward then reaches its own node again, nesting
+        backward passes without end (it took all of a 24 GiB machine's memory). Caching is turned off
+        as the block's own checkpointing turns it off (the same warning)."""
+        if use_cache or past_key_values is not None:
+            turned_off = (" `use_cache=False`," if use_cache else "") + (
+                " `past_key_values=None`," if past_key_values is not None else "")
+            logger.warning_once(f"Caching is incompatible with gradient checkpointing in "
+                                f"{layer.__class__.__name__}. Setting{turned_off.rstrip(',')}.")
+        return layer(hidden_states, attention_mask, None, False, output_attentions, v_first,
+                     cu_seqlens=cu_seqlens, **kwargs)
+
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
@@ -432,16 +454,22 @@ class RWKV7Model(RWKV7PreTrainedModel):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
 
-            hidden_states, attentions, past_key_values, v_first = layer(
-                hidden_states,
-                attention_mask=attention_mask,
-                past_key_values=past_key_values,
-                use_cache=use_cache,
-                output_attentions=output_attentions,
-                v_first=v_first,
-                cu_seqlens=cu_seqlens,
-                **kwargs
-            )
+            if getattr(layer, 'gradient_checkpointing', False) and layer.training and torch.is_grad_enabled():
+                hidden_states, attentions, past_key_values, v_first = self._checkpointed_block(
+                    layer, hidden_states, attention_mask, past_key_values, use_cache, output_attentions, v_first,
+                    cu_seqlens, **kwargs
+                )
+            else:
+                hidden_states, attentions, past_key_values, v_first = layer(
+                    hidden_states,
+                    attention_mask=attention_mask,
+                    past_key_values=past_key_values,
+                    use_cache=use_cache,
+                    output_attentions=output_attentions,
+                    v_first=v_first,
+                    cu_seqlens=cu_seqlens,
+                    **kwargs
+                )
 
             if output_attentions:
                 all_attns += (attentions,)

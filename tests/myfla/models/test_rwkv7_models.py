@@ -264,21 +264,56 @@ def test_checkpoints_load_both_ways(tmp_path, fla_rwkv7_fp32):
         assert torch.equal(back.state_dict()[k], v), k
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    """Non-reentrant checkpointing (transformers 5's default). transformers 4.x defaults to
-    use_reentrant=True, under which the backward of fla 0.4.0's own RWKV-7 model code recurses
-    through nested checkpoint backwards without finishing (seen with 4.57.6; myfla's the same), so
-    the mode is named here for every transformers."""
+def _guard_recomputation(model):
+    """Make a block that runs more than twice in one step (its forward, then its recomputation)
+    raise instead of nesting backward passes until the machine's memory is gone."""
+    calls = []
+    limit = 2 * len(model.model.layers)
+    for layer in model.model.layers:
+        def guarded(function, *args, _checkpoint=layer._gradient_checkpointing_func, **kw):
+            def counted(*a, **k):
+                calls.append(1)
+                if len(calls) > limit:
+                    raise RuntimeError("a block ran more than twice in one step: the checkpoint recursed")
+                return function(*a, **k)
+            return _checkpoint(counted, *args, **kw)
+        layer._gradient_checkpointing_func = guarded
+    return calls
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
+    """Non-reentrant checkpointing (transformers 5's default) and reentrant (transformers 4's
+    default): under the latter fla 0.4.0's own RWKV-7 model code (0.6.0's too) recurses through nested
+    checkpoint backwards without finishing, as myfla did until it passed ``v_first`` to checkpointed
+    blocks positionally (a manifest deviation)."""
     model = _randomize(_build(M)).double().train()
     ids, mask, labels = _batch(70, pad=9)
     model(ids, attention_mask=mask, labels=labels).loss.backward()
     ref = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
     assert all(b.gradient_checkpointing for b in model.model.layers)
+    calls = _guard_recomputation(model)
     model(ids, attention_mask=mask, labels=labels, use_cache=False).loss.backward()
+    assert len(calls) == 2 * len(model.model.layers)
     for a, p in zip(ref, model.parameters()):
         torch.testing.assert_close(p.grad, a)
+
+
+def test_gradient_checkpointing_turns_caching_off(caplog):
+    """As the blocks' own checkpointing does (with its warning): a cache asked for in a checkpointed
+    training step is neither filled nor returned."""
+    import logging
+    logging.Logger.warning_once.cache_clear()      # transformers' once-only warnings, said again here
+    model = _randomize(_build(M)).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    _guard_recomputation(model)
+    ids, mask, labels = _batch(40, pad=3)
+    out = model(ids, attention_mask=mask, labels=labels, use_cache=True)
+    out.loss.backward()
+    assert out.past_key_values is None
+    assert "Caching is incompatible with gradient checkpointing in RWKV7Block. Setting `use_cache=False`." in caplog.text
 
 
 def test_tied_embeddings_share_the_weight():
