@@ -238,8 +238,10 @@ def test_init_weights(family):
         model._init_weights(model.model.layers[0].mlp, prenorm_residual_strategy='half')
 
 
+@pytest.mark.parametrize("use_reentrant", [None, False, True], ids=["default", "non-reentrant", "reentrant"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_gradient_checkpointing_gives_the_same_gradients(family):
+def test_gradient_checkpointing_gives_the_same_gradients(family, use_reentrant):
+    """transformers' default checkpointing mode (reentrant in 4.x, not in 5.x) and both named."""
     MC, _, ML = family_classes(M, family)
     torch.manual_seed(0)
     model = ML(MC(**config_kwargs(family, fuse_cross_entropy=False))).double().train()
@@ -247,7 +249,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(family):
     model(ids, attention_mask=mask, labels=labels).loss.backward()
     ref = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
-    model.gradient_checkpointing_enable()
+    model.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs=None if use_reentrant is None else {"use_reentrant": use_reentrant})
     assert model.model.gradient_checkpointing or all(b.gradient_checkpointing for b in model.model.layers)
     # .backward(): transformers 4.x checkpoints with use_reentrant=True, which autograd.grad refuses
     model(ids, attention_mask=mask, labels=labels, use_cache=False).loss.backward()
