@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from myfla._torch_compat import compiler_disable
 from myfla.ops.utils import logsumexp_fwd
 from myfla.utils import input_guard, is_amd
 
@@ -39,10 +40,6 @@ except (ImportError, AttributeError):
 MAX_FUSED_SIZE = 65536 // 2
 # Source: fla/modules/fused_linear_cross_entropy.py:L32-L32 (fla 0.4.0)
 STATIC_WARPS = 32 if not is_amd else 16
-
-
-# torch.compiler (torch >= 2.1) must not trace the chunk loop; older torch has nothing to disable
-_compiler_disable = getattr(getattr(torch, 'compiler', None), 'disable', lambda fn: fn)
 
 
 def _next_power_of_2(n: int) -> int:
@@ -324,7 +321,7 @@ class FusedLinearCrossEntropyLoss(nn.Module):
         self.use_l2warp = use_l2warp
         self.l2_penalty_factor = l2_penalty_factor
 
-    @_compiler_disable
+    @compiler_disable          # torch.compiler must not trace the chunk loop
     def forward(
         self,
         x: torch.Tensor,

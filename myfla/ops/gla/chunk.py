@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from myfla._torch_compat import compiler_disable
 from myfla.ops.common.chunk_h import chunk_bwd_dh, chunk_fwd_h
 from myfla.ops.utils.chunk_grid import chunks_to_grid, from_grid, grid_empty, slab, slab_out, store, to_grid
 from myfla.ops.utils.chunk_layout import chunk_slabs, get_chunk_layout
@@ -459,15 +460,7 @@ class ChunkGLAFunction(torch.autograd.Function):
         return dq.to(q), dk.to(k), dv.to(v), dg, None, dh0, None, None
 
 
-def _compiler_disable(fn):
-    """``torch.compiler.disable`` (torch >= 2.1) where it exists; older torch has no compiler to
-    keep out."""
-    compiler = getattr(torch, 'compiler', None)
-    disable = getattr(compiler, 'disable', None)
-    return disable(fn) if disable is not None else fn
-
-
-@_compiler_disable
+@compiler_disable
 def chunk_gla(
     q: torch.Tensor,
     k: torch.Tensor,
