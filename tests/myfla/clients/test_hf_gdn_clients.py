@@ -24,6 +24,7 @@ if not hasattr(_hub, "use_kernel_func_from_hub_with_fallback"):
 
 import myfla.ops.gated_delta_rule as gdn_ops  # noqa: E402
 from tests.myfla.clients.hf_pair import (  # noqa: E402
+    assert_bf16_model_as_accurate_as_fallback,
     assert_generates_alike_under_inference_mode,
     assert_packed_step_equals_separate_runs,
     bound_implementation,
@@ -159,3 +160,10 @@ def test_no_argument_transformers_passes_is_dropped(client, fla060_root):
 def test_generation_inside_inference_mode(client):
     _, ours = make_pair(client)
     assert_generates_alike_under_inference_mode(ours, VOCAB)
+
+
+def test_bf16_model_is_as_accurate_as_the_fallback(client):
+    """The model in bf16, as published checkpoints are: myfla's logits within the fallback's own bf16
+    error of the fp32 logits; generation and a training step run."""
+    ref, ours = make_pair(client)
+    assert_bf16_model_as_accurate_as_fallback(ref, ours, VOCAB)

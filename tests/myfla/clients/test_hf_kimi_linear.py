@@ -23,6 +23,7 @@ pytest.importorskip("transformers.models.kimi_linear")
 import myfla.ops.kda as kda_ops  # noqa: E402
 from tests.myfla.clients.hf_pair import (  # noqa: E402
     assert_packed_step_equals_separate_runs,
+    assert_bf16_model_as_accurate_as_fallback,
     assert_generates_alike_under_inference_mode,
     assert_trains_under_bf16_autocast,
     bound_implementation,
@@ -218,3 +219,10 @@ def test_generation_inside_inference_mode(modeling):
     not track version counter")."""
     _, ours = make_pair(modeling)
     assert_generates_alike_under_inference_mode(ours, VOCAB)
+
+
+def test_bf16_model_is_as_accurate_as_the_fallback(modeling):
+    """The model in bf16, as published checkpoints are: myfla's logits within the fallback's own bf16
+    error of the fp32 logits; generation and a training step run."""
+    ref, ours = make_pair(modeling)
+    assert_bf16_model_as_accurate_as_fallback(ref, ours, VOCAB)
