@@ -105,6 +105,8 @@ def probe_rwkv7_reentrant_checkpointing(package, dev):
     import importlib
 
     import torch
+
+    from tests.myfla.models.checkpoint_guard import guard_recomputation
     models = importlib.import_module(f'{package}.models')
     config = models.RWKV7Config(hidden_size=64, num_hidden_layers=2, vocab_size=97, head_dim=32)
     torch.manual_seed(0)
@@ -114,17 +116,7 @@ def probe_rwkv7_reentrant_checkpointing(package, dev):
     for reentrant in (False, True):
         model.zero_grad(set_to_none=True)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': reentrant})
-        calls = []
-        limit = 2 * len(model.model.layers)
-        for layer in model.model.layers:
-            def guarded(function, *args, _checkpoint=layer._gradient_checkpointing_func, **kw):
-                def counted(*a, **k):
-                    calls.append(1)
-                    if len(calls) > limit:
-                        raise RuntimeError('a block ran more than twice in one step: the checkpoint recursed')
-                    return function(*a, **k)
-                return _checkpoint(counted, *args, **kw)
-            layer._gradient_checkpointing_func = guarded
+        calls = guard_recomputation(model)
         try:
             model(ids, labels=ids, use_cache=False).loss.backward()
             out[f'use_reentrant={reentrant}'] = f'finishes ({len(calls)} block runs)'

@@ -24,13 +24,14 @@ import myfla.ops.kda as kda_ops  # noqa: E402
 from tests.myfla.clients.hf_pair import (  # noqa: E402
     assert_packed_step_equals_separate_runs,
     assert_bf16_model_as_accurate_as_fallback,
+    assert_greedy_generation_matches_fallback,
     assert_generates_alike_under_inference_mode,
     assert_trains_under_bf16_autocast,
+    assert_training_step_matches_fallback,
     bound_implementation,
     copy_weights,
     fallback_and_myfla,
     collate_packed,
-    forward_backward,
     imported_before_the_alias,
     max_abs_diff,
     packed_inputs,
@@ -123,30 +124,12 @@ def test_causal_conv1d_install_after_the_modeling_import_warns_and_the_fallback_
 
 def test_forward_loss_and_gradients_match_fallback(modeling):
     ref, ours = make_pair(modeling)
-    ref.train(), ours.train()
-    ids = torch.randint(3, VOCAB, (2, 150))                 # 150: three chunks, the last one partial
-    logits_ref, loss_ref, grads_ref = forward_backward(ref, ids)
-    logits, loss, grads = forward_backward(ours, ids)
-    assert rms_ratio(logits_ref, logits) < 1e-5
-    assert abs(loss.item() - loss_ref.item()) < 1e-5 * abs(loss_ref.item())
-    assert grads.keys() == grads_ref.keys()
-    for name, g_ref in grads_ref.items():
-        assert_rms(name, g_ref, grads[name], 1e-4)
-    assert any(".self_attn.forget_gate.A_log" in n for n in grads)
+    assert_training_step_matches_fallback(ref, ours, VOCAB, ".self_attn.forget_gate.A_log")
 
 
 def test_greedy_generation_matches_fallback(modeling):
     ref, ours = make_pair(modeling)
-    ref.eval(), ours.eval()
-    prompt = torch.randint(3, VOCAB, (2, 70))
-    kwargs = dict(max_new_tokens=40, do_sample=False, output_scores=True, return_dict_in_generate=True,
-                  pad_token_id=0)
-    with torch.no_grad():
-        out_ref = ref.generate(prompt, **kwargs)
-        out = ours.generate(prompt, **kwargs)
-    assert torch.equal(out.sequences, out_ref.sequences)
-    for s_ref, s in zip(out_ref.scores, out.scores):
-        assert rms_ratio(s_ref, s) < 1e-5
+    assert_greedy_generation_matches_fallback(ref, ours, VOCAB)
 
 
 def test_packed_op_call_through_transformers_equals_separate_fallback_runs(modeling):

@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("transformers", reason="myfla's models need transformers")
 
 import myfla.models as M  # noqa: E402
+from tests.myfla.models.checkpoint_guard import guard_recomputation  # noqa: E402
 from tests.myfla.models.fla_rwkv7_oracle import load_fla_rwkv7_models, rwkv7_config_kwargs  # noqa: E402
 from tests.numerics import assert_rms  # noqa: E402
 
@@ -264,23 +265,6 @@ def test_checkpoints_load_both_ways(tmp_path, fla_rwkv7_fp32):
         assert torch.equal(back.state_dict()[k], v), k
 
 
-def _guard_recomputation(model):
-    """Make a block that runs more than twice in one step (its forward, then its recomputation)
-    raise instead of nesting backward passes until the machine's memory is gone."""
-    calls = []
-    limit = 2 * len(model.model.layers)
-    for layer in model.model.layers:
-        def guarded(function, *args, _checkpoint=layer._gradient_checkpointing_func, **kw):
-            def counted(*a, **k):
-                calls.append(1)
-                if len(calls) > limit:
-                    raise RuntimeError("a block ran more than twice in one step: the checkpoint recursed")
-                return function(*a, **k)
-            return _checkpoint(counted, *args, **kw)
-        layer._gradient_checkpointing_func = guarded
-    return calls
-
-
 @pytest.mark.parametrize("use_reentrant", [False, True])
 def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
     """Non-reentrant checkpointing (transformers 5's default) and reentrant (transformers 4's
@@ -294,7 +278,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
     model.zero_grad(set_to_none=True)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
     assert all(b.gradient_checkpointing for b in model.model.layers)
-    calls = _guard_recomputation(model)
+    calls = guard_recomputation(model)
     model(ids, attention_mask=mask, labels=labels, use_cache=False).loss.backward()
     assert len(calls) == 2 * len(model.model.layers)
     for a, p in zip(ref, model.parameters()):
@@ -308,7 +292,7 @@ def test_gradient_checkpointing_turns_caching_off(caplog):
     logging.Logger.warning_once.cache_clear()      # transformers' once-only warnings, said again here
     model = _randomize(_build(M)).train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-    _guard_recomputation(model)
+    guard_recomputation(model)
     ids, mask, labels = _batch(40, pad=3)
     out = model(ids, attention_mask=mask, labels=labels, use_cache=True)
     out.loss.backward()
