@@ -235,7 +235,16 @@ def input_guard(
             ctx = contextlib.nullcontext()
 
         # the usual case (autocast off everywhere) settled by one C call, before the per-device query
-        if device is None or not any_autocast_enabled() or not autocast_enabled(device.type):
+        autocast = device is not None and any_autocast_enabled() and autocast_enabled(device.type)
+        if isinstance(ctx, contextlib.nullcontext):
+            # no device to switch to (CPU tensors, or the current CUDA device): no `with` block either,
+            # which torch.compile could not resume after a graph break inside ``fn`` (GatedDeltaNet's
+            # decoding failed so)
+            if not autocast:
+                return fn(*contiguous_args, **contiguous_kwargs)
+            with autocast_off_like_kernels(tensor):
+                return fn(*contiguous_args, **contiguous_kwargs)
+        if not autocast:
             with ctx:
                 return fn(*contiguous_args, **contiguous_kwargs)
         with ctx, autocast_off_like_kernels(tensor):
@@ -505,10 +514,12 @@ autocast_custom_bwd = functools.partial(custom_bwd, device_type=device)
 
 
 def custom_device_ctx(index: int):
-    """The device context of CUDA device ``index``; a no-op for CPU tensors (index None).
+    """The device context of CUDA device ``index``; a no-op for CPU tensors (index None), and (the
+    same effect as fla's switch) for the device that is current already: ``input_guard`` then enters
+    no ``with`` block, which torch.compile could not resume after a graph break inside.
 
     Source: fla/utils.py:L459-L467 (fla 0.4.0)
     """
-    if index is None or device != 'cuda':
+    if index is None or device != 'cuda' or index == torch.cuda.current_device():
         return contextlib.nullcontext()
     return torch.cuda.device(index)

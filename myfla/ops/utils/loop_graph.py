@@ -34,6 +34,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from myfla._torch_compat import compiler_disable
 from myfla.ops.utils.threads import at_most_threads
 from myfla.ops.utils.workspace import new_empty
 
@@ -103,6 +104,7 @@ def _record(body: Body, inputs: Inputs, outputs: Outputs, device: torch.device):
 LOOP_THREADS_PER_HEAD = int(os.environ.get('MYFLA_LOOP_THREADS_PER_HEAD', '2'))
 
 
+@compiler_disable      # recorded and replayed CUDA graphs (and the thread caps) are not for dynamo to trace
 def run_loop(name: str, body: Body, inputs: Inputs,
              outputs: Dict[str, Tuple[Sequence[int], torch.dtype]], device, recurrences: int = 0) -> Outputs:
     """``body(inputs, outs)`` with ``outs`` freshly allocated from ``outputs`` (name -> (shape, dtype)),
