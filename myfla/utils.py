@@ -227,27 +227,23 @@ def input_guard(
                     tensor = value
                     break
 
-        if tensor is not None:
-            device = tensor.device
-            ctx = custom_device_ctx(device.index)
-        else:
-            device = None
-            ctx = contextlib.nullcontext()
-
+        device = tensor.device if tensor is not None else None
         # the usual case (autocast off everywhere) settled by one C call, before the per-device query
         autocast = device is not None and any_autocast_enabled() and autocast_enabled(device.type)
-        if isinstance(ctx, contextlib.nullcontext):
-            # no device to switch to (CPU tensors, or the current CUDA device): no `with` block either,
-            # which torch.compile could not resume after a graph break inside ``fn`` (GatedDeltaNet's
-            # decoding failed so)
+        if device is None or not _switches_device(device.index):
+            # no device to switch to (CPU tensors, or the CUDA device current already): no `with`
+            # block either, which torch.compile could not resume after a graph break inside ``fn``
+            # (GatedDeltaNet's decoding failed so). Only booleans are decided before such a break:
+            # torch 2.2's dynamo resumed with the class nullcontext in place of an instance made
+            # earlier, and could not take isinstance() of one.
             if not autocast:
                 return fn(*contiguous_args, **contiguous_kwargs)
             with autocast_off_like_kernels(tensor):
                 return fn(*contiguous_args, **contiguous_kwargs)
         if not autocast:
-            with ctx:
+            with custom_device_ctx(device.index):
                 return fn(*contiguous_args, **contiguous_kwargs)
-        with ctx, autocast_off_like_kernels(tensor):
+        with custom_device_ctx(device.index), autocast_off_like_kernels(tensor):
             return fn(*contiguous_args, **contiguous_kwargs)
 
     return wrapper
@@ -513,13 +509,18 @@ autocast_custom_fwd = functools.partial(custom_fwd, device_type=device)
 autocast_custom_bwd = functools.partial(custom_bwd, device_type=device)
 
 
+def _switches_device(index: Optional[int]) -> bool:
+    """Whether ``custom_device_ctx(index)`` changes the current device (a CUDA device other than the
+    current one). Port-only: ``input_guard`` enters no ``with`` block otherwise."""
+    return index is not None and device == 'cuda' and index != torch.cuda.current_device()
+
+
 def custom_device_ctx(index: int):
     """The device context of CUDA device ``index``; a no-op for CPU tensors (index None), and (the
-    same effect as fla's switch) for the device that is current already: ``input_guard`` then enters
-    no ``with`` block, which torch.compile could not resume after a graph break inside.
+    same effect as fla's switch) for the device that is current already.
 
     Source: fla/utils.py:L459-L467 (fla 0.4.0)
     """
-    if index is None or device != 'cuda' or index == torch.cuda.current_device():
+    if not _switches_device(index):
         return contextlib.nullcontext()
     return torch.cuda.device(index)
