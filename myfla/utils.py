@@ -228,8 +228,7 @@ def input_guard(
                     break
 
         device = tensor.device if tensor is not None else None
-        # the usual case (autocast off everywhere) settled by one C call, before the per-device query
-        autocast = device is not None and any_autocast_enabled() and autocast_enabled(device.type)
+        autocast = device is not None and autocast_enabled(device.type)    # one C call when off everywhere
         if device is None or not _switches_device(device.index):
             # no device to switch to (CPU tensors, or the CUDA device current already): no `with`
             # block either, which torch.compile could not resume after a graph break inside ``fn``

@@ -68,6 +68,23 @@ else:
     CacheLayerMixin = object
 
 
+def _map_layer_state(state: Optional[Dict[str, Any]], fn) -> None:
+    """Replace each state of one layer's dict (``recurrent_state``, ``attn_state``, ``conv_state``,
+    ``ffn_state``; a tuple of tensors for the tuple-valued ones) by ``fn`` of it, in place: the body of
+    fla's ``FLALayer._map_state``, shared with ``LegacyFLACache``'s beam-search transformations.
+    (Port-only.)"""
+    if state is None:
+        return
+    for key in ("recurrent_state", "attn_state", "conv_state", "ffn_state"):
+        value = state.get(key, None)
+        if value is None:
+            continue
+        if isinstance(value, (tuple, list)):
+            state[key] = tuple(fn(t) for t in value)
+        else:
+            state[key] = fn(value)
+
+
 class FLALayer(CacheLayerMixin):
     """One layer's state dict (recurrent / attention / conv / ffn state) for :class:`FLACache`.
 
@@ -181,16 +198,7 @@ class FLALayer(CacheLayerMixin):
         return 0, 0
 
     def _map_state(self, fn) -> None:
-        if self.state is None:
-            return
-        for key in ("recurrent_state", "attn_state", "conv_state", "ffn_state"):
-            value = self.state.get(key, None)
-            if value is None:
-                continue
-            if isinstance(value, (tuple, list)):
-                self.state[key] = tuple(fn(t) for t in value)
-            else:
-                self.state[key] = fn(value)
+        _map_layer_state(self.state, fn)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Keep the batch rows ``beam_idx`` of every state, in that order (beam search).
@@ -322,11 +330,7 @@ class LegacyFLACache(HFCacheBase):
 
     def _map_states(self, fn) -> None:
         for state in self.states:
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor):
-                    state[key] = fn(value)
-                elif isinstance(value, (tuple, list)):
-                    state[key] = type(value)(fn(t) for t in value)
+            _map_layer_state(state, fn)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Keep the batch rows ``beam_idx`` of every layer's states, in that order (beam search; a port

@@ -215,7 +215,8 @@ def _evict():
     and its buffers last handed out outside op passes within ``UNSCOPED_MAX_BYTES``; a dropped
     buffer still in use stays valid, its memory goes with its last user."""
     buffers = _pool.buffers
-    while (_pool.held.nbytes > MAX_BYTES or _process['nbytes'] > MAX_BYTES) and len(buffers) > 1:
+    # the process total includes this thread's bytes, so it bounds both
+    while _process['nbytes'] > MAX_BYTES and len(buffers) > 1:
         _drop(buffers.pop(0))
     if _pool.unscoped_nbytes > UNSCOPED_MAX_BYTES:
         dropped = set()
