@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from typing import Optional
 
 import torch
@@ -37,9 +38,9 @@ min_torch_compile_version = Version("3.11")
 fla_use_compile = os.getenv('FLA_USE_COMPILE', '1').lower() in ('1', 'true', 'yes')
 
 # fla compiles addcmul_bwd2 with torch.compile wherever Python allows it. The port compiles it only
-# on a CUDA device: on CPU, Inductor builds C++ for every new input shape (about 15 s for the first
-# call, 5 s per new shape, measured on this project's machine) to fuse a six-line reduction that
-# eager torch evaluates in microseconds, with the same numbers.
+# for CUDA tensors (``addcmul_bwd2``): on CPU, Inductor builds C++ for every new input shape (about
+# 15 s for the first call, 5 s per new shape, measured on this project's machine) to fuse a six-line
+# reduction that eager torch evaluates in microseconds, with the same numbers.
 if (current_python_version >= min_torch_compile_version and fla_use_compile and hasattr(torch, 'compile')
         and device == 'cuda'):
     # Source: fla/ops/rwkv7/fused_addcmul.py:L30-L33 (fla 0.4.0)
@@ -88,20 +89,54 @@ def addcmul_bwd1(d_xr, d_xw, d_xk, d_xv, d_xa, d_xg,
     return g_hiddn, g_delta.to(delta.dtype)
 
 
-@torch_compile
+def _addcmul_bwd2_eager(d_oxr, d_xw, d_xk, d_xv, d_xa, d_xg, delta, use_xg: bool):
+    """``addcmul_bwd2``'s sums in torch ops. The products are taken in the accumulation dtype, as the
+    code Inductor generates for fla's compiled function takes them (bf16 / fp16 inputs loaded into
+    fp32 registers), not rounded to the inputs' dtype first as eager torch would round them."""
+    acc = torch.promote_types(delta.dtype, torch.float32)
+    delta = delta.to(acc)
+    g_xr = (d_oxr.to(acc) * delta).sum(dim=(0, 1), keepdim=True)
+    g_xw = (d_xw.to(acc) * delta).sum(dim=(0, 1), keepdim=True)
+    g_xk = (d_xk.to(acc) * delta).sum(dim=(0, 1), keepdim=True)
+    g_xv = (d_xv.to(acc) * delta).sum(dim=(0, 1), keepdim=True)
+    g_xa = (d_xa.to(acc) * delta).sum(dim=(0, 1), keepdim=True)
+    g_xg = (d_xg.to(acc) * delta).sum(dim=(0, 1), keepdim=True) if use_xg else None
+    return g_xr, g_xw, g_xk, g_xv, g_xa, g_xg
+
+
+# fla's compiled function (the eager one itself where torch_compile is the identity); the devices
+# whose tensors it is given; and whether a compilation has failed, after which every call runs eagerly
+_addcmul_bwd2_compiled = torch_compile(_addcmul_bwd2_eager)
+COMPILED_DEVICES = ('cuda',)
+_compile_failed = [False]
+
+
 def addcmul_bwd2(d_oxr, d_xw, d_xk, d_xv, d_xa, d_xg, delta, use_xg: bool):
     """``dmu_i = sum_{B,T} dx_i * delta`` in fp32 (fp64 for fp64 inputs), ``[1, 1, D]`` each.
 
+    Compiled for CUDA tensors as fla compiles it (``torch.compile(fullgraph=True)``). Where the
+    compilation fails, the call and every later one run eagerly, with one warning: fla's call raises
+    instead, e.g. torch's ``FailOnRecompileLimitHit`` once one process has met the function with
+    more than dynamo's recompile limit (8) of dtype, device and gradient-mode combinations, or a GPU
+    machine without a working Triton, which Inductor needs for CUDA code (see the manifest deviation).
+
     Source: fla/ops/rwkv7/fused_addcmul.py:L204-L212 (fla 0.4.0)
     """
-    acc = torch.promote_types(delta.dtype, torch.float32)
-    g_xr = (d_oxr * delta).sum(dim=(0, 1), keepdim=True, dtype=acc)
-    g_xw = (d_xw * delta).sum(dim=(0, 1), keepdim=True, dtype=acc)
-    g_xk = (d_xk * delta).sum(dim=(0, 1), keepdim=True, dtype=acc)
-    g_xv = (d_xv * delta).sum(dim=(0, 1), keepdim=True, dtype=acc)
-    g_xa = (d_xa * delta).sum(dim=(0, 1), keepdim=True, dtype=acc)
-    g_xg = (d_xg * delta).sum(dim=(0, 1), keepdim=True, dtype=acc) if use_xg else None
-    return g_xr, g_xw, g_xk, g_xv, g_xa, g_xg
+    args = (d_oxr, d_xw, d_xk, d_xv, d_xa, d_xg, delta, use_xg)
+    if (_addcmul_bwd2_compiled is not _addcmul_bwd2_eager and delta.device.type in COMPILED_DEVICES
+            and not _compile_failed[0]):
+        try:
+            return _addcmul_bwd2_compiled(*args)
+        except Exception as err:                   # noqa: BLE001 - see below
+            # an error of the inputs' own raises again here, and compilation stays on
+            sums = _addcmul_bwd2_eager(*args)
+            _compile_failed[0] = True
+            cause = str(err).strip().splitlines()[0] if str(err).strip() else ''
+            warnings.warn(f"myfla: torch.compile of RWKV-7's addcmul_bwd2 failed ({type(err).__name__}: {cause}); "
+                          f"it runs eagerly from now on (the same sums)",
+                          RuntimeWarning, stacklevel=2)
+            return sums
+    return _addcmul_bwd2_eager(*args)
 
 
 class Rwkv7FusedAddcmul(torch.autograd.Function):
