@@ -4,7 +4,8 @@
 Every case runs in a fresh interpreter (the alias changes ``sys.modules`` and ``sys.meta_path``).
 A "real fla" is a stand-in package named ``fla`` on ``sys.path``. Whether it "can run" is
 ``myfla.alias.real_fla_can_run()`` (a ``triton`` package and a GPU), tested on its own in this process;
-the children that need a runnable fla set it to answer True (no child needs torch for that).
+the children set it to answer True or False where the case needs one (no child needs torch for that),
+so that the cases hold on a machine with a GPU too.
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ import pytest
 from myfla.alias import CAUSAL_CONV1D_SHIM_DIR, SHIM_DIR
 
 REPO = Path(__file__).resolve().parents[3]
-FAKE_GPU = "import myfla.alias\nmyfla.alias.real_fla_can_run = lambda: True\n"
+CAN_RUN = "import myfla.alias\nmyfla.alias.real_fla_can_run = lambda: {}\n"
 
 
-def run_child(code: str, *paths, env=None, check=True, fake_gpu=False) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter with ``paths`` (then the repository) as PYTHONPATH."""
+def run_child(code: str, *paths, env=None, check=True, fake_gpu=None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter with ``paths`` (then the repository) as PYTHONPATH;
+    ``fake_gpu`` True or False: a real fla there can run, or cannot (None: as this machine says)."""
     environ = {k: v for k, v in os.environ.items()
                if k not in ("PYTHONPATH", "MYFLA_AS_FLA", "MYFLA_AS_CAUSAL_CONV1D")}
     environ.update(env or {})
     environ["PYTHONPATH"] = os.pathsep.join([str(p) for p in paths] + [str(REPO)])
-    code = (FAKE_GPU if fake_gpu else "") + textwrap.dedent(code)
+    code = ("" if fake_gpu is None else CAN_RUN.format(fake_gpu)) + textwrap.dedent(code)
     proc = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
                           text=True, cwd=str(REPO), timeout=600)
     if check:
@@ -152,14 +154,14 @@ def test_real_fla_that_cannot_run_is_shadowed(real_fla):
         assert fla is myfla
         from myfla.alias import describe
         assert "is shadowed (it cannot run here)" in describe(), describe()
-        """, real_fla)
+        """, real_fla, fake_gpu=False)
 
 
 def test_install_after_a_real_fla_was_imported_is_refused(real_fla):
     proc = run_child("""
         import fla, myfla
         myfla.install_as_fla()
-        """, real_fla, check=False)
+        """, real_fla, check=False, fake_gpu=False)
     assert proc.returncode != 0
     assert "RuntimeError: a real fla is already imported from" in proc.stderr
     assert "call myfla.install_as_fla() before anything imports fla" in proc.stderr
@@ -188,7 +190,7 @@ def test_pythonpath_shim_modes(real_fla):
     check_myfla = "import fla, myfla\nassert fla is myfla\n"
     run_child(check_real, SHIM_DIR, real_fla, fake_gpu=True)                       # auto: fla can run
     run_child(check_myfla, SHIM_DIR, real_fla, env={"MYFLA_AS_FLA": "force"}, fake_gpu=True)
-    run_child(check_myfla, SHIM_DIR, real_fla)                                     # auto: fla cannot run
+    run_child(check_myfla, SHIM_DIR, real_fla, fake_gpu=False)                     # auto: fla cannot run
     run_child(check_real, SHIM_DIR, real_fla, env={"MYFLA_AS_FLA": "off"})
     off = run_child("import fla", SHIM_DIR, env={"MYFLA_AS_FLA": "off"}, check=False)
     assert "ModuleNotFoundError: No module named 'fla' (MYFLA_AS_FLA=off" in off.stderr

@@ -77,7 +77,11 @@ def _modeling_name(client):
 @pytest.fixture(scope="module", params=list(CLIENTS))
 def client(request):
     name = request.param
-    if importlib.util.find_spec(_modeling_name(name)) is None:   # found, not imported: the fixture imports it
+    try:                                  # found, not imported: the fixture imports it
+        found = importlib.util.find_spec(_modeling_name(name)) is not None
+    except ModuleNotFoundError:           # the model's package itself is missing (an older transformers)
+        found = False
+    if not found:
         pytest.skip(f"this transformers has no {CLIENTS[name][0]}")
     with fallback_and_myfla(_modeling_name(name)) as pair:
         yield name, pair

@@ -7,6 +7,8 @@ un-repeated (fla 0.5.0's GVA API), and the published short-convolution width 4."
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -137,8 +139,10 @@ def test_packed_row_without_seq_idx_mixes_sequences_in_the_conv(modeling):
         first, second = ours(**no_seq_idx, use_cache=False).logits.split([37, 70], 1)
         assert max_abs_diff(ours(seqs[0], use_cache=False).logits, first) < 1e-5
         assert max_abs_diff(ours(seqs[1], use_cache=False).logits, second) > 1e-3
-        with pytest.raises(ValueError, match="can't keep packed sequences apart without"):
-            ref(**batch, use_cache=False)
+        # transformers 5.24's kernel binding refuses such a row; 5.17's has no such check (it runs it)
+        if "can't keep packed sequences apart" in inspect.getsource(_hub):
+            with pytest.raises(ValueError, match="can't keep packed sequences apart without"):
+                ref(**batch, use_cache=False)
 
 
 @pytest.mark.parametrize("gva", [False, True], ids=["equal-heads", "gva"])
@@ -157,11 +161,14 @@ def test_packed_op_call_through_transformers_equals_separate_fallback_runs(model
         *ours[:3], g=ours[3], beta=ours[4], initial_state=ours[5], output_final_state=True,
         use_qk_l2norm_in_kernel=True, cu_seqlens=cu)
     refs = [x.clone().requires_grad_() for x in leaves]
+    # GVA's query and key heads, each shared by HV // H value heads, repeated for the fallback as
+    # transformers' layers before 5.24 repeat them (that fallback has no GVA)
+    q_ref, k_ref = (x.repeat_interleave(HV // H, dim=2) for x in refs[:2])
     outs, states = [], []
     for i in range(N):
         s, e = cu[i].item(), cu[i + 1].item()
         o_i, h_i = fallback.torch_chunk_gated_delta_rule(
-            *(x[:, s:e] for x in refs[:3]), g=refs[3][:, s:e], beta=refs[4][:, s:e],
+            *(x[:, s:e] for x in (q_ref, k_ref, refs[2])), g=refs[3][:, s:e], beta=refs[4][:, s:e],
             initial_state=refs[5][i:i + 1], output_final_state=True, use_qk_l2norm_in_kernel=True)
         outs.append(o_i)
         states.append(h_i)
