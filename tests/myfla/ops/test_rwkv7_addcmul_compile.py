@@ -11,7 +11,12 @@ generation) in place of the CUDA-only compiled function; on a GPU the real one i
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +150,32 @@ def test_cuda_backward_past_the_recompile_limit(monkeypatch):
             low = w.dtype in (torch.bfloat16, torch.float16)
             assert torch.allclose(w, h, rtol=torch.finfo(w.dtype).eps if low else 1e-5, atol=1e-6)
     torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_without_triton():
+    """A GPU machine without a working Triton (Inductor needs it for CUDA code): an RWKV-7 layer trains
+    on CUDA tensors, with one warning naming the failed compilation (fla's call raises TritonMissing)."""
+    if addcmul_mod._addcmul_bwd2_compiled is addcmul_mod._addcmul_bwd2_eager:
+        pytest.skip("addcmul_bwd2 is not compiled here (Python < 3.11 or FLA_USE_COMPILE=0)")
+    code = textwrap.dedent("""
+        import sys
+        sys.modules['triton'] = None                    # `import triton` raises ImportError
+        import warnings
+        import torch
+        from myfla.layers.rwkv7 import RWKV7Attention
+        torch.manual_seed(0)
+        layer = RWKV7Attention(hidden_size=64, head_dim=16, num_hidden_layers=2, layer_idx=1).cuda()
+        x = torch.randn(2, 50, 64, device='cuda', requires_grad=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            for _ in range(2):
+                layer(x, v_first=torch.randn(2, 50, 64, device='cuda'))[0].square().sum().backward()
+        assert torch.isfinite(x.grad).all()
+        print(sum("addcmul_bwd2 failed" in str(w.message) for w in caught))
+        """)
+    root = Path(__file__).resolve().parents[3]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root)] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == "1", proc.stdout
