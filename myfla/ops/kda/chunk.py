@@ -16,8 +16,6 @@ and restores the caller's setting afterwards. GPU code is unaffected.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from myfla._torch_compat import compiler_disable, dtype_itemsize
@@ -34,6 +32,7 @@ from myfla.ops.kda.chunk_intra import chunk_kda_bwd_intra, chunk_kda_fwd_intra
 from myfla.ops.kda.wy_fast import prepare_wy_repr_bwd, recompute_w_u_fwd
 from myfla.ops.utils.chunk_layout import get_chunk_layout
 from myfla.ops.utils.cumsum import chunk_local_cumsum
+from myfla.ops.utils.denormals import flush_denormal
 from myfla.ops.utils.gva import gva_groups, repeat_qk_heads, sum_qk_heads
 from myfla.ops.utils.save_budget import backward_may_run, caller_grad_mode, keeps
 from myfla.ops.utils.threads import chunk_call_threads
@@ -42,20 +41,6 @@ from myfla.ops.utils.workspace import standalone
 from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 
-def _flushes_denormals() -> bool:
-    """Whether the CPU currently flushes subnormal floats to zero (torch has no getter)."""
-    return torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item() == 0.0
-
-
-@contextlib.contextmanager
-def _flush_denormal():
-    """Flush subnormals to zero on CPU inside the block; restore the previous mode on exit."""
-    previous = _flushes_denormals()
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(previous)
 
 
 def chunk_kda_fwd(
@@ -296,7 +281,7 @@ class ChunkKDAFunction(torch.autograd.Function):
         q_v, k_v = repeat_qk_heads(q, groups), repeat_qk_heads(k, groups)
         # the forward's intermediates spare the backward its recompute where they fit (MYFLA_SAVE_MB)
         keep = backward_may_run(ctx) and keeps(_kept_bytes(q_v, k_v, v, cu_seqlens), device=v.device)
-        with _flush_denormal():
+        with flush_denormal():
             g, o, Aqk, Akk, final_state, kept = _kda_fwd_pass(
                 q=q_v,
                 k=k_v,
@@ -326,7 +311,7 @@ class ChunkKDAFunction(torch.autograd.Function):
     ):
         q, q_rstd, k, k_rstd, v, g, beta, Aqk, Akk, initial_state, cu_seqlens, *kept = ctx.saved_tensors
         groups = ctx.groups
-        with _flush_denormal():
+        with flush_denormal():
             dq, dk, dv, db, dg, dh0 = _kda_bwd_pass(
                 q=repeat_qk_heads(q, groups),
                 k=repeat_qk_heads(k, groups),

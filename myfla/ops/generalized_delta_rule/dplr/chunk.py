@@ -35,7 +35,6 @@ from myfla.ops.generalized_delta_rule.dplr.chunk_A_bwd import bwd_intra_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_A_fwd import intra_fwd_grid
 from myfla.ops.generalized_delta_rule.dplr.chunk_grid import (
     chunk_cumsum,
-    flush_denormal,
     from_grid,
     get_chunk_layout,
     grid_view,
@@ -49,6 +48,7 @@ from myfla.ops.generalized_delta_rule.dplr.chunk_o_fwd import fwd_o_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_bwd import bwd_wy_grid
 from myfla.ops.generalized_delta_rule.dplr.wy_fast_fwd import unit_lower_inverse_grid, wu_grid
 from myfla.ops.utils.chunk_layout import slab_chunk_heads
+from myfla.ops.utils.denormals import flush_denormal
 from myfla.ops.utils.index import check_varlen_inputs
 from myfla.ops.utils.save_budget import budget_bytes, keeps
 from myfla.ops.utils.threads import chunk_call_threads

@@ -15,7 +15,6 @@ grid's last row, as the kernels' masked loads and ``last_idx`` make it.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Optional
 
 import torch
@@ -25,7 +24,7 @@ from myfla.ops.utils.chunk_layout import ChunkLayout, get_chunk_layout
 
 __all__ = [
     'chunk_cumsum', 'grid_view', 'chunks_from_grid', 'chunks_to_grid', 'from_grid', 'to_grid', 'get_chunk_layout', 'ChunkLayout',
-    'flush_denormal', 'grid_layout', 'keep_lower_', 'keep_score_triangles_', 'rounding', 'strict_tril', 'tril',
+    'grid_layout', 'keep_lower_', 'keep_score_triangles_', 'rounding', 'strict_tril', 'tril',
 ]
 
 
@@ -130,20 +129,3 @@ def grid_layout(x: torch.Tensor, chunk_size: int, cu_seqlens: Optional[torch.Lon
     return get_chunk_layout(B, T, chunk_size, cu_seqlens, device=x.device)
 
 
-def _flushes_denormals() -> bool:
-    """Whether the CPU currently flushes subnormal floats to zero (torch has no getter)."""
-    return torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item() == 0.0
-
-
-@contextlib.contextmanager
-def flush_denormal():
-    """Flush subnormals to zero on CPU inside the block and restore the caller's mode on exit (as
-    ``myfla.ops.kda.chunk`` does): decayed states and their gradients pass through the subnormal
-    range, where x86 arithmetic is one to two orders of magnitude slower; values below 1.2e-38 are
-    far under fp32 rounding of the outputs. GPU code is unaffected."""
-    previous = _flushes_denormals()
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(previous)
