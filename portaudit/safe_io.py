@@ -17,6 +17,7 @@ fixture indexes, source files, cache entries) through :func:`read_regular`:
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -178,13 +179,23 @@ def replace_entry(path: PathLike, data: bytes) -> None:
 
 
 def resolved(path: PathLike, what: str = "path") -> Path:
-    """``Path(path).resolve()``, with a link loop (RuntimeError before Python 3.13) or an
-    unreadable component as one UsageError line."""
+    """``Path(path).resolve()``, with a link loop or an unreadable component as one UsageError
+    line. Before Python 3.13 ``resolve`` raises RuntimeError for a loop; from 3.13 it returns the
+    path where the loop starts, which ``stat`` then refuses with ELOOP."""
+    loop = f"{os.fspath(path)}: cannot resolve the {what}: a symbolic link loop"
     try:
-        return Path(path).expanduser().resolve()
-    except (RuntimeError, OSError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "a symbolic link loop"
+        result = Path(path).expanduser().resolve()
+    except RuntimeError:
+        raise UsageError(loop) from None
+    except OSError as exc:
+        reason = exc.strerror or "a symbolic link loop"
         raise UsageError(f"{os.fspath(path)}: cannot resolve the {what}: {reason}") from None
+    try:
+        os.stat(result)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(loop) from None
+    return result
 
 
 def same_file(a: PathLike, b: PathLike) -> bool:

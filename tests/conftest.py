@@ -4,7 +4,8 @@ threads of pytest-xdist workers.
 The myfla tests also run in the runtime-floor environment (torch 1.13, no portaudit; see
 tools/check_runtime_floor.sh). There portaudit, which fetches fla's reference code, is not
 installed: a test or test module that needs it is skipped with the reason below instead of failing
-to import, and everything else runs.
+to import, and everything else runs. Likewise portaudit's tests run on other Pythons without torch
+(tools/check_python_versions.sh): a test module that imports torch or myfla is skipped there.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+try:
+    import torch
+except ModuleNotFoundError:          # portaudit's tests on another Python, without torch
+    torch = None
 
 FLA_040 = ["fla-core==0.4.0", "flash-linear-attention==0.4.0"]
 FLA_060 = ["fla-core==0.6.0", "flash-linear-attention==0.6.0"]
@@ -38,6 +43,23 @@ class _SkipWithoutPortaudit(importlib.abc.MetaPathFinder):
 if importlib.util.find_spec("portaudit") is None:
     sys.meta_path.append(_SkipWithoutPortaudit())
 
+NO_TORCH = ("needs torch (myfla, the numerics); not installed in this environment (portaudit's tests "
+            "on another Python, tools/check_python_versions.sh)")
+
+
+class _SkipWithoutTorch(importlib.abc.MetaPathFinder):
+    """First on sys.meta_path where torch is not installed: a test module importing torch, myfla or
+    the shared numerics helpers is skipped instead of failing to import."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in ("torch", "myfla") or fullname == "tests.numerics":
+            pytest.skip(NO_TORCH, allow_module_level=True)
+        return None
+
+
+if torch is None:
+    sys.meta_path.insert(0, _SkipWithoutTorch())
+
 
 def _available_cores() -> int:
     try:
@@ -53,7 +75,7 @@ def pytest_configure(config):
     suite took 730 s instead of 148 s on 2 cores). Subprocesses that tests start inherit the
     setting through OMP_NUM_THREADS / MKL_NUM_THREADS unless those are set already."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
-    if not hasattr(config, "workerinput") or workers < 1:
+    if not hasattr(config, "workerinput") or workers < 1 or torch is None:
         return
     per_worker = max(1, _available_cores() // workers)
     torch.set_num_threads(min(torch.get_num_threads(), per_worker))
@@ -84,6 +106,9 @@ def fla060_root() -> Path:
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
+    if torch is None:
+        yield
+        return
     torch.manual_seed(0)
     # every test measures small work afresh (myfla.ops.utils.threads keeps per-thread choices)
     from myfla.ops.utils import threads

@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any, Callable, Iterable, Optional
 
 from portaudit.errors import UsageError
+from portaudit.static.unparse import unparse
 
 # Imports that cannot work without a GPU toolchain or would import the upstream package itself.
 _SKIPPED_IMPORT_ROOTS = {"triton"}
@@ -128,7 +129,7 @@ def _default_value(node: ast.expr) -> Any:
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return SourceDefault(ast.unparse(node))
+        return SourceDefault(unparse(node))
 
 
 def _module_file(root: Path, module: str) -> Optional[Path]:

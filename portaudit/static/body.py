@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from portaudit.static.index.model import Definition, ImportRef, ModuleInfo
+from portaudit.static.unparse import unparse
 
 _MAX_SHIM_HOPS = 5
 
@@ -180,7 +181,7 @@ def canonical_text(body_src: str, scope: Scope, params: tuple = (),
             if spelled is not None:
                 node.id = spelled
         node.id = rename(node.id)
-    return ast.unparse(tree), frozenset(used)
+    return unparse(tree), frozenset(used)
 
 
 def canonical(d: Definition, scope: Scope, renames: Optional[Mapping[str, str]] = None) -> Optional[Canonical]:

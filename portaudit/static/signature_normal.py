@@ -17,6 +17,7 @@ import ast
 from typing import Callable, Optional
 
 from portaudit.static.index.model import CONSTANT, ModuleInfo
+from portaudit.static.unparse import unparse
 
 Spell = Callable[[str], Optional[str]]   # a module-level name -> its canonical dotted spelling
 
@@ -97,7 +98,7 @@ class _TypeForm(ast.NodeTransformer):
         members: dict[str, ast.expr] = {}
         for p in parts:
             for m in self._members(p):
-                members.setdefault(ast.unparse(m), m)
+                members.setdefault(unparse(m), m)
         keys = sorted(members, key=lambda k: (k == "None", k))
         node = members[keys[0]]
         for k in keys[1:]:
@@ -112,7 +113,7 @@ def canonical_annotation(text: Optional[str], spell: Spell) -> Optional[str]:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
         return text
-    return ast.unparse(_TypeForm(spell).visit(tree.body))
+    return unparse(_TypeForm(spell).visit(tree.body))
 
 
 def constant_value(index, info: ModuleInfo, name: str, depth: int = 0) -> Optional[str]:

@@ -120,7 +120,9 @@ _NESTING_WORDS = frozenset(("and", "or", "not", "if", "else", "lambda", "await",
 
 
 def _tokens(text: str):
-    return tokenize.generate_tokens(io.StringIO(text).readline)
+    # universal newlines: a lone CR ends a line, as Python itself reads it (Python 3.12's tokenizer
+    # refuses a CR inside a line, which is what a CR-only file would otherwise be)
+    return tokenize.generate_tokens(io.StringIO(text, newline=None).readline)
 
 
 def check_parse_limits(text: str, path: str) -> None:
@@ -135,6 +137,7 @@ def check_parse_limits(text: str, path: str) -> None:
     count = 0
     stack = [0]        # per open bracket: levels chained since its last comma
     total = 0          # sum(stack)
+    opened = []        # (bracket, line) of each open bracket
     prev_string = False
     try:
         for tok in _tokens(text):
@@ -153,9 +156,11 @@ def check_parse_limits(text: str, path: str) -> None:
                 stack[-1] += 1
                 total += 1
                 stack.append(0)
+                opened.append((s, tok.start[0]))
             elif kind == tokenize.OP and s in _CLOSE:
                 if len(stack) > 1:
                     total -= stack.pop()
+                    opened.pop()
             elif kind == tokenize.OP and s in _SIBLING:
                 total -= stack[-1]
                 stack[-1] = 0
@@ -171,6 +176,11 @@ def check_parse_limits(text: str, path: str) -> None:
         msg = exc.args[0] if exc.args else str(exc)
         line = exc.args[1][0] if isinstance(exc, tokenize.TokenError) and len(exc.args) > 1 else \
             getattr(exc, "lineno", None)
+        if isinstance(exc, tokenize.TokenError) and "multi-line statement" in msg and opened:
+            # the end of the file inside brackets (Python versions name different lines for it):
+            # name the bracket that is never closed
+            bracket, line = opened[-1]
+            msg = f"'{bracket}' never closed"
         raise SourceError(f"{path}:{line or 1}: cannot tokenize the source: {msg}") from None
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 from typing import List, Optional
 
+from portaudit.static.unparse import unparse
+
 # PEP 585 builtin generics and their typing aliases (collections.abc ones keep their own names).
 _BUILTIN_ALIASES = {"tuple": "Tuple", "list": "List", "dict": "Dict", "set": "Set",
                     "frozenset": "FrozenSet", "type": "Type"}
@@ -23,7 +25,7 @@ class _Canonical(ast.NodeTransformer):
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
         self.generic_visit(node)
-        text = ast.unparse(node)
+        text = unparse(node)
         for prefix in _TYPING_PREFIXES:
             if text.startswith(prefix) and "." not in text[len(prefix):]:
                 return ast.Name(id=text[len(prefix):], ctx=ast.Load())
@@ -56,7 +58,7 @@ def _members(node: ast.AST) -> List[ast.AST]:
 
 
 def _union(members: List[ast.AST]) -> ast.AST:
-    flat = {ast.unparse(m): m for e in members for m in _members(e)}
+    flat = {unparse(m): m for e in members for m in _members(e)}
     ordered = [flat[k] for k in sorted(flat)]
     if len(ordered) == 1:
         return ordered[0]
@@ -75,7 +77,7 @@ def canonical_annotation(text: Optional[str]) -> Optional[str]:
         tree = ast.parse(source, mode="eval")
     except SyntaxError:
         return " ".join(text.split())
-    return ast.unparse(_Canonical().visit(tree))
+    return unparse(_Canonical().visit(tree))
 
 
 def same_annotation(upstream: Optional[str], port: Optional[str]) -> bool:

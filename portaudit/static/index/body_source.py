@@ -1,8 +1,9 @@
 """The normalised source of every definition's body, read with :mod:`ast` (nothing is executed).
 
 This is the first half of body comparison (the second, naming and renames, is
-:mod:`portaudit.static.body`): each definition is re-printed by ``ast.unparse`` with docstrings
-removed, so comments, formatting, quoting and line breaks no longer count. The text is valid
+:mod:`portaudit.static.body`): each definition is re-printed by ``ast.unparse`` (through
+``portaudit.static.unparse``, the same text on Python 3.10 as on 3.11) with docstrings removed, so
+comments, formatting, quoting and line breaks no longer count. The text is valid
 Python, with the definition's own name replaced by ``_``:
 
 * functions, methods and kernels: their decorators and body as ``def _():`` (the parameters are
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from portaudit.static.index.model import ImportRef
+from portaudit.static.unparse import unparse
 
 # separates the variants of a name defined more than once (a statement, so the text stays Python)
 VARIANT_SEPARATOR = "..."
@@ -79,7 +81,7 @@ def _body(stmts: list[ast.stmt]) -> list[ast.stmt]:
 
 def _text(node: ast.stmt) -> str:
     _strip_docstrings(node)
-    return ast.unparse(node)
+    return unparse(node)
 
 
 def function_text(node) -> str:

@@ -15,6 +15,7 @@ from portaudit.static.source import SourceError, check_parse_limits, decode_sour
 from portaudit.static.index.model import (AUTOGRAD, CLASS, CONSTANT, FUNCTION, KERNEL, KEYWORD_ONLY, METHOD,
                                           NN_MODULE, POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD, VAR_KEYWORD,
                                           VAR_POSITIONAL, BodyFacts, Definition, ImportRef, ModuleInfo, Param)
+from portaudit.static.unparse import unparse
 
 MARKER_RE = re.compile(
     r"\b(TODO|FIXME|XXX|HACK|placeholder|simplified|simplification|MVP|stub|not implemented)\b",
@@ -63,7 +64,7 @@ def normalize_source(src: str) -> str:
     """Source of an expression in canonical form (quotes, spacing, parentheses) for comparisons."""
     text = src.strip()
     try:
-        return ast.unparse(ast.parse(text, mode="eval"))
+        return unparse(ast.parse(text, mode="eval"))
     except SyntaxError:
         return " ".join(text.split())
 
