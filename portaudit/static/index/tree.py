@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -30,11 +31,14 @@ INDEX_FORMAT = 8  # bump when the cached shape (the classes in model.py) changes
 
 
 def _parser_key() -> str:
-    """Cache entries are tied to the parser's own source, so a changed parser never reads stale data."""
-    h = hashlib.sha256(str(INDEX_FORMAT).encode())
+    """Cache entries are tied to the parser's own source, so a changed parser never reads stale data,
+    and to the Python minor version, whose ``ast`` prints a few constructs differently
+    (``portaudit.static.unparse``)."""
+    h = hashlib.sha256(f"{INDEX_FORMAT}:{sys.version_info[0]}.{sys.version_info[1]}".encode())
     here = Path(__file__).resolve().parent
     for path in (here / "model.py", here / "tree.py", here / "parse.py", here / "cache.py",
-                 here / "body_source.py", here.parent / "citations.py", here.parent / "source.py"):
+                 here / "body_source.py", here.parent / "citations.py", here.parent / "source.py",
+                 here.parent / "unparse.py"):
         try:
             h.update(path.read_bytes())
         except OSError:
