@@ -40,20 +40,32 @@ def _slow_pip_env(tmp_path):
             "OMP_NUM_THREADS": "1"}
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_during_a_fetch_cleans_up_and_exits_128_plus_signal(tmp_path, sig, code):
+def _start_slow_fetch(tmp_path, dispositions):
+    """``portaudit check`` stuck in a fetch (a fake pip that sleeps), started with the given signal
+    dispositions (``{signal: handler}``, set in the child before it runs: a shell's background job
+    hands its children SIGINT ignored, as CI runs some stages); returns it and its cache once the
+    fetch's temporary folders exist."""
     (tmp_path / "m.yaml").write_text(manifest_text(["up.a.f"]))
     env = dict(os.environ, **_slow_pip_env(tmp_path))
     cache = tmp_path / "cache"
+
+    def set_dispositions():
+        for sig, handler in dispositions.items():
+            signal.signal(sig, handler)
+
     proc = subprocess.Popen([sys.executable, "-m", "portaudit", "check", "-m", str(tmp_path / "m.yaml"),
                              "--port-path", str(tmp_path), "--cache-dir", str(cache), "--no-progress"],
                             cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=set_dispositions)
     deadline = time.monotonic() + 120
     while not (tmp_path / "started").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
     assert any((cache / "trees").glob(".partial-*")) and any(cache.glob(".dl-*"))   # temp dirs exist now
+    return proc, cache
+
+
+def _interrupt(proc, cache, sig, code):
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
@@ -61,6 +73,22 @@ def test_signal_during_a_fetch_cleans_up_and_exits_128_plus_signal(tmp_path, sig
     assert proc.returncode == code, err
     assert lines == [f"portaudit: interrupted ({signal.Signals(sig).name})"], err
     assert not list((cache / "trees").glob(".partial-*")) and not list(cache.glob(".dl-*"))
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_a_fetch_cleans_up_and_exits_128_plus_signal(tmp_path, sig, code):
+    proc, cache = _start_slow_fetch(tmp_path, {sig: signal.SIG_DFL})
+    _interrupt(proc, cache, sig, code)
+
+
+def test_ignored_sigint_stays_ignored(tmp_path):
+    """A process started with SIGINT ignored (a background job of a shell without job control, nohup)
+    keeps ignoring Ctrl-C, as the shell asked; SIGTERM still interrupts it cleanly."""
+    proc, cache = _start_slow_fetch(tmp_path, {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_DFL})
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert proc.poll() is None, proc.communicate()
+    _interrupt(proc, cache, signal.SIGTERM, 143)
 
 
 def test_closed_stdout_is_quiet_exit_141():
