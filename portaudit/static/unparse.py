@@ -7,12 +7,12 @@ parentheses (``(a, b) = f(x)``, ``for (i, x) in ...``), 3.11 and later without (
 and a lambda without parameters as ``lambda : x`` (3.11: ``lambda: x``); on fla 0.4.0, 962 of its
 2077 definitions printed differently. On 3.10 the printer below prints these two as 3.11 does (a
 tuple bare where a bare tuple binds loosest: the targets of an assignment, a ``for`` loop or a
-comprehension); everything else is Python's own printer. With it, every definition of fla 0.4.0
-and 0.6.0 prints the same on 3.10, 3.11 and 3.13 but two: two differences remain. A subscript with a
-starred element, ``x[(a, *b)]``, which 3.11 prints ``x[a, *b]`` (syntax 3.10 cannot read back); and
-f-strings with quotes inside their replacement fields, whose outer quotes Python 3.12 and later
-choose differently (``f"{', '.join(x)}"`` on 3.11, ``f'{', '.join(x)}'`` from 3.12: 2 of fla 0.6.0's
-3319 definitions, 2% of those of torch's ``_inductor``).
+comprehension); everything else is Python's own printer. With it, all of fla 0.4.0's definitions
+print the same on 3.10, 3.11 and 3.13, and all of fla 0.6.0's but two. Two differences remain: a
+subscript with a starred element, ``x[(a, *b)]``, which 3.11 prints ``x[a, *b]`` (syntax 3.10 cannot
+read back); and f-strings with quotes inside their replacement fields, whose outer quotes Python
+3.12 and later choose differently (``f"{', '.join(x)}"`` on 3.11, ``f'{', '.join(x)}'`` from 3.12:
+those 2 of fla 0.6.0's 3319 definitions, 2% of those of torch's ``_inductor``).
 """
 
 from __future__ import annotations

@@ -41,8 +41,6 @@ from myfla.ops.utils.workspace import standalone
 from myfla.utils import accumulation_dtype, autocast_custom_bwd, autocast_custom_fwd, input_guard
 
 
-
-
 def chunk_kda_fwd(
     q: torch.Tensor,
     k: torch.Tensor,

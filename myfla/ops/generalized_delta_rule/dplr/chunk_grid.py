@@ -127,5 +127,3 @@ def grid_layout(x: torch.Tensor, chunk_size: int, cu_seqlens: Optional[torch.Lon
     """The chunk layout of a ``[B, T, H, ...]`` tensor."""
     B, T = x.shape[:2]
     return get_chunk_layout(B, T, chunk_size, cu_seqlens, device=x.device)
-
-
