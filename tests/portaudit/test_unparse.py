@@ -1,8 +1,9 @@
 """``portaudit.static.unparse`` prints the same text on every Python portaudit supports: canonical
 bodies and their fingerprints (which key findings in a gate's baseline) must not change with the
 Python that runs the audit. Python 3.10's ``ast.unparse`` printed tuple targets in parentheses and
-``lambda : x`` (962 of fla 0.4.0's 2077 definitions differed from 3.11's text). The expected texts
-are 3.11's; CI runs this file on Python 3.10 and 3.13 too (tools/check_python_versions.sh)."""
+``lambda : x`` (962 of fla 0.4.0's 2077 definitions differed from 3.11's text), 3.12's f-strings
+with other quotes. The expected texts are 3.11's; CI runs this file on Python 3.10 and 3.13 too
+(tools/check_python_versions.sh)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ CASES = [
     ("y = x[a, b]", "y = x[a, b]"),
     ("y = x[(a, b), c]", "y = x[(a, b), c]"),
     ("s = f'{a!r:>{w}}'", "s = f'{a!r:>{w}}'"),
+    ("s = f\"{', '.join(x)}\"", "s = f\"{', '.join(x)}\""),
+    ("s = f\"{x['k']}: {y!s}\\n\"", "s = f\"{x['k']}: {y!s}\\n\""),
+    ("s = f'{x}'", "s = f'{x}'"),
     ("t = a if b else (c, d)", "t = a if b else (c, d)"),
     ("del a, b", "del a, b"),
     ("with f() as (a, b):\n    pass", "with f() as (a, b):\n    pass"),
