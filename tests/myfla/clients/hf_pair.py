@@ -214,6 +214,17 @@ def assert_packed_step_equals_separate_runs(ref, ours, seqs, conv_weight: str, r
     assert any(conv_weight in n for n in grads)
 
 
+def hub_kernels_or_skip(package: str = "fla"):
+    """transformers' ``hub_kernels`` module, or a module-level skip where this transformers binds
+    ``package`` only when CUDA is available (before 5: tools/probe_transformers_457.py)."""
+    import pytest
+    hub = pytest.importorskip("transformers.integrations.hub_kernels")
+    if not hasattr(hub, "use_kernel_func_from_hub_with_fallback"):
+        pytest.skip(f"transformers < 5 binds {package} only when CUDA is available (tools/probe_transformers_457.py)",
+                    allow_module_level=True)
+    return hub
+
+
 @contextlib.contextmanager
 def recorded_keywords(module, names):
     """Record the keyword names a modeling module passes to its fla-backed functions (before
@@ -246,6 +257,24 @@ def upstream_parameters(root, relpath: str, function: str):
             a = node.args
             return {p.arg for p in a.posonlyargs + a.args + a.kwonlyargs}
     raise LookupError(f"{relpath} defines no {function}")
+
+
+def assert_no_keyword_dropped(model, served, ops, fla060_root, vocab: int):
+    """Serve a packed row and a short generation through ``model`` (built from the modeling module
+    ``served``, bound to myfla) and check that every keyword transformers passes to each of ``ops``
+    (wrapper name -> (fla file, fla function, myfla function)) that fla 0.6.0's function accepts is
+    one myfla's accepts too. Returns the keywords seen per wrapper."""
+    import inspect
+    ids, _, packing = packed_inputs([torch.randint(3, vocab, (1, n)) for n in (30, 50)])
+    with recorded_keywords(served, list(ops)) as seen, torch.no_grad():
+        model(ids, use_cache=False, **packing)
+        model.generate(ids[:, :20], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    for name, (relpath, function, ours_fn) in ops.items():
+        assert seen[name], f"{name} was not called"
+        upstream = upstream_parameters(fla060_root, relpath, function)
+        dropped = (seen[name] & upstream) - set(inspect.signature(ours_fn).parameters)
+        assert not dropped, f"{function}: transformers passes {sorted(dropped)}, myfla would drop them"
+    return seen
 
 
 def assert_trains_under_bf16_autocast(model, vocab: int) -> None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-_hub = pytest.importorskip("transformers.integrations.hub_kernels")
-if not hasattr(_hub, "use_kernel_func_from_hub_with_fallback"):
-    pytest.skip("transformers < 5 binds causal_conv1d only when CUDA is available", allow_module_level=True)
+from tests.myfla.clients.hf_pair import hub_kernels_or_skip
+
+_hub = hub_kernels_or_skip("causal_conv1d")
 
 from myfla.modules import causal_conv1d_package  # noqa: E402
 from tests.myfla.clients.hf_pair import bound_implementation, fallback_and_myfla  # noqa: E402

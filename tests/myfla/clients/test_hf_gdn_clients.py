@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 
 import pytest
 import torch
 
-_hub = pytest.importorskip("transformers.integrations.hub_kernels")
-if not hasattr(_hub, "use_kernel_func_from_hub_with_fallback"):
-    pytest.skip("transformers < 5 binds fla only when CUDA is available (tools/probe_transformers_457.py)",
-                allow_module_level=True)
+from tests.myfla.clients.hf_pair import hub_kernels_or_skip
+
+_hub = hub_kernels_or_skip()
 
 import myfla.ops.gated_delta_rule as gdn_ops  # noqa: E402
 from tests.myfla.clients.hf_pair import (  # noqa: E402
+    assert_no_keyword_dropped,
     assert_bf16_model_as_accurate_as_fallback,
     assert_greedy_generation_matches_fallback,
     assert_generates_alike_under_inference_mode,
@@ -32,9 +31,6 @@ from tests.myfla.clients.hf_pair import (  # noqa: E402
     bound_implementation,
     copy_weights,
     fallback_and_myfla,
-    packed_inputs,
-    recorded_keywords,
-    upstream_parameters,
 )
 
 VOCAB = 97
@@ -130,15 +126,7 @@ def test_no_argument_transformers_passes_is_dropped(client, fla060_root):
     parameter."""
     _, (_, served) = client
     _, ours = make_pair(client)
-    ids, _, packing = packed_inputs([torch.randint(3, VOCAB, (1, n)) for n in (30, 50)])
-    with recorded_keywords(served, list(OPS)) as seen, torch.no_grad():
-        ours(ids, use_cache=False, **packing)
-        ours.generate(ids[:, :20], max_new_tokens=3, do_sample=False, pad_token_id=0)
-    for name, (relpath, function, ours_fn) in OPS.items():
-        assert seen[name], f"{name} was not called"
-        upstream = upstream_parameters(fla060_root, relpath, function)
-        dropped = (seen[name] & upstream) - set(inspect.signature(ours_fn).parameters)
-        assert not dropped, f"{function}: transformers passes {sorted(dropped)}, myfla would drop them"
+    seen = assert_no_keyword_dropped(ours, served, OPS, fla060_root, VOCAB)
     assert "cu_seqlens" in seen["torch_chunk_gated_delta_rule"]
 
 

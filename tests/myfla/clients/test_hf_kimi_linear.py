@@ -14,14 +14,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-_hub = pytest.importorskip("transformers.integrations.hub_kernels")
-if not hasattr(_hub, "use_kernel_func_from_hub_with_fallback"):
-    pytest.skip("transformers < 5 binds fla only when CUDA is available (tools/probe_transformers_457.py)",
-                allow_module_level=True)
+from tests.myfla.clients.hf_pair import hub_kernels_or_skip
+
+_hub = hub_kernels_or_skip()
 pytest.importorskip("transformers.models.kimi_linear")
 
 import myfla.ops.kda as kda_ops  # noqa: E402
 from tests.myfla.clients.hf_pair import (  # noqa: E402
+    assert_no_keyword_dropped,
     assert_packed_step_equals_separate_runs,
     assert_bf16_model_as_accurate_as_fallback,
     assert_greedy_generation_matches_fallback,
@@ -34,10 +34,7 @@ from tests.myfla.clients.hf_pair import (  # noqa: E402
     collate_packed,
     imported_before_the_alias,
     max_abs_diff,
-    packed_inputs,
-    recorded_keywords,
     rms_ratio,
-    upstream_parameters,
 )
 from tests.numerics import assert_rms  # noqa: E402
 
@@ -80,21 +77,12 @@ def test_no_argument_transformers_passes_is_dropped(modeling, fla060_root):
     myfla lacked would vanish silently. Every keyword Kimi Linear passes (training forward with a
     packed row, prefill and decode) that a current fla (0.6.0) accepts must be a myfla parameter.
     (``cu_seq_lens_q`` is passed and dropped: no fla release names it.)"""
-    import inspect
     _, served = modeling
     ops = {"chunk_kimi_delta_attention": ("fla/ops/kda/chunk.py", "chunk_kda", kda_ops.chunk_kda),
            "recurrent_kimi_delta_attention": ("fla/ops/kda/fused_recurrent.py", "fused_recurrent_kda",
                                               kda_ops.fused_recurrent_kda)}
     _, ours = make_pair(modeling)
-    ids, _, packing = packed_inputs([torch.randint(3, VOCAB, (1, n)) for n in (30, 50)])
-    with recorded_keywords(served, list(ops)) as seen, torch.no_grad():
-        ours(ids, use_cache=False, **packing)
-        ours.generate(ids[:, :20], max_new_tokens=3, do_sample=False, pad_token_id=0)
-    for name, (relpath, function, ours_fn) in ops.items():
-        assert seen[name], f"{name} was not called"
-        upstream = upstream_parameters(fla060_root, relpath, function)
-        dropped = (seen[name] & upstream) - set(inspect.signature(ours_fn).parameters)
-        assert not dropped, f"{function}: transformers passes {sorted(dropped)}, myfla would drop them"
+    seen = assert_no_keyword_dropped(ours, served, ops, fla060_root, VOCAB)
     assert "cu_seq_lens_q" in seen["chunk_kimi_delta_attention"]
 
 
