@@ -6,6 +6,9 @@ keys such as ``PA201:fla.ops.kda.chunk.chunk_kda:scale``) and the minimum comple
 * an open finding whose key is not accepted is a regression, except on a symbol the baseline
   accepted as missing (PA101/PA102/PA105): a symbol that did not exist may arrive with findings;
 * completeness below ``min_percent`` is a regression;
+* a symbol the baseline's manifest listed that the manifest no longer lists is a regression (the
+  contract shrank: deleting an entry must not be a way to pass); schema 1 baselines, which record no
+  symbols, compare the number of symbols;
 * accepted keys that no longer occur are reported as fixed: ``--update-baseline`` tightens the
   ratchet. Updating refuses to lower completeness or to accept new findings unless forced.
 
@@ -28,7 +31,8 @@ from portaudit.static.findings import BASELINE, OPEN
 from portaudit.static.manifest import manifest_name_problem
 from portaudit.static.results import ManifestResult
 
-SCHEMA = "portaudit.baseline/1"
+SCHEMA = "portaudit.baseline/2"       # /2 adds "symbols": the manifest's entries when it was recorded
+OLD_SCHEMAS = ("portaudit.baseline/1",)
 MISSING_CODES = ("PA101", "PA102", "PA105")
 EPS = 1e-9
 MAX_BASELINE_BYTES = 16 << 20
@@ -43,6 +47,7 @@ class Baseline:
     total: int = 0
     path: Optional[Path] = None
     exists: bool = False
+    symbols: Optional[list[str]] = None   # the manifest's entries when recorded (None: a schema 1 file)
 
     @property
     def missing_symbols(self) -> set[str]:
@@ -62,16 +67,29 @@ class GateResult:
     regressions: list[str] = field(default_factory=list)     # keys of new findings
     fixed: list[str] = field(default_factory=list)           # accepted keys that are gone
     completeness_drop: bool = False
+    dropped: list[str] = field(default_factory=list)         # baseline symbols the manifest no longer lists
+    total: int = 0                                           # symbols the manifest lists now
+
+    @property
+    def shrank(self) -> Optional[str]:
+        """Why the contract is smaller than the baseline's (None when it is not)."""
+        if self.dropped:
+            shown = ", ".join(self.dropped[:3]) + (f" and {len(self.dropped) - 3} more" if len(self.dropped) > 3 else "")
+            return f"{len(self.dropped)} symbol(s) of the baseline no longer listed in the manifest ({shown})"
+        if self.baseline.symbols is None and self.total < self.baseline.total:
+            return f"the manifest lists {self.total} symbols, the baseline {self.baseline.total}"
+        return None
 
     @property
     def ok(self) -> bool:
-        return not self.regressions and not self.completeness_drop
+        return not self.regressions and not self.completeness_drop and self.shrank is None
 
     def to_dict(self) -> dict:
         return {"manifest": self.manifest, "ok": self.ok, "baseline": str(self.baseline.path or ""),
                 "baseline_exists": self.baseline.exists, "min_percent": self.baseline.min_percent,
                 "percent": round(self.percent, 2), "completeness_drop": self.completeness_drop,
-                "regressions": self.regressions, "fixed": self.fixed}
+                "regressions": self.regressions, "fixed": self.fixed, "dropped_symbols": self.dropped,
+                "shrank": self.shrank}
 
 
 def baseline_path(location: Path, manifest_name: str) -> Path:
@@ -84,7 +102,7 @@ def baseline_path(location: Path, manifest_name: str) -> Path:
     return location / f"{manifest_name}.json"
 
 
-_KEYS = {"schema", "manifest", "min_percent", "passed", "total", "accepted"}
+_KEYS = {"schema", "manifest", "min_percent", "passed", "total", "accepted", "symbols"}
 
 
 def _unique(pairs: list) -> dict:
@@ -121,8 +139,9 @@ def load_baseline(location: Path, manifest_name: str) -> Baseline:
         unknown = sorted(set(data) - _KEYS)
         if unknown:
             raise ValueError(f"unknown key '{unknown[0]}'")
-        if data.get("schema") != SCHEMA:
-            raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+        schema = data.get("schema")
+        if schema != SCHEMA and schema not in OLD_SCHEMAS:
+            raise ValueError(f"schema is {schema!r}, expected {SCHEMA!r}")
         owner = data.get("manifest", manifest_name)
         if owner != manifest_name:
             raise ValueError(f"it is the baseline of manifest {owner!r}, not {manifest_name!r}")
@@ -136,8 +155,17 @@ def load_baseline(location: Path, manifest_name: str) -> Baseline:
         passed, total = _count(data, "passed"), _count(data, "total")
         if passed > total:
             raise ValueError(f"'passed' ({passed}) exceeds 'total' ({total})")
+        symbols = None
+        if schema == SCHEMA:
+            symbols = data["symbols"]
+            if not isinstance(symbols, list) or not all(isinstance(x, str) and x for x in symbols):
+                raise ValueError("'symbols' must be a list of the manifest's symbols (strings)")
+            if len(symbols) != total:
+                raise ValueError(f"'symbols' lists {len(symbols)} symbols but 'total' is {total}")
+        elif "symbols" in data:
+            raise ValueError(f"unknown key 'symbols' (a {schema} baseline has none)")
         return Baseline(manifest=manifest_name, min_percent=float(pct), accepted=list(accepted),
-                        passed=passed, total=total, path=path, exists=True)
+                        passed=passed, total=total, path=path, exists=True, symbols=symbols)
     except KeyError as exc:
         problem = f"missing key {exc}"
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -150,7 +178,10 @@ def apply_gate(result: ManifestResult, baseline: Baseline) -> GateResult:
     """Mark accepted findings as BASELINE and compute regressions (mutates finding status)."""
     accepted = set(baseline.accepted)
     was_missing = baseline.missing_symbols
-    gate = GateResult(result.manifest.name, baseline, result.percent)
+    gate = GateResult(result.manifest.name, baseline, result.percent, total=result.total)
+    if baseline.symbols is not None:
+        listed = set(_listed_symbols(result))
+        gate.dropped = sorted(set(baseline.symbols) - listed)
     present: set[str] = set()
     for f in result.findings:
         if f.status != OPEN:
@@ -165,6 +196,10 @@ def apply_gate(result: ManifestResult, baseline: Baseline) -> GateResult:
     gate.fixed = sorted(accepted - present)
     gate.completeness_drop = result.percent + EPS < baseline.min_percent
     return gate
+
+
+def _listed_symbols(result: ManifestResult) -> list[str]:
+    return sorted({s.symbol for s in result.symbols})
 
 
 def _entry_symbol(symbol: str, result: ManifestResult) -> str:
@@ -182,12 +217,14 @@ def write_baseline(result: ManifestResult, location: Path, force: bool = False) 
     notes: list[str] = []
     if old.exists:
         gate = apply_gate(result, old)
-        if not force and (gate.completeness_drop or gate.regressions):
+        if not force and not gate.ok:
             what = []
             if gate.completeness_drop:
                 what.append(f"completeness {result.percent:.1f}% < baseline {old.min_percent:.1f}%")
             if gate.regressions:
                 what.append(f"{len(gate.regressions)} new finding(s), e.g. {gate.regressions[0]}")
+            if gate.shrank:
+                what.append(gate.shrank)
             raise UsageError(f"{old.path}: refusing to update the baseline: {'; '.join(what)}; fix them "
                              "or pass --force to accept the regression")
         notes += [f"fixed: {k}" for k in gate.fixed]
@@ -195,7 +232,7 @@ def write_baseline(result: ManifestResult, location: Path, force: bool = False) 
     data = {"schema": SCHEMA, "manifest": result.manifest.name,
             "min_percent": math.floor(result.percent * 1e4) / 1e4,   # never above the true value
             "passed": result.passed, "total": result.total,
-            "accepted": keys}
+            "accepted": keys, "symbols": _listed_symbols(result)}
     path = baseline_path(location, result.manifest.name)
     write_file(path, json.dumps(data, indent=1) + "\n", what="baseline")
     return path, notes

@@ -190,6 +190,62 @@ def test_gate_ratchet(broken, ws):
     assert invoke(args).exit_code == 1
 
 
+def test_gate_fails_when_the_manifest_drops_a_symbol(clean):
+    """Deleting an entry is not a way to pass: the baseline records the manifest's symbols and the gate
+    names the ones no longer listed, until the smaller contract is recorded with --force."""
+    base = clean.tmp / "baseline"
+    args = ["gate", *clean.cli_args(), "--baseline", str(base)]
+    assert invoke([*args, "--update-baseline"]).exit_code == 0
+    data = json.loads((base / "m.json").read_text())
+    listed = sorted(s.split(",")[0].replace("{symbol: ", "") for s in SYMBOLS)   # the kernel entry is a mapping
+    assert data["schema"] == "portaudit.baseline/2" and data["symbols"] == listed
+    assert data["total"] == len(SYMBOLS)
+
+    dropped = "up.m.launch"
+    clean.manifest([s for s in SYMBOLS if s != dropped])
+    r = invoke(args)
+    assert r.exit_code == 1, r.output
+    assert f"no longer listed: {dropped}" in r.output and "1 symbol(s) of the baseline no longer listed" in r.output
+    doc = json.loads(invoke([*args, "-f", "json"]).output)
+    assert doc["manifests"][0]["gate"]["dropped_symbols"] == [dropped] and not doc["manifests"][0]["gate"]["ok"]
+    assert f"- no longer listed: `{dropped}`" in invoke([*args, "-f", "markdown"]).output
+    r = invoke([*args, "--update-baseline"])
+    assert r.exit_code == 2 and "refusing to update the baseline" in output(r) and dropped in output(r)
+    assert invoke([*args, "--update-baseline", "--force"]).exit_code == 0
+    assert invoke(args).exit_code == 0
+    # a symbol added back (or a new one) is progress, never a regression
+    clean.manifest(SYMBOLS)
+    assert invoke(args).exit_code == 0
+
+
+def test_gate_compares_counts_against_a_schema_1_baseline(clean):
+    """Baselines written before the symbol list (schema 1) still gate, and a smaller manifest fails
+    them by its count."""
+    base = clean.tmp / "baseline"
+    base.mkdir()
+    (base / "m.json").write_text(json.dumps({"schema": "portaudit.baseline/1", "manifest": "m", "min_percent": 100.0,
+                                             "passed": len(SYMBOLS), "total": len(SYMBOLS), "accepted": []}))
+    args = ["gate", *clean.cli_args(), "--baseline", str(base)]
+    assert invoke(args).exit_code == 0
+    clean.manifest(SYMBOLS[:-1])
+    r = invoke(args)
+    assert r.exit_code == 1 and f"the manifest lists {len(SYMBOLS) - 1} symbols, the baseline {len(SYMBOLS)}" in r.output
+
+
+@pytest.mark.parametrize("symbols, message", [
+    ('"symbols": "up.m.f"', "'symbols' must be a list"),
+    ('"symbols": ["up.m.f"]', "'symbols' lists 1 symbols but 'total' is 6"),
+    ('"symbols": [""]', "'symbols' must be a list"),
+])
+def test_a_bad_symbol_list_is_refused(clean, symbols, message):
+    base = clean.tmp / "baseline"
+    base.mkdir()
+    (base / "m.json").write_text('{"schema": "portaudit.baseline/2", "manifest": "m", "min_percent": 100, '
+                                 f'"passed": 6, "total": 6, "accepted": [], {symbols}}}')
+    r = invoke(["gate", *clean.cli_args(), "--baseline", str(base)])
+    assert r.exit_code == 2 and message in output(r), output(r)
+
+
 # -- scaffold and fix-citations ---------------------------------------------------------------
 
 def test_scaffold_writes_the_closure(ws, tmp_path):

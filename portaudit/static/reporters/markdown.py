@@ -39,6 +39,9 @@ def render(report: Report) -> str:
             out.append(f"Gate: {'OK' if gate.ok else 'REGRESSION'} · baseline {gate.baseline.min_percent:.1f}% · "
                        f"{len(gate.regressions)} new · {len(gate.fixed)} fixed")
             out += [f"- new: `{k}`" for k in gate.regressions[:50]]
+            out += [f"- no longer listed: `{k}`" for k in gate.dropped[:50]]
+            if gate.shrank and not gate.dropped:
+                out.append(f"- {gate.shrank}")
             out.append("")
         groups = [("Open findings", lambda f: f.status == OPEN),
                   ("Accepted by the baseline", lambda f: f.status == BASELINE),

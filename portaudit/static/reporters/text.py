@@ -90,6 +90,13 @@ def total_line(report: Report, r: ManifestResult) -> Text:
             t.append(f"\n  new: {key}", style="red")
         if len(gate.regressions) > 20:
             t.append(f"\n  ... and {len(gate.regressions) - 20} more", style="red")
+        for symbol in gate.dropped[:20]:
+            t.append(f"\n  no longer listed: {symbol}", style="red")
+        if len(gate.dropped) > 20:
+            t.append(f"\n  ... and {len(gate.dropped) - 20} more", style="red")
+        if gate.shrank:
+            t.append("\n  (a smaller contract is a regression: if the symbols were meant to go, record it with "
+                     "`portaudit gate --update-baseline --force`)", style="red")
     why = report.manifest_failed(r)
     if why:
         t.append("\nFAIL: " + "; ".join(why), style="bold red")
