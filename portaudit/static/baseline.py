@@ -9,6 +9,8 @@ keys such as ``PA201:fla.ops.kda.chunk.chunk_kda:scale``) and the minimum comple
 * a symbol the baseline's manifest listed that the manifest no longer lists is a regression (the
   contract shrank: deleting an entry must not be a way to pass); schema 1 baselines, which record no
   symbols, compare the number of symbols;
+* a symbol the baseline checked as a copy (its body compared with the upstream's) that the manifest
+  now declares a translation is a regression (the contract weakened without a reason);
 * accepted keys that no longer occur are reported as fixed: ``--update-baseline`` tightens the
   ratchet. Updating refuses to lower completeness or to accept new findings unless forced.
 
@@ -31,7 +33,7 @@ from portaudit.static.findings import BASELINE, OPEN
 from portaudit.static.manifest import manifest_name_problem
 from portaudit.static.results import ManifestResult
 
-SCHEMA = "portaudit.baseline/2"       # /2 adds "symbols": the manifest's entries when it was recorded
+SCHEMA = "portaudit.baseline/2"       # /2 adds "symbols" and "copies": the manifest's entries, and those checked as copies
 OLD_SCHEMAS = ("portaudit.baseline/1",)
 MISSING_CODES = ("PA101", "PA102", "PA105")
 EPS = 1e-9
@@ -48,6 +50,7 @@ class Baseline:
     path: Optional[Path] = None
     exists: bool = False
     symbols: Optional[list[str]] = None   # the manifest's entries when recorded (None: a schema 1 file)
+    copies: Optional[list[str]] = None    # those of them checked as copies (fidelity: copy)
 
     @property
     def missing_symbols(self) -> set[str]:
@@ -68,28 +71,34 @@ class GateResult:
     fixed: list[str] = field(default_factory=list)           # accepted keys that are gone
     completeness_drop: bool = False
     dropped: list[str] = field(default_factory=list)         # baseline symbols the manifest no longer lists
+    no_longer_copies: list[str] = field(default_factory=list)  # baseline copies now declared translations
     total: int = 0                                           # symbols the manifest lists now
 
     @property
-    def shrank(self) -> Optional[str]:
-        """Why the contract is smaller than the baseline's (None when it is not)."""
+    def weakened(self) -> Optional[str]:
+        """Why the contract is smaller or weaker than the baseline's (None when it is not)."""
         if self.dropped:
             shown = ", ".join(self.dropped[:3]) + (f" and {len(self.dropped) - 3} more" if len(self.dropped) > 3 else "")
             return f"{len(self.dropped)} symbol(s) of the baseline no longer listed in the manifest ({shown})"
         if self.baseline.symbols is None and self.total < self.baseline.total:
             return f"the manifest lists {self.total} symbols, the baseline {self.baseline.total}"
+        if self.no_longer_copies:
+            shown = ", ".join(self.no_longer_copies[:3])
+            more = f" and {len(self.no_longer_copies) - 3} more" if len(self.no_longer_copies) > 3 else ""
+            return (f"{len(self.no_longer_copies)} symbol(s) the baseline checked as copies are now translations, "
+                    f"so their bodies are no longer compared ({shown}{more})")
         return None
 
     @property
     def ok(self) -> bool:
-        return not self.regressions and not self.completeness_drop and self.shrank is None
+        return not self.regressions and not self.completeness_drop and self.weakened is None
 
     def to_dict(self) -> dict:
         return {"manifest": self.manifest, "ok": self.ok, "baseline": str(self.baseline.path or ""),
                 "baseline_exists": self.baseline.exists, "min_percent": self.baseline.min_percent,
                 "percent": round(self.percent, 2), "completeness_drop": self.completeness_drop,
                 "regressions": self.regressions, "fixed": self.fixed, "dropped_symbols": self.dropped,
-                "shrank": self.shrank}
+                "no_longer_copies": self.no_longer_copies, "weakened": self.weakened}
 
 
 def baseline_path(location: Path, manifest_name: str) -> Path:
@@ -102,7 +111,7 @@ def baseline_path(location: Path, manifest_name: str) -> Path:
     return location / f"{manifest_name}.json"
 
 
-_KEYS = {"schema", "manifest", "min_percent", "passed", "total", "accepted", "symbols"}
+_KEYS = {"schema", "manifest", "min_percent", "passed", "total", "accepted", "symbols", "copies"}
 
 
 def _unique(pairs: list) -> dict:
@@ -155,17 +164,22 @@ def load_baseline(location: Path, manifest_name: str) -> Baseline:
         passed, total = _count(data, "passed"), _count(data, "total")
         if passed > total:
             raise ValueError(f"'passed' ({passed}) exceeds 'total' ({total})")
-        symbols = None
+        symbols = copies = None
         if schema == SCHEMA:
-            symbols = data["symbols"]
-            if not isinstance(symbols, list) or not all(isinstance(x, str) and x for x in symbols):
-                raise ValueError("'symbols' must be a list of the manifest's symbols (strings)")
+            symbols, copies = data["symbols"], data["copies"]
+            for key, value in (("symbols", symbols), ("copies", copies)):
+                if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
+                    raise ValueError(f"'{key}' must be a list of the manifest's symbols (strings)")
             if len(symbols) != total:
                 raise ValueError(f"'symbols' lists {len(symbols)} symbols but 'total' is {total}")
-        elif "symbols" in data:
-            raise ValueError(f"unknown key 'symbols' (a {schema} baseline has none)")
+            if not set(copies) <= set(symbols):
+                raise ValueError(f"'copies' names {sorted(set(copies) - set(symbols))[0]!r}, which 'symbols' lacks")
+        else:
+            for key in ("symbols", "copies"):
+                if key in data:
+                    raise ValueError(f"unknown key '{key}' (a {schema} baseline has none)")
         return Baseline(manifest=manifest_name, min_percent=float(pct), accepted=list(accepted),
-                        passed=passed, total=total, path=path, exists=True, symbols=symbols)
+                        passed=passed, total=total, path=path, exists=True, symbols=symbols, copies=copies)
     except KeyError as exc:
         problem = f"missing key {exc}"
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -182,6 +196,7 @@ def apply_gate(result: ManifestResult, baseline: Baseline) -> GateResult:
     if baseline.symbols is not None:
         listed = set(_listed_symbols(result))
         gate.dropped = sorted(set(baseline.symbols) - listed)
+        gate.no_longer_copies = sorted((set(baseline.copies) & listed) - set(_copies(result)))
     present: set[str] = set()
     for f in result.findings:
         if f.status != OPEN:
@@ -200,6 +215,12 @@ def apply_gate(result: ManifestResult, baseline: Baseline) -> GateResult:
 
 def _listed_symbols(result: ManifestResult) -> list[str]:
     return sorted({s.symbol for s in result.symbols})
+
+
+def _copies(result: ManifestResult) -> list[str]:
+    """The entries whose bodies are compared with the upstream's (fidelity ``copy``)."""
+    m = result.manifest
+    return sorted({e.symbol for e in m.entries if m.fidelity_of(e) == "copy"})
 
 
 def _entry_symbol(symbol: str, result: ManifestResult) -> str:
@@ -223,8 +244,8 @@ def write_baseline(result: ManifestResult, location: Path, force: bool = False) 
                 what.append(f"completeness {result.percent:.1f}% < baseline {old.min_percent:.1f}%")
             if gate.regressions:
                 what.append(f"{len(gate.regressions)} new finding(s), e.g. {gate.regressions[0]}")
-            if gate.shrank:
-                what.append(gate.shrank)
+            if gate.weakened:
+                what.append(gate.weakened)
             raise UsageError(f"{old.path}: refusing to update the baseline: {'; '.join(what)}; fix them "
                              "or pass --force to accept the regression")
         notes += [f"fixed: {k}" for k in gate.fixed]
@@ -232,7 +253,7 @@ def write_baseline(result: ManifestResult, location: Path, force: bool = False) 
     data = {"schema": SCHEMA, "manifest": result.manifest.name,
             "min_percent": math.floor(result.percent * 1e4) / 1e4,   # never above the true value
             "passed": result.passed, "total": result.total,
-            "accepted": keys, "symbols": _listed_symbols(result)}
+            "accepted": keys, "symbols": _listed_symbols(result), "copies": _copies(result)}
     path = baseline_path(location, result.manifest.name)
     write_file(path, json.dumps(data, indent=1) + "\n", what="baseline")
     return path, notes

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from packaging.version import InvalidVersion, Version
 
 from portaudit.errors import UsageError
 from portaudit.static.fidelity import (CitationPolicy, Renames, parse_citation_policy, parse_fidelity,
@@ -359,6 +360,17 @@ def manifest_name_problem(name: str) -> Optional[str]:
     return None
 
 
+def _release(v: "_Validator", d: dict, key: str, path: tuple) -> Optional[str]:
+    """An optional upstream release (``fixed_upstream_in: "0.4.1"``): a PEP 440 version, as written."""
+    text = v.opt_string(d, key, path)
+    if text is not None:
+        try:
+            Version(text)
+        except InvalidVersion:
+            v.fail(path + (key,), f"'{text[:80]}' is not a release version (PEP 440, e.g. \"0.4.1\")")
+    return text
+
+
 def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None, text: Optional[str] = None) -> Manifest:
     """Load and validate the manifest at ``path`` (or ``text``, as if it were that file's content:
     relative paths in it are taken relative to ``path``'s folder)."""
@@ -486,7 +498,7 @@ def load_manifest(path: str | Path, known_codes: Optional[set[str]] = None, text
         d = v.mapping(d, dp, {"symbol": True, "reason": True, "fixed_upstream_in": False})
         deviations.append(Deviation(symbol=v.dotted(d["symbol"], dp + ("symbol",)),
                                     reason=v.string(d["reason"], dp + ("reason",)),
-                                    fixed_upstream_in=v.opt_string(d, "fixed_upstream_in", dp),
+                                    fixed_upstream_in=_release(v, d, "fixed_upstream_in", dp),
                                     loc=v.pos.at(dp)))
     entry_points = [v.dotted(e, ("entry_points", i))
                     for i, e in enumerate(v.seq(top.get("entry_points"), ("entry_points",)))]

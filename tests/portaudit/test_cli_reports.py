@@ -232,16 +232,44 @@ def test_gate_compares_counts_against_a_schema_1_baseline(clean):
     assert r.exit_code == 1 and f"the manifest lists {len(SYMBOLS) - 1} symbols, the baseline {len(SYMBOLS)}" in r.output
 
 
-@pytest.mark.parametrize("symbols, message", [
-    ('"symbols": "up.m.f"', "'symbols' must be a list"),
-    ('"symbols": ["up.m.f"]', "'symbols' lists 1 symbols but 'total' is 6"),
-    ('"symbols": [""]', "'symbols' must be a list"),
+def test_gate_fails_when_a_copy_becomes_a_translation(clean):
+    """`fidelity: copy` compares a body with the upstream's; dropping it (the entry becomes a
+    translation) weakens the contract without a reason and fails the gate until recorded."""
+    copy_entry = "{symbol: up.m.CONST, fidelity: copy}"
+    symbols = SYMBOLS[:-1] + [copy_entry]
+    clean.manifest(symbols)
+    base = clean.tmp / "baseline"
+    args = ["gate", *clean.cli_args(), "--baseline", str(base)]
+    assert invoke([*args, "--update-baseline"]).exit_code == 0
+    assert json.loads((base / "m.json").read_text())["copies"] == ["up.m.CONST"]
+    clean.manifest(SYMBOLS)
+    r = invoke(args)
+    assert r.exit_code == 1 and "no longer checked as a copy: up.m.CONST" in r.output, r.output
+    assert "1 symbol(s) the baseline checked as copies are now translations" in r.output
+    doc = json.loads(invoke([*args, "-f", "json"]).output)
+    assert doc["manifests"][0]["gate"]["no_longer_copies"] == ["up.m.CONST"]
+    assert invoke([*args, "--update-baseline"]).exit_code == 2
+    assert invoke([*args, "--update-baseline", "--force"]).exit_code == 0
+    clean.manifest(symbols)          # a translation checked as a copy from now on is progress
+    assert invoke(args).exit_code == 0
+
+
+GOOD_V2 = '"symbols": ["up.m.CONST", "up.m.Fn", "up.m.K", "up.m.f", "up.m.kern", "up.m.launch"]'
+
+
+@pytest.mark.parametrize("lists, message", [
+    ('"symbols": "up.m.f", "copies": []', "'symbols' must be a list"),
+    ('"symbols": ["up.m.f"], "copies": []', "'symbols' lists 1 symbols but 'total' is 6"),
+    ('"symbols": [""], "copies": []', "'symbols' must be a list"),
+    (GOOD_V2, "missing key 'copies'"),
+    (GOOD_V2 + ', "copies": {"up.m.f": 1}', "'copies' must be a list"),
+    (GOOD_V2 + ', "copies": ["up.m.g"]', "'copies' names 'up.m.g', which 'symbols' lacks"),
 ])
-def test_a_bad_symbol_list_is_refused(clean, symbols, message):
+def test_a_bad_symbol_list_is_refused(clean, lists, message):
     base = clean.tmp / "baseline"
     base.mkdir()
     (base / "m.json").write_text('{"schema": "portaudit.baseline/2", "manifest": "m", "min_percent": 100, '
-                                 f'"passed": 6, "total": 6, "accepted": [], {symbols}}}')
+                                 f'"passed": 6, "total": 6, "accepted": [], {lists}}}')
     r = invoke(["gate", *clean.cli_args(), "--baseline", str(base)])
     assert r.exit_code == 2 and message in output(r), output(r)
 

@@ -40,8 +40,9 @@ def render(report: Report) -> str:
                        f"{len(gate.regressions)} new · {len(gate.fixed)} fixed")
             out += [f"- new: `{k}`" for k in gate.regressions[:50]]
             out += [f"- no longer listed: `{k}`" for k in gate.dropped[:50]]
-            if gate.shrank and not gate.dropped:
-                out.append(f"- {gate.shrank}")
+            out += [f"- no longer checked as a copy: `{k}`" for k in gate.no_longer_copies[:50]]
+            if gate.weakened and not (gate.dropped or gate.no_longer_copies):
+                out.append(f"- {gate.weakened}")
             out.append("")
         groups = [("Open findings", lambda f: f.status == OPEN),
                   ("Accepted by the baseline", lambda f: f.status == BASELINE),

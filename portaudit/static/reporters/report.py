@@ -28,8 +28,8 @@ class Report:
                            f"{gate.baseline.min_percent:.1f}%")
             if gate.regressions:
                 why.append(f"{len(gate.regressions)} new finding(s) not in the baseline")
-            if gate.shrank:
-                why.append(gate.shrank)
+            if gate.weakened:
+                why.append(gate.weakened)
         if self.fail_under is not None and r.percent + 1e-9 < self.fail_under:
             why.append(f"completeness {r.percent:.1f}% is under --fail-under {self.fail_under:g}%")
         if gate is None and self.fail_under is None:

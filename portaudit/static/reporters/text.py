@@ -94,8 +94,10 @@ def total_line(report: Report, r: ManifestResult) -> Text:
             t.append(f"\n  no longer listed: {symbol}", style="red")
         if len(gate.dropped) > 20:
             t.append(f"\n  ... and {len(gate.dropped) - 20} more", style="red")
-        if gate.shrank:
-            t.append("\n  (a smaller contract is a regression: if the symbols were meant to go, record it with "
+        for symbol in gate.no_longer_copies[:20]:
+            t.append(f"\n  no longer checked as a copy: {symbol}", style="red")
+        if gate.weakened:
+            t.append("\n  (a smaller or weaker contract is a regression: if that is meant, record it with "
                      "`portaudit gate --update-baseline --force`)", style="red")
     why = report.manifest_failed(r)
     if why:

@@ -47,6 +47,9 @@ MANIFEST_CASES = [
     ("entry point listed twice", BASE + "entry_points: [up.a.f, up.a.f]\n", "listed twice"),
     ("distribution listed twice", BASE.replace("[up-dist==1.0]", "[up-dist==1.0, Up_Dist==1.0]"), "named twice"),
     ("NUL in a path", BASE.replace("  package: po", "  package: po\n  path: \"a\\0b\""), "NUL"),
+    ("a deviation fixed in a release that is no version",
+     BASE + "deviations:\n  - {symbol: up.a.f, reason: r, fixed_upstream_in: '$(touch x)'}\n",
+     "is not a release version \\(PEP 440"),
 ] + [
     (f"tolerance {what}", BASE + f"numerics:\n  tolerances:\n    - {entry}\n", frag)
     for what, entry, frag in [
