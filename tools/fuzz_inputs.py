@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -244,6 +245,7 @@ class Case:
     frozen: Optional[Path] = None            # a tree that must be unchanged after a failing run
     env: Dict[str, str] = field(default_factory=dict)
     cleanup: Optional[Callable[[], None]] = None   # puts back what the case changed in the scratch cache
+    on_pass: Optional[str] = None            # a problem if the command exits 0 (a gate that must fail)
 
 
 @dataclass
@@ -361,7 +363,9 @@ def _mutated_wheel(rng, seed: Path, scratch: Path) -> bytes:
     if roll < 0.5:
         return mutate_bytes(rng, seed.read_bytes(), [])
     buf = io.BytesIO()
-    with zipfile.ZipFile(seed) as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dst:
+    with zipfile.ZipFile(seed) as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dst, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # a duplicate member name is one of the hostile cases
         for info in src.infolist():
             dst.writestr(info, src.read(info))
         kind = rng.randrange(5)
@@ -465,6 +469,53 @@ def prepare_impl_spec(rng, seed, scratch, fz) -> Case:
                  str(report)], spec, report=report)
 
 
+# Parts of a manifest that annotate the contract without changing what is checked: editing them may
+# pass the gate. Paths as (key, index, key, ...), ``*`` for any index or key.
+ANNOTATIONS = [("description",), ("stages", "*", "title"), ("stages", "*", "id"), ("waivers", "*", "reason"),
+               ("deviations",), ("entry_points",), ("numerics",), ("stages", "*", "symbols", "*", "kind")]
+
+
+def _leaves(tree, prefix=()):
+    if isinstance(tree, dict) and tree:
+        for k, v in tree.items():
+            yield from _leaves(v, prefix + (k,))
+    elif isinstance(tree, list) and tree:
+        for i, v in enumerate(tree):
+            yield from _leaves(v, prefix + (i,))
+    else:
+        yield prefix, repr(tree)
+
+
+def _key_path(path: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def _is_annotation(path: tuple) -> bool:
+    return any(len(path) >= len(a) and all(x == "*" or x == p for x, p in zip(a, path)) for a in ANNOTATIONS)
+
+
+def prepare_gate_contract(rng, seed, scratch, fz) -> Case:
+    """An edited copy of a bundled manifest, gated against its committed baseline: if anything but an
+    annotation changed and the gate still passes, the contract changed without the gate noticing (how
+    deleted entries and copies turned translations were found)."""
+    import yaml
+    original = yaml.safe_load(seed.read_bytes())
+    tree = mutate_tree(rng, original, scratch)
+    before, after = dict(_leaves(original)), dict(_leaves(tree)) if isinstance(tree, dict) else {}
+    changed = sorted({p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}, key=str)
+    manifest = scratch / seed.name
+    try:
+        manifest.write_text(yaml.safe_dump(tree, sort_keys=False, allow_unicode=True))
+    except (ValueError, RecursionError, TypeError, UnicodeEncodeError, yaml.YAMLError):
+        manifest.write_bytes(seed.read_bytes())
+        changed = []
+    contract = [p for p in changed if not _is_annotation(p)]
+    args = ["gate", "-m", str(manifest), "--baseline", str(ROOT / "manifests" / "baseline"), "--port-path", str(ROOT),
+            "--no-progress", "--cache-dir", str(fz.cache)]
+    on_pass = f"the gate passed a changed contract: {_key_path(contract[0])}" if contract else None
+    return Case(args, manifest, on_pass=on_pass)
+
+
 OPTION_WORDS = ["check", "gate", "scaffold", "fix-citations", "codes", "provenance", "drift", "invariants", "golden",
                 "record", "-m", "--manifest", "--upstream-path", "--port-path", "--cache-dir", "-f", "--format", "-o",
                 "--output", "-v", "--fail-under", "--baseline", "--update-baseline", "--force", "--no-index-cache",
@@ -499,6 +550,7 @@ def targets() -> Dict[str, Target]:
         Target("source", _seed_files("myfla/ops/kda/*.py", "myfla/ops/gated_delta_rule/*.py", "myfla/modules/*.py",
                                      "myfla/layers/*.py"), prepare_source),
         Target("impl-spec", _seed_files("examples/impl/*.yaml"), prepare_impl_spec),
+        Target("gate-contract", _seed_files("manifests/*.yaml"), prepare_gate_contract),
         Target("cli", [ROOT / "README.md"], prepare_cli),
     ]}
 
@@ -610,6 +662,8 @@ def run_case(case: Case, scratch: Path, timeout: float, coverage_dir: Optional[P
         problem = f"report written by a run that failed (exit {rc})"
     elif rc >= 2 and frozen is not None and _tree_digest(case.frozen) != frozen:
         problem = f"port tree changed by a run that failed (exit {rc})"
+    elif rc == 0 and case.on_pass:
+        problem = case.on_pass
     return Outcome(problem, rc, seconds, stderr, stdout)
 
 
@@ -629,6 +683,7 @@ def signature(target: str, outcome: Outcome) -> str:
         m = re.search(r"internal error: (\w+)", outcome.stderr)
         where = m.group(1) if m else ""
     kind = outcome.problem.split(" (")[0] if outcome.problem else ""
+    kind = re.sub(r"\[\d+\]", "[*]", kind)          # one finding per kind of manifest path, not per index
     return f"{target}|{kind}|{where}"
 
 

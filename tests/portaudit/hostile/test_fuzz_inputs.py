@@ -67,6 +67,27 @@ def test_each_broken_promise_is_a_finding(monkeypatch, tmp_path, behaviour, repo
     assert out.problem is not None and problem in out.problem, out
 
 
+def test_a_gate_that_must_fail_and_passes_is_a_finding(monkeypatch, tmp_path):
+    import portaudit.cli
+
+    scratch = tmp_path / "s"
+    scratch.mkdir()
+    monkeypatch.setattr(portaudit.cli, "run", lambda args: 0)
+    case = fz.Case(["gate"], scratch / "m.yaml", on_pass="the gate passed a changed contract: stages[0].symbols[3]")
+    assert fz.run_case(case, scratch, 20).problem.startswith("the gate passed a changed contract")
+    monkeypatch.setattr(portaudit.cli, "run", lambda args: 1)
+    assert fz.run_case(case, scratch, 20).problem is None
+
+
+def test_only_annotations_may_change_under_a_passing_gate():
+    assert fz._is_annotation(("stages", 3, "title")) and fz._is_annotation(("deviations", 2, "reason"))
+    assert fz._is_annotation(("stages", 0, "symbols", 5, "kind"))
+    assert not fz._is_annotation(("stages", 0, "symbols", 5))              # an entry deleted or replaced
+    assert not fz._is_annotation(("stages", 0, "symbols", 5, "fidelity"))  # a copy turned translation
+    assert not fz._is_annotation(("waivers", 0, "code")) and not fz._is_annotation(("upstream", "version"))
+    assert fz._key_path(("stages", 0, "symbols", 5, "fidelity")) == "stages[0].symbols[5].fidelity"
+
+
 def test_a_hang_is_a_finding(monkeypatch, tmp_path):
     out = _verdict(monkeypatch, tmp_path, lambda s, t: time.sleep(30), timeout=1.0)
     assert out.problem.startswith("hang"), out
