@@ -282,6 +282,7 @@ class Fuzzer:
     def __init__(self, work: Path, cache: Path, timeout: float):
         self.work, self.cache, self.timeout = work, cache, timeout
         self.donors: Dict[str, List[bytes]] = {}
+        self.read_entries: List[Path] = []     # parse-cache entries the warm-up audits read
 
     def donors_of(self, target: Target) -> List[bytes]:
         if target.name not in self.donors:
@@ -323,12 +324,12 @@ def prepare_baseline(rng, seed, scratch, fz) -> Case:
 
 def prepare_index_cache(rng, seed, scratch, fz) -> Case:
     """Mutate one entry of the scratch parse cache (put back after the run)."""
-    entries = sorted((fz.cache / "index").rglob("*.json"))
-    entry = rng.choice(entries)
+    entry = rng.choice(fz.read_entries)    # one the audit below reads (most of the cache is other trees')
     original = entry.read_bytes()
     entry.write_bytes(_mutated_text(rng, entry, scratch, [], "json"))
-    manifest = ROOT / "manifests" / rng.choice(["kda.yaml", "gated_deltanet.yaml", "modules.yaml"])
-    return Case(["check", "-m", str(manifest), "--no-progress", "--cache-dir", str(fz.cache)], entry,
+    manifests = [str(ROOT / "manifests" / f"{n}.yaml") for n in ("kda", "gated_deltanet", "modules", "models", "rwkv7")]
+    return Case(["check", *[a for m in manifests for a in ("-m", m)], "--no-progress", "--cache-dir", str(fz.cache)],
+                entry,
                 cleanup=lambda: entry.write_bytes(original))
 
 
@@ -700,17 +701,34 @@ def scratch_cache(work: Path) -> Path:
     return dst
 
 
-def warm_up(cache: Path) -> None:
-    """Import everything a case may reach once in the parent, so each forked child starts warm."""
+def warm_up(cache: Path) -> List[Path]:
+    """Import everything a case may reach once in the parent, so each forked child starts warm; the
+    parse-cache entries the audits of the bundled manifests read."""
     from portaudit.cli import run
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        for name in ("kda", "gated_deltanet", "modules", "models", "rwkv7"):
-            run(["check", "-m", str(ROOT / "manifests" / f"{name}.yaml"), "--no-progress", "--cache-dir", str(cache)])
+    from portaudit.static.index.tree import TreeIndex
+
+    read: List[Path] = []
+    cache_file = TreeIndex.cache_file
+
+    def recording(self, *args):
+        path = cache_file(self, *args)
+        if path is not None and path.is_file():
+            read.append(path)
+        return path
+
+    TreeIndex.cache_file = recording
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            for name in ("kda", "gated_deltanet", "modules", "models", "rwkv7"):
+                run(["check", "-m", str(ROOT / "manifests" / f"{name}.yaml"), "--no-progress", "--cache-dir", str(cache)])
+    finally:
+        TreeIndex.cache_file = cache_file
     # torch for the golden targets, and what the implementation files of examples/impl/ import
     for module in ("portaudit.numerics.fixtures", "transformers.models.qwen3_next.modeling_qwen3_next",
                    "transformers.models.kimi_linear.modeling_kimi_linear"):
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
+    return sorted(set(read))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -738,7 +756,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="portaudit-fuzz-"))
     cache = scratch_cache(work)
     fz = Fuzzer(work, cache, args.timeout)
-    warm_up(cache)
+    fz.read_entries = warm_up(cache)
     rng = random.Random(args.seed)
     seen: Dict[str, int] = {}
     counts = {n: {"cases": 0, "problems": 0, "rc": {}} for n in names}
