@@ -76,18 +76,17 @@ class GateResult:
 
     @property
     def weakened(self) -> Optional[str]:
-        """Why the contract is smaller or weaker than the baseline's (None when it is not)."""
+        """How the contract is smaller or weaker than the baseline's (None when it is not)."""
+        why = []
         if self.dropped:
-            shown = ", ".join(self.dropped[:3]) + (f" and {len(self.dropped) - 3} more" if len(self.dropped) > 3 else "")
-            return f"{len(self.dropped)} symbol(s) of the baseline no longer listed in the manifest ({shown})"
-        if self.baseline.symbols is None and self.total < self.baseline.total:
-            return f"the manifest lists {self.total} symbols, the baseline {self.baseline.total}"
+            why.append(f"{len(self.dropped)} symbol(s) of the baseline no longer listed in the manifest "
+                       f"({_some(self.dropped)})")
+        elif self.baseline.symbols is None and self.total < self.baseline.total:
+            why.append(f"the manifest lists {self.total} symbols, the baseline {self.baseline.total}")
         if self.no_longer_copies:
-            shown = ", ".join(self.no_longer_copies[:3])
-            more = f" and {len(self.no_longer_copies) - 3} more" if len(self.no_longer_copies) > 3 else ""
-            return (f"{len(self.no_longer_copies)} symbol(s) the baseline checked as copies are now translations, "
-                    f"so their bodies are no longer compared ({shown}{more})")
-        return None
+            why.append(f"{len(self.no_longer_copies)} symbol(s) the baseline checked as copies are now translations, "
+                       f"so their bodies are no longer compared ({_some(self.no_longer_copies)})")
+        return "; ".join(why) or None
 
     @property
     def ok(self) -> bool:
@@ -99,6 +98,10 @@ class GateResult:
                 "percent": round(self.percent, 2), "completeness_drop": self.completeness_drop,
                 "regressions": self.regressions, "fixed": self.fixed, "dropped_symbols": self.dropped,
                 "no_longer_copies": self.no_longer_copies, "weakened": self.weakened}
+
+
+def _some(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def baseline_path(location: Path, manifest_name: str) -> Path:

@@ -86,16 +86,12 @@ def total_line(report: Report, r: ManifestResult) -> Text:
                  f" · {n_base} accepted finding(s) · {len(gate.regressions)} new · {len(gate.fixed)} fixed")
         if gate.fixed and gate.ok:
             t.append(" → tighten with --update-baseline", style="cyan")
-        for key in gate.regressions[:20]:
-            t.append(f"\n  new: {key}", style="red")
-        if len(gate.regressions) > 20:
-            t.append(f"\n  ... and {len(gate.regressions) - 20} more", style="red")
-        for symbol in gate.dropped[:20]:
-            t.append(f"\n  no longer listed: {symbol}", style="red")
-        if len(gate.dropped) > 20:
-            t.append(f"\n  ... and {len(gate.dropped) - 20} more", style="red")
-        for symbol in gate.no_longer_copies[:20]:
-            t.append(f"\n  no longer checked as a copy: {symbol}", style="red")
+        for label, items in (("new", gate.regressions), ("no longer listed", gate.dropped),
+                             ("no longer checked as a copy", gate.no_longer_copies)):
+            for item in items[:20]:
+                t.append(f"\n  {label}: {item}", style="red")
+            if len(items) > 20:
+                t.append(f"\n  ... and {len(items) - 20} more", style="red")
         if gate.weakened:
             t.append("\n  (a smaller or weaker contract is a regression: if that is meant, record it with "
                      "`portaudit gate --update-baseline --force`)", style="red")
