@@ -1,5 +1,6 @@
 """Mutation fuzzing of everything portaudit reads: manifests, ratchet baselines, golden fixture
-indexes and tensor files, its parse cache, port source files and command lines.
+indexes and tensor files, its parse cache, the wheels pip hands it, port source files, implementation
+files and command lines.
 
 The hand-written corpus (tests/portaudit/corpus/) holds the bad inputs somebody thought of; this
 finds the ones nobody did. Each case mutates one seed input (bytes, or the parsed YAML / JSON tree),
@@ -13,7 +14,9 @@ docs/codes.md):
 - nothing is run: payloads that would run code if anything evaluated them (YAML python tags, pickle
   GLOBAL opcodes, ``__import__`` strings) create a canary file only if executed, and it must not exist;
 - nothing half-written: a command that fails leaves its report file absent and the port tree as it
-  was, and nothing is written outside the case's scratch folder and the scratch cache.
+  was;
+- the gate notices a changed contract (target ``gate-contract``): a bundled manifest edited anywhere
+  but its annotations (titles, reasons, deviations, entry points) must not pass against its baseline.
 
 Every finding is written to ``--out`` (JSON lines) with its reproducer file under ``--crashes``,
 deduplicated by outcome and the innermost frame of the error. The upstream is never fetched: the
@@ -270,9 +273,9 @@ def _mutated_text(rng, seed: Path, scratch: Path, donors, kind: str) -> bytes:
         if tree is not None:
             tree = mutate_tree(rng, tree, scratch)
             try:
-                if kind == "yaml":
-                    return yaml.safe_dump(tree, sort_keys=False, allow_unicode=rng.random() < 0.5).encode("utf-8", "surrogatepass")
-                return json.dumps(tree, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
+                text = (yaml.safe_dump(tree, sort_keys=False, allow_unicode=rng.random() < 0.5) if kind == "yaml"
+                        else json.dumps(tree, ensure_ascii=rng.random() < 0.5))
+                return text.encode("utf-8", "surrogatepass")
             except (ValueError, RecursionError, TypeError, yaml.YAMLError):
                 pass
     return mutate_bytes(rng, raw, donors)

@@ -33,7 +33,8 @@ from portaudit.static.findings import BASELINE, OPEN
 from portaudit.static.manifest import manifest_name_problem
 from portaudit.static.results import ManifestResult
 
-SCHEMA = "portaudit.baseline/2"       # /2 adds "symbols" and "copies": the manifest's entries, and those checked as copies
+# /2 adds "symbols" and "copies": the manifest's entries when recorded, and those checked as copies
+SCHEMA = "portaudit.baseline/2"
 OLD_SCHEMAS = ("portaudit.baseline/1",)
 MISSING_CODES = ("PA101", "PA102", "PA105")
 EPS = 1e-9
