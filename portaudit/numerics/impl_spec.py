@@ -219,6 +219,15 @@ def _lacks(v, value: Any, path: tuple) -> Dict[str, str]:
     return {k: _reason(v, x, path + (k,)) for k, x in d.items()}
 
 
+def _port_modules(v, port: Dict[str, Any]) -> Dict[str, str]:
+    """``port.modules``, upstream module -> port module, as validated dotted names (a YAML ``false``
+    or number is read as the text written, never kept as a bool or int)."""
+    modules = port.get("modules") or {}
+    if not isinstance(modules, dict):
+        v.fail(("port", "modules"), "expected a mapping of upstream module -> port module")
+    return {v.dotted(k, ("port", "modules", k)): v.dotted(m, ("port", "modules", k)) for k, m in modules.items()}
+
+
 def _implementation(v, d: Any, path: tuple, port: Dict[str, Any], upstream_package: str,
                     default_name: str, default_description: str = "") -> ImplementationSpec:
     d = v.mapping(d, path, {"name": False, "description": False, "requires": False, "mirror": False,
@@ -234,13 +243,10 @@ def _implementation(v, d: Any, path: tuple, port: Dict[str, Any], upstream_packa
         v.fail(path + ("precision",), f"expected one of {', '.join(PRECISIONS)}")
     spec = ImplementationSpec(
         name=v.string(d.get("name") or default_name, path + ("name",)), package=v.dotted(package, ("port", "package")),
-        upstream_package=upstream_package, modules=dict(port.get("modules") or {}), mirror=mirror,
+        upstream_package=upstream_package, modules=_port_modules(v, port), mirror=mirror,
         requires=[v.dotted(r, path + ("requires", i)) for i, r in enumerate(v.seq(d.get("requires"), path + ("requires",)))],
         precision=precision, lacks=_lacks(v, d["lacks"], path + ("lacks",)) if d.get("lacks") else {},
         description=str(d.get("description") or default_description), where=str(v.pos.at(path)))
-    for k, m in spec.modules.items():
-        v.dotted(k, ("port", "modules", k))
-        v.dotted(m, ("port", "modules", k))
     symbols = d.get("symbols") or {}
     if not isinstance(symbols, dict):
         v.fail(path + ("symbols",), "expected a mapping of upstream API path -> how the port provides it")
@@ -313,8 +319,7 @@ def load_numerics_config(path: Path) -> NumericsConfig:
             impl = _implementation(v, raw, ("numerics", "implementation"), port, upstream_package, name,
                                    description)
     tolerances = overrides_from_manifest(data, where=str(path))
-    modules = {v.dotted(k, ("port", "modules", k)): v.dotted(m, ("port", "modules", k))
-               for k, m in (port.get("modules") or {}).items()}
+    modules = _port_modules(v, port)
     package = v.dotted(port["package"], ("port", "package")) if port.get("package") else None
     return NumericsConfig(path, name, symbols, cases, tolerances, impl, package, modules, upstream_package)
 

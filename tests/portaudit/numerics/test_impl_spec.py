@@ -211,6 +211,23 @@ def test_bad_implementation_files_name_the_key_and_place(toy, patch, message):
     assert "impl.yaml:" in str(err.value)
 
 
+@pytest.mark.parametrize("value", ["false", "on", "1"])
+def test_a_port_module_written_as_a_yaml_scalar_is_read_as_its_text(toy, value):
+    """`modules: {toy.ops: false}` reached the mirror as the bool False and crashed the audit with an
+    internal TypeError (found by tools/fuzz_inputs.py, impl-spec target): the module is the text
+    written, and text that is no dotted name is refused where it stands."""
+    up, impl_file = toy
+    impl_file.write_text(IMPL.replace("mirror: false", "mirror: true")
+                         .replace("modules: {toy.ops: toyport.kernels}", f"modules: {{toy.ops: {value}}}"))
+    if value == "1":
+        with pytest.raises(UsageError, match="'1' is not a dotted Python name") as err:
+            load_numerics_config(impl_file)
+        assert "impl.yaml:" in str(err.value)
+        return
+    spec = load_numerics_config(impl_file).implementation_spec()
+    assert spec.modules == {"toy.ops": value} and spec.port_path("toy.ops.needs_state") == f"{value}.needs_state"
+
+
 def test_port_parameter_without_default_must_be_fed(toy):
     text = IMPL.replace("name: head_first_delta", "name: needs_state").replace(
         '            cu_seqlens: {absent: "no packed sequences"}\n',
