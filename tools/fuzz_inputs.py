@@ -479,15 +479,20 @@ ANNOTATIONS = [("description",), ("stages", "*", "title"), ("stages", "*", "id")
                ("deviations",), ("entry_points",), ("numerics",), ("stages", "*", "symbols", "*", "kind")]
 
 
-def _leaves(tree, prefix=()):
-    if isinstance(tree, dict) and tree:
-        for k, v in tree.items():
-            yield from _leaves(v, prefix + (k,))
-    elif isinstance(tree, list) and tree:
-        for i, v in enumerate(tree):
-            yield from _leaves(v, prefix + (i,))
-    else:
-        yield prefix, repr(tree)
+def _leaves(tree, limit: int = 60):
+    """(path, text) of every leaf of a parsed document; below ``limit`` levels a subtree is one leaf
+    (a hostile value may be thousands of levels deep)."""
+    stack = [((), tree)]
+    while stack:
+        prefix, node = stack.pop()
+        if isinstance(node, (dict, list)) and node and len(prefix) >= limit:
+            yield prefix, f"<{type(node).__name__} deeper than {limit} levels>"
+        elif isinstance(node, dict) and node:
+            stack.extend((prefix + (k,), v) for k, v in node.items())
+        elif isinstance(node, list) and node:
+            stack.extend((prefix + (i,), v) for i, v in enumerate(node))
+        else:
+            yield prefix, repr(node)
 
 
 def _key_path(path: tuple) -> str:
