@@ -1,5 +1,6 @@
 """tools/fuzz_inputs.py: its verdicts can fail (each broken promise is caught), and a fixed-seed
-slice of the campaign finds nothing on this tree (the long runs are recorded in docs/hostile-input.md)."""
+slice of the campaign finds nothing on this tree (the long runs are recorded in docs/security.md,
+"Fuzzing")."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ fz = _load_fuzzer()
 
 
 def _verdict(monkeypatch, tmp_path, behaviour, report=False, frozen=False, timeout=20.0):
-    """The fuzzer's verdict on a child whose `portaudit.cli.run` is ``behaviour(scratch)``."""
+    """The fuzzer's verdict on a child whose `portaudit.cli.run` is ``behaviour(scratch, tree)``."""
     import portaudit.cli
 
     scratch = tmp_path / "scratch"
