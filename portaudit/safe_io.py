@@ -198,6 +198,16 @@ def resolved(path: PathLike, what: str = "path") -> Path:
     return result
 
 
+def is_regular_file(path: PathLike) -> bool:
+    """Whether ``path`` is a regular file (links followed). A path that cannot exist (a name longer
+    than the file system allows, a NUL) is not one: paths built from citations and manifests are
+    data, and a bad one is a finding, not a crash."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def same_file(a: PathLike, b: PathLike) -> bool:
     """Whether two paths name the same existing file (links followed)."""
     try:

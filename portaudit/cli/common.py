@@ -141,6 +141,14 @@ def cli_errors(progress: Optional[ProgressDisplay] = None) -> Iterator[None]:
             progress.stop()
         raise _interrupted(interrupts.exit_code(exc))
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:   # a path given or built from input that cannot exist
+            if progress:
+                progress.stop()
+            name = str(exc.filename or "")
+            shown = name if len(name) <= 120 else name[:100] + f"... ({len(name)} characters)"
+            err_console.print(f"portaudit: error: {shown}: a name in this path is longer than the file system "
+                              "allows; check the path", markup=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USAGE)
         if exc.errno != errno.EPIPE:
             _internal_error(exc, progress)
         silence_stdout()

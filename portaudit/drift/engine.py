@@ -20,7 +20,7 @@ from portaudit.errors import UsageError
 from portaudit.static.citations import Citation, format_citation
 from portaudit.static.index.model import Definition, ModuleInfo, Resolved
 from portaudit.static.index.tree import TreeIndex
-from portaudit.safe_io import read_regular
+from portaudit.safe_io import is_regular_file, read_regular
 from portaudit.static.source import MAX_SOURCE_BYTES, read_source
 from portaudit.static.manifest import Manifest
 from portaudit.static.scaffold import closure, resolve_use
@@ -354,7 +354,7 @@ def _one_citation(port: TreeIndex, info: ModuleInfo, qual: str, c: Citation, mat
     if not defs:
         old_text = matcher.src.span(old_info.path, c.start, c.end)
         new_path = matcher.new.root / c.path
-        new_text = matcher.src.span(str(new_path), c.start, c.end) if new_path.is_file() else None
+        new_text = matcher.src.span(str(new_path), c.start, c.end) if is_regular_file(new_path) else None
         cd.status = CITE_UNCHANGED if new_text == old_text else CITE_CHANGED
         return cd
     news = []

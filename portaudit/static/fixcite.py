@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 from portaudit.errors import UsageError
-from portaudit.safe_io import read_regular, write_file
+from portaudit.safe_io import is_regular_file, read_regular, write_file
 from portaudit.static.citations import Citation, format_citation
 from portaudit.static.fidelity import DOCSTRING
 from portaudit.static.index.model import CONSTANT, KERNEL, Definition, ModuleInfo
@@ -113,7 +113,7 @@ class _Planner:
 
     def in_file(self, c: Citation) -> bool:
         p = self.up.root / c.path
-        if not p.is_file() or ".." in Path(c.path).parts:
+        if ".." in Path(c.path).parts or not is_regular_file(p):
             return False
         n = read_regular(p, MAX_SOURCE_BYTES, "cited upstream file").count(b"\n")
         return 1 <= c.start <= c.end <= n

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from portaudit.safe_io import is_regular_file
 from portaudit.static.body import Canonical, Scope, canonical, canonical_source, joined, similarity
 from portaudit.static.gittree import GitRepo
 from portaudit.static.index.body_source import BodySource, extract_tree, module_imports
@@ -302,7 +303,7 @@ def tree_source(label: str, root: Path) -> tuple[Candidate, Callable]:
         out = {}
         for p in ps:
             f = Path(root) / p
-            if f.is_file():
+            if is_regular_file(f):
                 data = f.read_bytes()
                 out[p] = (hashlib.sha1(data).hexdigest(), data)
         return out

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from portaudit.errors import UsageError
-from portaudit.safe_io import read_regular
+from portaudit.safe_io import is_regular_file, read_regular
 from portaudit.static.checks import hygiene
 from portaudit.static.checks.citation import UpstreamFile, check_citations
 from portaudit.static.checks.comparer import BodyComparer
@@ -59,7 +59,7 @@ class Auditor:
     def upstream_file(self, relpath: str) -> UpstreamFile:
         if relpath not in self._file_lines:
             p = self.up.root / relpath
-            if p.is_file() and ".." not in Path(relpath).parts:
+            if ".." not in Path(relpath).parts and is_regular_file(p):
                 n = read_regular(p, MAX_SOURCE_BYTES, "cited upstream file").count(b"\n")
                 self._file_lines[relpath] = UpstreamFile(relpath, True, n)
             else:
