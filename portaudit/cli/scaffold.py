@@ -13,7 +13,6 @@ from typing_extensions import Annotated
 from portaudit.cli.common import (CacheDirOpt, NoProgressOpt, ProgressDisplay, UpstreamPathOpt, cli_errors,
                                   err_console, write_output)
 from portaudit.errors import UsageError
-from portaudit.safe_io import resolved
 from portaudit.static.gittree import GitRepo
 from portaudit.static.index.tree import TreeIndex
 from portaudit.static.manifest import is_dotted_name, load_manifest, manifest_name_problem

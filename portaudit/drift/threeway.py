@@ -33,7 +33,6 @@ from typing import Optional
 from portaudit.drift.matching import Matcher
 from portaudit.drift.model import (NOT_IN_FROM, PORT_ALREADY, PORT_CONFLICT, PORT_LOCAL, PORT_MISSING, PORT_SAME,
                                    PORT_TODO, REMOVED, UNCHANGED, ManifestDrift, PortState, SymbolDrift)
-from portaudit.drift.signature import diff_params
 from portaudit.static.body import Canonical, Scope, joined, similarity
 from portaudit.static.canonical_store import CanonicalStore
 from portaudit.static.checks.presence import kernel_accounted, manifest_port_citations

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from portaudit.static.findings import BASELINE, ERROR, OPEN, WAIVED
+from portaudit.static.findings import BASELINE, OPEN, WAIVED
 from portaudit.static.reporters.report import Report
 from portaudit.static.results import INCOMPLETE, MISSING, WAIVED_STATUS
 
