@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from portaudit.errors import UsageError
 from portaudit.static.fidelity import (CitationPolicy, Renames, parse_citation_policy, parse_fidelity,
@@ -366,7 +366,7 @@ def _release(v: "_Validator", d: dict, key: str, path: tuple) -> Optional[str]:
     if text is not None:
         try:
             Version(text)
-        except InvalidVersion:
+        except ValueError:   # InvalidVersion, or a release number past Python's int digit limit
             v.fail(path + (key,), f"'{text[:80]}' is not a release version (PEP 440, e.g. \"0.4.1\")")
     return text
 

@@ -16,7 +16,7 @@ from typing import Sequence, Union
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 # A name pip could read as something else than a project name never gets this far; the limit only
 # keeps error messages short.
@@ -66,7 +66,7 @@ def parse_pinned(spec: str) -> PinnedRequirement:
         raise RequirementError(f"'{shown}' is not pinned; write it as NAME==VERSION")
     try:
         version = Version(clauses[0].version)
-    except InvalidVersion:
+    except ValueError:   # InvalidVersion, or a release number past Python's int digit limit
         raise RequirementError(f"'{shown}' has an invalid version; write it as NAME==VERSION") from None
     return PinnedRequirement(req.name, str(version))
 

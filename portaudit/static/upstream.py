@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from portaudit.errors import UpstreamError, UsageError
 from portaudit.safe_io import resolved
@@ -100,7 +100,7 @@ def _wheel_matches(filename: str, req: PinnedRequirement) -> bool:
         return False
     try:
         return canonicalize_name(parts[0]) == req.canonical_name and Version(parts[1]) == Version(req.version)
-    except InvalidVersion:
+    except ValueError:   # InvalidVersion, or a release number past Python's int digit limit
         return False
 
 

@@ -41,6 +41,7 @@ HOSTILE_SPECS = [
     "evil==not a version",
     "e vil==1",
     "",
+    "evil==" + "1" * 5000,  # a release past Python's int digit limit (ValueError, not InvalidVersion)
 ]
 
 

@@ -50,6 +50,9 @@ MANIFEST_CASES = [
     ("a deviation fixed in a release that is no version",
      BASE + "deviations:\n  - {symbol: up.a.f, reason: r, fixed_upstream_in: '$(touch x)'}\n",
      "is not a release version \\(PEP 440"),
+    ("a deviation fixed in a release past the int digit limit (an internal ValueError, found by the fuzzer)",
+     BASE + "deviations:\n  - {symbol: up.a.f, reason: r, fixed_upstream_in: '" + "1" * 5000 + "'}\n",
+     "is not a release version \\(PEP 440"),
 ] + [
     (f"tolerance {what}", BASE + f"numerics:\n  tolerances:\n    - {entry}\n", frag)
     for what, entry, frag in [
