@@ -282,8 +282,11 @@ def _mutated_text(rng, seed: Path, scratch: Path, donors, kind: str) -> bytes:
 
 
 class Fuzzer:
-    def __init__(self, work: Path, cache: Path, timeout: float):
-        self.work, self.cache, self.timeout = work, cache, timeout
+    """What the targets share: the scratch cache, the seeds' bytes to splice from, the cache entries
+    the audits read."""
+
+    def __init__(self, cache: Path):
+        self.cache = cache
         self.donors: Dict[str, List[bytes]] = {}
         self.read_entries: List[Path] = []     # parse-cache entries the warm-up audits read
 
@@ -483,19 +486,13 @@ ANNOTATIONS = [("description",), ("stages", "*", "title"), ("stages", "*", "id")
 
 
 def _leaves(tree, limit: int = 60):
-    """(path, text) of every leaf of a parsed document; below ``limit`` levels a subtree is one leaf
-    (a hostile value may be thousands of levels deep)."""
-    stack = [((), tree)]
-    while stack:
-        prefix, node = stack.pop()
-        if isinstance(node, (dict, list)) and node and len(prefix) >= limit:
-            yield prefix, f"<{type(node).__name__} deeper than {limit} levels>"
-        elif isinstance(node, dict) and node:
-            stack.extend((prefix + (k,), v) for k, v in node.items())
-        elif isinstance(node, list) and node:
-            stack.extend((prefix + (i,), v) for i, v in enumerate(node))
-        else:
-            yield prefix, repr(node)
+    """(path, text) of every leaf of a parsed document (:func:`_paths`); a container ``limit`` levels
+    down is one leaf."""
+    for path, node in _paths(tree, limit):
+        if not (isinstance(node, (dict, list)) and node):
+            yield path, repr(node)
+        elif len(path) >= limit:
+            yield path, f"<{type(node).__name__} deeper than {limit} levels>"
 
 
 def _key_path(path: tuple) -> str:
@@ -766,7 +763,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"target {n}: no seed files here, skipped", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="portaudit-fuzz-"))
     cache = scratch_cache(work)
-    fz = Fuzzer(work, cache, args.timeout)
+    fz = Fuzzer(cache)
     fz.read_entries = warm_up(cache)
     rng = random.Random(args.seed)
     seen: Dict[str, int] = {}
@@ -791,7 +788,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             target = all_targets[name]
             if not target.seeds:
                 continue
-            fz.donors[name] = fz.donors_of(target)
+            fz.donors_of(target)
             seed = rng.choice(target.seeds)
             case_rng = random.Random(rng.getrandbits(64))
             if args.case and i != args.case:
